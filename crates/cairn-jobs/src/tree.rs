@@ -1,0 +1,334 @@
+//! The `files` tree: content-addressed directory nodes, an in-memory editor for files jobs, and
+//! the `"."`-keyed JSON view of the reference (§3.5).
+//!
+//! A directory node lists its entries by name; a subdirectory is referenced by the digest of its
+//! node, so unchanged subtrees are shared between versions and an edit rewrites only the nodes on
+//! the edited paths. A node's digest is the blake3 of its record encoding.
+
+use std::collections::BTreeMap;
+
+use cairn_core::record::Record;
+use cairn_core::{Digest, Error, FilePath, Result, UploadJobId};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+/// A stored directory.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DirNode {
+    pub entries: BTreeMap<String, Entry>,
+    pub meta: Option<Value>,
+}
+
+impl Record for DirNode {
+    const NAME: &'static str = "directory node";
+}
+
+impl DirNode {
+    pub fn digest(&self) -> Digest {
+        Digest::of(&self.encode())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Entry {
+    Dir(Digest),
+    File(FileEntry),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileEntry {
+    pub size: u64,
+    pub mime_type: Option<String>,
+    pub meta: Option<Value>,
+    pub content: Content,
+}
+
+/// Where a file's bytes are.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Content {
+    /// Sealed: the file is the concatenation of these part slices (empty for a 0-byte file).
+    Parts(Vec<PartSeg>),
+    /// Still uploading (only in drafts): one entry per upload-job segment, in file order.
+    Pending(Vec<PendingSeg>),
+    /// A link: `./files/<path>` (same version or draft) or `/qfab/hq__…/files/<path>`.
+    Link(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartSeg {
+    pub digest: Digest,
+    pub part_size: u64,
+    pub off: u64,
+    pub len: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingSeg {
+    pub upload_job: UploadJobId,
+    pub segment: u32,
+    pub len: u64,
+}
+
+/// Loads a stored node by digest.
+pub type Loader<'a> = dyn Fn(&Digest) -> Result<DirNode> + 'a;
+
+/// A directory being edited: entries are loaded from the store only when an edit descends into them.
+#[derive(Debug, Clone, Default)]
+pub struct MemDir {
+    entries: BTreeMap<String, MemEntry>,
+    meta: Option<Value>,
+}
+
+#[derive(Debug, Clone)]
+pub enum MemEntry {
+    Stored(Digest),
+    Dir(MemDir),
+    File(FileEntry),
+}
+
+impl MemDir {
+    pub fn load(digest: &Digest, loader: &Loader<'_>) -> Result<MemDir> {
+        let node = loader(digest)?;
+        let entries = node
+            .entries
+            .into_iter()
+            .map(|(k, e)| {
+                let m = match e {
+                    Entry::Dir(d) => MemEntry::Stored(d),
+                    Entry::File(f) => MemEntry::File(f),
+                };
+                (k, m)
+            })
+            .collect();
+        Ok(MemDir { entries, meta: node.meta })
+    }
+
+    /// Descends to the directory at `path`, loading nodes; creates missing ones if `create`.
+    fn dir_mut(&mut self, path: &FilePath, create: bool, loader: &Loader<'_>) -> Result<&mut MemDir> {
+        let mut dir = self;
+        for seg in path.segments() {
+            if !dir.entries.contains_key(seg) {
+                if !create {
+                    return Err(Error::not_found(format!("directory {path} does not exist")));
+                }
+                dir.entries.insert(seg.to_string(), MemEntry::Dir(MemDir::default()));
+            }
+            let entry = dir.entries.get_mut(seg).expect("present");
+            if let MemEntry::Stored(d) = entry {
+                *entry = MemEntry::Dir(MemDir::load(d, loader)?);
+            }
+            dir = match entry {
+                MemEntry::Dir(d) => d,
+                _ => return Err(Error::conflict(format!("{path}: {seg} is a file, not a directory"))),
+            };
+        }
+        Ok(dir)
+    }
+
+    /// Finds the entry at `path` (loading nodes on the way), if any.
+    pub fn get(&mut self, path: &FilePath, loader: &Loader<'_>) -> Result<Option<&mut MemEntry>> {
+        let Some(parent) = path.parent() else {
+            return Err(Error::invalid("the root has no entry"));
+        };
+        let name = path.file_name().expect("non-root path has a name");
+        match self.dir_mut(&parent, false, loader) {
+            Ok(dir) => Ok(dir.entries.get_mut(name)),
+            Err(e) if e.is(cairn_core::ErrorKind::NotFound) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Puts `entry` at `path`, creating parent directories. Replacing a file is allowed;
+    /// replacing a directory with a file (or the reverse) is a conflict.
+    pub fn insert(&mut self, path: &FilePath, entry: MemEntry, loader: &Loader<'_>) -> Result<()> {
+        let parent = path.parent().ok_or_else(|| Error::invalid("cannot replace the root"))?;
+        let name = path.file_name().expect("non-root path has a name");
+        let dir = self.dir_mut(&parent, true, loader)?;
+        let new_is_dir = !matches!(entry, MemEntry::File(_));
+        match dir.entries.get(name) {
+            Some(MemEntry::File(_)) if new_is_dir => {
+                Err(Error::conflict(format!("{path} is a file, not a directory")))
+            }
+            Some(MemEntry::Stored(_) | MemEntry::Dir(_)) if !new_is_dir => {
+                Err(Error::conflict(format!("{path} is a directory, not a file")))
+            }
+            _ => {
+                dir.entries.insert(name.to_string(), entry);
+                Ok(())
+            }
+        }
+    }
+
+    /// Creates a directory (and its parents) if missing.
+    pub fn mkdir(&mut self, path: &FilePath, loader: &Loader<'_>) -> Result<()> {
+        self.dir_mut(path, true, loader).map(|_| ())
+    }
+
+    /// Removes and returns the entry at `path`.
+    pub fn remove(&mut self, path: &FilePath, loader: &Loader<'_>) -> Result<MemEntry> {
+        let parent = path.parent().ok_or_else(|| Error::invalid("cannot remove the root"))?;
+        let name = path.file_name().expect("non-root path has a name");
+        let missing = || Error::not_found(format!("{path} does not exist"));
+        let dir = self.dir_mut(&parent, false, loader).map_err(|_| missing())?;
+        dir.entries.remove(name).ok_or_else(missing)
+    }
+
+    pub fn set_meta(&mut self, meta: Option<Value>) {
+        self.meta = meta;
+    }
+
+    /// Writes the edited tree as nodes (children before parents); returns the root digest.
+    /// Unchanged subtrees keep their digest and are not re-emitted.
+    pub fn store(self, out: &mut Vec<(Digest, DirNode)>) -> Digest {
+        let entries = self
+            .entries
+            .into_iter()
+            .map(|(k, e)| {
+                let e = match e {
+                    MemEntry::Stored(d) => Entry::Dir(d),
+                    MemEntry::Dir(d) => Entry::Dir(d.store(out)),
+                    MemEntry::File(f) => Entry::File(f),
+                };
+                (k, e)
+            })
+            .collect();
+        let node = DirNode { entries, meta: self.meta };
+        let digest = node.digest();
+        out.push((digest, node));
+        digest
+    }
+}
+
+/// What a node references: child directory nodes, and part slices of its files.
+pub fn node_children(node: &DirNode) -> (Vec<Digest>, Vec<PartSeg>) {
+    let mut dirs = Vec::new();
+    let mut parts = Vec::new();
+    for e in node.entries.values() {
+        match e {
+            Entry::Dir(d) => dirs.push(*d),
+            Entry::File(FileEntry { content: Content::Parts(p), .. }) => parts.extend_from_slice(p),
+            Entry::File(_) => {}
+        }
+    }
+    (dirs, parts)
+}
+
+/// Finds the entry at `path` under `root` (the root itself is a directory, returned as `None`
+/// inside `Ok(Some(..))` is not possible, so callers check `path.is_root()` first).
+pub fn lookup(root: &Digest, path: &FilePath, loader: &Loader<'_>) -> Result<Option<Entry>> {
+    let mut current = Entry::Dir(*root);
+    for seg in path.segments() {
+        let Entry::Dir(d) = current else { return Ok(None) };
+        match loader(&d)?.entries.remove(seg) {
+            Some(e) => current = e,
+            None => return Ok(None),
+        }
+    }
+    Ok(Some(current))
+}
+
+/// Renders the tree under `root` as the reference's `files` JSON: every node has a `"."` key
+/// with its attributes; a file's `parts` are indices into the version's segment list, numbered
+/// in walk order (names sorted).
+pub fn render(root: &Digest, loader: &Loader<'_>) -> Result<Value> {
+    let mut next_segment = 0u64;
+    render_dir(root, loader, &mut next_segment, 0)
+}
+
+const MAX_RENDER_DEPTH: usize = 300;
+
+fn render_dir(digest: &Digest, loader: &Loader<'_>, next: &mut u64, depth: usize) -> Result<Value> {
+    if depth > MAX_RENDER_DEPTH {
+        return Err(Error::corrupt("directory nesting exceeds the path depth limit"));
+    }
+    let node = loader(digest)?;
+    let mut dot = json!({"type": "directory"});
+    if let Some(m) = &node.meta {
+        dot["meta"] = m.clone();
+    }
+    let mut map = Map::new();
+    map.insert(".".into(), dot);
+    for (name, entry) in &node.entries {
+        let v = match entry {
+            Entry::Dir(d) => render_dir(d, loader, next, depth + 1)?,
+            Entry::File(f) => json!({".": render_file(f, next)}),
+        };
+        map.insert(name.clone(), v);
+    }
+    Ok(Value::Object(map))
+}
+
+fn render_file(f: &FileEntry, next: &mut u64) -> Value {
+    let mut dot = json!({"size": f.size, "encryption": {"scheme": "none"}});
+    if let Some(m) = &f.mime_type {
+        dot["mime_type"] = json!(m);
+    }
+    if let Some(m) = &f.meta {
+        dot["meta"] = m.clone();
+    }
+    match &f.content {
+        Content::Parts(segs) => {
+            let idx: Vec<u64> = (0..segs.len() as u64).map(|i| *next + i).collect();
+            *next += segs.len() as u64;
+            dot["parts"] = json!(idx);
+        }
+        Content::Pending(_) => dot["pending"] = json!(true),
+        Content::Link(target) => dot["link"] = json!(target),
+    }
+    dot
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    fn file(size: u64) -> MemEntry {
+        let seg = PartSeg { digest: Digest::of(b"p"), part_size: 100, off: 0, len: size };
+        MemEntry::File(FileEntry { size, mime_type: None, meta: None, content: Content::Parts(vec![seg]) })
+    }
+
+    fn p(s: &str) -> FilePath {
+        FilePath::parse(s).unwrap()
+    }
+
+    #[test]
+    fn edits_share_unchanged_subtrees_and_render() {
+        let store: Mutex<HashMap<Digest, DirNode>> = Mutex::new(HashMap::new());
+        let loader = |d: &Digest| store.lock().unwrap().get(d).cloned().ok_or_else(|| Error::not_found("node"));
+        let mut t = MemDir::default();
+        t.insert(&p("a/x"), file(1), &loader).unwrap();
+        t.insert(&p("b/y"), file(2), &loader).unwrap();
+        let mut out = Vec::new();
+        let root1 = t.store(&mut out);
+        assert_eq!(out.len(), 3);
+        store.lock().unwrap().extend(out);
+
+        let mut t2 = MemDir::load(&root1, &loader).unwrap();
+        t2.insert(&p("b/z"), file(3), &loader).unwrap();
+        let mut out2 = Vec::new();
+        let root2 = t2.store(&mut out2);
+        assert_eq!(out2.len(), 2, "only b and the root are rewritten; a is shared");
+        store.lock().unwrap().extend(out2);
+
+        let v = render(&root2, &loader).unwrap();
+        assert_eq!(v["."]["type"], "directory");
+        assert_eq!(v["a"]["x"]["."]["parts"], json!([0]));
+        assert_eq!(v["b"]["z"]["."]["parts"], json!([2]));
+        assert_eq!(v["b"]["y"]["."]["size"], 2);
+        assert!(lookup(&root2, &p("b/z"), &loader).unwrap().is_some());
+        assert!(lookup(&root2, &p("a/x/q"), &loader).unwrap().is_none());
+    }
+
+    #[test]
+    fn file_and_directory_conflicts() {
+        let loader = |_: &Digest| -> Result<DirNode> { Err(Error::not_found("none")) };
+        let mut t = MemDir::default();
+        t.insert(&p("a/x"), file(1), &loader).unwrap();
+        assert!(t.insert(&p("a/x/y"), file(1), &loader).unwrap_err().is(cairn_core::ErrorKind::Conflict));
+        assert!(t.insert(&p("a"), file(1), &loader).unwrap_err().is(cairn_core::ErrorKind::Conflict));
+        assert!(t.remove(&p("nope/x"), &loader).unwrap_err().is(cairn_core::ErrorKind::NotFound));
+        t.remove(&p("a"), &loader).unwrap();
+    }
+}

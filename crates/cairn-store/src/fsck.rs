@@ -1,0 +1,138 @@
+//! Consistency check: every index entry resolves, every chunk verifies, refcounts add up.
+//!
+//! The store knows the references parts hold on chunks; references held by the upper layers
+//! (upload jobs on chunks, tree nodes and upload jobs on parts) are passed in by the caller.
+
+use std::collections::{BTreeMap, HashMap};
+
+use cairn_core::record::Record;
+use cairn_core::{Digest, ErrorKind, Result};
+use serde::Serialize;
+
+use crate::index::{CF_CHUNKS, CF_CHUNK_REFS, CF_PARTS, CF_PART_REFS};
+use crate::pack::ChunkLoc;
+use crate::store::{counter_value, ChunkRef, PartRecord, Store};
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FsckReport {
+    pub chunks_checked: u64,
+    pub bytes_checked: u64,
+    pub parts_checked: u64,
+    /// Chunks whose bytes fail their blake3 check (or cannot be read).
+    pub corrupt_chunks: Vec<Digest>,
+    /// Chunks referenced by a part but absent from the index: (part key hex, chunk).
+    pub missing_chunks: Vec<(String, Digest)>,
+    /// Parts whose chunks are corrupt or missing, as part keys (hex).
+    pub damaged_parts: Vec<String>,
+    /// Human descriptions of refcounts that do not match the references found.
+    pub refcount_mismatches: Vec<String>,
+}
+
+impl FsckReport {
+    pub fn is_clean(&self) -> bool {
+        self.corrupt_chunks.is_empty()
+            && self.missing_chunks.is_empty()
+            && self.damaged_parts.is_empty()
+            && self.refcount_mismatches.is_empty()
+    }
+}
+
+/// References held outside the store, counted by the caller.
+#[derive(Debug, Default)]
+pub struct ExternalRefs {
+    pub chunks: HashMap<Digest, i64>,
+    /// Keyed by [`part_key`](crate::part_key).
+    pub parts: HashMap<Vec<u8>, i64>,
+}
+
+impl Store {
+    pub fn fsck(&self, external: &ExternalRefs) -> Result<FsckReport> {
+        let mut report = FsckReport::default();
+        self.verify_chunks(&mut report)?;
+        let mut chunk_refs = external.chunks.clone();
+        self.check_parts(&mut report, &mut chunk_refs)?;
+        let chunk_refs: HashMap<Vec<u8>, i64> = chunk_refs.into_iter().map(|(d, n)| (d.as_bytes().to_vec(), n)).collect();
+        self.compare_refs(CF_CHUNK_REFS, "chunk", &chunk_refs, &mut report)?;
+        self.compare_refs(CF_PART_REFS, "part", &external.parts, &mut report)?;
+        Ok(report)
+    }
+
+    fn verify_chunks(&self, report: &mut FsckReport) -> Result<()> {
+        for entry in self.index().scan(CF_CHUNKS, &[]) {
+            let (k, v) = entry?;
+            let hash = Digest::from_slice(&k).unwrap_or_default();
+            let loc = match ChunkLoc::decode(&v) {
+                Ok(l) => l,
+                Err(_) => {
+                    report.corrupt_chunks.push(hash);
+                    continue;
+                }
+            };
+            report.chunks_checked += 1;
+            match self.read_chunk(&ChunkRef { hash, len: loc.len }) {
+                Ok(data) => report.bytes_checked += data.len() as u64,
+                Err(e) if e.kind == ErrorKind::Corrupt => report.corrupt_chunks.push(hash),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    fn check_parts(&self, report: &mut FsckReport, chunk_refs: &mut HashMap<Digest, i64>) -> Result<()> {
+        for entry in self.index().scan(CF_PARTS, &[]) {
+            let (k, v) = entry?;
+            let key_hex = hex(&k);
+            report.parts_checked += 1;
+            let part = match PartRecord::decode(&v) {
+                Ok(p) => p,
+                Err(_) => {
+                    report.damaged_parts.push(key_hex);
+                    continue;
+                }
+            };
+            let mut damaged = false;
+            for c in &part.chunks {
+                *chunk_refs.entry(c.hash).or_default() += 1;
+                if !self.index().exists(CF_CHUNKS, c.hash.as_bytes())? {
+                    report.missing_chunks.push((key_hex.clone(), c.hash));
+                    damaged = true;
+                }
+                damaged |= report.corrupt_chunks.contains(&c.hash);
+            }
+            if damaged {
+                report.damaged_parts.push(key_hex);
+            }
+        }
+        Ok(())
+    }
+
+    fn compare_refs(
+        &self,
+        cf: &str,
+        what: &str,
+        expected: &HashMap<Vec<u8>, i64>,
+        report: &mut FsckReport,
+    ) -> Result<()> {
+        let mut stored: BTreeMap<Vec<u8>, i64> = BTreeMap::new();
+        for entry in self.index().scan(cf, &[]) {
+            let (k, v) = entry?;
+            stored.insert(k.to_vec(), counter_value(&v));
+        }
+        for (k, &want) in expected {
+            let have = stored.remove(k).unwrap_or(0);
+            if have != want {
+                report.refcount_mismatches.push(format!("{what} {}: refcount {have}, references {want}", hex(k)));
+            }
+        }
+        for (k, have) in stored {
+            if have != 0 {
+                report.refcount_mismatches.push(format!("{what} {}: refcount {have}, references 0", hex(&k)));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

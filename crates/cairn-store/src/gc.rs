@@ -1,0 +1,184 @@
+//! Garbage collection: delete parts and chunks whose refcount reached zero, then repack sealed
+//! packs that are mostly dead.
+//!
+//! Deletions run under the store's `ref_guard` (parts) and pin lock (chunks), so nothing that a
+//! concurrent upload or finalize is about to reference can disappear. Repacking is crash-safe:
+//! live chunks are copied and fsynced first, one batch moves their locations and marks the old
+//! pack retired, and only then is the old file deleted (recovery deletes it if a crash came first).
+
+use std::collections::HashMap;
+
+use cairn_core::record::Record;
+use cairn_core::{Digest, Result};
+use serde::Serialize;
+
+use crate::index::{CF_CHUNKS, CF_CHUNK_REFS, CF_PACKS, CF_PACK_LEN, CF_PARTS, CF_PART_REFS};
+use crate::pack::{ChunkLoc, PackId, HEADER_LEN, RECORD_HEADER_LEN};
+use crate::store::{counter_value, pack_files, PackInfo, PackState, PartRecord, Store};
+
+#[derive(Debug, Clone)]
+pub struct GcOptions {
+    /// Report what would be done without changing anything.
+    pub dry_run: bool,
+    /// Repack a sealed pack when less than this fraction of its bytes is live.
+    pub repack_below: f64,
+}
+
+impl Default for GcOptions {
+    fn default() -> Self {
+        GcOptions { dry_run: false, repack_below: 0.5 }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct GcReport {
+    pub dry_run: bool,
+    pub parts_deleted: u64,
+    pub chunks_deleted: u64,
+    pub chunk_bytes_deleted: u64,
+    pub packs_repacked: u64,
+    pub packs_deleted: u64,
+    pub live_bytes_moved: u64,
+    /// Pack file bytes returned to the file system.
+    pub disk_bytes_freed: u64,
+    /// Chunks left in place because reading them failed verification: evidence for fsck.
+    pub corrupt_chunks_kept: u64,
+}
+
+impl Store {
+    /// Runs one garbage collection pass.
+    pub fn gc(&self, opts: &GcOptions) -> Result<GcReport> {
+        let mut report = GcReport { dry_run: opts.dry_run, ..GcReport::default() };
+        self.gc_parts(opts, &mut report)?;
+        self.gc_chunks(opts, &mut report)?;
+        self.repack(opts, &mut report)?;
+        Ok(report)
+    }
+
+    fn dead_keys(&self, cf: &str) -> Result<Vec<Box<[u8]>>> {
+        let mut dead = Vec::new();
+        for entry in self.index().scan(cf, &[]) {
+            let (k, v) = entry?;
+            if counter_value(&v) <= 0 {
+                dead.push(k);
+            }
+        }
+        Ok(dead)
+    }
+
+    fn gc_parts(&self, opts: &GcOptions, report: &mut GcReport) -> Result<()> {
+        let guard = self.ref_guard();
+        let mut batch = self.index().batch();
+        for key in self.dead_keys(CF_PART_REFS)? {
+            if self.index().counter(CF_PART_REFS, &key)? > 0 {
+                continue;
+            }
+            if let Some(part) = self.index().get_record::<PartRecord>(CF_PARTS, &key)? {
+                self.release_chunks(&mut batch, &part.chunks);
+            }
+            batch.delete(CF_PARTS, &key);
+            batch.delete(CF_PART_REFS, &key);
+            report.parts_deleted += 1;
+        }
+        if !opts.dry_run && !batch.is_empty() {
+            self.commit(batch)?;
+        }
+        drop(guard);
+        Ok(())
+    }
+
+    fn gc_chunks(&self, opts: &GcOptions, report: &mut GcReport) -> Result<()> {
+        let pins = self.pins();
+        let mut batch = self.index().batch();
+        for key in self.dead_keys(CF_CHUNK_REFS)? {
+            let pinned = Digest::from_slice(&key).is_some_and(|d| pins.contains_key(&d));
+            if pinned || self.index().counter(CF_CHUNK_REFS, &key)? > 0 {
+                continue;
+            }
+            if let Some(loc) = self.index().get_record::<ChunkLoc>(CF_CHUNKS, &key)? {
+                report.chunk_bytes_deleted += u64::from(loc.len);
+            }
+            batch.delete(CF_CHUNKS, &key);
+            batch.delete(CF_CHUNK_REFS, &key);
+            report.chunks_deleted += 1;
+        }
+        if !opts.dry_run && !batch.is_empty() {
+            self.commit(batch)?;
+        }
+        drop(pins);
+        Ok(())
+    }
+
+    /// Live record bytes per pack, from the chunk index.
+    fn live_by_pack(&self) -> Result<HashMap<PackId, Vec<(Digest, ChunkLoc)>>> {
+        let mut live: HashMap<PackId, Vec<(Digest, ChunkLoc)>> = HashMap::new();
+        for entry in self.index().scan(CF_CHUNKS, &[]) {
+            let (k, v) = entry?;
+            let loc = ChunkLoc::decode(&v)?;
+            let hash = Digest::from_slice(&k).ok_or_else(|| cairn_core::Error::corrupt("chunk key is not 32 bytes"))?;
+            live.entry(loc.pack).or_default().push((hash, loc));
+        }
+        Ok(live)
+    }
+
+    fn repack(&self, opts: &GcOptions, report: &mut GcReport) -> Result<()> {
+        let live = self.live_by_pack()?;
+        let open = self.open_pack_id();
+        for id in pack_files(self.pack_dir())? {
+            let sealed = matches!(
+                self.index().get_record::<PackInfo>(CF_PACKS, &id.0.to_be_bytes())?,
+                Some(PackInfo { state: PackState::Sealed })
+            );
+            if id >= open || !sealed {
+                continue;
+            }
+            let size = std::fs::metadata(self.pack_dir().join(id.file_name())).map(|m| m.len()).unwrap_or(0);
+            let chunks = live.get(&id).map(Vec::as_slice).unwrap_or(&[]);
+            let live_bytes: u64 = chunks.iter().map(|(_, l)| RECORD_HEADER_LEN + u64::from(l.len)).sum();
+            if (live_bytes as f64) >= opts.repack_below * (size.saturating_sub(HEADER_LEN) as f64) {
+                continue;
+            }
+            if opts.dry_run {
+                report.packs_repacked += 1;
+                report.disk_bytes_freed += size.saturating_sub(live_bytes);
+                continue;
+            }
+            self.repack_one(id, chunks, size, report)?;
+        }
+        Ok(())
+    }
+
+    fn repack_one(&self, id: PackId, chunks: &[(Digest, ChunkLoc)], size: u64, report: &mut GcReport) -> Result<()> {
+        let mut batch = self.index().batch();
+        for (hash, loc) in chunks {
+            let data = match self.read_chunk(&crate::ChunkRef { hash: *hash, len: loc.len }) {
+                Ok(d) => d,
+                Err(e) if e.kind == cairn_core::ErrorKind::Corrupt => {
+                    tracing::warn!(pack = id.0, chunk = %hash, "corrupt chunk: pack kept for fsck");
+                    report.corrupt_chunks_kept += 1;
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            };
+            let new = self.append_for_repack(hash, &data)?;
+            batch.put_record(CF_CHUNKS, hash.as_bytes(), &new);
+            batch.max(CF_PACK_LEN, &new.pack.0.to_be_bytes(), new.end());
+            report.live_bytes_moved += u64::from(loc.len);
+        }
+        let key = id.0.to_be_bytes();
+        batch.put_record(CF_PACKS, &key, &PackInfo { state: PackState::Retired });
+        self.commit(batch)?;
+        self.forget_pack(id);
+        let path = self.pack_dir().join(id.file_name());
+        std::fs::remove_file(&path).map_err(|e| cairn_core::Error::io("remove repacked pack", e))?;
+        crate::pack::sync_dir(self.pack_dir())?;
+        let mut done = self.index().batch();
+        done.delete(CF_PACKS, &key);
+        done.delete(CF_PACK_LEN, &key);
+        self.commit(done)?;
+        report.packs_deleted += 1;
+        report.packs_repacked += u64::from(!chunks.is_empty());
+        report.disk_bytes_freed += size;
+        Ok(())
+    }
+}

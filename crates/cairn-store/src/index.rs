@@ -1,0 +1,190 @@
+//! The RocksDB index: column families, typed batches, and merge-operator counters.
+//!
+//! Every value is a versioned CBOR [`Record`] except counters, which are 8-byte little-endian
+//! integers combined by RocksDB merge operators: `add` for refcounts (so concurrent uploads can
+//! reference the same chunk without a read-modify-write), `max` for a pack's committed length (so
+//! two commits landing out of order can never move it backwards).
+
+use std::path::Path;
+
+use cairn_core::record::Record;
+use cairn_core::{Error, Result};
+use rocksdb::{
+    ColumnFamilyDescriptor, Direction, IteratorMode, MergeOperands, Options, WriteBatch, WriteOptions, DB,
+};
+
+/// Chunk hash → [`ChunkLoc`](crate::pack::ChunkLoc).
+pub const CF_CHUNKS: &str = "chunks";
+/// Chunk hash → refcount (add counter): part records and upload-job chunk lists referencing it.
+pub const CF_CHUNK_REFS: &str = "chunk_refs";
+/// Part key → [`PartRecord`](crate::PartRecord).
+pub const CF_PARTS: &str = "parts";
+/// Part key → refcount (add counter): tree nodes and sealed upload jobs referencing it.
+pub const CF_PART_REFS: &str = "part_refs";
+/// Pack id (u64 BE) → [`PackInfo`](crate::store::PackInfo).
+pub const CF_PACKS: &str = "packs";
+/// Pack id (u64 BE) → committed length (max counter): recovery truncates past it.
+pub const CF_PACK_LEN: &str = "pack_len";
+
+/// How a column family combines merges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CfKind {
+    Plain,
+    /// Signed 64-bit sum.
+    Add,
+    /// Unsigned 64-bit maximum.
+    Max,
+}
+
+pub(crate) const STORE_CFS: &[(&str, CfKind)] = &[
+    (CF_CHUNKS, CfKind::Plain),
+    (CF_CHUNK_REFS, CfKind::Add),
+    (CF_PARTS, CfKind::Plain),
+    (CF_PART_REFS, CfKind::Add),
+    (CF_PACKS, CfKind::Plain),
+    (CF_PACK_LEN, CfKind::Max),
+];
+
+fn decode_i64(v: &[u8]) -> i64 {
+    v.try_into().map(i64::from_le_bytes).unwrap_or(0)
+}
+
+fn merge_add(_k: &[u8], existing: Option<&[u8]>, ops: &MergeOperands) -> Option<Vec<u8>> {
+    let sum = ops.iter().fold(existing.map_or(0, decode_i64), |a, op| a.wrapping_add(decode_i64(op)));
+    Some(sum.to_le_bytes().to_vec())
+}
+
+fn merge_max(_k: &[u8], existing: Option<&[u8]>, ops: &MergeOperands) -> Option<Vec<u8>> {
+    let max = ops.iter().fold(existing.map_or(0, decode_i64) as u64, |a, op| a.max(decode_i64(op) as u64));
+    Some(max.to_le_bytes().to_vec())
+}
+
+/// The open RocksDB database with Cairn's column families.
+pub struct Index {
+    db: DB,
+}
+
+impl Index {
+    pub fn open(path: &Path, cfs: &[(&'static str, CfKind)]) -> Result<Index> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_max_background_jobs(2);
+        let descriptors = cfs.iter().map(|&(name, kind)| {
+            let mut o = Options::default();
+            match kind {
+                CfKind::Plain => {}
+                CfKind::Add => o.set_merge_operator_associative("cairn_add", merge_add),
+                CfKind::Max => o.set_merge_operator_associative("cairn_max", merge_max),
+            }
+            ColumnFamilyDescriptor::new(name, o)
+        });
+        let db = DB::open_cf_descriptors(&opts, path, descriptors)
+            .map_err(|e| Error::internal(format!("open index {}: {e}", path.display())))?;
+        Ok(Index { db })
+    }
+
+    fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+        self.db.cf_handle(name).unwrap_or_else(|| panic!("column family {name} is not registered"))
+    }
+
+    pub fn get(&self, cf: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.db.get_cf(self.cf(cf), key).map_err(db_err)
+    }
+
+    pub fn get_record<T: Record>(&self, cf: &str, key: &[u8]) -> Result<Option<T>> {
+        self.get(cf, key)?.map(|v| T::decode(&v)).transpose()
+    }
+
+    pub fn exists(&self, cf: &str, key: &[u8]) -> Result<bool> {
+        Ok(self.get(cf, key)?.is_some())
+    }
+
+    /// Reads a counter (0 when absent).
+    pub fn counter(&self, cf: &str, key: &[u8]) -> Result<i64> {
+        Ok(self.get(cf, key)?.map_or(0, |v| decode_i64(&v)))
+    }
+
+    /// All entries whose key starts with `prefix`, in key order.
+    pub fn scan<'a>(&'a self, cf: &str, prefix: &'a [u8]) -> impl Iterator<Item = Result<(Box<[u8]>, Box<[u8]>)>> + 'a {
+        self.db
+            .iterator_cf(self.cf(cf), IteratorMode::From(prefix, Direction::Forward))
+            .map(|r| r.map_err(db_err))
+            .take_while(move |r| r.as_ref().map_or(true, |(k, _)| k.starts_with(prefix)))
+    }
+
+    /// Entries from `start` (inclusive) with the same `prefix`, at most `limit`.
+    pub fn scan_from<'a>(
+        &'a self,
+        cf: &str,
+        prefix: &'a [u8],
+        start: &'a [u8],
+    ) -> impl Iterator<Item = Result<(Box<[u8]>, Box<[u8]>)>> + 'a {
+        self.db
+            .iterator_cf(self.cf(cf), IteratorMode::From(start, Direction::Forward))
+            .map(|r| r.map_err(db_err))
+            .take_while(move |r| r.as_ref().map_or(true, |(k, _)| k.starts_with(prefix)))
+    }
+
+    pub fn batch(&self) -> Batch<'_> {
+        Batch { index: self, wb: WriteBatch::default() }
+    }
+
+    /// Applies a batch atomically; with `sync` the WAL is fsynced before returning.
+    /// RocksDB groups concurrent synced writers into one fsync.
+    pub fn write(&self, batch: Batch<'_>, sync: bool) -> Result<()> {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(sync);
+        self.db.write_opt(batch.wb, &wo).map_err(db_err)
+    }
+
+    pub fn flush(&self) -> Result<()> {
+        for (name, _) in STORE_CFS {
+            self.db.flush_cf(self.cf(name)).map_err(db_err)?;
+        }
+        Ok(())
+    }
+}
+
+fn db_err(e: rocksdb::Error) -> Error {
+    let s = e.to_string();
+    if s.contains("Corruption") {
+        Error::corrupt(format!("index: {s}"))
+    } else {
+        Error::internal(format!("index: {s}"))
+    }
+}
+
+/// A set of changes applied atomically by [`Index::write`].
+pub struct Batch<'a> {
+    index: &'a Index,
+    wb: WriteBatch,
+}
+
+impl Batch<'_> {
+    pub fn put(&mut self, cf: &str, key: &[u8], value: &[u8]) {
+        self.wb.put_cf(self.index.cf(cf), key, value);
+    }
+
+    pub fn put_record<T: Record>(&mut self, cf: &str, key: &[u8], value: &T) {
+        self.put(cf, key, &value.encode());
+    }
+
+    pub fn delete(&mut self, cf: &str, key: &[u8]) {
+        self.wb.delete_cf(self.index.cf(cf), key);
+    }
+
+    /// Adds `delta` to an `Add` counter.
+    pub fn add(&mut self, cf: &str, key: &[u8], delta: i64) {
+        self.wb.merge_cf(self.index.cf(cf), key, delta.to_le_bytes());
+    }
+
+    /// Raises a `Max` counter to at least `value`.
+    pub fn max(&mut self, cf: &str, key: &[u8], value: u64) {
+        self.wb.merge_cf(self.index.cf(cf), key, value.to_le_bytes());
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.wb.is_empty()
+    }
+}

@@ -1,0 +1,480 @@
+//! The store: chunk writes with dedup and group-committed fsync, verified reads, parts, recovery.
+//!
+//! Write order for every acknowledgement: chunk bytes are appended to the open pack, the pack is
+//! fsynced (one fsync covers every writer waiting at that moment), then one synced RocksDB batch
+//! records chunk locations, the pack's committed length, refcounts and the caller's own records.
+//! Only then does the caller reply. A crash at any point leaves either a fully indexed change or
+//! pack bytes past the committed length, which [`Store::open`] truncates.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use cairn_core::record::Record;
+use cairn_core::{Digest, Error, Result};
+use parking_lot::{Mutex, MutexGuard, RwLock};
+use serde::{Deserialize, Serialize};
+
+use crate::chunker::ChunkParams;
+use crate::index::{
+    Batch, CfKind, Index, CF_CHUNKS, CF_CHUNK_REFS, CF_PACKS, CF_PACK_LEN, CF_PARTS, CF_PART_REFS, STORE_CFS,
+};
+use crate::pack::{sync_dir, ChunkLoc, PackFile, PackId, HEADER_LEN, RECORD_HEADER_LEN};
+use crate::range;
+
+/// A chunk as referenced by parts and upload jobs: its hash and length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkRef {
+    pub hash: Digest,
+    pub len: u32,
+}
+
+impl Record for ChunkLoc {
+    const NAME: &'static str = "chunk location";
+}
+
+/// Per-pack state in the index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PackState {
+    /// Sealed: full, fsynced, never written again.
+    Sealed,
+    /// Repacked away: its live chunks moved; the file is deleted (again, if a crash interrupted).
+    Retired,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackInfo {
+    pub state: PackState,
+}
+
+impl Record for PackInfo {
+    const NAME: &'static str = "pack info";
+}
+
+/// An immutable part: the ordered chunks of its bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartRecord {
+    pub digest: Digest,
+    pub size: u64,
+    pub chunks: Vec<ChunkRef>,
+}
+
+impl Record for PartRecord {
+    const NAME: &'static str = "part";
+}
+
+/// The index key of a part: digest (32) | size (u64 BE).
+pub fn part_key(digest: &Digest, size: u64) -> [u8; 40] {
+    let mut k = [0u8; 40];
+    k[..32].copy_from_slice(digest.as_bytes());
+    k[32..].copy_from_slice(&size.to_be_bytes());
+    k
+}
+
+/// Store settings.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub dir: PathBuf,
+    /// A pack is sealed once it reaches this size.
+    pub pack_target_size: u64,
+    pub chunking: ChunkParams,
+}
+
+impl StoreConfig {
+    pub fn new(dir: impl Into<PathBuf>) -> StoreConfig {
+        StoreConfig { dir: dir.into(), pack_target_size: 256 << 20, chunking: ChunkParams::default() }
+    }
+}
+
+struct Writer {
+    pack: Arc<PackFile>,
+    len: u64,
+}
+
+/// The content-addressed chunk store and its index.
+pub struct Store {
+    cfg: StoreConfig,
+    pack_dir: PathBuf,
+    index: Index,
+    writer: Mutex<Writer>,
+    /// Pack and length known durable; the lock also serialises fsyncs (group commit).
+    synced: Mutex<(PackId, u64)>,
+    readers: RwLock<HashMap<PackId, Arc<PackFile>>>,
+    /// Chunks an in-flight write session relies on without holding a reference yet; gc skips them.
+    pins: Mutex<HashMap<Digest, u32>>,
+    /// Held by anything that checks-then-references a part or tree node, and by gc while it
+    /// deletes: a thing gc decided is dead cannot be revived in between.
+    ref_guard: Mutex<()>,
+}
+
+impl Store {
+    /// Opens (or creates) a store and recovers from any crash; `extra_cfs` are the upper layers'
+    /// column families, so their records can share batches with the store's.
+    pub fn open(cfg: StoreConfig, extra_cfs: &[(&'static str, CfKind)]) -> Result<Store> {
+        let pack_dir = cfg.dir.join("packs");
+        std::fs::create_dir_all(&pack_dir).map_err(|e| Error::io("create data dir", e))?;
+        let cfs: Vec<_> = STORE_CFS.iter().chain(extra_cfs).copied().collect();
+        let index = Index::open(&cfg.dir.join("index"), &cfs)?;
+        let last = recover_packs(&index, &pack_dir)?;
+        let (pack, len) = open_writer(&index, &pack_dir, last, cfg.pack_target_size)?;
+        let id = pack.id;
+        Ok(Store {
+            cfg,
+            pack_dir,
+            index,
+            writer: Mutex::new(Writer { pack: Arc::new(pack), len }),
+            synced: Mutex::new((id, len)),
+            readers: RwLock::new(HashMap::new()),
+            pins: Mutex::new(HashMap::new()),
+            ref_guard: Mutex::new(()),
+        })
+    }
+
+    pub fn index(&self) -> &Index {
+        &self.index
+    }
+
+    pub fn config(&self) -> &StoreConfig {
+        &self.cfg
+    }
+
+    pub fn pack_dir(&self) -> &Path {
+        &self.pack_dir
+    }
+
+    pub fn chunking(&self) -> ChunkParams {
+        self.cfg.chunking
+    }
+
+    /// Starts a write session: chunks added to it become durable and referenced at its commit.
+    pub fn session(&self) -> WriteSession<'_> {
+        WriteSession { store: self, new: HashMap::new(), pinned: Vec::new(), refs: Vec::new(), end: None }
+    }
+
+    /// Takes the guard that orders check-then-reference against gc's deletions.
+    pub fn ref_guard(&self) -> MutexGuard<'_, ()> {
+        self.ref_guard.lock()
+    }
+
+    fn append(&self, hash: &Digest, data: &[u8]) -> Result<(ChunkLoc, u64)> {
+        let mut w = self.writer.lock();
+        let rec = RECORD_HEADER_LEN + data.len() as u64;
+        if w.len > HEADER_LEN && w.len + rec > self.cfg.pack_target_size {
+            self.roll(&mut w)?;
+        }
+        let loc = ChunkLoc { pack: w.pack.id, offset: w.len, len: data.len() as u32 };
+        w.len = w.pack.write_record(w.len, hash, data)?;
+        Ok((loc, w.len))
+    }
+
+    /// Seals the open pack (fsync, mark sealed) and starts the next one.
+    fn roll(&self, w: &mut Writer) -> Result<()> {
+        w.pack.sync_data()?;
+        let old = w.pack.id;
+        let next = PackFile::create(&self.pack_dir, PackId(old.0 + 1))?;
+        let mut b = self.index.batch();
+        b.put_record(CF_PACKS, &old.0.to_be_bytes(), &PackInfo { state: PackState::Sealed });
+        self.index.write(b, true)?;
+        w.pack = Arc::new(next);
+        w.len = HEADER_LEN;
+        Ok(())
+    }
+
+    /// Makes every pack byte up to `(pack, end)` durable. Whoever holds the sync lock fsyncs all
+    /// that has been appended so far, so concurrent committers share one fsync.
+    fn sync_through(&self, pack: PackId, end: u64) -> Result<()> {
+        let mut synced = self.synced.lock();
+        if (synced.0, synced.1) >= (pack, end) {
+            return Ok(());
+        }
+        let (file, len) = {
+            let w = self.writer.lock();
+            (w.pack.clone(), w.len)
+        };
+        if file.id > pack {
+            // The pack was sealed, and fsynced, by `roll`.
+            return Ok(());
+        }
+        file.sync_data()?;
+        *synced = (file.id, len);
+        Ok(())
+    }
+
+    fn pack_reader(&self, id: PackId) -> Result<Arc<PackFile>> {
+        if let Some(p) = self.readers.read().get(&id) {
+            return Ok(p.clone());
+        }
+        let p = Arc::new(PackFile::open(&self.pack_dir, id, false)?);
+        self.readers.write().insert(id, p.clone());
+        Ok(p)
+    }
+
+    pub(crate) fn forget_pack(&self, id: PackId) {
+        self.readers.write().remove(&id);
+    }
+
+    pub fn chunk_loc(&self, hash: &Digest) -> Result<Option<ChunkLoc>> {
+        self.index.get_record(CF_CHUNKS, hash.as_bytes())
+    }
+
+    /// Reads one chunk, verified against its blake3 hash.
+    pub fn read_chunk(&self, chunk: &ChunkRef) -> Result<Vec<u8>> {
+        let loc = self
+            .chunk_loc(&chunk.hash)?
+            .ok_or_else(|| Error::corrupt(format!("chunk {} is missing from the index", chunk.hash)))?;
+        if loc.len != chunk.len {
+            return Err(Error::corrupt(format!("chunk {} has length {} in the index, {} in its part", chunk.hash, loc.len, chunk.len)));
+        }
+        match self.pack_reader(loc.pack).and_then(|p| p.read_chunk(&loc, &chunk.hash)) {
+            Ok(data) => Ok(data),
+            // gc may have repacked the chunk between the lookup and the read: look again once.
+            Err(e) if e.kind == cairn_core::ErrorKind::Internal => {
+                let again = self.chunk_loc(&chunk.hash)?.filter(|l| *l != loc).ok_or(e)?;
+                self.pack_reader(again.pack)?.read_chunk(&again, &chunk.hash)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Streams bytes `[offset, offset+len)` of the concatenation of `chunks` to `sink`, one
+    /// verified chunk at a time. Only the chunks overlapping the range are read.
+    pub fn read_range(
+        &self,
+        chunks: &[ChunkRef],
+        offset: u64,
+        len: u64,
+        mut sink: impl FnMut(&[u8]) -> Result<()>,
+    ) -> Result<()> {
+        let lens: Vec<u64> = chunks.iter().map(|c| u64::from(c.len)).collect();
+        for piece in range::plan(&lens, offset, len)? {
+            let data = self.read_chunk(&chunks[piece.index])?;
+            sink(&data[piece.start as usize..(piece.start + piece.len) as usize])?;
+        }
+        Ok(())
+    }
+
+    /// Hashes the bytes of `chunks` (each chunk verified on the way) to a part digest.
+    pub fn digest_of(&self, chunks: &[ChunkRef]) -> Result<Digest> {
+        let mut h = blake3::Hasher::new();
+        for c in chunks {
+            h.update(&self.read_chunk(c)?);
+        }
+        Ok(h.finalize().into())
+    }
+
+    pub fn part(&self, digest: &Digest, size: u64) -> Result<Option<PartRecord>> {
+        self.index.get_record(CF_PARTS, &part_key(digest, size))
+    }
+
+    /// Adds to `batch` a reference to the part made of `chunks`, creating its record (and its
+    /// chunk references) when it is new. The caller must hold [`Store::ref_guard`] until the
+    /// batch is written.
+    pub fn reference_part(&self, batch: &mut Batch<'_>, part: &PartRecord, _guard: &MutexGuard<'_, ()>) -> Result<()> {
+        let key = part_key(&part.digest, part.size);
+        if !self.index.exists(CF_PARTS, &key)? {
+            batch.put_record(CF_PARTS, &key, part);
+            for c in &part.chunks {
+                batch.add(CF_CHUNK_REFS, c.hash.as_bytes(), 1);
+            }
+        }
+        batch.add(CF_PART_REFS, &key, 1);
+        Ok(())
+    }
+
+    /// Adds to `batch` the release of one reference to a part (gc frees it at zero).
+    pub fn release_part(&self, batch: &mut Batch<'_>, digest: &Digest, size: u64) {
+        batch.add(CF_PART_REFS, &part_key(digest, size), -1);
+    }
+
+    /// Adds to `batch` the release of chunk references taken by a [`WriteSession`].
+    pub fn release_chunks<'c>(&self, batch: &mut Batch<'_>, chunks: impl IntoIterator<Item = &'c ChunkRef>) {
+        for c in chunks {
+            batch.add(CF_CHUNK_REFS, c.hash.as_bytes(), -1);
+        }
+    }
+
+    /// Writes a batch durably.
+    pub fn commit(&self, batch: Batch<'_>) -> Result<()> {
+        self.index.write(batch, true)
+    }
+
+    /// Flushes the index memtables (clean shutdown; not needed for durability).
+    pub fn flush(&self) -> Result<()> {
+        self.index.flush()
+    }
+
+    pub(crate) fn open_pack_id(&self) -> PackId {
+        self.writer.lock().pack.id
+    }
+
+    pub(crate) fn pins(&self) -> MutexGuard<'_, HashMap<Digest, u32>> {
+        self.pins.lock()
+    }
+
+    pub(crate) fn append_for_repack(&self, hash: &Digest, data: &[u8]) -> Result<ChunkLoc> {
+        let (loc, end) = self.append(hash, data)?;
+        self.sync_through(loc.pack, end)?;
+        Ok(loc)
+    }
+}
+
+/// Chunks written (or found) by one upload request, made durable and referenced by [`commit`].
+///
+/// [`commit`]: WriteSession::commit
+pub struct WriteSession<'s> {
+    store: &'s Store,
+    new: HashMap<Digest, ChunkLoc>,
+    pinned: Vec<Digest>,
+    refs: Vec<Digest>,
+    end: Option<(PackId, u64)>,
+}
+
+impl WriteSession<'_> {
+    /// Stores one chunk unless the store already has it; returns its reference.
+    pub fn add_chunk(&mut self, data: &[u8]) -> Result<ChunkRef> {
+        let hash = Digest::of(data);
+        let len = u32::try_from(data.len()).map_err(|_| Error::too_large("chunk over 4 GiB"))?;
+        if !self.new.contains_key(&hash) && !self.pin_if_stored(&hash)? {
+            let (loc, end) = self.store.append(&hash, data)?;
+            self.end = self.end.max(Some((loc.pack, end)));
+            self.new.insert(hash, loc);
+        }
+        self.refs.push(hash);
+        Ok(ChunkRef { hash, len })
+    }
+
+    /// Pins `hash` and reports whether the index has it (atomically with respect to gc).
+    fn pin_if_stored(&mut self, hash: &Digest) -> Result<bool> {
+        let mut pins = self.store.pins();
+        if !self.store.index.exists(CF_CHUNKS, hash.as_bytes())? {
+            return Ok(false);
+        }
+        *pins.entry(*hash).or_default() += 1;
+        self.pinned.push(*hash);
+        Ok(true)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.refs.is_empty()
+    }
+
+    /// Makes the session's chunks durable, then writes `batch` (the caller's records) together
+    /// with the chunk locations and one reference per chunk added.
+    pub fn commit(mut self, mut batch: Batch<'_>) -> Result<()> {
+        if let Some((pack, end)) = self.end {
+            self.store.sync_through(pack, end)?;
+        }
+        for (hash, loc) in &self.new {
+            batch.put_record(CF_CHUNKS, hash.as_bytes(), loc);
+            batch.max(CF_PACK_LEN, &loc.pack.0.to_be_bytes(), loc.end());
+        }
+        for hash in &self.refs {
+            batch.add(CF_CHUNK_REFS, hash.as_bytes(), 1);
+        }
+        self.store.commit(batch)?;
+        self.refs.clear();
+        Ok(())
+    }
+}
+
+impl Drop for WriteSession<'_> {
+    fn drop(&mut self) {
+        let mut pins = self.store.pins();
+        for h in self.pinned.drain(..) {
+            if let Some(n) = pins.get_mut(&h) {
+                *n -= 1;
+                if *n == 0 {
+                    pins.remove(&h);
+                }
+            }
+        }
+    }
+}
+
+/// Lists pack ids present on disk.
+pub(crate) fn pack_files(dir: &Path) -> Result<Vec<PackId>> {
+    let mut ids = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io("list packs", e))? {
+        let entry = entry.map_err(|e| Error::io("list packs", e))?;
+        if let Some(id) = entry.file_name().to_str().and_then(PackId::parse_file_name) {
+            ids.push(id);
+        }
+    }
+    ids.sort();
+    Ok(ids)
+}
+
+/// Crash recovery: deletes retired and never-indexed packs, truncates unindexed tails.
+/// Returns the highest pack id still present.
+fn recover_packs(index: &Index, dir: &Path) -> Result<Option<PackId>> {
+    let mut last = None;
+    let mut removed = HashSet::new();
+    for id in pack_files(dir)? {
+        let key = id.0.to_be_bytes();
+        let info: Option<PackInfo> = index.get_record(CF_PACKS, &key)?;
+        let committed = index.get(CF_PACK_LEN, &key)?.map(|v| u64::from_le_bytes(v[..8].try_into().unwrap_or([0; 8])));
+        let path = dir.join(id.file_name());
+        let retired = matches!(info, Some(PackInfo { state: PackState::Retired }));
+        match committed {
+            Some(len) if !retired => {
+                let pack = PackFile::open(dir, id, true)?;
+                let actual = pack.len()?;
+                if actual > len {
+                    tracing::warn!(pack = id.0, actual, len, "truncating unindexed pack tail");
+                    pack.truncate(len)?;
+                } else if actual < len {
+                    return Err(Error::corrupt(format!("pack {} is {actual} bytes, the index says {len}", id.0)));
+                }
+                last = last.max(Some(id));
+            }
+            _ => {
+                tracing::info!(pack = id.0, retired, "removing pack with no indexed chunks");
+                std::fs::remove_file(&path).map_err(|e| Error::io("remove pack", e))?;
+                removed.insert(id);
+                if retired {
+                    let mut b = index.batch();
+                    b.delete(CF_PACKS, &key);
+                    b.delete(CF_PACK_LEN, &key);
+                    index.write(b, true)?;
+                }
+            }
+        }
+    }
+    if !removed.is_empty() {
+        sync_dir(dir)?;
+    }
+    Ok(last)
+}
+
+/// Reopens the newest pack for appending if it is unsealed and has room; otherwise creates one.
+fn open_writer(index: &Index, dir: &Path, last: Option<PackId>, target: u64) -> Result<(PackFile, u64)> {
+    if let Some(id) = last {
+        let sealed = index.get_record::<PackInfo>(CF_PACKS, &id.0.to_be_bytes())?.is_some();
+        let exists = dir.join(id.file_name()).exists();
+        if exists && !sealed {
+            let pack = PackFile::open(dir, id, true)?;
+            let len = pack.len()?;
+            if len < target {
+                return Ok((pack, len));
+            }
+            pack.sync_data()?;
+            let mut b = index.batch();
+            b.put_record(CF_PACKS, &id.0.to_be_bytes(), &PackInfo { state: PackState::Sealed });
+            index.write(b, true)?;
+        }
+    }
+    let next = PackId(last.map_or(1, |id| id.0 + 1));
+    let max_known = index.scan(CF_PACKS, &[]).filter_map(|r| r.ok()).filter_map(|(k, _)| k[..].try_into().ok().map(u64::from_be_bytes)).max();
+    let next = PackId(next.0.max(max_known.map_or(0, |m| m + 1)));
+    Ok((PackFile::create(dir, next)?, HEADER_LEN))
+}
+
+/// Refcount keys for parts, re-exported for the upper layers' fsck.
+pub fn part_refs_cf() -> &'static str {
+    CF_PART_REFS
+}
+
+/// Reads a counter value stored by a merge operator.
+pub fn counter_value(v: &[u8]) -> i64 {
+    v.try_into().map(i64::from_le_bytes).unwrap_or(0)
+}
