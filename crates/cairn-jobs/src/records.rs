@@ -32,7 +32,11 @@ pub const CF_NODES: &str = "nodes";
 /// Node digest → refcount (add counter): versions, drafts and parent nodes referencing it.
 pub const CF_NODE_REFS: &str = "node_refs";
 
+/// Engine settings that outlive a process: node id, start count.
+pub const CF_ENGINE: &str = "engine";
+
 pub const JOB_CFS: &[(&str, CfKind)] = &[
+    (CF_ENGINE, CfKind::Plain),
     (CF_LIBRARIES, CfKind::Plain),
     (CF_OBJECTS, CfKind::Plain),
     (CF_VERSIONS, CfKind::Plain),

@@ -173,6 +173,19 @@ impl MemDir {
         dir.entries.remove(name).ok_or_else(missing)
     }
 
+    /// Names of the entries, sorted.
+    pub fn names(&self) -> Vec<String> {
+        self.entries.keys().cloned().collect()
+    }
+
+    pub fn entry_mut(&mut self, name: &str) -> Option<&mut MemEntry> {
+        self.entries.get_mut(name)
+    }
+
+    pub fn remove_name(&mut self, name: &str) -> Option<MemEntry> {
+        self.entries.remove(name)
+    }
+
     pub fn set_meta(&mut self, meta: Option<Value>) {
         self.meta = meta;
     }

@@ -38,9 +38,20 @@ impl SegmentChunker {
         SegmentChunker { params, buf: Vec::new() }
     }
 
-    /// Bytes pushed but not yet emitted as a chunk.
+    /// Resumes a segment whose bytes after the last cut were saved (see [`Self::pending_bytes`]).
+    pub fn with_pending(params: ChunkParams, pending: Vec<u8>) -> Self {
+        SegmentChunker { params, buf: pending }
+    }
+
+    /// Number of bytes pushed but not yet emitted as a chunk.
     pub fn pending(&self) -> usize {
         self.buf.len()
+    }
+
+    /// The bytes pushed since the last cut: saving them and resuming with
+    /// [`Self::with_pending`] continues with exactly the chunks an uninterrupted push gives.
+    pub fn pending_bytes(&self) -> &[u8] {
+        &self.buf
     }
 
     /// Adds bytes; calls `emit` for every chunk that is now final.

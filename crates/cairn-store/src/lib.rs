@@ -21,4 +21,4 @@ pub use chunker::{ChunkParams, SegmentChunker};
 pub use fsck::{ExternalRefs, FsckReport};
 pub use gc::{GcOptions, GcReport};
 pub use index::{Batch, CfKind, Index};
-pub use store::{part_key, ChunkRef, PartRecord, Store, StoreConfig, WriteSession};
+pub use store::{part_key, ChunkRef, PartRecord, Store, StoreConfig, StoreStats, WriteSession};

@@ -15,6 +15,7 @@ use cairn_core::{Digest, Error, Result};
 use parking_lot::{Mutex, MutexGuard, RwLock};
 use serde::{Deserialize, Serialize};
 
+
 use crate::chunker::ChunkParams;
 use crate::index::{
     Batch, CfKind, Index, CF_CHUNKS, CF_CHUNK_REFS, CF_PACKS, CF_PACK_LEN, CF_PARTS, CF_PART_REFS, STORE_CFS,
@@ -467,6 +468,35 @@ fn open_writer(index: &Index, dir: &Path, last: Option<PackId>, target: u64) -> 
     let max_known = index.scan(CF_PACKS, &[]).filter_map(|r| r.ok()).filter_map(|(k, _)| k[..].try_into().ok().map(u64::from_be_bytes)).max();
     let next = PackId(next.0.max(max_known.map_or(0, |m| m + 1)));
     Ok((PackFile::create(dir, next)?, HEADER_LEN))
+}
+
+/// Space figures of a store.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct StoreStats {
+    pub chunks: u64,
+    /// Bytes of chunk data indexed (each distinct chunk once).
+    pub chunk_bytes: u64,
+    pub parts: u64,
+    pub packs: u64,
+    /// Bytes of pack files on disk, headers and dead records included.
+    pub pack_bytes: u64,
+}
+
+impl Store {
+    pub fn stats(&self) -> Result<StoreStats> {
+        let mut s = StoreStats::default();
+        for r in self.index.scan(CF_CHUNKS, &[]) {
+            let (_, v) = r?;
+            s.chunks += 1;
+            s.chunk_bytes += u64::from(ChunkLoc::decode(&v)?.len);
+        }
+        s.parts = self.index.scan(CF_PARTS, &[]).count() as u64;
+        for id in pack_files(&self.pack_dir)? {
+            s.packs += 1;
+            s.pack_bytes += std::fs::metadata(self.pack_dir.join(id.file_name())).map_or(0, |m| m.len());
+        }
+        Ok(s)
+    }
 }
 
 /// Refcount keys for parts, re-exported for the upper layers' fsck.

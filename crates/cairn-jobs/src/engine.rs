@@ -1,0 +1,462 @@
+//! The engine: libraries, objects, drafts, versions and metadata over one [`Store`].
+//!
+//! Methods are synchronous (RocksDB and pack I/O are blocking); async callers run them with
+//! [`Engine::run`]. Uploads and reads, which stream, have async entry points in `upload.rs` and
+//! `read.rs`. Lifecycle changes (open, finalize, delete) take the state lock for writing; upload
+//! commits take it for reading, so a draft cannot vanish between an upload's check and its commit.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use cairn_core::record::Record;
+use cairn_core::{Digest, Error, LibraryId, NodeId, ObjectId, Result, UploadJobId, VersionHash, WriteToken};
+use cairn_store::{Batch, Store, StoreConfig};
+use parking_lot::{Mutex, RwLock};
+use serde_json::Value;
+
+use crate::planner::PlanLimits;
+use crate::records::*;
+use crate::tree::{node_children, DirNode, MemDir};
+
+/// Engine settings.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub store: StoreConfig,
+    pub plan: PlanLimits,
+    /// Bytes an upload request receives between intermediate commits.
+    pub commit_every: u64,
+}
+
+impl EngineConfig {
+    pub fn new(dir: impl Into<std::path::PathBuf>) -> EngineConfig {
+        EngineConfig { store: StoreConfig::new(dir), plan: PlanLimits::default(), commit_every: 8 << 20 }
+    }
+}
+
+/// What `/q/{id}` names: an object (its head), a version, or a draft.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Qhit {
+    Object(ObjectId),
+    Version(VersionHash),
+    Draft(WriteToken),
+}
+
+impl std::str::FromStr for Qhit {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Qhit> {
+        if s.starts_with("iq__") {
+            Ok(Qhit::Object(s.parse()?))
+        } else if s.starts_with("hq__") {
+            Ok(Qhit::Version(s.parse()?))
+        } else if s.starts_with("tqw__") {
+            Ok(Qhit::Draft(s.parse()?))
+        } else {
+            Err(Error::invalid(format!("{s:?} is not an object id, version hash or write token")))
+        }
+    }
+}
+
+const ENGINE_KEY_NODE: &[u8] = b"node";
+const ENGINE_KEY_EPOCH: &[u8] = b"epoch";
+
+/// The Files Job engine.
+pub struct Engine {
+    pub(crate) store: Store,
+    pub(crate) cfg: EngineConfig,
+    pub(crate) node: NodeId,
+    /// Incremented at every open: jobs last active in an older epoch report STOPPED.
+    pub(crate) epoch: u64,
+    pub(crate) state: RwLock<()>,
+    pub(crate) uj_locks: Mutex<HashMap<UploadJobId, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Engine {
+    pub fn open(cfg: EngineConfig) -> Result<Engine> {
+        let store = Store::open(cfg.store.clone(), JOB_CFS)?;
+        let idx = store.index();
+        let node = match idx.get(CF_ENGINE, ENGINE_KEY_NODE)? {
+            Some(b) => NodeId::from_bytes(&b)?,
+            None => NodeId::random(),
+        };
+        let epoch = idx.get(CF_ENGINE, ENGINE_KEY_EPOCH)?.map_or(0, |b| cairn_store::store::counter_value(&b) as u64) + 1;
+        let mut b = idx.batch();
+        b.put(CF_ENGINE, ENGINE_KEY_NODE, node.as_bytes());
+        b.put(CF_ENGINE, ENGINE_KEY_EPOCH, &(epoch as i64).to_le_bytes());
+        store.commit(b)?;
+        let engine = Engine { store, cfg, node, epoch, state: RwLock::new(()), uj_locks: Mutex::new(HashMap::new()) };
+        engine.seal_received_jobs()?;
+        Ok(engine)
+    }
+
+    /// Recovery: an upload job whose last byte was committed but which a crash kept from being
+    /// sealed is sealed now (no client would send it more bytes).
+    fn seal_received_jobs(&self) -> Result<()> {
+        for uj in self.scan_records::<UploadJobRecord>(CF_UPLOAD_JOBS, &[])? {
+            if uj.sealed.is_none() && uj.received == uj.size {
+                tracing::info!(upload_job = %uj.id, "sealing upload job completed before a crash");
+                self.seal(&uj, uj.segments.len() as u32)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.node
+    }
+
+    /// Runs blocking engine work from async code.
+    pub async fn run<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&Engine) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || f(&me))
+            .await
+            .map_err(|e| Error::internal(format!("engine task failed: {e}")))?
+    }
+
+    pub(crate) fn get<T: Record>(&self, cf: &str, key: &[u8], what: impl FnOnce() -> String) -> Result<T> {
+        self.store.index().get_record(cf, key)?.ok_or_else(|| Error::not_found(format!("{} not found", what())))
+    }
+
+    pub(crate) fn load_node(&self, d: &Digest) -> Result<DirNode> {
+        self.get(CF_NODES, d.as_bytes(), || format!("directory node {d}"))
+    }
+
+    // ---- libraries -------------------------------------------------------------------------
+
+    pub fn create_library(&self, name: &str) -> Result<LibraryRecord> {
+        if name.len() > 1024 {
+            return Err(Error::too_large("library name over 1024 bytes"));
+        }
+        let rec = LibraryRecord { id: LibraryId::random(), name: name.to_string(), created: now() };
+        let mut b = self.store.index().batch();
+        b.put_record(CF_LIBRARIES, rec.id.as_bytes(), &rec);
+        self.store.commit(b)?;
+        Ok(rec)
+    }
+
+    pub fn library(&self, id: &LibraryId) -> Result<LibraryRecord> {
+        self.get(CF_LIBRARIES, id.as_bytes(), || format!("library {id}"))
+    }
+
+    pub fn libraries(&self) -> Result<Vec<LibraryRecord>> {
+        self.scan_records(CF_LIBRARIES, &[])
+    }
+
+    pub(crate) fn scan_records<T: Record>(&self, cf: &str, prefix: &[u8]) -> Result<Vec<T>> {
+        self.store.index().scan(cf, prefix).map(|r| r.and_then(|(_, v)| T::decode(&v))).collect()
+    }
+
+    // ---- objects and drafts -----------------------------------------------------------------
+
+    /// Creates an object in `library` and opens an empty draft on it.
+    pub fn create_object(&self, library: &LibraryId) -> Result<(ObjectRecord, DraftRecord)> {
+        self.library(library)?;
+        let _w = self.state.write();
+        let obj = ObjectRecord { id: ObjectId::random(), library: *library, head: None, last_seq: 0, created: now() };
+        let mut b = self.store.index().batch();
+        b.put_record(CF_OBJECTS, obj.id.as_bytes(), &obj);
+        let draft = self.new_draft(&mut b, &obj)?;
+        self.store.commit(b)?;
+        Ok((obj, draft))
+    }
+
+    pub fn object(&self, id: &ObjectId) -> Result<ObjectRecord> {
+        self.get(CF_OBJECTS, id.as_bytes(), || format!("object {id}"))
+    }
+
+    pub fn objects(&self, library: &LibraryId) -> Result<Vec<ObjectRecord>> {
+        self.library(library)?;
+        let all: Vec<ObjectRecord> = self.scan_records(CF_OBJECTS, &[])?;
+        Ok(all.into_iter().filter(|o| o.library == *library).collect())
+    }
+
+    /// Opens a draft on the object's head (or on an empty tree if it has no version yet).
+    pub fn open_draft(&self, object: &ObjectId) -> Result<DraftRecord> {
+        let _w = self.state.write();
+        let obj = self.object(object)?;
+        let mut b = self.store.index().batch();
+        let draft = self.new_draft(&mut b, &obj)?;
+        self.store.commit(b)?;
+        Ok(draft)
+    }
+
+    fn new_draft(&self, b: &mut Batch<'_>, obj: &ObjectRecord) -> Result<DraftRecord> {
+        let (root, meta) = match &obj.head {
+            Some(h) => {
+                let v = self.version(h)?;
+                (v.root, v.meta)
+            }
+            None => (self.ensure_empty_root(b)?, Value::Object(Default::default())),
+        };
+        b.add(CF_NODE_REFS, root.as_bytes(), 1);
+        let token = WriteToken::new(obj.id, self.node);
+        let draft = DraftRecord {
+            token,
+            library: obj.library,
+            base: obj.head,
+            root,
+            meta,
+            files_jobs: Vec::new(),
+            files_finalized: false,
+            created: now(),
+        };
+        b.put_record(CF_DRAFTS, &token.to_bytes(), &draft);
+        Ok(draft)
+    }
+
+    fn ensure_empty_root(&self, b: &mut Batch<'_>) -> Result<Digest> {
+        let mut nodes = Vec::new();
+        let root = MemDir::default().store(&mut nodes);
+        let _g = self.store.ref_guard();
+        self.put_nodes(b, nodes)?;
+        Ok(root)
+    }
+
+    pub fn draft(&self, token: &WriteToken) -> Result<DraftRecord> {
+        self.get(CF_DRAFTS, &token.to_bytes(), || format!("write token {token}"))
+    }
+
+    /// Discards a draft: its upload jobs, received chunks and tree references are released.
+    pub fn delete_draft(&self, token: &WriteToken) -> Result<()> {
+        let _w = self.state.write();
+        let draft = self.draft(token)?;
+        let mut b = self.store.index().batch();
+        self.drop_draft(&mut b, &draft)?;
+        b.add(CF_NODE_REFS, draft.root.as_bytes(), -1);
+        self.store.commit(b)
+    }
+
+    /// Adds to `b` the deletion of a draft's records and the release of what its jobs hold
+    /// (not its root reference: finalize hands that over to the version).
+    pub(crate) fn drop_draft(&self, b: &mut Batch<'_>, draft: &DraftRecord) -> Result<()> {
+        for fj in &draft.files_jobs {
+            let Some(job) = self.store.index().get_record::<FilesJobRecord>(CF_FILES_JOBS, fj.as_bytes())? else {
+                continue;
+            };
+            for uj in &job.upload_jobs {
+                self.drop_upload_job(b, uj)?;
+            }
+            b.delete(CF_FILES_JOBS, fj.as_bytes());
+        }
+        b.delete(CF_DRAFTS, &draft.token.to_bytes());
+        Ok(())
+    }
+
+    fn drop_upload_job(&self, b: &mut Batch<'_>, uj: &UploadJobId) -> Result<()> {
+        let Some(rec) = self.store.index().get_record::<UploadJobRecord>(CF_UPLOAD_JOBS, uj.as_bytes())? else {
+            return Ok(());
+        };
+        let chunks = self.uj_chunks(uj)?;
+        self.store.release_chunks(b, chunks.iter().map(|(_, c)| &c.chunk));
+        for (k, _) in &chunks {
+            b.delete(CF_UJ_CHUNKS, k);
+        }
+        if let Some(s) = rec.sealed.filter(|s| s.size > 0) {
+            self.store.release_part(b, &s.digest, s.size);
+        }
+        b.delete(CF_UJ_TAIL, uj.as_bytes());
+        b.delete(CF_UPLOAD_JOBS, uj.as_bytes());
+        Ok(())
+    }
+
+    pub(crate) fn uj_chunks(&self, uj: &UploadJobId) -> Result<Vec<(Box<[u8]>, UjChunk)>> {
+        let prefix = uj.as_bytes();
+        self.store
+            .index()
+            .scan(CF_UJ_CHUNKS, prefix)
+            .map(|r| r.and_then(|(k, v)| Ok((k, UjChunk::decode(&v)?))))
+            .collect()
+    }
+
+    /// Stores new directory nodes in `b`: a node not yet in the index is written and takes a
+    /// reference on each child it names. The caller holds the store's ref guard.
+    pub(crate) fn put_nodes(&self, b: &mut Batch<'_>, nodes: Vec<(Digest, DirNode)>) -> Result<()> {
+        let mut written = HashSet::new();
+        for (d, node) in nodes {
+            if written.contains(&d) || self.store.index().exists(CF_NODES, d.as_bytes())? {
+                continue;
+            }
+            let (dirs, parts) = node_children(&node);
+            for child in dirs {
+                b.add(CF_NODE_REFS, child.as_bytes(), 1);
+            }
+            for p in parts {
+                b.add(cairn_store::store::part_refs_cf(), &cairn_store::part_key(&p.digest, p.part_size), 1);
+            }
+            b.put_record(CF_NODES, d.as_bytes(), &node);
+            written.insert(d);
+        }
+        Ok(())
+    }
+
+    // ---- versions ---------------------------------------------------------------------------
+
+    pub fn version(&self, h: &VersionHash) -> Result<VersionRecord> {
+        let v: VersionRecord = self.get(CF_VERSIONS, h.digest.as_bytes(), || format!("version {h}"))?;
+        if v.object != h.object {
+            return Err(Error::not_found(format!("version {h} not found")));
+        }
+        Ok(v)
+    }
+
+    /// The object's versions, newest first.
+    pub fn versions(&self, object: &ObjectId) -> Result<Vec<VersionHash>> {
+        self.object(object)?;
+        let mut out = Vec::new();
+        for r in self.store.index().scan(CF_HISTORY, object.as_bytes()) {
+            let (_, v) = r?;
+            let digest = Digest::from_slice(&v).ok_or_else(|| Error::corrupt("history entry is not a digest"))?;
+            let rec: VersionRecord = self.get(CF_VERSIONS, &v, || format!("version {digest}"))?;
+            out.push(VersionHash { digest, size: rec.size, object: *object });
+        }
+        Ok(out)
+    }
+
+    /// Deletes one version (its unique bytes become garbage for gc). If it was the head, the
+    /// newest remaining version becomes the head.
+    pub fn delete_version(&self, h: &VersionHash) -> Result<()> {
+        let _w = self.state.write();
+        let v = self.version(h)?;
+        let mut obj = self.object(&v.object)?;
+        let mut b = self.store.index().batch();
+        b.delete(CF_VERSIONS, h.digest.as_bytes());
+        b.delete(CF_HISTORY, &history_key(&v.object, v.seq));
+        b.add(CF_NODE_REFS, v.root.as_bytes(), -1);
+        if obj.head == Some(*h) {
+            obj.head = self.versions(&v.object)?.into_iter().find(|x| x != h);
+            b.put_record(CF_OBJECTS, obj.id.as_bytes(), &obj);
+        }
+        self.store.commit(b)
+    }
+
+    /// Deletes an object with all its versions and drafts.
+    pub fn delete_object(&self, id: &ObjectId) -> Result<()> {
+        for h in self.versions(id)? {
+            self.delete_version(&h)?;
+        }
+        let drafts: Vec<DraftRecord> = self.scan_records(CF_DRAFTS, &[])?;
+        for d in drafts.iter().filter(|d| d.token.object == *id) {
+            self.delete_draft(&d.token)?;
+        }
+        let _w = self.state.write();
+        let mut b = self.store.index().batch();
+        b.delete(CF_OBJECTS, id.as_bytes());
+        self.store.commit(b)
+    }
+
+    /// The root node and metadata that `qhit` names.
+    pub fn resolve(&self, q: &Qhit) -> Result<(Digest, Value)> {
+        match q {
+            Qhit::Draft(t) => {
+                let d = self.draft(t)?;
+                Ok((d.root, d.meta))
+            }
+            Qhit::Version(h) => {
+                let v = self.version(h)?;
+                Ok((v.root, v.meta))
+            }
+            Qhit::Object(o) => {
+                let obj = self.object(o)?;
+                let h = obj.head.ok_or_else(|| Error::not_found(format!("object {o} has no finalized version")))?;
+                let v = self.version(&h)?;
+                Ok((v.root, v.meta))
+            }
+        }
+    }
+
+    /// The `files` tree as JSON (reference §3.5).
+    pub fn files_json(&self, q: &Qhit) -> Result<Value> {
+        let (root, _) = self.resolve(q)?;
+        crate::tree::render(&root, &|d| self.load_node(d))
+    }
+
+    // ---- metadata ---------------------------------------------------------------------------
+
+    /// Reads the metadata subtree at `path` (`/`-separated keys); `files` is the files tree.
+    pub fn meta_get(&self, q: &Qhit, path: &str) -> Result<Value> {
+        let keys = meta_keys(path)?;
+        if keys.first().map(String::as_str) == Some("files") {
+            let files = self.files_json(q)?;
+            return walk(&files, &keys[1..]).cloned().ok_or_else(|| Error::not_found(format!("metadata {path} not found")));
+        }
+        let (_, meta) = self.resolve(q)?;
+        walk(&meta, &keys).cloned().ok_or_else(|| Error::not_found(format!("metadata {path} not found")))
+    }
+
+    /// Replaces (`merge = false`) or merges into the draft's metadata at `path`.
+    pub fn meta_set(&self, token: &WriteToken, path: &str, value: Value, merge: bool) -> Result<()> {
+        let keys = meta_keys(path)?;
+        if keys.first().map(String::as_str) == Some("files") {
+            return Err(Error::invalid("the files tree changes only through files jobs"));
+        }
+        self.edit_meta(token, |meta| {
+            let slot = slot_mut(meta, &keys)?;
+            match (merge, &mut *slot, value) {
+                (true, Value::Object(dst), Value::Object(src)) => dst.extend(src),
+                (_, slot, v) => *slot = v,
+            }
+            Ok(())
+        })
+    }
+
+    pub fn meta_delete(&self, token: &WriteToken, path: &str) -> Result<()> {
+        let keys = meta_keys(path)?;
+        self.edit_meta(token, |meta| {
+            let Some((last, parents)) = keys.split_last() else {
+                *meta = Value::Object(Default::default());
+                return Ok(());
+            };
+            let removed = walk_mut(meta, parents).and_then(|p| p.as_object_mut()).and_then(|o| o.remove(last));
+            removed.map(|_| ()).ok_or_else(|| Error::not_found(format!("metadata {path} not found")))
+        })
+    }
+
+    fn edit_meta(&self, token: &WriteToken, f: impl FnOnce(&mut Value) -> Result<()>) -> Result<()> {
+        let _w = self.state.write();
+        let mut draft = self.draft(token)?;
+        f(&mut draft.meta)?;
+        if draft.meta.to_string().len() > MAX_META_BYTES {
+            return Err(Error::too_large(format!("metadata over {MAX_META_BYTES} bytes")));
+        }
+        let mut b = self.store.index().batch();
+        b.put_record(CF_DRAFTS, &token.to_bytes(), &draft);
+        self.store.commit(b)
+    }
+}
+
+/// Largest metadata document per object (16 MiB).
+pub const MAX_META_BYTES: usize = 16 << 20;
+
+fn meta_keys(path: &str) -> Result<Vec<String>> {
+    let keys: Vec<String> = path.split('/').filter(|s| !s.is_empty()).map(str::to_string).collect();
+    if keys.len() > 64 || keys.iter().any(|k| k.len() > 1024) {
+        return Err(Error::invalid("metadata path too deep or too long"));
+    }
+    Ok(keys)
+}
+
+fn walk<'v>(v: &'v Value, keys: &[String]) -> Option<&'v Value> {
+    keys.iter().try_fold(v, |v, k| v.get(k.as_str()))
+}
+
+fn walk_mut<'v>(v: &'v mut Value, keys: &[String]) -> Option<&'v mut Value> {
+    keys.iter().try_fold(v, |v, k| v.get_mut(k.as_str()))
+}
+
+/// The slot at `keys`, creating objects on the way.
+fn slot_mut<'v>(v: &'v mut Value, keys: &[String]) -> Result<&'v mut Value> {
+    let mut cur = v;
+    for k in keys {
+        if !cur.is_object() {
+            *cur = Value::Object(Default::default());
+        }
+        cur = cur.as_object_mut().expect("object").entry(k.clone()).or_insert(Value::Null);
+    }
+    Ok(cur)
+}

@@ -1,0 +1,486 @@
+//! Files jobs on a draft: apply ops to the tree, plan new files onto upload jobs, report status,
+//! resume, force completion, finalize files, and finalize the draft into a version.
+
+use cairn_core::record::Record;
+use cairn_core::{Digest, Error, FilePath, FilesJobId, Result, UploadJobId, VersionHash, WriteToken};
+use cairn_store::Batch;
+use serde::Serialize;
+
+use crate::engine::{Engine, Qhit};
+use crate::ops::{FilesJobRequest, Op};
+use crate::planner::{plan, PlanFile};
+use crate::records::*;
+use crate::tree::{lookup, Content, Entry, FileEntry, MemDir, MemEntry, PartSeg, PendingSeg};
+
+/// Reply to a files-job creation: its id and the upload jobs to send.
+#[derive(Debug, Clone, Serialize)]
+pub struct FilesJobCreated {
+    pub id: FilesJobId,
+    pub jobs: Vec<UploadJobId>,
+}
+
+/// A files job's status, as `GET …/file_jobs/{fj}` reports it.
+#[derive(Debug, Clone, Serialize)]
+pub struct FilesJobStatus {
+    pub id: FilesJobId,
+    pub status: JobStatus,
+    pub upload_jobs: usize,
+    pub upload_jobs_complete: usize,
+    pub bytes_total: u64,
+    pub bytes_received: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// What force completion did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ForceReport {
+    pub sealed_partial: usize,
+    pub files_dropped: Vec<String>,
+}
+
+impl Engine {
+    /// Applies a files job's ops to the draft and plans its new files. The ops, the plan and the
+    /// new tree are stored in one batch before this returns.
+    pub fn create_files_job(&self, token: &WriteToken, req: &FilesJobRequest) -> Result<FilesJobCreated> {
+        let ops = req.validate()?;
+        let _w = self.state.write();
+        let mut draft = self.draft(token)?;
+        if draft.files_finalized {
+            return Err(Error::conflict(format!("files of {token} are already finalized")));
+        }
+        let loader = |d: &Digest| self.load_node(d);
+        let mut tree = MemDir::load(&draft.root, &loader)?;
+        let mut new_files = Vec::new();
+        for (i, op) in ops.iter().enumerate() {
+            self.apply_op(&mut tree, op, &mut new_files).map_err(|mut e| {
+                e.reason = format!("op {i}: {}", e.reason);
+                e
+            })?;
+        }
+        let fj = FilesJobId::random();
+        let planned = plan(&new_files, self.cfg.plan)?;
+        let mut b = self.store.index().batch();
+        let mut jobs = Vec::new();
+        for job in planned {
+            let uj = UploadJobId::random();
+            for (s, seg) in job.segments.iter().enumerate() {
+                let pending = PendingSeg { upload_job: uj, segment: s as u32, len: seg.len };
+                attach_pending(&mut tree, &seg.path, pending, &loader)?;
+            }
+            let rec = UploadJobRecord {
+                id: uj,
+                files_job: fj,
+                draft: *token,
+                size: job.size(),
+                segments: job.segments,
+                received: 0,
+                chunks: 0,
+                tail_len: 0,
+                sealed: None,
+            };
+            b.put_record(CF_UPLOAD_JOBS, uj.as_bytes(), &rec);
+            jobs.push(uj);
+        }
+        let job = FilesJobRecord {
+            id: fj,
+            draft: *token,
+            upload_jobs: jobs.clone(),
+            status: JobStatus::InProgress,
+            epoch: self.epoch,
+            error: None,
+            created: now(),
+        };
+        b.put_record(CF_FILES_JOBS, fj.as_bytes(), &job);
+        draft.files_jobs.push(fj);
+        self.replace_root(b, &mut draft, tree)?;
+        Ok(FilesJobCreated { id: fj, jobs })
+    }
+
+    /// Stores `tree` as the draft's new root (in `b`, committed here).
+    fn replace_root(&self, mut b: Batch<'_>, draft: &mut DraftRecord, tree: MemDir) -> Result<()> {
+        let mut nodes = Vec::new();
+        let root = tree.store(&mut nodes);
+        let guard = self.store.ref_guard();
+        self.put_nodes(&mut b, nodes)?;
+        b.add(CF_NODE_REFS, root.as_bytes(), 1);
+        b.add(CF_NODE_REFS, draft.root.as_bytes(), -1);
+        draft.root = root;
+        b.put_record(CF_DRAFTS, &draft.token.to_bytes(), draft);
+        self.store.commit(b)?;
+        drop(guard);
+        Ok(())
+    }
+
+    fn apply_op(&self, tree: &mut MemDir, op: &Op, new_files: &mut Vec<PlanFile>) -> Result<()> {
+        let loader = |d: &Digest| self.load_node(d);
+        match op {
+            Op::AddFile { path, size, mime_type, meta } => {
+                if new_files.iter().any(|f| f.path == *path) {
+                    return Err(Error::invalid(format!("{path} is added twice in one files job")));
+                }
+                let content = if *size == 0 { Content::Parts(Vec::new()) } else { Content::Pending(Vec::new()) };
+                let entry = FileEntry { size: *size, mime_type: mime_type.clone(), meta: meta.clone(), content };
+                tree.insert(path, MemEntry::File(entry), &loader)?;
+                if *size > 0 {
+                    new_files.push(PlanFile { path: path.clone(), size: *size });
+                }
+                Ok(())
+            }
+            Op::AddDir { path, meta } => {
+                tree.mkdir(path, &loader)?;
+                if meta.is_some() {
+                    set_dir_meta(tree, path, meta.clone(), &loader)?;
+                }
+                Ok(())
+            }
+            Op::Del { path } => {
+                tree.remove(path, &loader)?;
+                new_files.retain(|f| !f.path.starts_with(path));
+                Ok(())
+            }
+            Op::Move { from, to } => {
+                check_not_into_itself(from, to)?;
+                let entry = tree.remove(from, &loader)?;
+                tree.insert(to, entry, &loader)?;
+                for f in new_files.iter_mut().filter(|f| f.path.starts_with(from)) {
+                    let rest = f.path.strip_prefix(from).expect("prefix");
+                    f.path = join_all(to, &rest)?;
+                }
+                Ok(())
+            }
+            Op::Copy { from, to } => {
+                check_not_into_itself(from, to)?;
+                // A copy of a file still uploading shares its pending segments; both resolve
+                // to the same part slices when the upload completes.
+                let entry = tree.get(from, &loader)?.ok_or_else(|| Error::not_found(format!("{from} does not exist")))?.clone();
+                tree.insert(to, entry, &loader)
+            }
+            Op::Link { path, target, meta } => {
+                let size = self.link_size(tree, target)?;
+                let entry = FileEntry { size, mime_type: None, meta: meta.clone(), content: Content::Link(target.clone()) };
+                tree.insert(path, MemEntry::File(entry), &loader)
+            }
+            Op::Meta { path, meta } => match tree.get(path, &loader)? {
+                Some(MemEntry::File(f)) => {
+                    f.meta = Some(meta.clone());
+                    Ok(())
+                }
+                Some(_) => set_dir_meta(tree, path, Some(meta.clone()), &loader),
+                None => Err(Error::not_found(format!("{path} does not exist"))),
+            },
+        }
+    }
+
+    /// Checks a link target and returns the size of the file it names.
+    fn link_size(&self, tree: &mut MemDir, target: &str) -> Result<u64> {
+        let loader = |d: &Digest| self.load_node(d);
+        let missing = || Error::not_found(format!("link target {target} does not exist"));
+        match parse_link(target)? {
+            LinkTarget::Relative(p) => match tree.get(&p, &loader)? {
+                Some(MemEntry::File(f)) if !matches!(f.content, Content::Link(_)) => Ok(f.size),
+                _ => Err(missing()),
+            },
+            LinkTarget::Absolute(h, p) => {
+                let v = self.version(&h).map_err(|_| missing())?;
+                match lookup(&v.root, &p, &loader)? {
+                    Some(Entry::File(f)) if !matches!(f.content, Content::Link(_)) => Ok(f.size),
+                    _ => Err(missing()),
+                }
+            }
+        }
+    }
+
+    pub fn files_job(&self, token: &WriteToken, fj: &FilesJobId) -> Result<FilesJobRecord> {
+        let job: FilesJobRecord = self.get(CF_FILES_JOBS, fj.as_bytes(), || format!("files job {fj}"))?;
+        if job.draft != *token {
+            return Err(Error::not_found(format!("files job {fj} not found in {token}")));
+        }
+        Ok(job)
+    }
+
+    pub fn files_jobs(&self, token: &WriteToken) -> Result<Vec<FilesJobStatus>> {
+        let draft = self.draft(token)?;
+        draft.files_jobs.iter().map(|fj| self.files_job_status(token, fj)).collect()
+    }
+
+    pub fn files_job_status(&self, token: &WriteToken, fj: &FilesJobId) -> Result<FilesJobStatus> {
+        let job = self.files_job(token, fj)?;
+        let ujs = job.upload_jobs.iter().map(|u| self.upload_job(u)).collect::<Result<Vec<_>>>()?;
+        let complete = ujs.iter().filter(|u| u.is_complete()).count();
+        let status = if complete == ujs.len() {
+            JobStatus::Completed
+        } else if job.error.is_some() {
+            JobStatus::Failed
+        } else if job.status == JobStatus::Stopped || job.epoch < self.epoch {
+            JobStatus::Stopped
+        } else {
+            JobStatus::InProgress
+        };
+        Ok(FilesJobStatus {
+            id: job.id,
+            status,
+            upload_jobs: ujs.len(),
+            upload_jobs_complete: complete,
+            bytes_total: ujs.iter().map(|u| u.size).sum(),
+            bytes_received: ujs.iter().map(|u| u.received).sum(),
+            error: job.error,
+        })
+    }
+
+    pub fn upload_job(&self, uj: &UploadJobId) -> Result<UploadJobRecord> {
+        self.get(CF_UPLOAD_JOBS, uj.as_bytes(), || format!("upload job {uj}"))
+    }
+
+    /// Moves a STOPPED or FAILED job back to IN_PROGRESS. A running job is left as it is;
+    /// a completed one is `gone`.
+    pub fn resume(&self, token: &WriteToken, fj: &FilesJobId) -> Result<FilesJobStatus> {
+        let status = self.files_job_status(token, fj)?;
+        if status.status == JobStatus::Completed {
+            return Err(Error::gone(format!("files job {fj} is already complete")));
+        }
+        let _w = self.state.write();
+        let mut job = self.files_job(token, fj)?;
+        job.error = None;
+        job.status = JobStatus::InProgress;
+        job.epoch = self.epoch;
+        let mut b = self.store.index().batch();
+        b.put_record(CF_FILES_JOBS, fj.as_bytes(), &job);
+        self.store.commit(b)?;
+        self.files_job_status(token, fj)
+    }
+
+    /// Marks a job FAILED with a reason (after an I/O error during upload).
+    pub(crate) fn fail_job(&self, fj: &FilesJobId, reason: &str) {
+        let _w = self.state.write();
+        if let Ok(Some(mut job)) = self.store.index().get_record::<FilesJobRecord>(CF_FILES_JOBS, fj.as_bytes()) {
+            job.error = Some(reason.to_string());
+            let mut b = self.store.index().batch();
+            b.put_record(CF_FILES_JOBS, fj.as_bytes(), &job);
+            let _ = self.store.commit(b);
+        }
+    }
+
+    /// Force completion: seals every incomplete upload job with the segments it fully received,
+    /// drops the files it could not complete, and keeps every whole file.
+    pub fn force_completion(&self, token: &WriteToken, fj: &FilesJobId) -> Result<ForceReport> {
+        let job = self.files_job(token, fj)?;
+        let mut report = ForceReport::default();
+        let mut guards = Vec::new();
+        for uj in &job.upload_jobs {
+            let lock = self.uj_lock(uj);
+            let guard = lock.try_lock_owned().map_err(|_| Error::conflict(format!("upload job {uj} is receiving data")))?;
+            guards.push(guard);
+        }
+        if job.upload_jobs.iter().all(|u| self.upload_job(u).is_ok_and(|r| r.is_complete())) {
+            return Err(Error::gone(format!("files job {fj} is already complete")));
+        }
+        for uj in &job.upload_jobs {
+            let rec = self.upload_job(uj)?;
+            if !rec.is_complete() {
+                let complete = rec.segments.iter().enumerate().filter(|(i, _)| rec.segment_received(*i)).count();
+                self.seal(&rec, complete as u32)?;
+                report.sealed_partial += 1;
+            }
+        }
+        report.files_dropped = self.resolve_draft(token, false)?;
+        drop(guards);
+        Ok(report)
+    }
+
+    /// Finalize files: every upload job must be complete; pending files become part references
+    /// and no more files jobs are accepted.
+    pub fn finalize_files(&self, token: &WriteToken) -> Result<()> {
+        self.resolve_draft(token, true)?;
+        let _w = self.state.write();
+        let mut draft = self.draft(token)?;
+        draft.files_finalized = true;
+        let mut b = self.store.index().batch();
+        b.put_record(CF_DRAFTS, &token.to_bytes(), &draft);
+        self.store.commit(b)
+    }
+
+    /// Rewrites the draft tree with sealed parts in place of pending uploads. Files whose upload
+    /// was force-completed without them are dropped (their paths returned). With `strict`, any
+    /// file still uploading is an `incomplete` error and nothing changes.
+    fn resolve_draft(&self, token: &WriteToken, strict: bool) -> Result<Vec<String>> {
+        let _w = self.state.write();
+        let mut draft = self.draft(token)?;
+        let loader = |d: &Digest| self.load_node(d);
+        let mut tree = MemDir::load(&draft.root, &loader)?;
+        let mut dropped = Vec::new();
+        let changed = self.resolve_dir(&mut tree, &FilePath::root(), strict, &mut dropped)?;
+        if changed {
+            self.replace_root(self.store.index().batch(), &mut draft, tree)?;
+        }
+        Ok(dropped)
+    }
+
+    fn resolve_dir(&self, dir: &mut MemDir, at: &FilePath, strict: bool, dropped: &mut Vec<String>) -> Result<bool> {
+        let loader = |d: &Digest| self.load_node(d);
+        let mut changed = false;
+        for name in dir.names() {
+            let path = at.join(&name)?;
+            let entry = dir.entry_mut(&name).expect("listed");
+            let segs = match entry {
+                MemEntry::Stored(d) => {
+                    let mut sub = MemDir::load(d, &loader)?;
+                    if self.resolve_dir(&mut sub, &path, strict, dropped)? {
+                        *entry = MemEntry::Dir(sub);
+                        changed = true;
+                    }
+                    continue;
+                }
+                MemEntry::Dir(sub) => {
+                    changed |= self.resolve_dir(sub, &path, strict, dropped)?;
+                    continue;
+                }
+                MemEntry::File(FileEntry { content: Content::Pending(segs), .. }) => segs.clone(),
+                MemEntry::File(_) => continue,
+            };
+            match self.resolve_pending(&segs)? {
+                Resolved::Parts(parts) => {
+                    if let MemEntry::File(f) = entry {
+                        f.content = Content::Parts(parts);
+                    }
+                }
+                Resolved::Dropped => {
+                    dir.remove_name(&name);
+                    dropped.push(path.to_string());
+                }
+                Resolved::Waiting(uj) if strict => {
+                    return Err(Error::incomplete(format!("{path} is still uploading (upload job {uj})")));
+                }
+                Resolved::Waiting(_) => continue,
+            }
+            changed = true;
+        }
+        Ok(changed)
+    }
+
+    fn resolve_pending(&self, segs: &[PendingSeg]) -> Result<Resolved> {
+        let mut parts = Vec::new();
+        for s in segs {
+            let uj = self.upload_job(&s.upload_job)?;
+            let Some(sealed) = uj.sealed else { return Ok(Resolved::Waiting(s.upload_job)) };
+            if s.segment >= sealed.complete_segments {
+                return Ok(Resolved::Dropped);
+            }
+            let off = uj.segment_start(s.segment as usize);
+            parts.push(PartSeg { digest: sealed.digest, part_size: sealed.size, off, len: s.len });
+        }
+        Ok(Resolved::Parts(parts))
+    }
+
+    /// Finalizes a draft: resolves its files (all uploads must be complete), writes the version
+    /// record, moves the object's head, and drops the draft, in one batch.
+    pub fn finalize(&self, token: &WriteToken) -> Result<(VersionHash, VersionRecord)> {
+        self.resolve_draft(token, true)?;
+        let _w = self.state.write();
+        let draft = self.draft(token)?;
+        let mut obj = self.object(&token.object)?;
+        let seq = obj.last_seq + 1;
+        let size = self.tree_size(&draft.root)?;
+        let rec = VersionRecord {
+            object: obj.id,
+            library: obj.library,
+            parent: obj.head,
+            seq,
+            root: draft.root,
+            meta: draft.meta.clone(),
+            size,
+            created: now(),
+        };
+        let hash = VersionHash { digest: Digest::of(&rec.encode()), size, object: obj.id };
+        let mut b = self.store.index().batch();
+        let guard = self.store.ref_guard();
+        self.drop_draft(&mut b, &draft)?;
+        b.put_record(CF_VERSIONS, hash.digest.as_bytes(), &rec);
+        b.put(CF_HISTORY, &history_key(&obj.id, seq), hash.digest.as_bytes());
+        obj.head = Some(hash);
+        obj.last_seq = seq;
+        b.put_record(CF_OBJECTS, obj.id.as_bytes(), &obj);
+        self.store.commit(b)?;
+        drop(guard);
+        Ok((hash, rec))
+    }
+
+    /// Logical bytes of all files under `root`.
+    pub fn tree_size(&self, root: &Digest) -> Result<u64> {
+        let node = self.load_node(root)?;
+        let mut total = 0u64;
+        for e in node.entries.values() {
+            total = total.saturating_add(match e {
+                Entry::Dir(d) => self.tree_size(d)?,
+                Entry::File(f) => f.size,
+            });
+        }
+        Ok(total)
+    }
+
+    /// The version or draft tree root for reading.
+    pub fn tree_root(&self, q: &Qhit) -> Result<Digest> {
+        Ok(self.resolve(q)?.0)
+    }
+}
+
+enum Resolved {
+    Parts(Vec<PartSeg>),
+    Dropped,
+    Waiting(UploadJobId),
+}
+
+/// A parsed link target.
+pub(crate) enum LinkTarget {
+    Relative(FilePath),
+    Absolute(VersionHash, FilePath),
+}
+
+pub(crate) fn parse_link(target: &str) -> Result<LinkTarget> {
+    if let Some(rest) = target.strip_prefix("./files/") {
+        return Ok(LinkTarget::Relative(FilePath::parse(rest)?));
+    }
+    if let Some(rest) = target.strip_prefix("/qfab/") {
+        if let Some((hash, path)) = rest.split_once("/files/") {
+            return Ok(LinkTarget::Absolute(hash.parse()?, FilePath::parse(path)?));
+        }
+    }
+    Err(Error::invalid(format!("link target {target:?} is not ./files/<path> or /qfab/hq__…/files/<path>")))
+}
+
+fn attach_pending(tree: &mut MemDir, path: &FilePath, seg: PendingSeg, loader: &crate::tree::Loader<'_>) -> Result<()> {
+    match tree.get(path, loader)? {
+        Some(MemEntry::File(FileEntry { content: Content::Pending(segs), .. })) => {
+            segs.push(seg);
+            Ok(())
+        }
+        _ => Err(Error::internal(format!("planned file {path} is missing from the tree"))),
+    }
+}
+
+fn set_dir_meta(tree: &mut MemDir, path: &FilePath, meta: Option<serde_json::Value>, loader: &crate::tree::Loader<'_>) -> Result<()> {
+    match tree.get(path, loader)? {
+        Some(MemEntry::Stored(d)) => {
+            let mut dir = MemDir::load(&d.clone(), loader)?;
+            dir.set_meta(meta);
+            *tree.get(path, loader)?.expect("present") = MemEntry::Dir(dir);
+            Ok(())
+        }
+        Some(MemEntry::Dir(dir)) => {
+            dir.set_meta(meta);
+            Ok(())
+        }
+        _ => Err(Error::not_found(format!("directory {path} does not exist"))),
+    }
+}
+
+fn check_not_into_itself(from: &FilePath, to: &FilePath) -> Result<()> {
+    if to.starts_with(from) {
+        return Err(Error::invalid(format!("cannot move or copy {from} into itself ({to})")));
+    }
+    Ok(())
+}
+
+fn join_all(base: &FilePath, rest: &FilePath) -> Result<FilePath> {
+    rest.segments().try_fold(base.clone(), |p, s| p.join(s).map_err(Error::from))
+}

@@ -1,0 +1,181 @@
+//! Operator functions over the whole engine: gc (tree nodes first, then the store's parts,
+//! chunks and packs) and fsck (the store's checks plus the references the engine holds, and
+//! the files and versions that damaged chunks belong to).
+
+use std::collections::{HashMap, HashSet};
+
+use cairn_core::record::Record;
+use cairn_core::{Digest, Result};
+use cairn_store::fsck::ExternalRefs;
+use cairn_store::{part_key, FsckReport, GcOptions, GcReport};
+use serde::Serialize;
+
+use crate::engine::Engine;
+use crate::records::*;
+use crate::tree::{node_children, Content, DirNode, Entry};
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct EngineGcReport {
+    pub nodes_deleted: u64,
+    #[serde(flatten)]
+    pub store: GcReport,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct EngineFsckReport {
+    #[serde(flatten)]
+    pub store: FsckReport,
+    pub nodes_checked: u64,
+    /// Files whose bytes are damaged, as `<version hash or write token>:<path>`.
+    pub damaged_files: Vec<String>,
+}
+
+impl EngineFsckReport {
+    pub fn is_clean(&self) -> bool {
+        self.store.is_clean() && self.damaged_files.is_empty()
+    }
+}
+
+impl Engine {
+    pub fn gc(&self, opts: &GcOptions) -> Result<EngineGcReport> {
+        let nodes_deleted = self.gc_nodes(opts.dry_run)?;
+        let store = self.store.gc(opts)?;
+        Ok(EngineGcReport { nodes_deleted, store })
+    }
+
+    /// Deletes nodes nobody references, releasing their children, until none is left.
+    fn gc_nodes(&self, dry_run: bool) -> Result<u64> {
+        let _w = self.state.write();
+        let guard = self.store.ref_guard();
+        let mut deleted = 0;
+        let mut seen = HashSet::new();
+        loop {
+            let mut b = self.store.index().batch();
+            let mut round = 0;
+            for r in self.store.index().scan(CF_NODE_REFS, &[]) {
+                let (k, v) = r?;
+                if cairn_store::store::counter_value(&v) > 0 || !seen.insert(k.to_vec()) {
+                    continue;
+                }
+                if let Some(node) = self.store.index().get_record::<DirNode>(CF_NODES, &k)? {
+                    let (dirs, parts) = node_children(&node);
+                    for d in dirs {
+                        b.add(CF_NODE_REFS, d.as_bytes(), -1);
+                    }
+                    for p in parts {
+                        self.store.release_part(&mut b, &p.digest, p.part_size);
+                    }
+                }
+                b.delete(CF_NODES, &k);
+                b.delete(CF_NODE_REFS, &k);
+                round += 1;
+            }
+            if round == 0 || dry_run {
+                deleted += round;
+                break;
+            }
+            self.store.commit(b)?;
+            deleted += round;
+        }
+        drop(guard);
+        Ok(deleted)
+    }
+
+    pub fn fsck(&self) -> Result<EngineFsckReport> {
+        let _r = self.state.read();
+        let mut ext = ExternalRefs::default();
+        let mut node_refs: HashMap<Vec<u8>, i64> = HashMap::new();
+        let mut nodes_checked = 0;
+        for r in self.store.index().scan(CF_NODES, &[]) {
+            let (_, v) = r?;
+            let node = DirNode::decode(&v)?;
+            nodes_checked += 1;
+            let (dirs, parts) = node_children(&node);
+            for d in dirs {
+                *node_refs.entry(d.as_bytes().to_vec()).or_default() += 1;
+            }
+            for p in parts {
+                *ext.parts.entry(part_key(&p.digest, p.part_size).to_vec()).or_default() += 1;
+            }
+        }
+        let versions: Vec<(Vec<u8>, VersionRecord)> = self.records_with_keys(CF_VERSIONS)?;
+        let drafts: Vec<DraftRecord> = self.scan_records(CF_DRAFTS, &[])?;
+        for (_, v) in &versions {
+            *node_refs.entry(v.root.as_bytes().to_vec()).or_default() += 1;
+        }
+        for d in &drafts {
+            *node_refs.entry(d.root.as_bytes().to_vec()).or_default() += 1;
+        }
+        for uj in self.scan_records::<UploadJobRecord>(CF_UPLOAD_JOBS, &[])? {
+            if let Some(s) = uj.sealed.filter(|s| s.size > 0) {
+                *ext.parts.entry(part_key(&s.digest, s.size).to_vec()).or_default() += 1;
+            }
+        }
+        for r in self.store.index().scan(CF_UJ_CHUNKS, &[]) {
+            let (_, v) = r?;
+            *ext.chunks.entry(UjChunk::decode(&v)?.chunk.hash).or_default() += 1;
+        }
+        let mut store = self.store.fsck(&ext)?;
+        self.compare_node_refs(&node_refs, &mut store)?;
+        let damaged: HashSet<String> = store.damaged_parts.iter().cloned().collect();
+        let mut damaged_files = Vec::new();
+        for (k, v) in &versions {
+            let hash = cairn_core::VersionHash { digest: Digest::from_slice(k).unwrap_or_default(), size: v.size, object: v.object };
+            self.damaged_in(&v.root, &hash.to_string(), "", &damaged, &mut damaged_files)?;
+        }
+        for d in &drafts {
+            self.damaged_in(&d.root, &d.token.to_string(), "", &damaged, &mut damaged_files)?;
+        }
+        Ok(EngineFsckReport { store, nodes_checked, damaged_files })
+    }
+
+    fn records_with_keys<T: Record>(&self, cf: &str) -> Result<Vec<(Vec<u8>, T)>> {
+        self.store.index().scan(cf, &[]).map(|r| r.and_then(|(k, v)| Ok((k.to_vec(), T::decode(&v)?)))).collect()
+    }
+
+    fn compare_node_refs(&self, expected: &HashMap<Vec<u8>, i64>, report: &mut FsckReport) -> Result<()> {
+        let mut stored: HashMap<Vec<u8>, i64> = HashMap::new();
+        for r in self.store.index().scan(CF_NODE_REFS, &[]) {
+            let (k, v) = r?;
+            stored.insert(k.to_vec(), cairn_store::store::counter_value(&v));
+        }
+        for (k, &want) in expected {
+            let have = stored.remove(k).unwrap_or(0);
+            if have != want {
+                let d = Digest::from_slice(k).unwrap_or_default();
+                report.refcount_mismatches.push(format!("node {d}: refcount {have}, references {want}"));
+            }
+            if !self.store.index().exists(CF_NODES, k)? {
+                report.refcount_mismatches.push(format!("node {} is referenced but missing", Digest::from_slice(k).unwrap_or_default()));
+            }
+        }
+        for (k, have) in stored {
+            if have != 0 {
+                let d = Digest::from_slice(&k).unwrap_or_default();
+                report.refcount_mismatches.push(format!("node {d}: refcount {have}, references 0"));
+            }
+        }
+        Ok(())
+    }
+
+    fn damaged_in(&self, node: &Digest, owner: &str, at: &str, damaged: &HashSet<String>, out: &mut Vec<String>) -> Result<()> {
+        let node = self.load_node(node)?;
+        for (name, e) in &node.entries {
+            let path = if at.is_empty() { name.clone() } else { format!("{at}/{name}") };
+            match e {
+                Entry::Dir(d) => self.damaged_in(d, owner, &path, damaged, out)?,
+                Entry::File(f) => {
+                    let Content::Parts(segs) = &f.content else { continue };
+                    if segs.iter().any(|s| damaged.contains(&hex(&part_key(&s.digest, s.part_size)))) {
+                        out.push(format!("{owner}:{path}"));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

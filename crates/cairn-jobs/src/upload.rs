@@ -1,0 +1,374 @@
+//! Upload jobs: ordered bytes appended at the job's current offset, chunked per file segment,
+//! committed durably, and sealed into a part when the last byte arrives.
+//!
+//! One request is handled by a blocking task fed through a bounded channel (back-pressure from
+//! disk to socket). The task holds the upload job's lock until its last commit, so a retry
+//! waits for the interrupted request's bytes to be saved and then sees the exact `skip`.
+//!
+//! Commits: every `commit_every` bytes at the last chunk cut (no tail needed), and at the end of
+//! the request, whether it ended normally or was cut off, with the bytes after the last cut kept
+//! as the job's tail. Resuming restarts the chunker from exactly that state, so an interrupted
+//! upload produces the same chunks as an uninterrupted one.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use cairn_core::{Error, ErrorKind, FilesJobId, Result, UploadJobId, WriteToken};
+use cairn_store::{ChunkRef, PartRecord, SegmentChunker, WriteSession};
+use futures::{Stream, StreamExt};
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::engine::Engine;
+use crate::records::*;
+
+/// One frame of a request body, as handed to the ingest task.
+pub enum Frame {
+    Data(Bytes),
+    /// The body ended normally.
+    End,
+}
+
+/// Per-segment progress of an upload job (the reference's upload-status entry).
+#[derive(Debug, Clone, Serialize)]
+pub struct SegmentStatus {
+    pub path: String,
+    pub size: u64,
+    pub off: u64,
+    pub len: u64,
+    pub skip: u64,
+    pub rem: u64,
+}
+
+/// `GET …/uploads/{uj}`: a page of segment statuses.
+#[derive(Debug, Clone, Serialize)]
+pub struct UploadStatus {
+    pub id: UploadJobId,
+    /// Next `start`, or -1 when this page is the last.
+    pub next: i64,
+    pub total: u64,
+    pub files: Vec<SegmentStatus>,
+}
+
+/// The reply to an upload request.
+#[derive(Debug, Clone, Serialize)]
+pub struct UploadReply {
+    pub id: UploadJobId,
+    pub received: u64,
+    pub size: u64,
+    pub complete: bool,
+}
+
+/// Largest page of an upload status.
+pub const MAX_STATUS_PAGE: u64 = 10_000;
+
+impl Engine {
+    pub(crate) fn uj_lock(&self, uj: &UploadJobId) -> Arc<tokio::sync::Mutex<()>> {
+        self.uj_locks.lock().entry(*uj).or_default().clone()
+    }
+
+    /// Finds an upload job and checks it belongs to `token` and `fj`.
+    pub fn upload_job_in(&self, token: &WriteToken, fj: &FilesJobId, uj: &UploadJobId) -> Result<UploadJobRecord> {
+        let rec = self.upload_job(uj)?;
+        if rec.draft != *token || rec.files_job != *fj {
+            return Err(Error::not_found(format!("upload job {uj} not found in files job {fj}")));
+        }
+        Ok(rec)
+    }
+
+    pub fn upload_status(&self, token: &WriteToken, fj: &FilesJobId, uj: &UploadJobId, start: u64, limit: u64) -> Result<UploadStatus> {
+        let rec = self.upload_job_in(token, fj, uj)?;
+        let limit = limit.clamp(1, MAX_STATUS_PAGE);
+        let total = rec.segments.len() as u64;
+        let mut seg_start = rec.segment_start(start.min(total) as usize);
+        let mut files = Vec::new();
+        for s in rec.segments.iter().skip(start as usize).take(limit as usize) {
+            let skip = rec.received.saturating_sub(seg_start).min(s.len);
+            files.push(SegmentStatus { path: s.path.to_string(), size: s.file_size, off: s.off, len: s.len, skip, rem: s.len - skip });
+            seg_start += s.len;
+        }
+        let end = start.saturating_add(limit);
+        Ok(UploadStatus { id: *uj, next: if end >= total { -1 } else { end as i64 }, total, files })
+    }
+
+    /// Receives one request body for an upload job. `declared` is the body length if known
+    /// (checked against what the job still expects before anything is read).
+    ///
+    /// Cancel-safe: if this future is dropped, the ingest task still commits what arrived.
+    pub async fn upload<S, E>(
+        self: &Arc<Self>,
+        token: WriteToken,
+        fj: FilesJobId,
+        uj: UploadJobId,
+        declared: Option<u64>,
+        body: S,
+    ) -> Result<UploadReply>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Send,
+        E: std::fmt::Display,
+    {
+        let rec = self.upload_job_in(&token, &fj, &uj)?;
+        check_room(&rec, declared)?;
+        let guard = self.uj_lock(&uj).lock_owned().await;
+        let (tx, rx) = mpsc::channel::<Frame>(4);
+        let me = self.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            let _guard = guard;
+            me.ingest(&token, &fj, &uj, declared, rx)
+        });
+        let mut body = std::pin::pin!(body);
+        let mut ended = true;
+        while let Some(item) = body.next().await {
+            match item {
+                Ok(bytes) => {
+                    if tx.send(Frame::Data(bytes)).await.is_err() {
+                        break; // the task stopped early and reports why
+                    }
+                }
+                Err(e) => {
+                    tracing::info!(upload_job = %uj, error = %e, "upload body cut off");
+                    ended = false;
+                    break;
+                }
+            }
+        }
+        if ended {
+            let _ = tx.send(Frame::End).await;
+        }
+        drop(tx);
+        let result = task.await.map_err(|e| Error::internal(format!("ingest task failed: {e}")))?;
+        if !ended && result.is_ok() {
+            return Err(Error::invalid("the request body was cut off; what arrived is kept (see skip)"));
+        }
+        result
+    }
+
+    /// The blocking side of [`Engine::upload`]; also usable directly with a channel.
+    pub fn ingest(
+        &self,
+        token: &WriteToken,
+        fj: &FilesJobId,
+        uj: &UploadJobId,
+        declared: Option<u64>,
+        mut rx: mpsc::Receiver<Frame>,
+    ) -> Result<UploadReply> {
+        let rec = self.upload_job_in(token, fj, uj)?;
+        check_room(&rec, declared)?;
+        self.touch_job(fj)?;
+        let mut ing = Ingest::start(self, rec)?;
+        let outcome = loop {
+            match rx.blocking_recv() {
+                Some(Frame::Data(b)) => {
+                    if let Err(e) = ing.push(&b) {
+                        break Err(e);
+                    }
+                }
+                Some(Frame::End) | None => break Ok(()),
+            }
+        };
+        // Whatever arrived is kept, also when the request failed part-way.
+        let saved = ing.finish();
+        if let Some(e) = outcome.as_ref().err().or(saved.as_ref().err()) {
+            if matches!(e.kind, ErrorKind::Internal | ErrorKind::NoSpace | ErrorKind::Corrupt) {
+                self.fail_job(fj, &e.reason);
+            }
+        }
+        outcome?;
+        saved
+    }
+
+    /// Marks the files job active in this process's epoch (a restarted server reports STOPPED
+    /// until data arrives again or the job is resumed).
+    fn touch_job(&self, fj: &FilesJobId) -> Result<()> {
+        let job: FilesJobRecord = self.get(CF_FILES_JOBS, fj.as_bytes(), || format!("files job {fj}"))?;
+        if job.epoch == self.epoch && job.status == JobStatus::InProgress {
+            return Ok(());
+        }
+        let _w = self.state.write();
+        let mut job: FilesJobRecord = self.get(CF_FILES_JOBS, fj.as_bytes(), || format!("files job {fj}"))?;
+        job.epoch = self.epoch;
+        job.status = JobStatus::InProgress;
+        let mut b = self.store.index().batch();
+        b.put_record(CF_FILES_JOBS, fj.as_bytes(), &job);
+        self.store.commit(b)
+    }
+
+    /// Seals an upload job: its first `complete` segments become one part (all of them after a
+    /// normal upload; fewer after force completion). Chunks received for later segments and the
+    /// tail are released.
+    pub(crate) fn seal(&self, rec: &UploadJobRecord, complete: u32) -> Result<()> {
+        let chunks = self.uj_chunks(&rec.id)?;
+        let kept: Vec<ChunkRef> = chunks.iter().filter(|(_, c)| c.segment < complete).map(|(_, c)| c.chunk).collect();
+        let size: u64 = rec.segments[..complete as usize].iter().map(|s| s.len).sum();
+        let digest = self.store.digest_of(&kept)?;
+        let part = PartRecord { digest, size, chunks: kept };
+        let _r = self.state.read();
+        let guard = self.store.ref_guard();
+        let mut fresh = self.upload_job(&rec.id)?;
+        if fresh.sealed.is_some() {
+            return Ok(());
+        }
+        let mut b = self.store.index().batch();
+        if size > 0 {
+            self.store.reference_part(&mut b, &part, &guard)?;
+        }
+        self.store.release_chunks(&mut b, chunks.iter().map(|(_, c)| &c.chunk));
+        for (k, _) in &chunks {
+            b.delete(CF_UJ_CHUNKS, k);
+        }
+        b.delete(CF_UJ_TAIL, rec.id.as_bytes());
+        fresh.sealed = Some(SealedPart { digest, size, complete_segments: complete });
+        fresh.tail_len = 0;
+        b.put_record(CF_UPLOAD_JOBS, rec.id.as_bytes(), &fresh);
+        self.store.commit(b)?;
+        drop(guard);
+        Ok(())
+    }
+}
+
+fn check_room(rec: &UploadJobRecord, declared: Option<u64>) -> Result<()> {
+    if rec.is_complete() {
+        return Err(Error::gone(format!("upload job {} is already complete", rec.id)));
+    }
+    let room = rec.size - rec.received;
+    match declared {
+        Some(n) if n > room => Err(Error::too_large(format!(
+            "{n} bytes sent but upload job {} expects only {room} more (at offset {})",
+            rec.id, rec.received
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// The state of one request's ingest.
+struct Ingest<'e> {
+    engine: &'e Engine,
+    rec: UploadJobRecord,
+    session: WriteSession<'e>,
+    chunker: SegmentChunker,
+    /// Stream offset of everything pushed.
+    pos: u64,
+    segment: usize,
+    seg_end: u64,
+    pending: Vec<UjChunk>,
+    since_commit: u64,
+}
+
+impl<'e> Ingest<'e> {
+    fn start(engine: &'e Engine, rec: UploadJobRecord) -> Result<Ingest<'e>> {
+        let tail = match rec.tail_len {
+            0 => Vec::new(),
+            _ => engine.store.index().get(CF_UJ_TAIL, rec.id.as_bytes())?.unwrap_or_default(),
+        };
+        if tail.len() as u64 != rec.tail_len {
+            return Err(Error::corrupt(format!("upload job {} tail is {} bytes, expected {}", rec.id, tail.len(), rec.tail_len)));
+        }
+        let chunker = SegmentChunker::with_pending(engine.store.chunking(), tail);
+        let pos = rec.received;
+        let (segment, seg_end) = locate(&rec, pos);
+        Ok(Ingest {
+            engine,
+            session: engine.store.session(),
+            chunker,
+            pos,
+            segment,
+            seg_end,
+            pending: Vec::new(),
+            since_commit: 0,
+            rec,
+        })
+    }
+
+    fn push(&mut self, mut data: &[u8]) -> Result<()> {
+        while !data.is_empty() {
+            if self.pos >= self.rec.size {
+                return Err(Error::too_large(format!(
+                    "more bytes than upload job {} declares ({} bytes)",
+                    self.rec.id, self.rec.size
+                )));
+            }
+            let n = (self.seg_end - self.pos).min(data.len() as u64) as usize;
+            self.feed(&data[..n])?;
+            data = &data[n..];
+        }
+        if self.since_commit >= self.engine.cfg.commit_every {
+            self.commit(false)?;
+        }
+        Ok(())
+    }
+
+    /// Pushes bytes of the current segment; at the segment's end, flushes its last chunk.
+    fn feed(&mut self, data: &[u8]) -> Result<()> {
+        let (session, pending, seg) = (&mut self.session, &mut self.pending, self.segment as u32);
+        self.chunker.push(data, |c| {
+            pending.push(UjChunk { segment: seg, chunk: session.add_chunk(c)? });
+            Ok::<_, Error>(())
+        })?;
+        self.pos += data.len() as u64;
+        self.since_commit += data.len() as u64;
+        if self.pos == self.seg_end {
+            self.chunker.finish(|c| {
+                pending.push(UjChunk { segment: seg, chunk: session.add_chunk(c)? });
+                Ok::<_, Error>(())
+            })?;
+            (self.segment, self.seg_end) = locate(&self.rec, self.pos);
+        }
+        Ok(())
+    }
+
+    /// Commits durably. With `with_tail`, everything pushed is saved (the bytes after the last
+    /// cut as the tail); otherwise up to the last cut.
+    fn commit(&mut self, with_tail: bool) -> Result<()> {
+        // Never move the durable offset backwards: if no cut happened since a saved tail,
+        // save the tail again.
+        let at_cut = self.pos - self.chunker.pending() as u64;
+        let with_tail = with_tail || at_cut < self.rec.received;
+        let tail = if with_tail { self.chunker.pending_bytes().to_vec() } else { Vec::new() };
+        let received = self.pos - (self.chunker.pending() - tail.len()) as u64;
+        if received == self.rec.received && tail.len() as u64 == self.rec.tail_len && self.pending.is_empty() {
+            return Ok(());
+        }
+        let engine = self.engine;
+        let _r = engine.state.read();
+        engine.upload_job(&self.rec.id)?; // the draft may have been finalized or discarded
+        let mut b = engine.store.index().batch();
+        for c in self.pending.drain(..) {
+            b.put_record(CF_UJ_CHUNKS, &uj_chunk_key(&self.rec.id, self.rec.chunks), &c);
+            self.rec.chunks += 1;
+        }
+        if tail.is_empty() {
+            b.delete(CF_UJ_TAIL, self.rec.id.as_bytes());
+        } else {
+            b.put(CF_UJ_TAIL, self.rec.id.as_bytes(), &tail);
+        }
+        self.rec.received = received;
+        self.rec.tail_len = tail.len() as u64;
+        b.put_record(CF_UPLOAD_JOBS, self.rec.id.as_bytes(), &self.rec);
+        let session = std::mem::replace(&mut self.session, engine.store.session());
+        session.commit(b)?;
+        self.since_commit = 0;
+        Ok(())
+    }
+
+    /// Saves everything that arrived, and seals the job if it is complete.
+    fn finish(mut self) -> Result<UploadReply> {
+        self.commit(true)?;
+        let complete = self.rec.received == self.rec.size;
+        if complete {
+            self.engine.seal(&self.rec, self.rec.segments.len() as u32)?;
+        }
+        Ok(UploadReply { id: self.rec.id, received: self.rec.received, size: self.rec.size, complete })
+    }
+}
+
+/// The segment containing stream offset `pos`, and that segment's end offset.
+fn locate(rec: &UploadJobRecord, pos: u64) -> (usize, u64) {
+    let mut end = 0;
+    for (i, s) in rec.segments.iter().enumerate() {
+        end += s.len;
+        if pos < end {
+            return (i, end);
+        }
+    }
+    (rec.segments.len(), end)
+}
