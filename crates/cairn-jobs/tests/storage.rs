@@ -1,0 +1,166 @@
+//! Storage properties seen through the engine: dedup, corruption detection, gc, and byte-range
+//! reads across chunk and part boundaries.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
+
+use cairn_core::{ErrorKind, FilePath};
+use cairn_jobs::{Engine, Qhit};
+use cairn_store::{ChunkParams, GcOptions};
+use common::*;
+use proptest::prelude::*;
+
+const MIB: usize = 1 << 20;
+
+async fn store_file(e: &Arc<Engine>, t: cairn_core::WriteToken, path: &str, bytes: &[u8]) -> cairn_core::VersionHash {
+    let files: BTreeMap<String, Vec<u8>> = [(path.to_string(), bytes.to_vec())].into_iter().collect();
+    let job = e.create_files_job(&t, &request(vec![add_file(path, bytes.len() as u64)])).unwrap();
+    upload_all(e, t, &job, &files).await;
+    e.finalize(&t).unwrap().0
+}
+
+fn default_engine(dir: &std::path::Path) -> Arc<Engine> {
+    Arc::new(Engine::open(config(dir, 32 << 20, ChunkParams::default())).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_64_mib_twice_adds_under_one_percent() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = default_engine(dir.path());
+    let src = data(64, 64 * MIB);
+    store_file(&e, new_object(&e), "a.bin", &src).await;
+    let once = e.store().stats().unwrap().chunk_bytes;
+    assert!(once >= src.len() as u64);
+    let v = store_file(&e, new_object(&e), "copy/b.bin", &src).await;
+    let twice = e.store().stats().unwrap().chunk_bytes;
+    assert!(((twice - once) as f64) < 0.01 * once as f64, "grew {} bytes", twice - once);
+    assert_eq!(read_all(&e, &Qhit::Version(v), "copy/b.bin").unwrap(), src);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_1_mib_edit_in_256_mib_adds_under_8_mib() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = default_engine(dir.path());
+    let mut src = data(256, 256 * MIB);
+    let t = new_object(&e);
+    store_file(&e, t, "big.bin", &src).await;
+    let before = e.store().stats().unwrap().chunk_bytes;
+    let mid = 128 * MIB + 12345;
+    src[mid..mid + MIB].copy_from_slice(&data(7, MIB));
+    let t2 = e.open_draft(&t.object).unwrap().token;
+    let v2 = store_file(&e, t2, "big.bin", &src).await;
+    let added = e.store().stats().unwrap().chunk_bytes - before;
+    assert!(added < 8 * MIB as u64, "added {added} bytes");
+    assert_eq!(read_all(&e, &Qhit::Version(v2), "big.bin").unwrap(), src);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flipped_byte_is_a_corrupt_error_and_fsck_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = small_engine(dir.path());
+    let src = data(5, 300_000);
+    let v = store_file(&e, new_object(&e), "dir/victim.bin", &src).await;
+    assert!(e.fsck().unwrap().is_clean());
+
+    // Flip one data byte of the first chunk record of the first pack.
+    let pack = std::fs::read_dir(dir.path().join("packs")).unwrap().map(|d| d.unwrap().path()).min().unwrap();
+    let mut bytes = std::fs::read(&pack).unwrap();
+    let at = (cairn_store::pack::HEADER_LEN + cairn_store::pack::RECORD_HEADER_LEN + 100) as usize;
+    bytes[at] ^= 0x40;
+    std::fs::write(&pack, &bytes).unwrap();
+
+    let err = read_all(&e, &Qhit::Version(v), "dir/victim.bin").unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Corrupt, "{err}");
+    let report = e.fsck().unwrap();
+    assert_eq!(report.store.corrupt_chunks.len(), 1, "{report:?}");
+    assert_eq!(report.damaged_files, vec![format!("{v}:dir/victim.bin")]);
+    assert!(!report.is_clean());
+    // gc keeps the evidence: the corrupt chunk is still there for fsck.
+    e.gc(&GcOptions::default()).unwrap();
+    assert_eq!(e.fsck().unwrap().store.corrupt_chunks.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_after_deleting_a_version_reclaims_its_unique_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = small_engine(dir.path());
+    let t = new_object(&e);
+    let unique = data(1, 6 * MIB);
+    let shared = data(2, 3 * MIB);
+    let later = data(3, MIB);
+    let files: BTreeMap<String, Vec<u8>> = [("unique", unique.clone()), ("shared", shared.clone())].into_iter().map(|(k, v)| (k.into(), v)).collect();
+    let job = e.create_files_job(&t, &request(files.iter().map(|(p, d)| add_file(p, d.len() as u64)).collect())).unwrap();
+    upload_all(&e, t, &job, &files).await;
+    let (v1, _) = e.finalize(&t).unwrap();
+    let t2 = e.open_draft(&t.object).unwrap().token;
+    let ops = vec![op(serde_json::json!({"op":"del","path":"unique"})), add_file("later", later.len() as u64)];
+    let job2 = e.create_files_job(&t2, &request(ops)).unwrap();
+    let f2: BTreeMap<String, Vec<u8>> = [("later".to_string(), later.clone())].into_iter().collect();
+    upload_all(&e, t2, &job2, &f2).await;
+    let (v2, _) = e.finalize(&t2).unwrap();
+
+    let before = e.store().stats().unwrap();
+    let dry = e.gc(&GcOptions { dry_run: true, ..GcOptions::default() }).unwrap();
+    assert_eq!(dry.store.chunks_deleted, 0, "nothing is garbage while v1 lives");
+    e.delete_version(&v1).unwrap();
+    let report = e.gc(&GcOptions::default()).unwrap();
+    let after = e.store().stats().unwrap();
+    let freed = before.chunk_bytes - after.chunk_bytes;
+    assert!(freed >= unique.len() as u64 * 99 / 100 && freed <= unique.len() as u64 + (64 << 10), "freed {freed}: {report:?}");
+    // Packs under half live are rewritten; the open pack and mostly-live packs stay.
+    assert!(after.pack_bytes + 3 * (MIB as u64) < before.pack_bytes, "packs shrank: {before:?} -> {after:?}");
+    assert!(report.store.packs_deleted > 0);
+    let q = Qhit::Version(v2);
+    assert_eq!(read_all(&e, &q, "shared").unwrap(), shared);
+    assert_eq!(read_all(&e, &q, "later").unwrap(), later);
+    let fsck = e.fsck().unwrap();
+    assert!(fsck.is_clean(), "{fsck:?}");
+    // Reopening after gc recovers to the same state.
+    drop(e);
+    let e = small_engine(dir.path());
+    assert_eq!(read_all(&e, &Qhit::Version(v2), "shared").unwrap(), shared);
+}
+
+struct Fixture {
+    engine: Arc<Engine>,
+    version: cairn_core::VersionHash,
+    src: Vec<u8>,
+    _dir: tempfile::TempDir,
+}
+
+/// A version with one file of three parts (256 KiB each) cut into ~4 KiB chunks.
+fn fixture() -> &'static Fixture {
+    static F: OnceLock<Fixture> = OnceLock::new();
+    F.get_or_init(|| {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let engine = small_engine(dir.path());
+        let src = data(11, 700_001);
+        let version = rt.block_on(store_file(&engine, new_object(&engine), "f", &src));
+        Fixture { engine, version, src, _dir: dir }
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+    /// Any byte range of a file reads exactly what slicing a plain in-memory copy gives.
+    #[test]
+    fn any_range_matches_a_plain_copy(a in 0u64..=700_001, b in 0u64..=700_001) {
+        let f = fixture();
+        let (off, end) = (a.min(b), a.max(b));
+        let h = f.engine.open_file(&Qhit::Version(f.version), &FilePath::parse("f").unwrap()).unwrap();
+        let mut out = Vec::new();
+        f.engine.read_file(&h, off, end - off, |s| { out.extend_from_slice(s); Ok(()) }).unwrap();
+        prop_assert_eq!(&out[..], &f.src[off as usize..end as usize]);
+    }
+}
+
+#[test]
+fn ranges_past_the_end_are_rejected() {
+    let f = fixture();
+    let h = f.engine.open_file(&Qhit::Version(f.version), &FilePath::parse("f").unwrap()).unwrap();
+    assert!(f.engine.read_file(&h, 700_000, 2, |_| Ok(())).is_err());
+    assert!(f.engine.read_file(&h, u64::MAX, 2, |_| Ok(())).is_err());
+}
