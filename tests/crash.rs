@@ -10,22 +10,40 @@ use cairn_core::{FilePath, UploadJobId, WriteToken};
 use cairn_jobs::{Engine, EngineConfig, Qhit};
 use rand::{Rng, SeedableRng};
 
-const FILES: &[(&str, u64)] = &[("a.bin", 1_500_000), ("dir/b.bin", 700_000), ("dir/c.bin", 100_000), ("empty", 0)];
+const FILES: &[(&str, u64)] = &[
+    ("a.bin", 1_500_000),
+    ("dir/b.bin", 700_000),
+    ("dir/c.bin", 100_000),
+    ("empty", 0),
+];
 
 fn content(i: usize, len: u64) -> Vec<u8> {
     let mut out = vec![0u8; len as usize];
-    blake3::Hasher::new().update(&(i as u64).to_le_bytes()).finalize_xof().fill(&mut out);
+    blake3::Hasher::new()
+        .update(&(i as u64).to_le_bytes())
+        .finalize_xof()
+        .fill(&mut out);
     out
 }
 
 fn child(dir: &std::path::Path, abort_after: u64) -> (bool, Vec<(String, u64)>) {
     let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
-        .args(["crash-child", dir.to_str().unwrap(), &abort_after.to_string()])
+        .args([
+            "crash-child",
+            dir.to_str().unwrap(),
+            &abort_after.to_string(),
+        ])
         .output()
         .expect("run cairn crash-child");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let done = stdout.lines().any(|l| l == "DONE");
-    assert_eq!(done, out.status.success(), "child status {:?}, stderr: {}", out.status, String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        done,
+        out.status.success(),
+        "child status {:?}, stderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     let acks = stdout
         .lines()
         .filter_map(|l| l.strip_prefix("ACK "))
@@ -66,8 +84,15 @@ fn acknowledged_bytes_survive_aborts_at_many_points() {
             let rec = engine.upload_job(&uj).unwrap();
             let key = uj.to_string();
             let ack = acked.get(&key).copied().unwrap_or(0);
-            assert!(rec.received >= ack, "{uj}: {} durable < {ack} acknowledged", rec.received);
-            assert!(rec.received >= seen.get(&key).copied().unwrap_or(0), "{uj}: offset went backwards");
+            assert!(
+                rec.received >= ack,
+                "{uj}: {} durable < {ack} acknowledged",
+                rec.received
+            );
+            assert!(
+                rec.received >= seen.get(&key).copied().unwrap_or(0),
+                "{uj}: offset went backwards"
+            );
             assert!(rec.received <= rec.size);
             seen.insert(key, rec.received);
         }
@@ -81,17 +106,26 @@ fn acknowledged_bytes_survive_aborts_at_many_points() {
     let (version, _) = engine.finalize(&token).unwrap();
     let mut verified = 0;
     for (i, (path, size)) in FILES.iter().enumerate() {
-        let h = engine.open_file(&Qhit::Version(version), &FilePath::parse(path).unwrap()).unwrap();
+        let h = engine
+            .open_file(&Qhit::Version(version), &FilePath::parse(path).unwrap())
+            .unwrap();
         let mut got = Vec::new();
-        engine.read_file(&h, 0, h.size, |b| {
-            got.extend_from_slice(b);
-            Ok(())
-        })
-        .unwrap();
-        assert!(got == content(i, *size), "{path} differs after {kills} aborts");
+        engine
+            .read_file(&h, 0, h.size, |b| {
+                got.extend_from_slice(b);
+                Ok(())
+            })
+            .unwrap();
+        assert!(
+            got == content(i, *size),
+            "{path} differs after {kills} aborts"
+        );
         verified += got.len();
     }
     let fsck = engine.fsck().unwrap();
     assert!(fsck.is_clean(), "{fsck:?}");
-    println!("aborts: {kills}, acknowledged bytes: {}, bytes verified: {verified}", acked.values().sum::<u64>());
+    println!(
+        "aborts: {kills}, acknowledged bytes: {}, bytes verified: {verified}",
+        acked.values().sum::<u64>()
+    );
 }

@@ -8,10 +8,20 @@ use std::process::Command;
 fn ingesting_4_gib_keeps_peak_rss_under_200_mib() {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
-        .args(["ingest-bench", "--size", "4GiB", "--data", dir.path().to_str().unwrap()])
+        .args([
+            "ingest-bench",
+            "--size",
+            "4GiB",
+            "--data",
+            dir.path().to_str().unwrap(),
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     println!("{report}");
     assert_eq!(report["bytes"], 4u64 << 30);

@@ -20,18 +20,33 @@ use futures::StreamExt;
 use rand::{Rng, SeedableRng};
 
 /// The files uploaded: name and size; contents are `content(index, size)`.
-pub const FILES: &[(&str, u64)] = &[("a.bin", 1_500_000), ("dir/b.bin", 700_000), ("dir/c.bin", 100_000), ("empty", 0)];
+pub const FILES: &[(&str, u64)] = &[
+    ("a.bin", 1_500_000),
+    ("dir/b.bin", 700_000),
+    ("dir/c.bin", 100_000),
+    ("empty", 0),
+];
 
 pub fn content(i: usize, len: u64) -> Vec<u8> {
     let mut out = vec![0u8; len as usize];
-    blake3::Hasher::new().update(&(i as u64).to_le_bytes()).finalize_xof().fill(&mut out);
+    blake3::Hasher::new()
+        .update(&(i as u64).to_le_bytes())
+        .finalize_xof()
+        .fill(&mut out);
     out
 }
 
 fn config(dir: &Path) -> EngineConfig {
     let mut cfg = EngineConfig::new(dir);
-    cfg.plan = PlanLimits { part_size: 512 << 10, max_segments: 64 };
-    cfg.store.chunking = ChunkParams { min: 1 << 10, avg: 4 << 10, max: 16 << 10 };
+    cfg.plan = PlanLimits {
+        part_size: 512 << 10,
+        max_segments: 64,
+    };
+    cfg.store.chunking = ChunkParams {
+        min: 1 << 10,
+        avg: 4 << 10,
+        max: 16 << 10,
+    };
     cfg.store.pack_target_size = 1 << 20;
     cfg.commit_every = 64 << 10;
     cfg
@@ -55,8 +70,23 @@ fn ids(engine: &Engine, dir: &Path) -> Result<Ids> {
     }
     let lib = engine.create_library("crash")?;
     let (_, draft) = engine.create_object(&lib.id)?;
-    let ops = FILES.iter().map(|(p, s)| RawOp { path: Some(p.to_string()), size: Some(*s), ..RawOp::default() }).collect();
-    let job = engine.create_files_job(&draft.token, &FilesJobRequest { seq: None, seq_complete: None, defaults: None, ops })?;
+    let ops = FILES
+        .iter()
+        .map(|(p, s)| RawOp {
+            path: Some(p.to_string()),
+            size: Some(*s),
+            ..RawOp::default()
+        })
+        .collect();
+    let job = engine.create_files_job(
+        &draft.token,
+        &FilesJobRequest {
+            seq: None,
+            seq_complete: None,
+            defaults: None,
+            ops,
+        },
+    )?;
     let mut text = format!("{} {}", draft.token, job.id);
     for uj in &job.jobs {
         text.push_str(&format!(" {uj}"));
@@ -65,7 +95,11 @@ fn ids(engine: &Engine, dir: &Path) -> Result<Ids> {
     std::fs::write(&tmp, text)?;
     std::fs::File::open(&tmp)?.sync_all()?;
     std::fs::rename(&tmp, &path)?;
-    Ok(Ids { token: draft.token, fj: job.id, jobs: job.jobs })
+    Ok(Ids {
+        token: draft.token,
+        fj: job.id,
+        jobs: job.jobs,
+    })
 }
 
 pub async fn run(args: &[String]) -> Result<()> {
@@ -73,14 +107,21 @@ pub async fn run(args: &[String]) -> Result<()> {
     let abort_after: u64 = args.get(1).context("abort-after bytes")?.parse()?;
     let engine = Arc::new(Engine::open(config(dir))?);
     let ids = ids(&engine, dir)?;
-    let sources: Vec<Vec<u8>> = FILES.iter().enumerate().map(|(i, (_, s))| content(i, *s)).collect();
+    let sources: Vec<Vec<u8>> = FILES
+        .iter()
+        .enumerate()
+        .map(|(i, (_, s))| content(i, *s))
+        .collect();
     let mut rng = rand::rngs::StdRng::seed_from_u64(abort_after);
     let mut sent = 0u64;
     let mut out = std::io::stdout();
     for uj in &ids.jobs {
         let status = engine.upload_status(&ids.token, &ids.fj, uj, 0, u64::MAX)?;
         for seg in status.files.iter().filter(|s| s.rem > 0) {
-            let i = FILES.iter().position(|(p, _)| *p == seg.path).context("unknown path")?;
+            let i = FILES
+                .iter()
+                .position(|(p, _)| *p == seg.path)
+                .context("unknown path")?;
             let mut rest = &sources[i][(seg.off + seg.skip) as usize..(seg.off + seg.len) as usize];
             while !rest.is_empty() {
                 let n = rng.gen_range(1..=40_000).min(rest.len());
@@ -89,14 +130,26 @@ pub async fn run(args: &[String]) -> Result<()> {
                     let k = (abort_after - sent) as usize;
                     let first = Bytes::copy_from_slice(&piece[..k]);
                     let delay = rng.gen_range(0..3000);
-                    let body = futures::stream::iter(vec![Ok::<_, std::io::Error>(first)]).chain(futures::stream::once(async move {
-                        tokio::time::sleep(std::time::Duration::from_micros(delay)).await;
-                        std::process::abort()
-                    }));
+                    let body = futures::stream::iter(vec![Ok::<_, std::io::Error>(first)]).chain(
+                        futures::stream::once(async move {
+                            tokio::time::sleep(std::time::Duration::from_micros(delay)).await;
+                            std::process::abort()
+                        }),
+                    );
                     let _ = engine.upload(ids.token, ids.fj, *uj, None, body).await;
                     unreachable!("the body aborts the process");
                 }
-                let reply = engine.upload(ids.token, ids.fj, *uj, Some(n as u64), futures::stream::iter(vec![Ok::<_, std::io::Error>(Bytes::copy_from_slice(piece))])).await?;
+                let reply = engine
+                    .upload(
+                        ids.token,
+                        ids.fj,
+                        *uj,
+                        Some(n as u64),
+                        futures::stream::iter(vec![Ok::<_, std::io::Error>(
+                            Bytes::copy_from_slice(piece),
+                        )]),
+                    )
+                    .await?;
                 writeln!(out, "ACK {uj} {}", reply.received)?;
                 out.flush()?;
                 sent += n as u64;

@@ -16,24 +16,48 @@ use futures::{StreamExt, TryStreamExt};
 const FRAME: usize = 1 << 20;
 
 pub async fn run(args: &[String]) -> Result<()> {
-    let Some(src) = args.first().filter(|a| !a.starts_with("--")) else { bail!("demo needs a directory") };
+    let Some(src) = args.first().filter(|a| !a.starts_with("--")) else {
+        bail!("demo needs a directory")
+    };
     let src = PathBuf::from(src);
     let data = PathBuf::from(crate::flag(args, "--data").unwrap_or("./cairn-data"));
     let engine = Arc::new(Engine::open(EngineConfig::new(&data))?);
     let files = walk(&src)?;
     let total: u64 = files.iter().map(|(_, _, s)| s).sum();
-    println!("ingesting {} files, {} bytes, from {} into {}", files.len(), total, src.display(), data.display());
+    println!(
+        "ingesting {} files, {} bytes, from {} into {}",
+        files.len(),
+        total,
+        src.display(),
+        data.display()
+    );
 
     let started = std::time::Instant::now();
     let lib = engine.create_library("demo")?;
     let (_, draft) = engine.create_object(&lib.id)?;
-    let ops = files.iter().map(|(rel, _, size)| RawOp { path: Some(rel.clone()), size: Some(*size), ..RawOp::default() }).collect();
-    let req = FilesJobRequest { seq: Some(0), seq_complete: Some(true), defaults: None, ops };
+    let ops = files
+        .iter()
+        .map(|(rel, _, size)| RawOp {
+            path: Some(rel.clone()),
+            size: Some(*size),
+            ..RawOp::default()
+        })
+        .collect();
+    let req = FilesJobRequest {
+        seq: Some(0),
+        seq_complete: Some(true),
+        defaults: None,
+        ops,
+    };
     let job = engine.create_files_job(&draft.token, &req)?;
     upload_jobs(&engine, draft.token, &job, &src).await?;
     let (hash, _) = engine.finalize(&draft.token)?;
     let secs = started.elapsed().as_secs_f64();
-    println!("version {hash} ({} upload jobs, {:.1} MiB/s)", job.jobs.len(), total as f64 / secs / 1048576.0);
+    println!(
+        "version {hash} ({} upload jobs, {:.1} MiB/s)",
+        job.jobs.len(),
+        total as f64 / secs / 1048576.0
+    );
 
     verify(&engine, &Qhit::Version(hash), &files).await?;
     let stats = engine.store().stats()?;
@@ -60,7 +84,11 @@ fn walk(root: &Path) -> Result<Vec<(String, PathBuf, u64)>> {
             if meta.is_dir() {
                 stack.push(path);
             } else if meta.is_file() {
-                let rel = path.strip_prefix(root)?.to_str().context("non-UTF-8 file name")?.to_string();
+                let rel = path
+                    .strip_prefix(root)?
+                    .to_str()
+                    .context("non-UTF-8 file name")?
+                    .to_string();
                 FilePath::parse(&rel).with_context(|| format!("{rel}: not a valid Cairn path"))?;
                 out.push((rel, path, meta.len()));
             }
@@ -71,7 +99,12 @@ fn walk(root: &Path) -> Result<Vec<(String, PathBuf, u64)>> {
 }
 
 /// Sends every upload job, four at a time; each job's segments are read from the source files.
-async fn upload_jobs(engine: &Arc<Engine>, token: cairn_core::WriteToken, job: &FilesJobCreated, root: &Path) -> Result<()> {
+async fn upload_jobs(
+    engine: &Arc<Engine>,
+    token: cairn_core::WriteToken,
+    job: &FilesJobCreated,
+    root: &Path,
+) -> Result<()> {
     futures::stream::iter(job.jobs.iter().copied())
         .map(|uj| {
             let engine = engine.clone();
@@ -93,7 +126,11 @@ async fn upload_jobs(engine: &Arc<Engine>, token: cairn_core::WriteToken, job: &
 }
 
 /// Streams `len` bytes of `path` from `off`, one frame at a time (positional reads).
-fn file_stream(path: PathBuf, off: u64, len: u64) -> impl futures::Stream<Item = std::io::Result<Bytes>> + Send {
+fn file_stream(
+    path: PathBuf,
+    off: u64,
+    len: u64,
+) -> impl futures::Stream<Item = std::io::Result<Bytes>> + Send {
     futures::stream::try_unfold((path, off, len), |(path, off, left)| async move {
         if left == 0 {
             return Ok(None);
@@ -108,7 +145,10 @@ fn file_stream(path: PathBuf, off: u64, len: u64) -> impl futures::Stream<Item =
         })
         .await
         .map_err(std::io::Error::other)??;
-        Ok(Some((Bytes::from(buf), (path, off + n as u64, left - n as u64))))
+        Ok(Some((
+            Bytes::from(buf),
+            (path, off + n as u64, left - n as u64),
+        )))
     })
 }
 
@@ -123,7 +163,9 @@ async fn verify(engine: &Arc<Engine>, q: &Qhit, files: &[(String, PathBuf, u64)]
         while let Some(piece) = stream.next().await {
             got.update(&piece?);
         }
-        let want = blake3::Hasher::new().update_reader(std::fs::File::open(abs)?)?.finalize();
+        let want = blake3::Hasher::new()
+            .update_reader(std::fs::File::open(abs)?)?
+            .finalize();
         if got.finalize() != want {
             bail!("{rel}: bytes read back differ from the original");
         }

@@ -26,8 +26,20 @@ pub async fn run(args: &[String]) -> Result<()> {
     let engine = Arc::new(Engine::open(EngineConfig::new(&data))?);
     let lib = engine.create_library("bench")?;
     let (_, draft) = engine.create_object(&lib.id)?;
-    let op = RawOp { path: Some("stream.bin".into()), size: Some(size), ..RawOp::default() };
-    let job = engine.create_files_job(&draft.token, &FilesJobRequest { seq: None, seq_complete: None, defaults: None, ops: vec![op] })?;
+    let op = RawOp {
+        path: Some("stream.bin".into()),
+        size: Some(size),
+        ..RawOp::default()
+    };
+    let job = engine.create_files_job(
+        &draft.token,
+        &FilesJobRequest {
+            seq: None,
+            seq_complete: None,
+            defaults: None,
+            ops: vec![op],
+        },
+    )?;
     let started = std::time::Instant::now();
     let token = draft.token;
     futures::stream::iter(job.jobs.iter().copied())
@@ -36,7 +48,15 @@ pub async fn run(args: &[String]) -> Result<()> {
             async move {
                 let st = engine.upload_status(&token, &job.id, &uj, 0, 1)?;
                 let seg = &st.files[0];
-                engine.upload(token, job.id, uj, Some(seg.len), synthetic(seg.off, seg.len)).await?;
+                engine
+                    .upload(
+                        token,
+                        job.id,
+                        uj,
+                        Some(seg.len),
+                        synthetic(seg.off, seg.len),
+                    )
+                    .await?;
                 anyhow::Ok(())
             }
         })
@@ -68,7 +88,9 @@ fn synthetic(off: u64, len: u64) -> impl futures::Stream<Item = std::io::Result<
         (pos < end).then(|| {
             let n = FRAME.min(end - pos);
             let mut buf = vec![0u8; n as usize];
-            let mut xof = blake3::Hasher::new().update(b"cairn-synthetic").finalize_xof();
+            let mut xof = blake3::Hasher::new()
+                .update(b"cairn-synthetic")
+                .finalize_xof();
             xof.set_position(pos);
             xof.fill(&mut buf);
             (Ok(Bytes::from(buf)), pos + n)

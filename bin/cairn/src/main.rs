@@ -16,11 +16,16 @@ const USAGE: &str = "usage:
 
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     match args.first().map(String::as_str) {
         Some("demo") => rt.block_on(demo::run(&args[1..])),
         Some("ingest-bench") => rt.block_on(ingest::run(&args[1..])),
@@ -38,14 +43,18 @@ fn main() -> Result<()> {
 
 /// Value of `--name VALUE` in `args`, if present.
 pub(crate) fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
-    args.windows(2).find(|w| w[0] == name).map(|w| w[1].as_str())
+    args.windows(2)
+        .find(|w| w[0] == name)
+        .map(|w| w[1].as_str())
 }
 
 /// Parses sizes like `4GiB`, `512MiB`, `100k`, `12345`.
 pub(crate) fn parse_size(s: &str) -> Result<u64> {
     let s = s.trim();
     let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let n: u64 = s[..digits].parse().with_context(|| format!("bad size {s:?}"))?;
+    let n: u64 = s[..digits]
+        .parse()
+        .with_context(|| format!("bad size {s:?}"))?;
     let mult = match s[digits..].to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kib" => 1 << 10,
@@ -60,6 +69,10 @@ pub(crate) fn parse_size(s: &str) -> Result<u64> {
 pub(crate) fn peak_rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }

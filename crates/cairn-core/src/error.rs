@@ -70,7 +70,11 @@ macro_rules! ctor {
 
 impl Error {
     pub fn new(kind: ErrorKind, reason: impl Into<String>) -> Error {
-        Error { kind, reason: reason.into(), source: None }
+        Error {
+            kind,
+            reason: reason.into(),
+            source: None,
+        }
     }
 
     ctor! {
@@ -92,7 +96,11 @@ impl Error {
             ErrorKind::Internal
         };
         let reason = format!("{}: {err}", context.into());
-        Error { kind, reason, source: Some(Box::new(err)) }
+        Error {
+            kind,
+            reason,
+            source: Some(Box::new(err)),
+        }
     }
 
     pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Error {
@@ -113,7 +121,9 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static))
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
     }
 }
 

@@ -38,7 +38,9 @@ impl Digest {
     }
 
     pub fn from_hex(s: &str) -> Option<Digest> {
-        blake3::Hash::from_hex(s).ok().map(|h| Digest(*h.as_bytes()))
+        blake3::Hash::from_hex(s)
+            .ok()
+            .map(|h| Digest(*h.as_bytes()))
     }
 
     /// First 8 hex digits, for logs and reports.
@@ -87,7 +89,8 @@ impl<'de> Deserialize<'de> for Digest {
                 Digest::from_slice(v).ok_or_else(|| E::invalid_length(v.len(), &self))
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Digest, E> {
-                Digest::from_hex(v).ok_or_else(|| E::invalid_value(serde::de::Unexpected::Str(v), &self))
+                Digest::from_hex(v)
+                    .ok_or_else(|| E::invalid_value(serde::de::Unexpected::Str(v), &self))
             }
         }
         if d.is_human_readable() {

@@ -56,7 +56,10 @@ mod tests {
 
     #[test]
     fn round_trip_and_version_byte() {
-        let s = Sample { name: "a".into(), size: 7 };
+        let s = Sample {
+            name: "a".into(),
+            size: 7,
+        };
         let bytes = s.encode();
         assert_eq!(bytes[0], 3);
         assert_eq!(Sample::decode(&bytes).unwrap(), s);
@@ -64,10 +67,17 @@ mod tests {
 
     #[test]
     fn wrong_version_and_garbage_are_corrupt() {
-        let mut bytes = Sample { name: "a".into(), size: 7 }.encode();
+        let mut bytes = Sample {
+            name: "a".into(),
+            size: 7,
+        }
+        .encode();
         bytes[0] = 2;
         assert_eq!(Sample::decode(&bytes).unwrap_err().kind, ErrorKind::Corrupt);
-        assert_eq!(Sample::decode(&[3, 0xff, 0x00]).unwrap_err().kind, ErrorKind::Corrupt);
+        assert_eq!(
+            Sample::decode(&[3, 0xff, 0x00]).unwrap_err().kind,
+            ErrorKind::Corrupt
+        );
         assert_eq!(Sample::decode(&[]).unwrap_err().kind, ErrorKind::Corrupt);
     }
 }

@@ -9,7 +9,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use cairn_core::record::Record;
-use cairn_core::{Digest, Error, LibraryId, NodeId, ObjectId, Result, UploadJobId, VersionHash, WriteToken};
+use cairn_core::{
+    Digest, Error, LibraryId, NodeId, ObjectId, Result, UploadJobId, VersionHash, WriteToken,
+};
 use cairn_store::{Batch, Store, StoreConfig};
 use parking_lot::{Mutex, RwLock};
 use serde_json::Value;
@@ -29,7 +31,11 @@ pub struct EngineConfig {
 
 impl EngineConfig {
     pub fn new(dir: impl Into<std::path::PathBuf>) -> EngineConfig {
-        EngineConfig { store: StoreConfig::new(dir), plan: PlanLimits::default(), commit_every: 8 << 20 }
+        EngineConfig {
+            store: StoreConfig::new(dir),
+            plan: PlanLimits::default(),
+            commit_every: 8 << 20,
+        }
     }
 }
 
@@ -51,7 +57,9 @@ impl std::str::FromStr for Qhit {
         } else if s.starts_with("tqw__") {
             Ok(Qhit::Draft(s.parse()?))
         } else {
-            Err(Error::invalid(format!("{s:?} is not an object id, version hash or write token")))
+            Err(Error::invalid(format!(
+                "{s:?} is not an object id, version hash or write token"
+            )))
         }
     }
 }
@@ -78,12 +86,22 @@ impl Engine {
             Some(b) => NodeId::from_bytes(&b)?,
             None => NodeId::random(),
         };
-        let epoch = idx.get(CF_ENGINE, ENGINE_KEY_EPOCH)?.map_or(0, |b| cairn_store::store::counter_value(&b) as u64) + 1;
+        let epoch = idx
+            .get(CF_ENGINE, ENGINE_KEY_EPOCH)?
+            .map_or(0, |b| cairn_store::store::counter_value(&b) as u64)
+            + 1;
         let mut b = idx.batch();
         b.put(CF_ENGINE, ENGINE_KEY_NODE, node.as_bytes());
         b.put(CF_ENGINE, ENGINE_KEY_EPOCH, &(epoch as i64).to_le_bytes());
         store.commit(b)?;
-        let engine = Engine { store, cfg, node, epoch, state: RwLock::new(()), uj_locks: Mutex::new(HashMap::new()) };
+        let engine = Engine {
+            store,
+            cfg,
+            node,
+            epoch,
+            state: RwLock::new(()),
+            uj_locks: Mutex::new(HashMap::new()),
+        };
         engine.seal_received_jobs()?;
         Ok(engine)
     }
@@ -119,8 +137,16 @@ impl Engine {
             .map_err(|e| Error::internal(format!("engine task failed: {e}")))?
     }
 
-    pub(crate) fn get<T: Record>(&self, cf: &str, key: &[u8], what: impl FnOnce() -> String) -> Result<T> {
-        self.store.index().get_record(cf, key)?.ok_or_else(|| Error::not_found(format!("{} not found", what())))
+    pub(crate) fn get<T: Record>(
+        &self,
+        cf: &str,
+        key: &[u8],
+        what: impl FnOnce() -> String,
+    ) -> Result<T> {
+        self.store
+            .index()
+            .get_record(cf, key)?
+            .ok_or_else(|| Error::not_found(format!("{} not found", what())))
     }
 
     pub(crate) fn load_node(&self, d: &Digest) -> Result<DirNode> {
@@ -133,7 +159,11 @@ impl Engine {
         if name.len() > 1024 {
             return Err(Error::too_large("library name over 1024 bytes"));
         }
-        let rec = LibraryRecord { id: LibraryId::random(), name: name.to_string(), created: now() };
+        let rec = LibraryRecord {
+            id: LibraryId::random(),
+            name: name.to_string(),
+            created: now(),
+        };
         let mut b = self.store.index().batch();
         b.put_record(CF_LIBRARIES, rec.id.as_bytes(), &rec);
         self.store.commit(b)?;
@@ -149,7 +179,11 @@ impl Engine {
     }
 
     pub(crate) fn scan_records<T: Record>(&self, cf: &str, prefix: &[u8]) -> Result<Vec<T>> {
-        self.store.index().scan(cf, prefix).map(|r| r.and_then(|(_, v)| T::decode(&v))).collect()
+        self.store
+            .index()
+            .scan(cf, prefix)
+            .map(|r| r.and_then(|(_, v)| T::decode(&v)))
+            .collect()
     }
 
     // ---- objects and drafts -----------------------------------------------------------------
@@ -158,7 +192,13 @@ impl Engine {
     pub fn create_object(&self, library: &LibraryId) -> Result<(ObjectRecord, DraftRecord)> {
         self.library(library)?;
         let _w = self.state.write();
-        let obj = ObjectRecord { id: ObjectId::random(), library: *library, head: None, last_seq: 0, created: now() };
+        let obj = ObjectRecord {
+            id: ObjectId::random(),
+            library: *library,
+            head: None,
+            last_seq: 0,
+            created: now(),
+        };
         let mut b = self.store.index().batch();
         b.put_record(CF_OBJECTS, obj.id.as_bytes(), &obj);
         let draft = self.new_draft(&mut b, &obj)?;
@@ -192,7 +232,10 @@ impl Engine {
                 let v = self.version(h)?;
                 (v.root, v.meta)
             }
-            None => (self.ensure_empty_root(b)?, Value::Object(Default::default())),
+            None => (
+                self.ensure_empty_root(b)?,
+                Value::Object(Default::default()),
+            ),
         };
         b.add(CF_NODE_REFS, root.as_bytes(), 1);
         let token = WriteToken::new(obj.id, self.node);
@@ -219,7 +262,9 @@ impl Engine {
     }
 
     pub fn draft(&self, token: &WriteToken) -> Result<DraftRecord> {
-        self.get(CF_DRAFTS, &token.to_bytes(), || format!("write token {token}"))
+        self.get(CF_DRAFTS, &token.to_bytes(), || {
+            format!("write token {token}")
+        })
     }
 
     /// Discards a draft: its upload jobs, received chunks and tree references are released.
@@ -236,7 +281,11 @@ impl Engine {
     /// (not its root reference: finalize hands that over to the version).
     pub(crate) fn drop_draft(&self, b: &mut Batch<'_>, draft: &DraftRecord) -> Result<()> {
         for fj in &draft.files_jobs {
-            let Some(job) = self.store.index().get_record::<FilesJobRecord>(CF_FILES_JOBS, fj.as_bytes())? else {
+            let Some(job) = self
+                .store
+                .index()
+                .get_record::<FilesJobRecord>(CF_FILES_JOBS, fj.as_bytes())?
+            else {
                 continue;
             };
             for uj in &job.upload_jobs {
@@ -249,11 +298,16 @@ impl Engine {
     }
 
     fn drop_upload_job(&self, b: &mut Batch<'_>, uj: &UploadJobId) -> Result<()> {
-        let Some(rec) = self.store.index().get_record::<UploadJobRecord>(CF_UPLOAD_JOBS, uj.as_bytes())? else {
+        let Some(rec) = self
+            .store
+            .index()
+            .get_record::<UploadJobRecord>(CF_UPLOAD_JOBS, uj.as_bytes())?
+        else {
             return Ok(());
         };
         let chunks = self.uj_chunks(uj)?;
-        self.store.release_chunks(b, chunks.iter().map(|(_, c)| &c.chunk));
+        self.store
+            .release_chunks(b, chunks.iter().map(|(_, c)| &c.chunk));
         for (k, _) in &chunks {
             b.delete(CF_UJ_CHUNKS, k);
         }
@@ -287,7 +341,11 @@ impl Engine {
                 b.add(CF_NODE_REFS, child.as_bytes(), 1);
             }
             for p in parts {
-                b.add(cairn_store::store::part_refs_cf(), &cairn_store::part_key(&p.digest, p.part_size), 1);
+                b.add(
+                    cairn_store::store::part_refs_cf(),
+                    &cairn_store::part_key(&p.digest, p.part_size),
+                    1,
+                );
             }
             b.put_record(CF_NODES, d.as_bytes(), &node);
             written.insert(d);
@@ -298,7 +356,8 @@ impl Engine {
     // ---- versions ---------------------------------------------------------------------------
 
     pub fn version(&self, h: &VersionHash) -> Result<VersionRecord> {
-        let v: VersionRecord = self.get(CF_VERSIONS, h.digest.as_bytes(), || format!("version {h}"))?;
+        let v: VersionRecord =
+            self.get(CF_VERSIONS, h.digest.as_bytes(), || format!("version {h}"))?;
         if v.object != h.object {
             return Err(Error::not_found(format!("version {h} not found")));
         }
@@ -311,9 +370,14 @@ impl Engine {
         let mut out = Vec::new();
         for r in self.store.index().scan(CF_HISTORY, object.as_bytes()) {
             let (_, v) = r?;
-            let digest = Digest::from_slice(&v).ok_or_else(|| Error::corrupt("history entry is not a digest"))?;
+            let digest = Digest::from_slice(&v)
+                .ok_or_else(|| Error::corrupt("history entry is not a digest"))?;
             let rec: VersionRecord = self.get(CF_VERSIONS, &v, || format!("version {digest}"))?;
-            out.push(VersionHash { digest, size: rec.size, object: *object });
+            out.push(VersionHash {
+                digest,
+                size: rec.size,
+                object: *object,
+            });
         }
         Ok(out)
     }
@@ -363,7 +427,9 @@ impl Engine {
             }
             Qhit::Object(o) => {
                 let obj = self.object(o)?;
-                let h = obj.head.ok_or_else(|| Error::not_found(format!("object {o} has no finalized version")))?;
+                let h = obj.head.ok_or_else(|| {
+                    Error::not_found(format!("object {o} has no finalized version"))
+                })?;
                 let v = self.version(&h)?;
                 Ok((v.root, v.meta))
             }
@@ -383,17 +449,29 @@ impl Engine {
         let keys = meta_keys(path)?;
         if keys.first().map(String::as_str) == Some("files") {
             let files = self.files_json(q)?;
-            return walk(&files, &keys[1..]).cloned().ok_or_else(|| Error::not_found(format!("metadata {path} not found")));
+            return walk(&files, &keys[1..])
+                .cloned()
+                .ok_or_else(|| Error::not_found(format!("metadata {path} not found")));
         }
         let (_, meta) = self.resolve(q)?;
-        walk(&meta, &keys).cloned().ok_or_else(|| Error::not_found(format!("metadata {path} not found")))
+        walk(&meta, &keys)
+            .cloned()
+            .ok_or_else(|| Error::not_found(format!("metadata {path} not found")))
     }
 
     /// Replaces (`merge = false`) or merges into the draft's metadata at `path`.
-    pub fn meta_set(&self, token: &WriteToken, path: &str, value: Value, merge: bool) -> Result<()> {
+    pub fn meta_set(
+        &self,
+        token: &WriteToken,
+        path: &str,
+        value: Value,
+        merge: bool,
+    ) -> Result<()> {
         let keys = meta_keys(path)?;
         if keys.first().map(String::as_str) == Some("files") {
-            return Err(Error::invalid("the files tree changes only through files jobs"));
+            return Err(Error::invalid(
+                "the files tree changes only through files jobs",
+            ));
         }
         self.edit_meta(token, |meta| {
             let slot = slot_mut(meta, &keys)?;
@@ -412,17 +490,27 @@ impl Engine {
                 *meta = Value::Object(Default::default());
                 return Ok(());
             };
-            let removed = walk_mut(meta, parents).and_then(|p| p.as_object_mut()).and_then(|o| o.remove(last));
-            removed.map(|_| ()).ok_or_else(|| Error::not_found(format!("metadata {path} not found")))
+            let removed = walk_mut(meta, parents)
+                .and_then(|p| p.as_object_mut())
+                .and_then(|o| o.remove(last));
+            removed
+                .map(|_| ())
+                .ok_or_else(|| Error::not_found(format!("metadata {path} not found")))
         })
     }
 
-    fn edit_meta(&self, token: &WriteToken, f: impl FnOnce(&mut Value) -> Result<()>) -> Result<()> {
+    fn edit_meta(
+        &self,
+        token: &WriteToken,
+        f: impl FnOnce(&mut Value) -> Result<()>,
+    ) -> Result<()> {
         let _w = self.state.write();
         let mut draft = self.draft(token)?;
         f(&mut draft.meta)?;
         if draft.meta.to_string().len() > MAX_META_BYTES {
-            return Err(Error::too_large(format!("metadata over {MAX_META_BYTES} bytes")));
+            return Err(Error::too_large(format!(
+                "metadata over {MAX_META_BYTES} bytes"
+            )));
         }
         let mut b = self.store.index().batch();
         b.put_record(CF_DRAFTS, &token.to_bytes(), &draft);
@@ -434,7 +522,11 @@ impl Engine {
 pub const MAX_META_BYTES: usize = 16 << 20;
 
 fn meta_keys(path: &str) -> Result<Vec<String>> {
-    let keys: Vec<String> = path.split('/').filter(|s| !s.is_empty()).map(str::to_string).collect();
+    let keys: Vec<String> = path
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect();
     if keys.len() > 64 || keys.iter().any(|k| k.len() > 1024) {
         return Err(Error::invalid("metadata path too deep or too long"));
     }
@@ -456,7 +548,11 @@ fn slot_mut<'v>(v: &'v mut Value, keys: &[String]) -> Result<&'v mut Value> {
         if !cur.is_object() {
             *cur = Value::Object(Default::default());
         }
-        cur = cur.as_object_mut().expect("object").entry(k.clone()).or_insert(Value::Null);
+        cur = cur
+            .as_object_mut()
+            .expect("object")
+            .entry(k.clone())
+            .or_insert(Value::Null);
     }
     Ok(cur)
 }

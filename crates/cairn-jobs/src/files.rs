@@ -2,7 +2,9 @@
 //! resume, force completion, finalize files, and finalize the draft into a version.
 
 use cairn_core::record::Record;
-use cairn_core::{Digest, Error, FilePath, FilesJobId, Result, UploadJobId, VersionHash, WriteToken};
+use cairn_core::{
+    Digest, Error, FilePath, FilesJobId, Result, UploadJobId, VersionHash, WriteToken,
+};
 use cairn_store::Batch;
 use serde::Serialize;
 
@@ -42,21 +44,28 @@ pub struct ForceReport {
 impl Engine {
     /// Applies a files job's ops to the draft and plans its new files. The ops, the plan and the
     /// new tree are stored in one batch before this returns.
-    pub fn create_files_job(&self, token: &WriteToken, req: &FilesJobRequest) -> Result<FilesJobCreated> {
+    pub fn create_files_job(
+        &self,
+        token: &WriteToken,
+        req: &FilesJobRequest,
+    ) -> Result<FilesJobCreated> {
         let ops = req.validate()?;
         let _w = self.state.write();
         let mut draft = self.draft(token)?;
         if draft.files_finalized {
-            return Err(Error::conflict(format!("files of {token} are already finalized")));
+            return Err(Error::conflict(format!(
+                "files of {token} are already finalized"
+            )));
         }
         let loader = |d: &Digest| self.load_node(d);
         let mut tree = MemDir::load(&draft.root, &loader)?;
         let mut new_files = Vec::new();
         for (i, op) in ops.iter().enumerate() {
-            self.apply_op(&mut tree, op, &mut new_files).map_err(|mut e| {
-                e.reason = format!("op {i}: {}", e.reason);
-                e
-            })?;
+            self.apply_op(&mut tree, op, &mut new_files)
+                .map_err(|mut e| {
+                    e.reason = format!("op {i}: {}", e.reason);
+                    e
+                })?;
         }
         let fj = FilesJobId::random();
         let planned = plan(&new_files, self.cfg.plan)?;
@@ -65,7 +74,11 @@ impl Engine {
         for job in planned {
             let uj = UploadJobId::random();
             for (s, seg) in job.segments.iter().enumerate() {
-                let pending = PendingSeg { upload_job: uj, segment: s as u32, len: seg.len };
+                let pending = PendingSeg {
+                    upload_job: uj,
+                    segment: s as u32,
+                    len: seg.len,
+                };
                 attach_pending(&mut tree, &seg.path, pending, &loader)?;
             }
             let rec = UploadJobRecord {
@@ -115,15 +128,34 @@ impl Engine {
     fn apply_op(&self, tree: &mut MemDir, op: &Op, new_files: &mut Vec<PlanFile>) -> Result<()> {
         let loader = |d: &Digest| self.load_node(d);
         match op {
-            Op::AddFile { path, size, mime_type, meta } => {
+            Op::AddFile {
+                path,
+                size,
+                mime_type,
+                meta,
+            } => {
                 if new_files.iter().any(|f| f.path == *path) {
-                    return Err(Error::invalid(format!("{path} is added twice in one files job")));
+                    return Err(Error::invalid(format!(
+                        "{path} is added twice in one files job"
+                    )));
                 }
-                let content = if *size == 0 { Content::Parts(Vec::new()) } else { Content::Pending(Vec::new()) };
-                let entry = FileEntry { size: *size, mime_type: mime_type.clone(), meta: meta.clone(), content };
+                let content = if *size == 0 {
+                    Content::Parts(Vec::new())
+                } else {
+                    Content::Pending(Vec::new())
+                };
+                let entry = FileEntry {
+                    size: *size,
+                    mime_type: mime_type.clone(),
+                    meta: meta.clone(),
+                    content,
+                };
                 tree.insert(path, MemEntry::File(entry), &loader)?;
                 if *size > 0 {
-                    new_files.push(PlanFile { path: path.clone(), size: *size });
+                    new_files.push(PlanFile {
+                        path: path.clone(),
+                        size: *size,
+                    });
                 }
                 Ok(())
             }
@@ -153,12 +185,20 @@ impl Engine {
                 check_not_into_itself(from, to)?;
                 // A copy of a file still uploading shares its pending segments; both resolve
                 // to the same part slices when the upload completes.
-                let entry = tree.get(from, &loader)?.ok_or_else(|| Error::not_found(format!("{from} does not exist")))?.clone();
+                let entry = tree
+                    .get(from, &loader)?
+                    .ok_or_else(|| Error::not_found(format!("{from} does not exist")))?
+                    .clone();
                 tree.insert(to, entry, &loader)
             }
             Op::Link { path, target, meta } => {
                 let size = self.link_size(tree, target)?;
-                let entry = FileEntry { size, mime_type: None, meta: meta.clone(), content: Content::Link(target.clone()) };
+                let entry = FileEntry {
+                    size,
+                    mime_type: None,
+                    meta: meta.clone(),
+                    content: Content::Link(target.clone()),
+                };
                 tree.insert(path, MemEntry::File(entry), &loader)
             }
             Op::Meta { path, meta } => match tree.get(path, &loader)? {
@@ -192,21 +232,32 @@ impl Engine {
     }
 
     pub fn files_job(&self, token: &WriteToken, fj: &FilesJobId) -> Result<FilesJobRecord> {
-        let job: FilesJobRecord = self.get(CF_FILES_JOBS, fj.as_bytes(), || format!("files job {fj}"))?;
+        let job: FilesJobRecord =
+            self.get(CF_FILES_JOBS, fj.as_bytes(), || format!("files job {fj}"))?;
         if job.draft != *token {
-            return Err(Error::not_found(format!("files job {fj} not found in {token}")));
+            return Err(Error::not_found(format!(
+                "files job {fj} not found in {token}"
+            )));
         }
         Ok(job)
     }
 
     pub fn files_jobs(&self, token: &WriteToken) -> Result<Vec<FilesJobStatus>> {
         let draft = self.draft(token)?;
-        draft.files_jobs.iter().map(|fj| self.files_job_status(token, fj)).collect()
+        draft
+            .files_jobs
+            .iter()
+            .map(|fj| self.files_job_status(token, fj))
+            .collect()
     }
 
     pub fn files_job_status(&self, token: &WriteToken, fj: &FilesJobId) -> Result<FilesJobStatus> {
         let job = self.files_job(token, fj)?;
-        let ujs = job.upload_jobs.iter().map(|u| self.upload_job(u)).collect::<Result<Vec<_>>>()?;
+        let ujs = job
+            .upload_jobs
+            .iter()
+            .map(|u| self.upload_job(u))
+            .collect::<Result<Vec<_>>>()?;
         let complete = ujs.iter().filter(|u| u.is_complete()).count();
         let status = if complete == ujs.len() {
             JobStatus::Completed
@@ -253,7 +304,11 @@ impl Engine {
     /// Marks a job FAILED with a reason (after an I/O error during upload).
     pub(crate) fn fail_job(&self, fj: &FilesJobId, reason: &str) {
         let _w = self.state.write();
-        if let Ok(Some(mut job)) = self.store.index().get_record::<FilesJobRecord>(CF_FILES_JOBS, fj.as_bytes()) {
+        if let Ok(Some(mut job)) = self
+            .store
+            .index()
+            .get_record::<FilesJobRecord>(CF_FILES_JOBS, fj.as_bytes())
+        {
             job.error = Some(reason.to_string());
             let mut b = self.store.index().batch();
             b.put_record(CF_FILES_JOBS, fj.as_bytes(), &job);
@@ -269,16 +324,27 @@ impl Engine {
         let mut guards = Vec::new();
         for uj in &job.upload_jobs {
             let lock = self.uj_lock(uj);
-            let guard = lock.try_lock_owned().map_err(|_| Error::conflict(format!("upload job {uj} is receiving data")))?;
+            let guard = lock
+                .try_lock_owned()
+                .map_err(|_| Error::conflict(format!("upload job {uj} is receiving data")))?;
             guards.push(guard);
         }
-        if job.upload_jobs.iter().all(|u| self.upload_job(u).is_ok_and(|r| r.is_complete())) {
+        if job
+            .upload_jobs
+            .iter()
+            .all(|u| self.upload_job(u).is_ok_and(|r| r.is_complete()))
+        {
             return Err(Error::gone(format!("files job {fj} is already complete")));
         }
         for uj in &job.upload_jobs {
             let rec = self.upload_job(uj)?;
             if !rec.is_complete() {
-                let complete = rec.segments.iter().enumerate().filter(|(i, _)| rec.segment_received(*i)).count();
+                let complete = rec
+                    .segments
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| rec.segment_received(*i))
+                    .count();
                 self.seal(&rec, complete as u32)?;
                 report.sealed_partial += 1;
             }
@@ -291,8 +357,8 @@ impl Engine {
     /// Finalize files: every upload job must be complete; pending files become part references
     /// and no more files jobs are accepted.
     pub fn finalize_files(&self, token: &WriteToken) -> Result<()> {
-        self.resolve_draft(token, true)?;
         let _w = self.state.write();
+        self.resolve_draft_locked(token, true)?;
         let mut draft = self.draft(token)?;
         draft.files_finalized = true;
         let mut b = self.store.index().batch();
@@ -305,6 +371,11 @@ impl Engine {
     /// file still uploading is an `incomplete` error and nothing changes.
     fn resolve_draft(&self, token: &WriteToken, strict: bool) -> Result<Vec<String>> {
         let _w = self.state.write();
+        self.resolve_draft_locked(token, strict)
+    }
+
+    /// [`Self::resolve_draft`] for a caller that holds the state lock for writing.
+    fn resolve_draft_locked(&self, token: &WriteToken, strict: bool) -> Result<Vec<String>> {
         let mut draft = self.draft(token)?;
         let loader = |d: &Digest| self.load_node(d);
         let mut tree = MemDir::load(&draft.root, &loader)?;
@@ -316,7 +387,13 @@ impl Engine {
         Ok(dropped)
     }
 
-    fn resolve_dir(&self, dir: &mut MemDir, at: &FilePath, strict: bool, dropped: &mut Vec<String>) -> Result<bool> {
+    fn resolve_dir(
+        &self,
+        dir: &mut MemDir,
+        at: &FilePath,
+        strict: bool,
+        dropped: &mut Vec<String>,
+    ) -> Result<bool> {
         let loader = |d: &Digest| self.load_node(d);
         let mut changed = false;
         for name in dir.names() {
@@ -335,7 +412,10 @@ impl Engine {
                     changed |= self.resolve_dir(sub, &path, strict, dropped)?;
                     continue;
                 }
-                MemEntry::File(FileEntry { content: Content::Pending(segs), .. }) => segs.clone(),
+                MemEntry::File(FileEntry {
+                    content: Content::Pending(segs),
+                    ..
+                }) => segs.clone(),
                 MemEntry::File(_) => continue,
             };
             match self.resolve_pending(&segs)? {
@@ -349,7 +429,9 @@ impl Engine {
                     dropped.push(path.to_string());
                 }
                 Resolved::Waiting(uj) if strict => {
-                    return Err(Error::incomplete(format!("{path} is still uploading (upload job {uj})")));
+                    return Err(Error::incomplete(format!(
+                        "{path} is still uploading (upload job {uj})"
+                    )));
                 }
                 Resolved::Waiting(_) => continue,
             }
@@ -362,12 +444,19 @@ impl Engine {
         let mut parts = Vec::new();
         for s in segs {
             let uj = self.upload_job(&s.upload_job)?;
-            let Some(sealed) = uj.sealed else { return Ok(Resolved::Waiting(s.upload_job)) };
+            let Some(sealed) = uj.sealed else {
+                return Ok(Resolved::Waiting(s.upload_job));
+            };
             if s.segment >= sealed.complete_segments {
                 return Ok(Resolved::Dropped);
             }
             let off = uj.segment_start(s.segment as usize);
-            parts.push(PartSeg { digest: sealed.digest, part_size: sealed.size, off, len: s.len });
+            parts.push(PartSeg {
+                digest: sealed.digest,
+                part_size: sealed.size,
+                off,
+                len: s.len,
+            });
         }
         Ok(Resolved::Parts(parts))
     }
@@ -375,8 +464,9 @@ impl Engine {
     /// Finalizes a draft: resolves its files (all uploads must be complete), writes the version
     /// record, moves the object's head, and drops the draft, in one batch.
     pub fn finalize(&self, token: &WriteToken) -> Result<(VersionHash, VersionRecord)> {
-        self.resolve_draft(token, true)?;
+        // One critical section from resolution to commit: no files job can slip in between.
         let _w = self.state.write();
+        self.resolve_draft_locked(token, true)?;
         let draft = self.draft(token)?;
         let mut obj = self.object(&token.object)?;
         let seq = obj.last_seq + 1;
@@ -391,12 +481,20 @@ impl Engine {
             size,
             created: now(),
         };
-        let hash = VersionHash { digest: Digest::of(&rec.encode()), size, object: obj.id };
+        let hash = VersionHash {
+            digest: Digest::of(&rec.encode()),
+            size,
+            object: obj.id,
+        };
         let mut b = self.store.index().batch();
         let guard = self.store.ref_guard();
         self.drop_draft(&mut b, &draft)?;
         b.put_record(CF_VERSIONS, hash.digest.as_bytes(), &rec);
-        b.put(CF_HISTORY, &history_key(&obj.id, seq), hash.digest.as_bytes());
+        b.put(
+            CF_HISTORY,
+            &history_key(&obj.id, seq),
+            hash.digest.as_bytes(),
+        );
         obj.head = Some(hash);
         obj.last_seq = seq;
         b.put_record(CF_OBJECTS, obj.id.as_bytes(), &obj);
@@ -445,20 +543,37 @@ pub(crate) fn parse_link(target: &str) -> Result<LinkTarget> {
             return Ok(LinkTarget::Absolute(hash.parse()?, FilePath::parse(path)?));
         }
     }
-    Err(Error::invalid(format!("link target {target:?} is not ./files/<path> or /qfab/hq__…/files/<path>")))
+    Err(Error::invalid(format!(
+        "link target {target:?} is not ./files/<path> or /qfab/hq__…/files/<path>"
+    )))
 }
 
-fn attach_pending(tree: &mut MemDir, path: &FilePath, seg: PendingSeg, loader: &crate::tree::Loader<'_>) -> Result<()> {
+fn attach_pending(
+    tree: &mut MemDir,
+    path: &FilePath,
+    seg: PendingSeg,
+    loader: &crate::tree::Loader<'_>,
+) -> Result<()> {
     match tree.get(path, loader)? {
-        Some(MemEntry::File(FileEntry { content: Content::Pending(segs), .. })) => {
+        Some(MemEntry::File(FileEntry {
+            content: Content::Pending(segs),
+            ..
+        })) => {
             segs.push(seg);
             Ok(())
         }
-        _ => Err(Error::internal(format!("planned file {path} is missing from the tree"))),
+        _ => Err(Error::internal(format!(
+            "planned file {path} is missing from the tree"
+        ))),
     }
 }
 
-fn set_dir_meta(tree: &mut MemDir, path: &FilePath, meta: Option<serde_json::Value>, loader: &crate::tree::Loader<'_>) -> Result<()> {
+fn set_dir_meta(
+    tree: &mut MemDir,
+    path: &FilePath,
+    meta: Option<serde_json::Value>,
+    loader: &crate::tree::Loader<'_>,
+) -> Result<()> {
     match tree.get(path, loader)? {
         Some(MemEntry::Stored(d)) => {
             let mut dir = MemDir::load(&d.clone(), loader)?;
@@ -476,11 +591,14 @@ fn set_dir_meta(tree: &mut MemDir, path: &FilePath, meta: Option<serde_json::Val
 
 fn check_not_into_itself(from: &FilePath, to: &FilePath) -> Result<()> {
     if to.starts_with(from) {
-        return Err(Error::invalid(format!("cannot move or copy {from} into itself ({to})")));
+        return Err(Error::invalid(format!(
+            "cannot move or copy {from} into itself ({to})"
+        )));
     }
     Ok(())
 }
 
 fn join_all(base: &FilePath, rest: &FilePath) -> Result<FilePath> {
-    rest.segments().try_fold(base.clone(), |p, s| p.join(s).map_err(Error::from))
+    rest.segments()
+        .try_fold(base.clone(), |p, s| p.join(s).map_err(Error::from))
 }

@@ -40,7 +40,10 @@ impl Engine {
     pub fn gc(&self, opts: &GcOptions) -> Result<EngineGcReport> {
         let nodes_deleted = self.gc_nodes(opts.dry_run)?;
         let store = self.store.gc(opts)?;
-        Ok(EngineGcReport { nodes_deleted, store })
+        Ok(EngineGcReport {
+            nodes_deleted,
+            store,
+        })
     }
 
     /// Deletes nodes nobody references, releasing their children, until none is left.
@@ -95,7 +98,9 @@ impl Engine {
                 *node_refs.entry(d.as_bytes().to_vec()).or_default() += 1;
             }
             for p in parts {
-                *ext.parts.entry(part_key(&p.digest, p.part_size).to_vec()).or_default() += 1;
+                *ext.parts
+                    .entry(part_key(&p.digest, p.part_size).to_vec())
+                    .or_default() += 1;
             }
         }
         let versions: Vec<(Vec<u8>, VersionRecord)> = self.records_with_keys(CF_VERSIONS)?;
@@ -108,32 +113,58 @@ impl Engine {
         }
         for uj in self.scan_records::<UploadJobRecord>(CF_UPLOAD_JOBS, &[])? {
             if let Some(s) = uj.sealed.filter(|s| s.size > 0) {
-                *ext.parts.entry(part_key(&s.digest, s.size).to_vec()).or_default() += 1;
+                *ext.parts
+                    .entry(part_key(&s.digest, s.size).to_vec())
+                    .or_default() += 1;
             }
         }
         for r in self.store.index().scan(CF_UJ_CHUNKS, &[]) {
             let (_, v) = r?;
-            *ext.chunks.entry(UjChunk::decode(&v)?.chunk.hash).or_default() += 1;
+            *ext.chunks
+                .entry(UjChunk::decode(&v)?.chunk.hash)
+                .or_default() += 1;
         }
         let mut store = self.store.fsck(&ext)?;
         self.compare_node_refs(&node_refs, &mut store)?;
         let damaged: HashSet<String> = store.damaged_parts.iter().cloned().collect();
         let mut damaged_files = Vec::new();
         for (k, v) in &versions {
-            let hash = cairn_core::VersionHash { digest: Digest::from_slice(k).unwrap_or_default(), size: v.size, object: v.object };
+            let hash = cairn_core::VersionHash {
+                digest: Digest::from_slice(k).unwrap_or_default(),
+                size: v.size,
+                object: v.object,
+            };
             self.damaged_in(&v.root, &hash.to_string(), "", &damaged, &mut damaged_files)?;
         }
         for d in &drafts {
-            self.damaged_in(&d.root, &d.token.to_string(), "", &damaged, &mut damaged_files)?;
+            self.damaged_in(
+                &d.root,
+                &d.token.to_string(),
+                "",
+                &damaged,
+                &mut damaged_files,
+            )?;
         }
-        Ok(EngineFsckReport { store, nodes_checked, damaged_files })
+        Ok(EngineFsckReport {
+            store,
+            nodes_checked,
+            damaged_files,
+        })
     }
 
     fn records_with_keys<T: Record>(&self, cf: &str) -> Result<Vec<(Vec<u8>, T)>> {
-        self.store.index().scan(cf, &[]).map(|r| r.and_then(|(k, v)| Ok((k.to_vec(), T::decode(&v)?)))).collect()
+        self.store
+            .index()
+            .scan(cf, &[])
+            .map(|r| r.and_then(|(k, v)| Ok((k.to_vec(), T::decode(&v)?))))
+            .collect()
     }
 
-    fn compare_node_refs(&self, expected: &HashMap<Vec<u8>, i64>, report: &mut FsckReport) -> Result<()> {
+    fn compare_node_refs(
+        &self,
+        expected: &HashMap<Vec<u8>, i64>,
+        report: &mut FsckReport,
+    ) -> Result<()> {
         let mut stored: HashMap<Vec<u8>, i64> = HashMap::new();
         for r in self.store.index().scan(CF_NODE_REFS, &[]) {
             let (k, v) = r?;
@@ -143,30 +174,53 @@ impl Engine {
             let have = stored.remove(k).unwrap_or(0);
             if have != want {
                 let d = Digest::from_slice(k).unwrap_or_default();
-                report.refcount_mismatches.push(format!("node {d}: refcount {have}, references {want}"));
+                report
+                    .refcount_mismatches
+                    .push(format!("node {d}: refcount {have}, references {want}"));
             }
             if !self.store.index().exists(CF_NODES, k)? {
-                report.refcount_mismatches.push(format!("node {} is referenced but missing", Digest::from_slice(k).unwrap_or_default()));
+                report.refcount_mismatches.push(format!(
+                    "node {} is referenced but missing",
+                    Digest::from_slice(k).unwrap_or_default()
+                ));
             }
         }
         for (k, have) in stored {
             if have != 0 {
                 let d = Digest::from_slice(&k).unwrap_or_default();
-                report.refcount_mismatches.push(format!("node {d}: refcount {have}, references 0"));
+                report
+                    .refcount_mismatches
+                    .push(format!("node {d}: refcount {have}, references 0"));
             }
         }
         Ok(())
     }
 
-    fn damaged_in(&self, node: &Digest, owner: &str, at: &str, damaged: &HashSet<String>, out: &mut Vec<String>) -> Result<()> {
+    fn damaged_in(
+        &self,
+        node: &Digest,
+        owner: &str,
+        at: &str,
+        damaged: &HashSet<String>,
+        out: &mut Vec<String>,
+    ) -> Result<()> {
         let node = self.load_node(node)?;
         for (name, e) in &node.entries {
-            let path = if at.is_empty() { name.clone() } else { format!("{at}/{name}") };
+            let path = if at.is_empty() {
+                name.clone()
+            } else {
+                format!("{at}/{name}")
+            };
             match e {
                 Entry::Dir(d) => self.damaged_in(d, owner, &path, damaged, out)?,
                 Entry::File(f) => {
-                    let Content::Parts(segs) = &f.content else { continue };
-                    if segs.iter().any(|s| damaged.contains(&hex(&part_key(&s.digest, s.part_size)))) {
+                    let Content::Parts(segs) = &f.content else {
+                        continue;
+                    };
+                    if segs
+                        .iter()
+                        .any(|s| damaged.contains(&hex(&part_key(&s.digest, s.part_size))))
+                    {
                         out.push(format!("{owner}:{path}"));
                     }
                 }

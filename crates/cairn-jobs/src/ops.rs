@@ -52,23 +52,53 @@ pub struct RawOp {
 /// A validated op.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Op {
-    AddFile { path: FilePath, size: u64, mime_type: Option<String>, meta: Option<Value> },
-    AddDir { path: FilePath, meta: Option<Value> },
-    Del { path: FilePath },
-    Move { from: FilePath, to: FilePath },
-    Copy { from: FilePath, to: FilePath },
-    Link { path: FilePath, target: String, meta: Option<Value> },
-    Meta { path: FilePath, meta: Value },
+    AddFile {
+        path: FilePath,
+        size: u64,
+        mime_type: Option<String>,
+        meta: Option<Value>,
+    },
+    AddDir {
+        path: FilePath,
+        meta: Option<Value>,
+    },
+    Del {
+        path: FilePath,
+    },
+    Move {
+        from: FilePath,
+        to: FilePath,
+    },
+    Copy {
+        from: FilePath,
+        to: FilePath,
+    },
+    Link {
+        path: FilePath,
+        target: String,
+        meta: Option<Value>,
+    },
+    Meta {
+        path: FilePath,
+        meta: Value,
+    },
 }
 
 impl FilesJobRequest {
     /// Validates every op; the first bad one fails the whole request.
     pub fn validate(&self) -> Result<Vec<Op>> {
         if self.ops.len() > MAX_OPS {
-            return Err(Error::too_large(format!("{} ops in one files job; the limit is {MAX_OPS}", self.ops.len())));
+            return Err(Error::too_large(format!(
+                "{} ops in one files job; the limit is {MAX_OPS}",
+                self.ops.len()
+            )));
         }
         check_encryption(self.defaults.as_ref().and_then(|d| d.get("encryption")))?;
-        self.ops.iter().enumerate().map(|(i, op)| op.validate().map_err(|e| prefix(i, e))).collect()
+        self.ops
+            .iter()
+            .enumerate()
+            .map(|(i, op)| op.validate().map_err(|e| prefix(i, e)))
+            .collect()
     }
 }
 
@@ -80,18 +110,24 @@ fn prefix(i: usize, mut e: Error) -> Error {
 fn check_encryption(enc: Option<&Value>) -> Result<()> {
     match enc.and_then(|e| e.get("scheme")).and_then(Value::as_str) {
         None | Some("none") => Ok(()),
-        Some(other) => Err(Error::invalid(format!("encryption scheme {other:?} is not supported; use \"none\""))),
+        Some(other) => Err(Error::invalid(format!(
+            "encryption scheme {other:?} is not supported; use \"none\""
+        ))),
     }
 }
 
 fn required(field: &Option<String>, name: &str) -> Result<FilePath> {
-    let s = field.as_deref().ok_or_else(|| Error::invalid(format!("missing {name}")))?;
+    let s = field
+        .as_deref()
+        .ok_or_else(|| Error::invalid(format!("missing {name}")))?;
     Ok(FilePath::parse(s)?)
 }
 
 fn bounded(s: &Option<String>, name: &str) -> Result<Option<String>> {
     match s {
-        Some(v) if v.len() > MAX_STRING || v.contains('\0') => Err(Error::invalid(format!("{name} is too long or has NUL"))),
+        Some(v) if v.len() > MAX_STRING || v.contains('\0') => {
+            Err(Error::invalid(format!("{name} is too long or has NUL")))
+        }
         other => Ok(other.clone()),
     }
 }
@@ -102,16 +138,35 @@ impl RawOp {
         let op = self.op.as_deref().unwrap_or("add");
         match op {
             "add" => self.validate_add(),
-            "del" | "delete" => Ok(Op::Del { path: required(&self.path, "path")? }),
-            "move" => Ok(Op::Move { from: required(&self.copy_move_source_path, "copy_move_source_path")?, to: required(&self.path, "path")? }),
-            "copy" => Ok(Op::Copy { from: required(&self.copy_move_source_path, "copy_move_source_path")?, to: required(&self.path, "path")? }),
+            "del" | "delete" => Ok(Op::Del {
+                path: required(&self.path, "path")?,
+            }),
+            "move" => Ok(Op::Move {
+                from: required(&self.copy_move_source_path, "copy_move_source_path")?,
+                to: required(&self.path, "path")?,
+            }),
+            "copy" => Ok(Op::Copy {
+                from: required(&self.copy_move_source_path, "copy_move_source_path")?,
+                to: required(&self.path, "path")?,
+            }),
             "link" => {
-                let target = bounded(&self.target, "target")?.ok_or_else(|| Error::invalid("link op needs a target"))?;
-                Ok(Op::Link { path: required(&self.path, "path")?, target, meta: self.meta.clone() })
+                let target = bounded(&self.target, "target")?
+                    .ok_or_else(|| Error::invalid("link op needs a target"))?;
+                Ok(Op::Link {
+                    path: required(&self.path, "path")?,
+                    target,
+                    meta: self.meta.clone(),
+                })
             }
             "meta" | "metadata" => {
-                let meta = self.meta.clone().ok_or_else(|| Error::invalid("meta op needs a meta object"))?;
-                Ok(Op::Meta { path: required(&self.path, "path")?, meta })
+                let meta = self
+                    .meta
+                    .clone()
+                    .ok_or_else(|| Error::invalid("meta op needs a meta object"))?;
+                Ok(Op::Meta {
+                    path: required(&self.path, "path")?,
+                    meta,
+                })
             }
             other => Err(Error::invalid(format!("unknown op {other:?}"))),
         }
@@ -120,13 +175,25 @@ impl RawOp {
     fn validate_add(&self) -> Result<Op> {
         let path = required(&self.path, "path")?;
         match self.kind.as_deref().unwrap_or("file") {
-            "directory" | "dir" => Ok(Op::AddDir { path, meta: self.meta.clone() }),
+            "directory" | "dir" => Ok(Op::AddDir {
+                path,
+                meta: self.meta.clone(),
+            }),
             "file" => {
-                let size = self.size.ok_or_else(|| Error::invalid(format!("{path}: a file needs a size")))?;
+                let size = self
+                    .size
+                    .ok_or_else(|| Error::invalid(format!("{path}: a file needs a size")))?;
                 if size > MAX_FILE_SIZE {
-                    return Err(Error::too_large(format!("{path}: size {size} exceeds {MAX_FILE_SIZE}")));
+                    return Err(Error::too_large(format!(
+                        "{path}: size {size} exceeds {MAX_FILE_SIZE}"
+                    )));
                 }
-                Ok(Op::AddFile { path, size, mime_type: bounded(&self.mime_type, "mime_type")?, meta: self.meta.clone() })
+                Ok(Op::AddFile {
+                    path,
+                    size,
+                    mime_type: bounded(&self.mime_type, "mime_type")?,
+                    meta: self.meta.clone(),
+                })
             }
             other => Err(Error::invalid(format!("{path}: unknown type {other:?}"))),
         }
@@ -138,20 +205,25 @@ mod tests {
     use super::*;
 
     fn parse(json: &str) -> Result<Vec<Op>> {
-        let req: FilesJobRequest = serde_json::from_str(json).map_err(|e| Error::invalid(e.to_string()))?;
+        let req: FilesJobRequest =
+            serde_json::from_str(json).map_err(|e| Error::invalid(e.to_string()))?;
         req.validate()
     }
 
     #[test]
     fn accepts_the_reference_example() {
-        let ops = parse(r#"{"seq":0,"seq_complete":true,"ops":[
+        let ops = parse(
+            r#"{"seq":0,"seq_complete":true,"ops":[
             {"path":"/dir/a.mp4","type":"file","mime_type":"video/mp4","size":3738907},
             {"op":"add","type":"directory","path":"new-dir"},
             {"op":"del","path":"old/file.txt"},
-            {"op":"move","copy_move_source_path":"a/old","path":"b/new"}]}"#)
+            {"op":"move","copy_move_source_path":"a/old","path":"b/new"}]}"#,
+        )
         .unwrap();
         assert_eq!(ops.len(), 4);
-        assert!(matches!(&ops[0], Op::AddFile { path, size: 3738907, .. } if path.as_str() == "dir/a.mp4"));
+        assert!(
+            matches!(&ops[0], Op::AddFile { path, size: 3738907, .. } if path.as_str() == "dir/a.mp4")
+        );
     }
 
     #[test]

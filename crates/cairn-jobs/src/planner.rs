@@ -19,7 +19,10 @@ pub struct PlanLimits {
 
 impl Default for PlanLimits {
     fn default() -> Self {
-        PlanLimits { part_size: 32 << 20, max_segments: 4096 }
+        PlanLimits {
+            part_size: 32 << 20,
+            max_segments: 4096,
+        }
     }
 }
 
@@ -54,7 +57,9 @@ impl PlannedJob {
 /// Plans `files` onto upload jobs.
 pub fn plan(files: &[PlanFile], limits: PlanLimits) -> Result<Vec<PlannedJob>> {
     if limits.part_size == 0 || limits.max_segments == 0 {
-        return Err(Error::invalid("part size and segment limit must be positive"));
+        return Err(Error::invalid(
+            "part size and segment limit must be positive",
+        ));
     }
     let mut jobs = Vec::new();
     let mut small = PlannedJob::default();
@@ -66,7 +71,12 @@ pub fn plan(files: &[PlanFile], limits: PlanLimits) -> Result<Vec<PlannedJob>> {
             if full || small.size() + f.size > limits.part_size {
                 jobs.push(std::mem::take(&mut small));
             }
-            small.segments.push(Segment { path: f.path.clone(), file_size: f.size, off: 0, len: f.size });
+            small.segments.push(Segment {
+                path: f.path.clone(),
+                file_size: f.size,
+                off: 0,
+                len: f.size,
+            });
         }
     }
     if !small.segments.is_empty() {
@@ -79,8 +89,15 @@ fn split_large(f: &PlanFile, part_size: u64, jobs: &mut Vec<PlannedJob>) {
     let mut off = 0;
     while off < f.size {
         let len = part_size.min(f.size - off);
-        let seg = Segment { path: f.path.clone(), file_size: f.size, off, len };
-        jobs.push(PlannedJob { segments: vec![seg] });
+        let seg = Segment {
+            path: f.path.clone(),
+            file_size: f.size,
+            off,
+            len,
+        };
+        jobs.push(PlannedJob {
+            segments: vec![seg],
+        });
         off += len;
     }
 }
@@ -92,11 +109,19 @@ mod tests {
     const P: u64 = 32 << 20;
 
     fn file(name: &str, size: u64) -> PlanFile {
-        PlanFile { path: FilePath::parse(name).unwrap(), size }
+        PlanFile {
+            path: FilePath::parse(name).unwrap(),
+            size,
+        }
     }
 
-    fn shape(jobs: &[PlannedJob]) -> Vec<Vec<(u64, u64)>> {
-        jobs.iter().map(|j| j.segments.iter().map(|s| (s.off, s.len)).collect()).collect()
+    /// Each job as its `(off, len)` segments.
+    type Shape = Vec<Vec<(u64, u64)>>;
+
+    fn shape(jobs: &[PlannedJob]) -> Shape {
+        jobs.iter()
+            .map(|j| j.segments.iter().map(|s| (s.off, s.len)).collect())
+            .collect()
     }
 
     /// Every byte of every file is planned exactly once, in order, and no job exceeds the limits.
@@ -108,7 +133,11 @@ mod tests {
         }
         for f in files {
             let mut next = 0;
-            for s in jobs.iter().flat_map(|j| &j.segments).filter(|s| s.path == f.path) {
+            for s in jobs
+                .iter()
+                .flat_map(|j| &j.segments)
+                .filter(|s| s.path == f.path)
+            {
                 assert_eq!(s.off, next, "{}: segments contiguous and ordered", f.path);
                 assert_eq!(s.file_size, f.size);
                 next += s.len;
@@ -120,7 +149,7 @@ mod tests {
     #[test]
     fn boundaries_of_one_file() {
         let l = PlanLimits::default();
-        let cases: &[(u64, Vec<Vec<(u64, u64)>>)] = &[
+        let cases: &[(u64, Shape)] = &[
             (0, vec![]),
             (1, vec![vec![(0, 1)]]),
             (P - 1, vec![vec![(0, P - 1)]]),
@@ -139,7 +168,9 @@ mod tests {
     #[test]
     fn ten_thousand_tiny_files_pack_together_within_limits() {
         let l = PlanLimits::default();
-        let files: Vec<_> = (0..10_000).map(|i| file(&format!("d/{i}.txt"), 100)).collect();
+        let files: Vec<_> = (0..10_000)
+            .map(|i| file(&format!("d/{i}.txt"), 100))
+            .collect();
         let jobs = plan(&files, l).unwrap();
         assert_eq!(jobs.len(), 3, "4096 + 4096 + 1808 segments");
         assert_eq!(jobs[2].segments.len(), 10_000 - 2 * 4096);
@@ -157,7 +188,10 @@ mod tests {
 
     #[test]
     fn mixed_sizes_pack_small_and_split_large() {
-        let l = PlanLimits { part_size: 100, max_segments: 3 };
+        let l = PlanLimits {
+            part_size: 100,
+            max_segments: 3,
+        };
         let files = [
             file("a", 40),
             file("empty", 0),
@@ -186,6 +220,13 @@ mod tests {
 
     #[test]
     fn zero_limits_are_rejected() {
-        assert!(plan(&[], PlanLimits { part_size: 0, max_segments: 1 }).is_err());
+        assert!(plan(
+            &[],
+            PlanLimits {
+                part_size: 0,
+                max_segments: 1
+            }
+        )
+        .is_err());
     }
 }

@@ -42,7 +42,9 @@ impl Engine {
 
     fn open_file_depth(&self, q: &Qhit, path: &FilePath, depth: usize) -> Result<FileHandle> {
         if depth > MAX_LINK_DEPTH {
-            return Err(Error::invalid(format!("{path}: more than {MAX_LINK_DEPTH} links to follow")));
+            return Err(Error::invalid(format!(
+                "{path}: more than {MAX_LINK_DEPTH} links to follow"
+            )));
         }
         let root = self.tree_root(q)?;
         let entry = match path.is_root() {
@@ -56,14 +58,32 @@ impl Engine {
             None => return Err(Error::not_found(format!("file {path} not found"))),
         };
         let pieces = match &file.content {
-            Content::Parts(segs) => segs.iter().map(|s| self.part_piece(s)).collect::<Result<_>>()?,
-            Content::Pending(segs) => segs.iter().map(|s| self.pending_piece(path, s)).collect::<Result<_>>()?,
+            Content::Parts(segs) => segs
+                .iter()
+                .map(|s| self.part_piece(s))
+                .collect::<Result<_>>()?,
+            Content::Pending(segs) => segs
+                .iter()
+                .map(|s| self.pending_piece(path, s))
+                .collect::<Result<_>>()?,
             Content::Link(target) => return self.follow_link(q, path, &file, target, depth),
         };
-        Ok(FileHandle { path: path.clone(), size: file.size, mime_type: file.mime_type, pieces })
+        Ok(FileHandle {
+            path: path.clone(),
+            size: file.size,
+            mime_type: file.mime_type,
+            pieces,
+        })
     }
 
-    fn follow_link(&self, q: &Qhit, path: &FilePath, file: &FileEntry, target: &str, depth: usize) -> Result<FileHandle> {
+    fn follow_link(
+        &self,
+        q: &Qhit,
+        path: &FilePath,
+        file: &FileEntry,
+        target: &str,
+        depth: usize,
+    ) -> Result<FileHandle> {
         let mut h = match parse_link(target)? {
             LinkTarget::Relative(p) => self.open_file_depth(q, &p, depth + 1)?,
             LinkTarget::Absolute(v, p) => self.open_file_depth(&Qhit::Version(v), &p, depth + 1)?,
@@ -74,18 +94,26 @@ impl Engine {
     }
 
     fn part_piece(&self, s: &PartSeg) -> Result<FilePiece> {
-        let part = self
-            .store
-            .part(&s.digest, s.part_size)?
-            .ok_or_else(|| Error::corrupt(format!("part {} is missing from the index", s.digest)))?;
-        Ok(FilePiece { len: s.len, off: s.off, chunks: Arc::new(part.chunks) })
+        let part = self.store.part(&s.digest, s.part_size)?.ok_or_else(|| {
+            Error::corrupt(format!("part {} is missing from the index", s.digest))
+        })?;
+        Ok(FilePiece {
+            len: s.len,
+            off: s.off,
+            chunks: Arc::new(part.chunks),
+        })
     }
 
     fn pending_piece(&self, path: &FilePath, s: &PendingSeg) -> Result<FilePiece> {
         let uj = self.upload_job(&s.upload_job)?;
         let i = s.segment as usize;
         if let Some(sealed) = uj.sealed.filter(|x| s.segment < x.complete_segments) {
-            let seg = PartSeg { digest: sealed.digest, part_size: sealed.size, off: uj.segment_start(i), len: s.len };
+            let seg = PartSeg {
+                digest: sealed.digest,
+                part_size: sealed.size,
+                off: uj.segment_start(i),
+                len: s.len,
+            };
             return self.part_piece(&seg);
         }
         if uj.sealed.is_some() || !uj.segment_received(i) {
@@ -94,23 +122,44 @@ impl Engine {
                 uj.id, uj.received, uj.size
             )));
         }
-        let chunks: Vec<ChunkRef> =
-            self.uj_chunks(&uj.id)?.into_iter().filter(|(_, c)| c.segment == s.segment).map(|(_, c)| c.chunk).collect();
-        Ok(FilePiece { len: s.len, off: 0, chunks: Arc::new(chunks) })
+        let chunks: Vec<ChunkRef> = self
+            .uj_chunks(&uj.id)?
+            .into_iter()
+            .filter(|(_, c)| c.segment == s.segment)
+            .map(|(_, c)| c.chunk)
+            .collect();
+        Ok(FilePiece {
+            len: s.len,
+            off: 0,
+            chunks: Arc::new(chunks),
+        })
     }
 
     /// Streams bytes `[offset, offset+len)` of the file to `sink`, each chunk verified.
-    pub fn read_file(&self, h: &FileHandle, offset: u64, len: u64, mut sink: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
-        let end = offset.checked_add(len).filter(|&e| e <= h.size).ok_or_else(|| {
-            Error::invalid(format!("range {offset}+{len} is outside {} ({} bytes)", h.path, h.size))
-        })?;
+    pub fn read_file(
+        &self,
+        h: &FileHandle,
+        offset: u64,
+        len: u64,
+        mut sink: impl FnMut(&[u8]) -> Result<()>,
+    ) -> Result<()> {
+        let end = offset
+            .checked_add(len)
+            .filter(|&e| e <= h.size)
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "range {offset}+{len} is outside {} ({} bytes)",
+                    h.path, h.size
+                ))
+            })?;
         let mut piece_start = 0u64;
         for p in &h.pieces {
             let piece_end = piece_start + p.len;
             if piece_end > offset && piece_start < end {
                 let from = offset.max(piece_start) - piece_start;
                 let to = end.min(piece_end) - piece_start;
-                self.store.read_range(&p.chunks, p.off + from, to - from, &mut sink)?;
+                self.store
+                    .read_range(&p.chunks, p.off + from, to - from, &mut sink)?;
             }
             piece_start = piece_end;
         }
@@ -119,17 +168,25 @@ impl Engine {
 
     /// Streams a byte range of an opened file with back-pressure: a blocking task reads one
     /// chunk at a time into a two-slot channel; dropping the stream stops the read.
-    pub fn read_stream(self: &Arc<Self>, h: FileHandle, offset: u64, len: u64) -> impl Stream<Item = Result<Bytes>> + Send + 'static {
+    pub fn read_stream(
+        self: &Arc<Self>,
+        h: FileHandle,
+        offset: u64,
+        len: u64,
+    ) -> impl Stream<Item = Result<Bytes>> + Send + 'static {
         let (tx, rx) = mpsc::channel::<Result<Bytes>>(2);
         let me = self.clone();
         tokio::task::spawn_blocking(move || {
             let res = me.read_file(&h, offset, len, |b| {
-                tx.blocking_send(Ok(Bytes::copy_from_slice(b))).map_err(|_| Error::invalid("reader went away"))
+                tx.blocking_send(Ok(Bytes::copy_from_slice(b)))
+                    .map_err(|_| Error::invalid("reader went away"))
             });
             if let Err(e) = res {
                 let _ = tx.blocking_send(Err(e));
             }
         });
-        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
+        futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        })
     }
 }

@@ -100,18 +100,27 @@ impl MemDir {
                 (k, m)
             })
             .collect();
-        Ok(MemDir { entries, meta: node.meta })
+        Ok(MemDir {
+            entries,
+            meta: node.meta,
+        })
     }
 
     /// Descends to the directory at `path`, loading nodes; creates missing ones if `create`.
-    fn dir_mut(&mut self, path: &FilePath, create: bool, loader: &Loader<'_>) -> Result<&mut MemDir> {
+    fn dir_mut(
+        &mut self,
+        path: &FilePath,
+        create: bool,
+        loader: &Loader<'_>,
+    ) -> Result<&mut MemDir> {
         let mut dir = self;
         for seg in path.segments() {
             if !dir.entries.contains_key(seg) {
                 if !create {
                     return Err(Error::not_found(format!("directory {path} does not exist")));
                 }
-                dir.entries.insert(seg.to_string(), MemEntry::Dir(MemDir::default()));
+                dir.entries
+                    .insert(seg.to_string(), MemEntry::Dir(MemDir::default()));
             }
             let entry = dir.entries.get_mut(seg).expect("present");
             if let MemEntry::Stored(d) = entry {
@@ -119,7 +128,11 @@ impl MemDir {
             }
             dir = match entry {
                 MemEntry::Dir(d) => d,
-                _ => return Err(Error::conflict(format!("{path}: {seg} is a file, not a directory"))),
+                _ => {
+                    return Err(Error::conflict(format!(
+                        "{path}: {seg} is a file, not a directory"
+                    )))
+                }
             };
         }
         Ok(dir)
@@ -141,17 +154,19 @@ impl MemDir {
     /// Puts `entry` at `path`, creating parent directories. Replacing a file is allowed;
     /// replacing a directory with a file (or the reverse) is a conflict.
     pub fn insert(&mut self, path: &FilePath, entry: MemEntry, loader: &Loader<'_>) -> Result<()> {
-        let parent = path.parent().ok_or_else(|| Error::invalid("cannot replace the root"))?;
+        let parent = path
+            .parent()
+            .ok_or_else(|| Error::invalid("cannot replace the root"))?;
         let name = path.file_name().expect("non-root path has a name");
         let dir = self.dir_mut(&parent, true, loader)?;
         let new_is_dir = !matches!(entry, MemEntry::File(_));
         match dir.entries.get(name) {
-            Some(MemEntry::File(_)) if new_is_dir => {
-                Err(Error::conflict(format!("{path} is a file, not a directory")))
-            }
-            Some(MemEntry::Stored(_) | MemEntry::Dir(_)) if !new_is_dir => {
-                Err(Error::conflict(format!("{path} is a directory, not a file")))
-            }
+            Some(MemEntry::File(_)) if new_is_dir => Err(Error::conflict(format!(
+                "{path} is a file, not a directory"
+            ))),
+            Some(MemEntry::Stored(_) | MemEntry::Dir(_)) if !new_is_dir => Err(Error::conflict(
+                format!("{path} is a directory, not a file"),
+            )),
             _ => {
                 dir.entries.insert(name.to_string(), entry);
                 Ok(())
@@ -166,10 +181,14 @@ impl MemDir {
 
     /// Removes and returns the entry at `path`.
     pub fn remove(&mut self, path: &FilePath, loader: &Loader<'_>) -> Result<MemEntry> {
-        let parent = path.parent().ok_or_else(|| Error::invalid("cannot remove the root"))?;
+        let parent = path
+            .parent()
+            .ok_or_else(|| Error::invalid("cannot remove the root"))?;
         let name = path.file_name().expect("non-root path has a name");
         let missing = || Error::not_found(format!("{path} does not exist"));
-        let dir = self.dir_mut(&parent, false, loader).map_err(|_| missing())?;
+        let dir = self
+            .dir_mut(&parent, false, loader)
+            .map_err(|_| missing())?;
         dir.entries.remove(name).ok_or_else(missing)
     }
 
@@ -205,7 +224,10 @@ impl MemDir {
                 (k, e)
             })
             .collect();
-        let node = DirNode { entries, meta: self.meta };
+        let node = DirNode {
+            entries,
+            meta: self.meta,
+        };
         let digest = node.digest();
         out.push((digest, node));
         digest
@@ -219,7 +241,10 @@ pub fn node_children(node: &DirNode) -> (Vec<Digest>, Vec<PartSeg>) {
     for e in node.entries.values() {
         match e {
             Entry::Dir(d) => dirs.push(*d),
-            Entry::File(FileEntry { content: Content::Parts(p), .. }) => parts.extend_from_slice(p),
+            Entry::File(FileEntry {
+                content: Content::Parts(p),
+                ..
+            }) => parts.extend_from_slice(p),
             Entry::File(_) => {}
         }
     }
@@ -231,7 +256,9 @@ pub fn node_children(node: &DirNode) -> (Vec<Digest>, Vec<PartSeg>) {
 pub fn lookup(root: &Digest, path: &FilePath, loader: &Loader<'_>) -> Result<Option<Entry>> {
     let mut current = Entry::Dir(*root);
     for seg in path.segments() {
-        let Entry::Dir(d) = current else { return Ok(None) };
+        let Entry::Dir(d) = current else {
+            return Ok(None);
+        };
         match loader(&d)?.entries.remove(seg) {
             Some(e) => current = e,
             None => return Ok(None),
@@ -252,7 +279,9 @@ const MAX_RENDER_DEPTH: usize = 300;
 
 fn render_dir(digest: &Digest, loader: &Loader<'_>, next: &mut u64, depth: usize) -> Result<Value> {
     if depth > MAX_RENDER_DEPTH {
-        return Err(Error::corrupt("directory nesting exceeds the path depth limit"));
+        return Err(Error::corrupt(
+            "directory nesting exceeds the path depth limit",
+        ));
     }
     let node = loader(digest)?;
     let mut dot = json!({"type": "directory"});
@@ -298,8 +327,18 @@ mod tests {
     use std::sync::Mutex;
 
     fn file(size: u64) -> MemEntry {
-        let seg = PartSeg { digest: Digest::of(b"p"), part_size: 100, off: 0, len: size };
-        MemEntry::File(FileEntry { size, mime_type: None, meta: None, content: Content::Parts(vec![seg]) })
+        let seg = PartSeg {
+            digest: Digest::of(b"p"),
+            part_size: 100,
+            off: 0,
+            len: size,
+        };
+        MemEntry::File(FileEntry {
+            size,
+            mime_type: None,
+            meta: None,
+            content: Content::Parts(vec![seg]),
+        })
     }
 
     fn p(s: &str) -> FilePath {
@@ -309,7 +348,14 @@ mod tests {
     #[test]
     fn edits_share_unchanged_subtrees_and_render() {
         let store: Mutex<HashMap<Digest, DirNode>> = Mutex::new(HashMap::new());
-        let loader = |d: &Digest| store.lock().unwrap().get(d).cloned().ok_or_else(|| Error::not_found("node"));
+        let loader = |d: &Digest| {
+            store
+                .lock()
+                .unwrap()
+                .get(d)
+                .cloned()
+                .ok_or_else(|| Error::not_found("node"))
+        };
         let mut t = MemDir::default();
         t.insert(&p("a/x"), file(1), &loader).unwrap();
         t.insert(&p("b/y"), file(2), &loader).unwrap();
@@ -322,7 +368,11 @@ mod tests {
         t2.insert(&p("b/z"), file(3), &loader).unwrap();
         let mut out2 = Vec::new();
         let root2 = t2.store(&mut out2);
-        assert_eq!(out2.len(), 2, "only b and the root are rewritten; a is shared");
+        assert_eq!(
+            out2.len(),
+            2,
+            "only b and the root are rewritten; a is shared"
+        );
         store.lock().unwrap().extend(out2);
 
         let v = render(&root2, &loader).unwrap();
@@ -339,9 +389,18 @@ mod tests {
         let loader = |_: &Digest| -> Result<DirNode> { Err(Error::not_found("none")) };
         let mut t = MemDir::default();
         t.insert(&p("a/x"), file(1), &loader).unwrap();
-        assert!(t.insert(&p("a/x/y"), file(1), &loader).unwrap_err().is(cairn_core::ErrorKind::Conflict));
-        assert!(t.insert(&p("a"), file(1), &loader).unwrap_err().is(cairn_core::ErrorKind::Conflict));
-        assert!(t.remove(&p("nope/x"), &loader).unwrap_err().is(cairn_core::ErrorKind::NotFound));
+        assert!(t
+            .insert(&p("a/x/y"), file(1), &loader)
+            .unwrap_err()
+            .is(cairn_core::ErrorKind::Conflict));
+        assert!(t
+            .insert(&p("a"), file(1), &loader)
+            .unwrap_err()
+            .is(cairn_core::ErrorKind::Conflict));
+        assert!(t
+            .remove(&p("nope/x"), &loader)
+            .unwrap_err()
+            .is(cairn_core::ErrorKind::NotFound));
         t.remove(&p("a"), &loader).unwrap();
     }
 }

@@ -68,27 +68,58 @@ impl Engine {
     }
 
     /// Finds an upload job and checks it belongs to `token` and `fj`.
-    pub fn upload_job_in(&self, token: &WriteToken, fj: &FilesJobId, uj: &UploadJobId) -> Result<UploadJobRecord> {
+    pub fn upload_job_in(
+        &self,
+        token: &WriteToken,
+        fj: &FilesJobId,
+        uj: &UploadJobId,
+    ) -> Result<UploadJobRecord> {
         let rec = self.upload_job(uj)?;
         if rec.draft != *token || rec.files_job != *fj {
-            return Err(Error::not_found(format!("upload job {uj} not found in files job {fj}")));
+            return Err(Error::not_found(format!(
+                "upload job {uj} not found in files job {fj}"
+            )));
         }
         Ok(rec)
     }
 
-    pub fn upload_status(&self, token: &WriteToken, fj: &FilesJobId, uj: &UploadJobId, start: u64, limit: u64) -> Result<UploadStatus> {
+    pub fn upload_status(
+        &self,
+        token: &WriteToken,
+        fj: &FilesJobId,
+        uj: &UploadJobId,
+        start: u64,
+        limit: u64,
+    ) -> Result<UploadStatus> {
         let rec = self.upload_job_in(token, fj, uj)?;
         let limit = limit.clamp(1, MAX_STATUS_PAGE);
         let total = rec.segments.len() as u64;
         let mut seg_start = rec.segment_start(start.min(total) as usize);
         let mut files = Vec::new();
-        for s in rec.segments.iter().skip(start as usize).take(limit as usize) {
+        for s in rec
+            .segments
+            .iter()
+            .skip(start as usize)
+            .take(limit as usize)
+        {
             let skip = rec.received.saturating_sub(seg_start).min(s.len);
-            files.push(SegmentStatus { path: s.path.to_string(), size: s.file_size, off: s.off, len: s.len, skip, rem: s.len - skip });
+            files.push(SegmentStatus {
+                path: s.path.to_string(),
+                size: s.file_size,
+                off: s.off,
+                len: s.len,
+                skip,
+                rem: s.len - skip,
+            });
             seg_start += s.len;
         }
         let end = start.saturating_add(limit);
-        Ok(UploadStatus { id: *uj, next: if end >= total { -1 } else { end as i64 }, total, files })
+        Ok(UploadStatus {
+            id: *uj,
+            next: if end >= total { -1 } else { end as i64 },
+            total,
+            files,
+        })
     }
 
     /// Receives one request body for an upload job. `declared` is the body length if known
@@ -136,9 +167,13 @@ impl Engine {
             let _ = tx.send(Frame::End).await;
         }
         drop(tx);
-        let result = task.await.map_err(|e| Error::internal(format!("ingest task failed: {e}")))?;
+        let result = task
+            .await
+            .map_err(|e| Error::internal(format!("ingest task failed: {e}")))?;
         if !ended && result.is_ok() {
-            return Err(Error::invalid("the request body was cut off; what arrived is kept (see skip)"));
+            return Err(Error::invalid(
+                "the request body was cut off; what arrived is kept (see skip)",
+            ));
         }
         result
     }
@@ -169,7 +204,10 @@ impl Engine {
         // Whatever arrived is kept, also when the request failed part-way.
         let saved = ing.finish();
         if let Some(e) = outcome.as_ref().err().or(saved.as_ref().err()) {
-            if matches!(e.kind, ErrorKind::Internal | ErrorKind::NoSpace | ErrorKind::Corrupt) {
+            if matches!(
+                e.kind,
+                ErrorKind::Internal | ErrorKind::NoSpace | ErrorKind::Corrupt
+            ) {
                 self.fail_job(fj, &e.reason);
             }
         }
@@ -180,12 +218,14 @@ impl Engine {
     /// Marks the files job active in this process's epoch (a restarted server reports STOPPED
     /// until data arrives again or the job is resumed).
     fn touch_job(&self, fj: &FilesJobId) -> Result<()> {
-        let job: FilesJobRecord = self.get(CF_FILES_JOBS, fj.as_bytes(), || format!("files job {fj}"))?;
+        let job: FilesJobRecord =
+            self.get(CF_FILES_JOBS, fj.as_bytes(), || format!("files job {fj}"))?;
         if job.epoch == self.epoch && job.status == JobStatus::InProgress {
             return Ok(());
         }
         let _w = self.state.write();
-        let mut job: FilesJobRecord = self.get(CF_FILES_JOBS, fj.as_bytes(), || format!("files job {fj}"))?;
+        let mut job: FilesJobRecord =
+            self.get(CF_FILES_JOBS, fj.as_bytes(), || format!("files job {fj}"))?;
         job.epoch = self.epoch;
         job.status = JobStatus::InProgress;
         let mut b = self.store.index().batch();
@@ -198,10 +238,21 @@ impl Engine {
     /// tail are released.
     pub(crate) fn seal(&self, rec: &UploadJobRecord, complete: u32) -> Result<()> {
         let chunks = self.uj_chunks(&rec.id)?;
-        let kept: Vec<ChunkRef> = chunks.iter().filter(|(_, c)| c.segment < complete).map(|(_, c)| c.chunk).collect();
-        let size: u64 = rec.segments[..complete as usize].iter().map(|s| s.len).sum();
+        let kept: Vec<ChunkRef> = chunks
+            .iter()
+            .filter(|(_, c)| c.segment < complete)
+            .map(|(_, c)| c.chunk)
+            .collect();
+        let size: u64 = rec.segments[..complete as usize]
+            .iter()
+            .map(|s| s.len)
+            .sum();
         let digest = self.store.digest_of(&kept)?;
-        let part = PartRecord { digest, size, chunks: kept };
+        let part = PartRecord {
+            digest,
+            size,
+            chunks: kept,
+        };
         let _r = self.state.read();
         let guard = self.store.ref_guard();
         let mut fresh = self.upload_job(&rec.id)?;
@@ -212,12 +263,17 @@ impl Engine {
         if size > 0 {
             self.store.reference_part(&mut b, &part, &guard)?;
         }
-        self.store.release_chunks(&mut b, chunks.iter().map(|(_, c)| &c.chunk));
+        self.store
+            .release_chunks(&mut b, chunks.iter().map(|(_, c)| &c.chunk));
         for (k, _) in &chunks {
             b.delete(CF_UJ_CHUNKS, k);
         }
         b.delete(CF_UJ_TAIL, rec.id.as_bytes());
-        fresh.sealed = Some(SealedPart { digest, size, complete_segments: complete });
+        fresh.sealed = Some(SealedPart {
+            digest,
+            size,
+            complete_segments: complete,
+        });
         fresh.tail_len = 0;
         b.put_record(CF_UPLOAD_JOBS, rec.id.as_bytes(), &fresh);
         self.store.commit(b)?;
@@ -228,7 +284,10 @@ impl Engine {
 
 fn check_room(rec: &UploadJobRecord, declared: Option<u64>) -> Result<()> {
     if rec.is_complete() {
-        return Err(Error::gone(format!("upload job {} is already complete", rec.id)));
+        return Err(Error::gone(format!(
+            "upload job {} is already complete",
+            rec.id
+        )));
     }
     let room = rec.size - rec.received;
     match declared {
@@ -258,10 +317,19 @@ impl<'e> Ingest<'e> {
     fn start(engine: &'e Engine, rec: UploadJobRecord) -> Result<Ingest<'e>> {
         let tail = match rec.tail_len {
             0 => Vec::new(),
-            _ => engine.store.index().get(CF_UJ_TAIL, rec.id.as_bytes())?.unwrap_or_default(),
+            _ => engine
+                .store
+                .index()
+                .get(CF_UJ_TAIL, rec.id.as_bytes())?
+                .unwrap_or_default(),
         };
         if tail.len() as u64 != rec.tail_len {
-            return Err(Error::corrupt(format!("upload job {} tail is {} bytes, expected {}", rec.id, tail.len(), rec.tail_len)));
+            return Err(Error::corrupt(format!(
+                "upload job {} tail is {} bytes, expected {}",
+                rec.id,
+                tail.len(),
+                rec.tail_len
+            )));
         }
         let chunker = SegmentChunker::with_pending(engine.store.chunking(), tail);
         let pos = rec.received;
@@ -301,14 +369,20 @@ impl<'e> Ingest<'e> {
     fn feed(&mut self, data: &[u8]) -> Result<()> {
         let (session, pending, seg) = (&mut self.session, &mut self.pending, self.segment as u32);
         self.chunker.push(data, |c| {
-            pending.push(UjChunk { segment: seg, chunk: session.add_chunk(c)? });
+            pending.push(UjChunk {
+                segment: seg,
+                chunk: session.add_chunk(c)?,
+            });
             Ok::<_, Error>(())
         })?;
         self.pos += data.len() as u64;
         self.since_commit += data.len() as u64;
         if self.pos == self.seg_end {
             self.chunker.finish(|c| {
-                pending.push(UjChunk { segment: seg, chunk: session.add_chunk(c)? });
+                pending.push(UjChunk {
+                    segment: seg,
+                    chunk: session.add_chunk(c)?,
+                });
                 Ok::<_, Error>(())
             })?;
             (self.segment, self.seg_end) = locate(&self.rec, self.pos);
@@ -323,9 +397,16 @@ impl<'e> Ingest<'e> {
         // save the tail again.
         let at_cut = self.pos - self.chunker.pending() as u64;
         let with_tail = with_tail || at_cut < self.rec.received;
-        let tail = if with_tail { self.chunker.pending_bytes().to_vec() } else { Vec::new() };
+        let tail = if with_tail {
+            self.chunker.pending_bytes().to_vec()
+        } else {
+            Vec::new()
+        };
         let received = self.pos - (self.chunker.pending() - tail.len()) as u64;
-        if received == self.rec.received && tail.len() as u64 == self.rec.tail_len && self.pending.is_empty() {
+        if received == self.rec.received
+            && tail.len() as u64 == self.rec.tail_len
+            && self.pending.is_empty()
+        {
             return Ok(());
         }
         let engine = self.engine;
@@ -333,7 +414,11 @@ impl<'e> Ingest<'e> {
         engine.upload_job(&self.rec.id)?; // the draft may have been finalized or discarded
         let mut b = engine.store.index().batch();
         for c in self.pending.drain(..) {
-            b.put_record(CF_UJ_CHUNKS, &uj_chunk_key(&self.rec.id, self.rec.chunks), &c);
+            b.put_record(
+                CF_UJ_CHUNKS,
+                &uj_chunk_key(&self.rec.id, self.rec.chunks),
+                &c,
+            );
             self.rec.chunks += 1;
         }
         if tail.is_empty() {
@@ -355,9 +440,15 @@ impl<'e> Ingest<'e> {
         self.commit(true)?;
         let complete = self.rec.received == self.rec.size;
         if complete {
-            self.engine.seal(&self.rec, self.rec.segments.len() as u32)?;
+            self.engine
+                .seal(&self.rec, self.rec.segments.len() as u32)?;
         }
-        Ok(UploadReply { id: self.rec.id, received: self.rec.received, size: self.rec.size, complete })
+        Ok(UploadReply {
+            id: self.rec.id,
+            received: self.rec.received,
+            size: self.rec.size,
+            complete,
+        })
     }
 }
 

@@ -17,10 +17,24 @@ async fn upload_finalize_and_read_back_every_byte() {
     let dir = tempfile::tempdir().unwrap();
     let e = small_engine(dir.path());
     let t = new_object(&e);
-    let sizes = [("empty", 0), ("one", 1), ("p-1", P - 1), ("p", P), ("p+1", P + 1), ("d/a", 1000), ("d/b", 3 * P + 7)];
-    let files: BTreeMap<String, Vec<u8>> =
-        sizes.iter().enumerate().map(|(i, (n, s))| (n.to_string(), data(i as u64, *s as usize))).collect();
-    let ops = files.iter().map(|(p, d)| add_file(&format!("/{p}"), d.len() as u64)).collect();
+    let sizes = [
+        ("empty", 0),
+        ("one", 1),
+        ("p-1", P - 1),
+        ("p", P),
+        ("p+1", P + 1),
+        ("d/a", 1000),
+        ("d/b", 3 * P + 7),
+    ];
+    let files: BTreeMap<String, Vec<u8>> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, (n, s))| (n.to_string(), data(i as u64, *s as usize)))
+        .collect();
+    let ops = files
+        .iter()
+        .map(|(p, d)| add_file(&format!("/{p}"), d.len() as u64))
+        .collect();
     let job = e.create_files_job(&t, &request(ops)).unwrap();
     // d/b: 4 parts; p: 1; p+1: 2; d/a + one packed together; p-1 does not fit with them: 1.
     assert_eq!(job.jobs.len(), 4 + 1 + 2 + 1 + 1);
@@ -33,16 +47,30 @@ async fn upload_finalize_and_read_back_every_byte() {
 
     let (hash, _) = e.finalize(&t).unwrap();
     for (path, bytes) in &files {
-        assert_eq!(&read_all(&e, &Qhit::Object(t.object), path).unwrap(), bytes, "{path} by object");
-        assert_eq!(&read_all(&e, &Qhit::Version(hash), path).unwrap(), bytes, "{path} by version");
+        assert_eq!(
+            &read_all(&e, &Qhit::Object(t.object), path).unwrap(),
+            bytes,
+            "{path} by object"
+        );
+        assert_eq!(
+            &read_all(&e, &Qhit::Version(hash), path).unwrap(),
+            bytes,
+            "{path} by version"
+        );
     }
     let tree = e.files_json(&Qhit::Version(hash)).unwrap();
     assert_eq!(tree["."]["type"], "directory");
     assert_eq!(tree["d"]["b"]["."]["size"], 3 * P + 7);
     assert_eq!(tree["d"]["b"]["."]["parts"].as_array().unwrap().len(), 4);
     assert_eq!(tree["empty"]["."]["parts"], json!([]));
-    assert!(e.draft(&t).unwrap_err().is(ErrorKind::NotFound), "the draft is gone");
-    assert!(e.finalize(&t).unwrap_err().is(ErrorKind::NotFound), "a second finalize fails");
+    assert!(
+        e.draft(&t).unwrap_err().is(ErrorKind::NotFound),
+        "the draft is gone"
+    );
+    assert!(
+        e.finalize(&t).unwrap_err().is(ErrorKind::NotFound),
+        "a second finalize fails"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -50,14 +78,31 @@ async fn versions_ops_links_and_metadata() {
     let dir = tempfile::tempdir().unwrap();
     let e = small_engine(dir.path());
     let t = new_object(&e);
-    let files: BTreeMap<String, Vec<u8>> = [("a/x", data(1, 5000)), ("a/y", data(2, 70_000))].into_iter().map(|(k, v)| (k.to_string(), v)).collect();
-    let job = e.create_files_job(&t, &request(files.iter().map(|(p, d)| add_file(p, d.len() as u64)).collect())).unwrap();
+    let files: BTreeMap<String, Vec<u8>> = [("a/x", data(1, 5000)), ("a/y", data(2, 70_000))]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    let job = e
+        .create_files_job(
+            &t,
+            &request(
+                files
+                    .iter()
+                    .map(|(p, d)| add_file(p, d.len() as u64))
+                    .collect(),
+            ),
+        )
+        .unwrap();
     upload_all(&e, t, &job, &files).await;
     e.meta_set(&t, "title", json!("first"), false).unwrap();
     let (v1, _) = e.finalize(&t).unwrap();
 
     let t2 = e.open_draft(&t.object).unwrap().token;
-    assert_eq!(read_all(&e, &Qhit::Draft(t2), "a/x").unwrap(), files["a/x"], "a draft starts from the head");
+    assert_eq!(
+        read_all(&e, &Qhit::Draft(t2), "a/x").unwrap(),
+        files["a/x"],
+        "a draft starts from the head"
+    );
     let ops = vec![
         op(json!({"op":"move","copy_move_source_path":"a/x","path":"b/x"})),
         op(json!({"op":"copy","copy_move_source_path":"a/y","path":"c/y"})),
@@ -69,7 +114,8 @@ async fn versions_ops_links_and_metadata() {
     ];
     let job2 = e.create_files_job(&t2, &request(ops)).unwrap();
     assert!(job2.jobs.is_empty(), "no bytes to upload");
-    e.meta_set(&t2, "title", json!({"main": "second"}), true).unwrap();
+    e.meta_set(&t2, "title", json!({"main": "second"}), true)
+        .unwrap();
     let (v2, rec2) = e.finalize(&t2).unwrap();
     assert_eq!(rec2.parent, Some(v1));
     assert_eq!(e.versions(&t.object).unwrap(), vec![v2, v1], "newest first");
@@ -80,7 +126,11 @@ async fn versions_ops_links_and_metadata() {
     assert_eq!(read_all(&e, &q, "l/rel").unwrap(), files["a/y"]);
     assert_eq!(read_all(&e, &q, "l/abs").unwrap(), files["a/y"]);
     assert!(read_all(&e, &q, "a/y").unwrap_err().is(ErrorKind::NotFound));
-    assert_eq!(read_all(&e, &Qhit::Version(v1), "a/y").unwrap(), files["a/y"], "old version unchanged");
+    assert_eq!(
+        read_all(&e, &Qhit::Version(v1), "a/y").unwrap(),
+        files["a/y"],
+        "old version unchanged"
+    );
     let tree = e.files_json(&q).unwrap();
     assert_eq!(tree["empty-dir"]["."]["type"], "directory");
     assert_eq!(tree["b"]["x"]["."]["meta"]["lang"], "en");
@@ -98,23 +148,35 @@ async fn cut_off_requests_keep_every_byte_that_arrived() {
     let e = small_engine(dir.path());
     let t = new_object(&e);
     let src = data(9, (P - 10) as usize);
-    let job = e.create_files_job(&t, &request(vec![add_file("f", src.len() as u64)])).unwrap();
+    let job = e
+        .create_files_job(&t, &request(vec![add_file("f", src.len() as u64)]))
+        .unwrap();
     let mut sent = 0usize;
     for cut in [1usize, 1023, 4096, 17_000, 40_000, 65_537, 100_000] {
         // A body that delivers `cut` bytes and then fails, as a dropped connection does.
         let piece = src[sent..sent + cut].to_vec();
         let frames: Vec<Result<bytes::Bytes, std::io::Error>> = vec![
             Ok(bytes::Bytes::from(piece)),
-            Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "cut")),
+            Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "cut",
+            )),
         ];
-        let r = e.upload(t, job.id, job.jobs[0], None, futures::stream::iter(frames)).await;
+        let r = e
+            .upload(t, job.id, job.jobs[0], None, futures::stream::iter(frames))
+            .await;
         assert!(r.is_err(), "a cut-off request is not a success");
         sent += cut;
         let st = e.upload_status(&t, &job.id, &job.jobs[0], 0, 10).unwrap();
-        assert_eq!(st.files[0].skip, sent as u64, "skip is exactly what arrived");
+        assert_eq!(
+            st.files[0].skip, sent as u64,
+            "skip is exactly what arrived"
+        );
         assert_eq!(st.files[0].rem, src.len() as u64 - sent as u64);
     }
-    post(&e, t, &job, 0, src[sent..].to_vec(), 5000).await.unwrap();
+    post(&e, t, &job, 0, src[sent..].to_vec(), 5000)
+        .await
+        .unwrap();
     let (v, _) = e.finalize(&t).unwrap();
     assert_eq!(read_all(&e, &Qhit::Version(v), "f").unwrap(), src);
 }
@@ -124,35 +186,66 @@ async fn force_completion_keeps_whole_files_and_drops_incomplete_ones() {
     let dir = tempfile::tempdir().unwrap();
     let e = small_engine(dir.path());
     let t = new_object(&e);
-    let files: BTreeMap<String, Vec<u8>> = [("w1", 1000usize), ("w2", 2000), ("half", 3000), ("never", 4000), ("big", 2 * P as usize)]
-        .into_iter()
-        .enumerate()
-        .map(|(i, (n, s))| (n.to_string(), data(i as u64, s)))
+    let files: BTreeMap<String, Vec<u8>> = [
+        ("w1", 1000usize),
+        ("w2", 2000),
+        ("half", 3000),
+        ("never", 4000),
+        ("big", 2 * P as usize),
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(i, (n, s))| (n.to_string(), data(i as u64, s)))
+    .collect();
+    let ops = ["w1", "w2", "half", "never", "big"]
+        .iter()
+        .map(|p| add_file(p, files[*p].len() as u64))
         .collect();
-    let ops = ["w1", "w2", "half", "never", "big"].iter().map(|p| add_file(p, files[*p].len() as u64)).collect();
     let job = e.create_files_job(&t, &request(ops)).unwrap();
     // Jobs: [big 0..P] [big P..2P] [w1 w2 half never]; send w1, w2 and half of "half", and
     // only the first part of big.
-    let first_path = |i: usize| e.upload_status(&t, &job.id, &job.jobs[i], 0, 1).unwrap().files[0].clone();
+    let first_path = |i: usize| {
+        e.upload_status(&t, &job.id, &job.jobs[i], 0, 1)
+            .unwrap()
+            .files[0]
+            .clone()
+    };
     assert_eq!((first_path(0).path.as_str(), first_path(0).off), ("big", 0));
     assert_eq!(first_path(2).path, "w1");
-    let small = files["w1"].iter().chain(&files["w2"]).chain(&files["half"][..1500]).copied().collect();
+    let small = files["w1"]
+        .iter()
+        .chain(&files["w2"])
+        .chain(&files["half"][..1500])
+        .copied()
+        .collect();
     post(&e, t, &job, 2, small, 999).await.unwrap();
-    post(&e, t, &job, 0, files["big"][..P as usize].to_vec(), 4096).await.unwrap();
+    post(&e, t, &job, 0, files["big"][..P as usize].to_vec(), 4096)
+        .await
+        .unwrap();
     assert!(e.finalize(&t).unwrap_err().is(ErrorKind::Incomplete));
-    assert!(read_all(&e, &Qhit::Draft(t), "half").unwrap_err().is(ErrorKind::Incomplete));
+    assert!(read_all(&e, &Qhit::Draft(t), "half")
+        .unwrap_err()
+        .is(ErrorKind::Incomplete));
 
     let report = e.force_completion(&t, &job.id).unwrap();
     let mut dropped = report.files_dropped.clone();
     dropped.sort();
     assert_eq!(dropped, vec!["big", "half", "never"]);
-    assert!(e.force_completion(&t, &job.id).unwrap_err().is(ErrorKind::Gone), "410 the second time");
+    assert!(
+        e.force_completion(&t, &job.id)
+            .unwrap_err()
+            .is(ErrorKind::Gone),
+        "410 the second time"
+    );
     let (v, _) = e.finalize(&t).unwrap();
     let q = Qhit::Version(v);
     assert_eq!(read_all(&e, &q, "w1").unwrap(), files["w1"]);
     assert_eq!(read_all(&e, &q, "w2").unwrap(), files["w2"]);
     for gone in ["half", "never", "big"] {
-        assert!(read_all(&e, &q, gone).unwrap_err().is(ErrorKind::NotFound), "{gone}");
+        assert!(
+            read_all(&e, &q, gone).unwrap_err().is(ErrorKind::NotFound),
+            "{gone}"
+        );
     }
     let fsck = e.fsck().unwrap();
     assert!(fsck.is_clean(), "{fsck:?}");
@@ -168,8 +261,12 @@ async fn bad_input_is_rejected_and_changes_nothing() {
         vec![add_file("../x", 1)],
         vec![add_file("a\0b", 1)],
         vec![add_file("ok", 1), op(json!({"op":"del","path":"missing"}))],
-        vec![op(json!({"op":"link","path":"l","target":"./files/nowhere"}))],
-        vec![op(json!({"op":"link","path":"l","target":"http://elsewhere/x"}))],
+        vec![op(
+            json!({"op":"link","path":"l","target":"./files/nowhere"}),
+        )],
+        vec![op(
+            json!({"op":"link","path":"l","target":"http://elsewhere/x"}),
+        )],
         vec![add_file("dup", 1), add_file("dup", 2)],
         vec![add_file("f", 1), add_file("f/g", 1)],
     ] {
@@ -179,15 +276,43 @@ async fn bad_input_is_rejected_and_changes_nothing() {
         assert!(d.files_jobs.is_empty(), "no files job was recorded");
     }
     let src = data(3, 5000);
-    let job = e.create_files_job(&t, &request(vec![add_file("f", 5000)])).unwrap();
-    let too_many = e.upload(t, job.id, job.jobs[0], Some(5001), futures::stream::iter(Vec::<Result<bytes::Bytes, std::io::Error>>::new())).await;
+    let job = e
+        .create_files_job(&t, &request(vec![add_file("f", 5000)]))
+        .unwrap();
+    let too_many = e
+        .upload(
+            t,
+            job.id,
+            job.jobs[0],
+            Some(5001),
+            futures::stream::iter(Vec::<Result<bytes::Bytes, std::io::Error>>::new()),
+        )
+        .await;
     assert!(too_many.unwrap_err().is(ErrorKind::TooLarge));
-    assert_eq!(e.upload_status(&t, &job.id, &job.jobs[0], 0, 10).unwrap().files[0].skip, 0);
+    assert_eq!(
+        e.upload_status(&t, &job.id, &job.jobs[0], 0, 10)
+            .unwrap()
+            .files[0]
+            .skip,
+        0
+    );
     let other = cairn_core::UploadJobId::random();
-    assert!(e.upload_status(&t, &job.id, &other, 0, 10).unwrap_err().is(ErrorKind::NotFound));
+    assert!(e
+        .upload_status(&t, &job.id, &other, 0, 10)
+        .unwrap_err()
+        .is(ErrorKind::NotFound));
     post(&e, t, &job, 0, src.clone(), 1000).await.unwrap();
-    assert!(post(&e, t, &job, 0, vec![1], 1).await.unwrap_err().is(ErrorKind::Gone), "data to a completed job");
-    assert!(e.open_file(&Qhit::Draft(t), &FilePath::parse("nope").unwrap()).unwrap_err().is(ErrorKind::NotFound));
+    assert!(
+        post(&e, t, &job, 0, vec![1], 1)
+            .await
+            .unwrap_err()
+            .is(ErrorKind::Gone),
+        "data to a completed job"
+    );
+    assert!(e
+        .open_file(&Qhit::Draft(t), &FilePath::parse("nope").unwrap())
+        .unwrap_err()
+        .is(ErrorKind::NotFound));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -195,10 +320,64 @@ async fn upload_status_paginates() {
     let dir = tempfile::tempdir().unwrap();
     let e = small_engine(dir.path());
     let t = new_object(&e);
-    let ops = (0..50).map(|i| add_file(&format!("s/{i:03}"), 10)).collect();
+    let ops = (0..50)
+        .map(|i| add_file(&format!("s/{i:03}"), 10))
+        .collect();
     let job = e.create_files_job(&t, &request(ops)).unwrap();
     let first = e.upload_status(&t, &job.id, &job.jobs[0], 0, 20).unwrap();
     assert_eq!((first.files.len(), first.next, first.total), (20, 20, 50));
     let last = e.upload_status(&t, &job.id, &job.jobs[0], 40, 20).unwrap();
     assert_eq!((last.files.len(), last.next), (10, -1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_stops_jobs_and_resume_continues_them() {
+    use cairn_jobs::records::JobStatus;
+    let dir = tempfile::tempdir().unwrap();
+    let src = data(4, 100_000);
+    let (t, job) = {
+        let e = small_engine(dir.path());
+        let t = new_object(&e);
+        let job = e
+            .create_files_job(&t, &request(vec![add_file("f", 100_000)]))
+            .unwrap();
+        post(&e, t, &job, 0, src[..40_000].to_vec(), 3000)
+            .await
+            .unwrap();
+        assert_eq!(
+            e.files_job_status(&t, &job.id).unwrap().status,
+            JobStatus::InProgress
+        );
+        (t, job)
+    };
+    let e = small_engine(dir.path());
+    let st = e.files_job_status(&t, &job.id).unwrap();
+    assert_eq!(
+        (st.status, st.bytes_received),
+        (JobStatus::Stopped, 40_000),
+        "a restart stops the job"
+    );
+    assert_eq!(e.files_jobs(&t).unwrap().len(), 1);
+    assert_eq!(e.resume(&t, &job.id).unwrap().status, JobStatus::InProgress);
+    let skip = e
+        .upload_status(&t, &job.id, &job.jobs[0], 0, 10)
+        .unwrap()
+        .files[0]
+        .skip;
+    assert_eq!(skip, 40_000);
+    post(&e, t, &job, 0, src[40_000..].to_vec(), 3000)
+        .await
+        .unwrap();
+    assert_eq!(
+        e.files_job_status(&t, &job.id).unwrap().status,
+        JobStatus::Completed
+    );
+    assert!(e.resume(&t, &job.id).unwrap_err().is(ErrorKind::Gone));
+    e.finalize_files(&t).unwrap();
+    assert!(e
+        .create_files_job(&t, &request(vec![add_file("g", 1)]))
+        .unwrap_err()
+        .is(ErrorKind::Conflict));
+    let (v, _) = e.finalize(&t).unwrap();
+    assert_eq!(read_all(&e, &Qhit::Version(v), "f").unwrap(), src);
 }

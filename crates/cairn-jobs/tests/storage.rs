@@ -14,9 +14,17 @@ use proptest::prelude::*;
 
 const MIB: usize = 1 << 20;
 
-async fn store_file(e: &Arc<Engine>, t: cairn_core::WriteToken, path: &str, bytes: &[u8]) -> cairn_core::VersionHash {
-    let files: BTreeMap<String, Vec<u8>> = [(path.to_string(), bytes.to_vec())].into_iter().collect();
-    let job = e.create_files_job(&t, &request(vec![add_file(path, bytes.len() as u64)])).unwrap();
+async fn store_file(
+    e: &Arc<Engine>,
+    t: cairn_core::WriteToken,
+    path: &str,
+    bytes: &[u8],
+) -> cairn_core::VersionHash {
+    let files: BTreeMap<String, Vec<u8>> =
+        [(path.to_string(), bytes.to_vec())].into_iter().collect();
+    let job = e
+        .create_files_job(&t, &request(vec![add_file(path, bytes.len() as u64)]))
+        .unwrap();
     upload_all(e, t, &job, &files).await;
     e.finalize(&t).unwrap().0
 }
@@ -35,7 +43,11 @@ async fn the_same_64_mib_twice_adds_under_one_percent() {
     assert!(once >= src.len() as u64);
     let v = store_file(&e, new_object(&e), "copy/b.bin", &src).await;
     let twice = e.store().stats().unwrap().chunk_bytes;
-    assert!(((twice - once) as f64) < 0.01 * once as f64, "grew {} bytes", twice - once);
+    assert!(
+        ((twice - once) as f64) < 0.01 * once as f64,
+        "grew {} bytes",
+        twice - once
+    );
     assert_eq!(read_all(&e, &Qhit::Version(v), "copy/b.bin").unwrap(), src);
 }
 
@@ -65,7 +77,11 @@ async fn a_flipped_byte_is_a_corrupt_error_and_fsck_names_it() {
     assert!(e.fsck().unwrap().is_clean());
 
     // Flip one data byte of the first chunk record of the first pack.
-    let pack = std::fs::read_dir(dir.path().join("packs")).unwrap().map(|d| d.unwrap().path()).min().unwrap();
+    let pack = std::fs::read_dir(dir.path().join("packs"))
+        .unwrap()
+        .map(|d| d.unwrap().path())
+        .min()
+        .unwrap();
     let mut bytes = std::fs::read(&pack).unwrap();
     let at = (cairn_store::pack::HEADER_LEN + cairn_store::pack::RECORD_HEADER_LEN + 100) as usize;
     bytes[at] ^= 0x40;
@@ -90,27 +106,58 @@ async fn gc_after_deleting_a_version_reclaims_its_unique_bytes() {
     let unique = data(1, 6 * MIB);
     let shared = data(2, 3 * MIB);
     let later = data(3, MIB);
-    let files: BTreeMap<String, Vec<u8>> = [("unique", unique.clone()), ("shared", shared.clone())].into_iter().map(|(k, v)| (k.into(), v)).collect();
-    let job = e.create_files_job(&t, &request(files.iter().map(|(p, d)| add_file(p, d.len() as u64)).collect())).unwrap();
+    let files: BTreeMap<String, Vec<u8>> = [("unique", unique.clone()), ("shared", shared.clone())]
+        .into_iter()
+        .map(|(k, v)| (k.into(), v))
+        .collect();
+    let job = e
+        .create_files_job(
+            &t,
+            &request(
+                files
+                    .iter()
+                    .map(|(p, d)| add_file(p, d.len() as u64))
+                    .collect(),
+            ),
+        )
+        .unwrap();
     upload_all(&e, t, &job, &files).await;
     let (v1, _) = e.finalize(&t).unwrap();
     let t2 = e.open_draft(&t.object).unwrap().token;
-    let ops = vec![op(serde_json::json!({"op":"del","path":"unique"})), add_file("later", later.len() as u64)];
+    let ops = vec![
+        op(serde_json::json!({"op":"del","path":"unique"})),
+        add_file("later", later.len() as u64),
+    ];
     let job2 = e.create_files_job(&t2, &request(ops)).unwrap();
-    let f2: BTreeMap<String, Vec<u8>> = [("later".to_string(), later.clone())].into_iter().collect();
+    let f2: BTreeMap<String, Vec<u8>> =
+        [("later".to_string(), later.clone())].into_iter().collect();
     upload_all(&e, t2, &job2, &f2).await;
     let (v2, _) = e.finalize(&t2).unwrap();
 
     let before = e.store().stats().unwrap();
-    let dry = e.gc(&GcOptions { dry_run: true, ..GcOptions::default() }).unwrap();
-    assert_eq!(dry.store.chunks_deleted, 0, "nothing is garbage while v1 lives");
+    let dry = e
+        .gc(&GcOptions {
+            dry_run: true,
+            ..GcOptions::default()
+        })
+        .unwrap();
+    assert_eq!(
+        dry.store.chunks_deleted, 0,
+        "nothing is garbage while v1 lives"
+    );
     e.delete_version(&v1).unwrap();
     let report = e.gc(&GcOptions::default()).unwrap();
     let after = e.store().stats().unwrap();
     let freed = before.chunk_bytes - after.chunk_bytes;
-    assert!(freed >= unique.len() as u64 * 99 / 100 && freed <= unique.len() as u64 + (64 << 10), "freed {freed}: {report:?}");
+    assert!(
+        freed >= unique.len() as u64 * 99 / 100 && freed <= unique.len() as u64 + (64 << 10),
+        "freed {freed}: {report:?}"
+    );
     // Packs under half live are rewritten; the open pack and mostly-live packs stay.
-    assert!(after.pack_bytes + 3 * (MIB as u64) < before.pack_bytes, "packs shrank: {before:?} -> {after:?}");
+    assert!(
+        after.pack_bytes + 3 * (MIB as u64) < before.pack_bytes,
+        "packs shrank: {before:?} -> {after:?}"
+    );
     assert!(report.store.packs_deleted > 0);
     let q = Qhit::Version(v2);
     assert_eq!(read_all(&e, &q, "shared").unwrap(), shared);
@@ -139,7 +186,12 @@ fn fixture() -> &'static Fixture {
         let engine = small_engine(dir.path());
         let src = data(11, 700_001);
         let version = rt.block_on(store_file(&engine, new_object(&engine), "f", &src));
-        Fixture { engine, version, src, _dir: dir }
+        Fixture {
+            engine,
+            version,
+            src,
+            _dir: dir,
+        }
     })
 }
 
@@ -160,7 +212,10 @@ proptest! {
 #[test]
 fn ranges_past_the_end_are_rejected() {
     let f = fixture();
-    let h = f.engine.open_file(&Qhit::Version(f.version), &FilePath::parse("f").unwrap()).unwrap();
+    let h = f
+        .engine
+        .open_file(&Qhit::Version(f.version), &FilePath::parse("f").unwrap())
+        .unwrap();
     assert!(f.engine.read_file(&h, 700_000, 2, |_| Ok(())).is_err());
     assert!(f.engine.read_file(&h, u64::MAX, 2, |_| Ok(())).is_err());
 }

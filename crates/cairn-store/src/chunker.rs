@@ -23,7 +23,11 @@ impl Default for ChunkParams {
     /// 64 KiB / 256 KiB / 1 MiB: a 1 MiB edit touches a handful of chunks, a 32 MiB part holds
     /// about 128, and the per-upload buffer stays at 2 MiB.
     fn default() -> Self {
-        ChunkParams { min: 64 << 10, avg: 256 << 10, max: 1 << 20 }
+        ChunkParams {
+            min: 64 << 10,
+            avg: 256 << 10,
+            max: 1 << 20,
+        }
     }
 }
 
@@ -35,12 +39,18 @@ pub struct SegmentChunker {
 
 impl SegmentChunker {
     pub fn new(params: ChunkParams) -> Self {
-        SegmentChunker { params, buf: Vec::new() }
+        SegmentChunker {
+            params,
+            buf: Vec::new(),
+        }
     }
 
     /// Resumes a segment whose bytes after the last cut were saved (see [`Self::pending_bytes`]).
     pub fn with_pending(params: ChunkParams, pending: Vec<u8>) -> Self {
-        SegmentChunker { params, buf: pending }
+        SegmentChunker {
+            params,
+            buf: pending,
+        }
     }
 
     /// Number of bytes pushed but not yet emitted as a chunk.
@@ -55,7 +65,11 @@ impl SegmentChunker {
     }
 
     /// Adds bytes; calls `emit` for every chunk that is now final.
-    pub fn push<E>(&mut self, data: &[u8], emit: impl FnMut(&[u8]) -> Result<(), E>) -> Result<(), E> {
+    pub fn push<E>(
+        &mut self,
+        data: &[u8],
+        emit: impl FnMut(&[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
         self.buf.extend_from_slice(data);
         if self.buf.len() < 2 * self.params.max as usize {
             return Ok(());
@@ -93,11 +107,17 @@ mod tests {
     use proptest::prelude::*;
 
     fn small() -> ChunkParams {
-        ChunkParams { min: 64, avg: 256, max: 1024 }
+        ChunkParams {
+            min: 64,
+            avg: 256,
+            max: 1024,
+        }
     }
 
     fn whole(data: &[u8], p: ChunkParams) -> Vec<Vec<u8>> {
-        FastCDC::new(data, p.min, p.avg, p.max).map(|c| data[c.offset..c.offset + c.length].to_vec()).collect()
+        FastCDC::new(data, p.min, p.avg, p.max)
+            .map(|c| data[c.offset..c.offset + c.length].to_vec())
+            .collect()
     }
 
     fn pieces(data: &[u8], sizes: &[usize], p: ChunkParams) -> Vec<Vec<u8>> {

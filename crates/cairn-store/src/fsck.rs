@@ -51,7 +51,10 @@ impl Store {
         self.verify_chunks(&mut report)?;
         let mut chunk_refs = external.chunks.clone();
         self.check_parts(&mut report, &mut chunk_refs)?;
-        let chunk_refs: HashMap<Vec<u8>, i64> = chunk_refs.into_iter().map(|(d, n)| (d.as_bytes().to_vec(), n)).collect();
+        let chunk_refs: HashMap<Vec<u8>, i64> = chunk_refs
+            .into_iter()
+            .map(|(d, n)| (d.as_bytes().to_vec(), n))
+            .collect();
         self.compare_refs(CF_CHUNK_REFS, "chunk", &chunk_refs, &mut report)?;
         self.compare_refs(CF_PART_REFS, "part", &external.parts, &mut report)?;
         Ok(report)
@@ -78,7 +81,11 @@ impl Store {
         Ok(())
     }
 
-    fn check_parts(&self, report: &mut FsckReport, chunk_refs: &mut HashMap<Digest, i64>) -> Result<()> {
+    fn check_parts(
+        &self,
+        report: &mut FsckReport,
+        chunk_refs: &mut HashMap<Digest, i64>,
+    ) -> Result<()> {
         for entry in self.index().scan(CF_PARTS, &[]) {
             let (k, v) = entry?;
             let key_hex = hex(&k);
@@ -121,12 +128,17 @@ impl Store {
         for (k, &want) in expected {
             let have = stored.remove(k).unwrap_or(0);
             if have != want {
-                report.refcount_mismatches.push(format!("{what} {}: refcount {have}, references {want}", hex(k)));
+                report.refcount_mismatches.push(format!(
+                    "{what} {}: refcount {have}, references {want}",
+                    hex(k)
+                ));
             }
         }
         for (k, have) in stored {
             if have != 0 {
-                report.refcount_mismatches.push(format!("{what} {}: refcount {have}, references 0", hex(&k)));
+                report
+                    .refcount_mismatches
+                    .push(format!("{what} {}: refcount {have}, references 0", hex(&k)));
             }
         }
         Ok(())

@@ -26,7 +26,10 @@ pub struct GcOptions {
 
 impl Default for GcOptions {
     fn default() -> Self {
-        GcOptions { dry_run: false, repack_below: 0.5 }
+        GcOptions {
+            dry_run: false,
+            repack_below: 0.5,
+        }
     }
 }
 
@@ -48,7 +51,10 @@ pub struct GcReport {
 impl Store {
     /// Runs one garbage collection pass.
     pub fn gc(&self, opts: &GcOptions) -> Result<GcReport> {
-        let mut report = GcReport { dry_run: opts.dry_run, ..GcReport::default() };
+        let mut report = GcReport {
+            dry_run: opts.dry_run,
+            ..GcReport::default()
+        };
         self.gc_parts(opts, &mut report)?;
         self.gc_chunks(opts, &mut report)?;
         self.repack(opts, &mut report)?;
@@ -115,7 +121,8 @@ impl Store {
         for entry in self.index().scan(CF_CHUNKS, &[]) {
             let (k, v) = entry?;
             let loc = ChunkLoc::decode(&v)?;
-            let hash = Digest::from_slice(&k).ok_or_else(|| cairn_core::Error::corrupt("chunk key is not 32 bytes"))?;
+            let hash = Digest::from_slice(&k)
+                .ok_or_else(|| cairn_core::Error::corrupt("chunk key is not 32 bytes"))?;
             live.entry(loc.pack).or_default().push((hash, loc));
         }
         Ok(live)
@@ -126,15 +133,23 @@ impl Store {
         let open = self.open_pack_id();
         for id in pack_files(self.pack_dir())? {
             let sealed = matches!(
-                self.index().get_record::<PackInfo>(CF_PACKS, &id.0.to_be_bytes())?,
-                Some(PackInfo { state: PackState::Sealed })
+                self.index()
+                    .get_record::<PackInfo>(CF_PACKS, &id.0.to_be_bytes())?,
+                Some(PackInfo {
+                    state: PackState::Sealed
+                })
             );
             if id >= open || !sealed {
                 continue;
             }
-            let size = std::fs::metadata(self.pack_dir().join(id.file_name())).map(|m| m.len()).unwrap_or(0);
+            let size = std::fs::metadata(self.pack_dir().join(id.file_name()))
+                .map(|m| m.len())
+                .unwrap_or(0);
             let chunks = live.get(&id).map(Vec::as_slice).unwrap_or(&[]);
-            let live_bytes: u64 = chunks.iter().map(|(_, l)| RECORD_HEADER_LEN + u64::from(l.len)).sum();
+            let live_bytes: u64 = chunks
+                .iter()
+                .map(|(_, l)| RECORD_HEADER_LEN + u64::from(l.len))
+                .sum();
             if (live_bytes as f64) >= opts.repack_below * (size.saturating_sub(HEADER_LEN) as f64) {
                 continue;
             }
@@ -148,10 +163,19 @@ impl Store {
         Ok(())
     }
 
-    fn repack_one(&self, id: PackId, chunks: &[(Digest, ChunkLoc)], size: u64, report: &mut GcReport) -> Result<()> {
+    fn repack_one(
+        &self,
+        id: PackId,
+        chunks: &[(Digest, ChunkLoc)],
+        size: u64,
+        report: &mut GcReport,
+    ) -> Result<()> {
         let mut batch = self.index().batch();
         for (hash, loc) in chunks {
-            let data = match self.read_chunk(&crate::ChunkRef { hash: *hash, len: loc.len }) {
+            let data = match self.read_chunk(&crate::ChunkRef {
+                hash: *hash,
+                len: loc.len,
+            }) {
                 Ok(d) => d,
                 Err(e) if e.kind == cairn_core::ErrorKind::Corrupt => {
                     tracing::warn!(pack = id.0, chunk = %hash, "corrupt chunk: pack kept for fsck");
@@ -166,11 +190,18 @@ impl Store {
             report.live_bytes_moved += u64::from(loc.len);
         }
         let key = id.0.to_be_bytes();
-        batch.put_record(CF_PACKS, &key, &PackInfo { state: PackState::Retired });
+        batch.put_record(
+            CF_PACKS,
+            &key,
+            &PackInfo {
+                state: PackState::Retired,
+            },
+        );
         self.commit(batch)?;
         self.forget_pack(id);
         let path = self.pack_dir().join(id.file_name());
-        std::fs::remove_file(&path).map_err(|e| cairn_core::Error::io("remove repacked pack", e))?;
+        std::fs::remove_file(&path)
+            .map_err(|e| cairn_core::Error::io("remove repacked pack", e))?;
         crate::pack::sync_dir(self.pack_dir())?;
         let mut done = self.index().batch();
         done.delete(CF_PACKS, &key);

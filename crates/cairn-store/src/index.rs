@@ -10,7 +10,8 @@ use std::path::Path;
 use cairn_core::record::Record;
 use cairn_core::{Error, Result};
 use rocksdb::{
-    ColumnFamilyDescriptor, Direction, IteratorMode, MergeOperands, Options, WriteBatch, WriteOptions, DB,
+    ColumnFamilyDescriptor, Direction, IteratorMode, MergeOperands, Options, WriteBatch,
+    WriteOptions, DB,
 };
 
 /// Chunk hash → [`ChunkLoc`](crate::pack::ChunkLoc).
@@ -50,14 +51,23 @@ fn decode_i64(v: &[u8]) -> i64 {
 }
 
 fn merge_add(_k: &[u8], existing: Option<&[u8]>, ops: &MergeOperands) -> Option<Vec<u8>> {
-    let sum = ops.iter().fold(existing.map_or(0, decode_i64), |a, op| a.wrapping_add(decode_i64(op)));
+    let sum = ops.iter().fold(existing.map_or(0, decode_i64), |a, op| {
+        a.wrapping_add(decode_i64(op))
+    });
     Some(sum.to_le_bytes().to_vec())
 }
 
 fn merge_max(_k: &[u8], existing: Option<&[u8]>, ops: &MergeOperands) -> Option<Vec<u8>> {
-    let max = ops.iter().fold(existing.map_or(0, decode_i64) as u64, |a, op| a.max(decode_i64(op) as u64));
+    let max = ops
+        .iter()
+        .fold(existing.map_or(0, decode_i64) as u64, |a, op| {
+            a.max(decode_i64(op) as u64)
+        });
     Some(max.to_le_bytes().to_vec())
 }
+
+/// A raw key and value read from the index.
+pub type KvEntry = (Box<[u8]>, Box<[u8]>);
 
 /// The open RocksDB database with Cairn's column families.
 pub struct Index {
@@ -85,7 +95,9 @@ impl Index {
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
-        self.db.cf_handle(name).unwrap_or_else(|| panic!("column family {name} is not registered"))
+        self.db
+            .cf_handle(name)
+            .unwrap_or_else(|| panic!("column family {name} is not registered"))
     }
 
     pub fn get(&self, cf: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
@@ -106,28 +118,22 @@ impl Index {
     }
 
     /// All entries whose key starts with `prefix`, in key order.
-    pub fn scan<'a>(&'a self, cf: &str, prefix: &'a [u8]) -> impl Iterator<Item = Result<(Box<[u8]>, Box<[u8]>)>> + 'a {
+    pub fn scan<'a>(
+        &'a self,
+        cf: &str,
+        prefix: &'a [u8],
+    ) -> impl Iterator<Item = Result<KvEntry>> + 'a {
         self.db
             .iterator_cf(self.cf(cf), IteratorMode::From(prefix, Direction::Forward))
             .map(|r| r.map_err(db_err))
             .take_while(move |r| r.as_ref().map_or(true, |(k, _)| k.starts_with(prefix)))
     }
 
-    /// Entries from `start` (inclusive) with the same `prefix`, at most `limit`.
-    pub fn scan_from<'a>(
-        &'a self,
-        cf: &str,
-        prefix: &'a [u8],
-        start: &'a [u8],
-    ) -> impl Iterator<Item = Result<(Box<[u8]>, Box<[u8]>)>> + 'a {
-        self.db
-            .iterator_cf(self.cf(cf), IteratorMode::From(start, Direction::Forward))
-            .map(|r| r.map_err(db_err))
-            .take_while(move |r| r.as_ref().map_or(true, |(k, _)| k.starts_with(prefix)))
-    }
-
     pub fn batch(&self) -> Batch<'_> {
-        Batch { index: self, wb: WriteBatch::default() }
+        Batch {
+            index: self,
+            wb: WriteBatch::default(),
+        }
     }
 
     /// Applies a batch atomically; with `sync` the WAL is fsynced before returning.
@@ -176,12 +182,14 @@ impl Batch<'_> {
 
     /// Adds `delta` to an `Add` counter.
     pub fn add(&mut self, cf: &str, key: &[u8], delta: i64) {
-        self.wb.merge_cf(self.index.cf(cf), key, delta.to_le_bytes());
+        self.wb
+            .merge_cf(self.index.cf(cf), key, delta.to_le_bytes());
     }
 
     /// Raises a `Max` counter to at least `value`.
     pub fn max(&mut self, cf: &str, key: &[u8], value: u64) {
-        self.wb.merge_cf(self.index.cf(cf), key, value.to_le_bytes());
+        self.wb
+            .merge_cf(self.index.cf(cf), key, value.to_le_bytes());
     }
 
     pub fn is_empty(&self) -> bool {

@@ -27,7 +27,9 @@ pub const RECORD_HEADER_LEN: u64 = 44;
 pub const CODEC_RAW: u8 = 0;
 
 /// Identifies a pack; packs are numbered in creation order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct PackId(pub u64);
 
 impl PackId {
@@ -54,12 +56,18 @@ pub fn check_header(h: &[u8]) -> Result<()> {
     }
     let v = u32::from_le_bytes(h[8..12].try_into().expect("4 bytes"));
     if v != PACK_VERSION {
-        return Err(Error::corrupt(format!("pack format version {v} is not supported")));
+        return Err(Error::corrupt(format!(
+            "pack format version {v} is not supported"
+        )));
     }
     Ok(())
 }
 
-pub fn encode_record_header(hash: &Digest, len: u32, codec: u8) -> [u8; RECORD_HEADER_LEN as usize] {
+pub fn encode_record_header(
+    hash: &Digest,
+    len: u32,
+    codec: u8,
+) -> [u8; RECORD_HEADER_LEN as usize] {
     let mut h = [0u8; RECORD_HEADER_LEN as usize];
     h[..4].copy_from_slice(RECORD_MAGIC);
     h[4] = codec;
@@ -120,8 +128,10 @@ impl PackFile {
             .create_new(true)
             .open(&path)
             .map_err(|e| Error::io(format!("create pack {}", path.display()), e))?;
-        file.write_all_at(&encode_header(), 0).map_err(|e| Error::io("write pack header", e))?;
-        file.sync_all().map_err(|e| Error::io("fsync new pack", e))?;
+        file.write_all_at(&encode_header(), 0)
+            .map_err(|e| Error::io("write pack header", e))?;
+        file.sync_all()
+            .map_err(|e| Error::io("fsync new pack", e))?;
         sync_dir(dir)?;
         Ok(PackFile { id, path, file })
     }
@@ -132,15 +142,27 @@ impl PackFile {
             .read(true)
             .write(writable)
             .open(&path)
-            .map_err(|e| Error::io(format!("open pack {}", path.display()), e))?;
+            .map_err(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    // The index names this pack: its absence is damage, reported like bad bytes.
+                    Error::corrupt(format!("pack {} is missing", path.display()))
+                } else {
+                    Error::io(format!("open pack {}", path.display()), e)
+                }
+            })?;
         let mut h = [0u8; HEADER_LEN as usize];
-        file.read_exact_at(&mut h, 0).map_err(|_| Error::corrupt(format!("pack {} has no header", path.display())))?;
+        file.read_exact_at(&mut h, 0)
+            .map_err(|_| Error::corrupt(format!("pack {} has no header", path.display())))?;
         check_header(&h)?;
         Ok(PackFile { id, path, file })
     }
 
     pub fn len(&self) -> Result<u64> {
-        Ok(self.file.metadata().map_err(|e| Error::io("stat pack", e))?.len())
+        Ok(self
+            .file
+            .metadata()
+            .map_err(|e| Error::io("stat pack", e))?
+            .len())
     }
 
     pub fn is_empty(&self) -> Result<bool> {
@@ -151,7 +173,9 @@ impl PackFile {
     pub fn write_record(&self, offset: u64, hash: &Digest, data: &[u8]) -> Result<u64> {
         let len = u32::try_from(data.len()).map_err(|_| Error::too_large("chunk over 4 GiB"))?;
         let header = encode_record_header(hash, len, CODEC_RAW);
-        self.file.write_all_at(&header, offset).map_err(|e| Error::io("append to pack", e))?;
+        self.file
+            .write_all_at(&header, offset)
+            .map_err(|e| Error::io("append to pack", e))?;
         self.file
             .write_all_at(data, offset + RECORD_HEADER_LEN)
             .map_err(|e| Error::io("append to pack", e))?;
@@ -164,14 +188,22 @@ impl PackFile {
         let mut buf = vec![0u8; (RECORD_HEADER_LEN + u64::from(loc.len)) as usize];
         self.file.read_exact_at(&mut buf, loc.offset).map_err(|e| {
             if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                Error::corrupt(format!("chunk {} is cut short in pack {}", expect.short(), loc.pack.0))
+                Error::corrupt(format!(
+                    "chunk {} is cut short in pack {}",
+                    expect.short(),
+                    loc.pack.0
+                ))
             } else {
                 Error::io("read pack", e)
             }
         })?;
         let h = decode_record_header(&buf)?;
         let data = buf.split_off(RECORD_HEADER_LEN as usize);
-        if h.hash != *expect || h.len != loc.len || h.codec != CODEC_RAW || Digest::of(&data) != *expect {
+        if h.hash != *expect
+            || h.len != loc.len
+            || h.codec != CODEC_RAW
+            || Digest::of(&data) != *expect
+        {
             return Err(Error::corrupt(format!(
                 "chunk {} in pack {} at offset {} fails its blake3 check",
                 expect, loc.pack.0, loc.offset
@@ -185,11 +217,15 @@ impl PackFile {
     }
 
     pub fn sync_data(&self) -> Result<()> {
-        self.file.sync_data().map_err(|e| Error::io("fsync pack", e))
+        self.file
+            .sync_data()
+            .map_err(|e| Error::io("fsync pack", e))
     }
 
     pub fn truncate(&self, len: u64) -> Result<()> {
-        self.file.set_len(len).map_err(|e| Error::io("truncate pack", e))?;
+        self.file
+            .set_len(len)
+            .map_err(|e| Error::io("truncate pack", e))?;
         self.file.sync_all().map_err(|e| Error::io("fsync pack", e))
     }
 }
@@ -210,7 +246,14 @@ mod tests {
         check_header(&encode_header()).unwrap();
         let d = Digest::of(b"x");
         let h = encode_record_header(&d, 7, CODEC_RAW);
-        assert_eq!(decode_record_header(&h).unwrap(), RecordHeader { codec: 0, len: 7, hash: d });
+        assert_eq!(
+            decode_record_header(&h).unwrap(),
+            RecordHeader {
+                codec: 0,
+                len: 7,
+                hash: d
+            }
+        );
         let mut bad = encode_header();
         bad[0] ^= 1;
         assert!(check_header(&bad).is_err());
@@ -219,7 +262,10 @@ mod tests {
     #[test]
     fn pack_names() {
         assert_eq!(PackId(255).file_name(), "00000000000000ff.pack");
-        assert_eq!(PackId::parse_file_name("00000000000000ff.pack"), Some(PackId(255)));
+        assert_eq!(
+            PackId::parse_file_name("00000000000000ff.pack"),
+            Some(PackId(255))
+        );
         assert_eq!(PackId::parse_file_name("ff.pack"), None);
     }
 
@@ -229,10 +275,19 @@ mod tests {
         let p = PackFile::create(dir.path(), PackId(1)).unwrap();
         let d = Digest::of(b"hello world");
         let end = p.write_record(HEADER_LEN, &d, b"hello world").unwrap();
-        let loc = ChunkLoc { pack: PackId(1), offset: HEADER_LEN, len: 11 };
+        let loc = ChunkLoc {
+            pack: PackId(1),
+            offset: HEADER_LEN,
+            len: 11,
+        };
         assert_eq!(loc.end(), end);
         assert_eq!(p.read_chunk(&loc, &d).unwrap(), b"hello world");
-        p.file.write_all_at(b"J", HEADER_LEN + RECORD_HEADER_LEN).unwrap();
-        assert_eq!(p.read_chunk(&loc, &d).unwrap_err().kind, cairn_core::ErrorKind::Corrupt);
+        p.file
+            .write_all_at(b"J", HEADER_LEN + RECORD_HEADER_LEN)
+            .unwrap();
+        assert_eq!(
+            p.read_chunk(&loc, &d).unwrap_err().kind,
+            cairn_core::ErrorKind::Corrupt
+        );
     }
 }

@@ -15,9 +15,14 @@ pub struct Piece {
 /// An empty range plans nothing; a range past the end is `invalid`.
 pub fn plan(lens: &[u64], offset: u64, len: u64) -> Result<Vec<Piece>> {
     let total: u64 = lens.iter().sum();
-    let end = offset.checked_add(len).filter(|&e| e <= total).ok_or_else(|| {
-        Error::invalid(format!("range {offset}+{len} is outside the {total} bytes available"))
-    })?;
+    let end = offset
+        .checked_add(len)
+        .filter(|&e| e <= total)
+        .ok_or_else(|| {
+            Error::invalid(format!(
+                "range {offset}+{len} is outside the {total} bytes available"
+            ))
+        })?;
     let mut pieces = Vec::new();
     if len == 0 {
         return Ok(pieces);
@@ -28,7 +33,11 @@ pub fn plan(lens: &[u64], offset: u64, len: u64) -> Result<Vec<Piece>> {
         if l > 0 && chunk_end > offset && chunk_start < end {
             let start = offset.max(chunk_start) - chunk_start;
             let stop = end.min(chunk_end) - chunk_start;
-            pieces.push(Piece { index, start, len: stop - start });
+            pieces.push(Piece {
+                index,
+                start,
+                len: stop - start,
+            });
         }
         if chunk_end >= end {
             break;
@@ -72,6 +81,13 @@ mod tests {
         assert!(plan(&[10, 10], 15, 6).is_err());
         assert!(plan(&[10], u64::MAX, 2).is_err());
         assert!(plan(&[10], 10, 0).unwrap().is_empty());
-        assert_eq!(plan(&[10, 0, 10], 10, 1).unwrap(), vec![Piece { index: 2, start: 0, len: 1 }]);
+        assert_eq!(
+            plan(&[10, 0, 10], 10, 1).unwrap(),
+            vec![Piece {
+                index: 2,
+                start: 0,
+                len: 1
+            }]
+        );
     }
 }

@@ -15,10 +15,10 @@ use cairn_core::{Digest, Error, Result};
 use parking_lot::{Mutex, MutexGuard, RwLock};
 use serde::{Deserialize, Serialize};
 
-
 use crate::chunker::ChunkParams;
 use crate::index::{
-    Batch, CfKind, Index, CF_CHUNKS, CF_CHUNK_REFS, CF_PACKS, CF_PACK_LEN, CF_PARTS, CF_PART_REFS, STORE_CFS,
+    Batch, CfKind, Index, CF_CHUNKS, CF_CHUNK_REFS, CF_PACKS, CF_PACK_LEN, CF_PARTS, CF_PART_REFS,
+    STORE_CFS,
 };
 use crate::pack::{sync_dir, ChunkLoc, PackFile, PackId, HEADER_LEN, RECORD_HEADER_LEN};
 use crate::range;
@@ -83,7 +83,11 @@ pub struct StoreConfig {
 
 impl StoreConfig {
     pub fn new(dir: impl Into<PathBuf>) -> StoreConfig {
-        StoreConfig { dir: dir.into(), pack_target_size: 256 << 20, chunking: ChunkParams::default() }
+        StoreConfig {
+            dir: dir.into(),
+            pack_target_size: 256 << 20,
+            chunking: ChunkParams::default(),
+        }
     }
 }
 
@@ -123,7 +127,10 @@ impl Store {
             cfg,
             pack_dir,
             index,
-            writer: Mutex::new(Writer { pack: Arc::new(pack), len }),
+            writer: Mutex::new(Writer {
+                pack: Arc::new(pack),
+                len,
+            }),
             synced: Mutex::new((id, len)),
             readers: RwLock::new(HashMap::new()),
             pins: Mutex::new(HashMap::new()),
@@ -149,7 +156,13 @@ impl Store {
 
     /// Starts a write session: chunks added to it become durable and referenced at its commit.
     pub fn session(&self) -> WriteSession<'_> {
-        WriteSession { store: self, new: HashMap::new(), pinned: Vec::new(), refs: Vec::new(), end: None }
+        WriteSession {
+            store: self,
+            new: HashMap::new(),
+            pinned: Vec::new(),
+            refs: Vec::new(),
+            end: None,
+        }
     }
 
     /// Takes the guard that orders check-then-reference against gc's deletions.
@@ -163,7 +176,11 @@ impl Store {
         if w.len > HEADER_LEN && w.len + rec > self.cfg.pack_target_size {
             self.roll(&mut w)?;
         }
-        let loc = ChunkLoc { pack: w.pack.id, offset: w.len, len: data.len() as u32 };
+        let loc = ChunkLoc {
+            pack: w.pack.id,
+            offset: w.len,
+            len: data.len() as u32,
+        };
         w.len = w.pack.write_record(w.len, hash, data)?;
         Ok((loc, w.len))
     }
@@ -174,7 +191,13 @@ impl Store {
         let old = w.pack.id;
         let next = PackFile::create(&self.pack_dir, PackId(old.0 + 1))?;
         let mut b = self.index.batch();
-        b.put_record(CF_PACKS, &old.0.to_be_bytes(), &PackInfo { state: PackState::Sealed });
+        b.put_record(
+            CF_PACKS,
+            &old.0.to_be_bytes(),
+            &PackInfo {
+                state: PackState::Sealed,
+            },
+        );
         self.index.write(b, true)?;
         w.pack = Arc::new(next);
         w.len = HEADER_LEN;
@@ -220,20 +243,29 @@ impl Store {
 
     /// Reads one chunk, verified against its blake3 hash.
     pub fn read_chunk(&self, chunk: &ChunkRef) -> Result<Vec<u8>> {
-        let loc = self
-            .chunk_loc(&chunk.hash)?
-            .ok_or_else(|| Error::corrupt(format!("chunk {} is missing from the index", chunk.hash)))?;
+        let loc = self.chunk_loc(&chunk.hash)?.ok_or_else(|| {
+            Error::corrupt(format!("chunk {} is missing from the index", chunk.hash))
+        })?;
         if loc.len != chunk.len {
-            return Err(Error::corrupt(format!("chunk {} has length {} in the index, {} in its part", chunk.hash, loc.len, chunk.len)));
+            return Err(Error::corrupt(format!(
+                "chunk {} has length {} in the index, {} in its part",
+                chunk.hash, loc.len, chunk.len
+            )));
         }
-        match self.pack_reader(loc.pack).and_then(|p| p.read_chunk(&loc, &chunk.hash)) {
+        match self
+            .pack_reader(loc.pack)
+            .and_then(|p| p.read_chunk(&loc, &chunk.hash))
+        {
             Ok(data) => Ok(data),
             // gc may have repacked the chunk between the lookup and the read: look again once.
-            Err(e) if e.kind == cairn_core::ErrorKind::Internal => {
-                let again = self.chunk_loc(&chunk.hash)?.filter(|l| *l != loc).ok_or(e)?;
-                self.pack_reader(again.pack)?.read_chunk(&again, &chunk.hash)
+            Err(e) => {
+                let again = self
+                    .chunk_loc(&chunk.hash)?
+                    .filter(|l| *l != loc)
+                    .ok_or(e)?;
+                self.pack_reader(again.pack)?
+                    .read_chunk(&again, &chunk.hash)
             }
-            Err(e) => Err(e),
         }
     }
 
@@ -270,7 +302,12 @@ impl Store {
     /// Adds to `batch` a reference to the part made of `chunks`, creating its record (and its
     /// chunk references) when it is new. The caller must hold [`Store::ref_guard`] until the
     /// batch is written.
-    pub fn reference_part(&self, batch: &mut Batch<'_>, part: &PartRecord, _guard: &MutexGuard<'_, ()>) -> Result<()> {
+    pub fn reference_part(
+        &self,
+        batch: &mut Batch<'_>,
+        part: &PartRecord,
+        _guard: &MutexGuard<'_, ()>,
+    ) -> Result<()> {
         let key = part_key(&part.digest, part.size);
         if !self.index.exists(CF_PARTS, &key)? {
             batch.put_record(CF_PARTS, &key, part);
@@ -288,7 +325,11 @@ impl Store {
     }
 
     /// Adds to `batch` the release of chunk references taken by a [`WriteSession`].
-    pub fn release_chunks<'c>(&self, batch: &mut Batch<'_>, chunks: impl IntoIterator<Item = &'c ChunkRef>) {
+    pub fn release_chunks<'c>(
+        &self,
+        batch: &mut Batch<'_>,
+        chunks: impl IntoIterator<Item = &'c ChunkRef>,
+    ) {
         for c in chunks {
             batch.add(CF_CHUNK_REFS, c.hash.as_bytes(), -1);
         }
@@ -413,9 +454,16 @@ fn recover_packs(index: &Index, dir: &Path) -> Result<Option<PackId>> {
     for id in pack_files(dir)? {
         let key = id.0.to_be_bytes();
         let info: Option<PackInfo> = index.get_record(CF_PACKS, &key)?;
-        let committed = index.get(CF_PACK_LEN, &key)?.map(|v| u64::from_le_bytes(v[..8].try_into().unwrap_or([0; 8])));
+        let committed = index
+            .get(CF_PACK_LEN, &key)?
+            .map(|v| u64::from_le_bytes(v[..8].try_into().unwrap_or([0; 8])));
         let path = dir.join(id.file_name());
-        let retired = matches!(info, Some(PackInfo { state: PackState::Retired }));
+        let retired = matches!(
+            info,
+            Some(PackInfo {
+                state: PackState::Retired
+            })
+        );
         match committed {
             Some(len) if !retired => {
                 let pack = PackFile::open(dir, id, true)?;
@@ -424,7 +472,10 @@ fn recover_packs(index: &Index, dir: &Path) -> Result<Option<PackId>> {
                     tracing::warn!(pack = id.0, actual, len, "truncating unindexed pack tail");
                     pack.truncate(len)?;
                 } else if actual < len {
-                    return Err(Error::corrupt(format!("pack {} is {actual} bytes, the index says {len}", id.0)));
+                    return Err(Error::corrupt(format!(
+                        "pack {} is {actual} bytes, the index says {len}",
+                        id.0
+                    )));
                 }
                 last = last.max(Some(id));
             }
@@ -448,9 +499,16 @@ fn recover_packs(index: &Index, dir: &Path) -> Result<Option<PackId>> {
 }
 
 /// Reopens the newest pack for appending if it is unsealed and has room; otherwise creates one.
-fn open_writer(index: &Index, dir: &Path, last: Option<PackId>, target: u64) -> Result<(PackFile, u64)> {
+fn open_writer(
+    index: &Index,
+    dir: &Path,
+    last: Option<PackId>,
+    target: u64,
+) -> Result<(PackFile, u64)> {
     if let Some(id) = last {
-        let sealed = index.get_record::<PackInfo>(CF_PACKS, &id.0.to_be_bytes())?.is_some();
+        let sealed = index
+            .get_record::<PackInfo>(CF_PACKS, &id.0.to_be_bytes())?
+            .is_some();
         let exists = dir.join(id.file_name()).exists();
         if exists && !sealed {
             let pack = PackFile::open(dir, id, true)?;
@@ -460,12 +518,22 @@ fn open_writer(index: &Index, dir: &Path, last: Option<PackId>, target: u64) -> 
             }
             pack.sync_data()?;
             let mut b = index.batch();
-            b.put_record(CF_PACKS, &id.0.to_be_bytes(), &PackInfo { state: PackState::Sealed });
+            b.put_record(
+                CF_PACKS,
+                &id.0.to_be_bytes(),
+                &PackInfo {
+                    state: PackState::Sealed,
+                },
+            );
             index.write(b, true)?;
         }
     }
     let next = PackId(last.map_or(1, |id| id.0 + 1));
-    let max_known = index.scan(CF_PACKS, &[]).filter_map(|r| r.ok()).filter_map(|(k, _)| k[..].try_into().ok().map(u64::from_be_bytes)).max();
+    let max_known = index
+        .scan(CF_PACKS, &[])
+        .filter_map(|r| r.ok())
+        .filter_map(|(k, _)| k[..].try_into().ok().map(u64::from_be_bytes))
+        .max();
     let next = PackId(next.0.max(max_known.map_or(0, |m| m + 1)));
     Ok((PackFile::create(dir, next)?, HEADER_LEN))
 }
@@ -493,7 +561,8 @@ impl Store {
         s.parts = self.index.scan(CF_PARTS, &[]).count() as u64;
         for id in pack_files(&self.pack_dir)? {
             s.packs += 1;
-            s.pack_bytes += std::fs::metadata(self.pack_dir.join(id.file_name())).map_or(0, |m| m.len());
+            s.pack_bytes +=
+                std::fs::metadata(self.pack_dir.join(id.file_name())).map_or(0, |m| m.len());
         }
         Ok(s)
     }

@@ -12,11 +12,18 @@ use cairn_jobs::ops::{FilesJobRequest, RawOp};
 use cairn_jobs::{Engine, EngineConfig, FilesJobCreated, PlanLimits, Qhit};
 use cairn_store::ChunkParams;
 
-pub const SMALL_CHUNKS: ChunkParams = ChunkParams { min: 1 << 10, avg: 4 << 10, max: 16 << 10 };
+pub const SMALL_CHUNKS: ChunkParams = ChunkParams {
+    min: 1 << 10,
+    avg: 4 << 10,
+    max: 16 << 10,
+};
 
 pub fn config(dir: &std::path::Path, part_size: u64, chunking: ChunkParams) -> EngineConfig {
     let mut cfg = EngineConfig::new(dir);
-    cfg.plan = PlanLimits { part_size, max_segments: 64 };
+    cfg.plan = PlanLimits {
+        part_size,
+        max_segments: 64,
+    };
     cfg.store.chunking = chunking;
     cfg.store.pack_target_size = 4 << 20;
     cfg.commit_every = 64 << 10;
@@ -30,12 +37,19 @@ pub fn small_engine(dir: &std::path::Path) -> Arc<Engine> {
 /// Deterministic pseudo-random bytes (blake3 XOF), distinct per seed.
 pub fn data(seed: u64, len: usize) -> Vec<u8> {
     let mut out = vec![0u8; len];
-    blake3::Hasher::new().update(&seed.to_le_bytes()).finalize_xof().fill(&mut out);
+    blake3::Hasher::new()
+        .update(&seed.to_le_bytes())
+        .finalize_xof()
+        .fill(&mut out);
     out
 }
 
 pub fn add_file(path: &str, size: u64) -> RawOp {
-    RawOp { path: Some(path.into()), size: Some(size), ..RawOp::default() }
+    RawOp {
+        path: Some(path.into()),
+        size: Some(size),
+        ..RawOp::default()
+    }
 }
 
 pub fn op(json: serde_json::Value) -> RawOp {
@@ -43,7 +57,12 @@ pub fn op(json: serde_json::Value) -> RawOp {
 }
 
 pub fn request(ops: Vec<RawOp>) -> FilesJobRequest {
-    FilesJobRequest { seq: Some(0), seq_complete: Some(true), defaults: None, ops }
+    FilesJobRequest {
+        seq: Some(0),
+        seq_complete: Some(true),
+        defaults: None,
+        ops,
+    }
 }
 
 /// A new library and object with an open draft.
@@ -54,16 +73,37 @@ pub fn new_object(e: &Engine) -> WriteToken {
 }
 
 /// Sends one request body in frames of `frame` bytes.
-pub async fn post(e: &Arc<Engine>, t: WriteToken, job: &FilesJobCreated, i: usize, body: Vec<u8>, frame: usize) -> cairn_core::Result<cairn_jobs::UploadReply> {
-    let frames: Vec<Result<Bytes, std::io::Error>> =
-        body.chunks(frame.max(1)).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+pub async fn post(
+    e: &Arc<Engine>,
+    t: WriteToken,
+    job: &FilesJobCreated,
+    i: usize,
+    body: Vec<u8>,
+    frame: usize,
+) -> cairn_core::Result<cairn_jobs::UploadReply> {
+    let frames: Vec<Result<Bytes, std::io::Error>> = body
+        .chunks(frame.max(1))
+        .map(|c| Ok(Bytes::copy_from_slice(c)))
+        .collect();
     let len = body.len() as u64;
-    e.upload(t, job.id, job.jobs[i], Some(len), futures::stream::iter(frames)).await
+    e.upload(
+        t,
+        job.id,
+        job.jobs[i],
+        Some(len),
+        futures::stream::iter(frames),
+    )
+    .await
 }
 
 /// Uploads every job of `job` the way the JS client does: status, then one POST per segment
 /// with the bytes after `skip`.
-pub async fn upload_all(e: &Arc<Engine>, t: WriteToken, job: &FilesJobCreated, files: &BTreeMap<String, Vec<u8>>) {
+pub async fn upload_all(
+    e: &Arc<Engine>,
+    t: WriteToken,
+    job: &FilesJobCreated,
+    files: &BTreeMap<String, Vec<u8>>,
+) {
     for (i, uj) in job.jobs.iter().enumerate() {
         let st = e.upload_status(&t, &job.id, uj, 0, 10_000).unwrap();
         for s in st.files {
