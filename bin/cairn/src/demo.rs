@@ -21,8 +21,8 @@ pub async fn run(args: &[String]) -> Result<()> {
     };
     let src = PathBuf::from(src);
     let data = PathBuf::from(crate::flag(args, "--data").unwrap_or("./cairn-data"));
-    let engine = Arc::new(Engine::open(EngineConfig::new(&data))?);
     let files = walk(&src)?;
+    let engine = Arc::new(Engine::open(EngineConfig::new(&data))?);
     let total: u64 = files.iter().map(|(_, _, s)| s).sum();
     println!(
         "ingesting {} files, {} bytes, from {} into {}",

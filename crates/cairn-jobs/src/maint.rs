@@ -84,8 +84,10 @@ impl Engine {
         Ok(deleted)
     }
 
+    /// Checks everything. Holds the state lock for writing, so upload commits wait and the
+    /// counts compared are a consistent picture (an operator command, not a hot path).
     pub fn fsck(&self) -> Result<EngineFsckReport> {
-        let _r = self.state.read();
+        let _w = self.state.write();
         let mut ext = ExternalRefs::default();
         let mut node_refs: HashMap<Vec<u8>, i64> = HashMap::new();
         let mut nodes_checked = 0;

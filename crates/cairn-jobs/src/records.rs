@@ -1,5 +1,6 @@
-//! The engine's stored records and their column families. Every value is a versioned CBOR
-//! [`Record`]; keys are the ids' binary forms so related entries sort together.
+//! The engine's stored records and their column families. Values are versioned CBOR
+//! [`Record`]s except three raw ones: `history` (a version digest), `uj_tail` (bytes) and
+//! `engine` (node id, start count). Keys are the ids' binary forms so related entries sort together.
 
 use cairn_core::record::Record;
 use cairn_core::{Digest, FilesJobId, LibraryId, ObjectId, UploadJobId, VersionHash, WriteToken};

@@ -201,8 +201,16 @@ impl Engine {
                 Some(Frame::End) | None => break Ok(()),
             }
         };
-        // Whatever arrived is kept, also when the request failed part-way.
-        let saved = ing.finish();
+        // Whatever arrived is kept, also when the request failed part-way — unless the failure
+        // left the in-memory state unsure (a failed write), in which case only what was
+        // already committed stands.
+        let saved = if ing.poisoned {
+            Err(Error::internal(
+                "upload state discarded after a failed write",
+            ))
+        } else {
+            ing.finish()
+        };
         if let Some(e) = outcome.as_ref().err().or(saved.as_ref().err()) {
             if matches!(
                 e.kind,
@@ -247,6 +255,13 @@ impl Engine {
             .iter()
             .map(|s| s.len)
             .sum();
+        let chunk_bytes: u64 = kept.iter().map(|c| u64::from(c.len)).sum();
+        if chunk_bytes != size {
+            return Err(Error::corrupt(format!(
+                "upload job {} has {chunk_bytes} bytes of chunks for {size} bytes of segments",
+                rec.id
+            )));
+        }
         let digest = self.store.digest_of(&kept)?;
         let part = PartRecord {
             digest,
@@ -278,6 +293,7 @@ impl Engine {
         b.put_record(CF_UPLOAD_JOBS, rec.id.as_bytes(), &fresh);
         self.store.commit(b)?;
         drop(guard);
+        self.uj_locks.lock().remove(&rec.id);
         Ok(())
     }
 }
@@ -311,6 +327,9 @@ struct Ingest<'e> {
     seg_end: u64,
     pending: Vec<UjChunk>,
     since_commit: u64,
+    /// Set when a write failed midway: the chunker, the pending list and the offsets may
+    /// disagree, so nothing more is committed from this request.
+    poisoned: bool,
 }
 
 impl<'e> Ingest<'e> {
@@ -343,6 +362,7 @@ impl<'e> Ingest<'e> {
             seg_end,
             pending: Vec::new(),
             since_commit: 0,
+            poisoned: false,
             rec,
         })
     }
@@ -356,11 +376,12 @@ impl<'e> Ingest<'e> {
                 )));
             }
             let n = (self.seg_end - self.pos).min(data.len() as u64) as usize;
-            self.feed(&data[..n])?;
+            self.feed(&data[..n])
+                .inspect_err(|_| self.poisoned = true)?;
             data = &data[n..];
         }
         if self.since_commit >= self.engine.cfg.commit_every {
-            self.commit(false)?;
+            self.commit(false).inspect_err(|_| self.poisoned = true)?;
         }
         Ok(())
     }
@@ -412,25 +433,25 @@ impl<'e> Ingest<'e> {
         let engine = self.engine;
         let _r = engine.state.read();
         engine.upload_job(&self.rec.id)?; // the draft may have been finalized or discarded
+        let mut rec = self.rec.clone();
         let mut b = engine.store.index().batch();
-        for c in self.pending.drain(..) {
-            b.put_record(
-                CF_UJ_CHUNKS,
-                &uj_chunk_key(&self.rec.id, self.rec.chunks),
-                &c,
-            );
-            self.rec.chunks += 1;
+        for c in &self.pending {
+            b.put_record(CF_UJ_CHUNKS, &uj_chunk_key(&rec.id, rec.chunks), c);
+            rec.chunks += 1;
         }
         if tail.is_empty() {
-            b.delete(CF_UJ_TAIL, self.rec.id.as_bytes());
+            b.delete(CF_UJ_TAIL, rec.id.as_bytes());
         } else {
-            b.put(CF_UJ_TAIL, self.rec.id.as_bytes(), &tail);
+            b.put(CF_UJ_TAIL, rec.id.as_bytes(), &tail);
         }
-        self.rec.received = received;
-        self.rec.tail_len = tail.len() as u64;
-        b.put_record(CF_UPLOAD_JOBS, self.rec.id.as_bytes(), &self.rec);
+        rec.received = received;
+        rec.tail_len = tail.len() as u64;
+        b.put_record(CF_UPLOAD_JOBS, rec.id.as_bytes(), &rec);
         let session = std::mem::replace(&mut self.session, engine.store.session());
         session.commit(b)?;
+        // Only a committed batch changes what this request believes is durable.
+        self.rec = rec;
+        self.pending.clear();
         self.since_commit = 0;
         Ok(())
     }

@@ -72,6 +72,7 @@ pub type KvEntry = (Box<[u8]>, Box<[u8]>);
 /// The open RocksDB database with Cairn's column families.
 pub struct Index {
     db: DB,
+    cf_names: Vec<&'static str>,
 }
 
 impl Index {
@@ -91,7 +92,10 @@ impl Index {
         });
         let db = DB::open_cf_descriptors(&opts, path, descriptors)
             .map_err(|e| Error::internal(format!("open index {}: {e}", path.display())))?;
-        Ok(Index { db })
+        Ok(Index {
+            db,
+            cf_names: cfs.iter().map(|&(n, _)| n).collect(),
+        })
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
@@ -145,7 +149,7 @@ impl Index {
     }
 
     pub fn flush(&self) -> Result<()> {
-        for (name, _) in STORE_CFS {
+        for name in &self.cf_names {
             self.db.flush_cf(self.cf(name)).map_err(db_err)?;
         }
         Ok(())

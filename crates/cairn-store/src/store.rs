@@ -107,6 +107,10 @@ pub struct Store {
     readers: RwLock<HashMap<PackId, Arc<PackFile>>>,
     /// Chunks an in-flight write session relies on without holding a reference yet; gc skips them.
     pins: Mutex<HashMap<Digest, u32>>,
+    /// Packs holding appends of write sessions not yet committed; repack skips them.
+    pack_users: Mutex<HashMap<PackId, u32>>,
+    /// One gc at a time.
+    pub(crate) gc_lock: Mutex<()>,
     /// Held by anything that checks-then-references a part or tree node, and by gc while it
     /// deletes: a thing gc decided is dead cannot be revived in between.
     ref_guard: Mutex<()>,
@@ -134,6 +138,8 @@ impl Store {
             synced: Mutex::new((id, len)),
             readers: RwLock::new(HashMap::new()),
             pins: Mutex::new(HashMap::new()),
+            pack_users: Mutex::new(HashMap::new()),
+            gc_lock: Mutex::new(()),
             ref_guard: Mutex::new(()),
         })
     }
@@ -162,6 +168,7 @@ impl Store {
             pinned: Vec::new(),
             refs: Vec::new(),
             end: None,
+            packs: Vec::new(),
         }
     }
 
@@ -171,10 +178,27 @@ impl Store {
     }
 
     fn append(&self, hash: &Digest, data: &[u8]) -> Result<(ChunkLoc, u64)> {
+        self.append_as(hash, data, None)
+    }
+
+    /// Appends a record; when `user` is given, the pack is registered in it (once) as holding
+    /// that session's uncommitted bytes before the bytes are written.
+    fn append_as(
+        &self,
+        hash: &Digest,
+        data: &[u8],
+        user: Option<&mut Vec<PackId>>,
+    ) -> Result<(ChunkLoc, u64)> {
         let mut w = self.writer.lock();
         let rec = RECORD_HEADER_LEN + data.len() as u64;
         if w.len > HEADER_LEN && w.len + rec > self.cfg.pack_target_size {
             self.roll(&mut w)?;
+        }
+        if let Some(packs) = user {
+            if !packs.contains(&w.pack.id) {
+                packs.push(w.pack.id);
+                *self.pack_users.lock().entry(w.pack.id).or_default() += 1;
+            }
         }
         let loc = ChunkLoc {
             pack: w.pack.id,
@@ -353,6 +377,16 @@ impl Store {
         self.pins.lock()
     }
 
+    /// Packs that hold uncommitted appends of some write session.
+    pub(crate) fn packs_in_use(&self) -> HashSet<PackId> {
+        self.pack_users
+            .lock()
+            .iter()
+            .filter(|(_, &n)| n > 0)
+            .map(|(&id, _)| id)
+            .collect()
+    }
+
     pub(crate) fn append_for_repack(&self, hash: &Digest, data: &[u8]) -> Result<ChunkLoc> {
         let (loc, end) = self.append(hash, data)?;
         self.sync_through(loc.pack, end)?;
@@ -369,6 +403,8 @@ pub struct WriteSession<'s> {
     pinned: Vec<Digest>,
     refs: Vec<Digest>,
     end: Option<(PackId, u64)>,
+    /// Packs this session appended to (registered in the store's `pack_users`).
+    packs: Vec<PackId>,
 }
 
 impl WriteSession<'_> {
@@ -377,7 +413,7 @@ impl WriteSession<'_> {
         let hash = Digest::of(data);
         let len = u32::try_from(data.len()).map_err(|_| Error::too_large("chunk over 4 GiB"))?;
         if !self.new.contains_key(&hash) && !self.pin_if_stored(&hash)? {
-            let (loc, end) = self.store.append(&hash, data)?;
+            let (loc, end) = self.store.append_as(&hash, data, Some(&mut self.packs))?;
             self.end = self.end.max(Some((loc.pack, end)));
             self.new.insert(hash, loc);
         }
@@ -421,6 +457,16 @@ impl WriteSession<'_> {
 
 impl Drop for WriteSession<'_> {
     fn drop(&mut self) {
+        let mut users = self.store.pack_users.lock();
+        for id in self.packs.drain(..) {
+            if let Some(n) = users.get_mut(&id) {
+                *n -= 1;
+                if *n == 0 {
+                    users.remove(&id);
+                }
+            }
+        }
+        drop(users);
         let mut pins = self.store.pins();
         for h in self.pinned.drain(..) {
             if let Some(n) = pins.get_mut(&h) {
@@ -495,7 +541,30 @@ fn recover_packs(index: &Index, dir: &Path) -> Result<Option<PackId>> {
     if !removed.is_empty() {
         sync_dir(dir)?;
     }
+    forget_vanished_retired_packs(index, dir)?;
     Ok(last)
+}
+
+/// A crash after a repacked pack's file was deleted but before its index entries were: drop them.
+fn forget_vanished_retired_packs(index: &Index, dir: &Path) -> Result<()> {
+    let mut b = index.batch();
+    for r in index.scan(CF_PACKS, &[]) {
+        let (k, v) = r?;
+        let retired = PackInfo::decode(&v)?.state == PackState::Retired;
+        let id = k[..]
+            .try_into()
+            .map(|b: [u8; 8]| PackId(u64::from_be_bytes(b)));
+        if let (true, Ok(id)) = (retired, id) {
+            if !dir.join(id.file_name()).exists() {
+                b.delete(CF_PACKS, &k);
+                b.delete(CF_PACK_LEN, &k);
+            }
+        }
+    }
+    if !b.is_empty() {
+        index.write(b, true)?;
+    }
+    Ok(())
 }
 
 /// Reopens the newest pack for appending if it is unsealed and has room; otherwise creates one.
