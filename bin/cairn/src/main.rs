@@ -1,14 +1,17 @@
-//! `cairn`: for now, a demo that ingests a directory through the Files Job engine and reads it
+//! `cairn`: the server (`cairn serve`), a demo that ingests a directory through the Files Job engine and reads it
 //! back byte-exact, an ingest benchmark that reports peak memory, and a crash-test child.
-//! The HTTP server (`cairn serve`) and the client commands come with the next issues.
+//! The client commands come with the next issue.
 
 mod crash_child;
 mod demo;
 mod ingest;
+mod serve;
 
 use anyhow::{bail, Context, Result};
 
 const USAGE: &str = "usage:
+  cairn serve [--data DIR] [--listen HOST:PORT] [--config FILE]
+                                         serve the Files API (default ./cairn-data, 127.0.0.1:8008)
   cairn demo <DIR> [--data DATA_DIR]     ingest DIR as a new version, read every file back, compare
   cairn ingest-bench [--size BYTES] [--data DATA_DIR] [--parallel N]
                                          ingest a synthetic stream; print throughput and peak RSS
@@ -27,6 +30,7 @@ fn main() -> Result<()> {
         .enable_all()
         .build()?;
     match args.first().map(String::as_str) {
+        Some("serve") => rt.block_on(serve::run(&args[1..])),
         Some("demo") => rt.block_on(demo::run(&args[1..])),
         Some("ingest-bench") => rt.block_on(ingest::run(&args[1..])),
         Some("crash-child") => rt.block_on(crash_child::run(&args[1..])),

@@ -64,6 +64,16 @@ impl std::str::FromStr for Qhit {
     }
 }
 
+/// See [`Engine::info`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QInfo {
+    pub object: ObjectId,
+    pub library: LibraryId,
+    pub version: Option<VersionHash>,
+    pub token: Option<WriteToken>,
+    pub modified: u64,
+}
+
 const ENGINE_KEY_NODE: &[u8] = b"node";
 const ENGINE_KEY_EPOCH: &[u8] = b"epoch";
 
@@ -432,6 +442,47 @@ impl Engine {
                 })?;
                 let v = self.version(&h)?;
                 Ok((v.root, v.meta))
+            }
+        }
+    }
+
+    /// What `q` is: its object, library, version (if finalized), write token (if a draft), and
+    /// when its content was last changed (seconds since the epoch).
+    pub fn info(&self, q: &Qhit) -> Result<QInfo> {
+        match q {
+            Qhit::Draft(t) => {
+                let d = self.draft(t)?;
+                Ok(QInfo {
+                    object: t.object,
+                    library: d.library,
+                    version: None,
+                    token: Some(*t),
+                    modified: d.created,
+                })
+            }
+            Qhit::Version(h) => {
+                let v = self.version(h)?;
+                Ok(QInfo {
+                    object: v.object,
+                    library: v.library,
+                    version: Some(*h),
+                    token: None,
+                    modified: v.created,
+                })
+            }
+            Qhit::Object(o) => {
+                let obj = self.object(o)?;
+                let h = obj.head.ok_or_else(|| {
+                    Error::not_found(format!("object {o} has no finalized version"))
+                })?;
+                let v = self.version(&h)?;
+                Ok(QInfo {
+                    object: *o,
+                    library: obj.library,
+                    version: Some(h),
+                    token: None,
+                    modified: v.created,
+                })
             }
         }
     }

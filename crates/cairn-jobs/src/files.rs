@@ -358,6 +358,11 @@ impl Engine {
     /// and no more files jobs are accepted.
     pub fn finalize_files(&self, token: &WriteToken) -> Result<()> {
         let _w = self.state.write();
+        if self.draft(token)?.files_finalized {
+            return Err(Error::not_found(format!(
+                "files of {token} are already finalized"
+            )));
+        }
         self.resolve_draft_locked(token, true)?;
         let mut draft = self.draft(token)?;
         draft.files_finalized = true;

@@ -21,7 +21,7 @@ pub mod records;
 pub mod tree;
 pub mod upload;
 
-pub use engine::{Engine, EngineConfig, Qhit};
+pub use engine::{Engine, EngineConfig, QInfo, Qhit};
 pub use files::{FilesJobCreated, FilesJobStatus, ForceReport};
 pub use maint::{EngineFsckReport, EngineGcReport};
 pub use ops::FilesJobRequest;

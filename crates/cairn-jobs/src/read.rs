@@ -22,6 +22,9 @@ pub struct FileHandle {
     pub path: FilePath,
     pub size: u64,
     pub mime_type: Option<String>,
+    /// A strong validator of the bytes: blake3 over where they live (part digests, offsets,
+    /// lengths). Immutable parts make it change exactly when the content can differ.
+    pub etag: Digest,
     pieces: Vec<FilePiece>,
 }
 
@@ -31,6 +34,18 @@ struct FilePiece {
     len: u64,
     off: u64,
     chunks: Arc<Vec<ChunkRef>>,
+    /// Identity of the bytes' source (part digest, or upload job and segment).
+    source: [u8; 32],
+}
+
+fn etag_of(pieces: &[FilePiece]) -> Digest {
+    let mut h = blake3::Hasher::new();
+    for p in pieces {
+        h.update(&p.source)
+            .update(&p.off.to_le_bytes())
+            .update(&p.len.to_le_bytes());
+    }
+    h.finalize().into()
 }
 
 impl Engine {
@@ -57,7 +72,7 @@ impl Engine {
             None if path.is_root() => return Err(Error::invalid("the root is a directory")),
             None => return Err(Error::not_found(format!("file {path} not found"))),
         };
-        let pieces = match &file.content {
+        let pieces: Vec<FilePiece> = match &file.content {
             Content::Parts(segs) => segs
                 .iter()
                 .map(|s| self.part_piece(s))
@@ -72,6 +87,7 @@ impl Engine {
             path: path.clone(),
             size: file.size,
             mime_type: file.mime_type,
+            etag: etag_of(&pieces),
             pieces,
         })
     }
@@ -101,6 +117,7 @@ impl Engine {
             len: s.len,
             off: s.off,
             chunks: Arc::new(part.chunks),
+            source: *s.digest.as_bytes(),
         })
     }
 
@@ -128,11 +145,80 @@ impl Engine {
             .filter(|(_, c)| c.segment == s.segment)
             .map(|(_, c)| c.chunk)
             .collect();
+        let source =
+            *Digest::of(&[&uj.id.as_bytes()[..], &s.segment.to_le_bytes()].concat()).as_bytes();
         Ok(FilePiece {
             len: s.len,
             off: 0,
             chunks: Arc::new(chunks),
+            source,
         })
+    }
+
+    /// Opens a part that the content `q` references, for reading like a file.
+    pub fn open_part(&self, q: &Qhit, part: &cairn_core::PartHash) -> Result<FileHandle> {
+        if !self.parts(q)?.contains(part) {
+            return Err(Error::not_found(format!(
+                "part {part} not found in this content"
+            )));
+        }
+        let seg = PartSeg {
+            digest: part.digest,
+            part_size: part.size,
+            off: 0,
+            len: part.size,
+        };
+        let piece = self.part_piece(&seg)?;
+        let path = FilePath::parse(&part.to_string())?;
+        Ok(FileHandle {
+            path,
+            size: part.size,
+            mime_type: None,
+            etag: etag_of(std::slice::from_ref(&piece)),
+            pieces: vec![piece],
+        })
+    }
+
+    /// The parts the files of `q` reference, in walk order, each once.
+    pub fn parts(&self, q: &Qhit) -> Result<Vec<cairn_core::PartHash>> {
+        let root = self.tree_root(q)?;
+        let mut out = Vec::new();
+        self.collect_parts(&root, &mut out, 0)?;
+        Ok(out)
+    }
+
+    fn collect_parts(
+        &self,
+        node: &Digest,
+        out: &mut Vec<cairn_core::PartHash>,
+        depth: usize,
+    ) -> Result<()> {
+        if depth > cairn_core::path::MAX_DEPTH {
+            return Err(Error::corrupt(
+                "directory nesting exceeds the path depth limit",
+            ));
+        }
+        for e in self.load_node(node)?.entries.values() {
+            match e {
+                Entry::Dir(d) => self.collect_parts(d, out, depth + 1)?,
+                Entry::File(FileEntry {
+                    content: Content::Parts(segs),
+                    ..
+                }) => {
+                    for s in segs {
+                        let p = cairn_core::PartHash {
+                            digest: s.digest,
+                            size: s.part_size,
+                        };
+                        if !out.contains(&p) {
+                            out.push(p);
+                        }
+                    }
+                }
+                Entry::File(_) => {}
+            }
+        }
+        Ok(())
     }
 
     /// Streams bytes `[offset, offset+len)` of the file to `sink`, each chunk verified.

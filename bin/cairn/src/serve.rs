@@ -1,0 +1,41 @@
+//! `cairn serve [--data DIR] [--listen HOST:PORT] [--config FILE]`: the HTTP server on the
+//! embedded store. With no flags: `./cairn-data`, `127.0.0.1:8008`.
+
+use anyhow::{anyhow, Result};
+use cairn_http::ServerConfig;
+
+pub async fn run(args: &[String]) -> Result<()> {
+    let file = crate::flag(args, "--config").map(std::path::PathBuf::from);
+    let mut cfg = ServerConfig::load(file.as_deref()).map_err(|e| anyhow!(e))?;
+    if let Some(d) = crate::flag(args, "--data") {
+        cfg.data = d.into();
+    }
+    if let Some(l) = crate::flag(args, "--listen") {
+        cfg.listen = l.to_string();
+    }
+    let (state, generated) = cairn_http::open(&cfg).map_err(|e| anyhow!(e))?;
+    if let Some(token) = generated {
+        eprintln!(
+            "cairn: generated admin token (shown once; stored hashed in {}):",
+            cfg.data.display()
+        );
+        println!("{token}");
+    }
+    cairn_http::serve(cfg, state, shutdown_signal())
+        .await
+        .map_err(|e| anyhow!(e))
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return ctrl_c.await.unwrap_or(()),
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+    eprintln!("cairn: shutting down; finishing in-flight requests");
+}

@@ -1,0 +1,82 @@
+//! Server settings: defaults, then a TOML file, then `CAIRN_*` environment variables, then flags
+//! (applied by the binary). `cairn serve` with nothing set runs on `./cairn-data` at
+//! `127.0.0.1:8008`.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Data directory (packs and index).
+    pub data: PathBuf,
+    /// Address to listen on.
+    pub listen: String,
+    /// Target part size for new files jobs, in bytes.
+    pub part_size: u64,
+    /// Largest JSON request body, in bytes (files-job ops, metadata).
+    pub max_json_body: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            data: PathBuf::from("./cairn-data"),
+            listen: "127.0.0.1:8008".into(),
+            part_size: 32 << 20,
+            max_json_body: 64 << 20,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Defaults, overridden by the TOML file (if given) and then by `CAIRN_DATA`,
+    /// `CAIRN_LISTEN` and `CAIRN_PART_SIZE`.
+    pub fn load(file: Option<&Path>) -> Result<ServerConfig, String> {
+        let mut cfg = match file {
+            Some(f) => {
+                let text =
+                    std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display()))?;
+                toml::from_str(&text).map_err(|e| format!("{}: {e}", f.display()))?
+            }
+            None => ServerConfig::default(),
+        };
+        if let Ok(v) = std::env::var("CAIRN_DATA") {
+            cfg.data = v.into();
+        }
+        if let Ok(v) = std::env::var("CAIRN_LISTEN") {
+            cfg.listen = v;
+        }
+        if let Ok(v) = std::env::var("CAIRN_PART_SIZE") {
+            cfg.part_size = v.parse().map_err(|e| format!("CAIRN_PART_SIZE: {e}"))?;
+        }
+        if cfg.part_size < 1024 || cfg.part_size > (1 << 32) {
+            return Err(format!(
+                "part_size {} must be between 1 KiB and 4 GiB",
+                cfg.part_size
+            ));
+        }
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_overrides_defaults_and_unknown_keys_fail() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("cairn.toml");
+        std::fs::write(&f, "listen = \"127.0.0.1:9999\"\npart_size = 4194304\n").unwrap();
+        let cfg = ServerConfig::load(Some(&f)).unwrap();
+        assert_eq!(
+            (cfg.listen.as_str(), cfg.part_size),
+            ("127.0.0.1:9999", 4 << 20)
+        );
+        assert_eq!(cfg.data, PathBuf::from("./cairn-data"));
+        std::fs::write(&f, "lisen = 1\n").unwrap();
+        assert!(ServerConfig::load(Some(&f)).is_err());
+    }
+}

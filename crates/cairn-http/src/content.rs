@@ -1,0 +1,268 @@
+//! Libraries, objects, drafts, versions, content info and metadata.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use cairn_core::{LibraryId, ObjectId, SpaceId, VersionHash, WriteToken};
+use cairn_jobs::{Engine, Qhit};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::error::ApiError;
+use crate::{target, AppState, Params};
+
+/// `GET /config`: what the official client reads first (reference §2.1). No token needed.
+pub async fn handle_config(State(st): State<AppState>, headers: HeaderMap) -> Json<Value> {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("127.0.0.1:8008");
+    let node = st.engine.node_id();
+    let space = SpaceId::new(*node.as_bytes());
+    Json(json!({
+        "node_id": node.to_string(),
+        "qspace": {"id": space.to_string(), "ethereum": {"network_id": 0}},
+        "network": {
+            "services": {
+                "fabric_api": [format!("http://{host}/")],
+                // Never contacted: a placeholder the client insists on.
+                "ethereum_api": ["http://127.0.0.1:9/"],
+                "authority_service": [], "file_service": [], "search": []
+            },
+            "api_versions": [2, 3]
+        }
+    }))
+}
+
+#[derive(Deserialize, Default)]
+pub struct NewLibrary {
+    #[serde(default)]
+    name: String,
+}
+
+pub async fn handle_create_library(
+    State(st): State<AppState>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let req: NewLibrary = parse_json_or_empty(&body)?;
+    let lib = st.engine.run(move |e| e.create_library(&req.name)).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"id": lib.id, "name": lib.name})),
+    )
+        .into_response())
+}
+
+pub async fn handle_list_libraries(State(st): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let libs = st.engine.run(|e| e.libraries()).await?;
+    Ok(Json(
+        json!({"libraries": libs.iter().map(|l| json!({"id": l.id, "name": l.name})).collect::<Vec<_>>()}),
+    ))
+}
+
+fn lib_param(p: &Params) -> Result<LibraryId, ApiError> {
+    Ok(p.get("lib")
+        .ok_or_else(|| ApiError::bad_request("missing library id"))?
+        .parse()?)
+}
+
+/// `POST /qlibs/{lib}/q`: a new object with an open draft.
+pub async fn handle_create_object(
+    State(st): State<AppState>,
+    Path(p): Path<Params>,
+) -> Result<Response, ApiError> {
+    let lib = lib_param(&p)?;
+    let (obj, draft) = st.engine.run(move |e| e.create_object(&lib)).await?;
+    let body = json!({"id": obj.id, "write_token": draft.token, "qlib_id": lib, "type": ""});
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+pub async fn handle_list_objects(
+    State(st): State<AppState>,
+    Path(p): Path<Params>,
+) -> Result<Json<Value>, ApiError> {
+    let lib = lib_param(&p)?;
+    let objects = st.engine.run(move |e| e.objects(&lib)).await?;
+    let contents: Vec<Value> = objects
+        .iter()
+        .map(|o| {
+            let versions: Vec<Value> = o
+                .head
+                .iter()
+                .map(|h| version_json(&o.id, h, &lib))
+                .collect();
+            json!({"id": o.id, "versions": versions})
+        })
+        .collect();
+    Ok(Json(json!({"contents": contents})))
+}
+
+fn version_json(object: &ObjectId, h: &VersionHash, lib: &LibraryId) -> Value {
+    json!({"id": object, "hash": h, "type": "", "qlib_id": lib})
+}
+
+fn object_param(p: &Params) -> Result<ObjectId, ApiError> {
+    Ok(p.get("id")
+        .ok_or_else(|| ApiError::bad_request("missing object id"))?
+        .parse()?)
+}
+
+/// `POST /qid/{iq}`: open a draft on the object's head.
+pub async fn handle_open_draft(
+    State(st): State<AppState>,
+    Path(p): Path<Params>,
+) -> Result<Json<Value>, ApiError> {
+    let object = object_param(&p)?;
+    let lib = p.get("lib").map(|l| l.parse::<LibraryId>()).transpose()?;
+    let draft = st
+        .engine
+        .run(move |e| {
+            let obj = e.object(&object)?;
+            if lib.is_some_and(|l| l != obj.library) {
+                return Err(cairn_core::Error::not_found(format!(
+                    "object {object} is not in that library"
+                )));
+            }
+            e.open_draft(&object)
+        })
+        .await?;
+    Ok(Json(
+        json!({"id": object, "write_token": draft.token, "type": "", "qlib_id": draft.library}),
+    ))
+}
+
+/// `GET /qid/{iq}`: versions, newest first.
+pub async fn handle_versions(
+    State(st): State<AppState>,
+    Path(p): Path<Params>,
+) -> Result<Json<Value>, ApiError> {
+    let object = object_param(&p)?;
+    let (lib, versions) = st
+        .engine
+        .run(move |e| Ok((e.object(&object)?.library, e.versions(&object)?)))
+        .await?;
+    let list: Vec<Value> = versions
+        .iter()
+        .map(|h| version_json(&object, h, &lib))
+        .collect();
+    Ok(Json(json!({"id": object, "versions": list})))
+}
+
+fn draft_token(q: Qhit) -> Result<WriteToken, ApiError> {
+    match q {
+        Qhit::Draft(t) => Ok(t),
+        _ => Err(ApiError::bad_request(
+            "this operation needs a write token (tqw__…)",
+        )),
+    }
+}
+
+/// `POST /q/{wt}`: finalize the draft into a version.
+pub async fn handle_finalize(
+    State(st): State<AppState>,
+    Path(p): Path<Params>,
+) -> Result<Json<Value>, ApiError> {
+    let t = draft_token(target(&st, &p).await?)?;
+    let (hash, rec) = st.engine.run(move |e| e.finalize(&t)).await?;
+    Ok(Json(
+        json!({"id": rec.object, "hash": hash, "write_token": t, "type": "", "qlib_id": rec.library}),
+    ))
+}
+
+/// `GET /q/{id}`: what the id names.
+pub async fn handle_info(
+    State(st): State<AppState>,
+    Path(p): Path<Params>,
+) -> Result<Json<Value>, ApiError> {
+    let q = target(&st, &p).await?;
+    let info = st.engine.run(move |e| e.info(&q)).await?;
+    let mut v = json!({"id": info.object, "hash": info.version.map(|h| h.to_string()).unwrap_or_default(), "type": "", "qlib_id": info.library});
+    if let Some(t) = info.token {
+        v["write_token"] = json!(t);
+    }
+    Ok(Json(v))
+}
+
+/// `DELETE …/q/{id}`: an object id deletes the object, a write token discards the draft, a
+/// version hash deletes that version.
+pub async fn handle_delete(
+    State(st): State<AppState>,
+    Path(p): Path<Params>,
+) -> Result<Json<Value>, ApiError> {
+    let q = target(&st, &p).await?;
+    st.engine
+        .run(move |e: &Engine| match q {
+            Qhit::Object(o) => e.delete_object(&o),
+            Qhit::Draft(t) => e.delete_draft(&t),
+            Qhit::Version(h) => e.delete_version(&h),
+        })
+        .await?;
+    Ok(Json(json!({})))
+}
+
+fn meta_path(p: &Params) -> String {
+    p.get("path").cloned().unwrap_or_default()
+}
+
+pub async fn handle_meta_get(
+    State(st): State<AppState>,
+    Path(p): Path<Params>,
+) -> Result<Json<Value>, ApiError> {
+    let q = target(&st, &p).await?;
+    let path = meta_path(&p);
+    Ok(Json(st.engine.run(move |e| e.meta_get(&q, &path)).await?))
+}
+
+async fn meta_write(
+    st: AppState,
+    p: Params,
+    body: Bytes,
+    merge: bool,
+) -> Result<Json<Value>, ApiError> {
+    let t = draft_token(target(&st, &p).await?)?;
+    let value: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("metadata is not JSON: {e}")))?;
+    let path = meta_path(&p);
+    st.engine
+        .run(move |e| e.meta_set(&t, &path, value, merge))
+        .await?;
+    Ok(Json(json!({})))
+}
+
+pub async fn handle_meta_put(
+    State(st): State<AppState>,
+    Path(p): Path<Params>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    meta_write(st, p, body, false).await
+}
+
+pub async fn handle_meta_merge(
+    State(st): State<AppState>,
+    Path(p): Path<Params>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    meta_write(st, p, body, true).await
+}
+
+pub async fn handle_meta_delete(
+    State(st): State<AppState>,
+    Path(p): Path<Params>,
+) -> Result<Json<Value>, ApiError> {
+    let t = draft_token(target(&st, &p).await?)?;
+    let path = meta_path(&p);
+    st.engine.run(move |e| e.meta_delete(&t, &path)).await?;
+    Ok(Json(json!({})))
+}
+
+/// Parses a JSON body; an empty body is the type's default (clients send none on some POSTs).
+pub(crate) fn parse_json_or_empty<T: serde::de::DeserializeOwned + Default>(
+    body: &[u8],
+) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("malformed JSON: {e}")))
+}

@@ -1,0 +1,303 @@
+//! Reading content: file downloads with Range (single and multipart), conditional requests,
+//! `files` listings, and parts.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::Response;
+use axum::Json;
+use cairn_core::{FilePath, PartHash};
+use cairn_jobs::{FileHandle, Qhit};
+use futures::{Stream, StreamExt};
+use serde_json::{json, Value};
+
+use crate::error::ApiError;
+use crate::range::{self, Plan};
+use crate::{target, AppState, Params};
+
+/// `GET|HEAD …/files/{path}` (`?list` lists instead).
+pub async fn handle_file(
+    State(st): State<AppState>,
+    Path(p): Path<Params>,
+    method: Method,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let q = target(&st, &p).await?;
+    let raw = p.get("path").cloned().unwrap_or_default();
+    if wants_list(query.as_deref()) || raw.ends_with('/') {
+        return Ok(json_response(list(&st, q).await?));
+    }
+    let path = FilePath::parse(&raw)?;
+    let (h, info) = st
+        .engine
+        .run(move |e| Ok((e.open_file(&q, &path)?, e.info(&q)?)))
+        .await?;
+    serve(&st, h, info.modified, &method, &headers).await
+}
+
+fn wants_list(query: Option<&str>) -> bool {
+    query.is_some_and(|q| {
+        q.split('&')
+            .any(|kv| kv == "list" || kv.starts_with("list="))
+    })
+}
+
+fn json_response(v: Value) -> Response {
+    let mut r = Response::new(Body::from(v.to_string()));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+async fn list(st: &AppState, q: Qhit) -> Result<Value, ApiError> {
+    Ok(st.engine.run(move |e| e.files_json(&q)).await?)
+}
+
+/// `GET …/files_list[/{dir}]` and `GET …/files`: the whole `files` tree, rooted at the top
+/// even for a sub-path (clients walk into it).
+pub async fn handle_list(
+    State(st): State<AppState>,
+    Path(p): Path<Params>,
+) -> Result<Json<Value>, ApiError> {
+    let q = target(&st, &p).await?;
+    Ok(Json(list(&st, q).await?))
+}
+
+/// `GET …/parts`.
+pub async fn handle_parts(
+    State(st): State<AppState>,
+    Path(p): Path<Params>,
+) -> Result<Json<Value>, ApiError> {
+    let q = target(&st, &p).await?;
+    let parts = st.engine.run(move |e| e.parts(&q)).await?;
+    Ok(Json(
+        json!({"parts": parts.iter().map(|p| json!({"hash": p, "size": p.size})).collect::<Vec<_>>()}),
+    ))
+}
+
+fn part_param(p: &Params) -> Result<PartHash, ApiError> {
+    Ok(p.get("phash")
+        .ok_or_else(|| ApiError::bad_request("missing part hash"))?
+        .parse()?)
+}
+
+/// `GET …/parts/{hqp_}`.
+pub async fn handle_part_info(
+    State(st): State<AppState>,
+    Path(p): Path<Params>,
+) -> Result<Json<Value>, ApiError> {
+    let q = target(&st, &p).await?;
+    let part = part_param(&p)?;
+    let info = st
+        .engine
+        .run(move |e| {
+            if !e.parts(&q)?.contains(&part) {
+                return Err(cairn_core::Error::not_found(format!(
+                    "part {part} not found in this content"
+                )));
+            }
+            e.info(&q)
+        })
+        .await?;
+    let hash = info.version.map(|h| h.to_string()).unwrap_or_default();
+    Ok(Json(json!({
+        "content": {"id": info.object, "hash": hash, "type": "", "qlib_id": info.library},
+        "part": {"hash": part, "size": part.size}
+    })))
+}
+
+/// `GET|HEAD …/data/{hqp_}`: a part's bytes, with Range.
+pub async fn handle_part_data(
+    State(st): State<AppState>,
+    Path(p): Path<Params>,
+    method: Method,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let q = target(&st, &p).await?;
+    let part = part_param(&p)?;
+    let (h, info) = st
+        .engine
+        .run(move |e| Ok((e.open_part(&q, &part)?, e.info(&q)?)))
+        .await?;
+    serve(&st, h, info.modified, &method, &headers).await
+}
+
+/// Serves an opened file (or part) honouring Range, If-Range and If-None-Match.
+async fn serve(
+    st: &AppState,
+    h: FileHandle,
+    modified: u64,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let etag = format!("\"{}\"", h.etag.to_hex());
+    let last_modified = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(modified));
+    let mime = h.mime_type.clone().unwrap_or_else(|| {
+        mime_guess::from_path(h.path.as_str())
+            .first_or_octet_stream()
+            .to_string()
+    });
+    let validators = [
+        (header::ETAG, etag.clone()),
+        (header::LAST_MODIFIED, last_modified.clone()),
+    ];
+    if header_str(headers, &header::IF_NONE_MATCH)?.is_some_and(|v| etag_matches(v, &etag)) {
+        return response(StatusCode::NOT_MODIFIED, &validators, None, Body::empty());
+    }
+    let honour_range = match header_str(headers, &header::IF_RANGE)? {
+        None => true,
+        Some(v) => v == etag || v == last_modified,
+    };
+    let range_header = if honour_range {
+        header_str(headers, &header::RANGE)?
+    } else {
+        None
+    };
+    let plan = range::plan(range_header, h.size)?;
+    let head = *method == Method::HEAD;
+    match plan {
+        Plan::Full => {
+            let body = if head {
+                Body::empty()
+            } else {
+                body_of(st, &h, 0, h.size).await?
+            };
+            let hdrs = [(header::CONTENT_TYPE, mime)];
+            response(
+                StatusCode::OK,
+                &[&validators[..], &hdrs[..]].concat(),
+                Some(h.size),
+                body,
+            )
+        }
+        Plan::Single(start, len) => {
+            let body = if head {
+                Body::empty()
+            } else {
+                body_of(st, &h, start, len).await?
+            };
+            let cr = format!("bytes {start}-{}/{}", start + len - 1, h.size);
+            let hdrs = [(header::CONTENT_TYPE, mime), (header::CONTENT_RANGE, cr)];
+            response(
+                StatusCode::PARTIAL_CONTENT,
+                &[&validators[..], &hdrs[..]].concat(),
+                Some(len),
+                body,
+            )
+        }
+        Plan::Multi(ranges) => multipart(st, h, &ranges, mime, &validators, head).await,
+    }
+}
+
+fn header_str<'h>(
+    headers: &'h HeaderMap,
+    name: &header::HeaderName,
+) -> Result<Option<&'h str>, ApiError> {
+    headers
+        .get(name)
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| ApiError::bad_request(format!("{name} is not ASCII")))
+        })
+        .transpose()
+}
+
+fn etag_matches(if_none_match: &str, etag: &str) -> bool {
+    if_none_match
+        .split(',')
+        .map(str::trim)
+        .any(|t| t == "*" || t == etag || t.strip_prefix("W/") == Some(etag))
+}
+
+fn response(
+    status: StatusCode,
+    hdrs: &[(header::HeaderName, String)],
+    len: Option<u64>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let mut r = Response::new(body);
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    for (name, value) in hdrs {
+        h.insert(
+            name,
+            HeaderValue::from_str(value)
+                .map_err(|_| ApiError::bad_request("unrepresentable header value"))?,
+        );
+    }
+    if let Some(n) = len {
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+    }
+    Ok(r)
+}
+
+/// A streaming body of `[start, start+len)`. The first piece is read before the response is
+/// committed, so a corrupt or missing chunk at the start is a proper error response.
+async fn body_of(st: &AppState, h: &FileHandle, start: u64, len: u64) -> Result<Body, ApiError> {
+    let mut stream = Box::pin(st.engine.read_stream(h.clone(), start, len));
+    let first = match stream.next().await {
+        None => return Ok(Body::empty()),
+        Some(piece) => piece?,
+    };
+    Ok(Body::from_stream(
+        futures::stream::once(async move { Ok(first) }).chain(stream),
+    ))
+}
+
+async fn multipart(
+    st: &AppState,
+    h: FileHandle,
+    ranges: &[(u64, u64)],
+    mime: String,
+    validators: &[(header::HeaderName, String)],
+    head: bool,
+) -> Result<Response, ApiError> {
+    let boundary = format!("CAIRN{:016x}", rand::random::<u64>());
+    let part_head = |start: u64, len: u64| {
+        format!("\r\n--{boundary}\r\nContent-Type: {mime}\r\nContent-Range: bytes {start}-{}/{}\r\n\r\n", start + len - 1, h.size)
+    };
+    let closing = format!("\r\n--{boundary}--\r\n");
+    let total: u64 = ranges
+        .iter()
+        .map(|&(s, l)| part_head(s, l).len() as u64 + l)
+        .sum::<u64>()
+        + closing.len() as u64;
+    let ctype = format!("multipart/byteranges; boundary={boundary}");
+    let hdrs = [(header::CONTENT_TYPE, ctype)];
+    if head {
+        return response(
+            StatusCode::PARTIAL_CONTENT,
+            &[validators, &hdrs[..]].concat(),
+            Some(total),
+            Body::empty(),
+        );
+    }
+    let mut pieces: Vec<std::pin::Pin<Box<dyn Stream<Item = cairn_core::Result<Bytes>> + Send>>> =
+        Vec::new();
+    for &(start, len) in ranges {
+        pieces.push(Box::pin(futures::stream::once(futures::future::ready(Ok(
+            Bytes::from(part_head(start, len)),
+        )))));
+        // Lazy: each range's reader starts only when the previous one is done.
+        let (engine, h) = (st.engine.clone(), h.clone());
+        pieces.push(Box::pin(
+            futures::stream::once(async move { engine.read_stream(h, start, len) }).flatten(),
+        ));
+    }
+    pieces.push(Box::pin(futures::stream::once(futures::future::ready(Ok(
+        Bytes::from(closing),
+    )))));
+    let body = Body::from_stream(futures::stream::iter(pieces).flatten());
+    response(
+        StatusCode::PARTIAL_CONTENT,
+        &[validators, &hdrs[..]].concat(),
+        Some(total),
+        body,
+    )
+}

@@ -1,0 +1,191 @@
+//! Files jobs and upload jobs: create, status, list, upload data, resume, force completion,
+//! finalize files.
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use cairn_core::{FilesJobId, UploadJobId, WriteToken};
+use cairn_jobs::{FilesJobRequest, Qhit};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::error::ApiError;
+use crate::{target, AppState, Params};
+
+async fn token(st: &AppState, p: &Params) -> Result<WriteToken, ApiError> {
+    match target(st, p).await? {
+        Qhit::Draft(t) => Ok(t),
+        _ => Err(ApiError::bad_request(
+            "files jobs live on a write token (tqw__…)",
+        )),
+    }
+}
+
+fn fj(p: &Params) -> Result<FilesJobId, ApiError> {
+    Ok(p.get("fj")
+        .ok_or_else(|| ApiError::bad_request("missing files job id"))?
+        .parse()?)
+}
+
+fn uj(p: &Params) -> Result<UploadJobId, ApiError> {
+    Ok(p.get("uj")
+        .ok_or_else(|| ApiError::bad_request("missing upload job id"))?
+        .parse()?)
+}
+
+/// `POST /q/{wt}/file_jobs`: 201 `{id, jobs}`.
+pub async fn handle_create(
+    State(st): State<AppState>,
+    Path(p): Path<Params>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let t = token(&st, &p).await?;
+    let req: FilesJobRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("malformed files job: {e}")))?;
+    if req.seq.is_some_and(|s| s > 0) {
+        return Err(ApiError::bad_request(
+            "follow-up batches (seq > 0) are not supported; send all ops with seq 0",
+        ));
+    }
+    let created = st.engine.run(move |e| e.create_files_job(&t, &req)).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"id": created.id, "jobs": created.jobs})),
+    )
+        .into_response())
+}
+
+/// `GET /q/{wt}/file_jobs`: an array of `{id, status}`.
+pub async fn handle_list(
+    State(st): State<AppState>,
+    Path(p): Path<Params>,
+) -> Result<Json<Value>, ApiError> {
+    let t = token(&st, &p).await?;
+    let jobs = st.engine.run(move |e| e.files_jobs(&t)).await?;
+    Ok(Json(json!(jobs
+        .iter()
+        .map(|j| json!({"id": j.id, "status": j.status}))
+        .collect::<Vec<_>>())))
+}
+
+/// `GET /q/{wt}/file_jobs/{fj}`.
+pub async fn handle_status(
+    State(st): State<AppState>,
+    Path(p): Path<Params>,
+) -> Result<Json<Value>, ApiError> {
+    let (t, fj) = (token(&st, &p).await?, fj(&p)?);
+    let s = st.engine.run(move |e| e.files_job_status(&t, &fj)).await?;
+    let mut v = json!({
+        "id": s.id, "seqs": [0], "seq_complete": true, "status": s.status,
+        "upload": {"jobs": {"total": s.upload_jobs, "completed": s.upload_jobs_complete},
+                   "bytes": {"total": s.bytes_total, "completed": s.bytes_received}}
+    });
+    if let Some(err) = s.error {
+        v["error"] = json!(err);
+    }
+    Ok(Json(v))
+}
+
+/// `GET …/file_jobs/{fj}/uploads`: `{jobs: [iqfu…]}`.
+pub async fn handle_list_uploads(
+    State(st): State<AppState>,
+    Path(p): Path<Params>,
+) -> Result<Json<Value>, ApiError> {
+    let (t, fj) = (token(&st, &p).await?, fj(&p)?);
+    let job = st.engine.run(move |e| e.files_job(&t, &fj)).await?;
+    Ok(Json(json!({"jobs": job.upload_jobs})))
+}
+
+#[derive(Deserialize)]
+pub struct Page {
+    #[serde(default)]
+    start: u64,
+    #[serde(default = "default_limit")]
+    limit: u64,
+}
+
+fn default_limit() -> u64 {
+    1000
+}
+
+/// Largest page of upload status served, whatever `limit` asks: clients follow `next`.
+pub const STATUS_PAGE_MAX: u64 = 1000;
+
+/// `GET …/file_jobs/{fj}/uploads/{uj}?start&limit`: per-segment `off/len/skip/rem`, paginated.
+pub async fn handle_upload_status(
+    State(st): State<AppState>,
+    Path(p): Path<Params>,
+    Query(page): Query<Page>,
+) -> Result<Json<Value>, ApiError> {
+    let (t, fj, uj) = (token(&st, &p).await?, fj(&p)?, uj(&p)?);
+    let limit = page.limit.clamp(1, STATUS_PAGE_MAX);
+    let s = st
+        .engine
+        .run(move |e| e.upload_status(&t, &fj, &uj, page.start, limit))
+        .await?;
+    Ok(Json(
+        serde_json::to_value(s).map_err(|e| ApiError::bad_request(e.to_string()))?,
+    ))
+}
+
+/// `POST …/file_jobs/{fj}/{uj}`: bytes appended at the job's offset; the reply is JSON and is
+/// sent only once the bytes are durable. A body longer than the job still expects is refused
+/// before it is read (when `Content-Length` says so) and otherwise stopped at the excess.
+pub async fn handle_upload(
+    State(st): State<AppState>,
+    Path(p): Path<Params>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let (t, fj, uj) = (token(&st, &p).await?, fj(&p)?, uj(&p)?);
+    let declared = match headers.get(header::CONTENT_LENGTH) {
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or_else(|| ApiError::bad_request("bad Content-Length"))?,
+        ),
+        None => None,
+    };
+    let reply = st
+        .engine
+        .upload(t, fj, uj, declared, body.into_data_stream())
+        .await?;
+    Ok(Json(
+        serde_json::to_value(reply).map_err(|e| ApiError::bad_request(e.to_string()))?,
+    ))
+}
+
+/// `PUT …/file_jobs/{fj}/resume`: STOPPED or FAILED → IN_PROGRESS (410 if already complete).
+pub async fn handle_resume(
+    State(st): State<AppState>,
+    Path(p): Path<Params>,
+) -> Result<Json<Value>, ApiError> {
+    let (t, fj) = (token(&st, &p).await?, fj(&p)?);
+    let s = st.engine.run(move |e| e.resume(&t, &fj)).await?;
+    Ok(Json(json!({"id": s.id, "status": s.status})))
+}
+
+/// `PUT …/file_jobs/{fj}/force_completion`: 202, or 409 while data is arriving, 410 if complete.
+pub async fn handle_force_completion(
+    State(st): State<AppState>,
+    Path(p): Path<Params>,
+) -> Result<Response, ApiError> {
+    let (t, fj) = (token(&st, &p).await?, fj(&p)?);
+    let r = st.engine.run(move |e| e.force_completion(&t, &fj)).await?;
+    let body =
+        json!({"id": fj, "sealed_partial": r.sealed_partial, "files_dropped": r.files_dropped});
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+/// `POST /q/{wt}/files`: finalize files (201; 409 if an upload is incomplete; 404 if done).
+pub async fn handle_finalize_files(
+    State(st): State<AppState>,
+    Path(p): Path<Params>,
+) -> Result<Response, ApiError> {
+    let t = token(&st, &p).await?;
+    st.engine.run(move |e| e.finalize_files(&t)).await?;
+    Ok((StatusCode::CREATED, Json(json!({}))).into_response())
+}

@@ -1,0 +1,237 @@
+//! Cairn's HTTP server: the Eluvio-style Files API over hyper (via axum).
+//!
+//! Shape: [`router`] maps (method, path) to `handle_*` functions in `content.rs`, `jobs.rs` and
+//! `download.rs`; every object route exists as `/q/{id}/…` and `/qlibs/{lib}/q/{id}/…`. Three
+//! middlewares wrap every route: request logging (one line per request), error rendering
+//! ([`error::render_errors`], the one place errors become JSON), and auth (all but `/config`).
+//! Handlers call the engine through `Engine::run` (blocking work off the async workers); uploads
+//! and downloads stream through the engine's bounded channels.
+
+pub mod auth;
+pub mod config;
+mod content;
+mod download;
+pub mod error;
+mod jobs;
+pub mod range;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::header;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put, MethodRouter};
+use axum::Router;
+use cairn_core::LibraryId;
+use cairn_jobs::{Engine, EngineConfig, Qhit};
+
+pub use auth::Auth;
+pub use config::ServerConfig;
+use error::ApiError;
+
+/// Shared by every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub engine: Arc<Engine>,
+    pub auth: Auth,
+}
+
+/// Path parameters of a route.
+pub(crate) type Params = HashMap<String, String>;
+
+/// The content a route names, checked against the library in the long form.
+pub(crate) async fn target(st: &AppState, p: &Params) -> Result<Qhit, ApiError> {
+    let id = p
+        .get("id")
+        .ok_or_else(|| ApiError::bad_request("missing content id"))?;
+    let q: Qhit = id.parse()?;
+    if let Some(lib) = p.get("lib") {
+        let lib: LibraryId = lib.parse()?;
+        let info = st
+            .engine
+            .run(move |e| e.info(&q).or_else(|_| content_lib(e, &q)))
+            .await?;
+        if info.library != lib {
+            return Err(ApiError::not_found(format!("{id} is not in library {lib}")));
+        }
+    }
+    Ok(q)
+}
+
+/// Library of an object that has no version yet (so `info` cannot describe it).
+fn content_lib(e: &Engine, q: &Qhit) -> cairn_core::Result<cairn_jobs::QInfo> {
+    match q {
+        Qhit::Object(o) => {
+            let obj = e.object(o)?;
+            Ok(cairn_jobs::QInfo {
+                object: *o,
+                library: obj.library,
+                version: None,
+                token: None,
+                modified: obj.created,
+            })
+        }
+        _ => e.info(q),
+    }
+}
+
+/// Registers `mr` under both path forms of an object route.
+fn both(r: Router<AppState>, suffix: &str, mr: MethodRouter<AppState>) -> Router<AppState> {
+    r.route(&format!("/q/{{id}}{suffix}"), mr.clone())
+        .route(&format!("/qlibs/{{lib}}/q/{{id}}{suffix}"), mr)
+}
+
+/// The whole API.
+pub fn router(state: AppState, max_json_body: usize) -> Router {
+    let mut r = Router::new()
+        .route("/config", get(content::handle_config))
+        .route(
+            "/qlibs",
+            get(content::handle_list_libraries).post(content::handle_create_library),
+        )
+        .route(
+            "/qlibs/{lib}/q",
+            get(content::handle_list_objects).post(content::handle_create_object),
+        )
+        .route(
+            "/qid/{id}",
+            get(content::handle_versions).post(content::handle_open_draft),
+        )
+        .route(
+            "/qlibs/{lib}/qid/{id}",
+            get(content::handle_versions).post(content::handle_open_draft),
+        );
+    let routes: Vec<(&str, MethodRouter<AppState>)> = vec![
+        (
+            "",
+            get(content::handle_info)
+                .post(content::handle_finalize)
+                .delete(content::handle_delete),
+        ),
+        (
+            "/meta",
+            get(content::handle_meta_get)
+                .put(content::handle_meta_put)
+                .post(content::handle_meta_merge)
+                .delete(content::handle_meta_delete),
+        ),
+        (
+            "/meta/{*path}",
+            get(content::handle_meta_get)
+                .put(content::handle_meta_put)
+                .post(content::handle_meta_merge)
+                .delete(content::handle_meta_delete),
+        ),
+        (
+            "/file_jobs",
+            get(jobs::handle_list).post(jobs::handle_create),
+        ),
+        ("/file_jobs/{fj}", get(jobs::handle_status)),
+        ("/file_jobs/{fj}/uploads", get(jobs::handle_list_uploads)),
+        (
+            "/file_jobs/{fj}/uploads/{uj}",
+            get(jobs::handle_upload_status),
+        ),
+        ("/file_jobs/{fj}/resume", put(jobs::handle_resume)),
+        (
+            "/file_jobs/{fj}/force_completion",
+            put(jobs::handle_force_completion),
+        ),
+        ("/file_jobs/{fj}/{uj}", post(jobs::handle_upload)),
+        (
+            "/files",
+            post(jobs::handle_finalize_files).get(download::handle_list),
+        ),
+        (
+            "/files/{*path}",
+            get(download::handle_file).head(download::handle_file),
+        ),
+        ("/files_list", get(download::handle_list)),
+        ("/files_list/{*path}", get(download::handle_list)),
+        ("/parts", get(download::handle_parts)),
+        ("/parts/{phash}", get(download::handle_part_info)),
+        (
+            "/data/{phash}",
+            get(download::handle_part_data).head(download::handle_part_data),
+        ),
+    ];
+    for (suffix, mr) in routes {
+        r = both(r, suffix, mr);
+    }
+    r.layer(middleware::from_fn_with_state(state.clone(), require_auth))
+        .layer(middleware::from_fn(error::render_errors))
+        .layer(middleware::from_fn(log_request))
+        .layer(DefaultBodyLimit::max(max_json_body))
+        .with_state(state)
+}
+
+async fn require_auth(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    if req.uri().path() != "/config" {
+        if let Err(e) = st.auth.check(req.headers(), req.uri().query()) {
+            return e.into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// One structured log line per request: method, route, status, bytes, duration.
+async fn log_request(req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| req.uri().path().to_string(), |m| m.as_str().to_string());
+    let response = next.run(req).await;
+    let bytes = response
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_string();
+    tracing::info!(%method, route, status = response.status().as_u16(), bytes, ms = started.elapsed().as_millis() as u64, "request");
+    response
+}
+
+/// Opens the engine and the token for `cfg`; returns a newly generated token to print once.
+pub fn open(cfg: &ServerConfig) -> Result<(AppState, Option<String>), String> {
+    let mut ecfg = EngineConfig::new(&cfg.data);
+    ecfg.plan.part_size = cfg.part_size;
+    let engine = Engine::open(ecfg).map_err(|e| format!("open {}: {e}", cfg.data.display()))?;
+    let env_token = std::env::var("CAIRN_TOKEN").ok();
+    let (auth, generated) = Auth::load_or_create(&cfg.data, env_token.as_deref())
+        .map_err(|e| format!("admin token: {e}"))?;
+    Ok((
+        AppState {
+            engine: Arc::new(engine),
+            auth,
+        },
+        generated,
+    ))
+}
+
+/// Serves until `shutdown` resolves, then lets in-flight requests finish (their uploads commit)
+/// and flushes the index.
+pub async fn serve(
+    cfg: ServerConfig,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), String> {
+    let listener = tokio::net::TcpListener::bind(&cfg.listen)
+        .await
+        .map_err(|e| format!("listen on {}: {e}", cfg.listen))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!(%addr, data = %cfg.data.display(), "cairn serving");
+    eprintln!("cairn: serving http://{addr}/ from {}", cfg.data.display());
+    let engine = state.engine.clone();
+    axum::serve(listener, router(state, cfg.max_json_body))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|e| e.to_string())?;
+    engine.store().flush().map_err(|e| e.to_string())?;
+    tracing::info!("cairn stopped");
+    Ok(())
+}

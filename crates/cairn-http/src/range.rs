@@ -1,0 +1,119 @@
+//! Range requests, decided as plain values (no I/O): which bytes a GET returns and with which
+//! status. Syntax is checked by the `http-range-header` crate; resolution against the size
+//! follows RFC 9110 with the behaviour the official client relies on: an end past EOF is clamped.
+
+use crate::error::ApiError;
+
+/// Most ranges honoured in one request (the crate's own DoS limit is the same).
+pub const MAX_RANGES: usize = 100;
+
+/// What to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// 200 with the whole representation.
+    Full,
+    /// 206 with one range `(start, len)`.
+    Single(u64, u64),
+    /// 206 `multipart/byteranges` with these ranges.
+    Multi(Vec<(u64, u64)>),
+}
+
+/// Decides the reply to `Range: header` for a representation of `size` bytes.
+/// A malformed or wholly unsatisfiable header is a 416 carrying the size.
+pub fn plan(header: Option<&str>, size: u64) -> Result<Plan, ApiError> {
+    let Some(h) = header else {
+        return Ok(Plan::Full);
+    };
+    let bad = |why: &str| ApiError::range_not_satisfiable(size, format!("Range {h:?}: {why}"));
+    http_range_header::parse_range_header(h).map_err(|_| bad("not a valid bytes range"))?;
+    let specs = h
+        .trim()
+        .strip_prefix("bytes=")
+        .ok_or_else(|| bad("only bytes ranges are served"))?;
+    let items: Vec<&str> = specs.split(',').map(str::trim).collect();
+    if items.len() > MAX_RANGES {
+        return Err(bad("too many ranges"));
+    }
+    let ranges: Vec<(u64, u64)> = items
+        .iter()
+        .filter_map(|item| resolve(item, size))
+        .collect();
+    match ranges.len() {
+        0 => Err(bad("no range overlaps the content")),
+        1 => Ok(Plan::Single(ranges[0].0, ranges[0].1)),
+        // Overlapping ranges could multiply the response; serve the whole thing instead.
+        _ if ranges.iter().map(|r| r.1).sum::<u64>() > size => Ok(Plan::Full),
+        _ => Ok(Plan::Multi(ranges)),
+    }
+}
+
+/// One `a-b`, `a-` or `-n` item as `(start, len)`, or `None` if it is unsatisfiable.
+fn resolve(item: &str, size: u64) -> Option<(u64, u64)> {
+    let (a, b) = item.split_once('-')?;
+    if a.is_empty() {
+        let n: u64 = b.parse().ok()?;
+        let len = n.min(size);
+        return (len > 0).then(|| (size - len, len));
+    }
+    let start: u64 = a.parse().ok()?;
+    if start >= size {
+        return None;
+    }
+    let end = match b {
+        "" => size - 1,
+        _ => b.parse::<u64>().ok()?.min(size - 1),
+    };
+    (end >= start).then(|| (start, end - start + 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table() {
+        let s = 1000;
+        let cases: &[(Option<&str>, Option<Plan>)] = &[
+            (None, Some(Plan::Full)),
+            (Some("bytes=0-99"), Some(Plan::Single(0, 100))),
+            (Some("bytes=990-"), Some(Plan::Single(990, 10))),
+            (Some("bytes=-10"), Some(Plan::Single(990, 10))),
+            (Some("bytes=-5000"), Some(Plan::Single(0, 1000))),
+            (Some("bytes=900-9999999"), Some(Plan::Single(900, 100))),
+            (Some("bytes=0-9999999"), Some(Plan::Single(0, 1000))),
+            (Some("bytes=999-999"), Some(Plan::Single(999, 1))),
+            (
+                Some("bytes=0-1,10-19"),
+                Some(Plan::Multi(vec![(0, 2), (10, 10)])),
+            ),
+            (Some("bytes=0-1,5000-6000"), Some(Plan::Single(0, 2))),
+            (Some("bytes=0-999,0-999"), Some(Plan::Full)),
+            (Some("bytes=1000-"), None),
+            (Some("bytes=1000-2000"), None),
+            (Some("bytes=-0"), None),
+            (Some("bytes=5-1"), None),
+            (Some("bytes=abc"), None),
+            (Some("items=0-1"), None),
+            (Some("bytes=-"), None),
+            (Some("bytes=18446744073709551616-"), None),
+        ];
+        for (h, want) in cases {
+            let got = plan(*h, s);
+            match want {
+                Some(p) => assert_eq!(got.as_ref().ok(), Some(p), "{h:?}"),
+                None => {
+                    let e = got.expect_err(h.unwrap_or(""));
+                    assert_eq!(
+                        (e.status.as_u16(), e.range_size),
+                        (416, Some(1000)),
+                        "{h:?}"
+                    );
+                }
+            }
+        }
+        assert!(
+            plan(Some("bytes=0-0"), 0).is_err(),
+            "nothing is satisfiable in an empty file"
+        );
+    }
+}
