@@ -41,6 +41,7 @@ fn config(dir: &Path) -> EngineConfig {
     cfg.plan = PlanLimits {
         part_size: 512 << 10,
         max_segments: 64,
+        ..PlanLimits::default()
     };
     cfg.store.chunking = ChunkParams {
         min: 1 << 10,

@@ -122,7 +122,11 @@ impl Engine {
         for uj in self.scan_records::<UploadJobRecord>(CF_UPLOAD_JOBS, &[])? {
             if uj.sealed.is_none() && uj.received == uj.size {
                 tracing::info!(upload_job = %uj.id, "sealing upload job completed before a crash");
-                self.seal(&uj, uj.segments.len() as u32)?;
+                if let Err(err) = self.seal(&uj, uj.segments.len() as u32) {
+                    // One damaged job must not keep the whole store from opening.
+                    tracing::error!(upload_job = %uj.id, error = %err, "cannot seal upload job");
+                    self.fail_job(&uj.files_job, &err.reason);
+                }
             }
         }
         Ok(())
@@ -368,7 +372,7 @@ impl Engine {
     pub fn version(&self, h: &VersionHash) -> Result<VersionRecord> {
         let v: VersionRecord =
             self.get(CF_VERSIONS, h.digest.as_bytes(), || format!("version {h}"))?;
-        if v.object != h.object {
+        if v.object != h.object || v.size != h.size {
             return Err(Error::not_found(format!("version {h} not found")));
         }
         Ok(v)
@@ -409,17 +413,23 @@ impl Engine {
         self.store.commit(b)
     }
 
-    /// Deletes an object with all its versions and drafts.
+    /// Deletes an object with all its versions and drafts, in one batch.
     pub fn delete_object(&self, id: &ObjectId) -> Result<()> {
-        for h in self.versions(id)? {
-            self.delete_version(&h)?;
+        let _w = self.state.write();
+        let obj = self.object(id)?;
+        let mut b = self.store.index().batch();
+        for r in self.store.index().scan(CF_HISTORY, id.as_bytes()) {
+            let (k, digest) = r?;
+            let v: VersionRecord = self.get(CF_VERSIONS, &digest, || format!("version of {id}"))?;
+            b.delete(CF_VERSIONS, &digest);
+            b.delete(CF_HISTORY, &k);
+            b.add(CF_NODE_REFS, v.root.as_bytes(), -1);
         }
         let drafts: Vec<DraftRecord> = self.scan_records(CF_DRAFTS, &[])?;
-        for d in drafts.iter().filter(|d| d.token.object == *id) {
-            self.delete_draft(&d.token)?;
+        for d in drafts.iter().filter(|d| d.token.object == obj.id) {
+            self.drop_draft(&mut b, d)?;
+            b.add(CF_NODE_REFS, d.root.as_bytes(), -1);
         }
-        let _w = self.state.write();
-        let mut b = self.store.index().batch();
         b.delete(CF_OBJECTS, id.as_bytes());
         self.store.commit(b)
     }

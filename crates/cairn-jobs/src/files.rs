@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::engine::{Engine, Qhit};
 use crate::ops::{FilesJobRequest, Op};
-use crate::planner::{plan, PlanFile};
+use crate::planner::plan;
 use crate::records::*;
 use crate::tree::{lookup, Content, Entry, FileEntry, MemDir, MemEntry, PartSeg, PendingSeg};
 
@@ -59,16 +59,20 @@ impl Engine {
         }
         let loader = |d: &Digest| self.load_node(d);
         let mut tree = MemDir::load(&draft.root, &loader)?;
-        let mut new_files = Vec::new();
+        let mut added = std::collections::HashSet::new();
         for (i, op) in ops.iter().enumerate() {
-            self.apply_op(&mut tree, op, &mut new_files)
-                .map_err(|mut e| {
-                    e.reason = format!("op {i}: {}", e.reason);
-                    e
-                })?;
+            self.apply_op(&mut tree, op, &mut added).map_err(|mut e| {
+                e.reason = format!("op {i}: {}", e.reason);
+                e
+            })?;
         }
+        // The plan comes from the tree as the ops left it: every file still waiting for its
+        // first byte (added by this job, or a copy of one) is uploaded, wherever it ended up.
+        let mut new_files = Vec::new();
+        tree.collect_unplanned(&FilePath::root(), &mut new_files)?;
         let fj = FilesJobId::random();
         let planned = plan(&new_files, self.cfg.plan)?;
+
         let mut b = self.store.index().batch();
         let mut jobs = Vec::new();
         for job in planned {
@@ -125,7 +129,12 @@ impl Engine {
         Ok(())
     }
 
-    fn apply_op(&self, tree: &mut MemDir, op: &Op, new_files: &mut Vec<PlanFile>) -> Result<()> {
+    fn apply_op(
+        &self,
+        tree: &mut MemDir,
+        op: &Op,
+        added: &mut std::collections::HashSet<FilePath>,
+    ) -> Result<()> {
         let loader = |d: &Digest| self.load_node(d);
         match op {
             Op::AddFile {
@@ -134,7 +143,7 @@ impl Engine {
                 mime_type,
                 meta,
             } => {
-                if new_files.iter().any(|f| f.path == *path) {
+                if !added.insert(path.clone()) {
                     return Err(Error::invalid(format!(
                         "{path} is added twice in one files job"
                     )));
@@ -150,14 +159,7 @@ impl Engine {
                     meta: meta.clone(),
                     content,
                 };
-                tree.insert(path, MemEntry::File(entry), &loader)?;
-                if *size > 0 {
-                    new_files.push(PlanFile {
-                        path: path.clone(),
-                        size: *size,
-                    });
-                }
-                Ok(())
+                tree.insert(path, MemEntry::File(entry), &loader)
             }
             Op::AddDir { path, meta } => {
                 tree.mkdir(path, &loader)?;
@@ -166,25 +168,18 @@ impl Engine {
                 }
                 Ok(())
             }
-            Op::Del { path } => {
-                tree.remove(path, &loader)?;
-                new_files.retain(|f| !f.path.starts_with(path));
-                Ok(())
-            }
+            Op::Del { path } => tree.remove(path, &loader).map(|_| ()),
             Op::Move { from, to } => {
                 check_not_into_itself(from, to)?;
+                check_not_over_directory(tree, to, &loader)?;
                 let entry = tree.remove(from, &loader)?;
-                tree.insert(to, entry, &loader)?;
-                for f in new_files.iter_mut().filter(|f| f.path.starts_with(from)) {
-                    let rest = f.path.strip_prefix(from).expect("prefix");
-                    f.path = join_all(to, &rest)?;
-                }
-                Ok(())
+                tree.insert(to, entry, &loader)
             }
             Op::Copy { from, to } => {
                 check_not_into_itself(from, to)?;
-                // A copy of a file still uploading shares its pending segments; both resolve
-                // to the same part slices when the upload completes.
+                check_not_over_directory(tree, to, &loader)?;
+                // A copy of a file still uploading shares its pending segments (both resolve to
+                // the same part slices); a copy of one added by this job is uploaded on its own.
                 let entry = tree
                     .get(from, &loader)?
                     .ok_or_else(|| Error::not_found(format!("{from} does not exist")))?
@@ -594,6 +589,20 @@ fn set_dir_meta(
     }
 }
 
+/// Moving or copying onto an existing directory would silently drop its contents.
+fn check_not_over_directory(
+    tree: &mut MemDir,
+    to: &FilePath,
+    loader: &crate::tree::Loader<'_>,
+) -> Result<()> {
+    match tree.get(to, loader)? {
+        Some(MemEntry::Dir(_) | MemEntry::Stored(_)) => Err(Error::conflict(format!(
+            "{to} is an existing directory; delete it first"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 fn check_not_into_itself(from: &FilePath, to: &FilePath) -> Result<()> {
     if to.starts_with(from) {
         return Err(Error::invalid(format!(
@@ -601,9 +610,4 @@ fn check_not_into_itself(from: &FilePath, to: &FilePath) -> Result<()> {
         )));
     }
     Ok(())
-}
-
-fn join_all(base: &FilePath, rest: &FilePath) -> Result<FilePath> {
-    rest.segments()
-        .try_fold(base.clone(), |p, s| p.join(s).map_err(Error::from))
 }

@@ -6,8 +6,8 @@ use cairn_core::{Error, FilePath, Result};
 use serde::Deserialize;
 use serde_json::Value;
 
-/// Largest file a files job may declare (16 TiB).
-pub const MAX_FILE_SIZE: u64 = 1 << 44;
+/// Largest file a files job may declare (1 TiB: 32,768 parts at the default part size).
+pub const MAX_FILE_SIZE: u64 = 1 << 40;
 /// Most ops in one files job.
 pub const MAX_OPS: usize = 100_000;
 /// Longest mime type or link target accepted.

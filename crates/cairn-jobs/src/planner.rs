@@ -15,6 +15,9 @@ pub struct PlanLimits {
     pub part_size: u64,
     /// Most file segments one upload job may hold, so tiny files still spread over jobs.
     pub max_segments: usize,
+    /// Most upload jobs one plan may have; a bigger request is `too_large` (checked before
+    /// the jobs are built, so a huge declared size cannot exhaust memory).
+    pub max_jobs: usize,
 }
 
 impl Default for PlanLimits {
@@ -22,6 +25,7 @@ impl Default for PlanLimits {
         PlanLimits {
             part_size: 32 << 20,
             max_segments: 4096,
+            max_jobs: 65_536,
         }
     }
 }
@@ -65,11 +69,18 @@ pub fn plan(files: &[PlanFile], limits: PlanLimits) -> Result<Vec<PlannedJob>> {
     let mut small = PlannedJob::default();
     for f in files {
         if f.size >= limits.part_size {
+            let parts = f.size.div_ceil(limits.part_size);
+            if (jobs.len() as u64).saturating_add(parts) > limits.max_jobs as u64 {
+                return Err(too_many(limits));
+            }
             split_large(f, limits.part_size, &mut jobs);
         } else if f.size > 0 {
             let full = small.segments.len() >= limits.max_segments;
             if full || small.size() + f.size > limits.part_size {
                 jobs.push(std::mem::take(&mut small));
+                if jobs.len() >= limits.max_jobs {
+                    return Err(too_many(limits));
+                }
             }
             small.segments.push(Segment {
                 path: f.path.clone(),
@@ -83,6 +94,13 @@ pub fn plan(files: &[PlanFile], limits: PlanLimits) -> Result<Vec<PlannedJob>> {
         jobs.push(small);
     }
     Ok(jobs)
+}
+
+fn too_many(limits: PlanLimits) -> Error {
+    Error::too_large(format!(
+        "the files job needs more than {} upload jobs",
+        limits.max_jobs
+    ))
 }
 
 fn split_large(f: &PlanFile, part_size: u64, jobs: &mut Vec<PlannedJob>) {
@@ -191,6 +209,7 @@ mod tests {
         let l = PlanLimits {
             part_size: 100,
             max_segments: 3,
+            max_jobs: 100,
         };
         let files = [
             file("a", 40),
@@ -219,12 +238,36 @@ mod tests {
     }
 
     #[test]
+    fn a_huge_declared_size_is_refused_before_planning() {
+        let files = [file("huge", 1 << 40)];
+        let limits = PlanLimits {
+            part_size: 1024,
+            ..PlanLimits::default()
+        };
+        assert_eq!(
+            plan(&files, limits).unwrap_err().kind,
+            cairn_core::ErrorKind::TooLarge
+        );
+        let tiny: Vec<_> = (0..10).map(|i| file(&format!("{i}"), 60)).collect();
+        let one_each = PlanLimits {
+            part_size: 100,
+            max_segments: 10,
+            max_jobs: 3,
+        };
+        assert!(
+            plan(&tiny, one_each).is_err(),
+            "10 files of 60 bytes need 10 jobs of 100"
+        );
+    }
+
+    #[test]
     fn zero_limits_are_rejected() {
         assert!(plan(
             &[],
             PlanLimits {
                 part_size: 0,
-                max_segments: 1
+                max_segments: 1,
+                max_jobs: 1
             }
         )
         .is_err());

@@ -83,6 +83,13 @@ impl Engine {
                 .collect::<Result<_>>()?,
             Content::Link(target) => return self.follow_link(q, path, &file, target, depth),
         };
+        let stored: u64 = pieces.iter().map(|p| p.len).sum();
+        if stored != file.size {
+            return Err(Error::corrupt(format!(
+                "{path}: {stored} bytes stored for a {} byte file",
+                file.size
+            )));
+        }
         Ok(FileHandle {
             path: path.clone(),
             size: file.size,

@@ -205,6 +205,32 @@ impl MemDir {
         self.entries.remove(name)
     }
 
+    /// Files under this directory (only its loaded part: stored nodes never hold them) that
+    /// wait for their first upload: non-empty and `Pending` with no segment attached yet.
+    pub fn collect_unplanned(
+        &self,
+        at: &FilePath,
+        out: &mut Vec<crate::planner::PlanFile>,
+    ) -> Result<()> {
+        for (name, e) in &self.entries {
+            match e {
+                MemEntry::Dir(d) => d.collect_unplanned(&at.join(name)?, out)?,
+                MemEntry::File(FileEntry {
+                    size,
+                    content: Content::Pending(segs),
+                    ..
+                }) if segs.is_empty() && *size > 0 => {
+                    out.push(crate::planner::PlanFile {
+                        path: at.join(name)?,
+                        size: *size,
+                    });
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
     pub fn set_meta(&mut self, meta: Option<Value>) {
         self.meta = meta;
     }

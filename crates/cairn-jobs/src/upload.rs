@@ -178,8 +178,8 @@ impl Engine {
         result
     }
 
-    /// The blocking side of [`Engine::upload`]; also usable directly with a channel.
-    pub fn ingest(
+    /// The blocking side of [`Engine::upload`]; the caller holds the upload job's lock.
+    pub(crate) fn ingest(
         &self,
         token: &WriteToken,
         fj: &FilesJobId,

@@ -187,22 +187,22 @@ async fn force_completion_keeps_whole_files_and_drops_incomplete_ones() {
     let e = small_engine(dir.path());
     let t = new_object(&e);
     let files: BTreeMap<String, Vec<u8>> = [
-        ("w1", 1000usize),
-        ("w2", 2000),
-        ("half", 3000),
-        ("never", 4000),
-        ("big", 2 * P as usize),
+        ("a-w1", 1000usize),
+        ("b-w2", 2000),
+        ("c-half", 3000),
+        ("d-never", 4000),
+        ("e-big", 2 * P as usize),
     ]
     .into_iter()
     .enumerate()
     .map(|(i, (n, s))| (n.to_string(), data(i as u64, s)))
     .collect();
-    let ops = ["w1", "w2", "half", "never", "big"]
+    let ops = ["a-w1", "b-w2", "c-half", "d-never", "e-big"]
         .iter()
         .map(|p| add_file(p, files[*p].len() as u64))
         .collect();
     let job = e.create_files_job(&t, &request(ops)).unwrap();
-    // Jobs: [big 0..P] [big P..2P] [w1 w2 half never]; send w1, w2 and half of "half", and
+    // Jobs (planned in name order): [big 0..P] [big P..2P] [w1 w2 half never]; send w1, w2 and half of "c-half", and
     // only the first part of big.
     let first_path = |i: usize| {
         e.upload_status(&t, &job.id, &job.jobs[i], 0, 1)
@@ -210,27 +210,30 @@ async fn force_completion_keeps_whole_files_and_drops_incomplete_ones() {
             .files[0]
             .clone()
     };
-    assert_eq!((first_path(0).path.as_str(), first_path(0).off), ("big", 0));
-    assert_eq!(first_path(2).path, "w1");
-    let small = files["w1"]
+    assert_eq!(
+        (first_path(0).path.as_str(), first_path(0).off),
+        ("e-big", 0)
+    );
+    assert_eq!(first_path(2).path, "a-w1");
+    let small = files["a-w1"]
         .iter()
-        .chain(&files["w2"])
-        .chain(&files["half"][..1500])
+        .chain(&files["b-w2"])
+        .chain(&files["c-half"][..1500])
         .copied()
         .collect();
     post(&e, t, &job, 2, small, 999).await.unwrap();
-    post(&e, t, &job, 0, files["big"][..P as usize].to_vec(), 4096)
+    post(&e, t, &job, 0, files["e-big"][..P as usize].to_vec(), 4096)
         .await
         .unwrap();
     assert!(e.finalize(&t).unwrap_err().is(ErrorKind::Incomplete));
-    assert!(read_all(&e, &Qhit::Draft(t), "half")
+    assert!(read_all(&e, &Qhit::Draft(t), "c-half")
         .unwrap_err()
         .is(ErrorKind::Incomplete));
 
     let report = e.force_completion(&t, &job.id).unwrap();
     let mut dropped = report.files_dropped.clone();
     dropped.sort();
-    assert_eq!(dropped, vec!["big", "half", "never"]);
+    assert_eq!(dropped, vec!["c-half", "d-never", "e-big"]);
     assert!(
         e.force_completion(&t, &job.id)
             .unwrap_err()
@@ -239,9 +242,9 @@ async fn force_completion_keeps_whole_files_and_drops_incomplete_ones() {
     );
     let (v, _) = e.finalize(&t).unwrap();
     let q = Qhit::Version(v);
-    assert_eq!(read_all(&e, &q, "w1").unwrap(), files["w1"]);
-    assert_eq!(read_all(&e, &q, "w2").unwrap(), files["w2"]);
-    for gone in ["half", "never", "big"] {
+    assert_eq!(read_all(&e, &q, "a-w1").unwrap(), files["a-w1"]);
+    assert_eq!(read_all(&e, &q, "b-w2").unwrap(), files["b-w2"]);
+    for gone in ["c-half", "d-never", "e-big"] {
         assert!(
             read_all(&e, &q, gone).unwrap_err().is(ErrorKind::NotFound),
             "{gone}"

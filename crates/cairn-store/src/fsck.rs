@@ -46,7 +46,9 @@ pub struct ExternalRefs {
 }
 
 impl Store {
+    /// Runs with gc excluded, so the counts compared are one consistent picture.
     pub fn fsck(&self, external: &ExternalRefs) -> Result<FsckReport> {
+        let _no_gc = self.gc_lock.lock();
         let mut report = FsckReport::default();
         self.verify_chunks(&mut report)?;
         let mut chunk_refs = external.chunks.clone();

@@ -105,6 +105,9 @@ pub struct Store {
     /// Pack and length known durable; the lock also serialises fsyncs (group commit).
     synced: Mutex<(PackId, u64)>,
     readers: RwLock<HashMap<PackId, Arc<PackFile>>>,
+    /// Packs deleted by repack: never cached again (a reader racing with the repack may still
+    /// open the old file once, then retries at the chunk's new location).
+    retired: Mutex<HashSet<PackId>>,
     /// Chunks an in-flight write session relies on without holding a reference yet; gc skips them.
     pins: Mutex<HashMap<Digest, u32>>,
     /// Packs holding appends of write sessions not yet committed; repack skips them.
@@ -137,6 +140,7 @@ impl Store {
             }),
             synced: Mutex::new((id, len)),
             readers: RwLock::new(HashMap::new()),
+            retired: Mutex::new(HashSet::new()),
             pins: Mutex::new(HashMap::new()),
             pack_users: Mutex::new(HashMap::new()),
             gc_lock: Mutex::new(()),
@@ -222,7 +226,11 @@ impl Store {
                 state: PackState::Sealed,
             },
         );
-        self.index.write(b, true)?;
+        if let Err(e) = self.index.write(b, true) {
+            // Leave no half-made pack behind, or every later roll would fail on it.
+            let _ = std::fs::remove_file(&next.path);
+            return Err(e);
+        }
         w.pack = Arc::new(next);
         w.len = HEADER_LEN;
         Ok(())
@@ -253,11 +261,14 @@ impl Store {
             return Ok(p.clone());
         }
         let p = Arc::new(PackFile::open(&self.pack_dir, id, false)?);
-        self.readers.write().insert(id, p.clone());
+        if !self.retired.lock().contains(&id) {
+            self.readers.write().insert(id, p.clone());
+        }
         Ok(p)
     }
 
     pub(crate) fn forget_pack(&self, id: PackId) {
+        self.retired.lock().insert(id);
         self.readers.write().remove(&id);
     }
 

@@ -23,6 +23,7 @@ pub fn config(dir: &std::path::Path, part_size: u64, chunking: ChunkParams) -> E
     cfg.plan = PlanLimits {
         part_size,
         max_segments: 64,
+        ..PlanLimits::default()
     };
     cfg.store.chunking = chunking;
     cfg.store.pack_target_size = 4 << 20;

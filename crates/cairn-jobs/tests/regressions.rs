@@ -1,0 +1,179 @@
+//! One test per bug found in review, kept so each stays fixed.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use cairn_core::{ErrorKind, VersionHash};
+use cairn_jobs::records::JobStatus;
+use cairn_jobs::Qhit;
+use common::*;
+use serde_json::json;
+
+fn files(v: &[(&str, &[u8])]) -> BTreeMap<String, Vec<u8>> {
+    v.iter().map(|(k, d)| (k.to_string(), d.to_vec())).collect()
+}
+
+/// A copy of a file added by the same job is planned and uploaded on its own, and reads back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_of_a_file_added_in_the_same_job_gets_its_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = small_engine(dir.path());
+    let t = new_object(&e);
+    let x = data(1, 5000);
+    let ops = vec![
+        add_file("x", 5000),
+        op(json!({"op":"copy","copy_move_source_path":"x","path":"y"})),
+    ];
+    let job = e.create_files_job(&t, &request(ops)).unwrap();
+    upload_all(&e, t, &job, &files(&[("x", &x), ("y", &x)])).await;
+    let (v, _) = e.finalize(&t).unwrap();
+    assert_eq!(read_all(&e, &Qhit::Version(v), "y").unwrap(), x);
+    assert_eq!(read_all(&e, &Qhit::Version(v), "x").unwrap(), x);
+}
+
+/// Copy then delete of a new file still uploads the copy (no byte-less file in a version).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_then_delete_of_a_new_file_uploads_the_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = small_engine(dir.path());
+    let t = new_object(&e);
+    let ops = vec![
+        add_file("x", 5000),
+        op(json!({"op":"copy","copy_move_source_path":"x","path":"y"})),
+        op(json!({"op":"del","path":"x"})),
+    ];
+    let job = e.create_files_job(&t, &request(ops)).unwrap();
+    assert_eq!(job.jobs.len(), 1);
+    assert!(
+        e.finalize(&t).unwrap_err().is(ErrorKind::Incomplete),
+        "y has not been uploaded"
+    );
+}
+
+/// A new file moved over another new file: only the survivor is planned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn move_of_a_new_file_over_another_plans_only_the_survivor() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = small_engine(dir.path());
+    let t = new_object(&e);
+    let ops = vec![
+        add_file("a", 10_000),
+        add_file("c", 500),
+        op(json!({"op":"move","copy_move_source_path":"c","path":"a"})),
+    ];
+    let job = e.create_files_job(&t, &request(ops)).unwrap();
+    let st = e.upload_status(&t, &job.id, &job.jobs[0], 0, 100).unwrap();
+    let segs: Vec<_> = st.files.iter().map(|s| (s.path.clone(), s.len)).collect();
+    assert_eq!(segs, vec![("a".to_string(), 500)]);
+}
+
+/// A link over a file added by the same job replaces it; nothing is planned for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn link_over_a_new_file_replaces_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = small_engine(dir.path());
+    let t = new_object(&e);
+    let b = data(2, 5);
+    let ops = vec![
+        add_file("b", 5),
+        add_file("a", 10),
+        op(json!({"op":"link","path":"a","target":"./files/b"})),
+    ];
+    let job = e.create_files_job(&t, &request(ops)).unwrap();
+    upload_all(&e, t, &job, &files(&[("b", &b)])).await;
+    let (v, _) = e.finalize(&t).unwrap();
+    assert_eq!(read_all(&e, &Qhit::Version(v), "a").unwrap(), b);
+}
+
+/// Moving or copying onto an existing directory is a conflict, not a silent replacement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn move_over_a_directory_is_a_conflict() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = small_engine(dir.path());
+    let t = new_object(&e);
+    e.create_files_job(
+        &t,
+        &request(vec![
+            op(json!({"type":"directory","path":"a/b"})),
+            op(json!({"type":"directory","path":"c"})),
+        ]),
+    )
+    .unwrap();
+    for kind in ["move", "copy"] {
+        let err = e
+            .create_files_job(
+                &t,
+                &request(vec![op(
+                    json!({"op":kind,"copy_move_source_path":"c","path":"a"}),
+                )]),
+            )
+            .unwrap_err();
+        assert!(err.is(ErrorKind::Conflict), "{kind}: {err}");
+    }
+    assert!(
+        e.files_json(&Qhit::Draft(t)).unwrap()["a"]["b"].is_object(),
+        "a/b survives"
+    );
+}
+
+/// A version hash with the right digest but a wrong size names nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_hash_with_a_wrong_size_is_not_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = small_engine(dir.path());
+    let t = new_object(&e);
+    let x = data(1, 100);
+    let job = e
+        .create_files_job(&t, &request(vec![add_file("x", 100)]))
+        .unwrap();
+    upload_all(&e, t, &job, &files(&[("x", &x)])).await;
+    let (v, _) = e.finalize(&t).unwrap();
+    let alias = VersionHash {
+        size: v.size + 1,
+        ..v
+    };
+    assert!(e
+        .delete_version(&alias)
+        .unwrap_err()
+        .is(ErrorKind::NotFound));
+    assert_eq!(e.object(&t.object).unwrap().head, Some(v));
+    e.open_draft(&t.object).unwrap();
+}
+
+/// A fully received job whose chunk is corrupt fails its files job; the store still opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_unsealed_job_does_not_stop_the_store_from_opening() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = data(3, 100_000);
+    let (t, job) = {
+        let e = small_engine(dir.path());
+        let t = new_object(&e);
+        let job = e
+            .create_files_job(&t, &request(vec![add_file("x", 100_000)]))
+            .unwrap();
+        post(&e, t, &job, 0, src[..99_999].to_vec(), 4096)
+            .await
+            .unwrap();
+        let pack = std::fs::read_dir(dir.path().join("packs"))
+            .unwrap()
+            .map(|d| d.unwrap().path())
+            .min()
+            .unwrap();
+        let mut bytes = std::fs::read(&pack).unwrap();
+        bytes[(cairn_store::pack::HEADER_LEN + cairn_store::pack::RECORD_HEADER_LEN + 10)
+            as usize] ^= 1;
+        std::fs::write(&pack, &bytes).unwrap();
+        let err = post(&e, t, &job, 0, src[99_999..].to_vec(), 4096)
+            .await
+            .unwrap_err();
+        assert!(err.is(ErrorKind::Corrupt), "{err}");
+        assert_eq!(e.upload_job(&job.jobs[0]).unwrap().received, 100_000);
+        (t, job)
+    };
+    let e = small_engine(dir.path());
+    assert_eq!(
+        e.files_job_status(&t, &job.id).unwrap().status,
+        JobStatus::Failed
+    );
+}
