@@ -153,6 +153,7 @@ pub async fn handle_upload(
         .engine
         .upload(t, fj, uj, declared, body.into_data_stream())
         .await?;
+    tracing::info!(upload_job = %uj, accepted = reply.accepted, received = reply.received, size = reply.size, "upload");
     Ok(Json(
         serde_json::to_value(reply).map_err(|e| ApiError::bad_request(e.to_string()))?,
     ))

@@ -122,7 +122,7 @@ impl Engine {
         for uj in self.scan_records::<UploadJobRecord>(CF_UPLOAD_JOBS, &[])? {
             if uj.sealed.is_none() && uj.received == uj.size {
                 tracing::info!(upload_job = %uj.id, "sealing upload job completed before a crash");
-                if let Err(err) = self.seal(&uj, uj.segments.len() as u32) {
+                if let Err(err) = self.seal(&uj, uj.segment_count) {
                     // One damaged job must not keep the whole store from opening.
                     tracing::error!(upload_job = %uj.id, error = %err, "cannot seal upload job");
                     self.fail_job(&uj.files_job, &err.reason);
@@ -328,9 +328,68 @@ impl Engine {
         if let Some(s) = rec.sealed.filter(|s| s.size > 0) {
             self.store.release_part(b, &s.digest, s.size);
         }
+        for r in self.store.index().scan(CF_UJ_SEGMENTS, uj.as_bytes()) {
+            b.delete(CF_UJ_SEGMENTS, &r?.0);
+        }
         b.delete(CF_UJ_TAIL, uj.as_bytes());
         b.delete(CF_UPLOAD_JOBS, uj.as_bytes());
         Ok(())
+    }
+
+    /// Segment `i` of an upload job's plan.
+    pub(crate) fn uj_segment(&self, uj: &UploadJobId, i: u32) -> Result<SegmentRecord> {
+        self.get(CF_UJ_SEGMENTS, &uj_chunk_key(uj, i), || {
+            format!("segment {i} of upload job {uj}")
+        })
+    }
+
+    /// Up to `limit` segments of an upload job from index `start`.
+    pub(crate) fn uj_segments(
+        &self,
+        uj: &UploadJobId,
+        start: u32,
+        limit: usize,
+    ) -> Result<Vec<SegmentRecord>> {
+        let from = uj_chunk_key(uj, start);
+        self.store
+            .index()
+            .scan_from(CF_UJ_SEGMENTS, uj.as_bytes(), &from)
+            .take(limit)
+            .map(|r| r.and_then(|(_, v)| SegmentRecord::decode(&v)))
+            .collect()
+    }
+
+    /// Whether segment `i` of the job has been fully received.
+    pub(crate) fn segment_received(&self, rec: &UploadJobRecord, i: u32) -> Result<bool> {
+        Ok(rec.received >= self.uj_segment(&rec.id, i)?.end())
+    }
+
+    /// How many leading segments of the job are fully received.
+    pub(crate) fn received_prefix(&self, rec: &UploadJobRecord) -> Result<u32> {
+        let (mut lo, mut hi) = (0, rec.segment_count);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if self.segment_received(rec, mid)? {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        Ok(lo)
+    }
+
+    /// The segment containing stream offset `pos` (the count if `pos` is at the end).
+    pub(crate) fn segment_at(&self, rec: &UploadJobRecord, pos: u64) -> Result<u32> {
+        let (mut lo, mut hi) = (0, rec.segment_count);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if self.uj_segment(&rec.id, mid)?.end() <= pos {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        Ok(lo)
     }
 
     pub(crate) fn uj_chunks(&self, uj: &UploadJobId) -> Result<Vec<(Box<[u8]>, UjChunk)>> {
@@ -509,9 +568,12 @@ impl Engine {
     pub fn meta_get(&self, q: &Qhit, path: &str) -> Result<Value> {
         let keys = meta_keys(path)?;
         if keys.first().map(String::as_str) == Some("files") {
-            let files = self.files_json(q)?;
-            return walk(&files, &keys[1..])
-                .cloned()
+            // Tree names up to the first "." key, then keys inside the rendered entry.
+            let split = keys.iter().position(|k| k == ".").unwrap_or(keys.len());
+            let (root, _) = self.resolve(q)?;
+            let entry = crate::tree::render_entry(&root, &keys[1..split], &|d| self.load_node(d))?;
+            return entry
+                .and_then(|v| walk(&v, &keys[split..]).cloned())
                 .ok_or_else(|| Error::not_found(format!("metadata {path} not found")));
         }
         let (_, meta) = self.resolve(q)?;

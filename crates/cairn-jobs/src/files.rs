@@ -77,6 +77,7 @@ impl Engine {
         let mut jobs = Vec::new();
         for job in planned {
             let uj = UploadJobId::random();
+            let mut start = 0;
             for (s, seg) in job.segments.iter().enumerate() {
                 let pending = PendingSeg {
                     upload_job: uj,
@@ -84,13 +85,19 @@ impl Engine {
                     len: seg.len,
                 };
                 attach_pending(&mut tree, &seg.path, pending, &loader)?;
+                let rec = SegmentRecord {
+                    seg: seg.clone(),
+                    start,
+                };
+                b.put_record(CF_UJ_SEGMENTS, &uj_chunk_key(&uj, s as u32), &rec);
+                start += seg.len;
             }
             let rec = UploadJobRecord {
                 id: uj,
                 files_job: fj,
                 draft: *token,
                 size: job.size(),
-                segments: job.segments,
+                segment_count: job.segments.len() as u32,
                 received: 0,
                 chunks: 0,
                 tail_len: 0,
@@ -334,13 +341,8 @@ impl Engine {
         for uj in &job.upload_jobs {
             let rec = self.upload_job(uj)?;
             if !rec.is_complete() {
-                let complete = rec
-                    .segments
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, _)| rec.segment_received(*i))
-                    .count();
-                self.seal(&rec, complete as u32)?;
+                let complete = self.received_prefix(&rec)?;
+                self.seal(&rec, complete)?;
                 report.sealed_partial += 1;
             }
         }
@@ -450,7 +452,7 @@ impl Engine {
             if s.segment >= sealed.complete_segments {
                 return Ok(Resolved::Dropped);
             }
-            let off = uj.segment_start(s.segment as usize);
+            let off = self.uj_segment(&uj.id, s.segment)?.start;
             parts.push(PartSeg {
                 digest: sealed.digest,
                 part_size: sealed.size,

@@ -24,7 +24,7 @@ impl Default for PlanLimits {
     fn default() -> Self {
         PlanLimits {
             part_size: 32 << 20,
-            max_segments: 4096,
+            max_segments: 1024,
             max_jobs: 65_536,
         }
     }
@@ -190,8 +190,8 @@ mod tests {
             .map(|i| file(&format!("d/{i}.txt"), 100))
             .collect();
         let jobs = plan(&files, l).unwrap();
-        assert_eq!(jobs.len(), 3, "4096 + 4096 + 1808 segments");
-        assert_eq!(jobs[2].segments.len(), 10_000 - 2 * 4096);
+        assert_eq!(jobs.len(), 10, "9 jobs of 1024 segments and one of 784");
+        assert_eq!(jobs[9].segments.len(), 10_000 - 9 * 1024);
         check_cover(&files, &jobs, l);
     }
 

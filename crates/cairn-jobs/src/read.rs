@@ -130,17 +130,16 @@ impl Engine {
 
     fn pending_piece(&self, path: &FilePath, s: &PendingSeg) -> Result<FilePiece> {
         let uj = self.upload_job(&s.upload_job)?;
-        let i = s.segment as usize;
         if let Some(sealed) = uj.sealed.filter(|x| s.segment < x.complete_segments) {
             let seg = PartSeg {
                 digest: sealed.digest,
                 part_size: sealed.size,
-                off: uj.segment_start(i),
+                off: self.uj_segment(&uj.id, s.segment)?.start,
                 len: s.len,
             };
             return self.part_piece(&seg);
         }
-        if uj.sealed.is_some() || !uj.segment_received(i) {
+        if uj.sealed.is_some() || !self.segment_received(&uj, s.segment)? {
             return Err(Error::incomplete(format!(
                 "{path} is not complete: upload job {} has {} of {} bytes",
                 uj.id, uj.received, uj.size

@@ -26,6 +26,8 @@ pub const CF_FILES_JOBS: &str = "files_jobs";
 pub const CF_UPLOAD_JOBS: &str = "upload_jobs";
 /// UploadJobId (16) | n (u32 BE) → [`UjChunk`]: the chunks received so far, in order.
 pub const CF_UJ_CHUNKS: &str = "uj_chunks";
+/// UploadJobId (16) | i (u32 BE) → [`SegmentRecord`]: the job's plan, written once.
+pub const CF_UJ_SEGMENTS: &str = "uj_segments";
 /// UploadJobId → the bytes received after the last chunk cut (at most two chunks).
 pub const CF_UJ_TAIL: &str = "uj_tail";
 /// Node digest → [`DirNode`](crate::tree::DirNode).
@@ -46,6 +48,7 @@ pub const JOB_CFS: &[(&str, CfKind)] = &[
     (CF_FILES_JOBS, CfKind::Plain),
     (CF_UPLOAD_JOBS, CfKind::Plain),
     (CF_UJ_CHUNKS, CfKind::Plain),
+    (CF_UJ_SEGMENTS, CfKind::Plain),
     (CF_UJ_TAIL, CfKind::Plain),
     (CF_NODES, CfKind::Plain),
     (CF_NODE_REFS, CfKind::Add),
@@ -140,7 +143,9 @@ pub struct UploadJobRecord {
     pub id: UploadJobId,
     pub files_job: FilesJobId,
     pub draft: WriteToken,
-    pub segments: Vec<Segment>,
+    /// The segments themselves are in `CF_UJ_SEGMENTS`, so this record, rewritten at every
+    /// commit, stays small however many files the job holds.
+    pub segment_count: u32,
     pub size: u64,
     /// Bytes durably received: those in `CF_UJ_CHUNKS` plus the tail.
     pub received: u64,
@@ -172,18 +177,24 @@ impl Record for UjChunk {
 }
 
 impl UploadJobRecord {
-    /// Byte offset of segment `i` in the job's stream.
-    pub fn segment_start(&self, i: usize) -> u64 {
-        self.segments[..i].iter().map(|s| s.len).sum()
-    }
-
     pub fn is_complete(&self) -> bool {
         self.sealed.is_some()
     }
+}
 
-    /// Whether segment `i` has been fully received.
-    pub fn segment_received(&self, i: usize) -> bool {
-        self.received >= self.segment_start(i) + self.segments[i].len
+/// One segment of an upload job's plan, with its offset in the job's byte stream.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SegmentRecord {
+    pub seg: Segment,
+    pub start: u64,
+}
+impl Record for SegmentRecord {
+    const NAME: &'static str = "upload segment";
+}
+
+impl SegmentRecord {
+    pub fn end(&self) -> u64 {
+        self.start + self.seg.len
     }
 }
 

@@ -303,6 +303,50 @@ pub fn render(root: &Digest, loader: &Loader<'_>) -> Result<Value> {
 
 const MAX_RENDER_DEPTH: usize = 300;
 
+/// Renders the entry at `path` (the root when empty) exactly as it appears inside [`render`],
+/// `parts` numbering included, without rendering the rest of the tree: only the segments of
+/// the entries before it are counted. `None` if there is no such entry.
+pub fn render_entry(root: &Digest, path: &[String], loader: &Loader<'_>) -> Result<Option<Value>> {
+    let mut next = 0u64;
+    let mut dir = *root;
+    for (depth, name) in path.iter().enumerate() {
+        let node = loader(&dir)?;
+        for entry in node
+            .entries
+            .range::<String, _>(..name.clone())
+            .map(|(_, e)| e)
+        {
+            next += count_segments(entry, loader, depth)?;
+        }
+        match node.entries.get(name) {
+            Some(Entry::Dir(d)) => dir = *d,
+            Some(Entry::File(f)) if depth + 1 == path.len() => {
+                return Ok(Some(json!({".": render_file(f, &mut next)})))
+            }
+            _ => return Ok(None),
+        }
+    }
+    render_dir(&dir, loader, &mut next, path.len()).map(Some)
+}
+
+/// How many `parts` indices an entry takes in walk order.
+fn count_segments(entry: &Entry, loader: &Loader<'_>, depth: usize) -> Result<u64> {
+    match entry {
+        Entry::File(FileEntry {
+            content: Content::Parts(segs),
+            ..
+        }) => Ok(segs.len() as u64),
+        Entry::File(_) => Ok(0),
+        Entry::Dir(_) if depth > MAX_RENDER_DEPTH => Err(Error::corrupt(
+            "directory nesting exceeds the path depth limit",
+        )),
+        Entry::Dir(d) => loader(d)?
+            .entries
+            .values()
+            .try_fold(0, |n, e| Ok(n + count_segments(e, loader, depth + 1)?)),
+    }
+}
+
 fn render_dir(digest: &Digest, loader: &Loader<'_>, next: &mut u64, depth: usize) -> Result<Value> {
     if depth > MAX_RENDER_DEPTH {
         return Err(Error::corrupt(
@@ -407,6 +451,20 @@ mod tests {
         assert_eq!(v["b"]["z"]["."]["parts"], json!([2]));
         assert_eq!(v["b"]["y"]["."]["size"], 2);
         assert!(lookup(&root2, &p("b/z"), &loader).unwrap().is_some());
+        // A single entry renders exactly as it does inside the whole tree.
+        for path in [vec![], vec!["a"], vec!["b"], vec!["b", "z"], vec!["b", "y"]] {
+            let keys: Vec<String> = path.iter().map(|s| s.to_string()).collect();
+            let whole = path.iter().fold(&v, |v, k| &v[*k]);
+            assert_eq!(
+                render_entry(&root2, &keys, &loader).unwrap().as_ref(),
+                Some(whole),
+                "{path:?}"
+            );
+        }
+        assert_eq!(
+            render_entry(&root2, &["nope".to_string()], &loader).unwrap(),
+            None
+        );
         assert!(lookup(&root2, &p("a/x/q"), &loader).unwrap().is_none());
     }
 

@@ -54,6 +54,8 @@ pub struct UploadStatus {
 #[derive(Debug, Clone, Serialize)]
 pub struct UploadReply {
     pub id: UploadJobId,
+    /// Bytes this request added to the job.
+    pub accepted: u64,
     pub received: u64,
     pub size: u64,
     pub complete: bool,
@@ -93,26 +95,23 @@ impl Engine {
     ) -> Result<UploadStatus> {
         let rec = self.upload_job_in(token, fj, uj)?;
         let limit = limit.clamp(1, MAX_STATUS_PAGE);
-        let total = rec.segments.len() as u64;
-        let mut seg_start = rec.segment_start(start.min(total) as usize);
-        let mut files = Vec::new();
-        for s in rec
-            .segments
-            .iter()
-            .skip(start as usize)
-            .take(limit as usize)
-        {
-            let skip = rec.received.saturating_sub(seg_start).min(s.len);
-            files.push(SegmentStatus {
-                path: s.path.to_string(),
-                size: s.file_size,
-                off: s.off,
-                len: s.len,
-                skip,
-                rem: s.len - skip,
-            });
-            seg_start += s.len;
-        }
+        let total = u64::from(rec.segment_count);
+        let first = u32::try_from(start.min(total)).unwrap_or(rec.segment_count);
+        let files = self
+            .uj_segments(uj, first, limit as usize)?
+            .into_iter()
+            .map(|s| {
+                let skip = rec.received.saturating_sub(s.start).min(s.seg.len);
+                SegmentStatus {
+                    path: s.seg.path.to_string(),
+                    size: s.seg.file_size,
+                    off: s.seg.off,
+                    len: s.seg.len,
+                    skip,
+                    rem: s.seg.len - skip,
+                }
+            })
+            .collect();
         let end = start.saturating_add(limit);
         Ok(UploadStatus {
             id: *uj,
@@ -251,10 +250,10 @@ impl Engine {
             .filter(|(_, c)| c.segment < complete)
             .map(|(_, c)| c.chunk)
             .collect();
-        let size: u64 = rec.segments[..complete as usize]
-            .iter()
-            .map(|s| s.len)
-            .sum();
+        let size = match complete {
+            c if c >= rec.segment_count => rec.size,
+            c => self.uj_segment(&rec.id, c)?.start,
+        };
         let chunk_bytes: u64 = kept.iter().map(|c| u64::from(c.len)).sum();
         if chunk_bytes != size {
             return Err(Error::corrupt(format!(
@@ -323,10 +322,12 @@ struct Ingest<'e> {
     chunker: SegmentChunker,
     /// Stream offset of everything pushed.
     pos: u64,
-    segment: usize,
+    segment: u32,
     seg_end: u64,
     pending: Vec<UjChunk>,
     since_commit: u64,
+    /// The job's durable offset when this request started.
+    started_at: u64,
     /// Set when a write failed midway: the chunker, the pending list and the offsets may
     /// disagree, so nothing more is committed from this request.
     poisoned: bool,
@@ -352,7 +353,7 @@ impl<'e> Ingest<'e> {
         }
         let chunker = SegmentChunker::with_pending(engine.store.chunking(), tail);
         let pos = rec.received;
-        let (segment, seg_end) = locate(&rec, pos);
+        let (segment, seg_end) = locate(engine, &rec, pos)?;
         Ok(Ingest {
             engine,
             session: engine.store.session(),
@@ -363,6 +364,7 @@ impl<'e> Ingest<'e> {
             pending: Vec::new(),
             since_commit: 0,
             poisoned: false,
+            started_at: rec.received,
             rec,
         })
     }
@@ -388,7 +390,7 @@ impl<'e> Ingest<'e> {
 
     /// Pushes bytes of the current segment; at the segment's end, flushes its last chunk.
     fn feed(&mut self, data: &[u8]) -> Result<()> {
-        let (session, pending, seg) = (&mut self.session, &mut self.pending, self.segment as u32);
+        let (session, pending, seg) = (&mut self.session, &mut self.pending, self.segment);
         self.chunker.push(data, |c| {
             pending.push(UjChunk {
                 segment: seg,
@@ -406,7 +408,7 @@ impl<'e> Ingest<'e> {
                 });
                 Ok::<_, Error>(())
             })?;
-            (self.segment, self.seg_end) = locate(&self.rec, self.pos);
+            (self.segment, self.seg_end) = locate(self.engine, &self.rec, self.pos)?;
         }
         Ok(())
     }
@@ -461,11 +463,11 @@ impl<'e> Ingest<'e> {
         self.commit(true)?;
         let complete = self.rec.received == self.rec.size;
         if complete {
-            self.engine
-                .seal(&self.rec, self.rec.segments.len() as u32)?;
+            self.engine.seal(&self.rec, self.rec.segment_count)?;
         }
         Ok(UploadReply {
             id: self.rec.id,
+            accepted: self.rec.received - self.started_at,
             received: self.rec.received,
             size: self.rec.size,
             complete,
@@ -473,14 +475,12 @@ impl<'e> Ingest<'e> {
     }
 }
 
-/// The segment containing stream offset `pos`, and that segment's end offset.
-fn locate(rec: &UploadJobRecord, pos: u64) -> (usize, u64) {
-    let mut end = 0;
-    for (i, s) in rec.segments.iter().enumerate() {
-        end += s.len;
-        if pos < end {
-            return (i, end);
-        }
+/// The segment containing stream offset `pos`, and that segment's end offset (the segment count
+/// and the job's size at the end).
+fn locate(engine: &Engine, rec: &UploadJobRecord, pos: u64) -> Result<(u32, u64)> {
+    let i = engine.segment_at(rec, pos)?;
+    if i >= rec.segment_count {
+        return Ok((rec.segment_count, rec.size));
     }
-    (rec.segments.len(), end)
+    Ok((i, engine.uj_segment(&rec.id, i)?.end()))
 }

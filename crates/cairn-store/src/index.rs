@@ -133,6 +133,19 @@ impl Index {
             .take_while(move |r| r.as_ref().map_or(true, |(k, _)| k.starts_with(prefix)))
     }
 
+    /// Entries with `prefix`, starting at key `start` (inclusive), in key order.
+    pub fn scan_from<'a>(
+        &'a self,
+        cf: &str,
+        prefix: &'a [u8],
+        start: &'a [u8],
+    ) -> impl Iterator<Item = Result<KvEntry>> + 'a {
+        self.db
+            .iterator_cf(self.cf(cf), IteratorMode::From(start, Direction::Forward))
+            .map(|r| r.map_err(db_err))
+            .take_while(move |r| r.as_ref().map_or(true, |(k, _)| k.starts_with(prefix)))
+    }
+
     pub fn batch(&self) -> Batch<'_> {
         Batch {
             index: self,
