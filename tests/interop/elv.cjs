@@ -2,13 +2,15 @@
 // as its reference describes for a static token: /config, EditContentObject, UploadFiles,
 // finalize (POST /q/{wt}), ListFiles, DownloadFile by object id and by version hash.
 //
-// usage: node elv.cjs <base-url> <token>
+// usage: node elv.cjs <base-url> <token>   (env SMALL_FILES, default 3000; BIG_MIB, default 150)
 // Prints "RESULT {json}" on success; exits non-zero with the reason otherwise.
 "use strict";
 const crypto = require("crypto");
 const { ElvClient } = require("@eluvio/elv-client-js");
 
 const MIB = 1024 * 1024;
+const SMALL_FILES = Number(process.env.SMALL_FILES || 3000);
+const BIG_MIB = Number(process.env.BIG_MIB || 150);
 
 function fail(msg) {
   console.error("FAIL " + msg);
@@ -49,10 +51,10 @@ async function main() {
   const objectId = created.id;
 
   const files = [
-    { path: "/media/big.bin", mime_type: "application/octet-stream", data: bytes("big", 150 * MIB) },
+    { path: "/media/big.bin", mime_type: "application/octet-stream", data: bytes("big", BIG_MIB * MIB) },
     { path: "/empty.txt", mime_type: "text/plain", data: Buffer.alloc(0) },
   ];
-  for (let i = 0; i < 3000; i++) {
+  for (let i = 0; i < SMALL_FILES; i++) {
     files.push({ path: `/small/${String(i).padStart(4, "0")}.txt`, mime_type: "text/plain", data: bytes("s" + i, 1 + ((i * 7919) % 4096)) });
   }
   const fileInfo = files.map((f) => ({ path: f.path, type: "file", mime_type: f.mime_type, size: f.data.length, data: f.data }));
@@ -68,8 +70,8 @@ async function main() {
   if (!versionHash || !versionHash.startsWith("hq__")) fail("finalize returned " + JSON.stringify(final));
 
   const tree = await client.ListFiles({ libraryId, objectId });
-  if (tree.media["big.bin"]["."].size !== 150 * MIB) fail("ListFiles: wrong size for big.bin");
-  if (Object.keys(tree.small).filter((k) => k !== ".").length !== 3000) fail("ListFiles: 3000 small files expected");
+  if (tree.media["big.bin"]["."].size !== BIG_MIB * MIB) fail("ListFiles: wrong size for big.bin");
+  if (Object.keys(tree.small).filter((k) => k !== ".").length !== SMALL_FILES) fail(`ListFiles: ${SMALL_FILES} small files expected`);
   if (tree["empty.txt"]["."].size !== 0) fail("ListFiles: empty.txt");
 
   let verified = 0;

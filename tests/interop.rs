@@ -1,0 +1,185 @@
+//! Interop with the official Files API client, `@eluvio/elv-client-js` (installed by
+//! `.ci/setup` into tests/interop/node_modules): the real binary serves, the real client uploads
+//! a 150 MiB file, an empty file and 3,000 small files (so upload status paginates), finalizes,
+//! lists and downloads everything by object id and by version hash (tests/interop/elv.cjs).
+//! The second test kills the server with SIGKILL in the middle of the upload and restarts it;
+//! the client's own retries must finish, and no acknowledged byte may be sent twice.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const TOKEN: &str = "interop-secret";
+
+fn interop_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/interop");
+    assert!(
+        dir.join("node_modules/@eluvio/elv-client-js").exists(),
+        "the official client is not installed: run `bash .ci/setup` (npm install in tests/interop)"
+    );
+    dir
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running `cairn serve`, its log lines collected.
+struct Server {
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    fn start(data: &Path, port: u16, log: Arc<Mutex<Vec<String>>>) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .args([
+                "serve",
+                "--data",
+                data.to_str().unwrap(),
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .env("CAIRN_TOKEN", TOKEN)
+            .env("CAIRN_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "server did not start: {:?}",
+                log.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Server { child, log }
+    }
+
+    /// Completed upload requests seen so far, and the bytes they appended.
+    fn uploads(&self) -> (usize, u64) {
+        let log = self.log.lock().unwrap();
+        let accepted: Vec<u64> = log
+            .iter()
+            .filter(|l| l.contains(" upload "))
+            .filter_map(|l| {
+                l.split("accepted=")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        (accepted.len(), accepted.iter().sum())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn client(port: u16, small: usize, big_mib: usize) -> Child {
+    Command::new("node")
+        .arg("elv.cjs")
+        .args([format!("http://127.0.0.1:{port}"), TOKEN.to_string()])
+        .env("SMALL_FILES", small.to_string())
+        .env("BIG_MIB", big_mib.to_string())
+        .current_dir(interop_dir())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("node is installed")
+}
+
+/// Waits for the client and returns its RESULT json.
+fn result(child: Child) -> serde_json::Value {
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "client failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("RESULT "))
+        .expect("RESULT line");
+    serde_json::from_str(line).unwrap()
+}
+
+#[test]
+fn official_client_uploads_lists_and_downloads() {
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let server = Server::start(data.path(), port, Arc::default());
+    let r = result(client(port, 3000, 150));
+    println!("{r}");
+    assert_eq!(r["files"], 3002);
+    let total = r["uploadBytes"].as_u64().unwrap();
+    let small: u64 = (0..3000u64).map(|i| 1 + (i * 7919) % 4096).sum();
+    assert_eq!(total, (150 << 20) + small, "the sizes elv.cjs generates");
+    assert!(
+        r["verifiedBytes"].as_u64().unwrap() >= total,
+        "every byte was downloaded and compared"
+    );
+    let (requests, accepted) = server.uploads();
+    assert_eq!(
+        accepted, total,
+        "each byte was sent once ({requests} upload requests)"
+    );
+    let log = server.log.lock().unwrap();
+    assert!(
+        log.iter()
+            .any(|l| l.contains("uploads/{uj}") && l.contains("status=200")),
+        "status was read"
+    );
+}
+
+#[test]
+fn official_client_finishes_after_the_server_is_killed_mid_upload() {
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let log: Arc<Mutex<Vec<String>>> = Arc::default();
+    let mut server = Server::start(data.path(), port, log.clone());
+    let child = client(port, 300, 40);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while server.uploads().0 < 60 {
+        assert!(Instant::now() < deadline, "the upload did not start");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let (before, acked_before) = server.uploads();
+    server.child.kill().unwrap(); // SIGKILL: no graceful anything
+    server.child.wait().unwrap();
+    let second: Arc<Mutex<Vec<String>>> = Arc::default();
+    let restarted = Server::start(data.path(), port, second);
+    let r = result(child);
+    println!("{r}");
+    let total = r["uploadBytes"].as_u64().unwrap();
+    let (after, acked_after) = restarted.uploads();
+    println!("killed after {before} upload requests ({acked_before} bytes acknowledged); {after} more after restart ({acked_after} bytes)");
+    assert!(after > 0, "the client resumed against the restarted server");
+    assert!(
+        acked_before + acked_after <= total,
+        "acknowledged bytes were sent again: {acked_before} + {acked_after} > {total}"
+    );
+    assert!(r["verifiedBytes"].as_u64().unwrap() >= total);
+}
