@@ -5,14 +5,13 @@
 //! The second test kills the server with SIGKILL in the middle of the upload and restarts it;
 //! the client's own retries must finish, and no acknowledged byte may be sent twice.
 
-use std::io::{BufRead, BufReader};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const TOKEN: &str = "interop-secret";
+mod common;
+
+use common::{free_port, Server, TOKEN};
 
 fn interop_dir() -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/interop");
@@ -21,80 +20,6 @@ fn interop_dir() -> PathBuf {
         "the official client is not installed: run `bash .ci/setup` (npm install in tests/interop)"
     );
     dir
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A running `cairn serve`, its log lines collected.
-struct Server {
-    child: Child,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Server {
-    fn start(data: &Path, port: u16, log: Arc<Mutex<Vec<String>>>) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
-            .args([
-                "serve",
-                "--data",
-                data.to_str().unwrap(),
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-            ])
-            .env("CAIRN_TOKEN", TOKEN)
-            .env("CAIRN_LOG", "info")
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "server did not start: {:?}",
-                log.lock().unwrap()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Server { child, log }
-    }
-
-    /// Completed upload requests seen so far, and the bytes they appended.
-    fn uploads(&self) -> (usize, u64) {
-        let log = self.log.lock().unwrap();
-        let accepted: Vec<u64> = log
-            .iter()
-            .filter(|l| l.contains(" upload "))
-            .filter_map(|l| {
-                l.split("accepted=")
-                    .nth(1)?
-                    .split_whitespace()
-                    .next()?
-                    .parse()
-                    .ok()
-            })
-            .collect();
-        (accepted.len(), accepted.iter().sum())
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn client(port: u16, small: usize, big_mib: usize) -> Child {
@@ -130,7 +55,7 @@ fn result(child: Child) -> serde_json::Value {
 fn official_client_uploads_lists_and_downloads() {
     let data = tempfile::tempdir().unwrap();
     let port = free_port();
-    let server = Server::start(data.path(), port, Arc::default());
+    let server = Server::start(data.path(), port);
     let r = result(client(port, 3000, 150));
     println!("{r}");
     assert_eq!(r["files"], 3002);
@@ -158,8 +83,7 @@ fn official_client_uploads_lists_and_downloads() {
 fn official_client_finishes_after_the_server_is_killed_mid_upload() {
     let data = tempfile::tempdir().unwrap();
     let port = free_port();
-    let log: Arc<Mutex<Vec<String>>> = Arc::default();
-    let mut server = Server::start(data.path(), port, log.clone());
+    let mut server = Server::start(data.path(), port);
     let child = client(port, 300, 40);
     let deadline = Instant::now() + Duration::from_secs(120);
     while server.uploads().0 < 60 {
@@ -169,8 +93,7 @@ fn official_client_finishes_after_the_server_is_killed_mid_upload() {
     let (before, acked_before) = server.uploads();
     server.child.kill().unwrap(); // SIGKILL: no graceful anything
     server.child.wait().unwrap();
-    let second: Arc<Mutex<Vec<String>>> = Arc::default();
-    let restarted = Server::start(data.path(), port, second);
+    let restarted = Server::start(data.path(), port);
     let r = result(child);
     println!("{r}");
     let total = r["uploadBytes"].as_u64().unwrap();

@@ -124,11 +124,13 @@ pub async fn render_errors(req: Request, next: Next) -> Response {
             let bytes = axum::body::to_bytes(body, 64 << 10)
                 .await
                 .unwrap_or_default();
-            ApiError::new(
-                status,
-                kind_for(status),
-                String::from_utf8_lossy(&bytes).trim().to_string(),
-            )
+            let text = String::from_utf8_lossy(&bytes).trim().to_string();
+            let reason = match (text.is_empty(), status) {
+                (false, _) => text,
+                (true, StatusCode::NOT_FOUND) => "no such route".to_string(),
+                (true, s) => s.canonical_reason().unwrap_or("error").to_string(),
+            };
+            ApiError::new(status, kind_for(status), reason)
         }
     };
     if status.is_server_error() {
@@ -150,6 +152,9 @@ pub async fn render_errors(req: Request, next: Next) -> Response {
         if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
             parts.headers.insert(header::CONTENT_RANGE, v);
         }
+        parts
+            .headers
+            .insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     }
     Response::from_parts(parts, axum::body::Body::from(body.to_string()))
 }

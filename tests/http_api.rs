@@ -1,0 +1,216 @@
+//! Bad input against the running server, table-driven: each request gets the right 4xx with a
+//! JSON error body of a stable kind, and a follow-up status call shows nothing changed.
+
+mod common;
+
+use common::{call, curl, new_object, Server};
+use serde_json::json;
+
+#[test]
+fn bad_requests_get_clear_errors_and_change_nothing() {
+    let data = tempfile::tempdir().unwrap();
+    let s = Server::start(data.path(), common::free_port());
+    let (lib, obj, wt) = new_object(&s);
+    let job = call(
+        &s,
+        "POST",
+        &format!("/q/{wt}/file_jobs"),
+        Some(r#"{"ops":[{"path":"a.bin","size":100}]}"#),
+        201,
+    );
+    let (fj, uj) = (
+        job["id"].as_str().unwrap().to_string(),
+        job["jobs"][0].as_str().unwrap().to_string(),
+    );
+    let status_path = format!("/q/{wt}/file_jobs/{fj}/uploads/{uj}");
+    let unknown_obj = "iq__2Fb9vA6XoKhKjQzCjUe6ZcmBe3S5";
+    let unknown_uj = "iqfuSNFv8xddhFCK6xB5g5mY8y";
+    let post_json = |body: &'static str| {
+        vec![
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            body,
+        ]
+    };
+
+    // (method + path, curl args, status, kind)
+    let cases: Vec<(String, Vec<&str>, u16, &str)> = vec![
+        (
+            format!("/q/{unknown_obj}/files/x"),
+            vec![],
+            404,
+            "not_found",
+        ),
+        ("/q/iq__0OIl/files/x".into(), vec![], 400, "invalid"),
+        ("/q/hello/files/x".into(), vec![], 400, "invalid"),
+        (
+            format!("/qlibs/{lib}/q/{obj}"),
+            vec!["--no-token"],
+            401,
+            "unauthorized",
+        ),
+        (
+            format!("/qlibs/{lib}/q/{obj}"),
+            vec!["-H", "Authorization: Bearer wrong"],
+            401,
+            "unauthorized",
+        ),
+        (
+            format!("/q/{wt}/file_jobs"),
+            post_json("{not json"),
+            400,
+            "invalid",
+        ),
+        (
+            format!("/q/{wt}/file_jobs"),
+            post_json(r#"{"ops":[{"op":"explode","path":"x"}]}"#),
+            400,
+            "invalid",
+        ),
+        (
+            format!("/q/{wt}/file_jobs"),
+            post_json(r#"{"ops":[{"path":"../../etc/passwd","size":1}]}"#),
+            400,
+            "invalid",
+        ),
+        (
+            format!("/q/{wt}/file_jobs"),
+            post_json(r#"{"ops":[{"path":"a\u0000b","size":1}]}"#),
+            400,
+            "invalid",
+        ),
+        (
+            format!("/q/{wt}/file_jobs"),
+            post_json(r#"{"ops":[{"path":"x","size":-5}]}"#),
+            400,
+            "invalid",
+        ),
+        (
+            format!("/q/{wt}/file_jobs"),
+            post_json(r#"{"ops":[{"path":"x","size":18446744073709551616}]}"#),
+            400,
+            "invalid",
+        ),
+        (
+            format!("/q/{wt}/file_jobs"),
+            post_json(r#"{"ops":[{"path":"x","size":1099511627777}]}"#),
+            413,
+            "too_large",
+        ),
+        (
+            format!("/q/{wt}/file_jobs/{fj}/{uj}"),
+            vec![
+                "-X",
+                "POST",
+                "-H",
+                "Content-Type: application/octet-stream",
+                "--data-binary",
+                "@/proc/self/cmdline",
+                "-H",
+                "Content-Length: 101",
+            ],
+            413,
+            "too_large",
+        ),
+        (
+            format!("/q/{wt}/file_jobs/{fj}/{unknown_uj}"),
+            vec!["-X", "POST", "--data-binary", "x"],
+            404,
+            "not_found",
+        ),
+        (
+            format!("/q/{wt}/files/a.bin"),
+            vec!["-H", "Range: bytes=0-1"],
+            409,
+            "incomplete",
+        ),
+        (
+            format!("/q/{wt}/file_jobs/{fj}/uploads/{uj}/extra"),
+            vec![],
+            404,
+            "not_found",
+        ),
+        (format!("/q/{wt}"), vec!["-X", "POST"], 409, "incomplete"),
+    ];
+    for (path, args, status, kind) in &cases {
+        let r = curl(&s.url(path), args);
+        assert_eq!(
+            r.status,
+            *status,
+            "{path} {args:?}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        assert_eq!(r.header("content-type"), Some("application/json"), "{path}");
+        assert_eq!(r.kind(), *kind, "{path} {args:?}");
+        assert!(!r.json()["errors"][0]["reason"].as_str().unwrap().is_empty());
+        if *status == 401 {
+            assert!(r.header("www-authenticate").is_some());
+        }
+        // Nothing changed: still one files job, and nothing received.
+        let st = call(&s, "GET", &status_path, None, 200);
+        assert_eq!(st["files"][0]["skip"], 0, "after {path}");
+        assert_eq!(
+            call(&s, "GET", &format!("/q/{wt}/file_jobs"), None, 200)
+                .as_array()
+                .unwrap()
+                .len(),
+            1,
+            "after {path}"
+        );
+    }
+
+    // Finish the upload; then data to the completed job is 410 and a second finalize is 404.
+    let bytes = vec![7u8; 100];
+    let f = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(f.path(), &bytes).unwrap();
+    let at = format!("@{}", f.path().display());
+    let r = curl(
+        &s.url(&format!("/q/{wt}/file_jobs/{fj}/{uj}")),
+        &["-X", "POST", "--data-binary", &at],
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["complete"], true);
+    let again = curl(
+        &s.url(&format!("/q/{wt}/file_jobs/{fj}/{uj}")),
+        &["-X", "POST", "--data-binary", "x"],
+    );
+    assert_eq!((again.status, again.kind().as_str()), (410, "gone"));
+    let hq = call(&s, "POST", &format!("/q/{wt}"), None, 200)["hash"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let second = curl(&s.url(&format!("/q/{wt}")), &["-X", "POST"]);
+    assert_eq!((second.status, second.kind().as_str()), (404, "not_found"));
+    assert_eq!(
+        curl(&s.url(&format!("/q/{hq}/files/a.bin")), &[]).body,
+        bytes
+    );
+    // The long form with the wrong library is not found, the right one works.
+    let other = call(&s, "POST", "/qlibs", Some(r#"{"name":"other"}"#), 201)["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        curl(&s.url(&format!("/qlibs/{other}/q/{hq}/files/a.bin")), &[]).status,
+        404
+    );
+    assert_eq!(
+        curl(&s.url(&format!("/qlibs/{lib}/q/{hq}/files/a.bin")), &[]).status,
+        200
+    );
+    let _ = json!({});
+}
+
+#[test]
+fn config_needs_no_token_and_lists_the_api_url() {
+    let data = tempfile::tempdir().unwrap();
+    let s = Server::start(data.path(), common::free_port());
+    let r = curl(&s.url("/config"), &["--no-token"]);
+    assert_eq!(r.status, 200);
+    let v = r.json();
+    assert_eq!(v["network"]["services"]["fabric_api"][0], s.url("/"));
+    assert!(v["qspace"]["id"].as_str().unwrap().starts_with("ispc"));
+}

@@ -1,0 +1,243 @@
+//! Media over HTTP: an MP4 made by ffmpeg is uploaded through the Files API and served back;
+//! ffprobe reads it and ffmpeg seeks to the middle and extracts a frame. Both only work if
+//! Range requests are right (the MP4's index is at its end, so even probing has to seek).
+//! Then table-driven Range and conditional-request cases with curl.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{curl, new_object, upload_files, Server, TOKEN};
+
+fn make_mp4(out: &Path) {
+    let status = Command::new("ffmpeg")
+        .args([
+            "-v",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=duration=60:size=320x240:rate=25",
+        ])
+        .args([
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:duration=60",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+        ])
+        .args([
+            "-g",
+            "50",
+            "-c:a",
+            "aac",
+            "-shortest",
+            "-y",
+            out.to_str().unwrap(),
+        ])
+        .status()
+        .expect("ffmpeg is installed (bash .ci/setup)");
+    assert!(status.success());
+}
+
+#[test]
+fn ffprobe_reads_and_ffmpeg_seeks_in_a_served_mp4() {
+    let work = tempfile::tempdir().unwrap();
+    let mp4 = work.path().join("test.mp4");
+    make_mp4(&mp4);
+    let data = tempfile::tempdir().unwrap();
+    let s = Server::start(data.path(), common::free_port());
+    let (_, _, wt) = new_object(&s);
+    let hq = upload_files(&s, &wt, &[("video/test.mp4", &mp4)]);
+    let url = s.url(&format!(
+        "/q/{hq}/files/video/test.mp4?authorization={TOKEN}"
+    ));
+
+    let head = curl(&url, &["-I"]);
+    assert_eq!(
+        (head.status, head.header("content-type")),
+        (200, Some("video/mp4"))
+    );
+
+    let probe = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "format=duration",
+            "-of",
+            "default=nw=1:nk=1",
+            &url,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        probe.status.success(),
+        "{}",
+        String::from_utf8_lossy(&probe.stderr)
+    );
+    let duration: f64 = String::from_utf8_lossy(&probe.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    assert!((duration - 60.0).abs() < 0.5, "duration {duration}");
+
+    let frame = work.path().join("frame.png");
+    let grab = Command::new("ffmpeg")
+        .args([
+            "-v",
+            "error",
+            "-ss",
+            "30",
+            "-i",
+            &url,
+            "-frames:v",
+            "1",
+            "-y",
+            frame.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        grab.status.success(),
+        "{}",
+        String::from_utf8_lossy(&grab.stderr)
+    );
+    assert!(
+        std::fs::metadata(&frame).unwrap().len() > 1000,
+        "a real frame was written"
+    );
+    let seeks = s
+        .log_lines()
+        .iter()
+        .filter(|l| l.contains("/files/{*path}") && l.contains("status=206"))
+        .count();
+    assert!(
+        seeks >= 2,
+        "ffprobe and ffmpeg used ranges ({seeks} partial responses)"
+    );
+}
+
+#[test]
+fn range_and_conditional_requests() {
+    let work = tempfile::tempdir().unwrap();
+    let src: Vec<u8> = (0..1000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let f = work.path().join("f.bin");
+    std::fs::write(&f, &src).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let s = Server::start(data.path(), common::free_port());
+    let (_, _, wt) = new_object(&s);
+    let hq = upload_files(&s, &wt, &[("d/f.bin", &f)]);
+    let url = s.url(&format!("/q/{hq}/files/d/f.bin"));
+
+    // (Range header, status, Content-Range, expected body slice)
+    let cases: &[(&str, u16, Option<&str>, Option<(usize, usize)>)] = &[
+        ("", 200, None, Some((0, 1000))),
+        ("bytes=0-99", 206, Some("bytes 0-99/1000"), Some((0, 100))),
+        (
+            "bytes=990-",
+            206,
+            Some("bytes 990-999/1000"),
+            Some((990, 1000)),
+        ),
+        (
+            "bytes=-10",
+            206,
+            Some("bytes 990-999/1000"),
+            Some((990, 1000)),
+        ),
+        (
+            "bytes=500-999999",
+            206,
+            Some("bytes 500-999/1000"),
+            Some((500, 1000)),
+        ),
+        (
+            "bytes=999-999",
+            206,
+            Some("bytes 999-999/1000"),
+            Some((999, 1000)),
+        ),
+        ("bytes=1000-", 416, Some("bytes */1000"), None),
+        ("bytes=5-1", 416, Some("bytes */1000"), None),
+        ("bytes=abc", 416, Some("bytes */1000"), None),
+        ("lines=1-2", 416, Some("bytes */1000"), None),
+    ];
+    for (range, status, content_range, slice) in cases {
+        let args: Vec<&str> = if range.is_empty() {
+            vec![]
+        } else {
+            vec![
+                "-H",
+                &*Box::leak(format!("Range: {range}").into_boxed_str()),
+            ]
+        };
+        let r = curl(&url, &args);
+        assert_eq!(r.status, *status, "{range}");
+        assert_eq!(r.header("content-range"), *content_range, "{range}");
+        assert_eq!(r.header("accept-ranges"), Some("bytes"), "{range}");
+        match slice {
+            Some((a, b)) => {
+                assert_eq!(r.body, src[*a..*b], "{range}");
+                assert_eq!(
+                    r.header("content-length"),
+                    Some(&*(b - a).to_string()),
+                    "{range}"
+                );
+            }
+            None => assert_eq!(r.kind(), "bad_range", "{range}"),
+        }
+    }
+
+    // Two ranges: multipart/byteranges with both slices and an exact Content-Length.
+    let r = curl(&url, &["-H", "Range: bytes=0-1,10-19"]);
+    assert_eq!(r.status, 206);
+    let ctype = r.header("content-type").unwrap().to_string();
+    let boundary = ctype
+        .strip_prefix("multipart/byteranges; boundary=")
+        .expect(&ctype);
+    assert_eq!(
+        r.header("content-length")
+            .unwrap()
+            .parse::<usize>()
+            .unwrap(),
+        r.body.len()
+    );
+    let text = String::from_utf8_lossy(&r.body);
+    assert!(text.contains(&format!("--{boundary}\r\nContent-Type: application/octet-stream\r\nContent-Range: bytes 0-1/1000\r\n\r\n")));
+    assert!(text.contains("Content-Range: bytes 10-19/1000"));
+    assert!(text.ends_with(&format!("--{boundary}--\r\n")));
+
+    // Validators: ETag and Last-Modified; If-None-Match → 304; a stale If-Range → full body.
+    let full = curl(&url, &[]);
+    let etag = full.header("etag").unwrap().to_string();
+    assert!(full.header("last-modified").is_some());
+    assert_eq!(
+        curl(&url, &["-H", &format!("If-None-Match: {etag}")]).status,
+        304
+    );
+    assert_eq!(curl(&url, &["-H", "If-None-Match: \"other\""]).status, 200);
+    let r = curl(
+        &url,
+        &["-H", "Range: bytes=0-9", "-H", &format!("If-Range: {etag}")],
+    );
+    assert_eq!((r.status, r.body.len()), (206, 10));
+    let r = curl(
+        &url,
+        &["-H", "Range: bytes=0-9", "-H", "If-Range: \"stale\""],
+    );
+    assert_eq!((r.status, r.body.len()), (200, 1000));
+
+    // HEAD: the same headers, no body (curl -I writes only the header block to its output).
+    let h = curl(&url, &["-I", "-H", "Range: bytes=0-9"]);
+    assert_eq!((h.status, h.header("content-length")), (206, Some("10")));
+    let out = String::from_utf8_lossy(&h.body);
+    assert!(
+        out.starts_with("HTTP/1.1 206") && out.ends_with("\r\n\r\n"),
+        "{out:?}"
+    );
+}
