@@ -122,6 +122,14 @@ fn ffprobe_reads_and_ffmpeg_seeks_in_a_served_mp4() {
     );
 }
 
+/// (Range header, status, Content-Range, expected body slice)
+type RangeCase = (
+    &'static str,
+    u16,
+    Option<&'static str>,
+    Option<(usize, usize)>,
+);
+
 #[test]
 fn range_and_conditional_requests() {
     let work = tempfile::tempdir().unwrap();
@@ -135,7 +143,7 @@ fn range_and_conditional_requests() {
     let url = s.url(&format!("/q/{hq}/files/d/f.bin"));
 
     // (Range header, status, Content-Range, expected body slice)
-    let cases: &[(&str, u16, Option<&str>, Option<(usize, usize)>)] = &[
+    let cases: &[RangeCase] = &[
         ("", 200, None, Some((0, 1000))),
         ("bytes=0-99", 206, Some("bytes 0-99/1000"), Some((0, 100))),
         (
@@ -168,13 +176,11 @@ fn range_and_conditional_requests() {
         ("lines=1-2", 416, Some("bytes */1000"), None),
     ];
     for (range, status, content_range, slice) in cases {
+        let header = format!("Range: {range}");
         let args: Vec<&str> = if range.is_empty() {
             vec![]
         } else {
-            vec![
-                "-H",
-                &*Box::leak(format!("Range: {range}").into_boxed_str()),
-            ]
+            vec!["-H", &header]
         };
         let r = curl(&url, &args);
         assert_eq!(r.status, *status, "{range}");
