@@ -214,3 +214,23 @@ fn config_needs_no_token_and_lists_the_api_url() {
     assert_eq!(v["network"]["services"]["fabric_api"][0], s.url("/"));
     assert!(v["qspace"]["id"].as_str().unwrap().starts_with("ispc"));
 }
+
+#[test]
+fn sigterm_stops_the_server_cleanly_and_data_survives() {
+    let data = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let mut s = Server::start(data.path(), port);
+    let (_, _, wt) = new_object(&s);
+    let f = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(f.path(), b"survives a restart").unwrap();
+    let hq = common::upload_files(&s, &wt, &[("x.txt", f.path())]);
+    let pid = s.child.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status = s.child.wait().unwrap();
+    assert!(status.success(), "clean exit on SIGTERM: {status:?}");
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert!(s.log_lines().iter().any(|l| l.contains("cairn stopped")), "{:?}", s.log_lines());
+    drop(s);
+    let s = Server::start(data.path(), port);
+    assert_eq!(curl(&s.url(&format!("/q/{hq}/files/x.txt")), &[]).body, b"survives a restart");
+}
