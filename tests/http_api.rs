@@ -225,12 +225,23 @@ fn sigterm_stops_the_server_cleanly_and_data_survives() {
     std::fs::write(f.path(), b"survives a restart").unwrap();
     let hq = common::upload_files(&s, &wt, &[("x.txt", f.path())]);
     let pid = s.child.id().to_string();
-    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
     let status = s.child.wait().unwrap();
     assert!(status.success(), "clean exit on SIGTERM: {status:?}");
     std::thread::sleep(std::time::Duration::from_millis(100));
-    assert!(s.log_lines().iter().any(|l| l.contains("cairn stopped")), "{:?}", s.log_lines());
+    assert!(
+        s.log_lines().iter().any(|l| l.contains("cairn stopped")),
+        "{:?}",
+        s.log_lines()
+    );
     drop(s);
     let s = Server::start(data.path(), port);
-    assert_eq!(curl(&s.url(&format!("/q/{hq}/files/x.txt")), &[]).body, b"survives a restart");
+    assert_eq!(
+        curl(&s.url(&format!("/q/{hq}/files/x.txt")), &[]).body,
+        b"survives a restart"
+    );
 }

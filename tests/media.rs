@@ -221,6 +221,11 @@ fn range_and_conditional_requests() {
     // Validators: ETag and Last-Modified; If-None-Match → 304; a stale If-Range → full body.
     let full = curl(&url, &[]);
     let etag = full.header("etag").unwrap().to_string();
+    assert_eq!(
+        etag,
+        format!("\"{}\"", blake3::hash(&src).to_hex()),
+        "the ETag is the file's blake3"
+    );
     assert!(full.header("last-modified").is_some());
     assert_eq!(
         curl(&url, &["-H", &format!("If-None-Match: {etag}")]).status,

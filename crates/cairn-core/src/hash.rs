@@ -127,3 +127,130 @@ mod tests {
         assert_eq!(serde_json::from_str::<Digest>(&json).unwrap(), d);
     }
 }
+
+/// The blake3 of one segment of a file, computed so that the segments of a file split at
+/// power-of-two offsets (Cairn's parts) can be combined into the file's own blake3 without
+/// reading it again: the root hash when the segment is the whole file, otherwise the chaining
+/// value of the BLAKE3 subtree the segment forms. `None` when the segment cannot be such a
+/// subtree (an offset that is not a multiple of 1 KiB, or longer than its offset allows).
+pub struct SegmentHasher {
+    hasher: blake3::Hasher,
+    whole: bool,
+}
+
+impl SegmentHasher {
+    pub fn new(off: u64, len: u64, file_size: u64) -> Option<SegmentHasher> {
+        use blake3::hazmat::HasherExt;
+        let mut hasher = blake3::Hasher::new();
+        if off == 0 && len == file_size {
+            return Some(SegmentHasher {
+                hasher,
+                whole: true,
+            });
+        }
+        if off % blake3::CHUNK_LEN as u64 != 0
+            || blake3::hazmat::max_subtree_len(off).is_some_and(|max| len > max)
+        {
+            return None;
+        }
+        hasher.set_input_offset(off);
+        Some(SegmentHasher {
+            hasher,
+            whole: false,
+        })
+    }
+
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.hasher.update(bytes);
+    }
+
+    pub fn finish(self) -> [u8; 32] {
+        use blake3::hazmat::HasherExt;
+        if self.whole {
+            *self.hasher.finalize().as_bytes()
+        } else {
+            self.hasher.finalize_non_root()
+        }
+    }
+}
+
+/// Combines the [`SegmentHasher`] values of a file's segments, given as `(offset, length,
+/// value)` in order and covering `[0, file_size)`, into the file's blake3. `None` when the
+/// segments do not line up with the BLAKE3 tree (then the file must be hashed by reading it).
+pub fn file_digest(file_size: u64, segments: &[(u64, u64, [u8; 32])]) -> Option<Digest> {
+    match segments {
+        [] if file_size == 0 => Some(Digest::empty()),
+        [(0, len, root)] if *len == file_size => Some(Digest(*root)),
+        _ => {
+            let (left, right) = split_subtree(segments, 0, file_size)?;
+            let root =
+                blake3::hazmat::merge_subtrees_root(&left, &right, blake3::hazmat::Mode::Hash);
+            Some(Digest(*root.as_bytes()))
+        }
+    }
+}
+
+/// The chaining values of the two children of the subtree `[off, off+len)`.
+fn split_subtree(
+    segments: &[(u64, u64, [u8; 32])],
+    off: u64,
+    len: u64,
+) -> Option<([u8; 32], [u8; 32])> {
+    let left_len = blake3::hazmat::left_subtree_len(len);
+    let k = segments.iter().position(|s| s.0 == off + left_len)?;
+    Some((
+        subtree_cv(&segments[..k], off, left_len)?,
+        subtree_cv(&segments[k..], off + left_len, len - left_len)?,
+    ))
+}
+
+fn subtree_cv(segments: &[(u64, u64, [u8; 32])], off: u64, len: u64) -> Option<[u8; 32]> {
+    match segments {
+        [(o, l, cv)] if *o == off && *l == len => Some(*cv),
+        [] | [_] => None,
+        _ => {
+            let (left, right) = split_subtree(segments, off, len)?;
+            Some(blake3::hazmat::merge_subtrees_non_root(
+                &left,
+                &right,
+                blake3::hazmat::Mode::Hash,
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod segment_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn via_segments(data: &[u8], part: usize) -> Option<Digest> {
+        let size = data.len() as u64;
+        let mut segs = Vec::new();
+        for (i, piece) in data.chunks(part).enumerate() {
+            let off = (i * part) as u64;
+            let mut h = SegmentHasher::new(off, piece.len() as u64, size)?;
+            h.update(piece);
+            segs.push((off, piece.len() as u64, h.finish()));
+        }
+        file_digest(size, &segs)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Segments at power-of-two part boundaries combine into exactly blake3 of the file.
+        #[test]
+        fn combined_segments_equal_the_file_hash(len in 0usize..40_000, shift in 10u32..14, seed in any::<u64>()) {
+            let mut data = vec![0u8; len];
+            blake3::Hasher::new().update(&seed.to_le_bytes()).finalize_xof().fill(&mut data);
+            let got = via_segments(&data, 1 << shift);
+            prop_assert_eq!(got, Some(Digest::of(&data)));
+        }
+    }
+
+    #[test]
+    fn parts_that_are_not_powers_of_two_give_none_not_a_wrong_hash() {
+        let data = vec![7u8; 10_000];
+        assert_eq!(via_segments(&data, 3000), None);
+    }
+}

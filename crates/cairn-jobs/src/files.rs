@@ -102,6 +102,7 @@ impl Engine {
                 chunks: 0,
                 tail_len: 0,
                 sealed: None,
+                segment_hashes: Default::default(),
             };
             b.put_record(CF_UPLOAD_JOBS, uj.as_bytes(), &rec);
             jobs.push(uj);
@@ -165,6 +166,7 @@ impl Engine {
                     mime_type: mime_type.clone(),
                     meta: meta.clone(),
                     content,
+                    hash: (*size == 0).then(Digest::empty),
                 };
                 tree.insert(path, MemEntry::File(entry), &loader)
             }
@@ -200,6 +202,7 @@ impl Engine {
                     mime_type: None,
                     meta: meta.clone(),
                     content: Content::Link(target.clone()),
+                    hash: None,
                 };
                 tree.insert(path, MemEntry::File(entry), &loader)
             }
@@ -416,14 +419,16 @@ impl Engine {
                 }
                 MemEntry::File(FileEntry {
                     content: Content::Pending(segs),
+                    size,
                     ..
-                }) => segs.clone(),
+                }) => (segs.clone(), *size),
                 MemEntry::File(_) => continue,
             };
-            match self.resolve_pending(&segs)? {
-                Resolved::Parts(parts) => {
+            match self.resolve_pending(&segs.0, segs.1)? {
+                Resolved::Parts(parts, hash) => {
                     if let MemEntry::File(f) = entry {
                         f.content = Content::Parts(parts);
+                        f.hash = hash;
                     }
                 }
                 Resolved::Dropped => {
@@ -442,8 +447,9 @@ impl Engine {
         Ok(changed)
     }
 
-    fn resolve_pending(&self, segs: &[PendingSeg]) -> Result<Resolved> {
+    fn resolve_pending(&self, segs: &[PendingSeg], file_size: u64) -> Result<Resolved> {
         let mut parts = Vec::new();
+        let mut hashes = Vec::new();
         for s in segs {
             let uj = self.upload_job(&s.upload_job)?;
             let Some(sealed) = uj.sealed else {
@@ -452,7 +458,15 @@ impl Engine {
             if s.segment >= sealed.complete_segments {
                 return Ok(Resolved::Dropped);
             }
-            let off = self.uj_segment(&uj.id, s.segment)?.start;
+            let seg = self.uj_segment(&uj.id, s.segment)?;
+            let off = seg.start;
+            let value = uj
+                .segment_hashes
+                .values
+                .get(s.segment as usize)
+                .copied()
+                .flatten();
+            hashes.push(value.map(|v| (seg.seg.off, seg.seg.len, v)));
             parts.push(PartSeg {
                 digest: sealed.digest,
                 part_size: sealed.size,
@@ -460,7 +474,11 @@ impl Engine {
                 len: s.len,
             });
         }
-        Ok(Resolved::Parts(parts))
+        let hash = hashes
+            .into_iter()
+            .collect::<Option<Vec<_>>>()
+            .and_then(|h| cairn_core::hash::file_digest(file_size, &h));
+        Ok(Resolved::Parts(parts, hash))
     }
 
     /// Finalizes a draft: resolves its files (all uploads must be complete), writes the version
@@ -525,7 +543,8 @@ impl Engine {
 }
 
 enum Resolved {
-    Parts(Vec<PartSeg>),
+    /// The file's part slices, and its blake3 when the segment hashes combine.
+    Parts(Vec<PartSeg>, Option<Digest>),
     Dropped,
     Waiting(UploadJobId),
 }

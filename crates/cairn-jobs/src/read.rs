@@ -90,11 +90,13 @@ impl Engine {
                 file.size
             )));
         }
+        // The file's own blake3 when known; otherwise a digest of where its bytes live.
+        let etag = file.hash.unwrap_or_else(|| etag_of(&pieces));
         Ok(FileHandle {
             path: path.clone(),
             size: file.size,
             mime_type: file.mime_type,
-            etag: etag_of(&pieces),
+            etag,
             pieces,
         })
     }

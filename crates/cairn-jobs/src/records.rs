@@ -154,6 +154,9 @@ pub struct UploadJobRecord {
     /// Set when sealed: the part, and how many leading segments it holds completely
     /// (all of them, unless force completion sealed a partial job).
     pub sealed: Option<SealedPart>,
+    /// Filled when sealed.
+    #[serde(default)]
+    pub segment_hashes: SegmentHashes,
 }
 impl Record for UploadJobRecord {
     const NAME: &'static str = "upload job";
@@ -164,6 +167,13 @@ pub struct SealedPart {
     pub digest: Digest,
     pub size: u64,
     pub complete_segments: u32,
+}
+
+/// What sealing computes besides the part: each complete segment's blake3 value (see
+/// `cairn_core::hash::SegmentHasher`), from which finalize derives every file's blake3.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SegmentHashes {
+    pub values: Vec<Option<[u8; 32]>>,
 }
 
 /// One received chunk of an upload job and the segment it belongs to.

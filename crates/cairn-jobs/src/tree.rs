@@ -41,6 +41,10 @@ pub struct FileEntry {
     pub mime_type: Option<String>,
     pub meta: Option<Value>,
     pub content: Content,
+    /// The file's blake3, once its upload is sealed and resolved (absent while pending, for
+    /// links, and when the part layout cannot give it without re-reading).
+    #[serde(default)]
+    pub hash: Option<Digest>,
 }
 
 /// Where a file's bytes are.
@@ -408,6 +412,7 @@ mod tests {
             mime_type: None,
             meta: None,
             content: Content::Parts(vec![seg]),
+            hash: None,
         })
     }
 

@@ -243,6 +243,47 @@ impl Engine {
     /// Seals an upload job: its first `complete` segments become one part (all of them after a
     /// normal upload; fewer after force completion). Chunks received for later segments and the
     /// tail are released.
+    /// Reads the kept chunks back (each verified) once, hashing the part and, alongside, each
+    /// complete segment for the file hashes.
+    fn hash_part(
+        &self,
+        rec: &UploadJobRecord,
+        complete: u32,
+        chunks: &[(Box<[u8]>, UjChunk)],
+    ) -> Result<(cairn_core::Digest, SegmentHashes)> {
+        let segments = self.uj_segments(&rec.id, 0, complete as usize)?;
+        let mut part = blake3::Hasher::new();
+        let mut values = Vec::with_capacity(segments.len());
+        let mut current: Option<(u32, Option<cairn_core::hash::SegmentHasher>)> = None;
+        for (_, c) in chunks.iter().filter(|(_, c)| c.segment < complete) {
+            if current.as_ref().map(|(i, _)| *i) != Some(c.segment) {
+                if let Some((_, h)) = current.take() {
+                    values.push(h.map(|h| h.finish()));
+                }
+                let s = &segments[c.segment as usize].seg;
+                current = Some((
+                    c.segment,
+                    cairn_core::hash::SegmentHasher::new(s.off, s.len, s.file_size),
+                ));
+            }
+            let data = self.store.read_chunk(&c.chunk)?;
+            part.update(&data);
+            if let Some((_, Some(h))) = current.as_mut() {
+                h.update(&data);
+            }
+        }
+        if let Some((_, h)) = current {
+            values.push(h.map(|h| h.finish()));
+        }
+        if values.len() != complete as usize {
+            return Err(Error::corrupt(format!(
+                "upload job {} is missing the chunks of a segment",
+                rec.id
+            )));
+        }
+        Ok((part.finalize().into(), SegmentHashes { values }))
+    }
+
     pub(crate) fn seal(&self, rec: &UploadJobRecord, complete: u32) -> Result<()> {
         let chunks = self.uj_chunks(&rec.id)?;
         let kept: Vec<ChunkRef> = chunks
@@ -261,7 +302,7 @@ impl Engine {
                 rec.id
             )));
         }
-        let digest = self.store.digest_of(&kept)?;
+        let (digest, hashes) = self.hash_part(rec, complete, &chunks)?;
         let part = PartRecord {
             digest,
             size,
@@ -288,6 +329,7 @@ impl Engine {
             size,
             complete_segments: complete,
         });
+        fresh.segment_hashes = hashes;
         fresh.tail_len = 0;
         b.put_record(CF_UPLOAD_JOBS, rec.id.as_bytes(), &fresh);
         self.store.commit(b)?;
