@@ -148,7 +148,7 @@ impl SegmentHasher {
                 whole: true,
             });
         }
-        if off % blake3::CHUNK_LEN as u64 != 0
+        if !off.is_multiple_of(blake3::CHUNK_LEN as u64)
             || blake3::hazmat::max_subtree_len(off).is_some_and(|max| len > max)
         {
             return None;
