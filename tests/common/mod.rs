@@ -30,6 +30,11 @@ pub struct Server {
 
 impl Server {
     pub fn start(data: &Path, port: u16) -> Server {
+        Server::start_args(data, port, &[])
+    }
+
+    /// Starts with extra `cairn serve` arguments (e.g. `--config FILE`).
+    pub fn start_args(data: &Path, port: u16, extra: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
             .args([
                 "serve",
@@ -38,6 +43,7 @@ impl Server {
                 "--listen",
                 &format!("127.0.0.1:{port}"),
             ])
+            .args(extra)
             .env("CAIRN_TOKEN", TOKEN)
             .env("CAIRN_LOG", "info")
             .stderr(Stdio::piped())

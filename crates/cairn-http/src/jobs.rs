@@ -149,9 +149,10 @@ pub async fn handle_upload(
         ),
         None => None,
     };
+    let offset = content_range_start(&headers, declared)?;
     let reply = st
         .engine
-        .upload(t, fj, uj, declared, body.into_data_stream())
+        .upload_at(t, fj, uj, declared, offset, body.into_data_stream())
         .await?;
     tracing::info!(upload_job = %uj, accepted = reply.accepted, received = reply.received, size = reply.size, "upload");
     Ok(Json(
@@ -189,4 +190,29 @@ pub async fn handle_finalize_files(
     let t = token(&st, &p).await?;
     st.engine.run(move |e| e.finalize_files(&t)).await?;
     Ok((StatusCode::CREATED, Json(json!({}))).into_response())
+}
+
+/// The start offset of an upload body from `Content-Range: bytes a-b/*` (or `/total`), checked
+/// against the body length when both are given. Absent header: the job's current offset.
+fn content_range_start(
+    headers: &HeaderMap,
+    declared: Option<u64>,
+) -> Result<Option<u64>, ApiError> {
+    let Some(v) = headers.get(header::CONTENT_RANGE) else {
+        return Ok(None);
+    };
+    let bad = || ApiError::bad_request("Content-Range must be `bytes <first>-<last>/<total or *>`");
+    let spec = v
+        .to_str()
+        .map_err(|_| bad())?
+        .trim()
+        .strip_prefix("bytes ")
+        .ok_or_else(bad)?;
+    let (range, _total) = spec.split_once('/').ok_or_else(bad)?;
+    let (a, b) = range.split_once('-').ok_or_else(bad)?;
+    let (a, b): (u64, u64) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+    if b < a || declared.is_some_and(|n| n != b - a + 1) {
+        return Err(bad());
+    }
+    Ok(Some(a))
 }

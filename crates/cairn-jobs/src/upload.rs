@@ -137,14 +137,33 @@ impl Engine {
         S: Stream<Item = std::result::Result<Bytes, E>> + Send,
         E: std::fmt::Display,
     {
+        self.upload_at(token, fj, uj, declared, None, body).await
+    }
+
+    /// [`Engine::upload`] that also states the offset the body starts at (from a
+    /// `Content-Range`): a mismatch is a `conflict` and nothing is read, so a blind retry can
+    /// never append bytes twice.
+    pub async fn upload_at<S, E>(
+        self: &Arc<Self>,
+        token: WriteToken,
+        fj: FilesJobId,
+        uj: UploadJobId,
+        declared: Option<u64>,
+        offset: Option<u64>,
+        body: S,
+    ) -> Result<UploadReply>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Send,
+        E: std::fmt::Display,
+    {
         let rec = self.upload_job_in(&token, &fj, &uj)?;
-        check_room(&rec, declared)?;
+        check_room(&rec, declared, offset)?;
         let guard = self.uj_lock(&uj).lock_owned().await;
         let (tx, rx) = mpsc::channel::<Frame>(4);
         let me = self.clone();
         let task = tokio::task::spawn_blocking(move || {
             let _guard = guard;
-            me.ingest(&token, &fj, &uj, declared, rx)
+            me.ingest(&token, &fj, &uj, declared, offset, rx)
         });
         let mut body = std::pin::pin!(body);
         let mut ended = true;
@@ -184,10 +203,11 @@ impl Engine {
         fj: &FilesJobId,
         uj: &UploadJobId,
         declared: Option<u64>,
+        offset: Option<u64>,
         mut rx: mpsc::Receiver<Frame>,
     ) -> Result<UploadReply> {
         let rec = self.upload_job_in(token, fj, uj)?;
-        check_room(&rec, declared)?;
+        check_room(&rec, declared, offset)?;
         self.touch_job(fj)?;
         let mut ing = Ingest::start(self, rec)?;
         let outcome = loop {
@@ -339,11 +359,17 @@ impl Engine {
     }
 }
 
-fn check_room(rec: &UploadJobRecord, declared: Option<u64>) -> Result<()> {
+fn check_room(rec: &UploadJobRecord, declared: Option<u64>, offset: Option<u64>) -> Result<()> {
     if rec.is_complete() {
         return Err(Error::gone(format!(
             "upload job {} is already complete",
             rec.id
+        )));
+    }
+    if let Some(at) = offset.filter(|&at| at != rec.received) {
+        return Err(Error::conflict(format!(
+            "the body starts at offset {at} but upload job {} is at offset {}",
+            rec.id, rec.received
         )));
     }
     let room = rec.size - rec.received;
