@@ -21,3 +21,4 @@ check:
 # Benchmarks, reported as ratios to reference tools on the same machine.
 bench: setup
     bash benches/ingest.sh
+    bash benches/http.sh
