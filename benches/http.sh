@@ -3,10 +3,12 @@
 # client, printed as ratios. Not a test: nothing asserts timings (goals are printed beside them).
 #
 #   1. Ingest STREAMS x SIZE over loopback with STREAMS concurrent clients
-#        cairn  files job -> upload jobs (one POST each) -> finalize; data fsynced before each reply
+#        cairn  files job -> upload jobs (one POST each) -> finalize; data fsynced before each reply;
+#               timed from the files-job POST to the finalize reply (plan and finalize included)
 #        nginx  WebDAV PUT, one request per file (the body goes to a temp file, then a rename)
 #        tus    @tus/server + FileStore: POST (create) + one PATCH per file
 #      nginx and tus do not fsync; their "+fsync" column adds an fsync of the files afterwards.
+#      The client (benches/http_load.py) streams every body with sendfile, the same for all three.
 #   2. Random 1 MiB Range GETs on f0, CONC connections for DURATION s (wrk, else Python):
 #        cairn GET /q/{hq}/files/f0 vs nginx (sendfile on) serving the same file
 #   3. Cairn's peak RSS (VmHWM) per phase; server CPU seconds per phase; loadavg around phases.

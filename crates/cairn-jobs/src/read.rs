@@ -237,6 +237,17 @@ impl Engine {
         len: u64,
         mut sink: impl FnMut(&[u8]) -> Result<()>,
     ) -> Result<()> {
+        self.read_file_bytes(h, offset, len, |b| sink(&b))
+    }
+
+    /// [`Engine::read_file`] handing out zero-copy slices of the verified chunks.
+    pub fn read_file_bytes(
+        &self,
+        h: &FileHandle,
+        offset: u64,
+        len: u64,
+        mut sink: impl FnMut(Bytes) -> Result<()>,
+    ) -> Result<()> {
         let end = offset
             .checked_add(len)
             .filter(|&e| e <= h.size)
@@ -253,7 +264,7 @@ impl Engine {
                 let from = offset.max(piece_start) - piece_start;
                 let to = end.min(piece_end) - piece_start;
                 self.store
-                    .read_range(&p.chunks, p.off + from, to - from, &mut sink)?;
+                    .read_range_bytes(&p.chunks, p.off + from, to - from, &mut sink)?;
             }
             piece_start = piece_end;
         }
@@ -271,8 +282,8 @@ impl Engine {
         let (tx, rx) = mpsc::channel::<Result<Bytes>>(2);
         let me = self.clone();
         tokio::task::spawn_blocking(move || {
-            let res = me.read_file(&h, offset, len, |b| {
-                tx.blocking_send(Ok(Bytes::copy_from_slice(b)))
+            let res = me.read_file_bytes(&h, offset, len, |b| {
+                tx.blocking_send(Ok(b))
                     .map_err(|_| Error::invalid("reader went away"))
             });
             if let Err(e) = res {

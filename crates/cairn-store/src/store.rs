@@ -313,10 +313,21 @@ impl Store {
         len: u64,
         mut sink: impl FnMut(&[u8]) -> Result<()>,
     ) -> Result<()> {
+        self.read_range_bytes(chunks, offset, len, |b| sink(&b))
+    }
+
+    /// [`Store::read_range`] handing out each piece as a zero-copy slice of the verified chunk.
+    pub fn read_range_bytes(
+        &self,
+        chunks: &[ChunkRef],
+        offset: u64,
+        len: u64,
+        mut sink: impl FnMut(bytes::Bytes) -> Result<()>,
+    ) -> Result<()> {
         let lens: Vec<u64> = chunks.iter().map(|c| u64::from(c.len)).collect();
         for piece in range::plan(&lens, offset, len)? {
-            let data = self.read_chunk(&chunks[piece.index])?;
-            sink(&data[piece.start as usize..(piece.start + piece.len) as usize])?;
+            let data = bytes::Bytes::from(self.read_chunk(&chunks[piece.index])?);
+            sink(data.slice(piece.start as usize..(piece.start + piece.len) as usize))?;
         }
         Ok(())
     }
