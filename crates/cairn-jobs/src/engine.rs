@@ -86,6 +86,8 @@ pub struct Engine {
     pub(crate) epoch: u64,
     pub(crate) state: RwLock<()>,
     pub(crate) uj_locks: Mutex<HashMap<UploadJobId, Arc<tokio::sync::Mutex<()>>>>,
+    /// Recently read directory nodes.
+    nodes: cairn_store::cache::Cache<Digest, DirNode>,
 }
 
 impl Engine {
@@ -111,6 +113,7 @@ impl Engine {
             epoch,
             state: RwLock::new(()),
             uj_locks: Mutex::new(HashMap::new()),
+            nodes: cairn_store::cache::Cache::new(512),
         };
         engine.seal_received_jobs()?;
         Ok(engine)
@@ -163,8 +166,11 @@ impl Engine {
             .ok_or_else(|| Error::not_found(format!("{} not found", what())))
     }
 
-    pub(crate) fn load_node(&self, d: &Digest) -> Result<DirNode> {
-        self.get(CF_NODES, d.as_bytes(), || format!("directory node {d}"))
+    /// A directory node, decoded once and shared (nodes are content-addressed, so immutable).
+    pub(crate) fn load_node(&self, d: &Digest) -> Result<Arc<DirNode>> {
+        self.nodes
+            .get_or_load(d, || self.store.index().get_record(CF_NODES, d.as_bytes()))?
+            .ok_or_else(|| Error::not_found(format!("directory node {d} not found")))
     }
 
     // ---- libraries -------------------------------------------------------------------------

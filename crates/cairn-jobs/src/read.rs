@@ -119,13 +119,16 @@ impl Engine {
     }
 
     fn part_piece(&self, s: &PartSeg) -> Result<FilePiece> {
-        let part = self.store.part(&s.digest, s.part_size)?.ok_or_else(|| {
-            Error::corrupt(format!("part {} is missing from the index", s.digest))
-        })?;
+        let chunks = self
+            .store
+            .part_chunks(&s.digest, s.part_size)?
+            .ok_or_else(|| {
+                Error::corrupt(format!("part {} is missing from the index", s.digest))
+            })?;
         Ok(FilePiece {
             len: s.len,
             off: s.off,
-            chunks: Arc::new(part.chunks),
+            chunks,
             source: *s.digest.as_bytes(),
         })
     }

@@ -74,7 +74,7 @@ pub struct PendingSeg {
 }
 
 /// Loads a stored node by digest.
-pub type Loader<'a> = dyn Fn(&Digest) -> Result<DirNode> + 'a;
+pub type Loader<'a> = dyn Fn(&Digest) -> Result<std::sync::Arc<DirNode>> + 'a;
 
 /// A directory being edited: entries are loaded from the store only when an edit descends into them.
 #[derive(Debug, Clone, Default)]
@@ -95,18 +95,18 @@ impl MemDir {
         let node = loader(digest)?;
         let entries = node
             .entries
-            .into_iter()
+            .iter()
             .map(|(k, e)| {
                 let m = match e {
-                    Entry::Dir(d) => MemEntry::Stored(d),
-                    Entry::File(f) => MemEntry::File(f),
+                    Entry::Dir(d) => MemEntry::Stored(*d),
+                    Entry::File(f) => MemEntry::File(f.clone()),
                 };
-                (k, m)
+                (k.clone(), m)
             })
             .collect();
         Ok(MemDir {
             entries,
-            meta: node.meta,
+            meta: node.meta.clone(),
         })
     }
 
@@ -289,8 +289,8 @@ pub fn lookup(root: &Digest, path: &FilePath, loader: &Loader<'_>) -> Result<Opt
         let Entry::Dir(d) = current else {
             return Ok(None);
         };
-        match loader(&d)?.entries.remove(seg) {
-            Some(e) => current = e,
+        match loader(&d)?.entries.get(seg) {
+            Some(e) => current = e.clone(),
             None => return Ok(None),
         }
     }
@@ -429,6 +429,7 @@ mod tests {
                 .unwrap()
                 .get(d)
                 .cloned()
+                .map(std::sync::Arc::new)
                 .ok_or_else(|| Error::not_found("node"))
         };
         let mut t = MemDir::default();
@@ -475,7 +476,8 @@ mod tests {
 
     #[test]
     fn file_and_directory_conflicts() {
-        let loader = |_: &Digest| -> Result<DirNode> { Err(Error::not_found("none")) };
+        let loader =
+            |_: &Digest| -> Result<std::sync::Arc<DirNode>> { Err(Error::not_found("none")) };
         let mut t = MemDir::default();
         t.insert(&p("a/x"), file(1), &loader).unwrap();
         assert!(t

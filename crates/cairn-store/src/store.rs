@@ -112,6 +112,8 @@ pub struct Store {
     pins: Mutex<HashMap<Digest, u32>>,
     /// Packs holding appends of write sessions not yet committed; repack skips them.
     pack_users: Mutex<HashMap<PackId, u32>>,
+    /// Decoded chunk lists of recently read parts.
+    part_cache: crate::cache::Cache<[u8; 40], Vec<ChunkRef>>,
     /// One gc at a time.
     pub(crate) gc_lock: Mutex<()>,
     /// Held by anything that checks-then-references a part or tree node, and by gc while it
@@ -144,6 +146,7 @@ impl Store {
             pins: Mutex::new(HashMap::new()),
             pack_users: Mutex::new(HashMap::new()),
             gc_lock: Mutex::new(()),
+            part_cache: crate::cache::Cache::new(4096),
             ref_guard: Mutex::new(()),
         })
     }
@@ -343,6 +346,13 @@ impl Store {
 
     pub fn part(&self, digest: &Digest, size: u64) -> Result<Option<PartRecord>> {
         self.index.get_record(CF_PARTS, &part_key(digest, size))
+    }
+
+    /// A part's chunk list, decoded once and shared (parts are immutable).
+    pub fn part_chunks(&self, digest: &Digest, size: u64) -> Result<Option<Arc<Vec<ChunkRef>>>> {
+        let key = part_key(digest, size);
+        self.part_cache
+            .get_or_load(&key, || Ok(self.part(digest, size)?.map(|p| p.chunks)))
     }
 
     /// Adds to `batch` a reference to the part made of `chunks`, creating its record (and its
