@@ -88,6 +88,9 @@ pub struct Engine {
     pub(crate) uj_locks: Mutex<HashMap<UploadJobId, Arc<tokio::sync::Mutex<()>>>>,
     /// Recently read directory nodes.
     nodes: cairn_store::cache::Cache<Digest, DirNode>,
+    /// Hashes of upload jobs whose requests stopped short of the end, keyed with the offset
+    /// they cover, so the next request continues them instead of sealing by re-reading.
+    pub(crate) stream_hashes: Mutex<HashMap<UploadJobId, (u64, crate::upload::StreamHashes)>>,
 }
 
 impl Engine {
@@ -114,6 +117,7 @@ impl Engine {
             state: RwLock::new(()),
             uj_locks: Mutex::new(HashMap::new()),
             nodes: cairn_store::cache::Cache::new(512),
+            stream_hashes: Mutex::new(HashMap::new()),
         };
         engine.seal_received_jobs()?;
         Ok(engine)
@@ -339,6 +343,7 @@ impl Engine {
         }
         b.delete(CF_UJ_TAIL, uj.as_bytes());
         b.delete(CF_UPLOAD_JOBS, uj.as_bytes());
+        self.stream_hashes.lock().remove(uj);
         Ok(())
     }
 

@@ -305,6 +305,18 @@ impl Engine {
     }
 
     pub(crate) fn seal(&self, rec: &UploadJobRecord, complete: u32) -> Result<()> {
+        self.seal_with(rec, complete, None)
+    }
+
+    /// [`Engine::seal`] with the part digest and segment hashes already computed while the
+    /// bytes streamed in (an upload received whole by one process); otherwise they are
+    /// computed by reading the chunks back.
+    fn seal_with(
+        &self,
+        rec: &UploadJobRecord,
+        complete: u32,
+        known: Option<(cairn_core::Digest, SegmentHashes)>,
+    ) -> Result<()> {
         let chunks = self.uj_chunks(&rec.id)?;
         let kept: Vec<ChunkRef> = chunks
             .iter()
@@ -322,7 +334,10 @@ impl Engine {
                 rec.id
             )));
         }
-        let (digest, hashes) = self.hash_part(rec, complete, &chunks)?;
+        let (digest, hashes) = match known {
+            Some(k) => k,
+            None => self.hash_part(rec, complete, &chunks)?,
+        };
         let part = PartRecord {
             digest,
             size,
@@ -355,6 +370,7 @@ impl Engine {
         self.store.commit(b)?;
         drop(guard);
         self.uj_locks.lock().remove(&rec.id);
+        self.stream_hashes.lock().remove(&rec.id);
         Ok(())
     }
 }
@@ -396,6 +412,9 @@ struct Ingest<'e> {
     since_commit: u64,
     /// The job's durable offset when this request started.
     started_at: u64,
+    /// Hashes of everything pushed, kept when this request started at the job's first byte, so
+    /// sealing need not read the part back.
+    hashes: Option<StreamHashes>,
     /// Set when a write failed midway: the chunker, the pending list and the offsets may
     /// disagree, so nothing more is committed from this request.
     poisoned: bool,
@@ -433,6 +452,16 @@ impl<'e> Ingest<'e> {
             since_commit: 0,
             poisoned: false,
             started_at: rec.received,
+            hashes: match rec.received {
+                0 => Some(StreamHashes::start(engine, &rec)?),
+                // A previous request of this process left off exactly here.
+                at => engine
+                    .stream_hashes
+                    .lock()
+                    .remove(&rec.id)
+                    .filter(|(off, _)| *off == at)
+                    .map(|(_, h)| h),
+            },
             rec,
         })
     }
@@ -458,6 +487,9 @@ impl<'e> Ingest<'e> {
 
     /// Pushes bytes of the current segment; at the segment's end, flushes its last chunk.
     fn feed(&mut self, data: &[u8]) -> Result<()> {
+        if let Some(h) = self.hashes.as_mut() {
+            h.update(data);
+        }
         let (session, pending, seg) = (&mut self.session, &mut self.pending, self.segment);
         self.chunker.push(data, |c| {
             pending.push(UjChunk {
@@ -477,6 +509,9 @@ impl<'e> Ingest<'e> {
                 Ok::<_, Error>(())
             })?;
             (self.segment, self.seg_end) = locate(self.engine, &self.rec, self.pos)?;
+            if let Some(h) = self.hashes.as_mut() {
+                h.next_segment(self.engine, &self.rec, self.segment)?;
+            }
         }
         Ok(())
     }
@@ -531,7 +566,18 @@ impl<'e> Ingest<'e> {
         self.commit(true)?;
         let complete = self.rec.received == self.rec.size;
         if complete {
-            self.engine.seal(&self.rec, self.rec.segment_count)?;
+            let known = self
+                .hashes
+                .take()
+                .and_then(|h| h.finish(self.rec.segment_count));
+            self.engine
+                .seal_with(&self.rec, self.rec.segment_count, known)?;
+        } else if let Some(h) = self.hashes.take() {
+            // Everything pushed is now durable: the next request can continue these hashes.
+            self.engine
+                .stream_hashes
+                .lock()
+                .insert(self.rec.id, (self.rec.received, h));
         }
         Ok(UploadReply {
             id: self.rec.id,
@@ -551,4 +597,55 @@ fn locate(engine: &Engine, rec: &UploadJobRecord, pos: u64) -> Result<(u32, u64)
         return Ok((rec.segment_count, rec.size));
     }
     Ok((i, engine.uj_segment(&rec.id, i)?.end()))
+}
+
+/// The part digest and per-segment hashes, computed as the bytes of a whole job stream in.
+pub(crate) struct StreamHashes {
+    part: blake3::Hasher,
+    values: Vec<Option<[u8; 32]>>,
+    current: Option<cairn_core::hash::SegmentHasher>,
+}
+
+impl StreamHashes {
+    fn start(engine: &Engine, rec: &UploadJobRecord) -> Result<StreamHashes> {
+        let mut h = StreamHashes {
+            part: blake3::Hasher::new(),
+            values: Vec::new(),
+            current: None,
+        };
+        h.open(engine, rec, 0)?;
+        Ok(h)
+    }
+
+    fn open(&mut self, engine: &Engine, rec: &UploadJobRecord, segment: u32) -> Result<()> {
+        if segment < rec.segment_count {
+            let s = engine.uj_segment(&rec.id, segment)?.seg;
+            self.current = cairn_core::hash::SegmentHasher::new(s.off, s.len, s.file_size);
+        }
+        Ok(())
+    }
+
+    fn update(&mut self, data: &[u8]) {
+        self.part.update(data);
+        if let Some(c) = self.current.as_mut() {
+            c.update(data);
+        }
+    }
+
+    /// Closes the segment just completed and opens `next`.
+    fn next_segment(&mut self, engine: &Engine, rec: &UploadJobRecord, next: u32) -> Result<()> {
+        self.values.push(self.current.take().map(|c| c.finish()));
+        self.open(engine, rec, next)
+    }
+
+    fn finish(self, segments: u32) -> Option<(cairn_core::Digest, SegmentHashes)> {
+        (self.values.len() == segments as usize).then(|| {
+            (
+                self.part.finalize().into(),
+                SegmentHashes {
+                    values: self.values,
+                },
+            )
+        })
+    }
 }
