@@ -238,7 +238,8 @@ fn sigterm_stops_the_server_cleanly_and_data_survives() {
         s.log_lines()
     );
     drop(s);
-    let s = Server::start(data.path(), port);
+    // A new port: the old one may already serve another test's server.
+    let s = Server::start(data.path(), common::free_port());
     assert_eq!(
         curl(&s.url(&format!("/q/{hq}/files/x.txt")), &[]).body,
         b"survives a restart"
@@ -279,5 +280,28 @@ fn oversized_json_bodies_are_refused() {
             .unwrap()
             .len(),
         0
+    );
+}
+
+#[test]
+fn serve_help_and_typos_never_start_a_server() {
+    let cwd = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .args(args)
+            .current_dir(cwd.path())
+            .output()
+            .unwrap()
+    };
+    let help = run(&["serve", "--help"]);
+    assert!(help.status.success());
+    assert!(String::from_utf8_lossy(&help.stdout).contains("cairn serve"));
+    let typo = run(&["serve", "--dta", "x"]);
+    assert!(!typo.status.success());
+    assert!(String::from_utf8_lossy(&typo.stderr).contains("--dta"));
+    assert_eq!(
+        std::fs::read_dir(cwd.path()).unwrap().count(),
+        0,
+        "no data dir was created"
     );
 }

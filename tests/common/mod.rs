@@ -66,6 +66,21 @@ impl Server {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+        // The port answered: make sure it is this server (not one that took the port first).
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "server exited: {:?}",
+            log.lock().unwrap()
+        );
+        assert!(
+            log.lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.contains(&format!("127.0.0.1:{port}"))),
+            "another process answers on port {port}: {:?}",
+            log.lock().unwrap()
+        );
         Server { child, port, log }
     }
 
@@ -159,6 +174,11 @@ pub fn curl(url: &str, args: &[&str]) -> Reply {
         .trim()
         .parse()
         .unwrap_or(0);
+    assert!(
+        status != 0,
+        "curl {url} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let headers = std::fs::read_to_string(&h)
         .unwrap_or_default()
         .lines()

@@ -30,6 +30,10 @@ fn main() -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    if args.iter().skip(1).any(|a| a == "-h" || a == "--help") {
+        println!("{USAGE}");
+        return Ok(());
+    }
     match args.first().map(String::as_str) {
         Some("serve") => rt.block_on(serve::run(&args[1..])),
         Some("demo") => rt.block_on(demo::run(&args[1..])),
@@ -44,6 +48,21 @@ fn main() -> Result<()> {
             bail!("unknown command {other:?}")
         }
     }
+}
+
+/// Refuses anything in `args` but `--flag VALUE` pairs of the given flags (a typo must not start
+/// a server on the default data dir).
+pub(crate) fn only_flags(args: &[String], allowed: &[&str]) -> Result<()> {
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if !allowed.contains(&a.as_str()) {
+            bail!("unexpected argument {a:?}\n{USAGE}");
+        }
+        if it.next().is_none() {
+            bail!("{a} needs a value");
+        }
+    }
+    Ok(())
 }
 
 /// Value of `--name VALUE` in `args`, if present.

@@ -5,6 +5,7 @@ use anyhow::{anyhow, Result};
 use cairn_http::ServerConfig;
 
 pub async fn run(args: &[String]) -> Result<()> {
+    crate::only_flags(args, &["--config", "--data", "--listen"])?;
     let file = crate::flag(args, "--config").map(std::path::PathBuf::from);
     let mut cfg = ServerConfig::load(file.as_deref()).map_err(|e| anyhow!(e))?;
     if let Some(d) = crate::flag(args, "--data") {

@@ -139,10 +139,16 @@ pub async fn handle_versions(
     Path(p): Path<Params>,
 ) -> Result<Json<Value>, ApiError> {
     let object = object_param(&p)?;
+    let want = p.get("lib").map(|l| l.parse::<LibraryId>()).transpose()?;
     let (lib, versions) = st
         .engine
         .run(move |e| Ok((e.object(&object)?.library, e.versions(&object)?)))
         .await?;
+    if want.is_some_and(|w| w != lib) {
+        return Err(ApiError::not_found(format!(
+            "object {object} is not in that library"
+        )));
+    }
     let list: Vec<Value> = versions
         .iter()
         .map(|h| version_json(&object, h, &lib))

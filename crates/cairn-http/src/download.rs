@@ -65,6 +65,14 @@ pub async fn handle_list(
     Path(p): Path<Params>,
 ) -> Result<Json<Value>, ApiError> {
     let q = target(&st, &p).await?;
+    if let Some(dir) = p.get("path").filter(|d| !d.trim_matches('/').is_empty()) {
+        // The listing stays rooted at the top (clients walk into it), but the directory must exist.
+        let dir = FilePath::parse(dir)?;
+        let found = st.engine.run(move |e| e.entry_exists(&q, &dir)).await?;
+        if !found {
+            return Err(ApiError::not_found("no such directory"));
+        }
+    }
     Ok(Json(list(&st, q).await?))
 }
 

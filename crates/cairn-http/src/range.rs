@@ -25,11 +25,12 @@ pub fn plan(header: Option<&str>, size: u64) -> Result<Plan, ApiError> {
         return Ok(Plan::Full);
     };
     let bad = |why: &str| ApiError::range_not_satisfiable(size, format!("Range {h:?}: {why}"));
+    // RFC 9110: a range unit the server does not know is ignored (the whole content is sent);
+    // a malformed `bytes` range is refused.
+    let Some(specs) = h.trim().strip_prefix("bytes=") else {
+        return Ok(Plan::Full);
+    };
     http_range_header::parse_range_header(h).map_err(|_| bad("not a valid bytes range"))?;
-    let specs = h
-        .trim()
-        .strip_prefix("bytes=")
-        .ok_or_else(|| bad("only bytes ranges are served"))?;
     let items: Vec<&str> = specs.split(',').map(str::trim).collect();
     if items.len() > MAX_RANGES {
         return Err(bad("too many ranges"));
@@ -93,7 +94,7 @@ mod tests {
             (Some("bytes=-0"), None),
             (Some("bytes=5-1"), None),
             (Some("bytes=abc"), None),
-            (Some("items=0-1"), None),
+            (Some("items=0-1"), Some(Plan::Full)),
             (Some("bytes=-"), None),
             (Some("bytes=18446744073709551616-"), None),
         ];

@@ -166,6 +166,12 @@ impl Engine {
         })
     }
 
+    /// Whether `path` names a file or directory in what `q` names.
+    pub fn entry_exists(&self, q: &Qhit, path: &FilePath) -> Result<bool> {
+        let root = self.tree_root(q)?;
+        Ok(path.is_root() || lookup(&root, path, &|d: &Digest| self.load_node(d))?.is_some())
+    }
+
     /// Opens a part that the content `q` references, for reading like a file.
     pub fn open_part(&self, q: &Qhit, part: &cairn_core::PartHash) -> Result<FileHandle> {
         if !self.parts(q)?.contains(part) {
