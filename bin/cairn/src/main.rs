@@ -1,23 +1,109 @@
-//! `cairn`: the server (`cairn serve`), a demo that ingests a directory through the Files Job engine and reads it
-//! back byte-exact, an ingest benchmark that reports peak memory, and a crash-test child.
-//! The client commands come with the next issue.
+//! `cairn`: the server (`cairn serve`), the user commands that drive it over HTTP (`lib`,
+//! `object`, `upload`, `ls`, `get`, `cat`, `versions`, `finalize`), and a few tools (`demo`,
+//! `ingest-bench`). Errors are reported on stderr; the exit code says what kind (see
+//! [`exit_code`]); `--json` prints machine-readable results on stdout.
 
+mod cli;
 mod crash_child;
 mod demo;
 mod ingest;
 mod serve;
 
 use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
 
-const USAGE: &str = "usage:
-  cairn serve [--data DIR] [--listen HOST:PORT] [--config FILE]
-                                         serve the Files API (default ./cairn-data, 127.0.0.1:8008)
-  cairn demo <DIR> [--data DATA_DIR]     ingest DIR as a new version, read every file back, compare
-  cairn ingest-bench [--size BYTES] [--data DATA_DIR] [--parallel N]
-                                         ingest a synthetic stream; print throughput and peak RSS
-  cairn crash-child <DATA_DIR> <ABORT_AFTER_BYTES>   (test helper: uploads, then aborts)";
+const EXAMPLES: &str = "Examples:
+  cairn serve                                   # embedded store in ./cairn-data, 127.0.0.1:8008
+  export CAIRN_TOKEN=…                          # the token printed by the first `cairn serve`
+  cairn lib create media                        # → ilib…
+  cairn object create ilib…                     # → iq__… (with an open draft)
+  cairn upload iq__… ./masters --parallel 8     # plan, upload in parallel, finalize → hq__…
+  cairn ls iq__…:/masters                       # list a directory of the head version
+  cairn get hq__…:masters/film.mov -o film.mov  # download (resumes a partial film.mov)
+  cairn get iq__…:masters/film.mov --range 0-1048575 -o head.bin
 
-fn main() -> Result<()> {
+Exit codes: 0 ok, 1 failure, 2 usage, 3 not found, 4 conflict (state forbids it), 5 server unreachable.";
+
+#[derive(Parser)]
+#[command(name = "cairn", version, about = "Cairn: a content-addressed object store with resumable Files Jobs", after_help = EXAMPLES)]
+struct Cli {
+    /// Server URL.
+    #[arg(
+        long,
+        env = "CAIRN_SERVER",
+        default_value = "http://127.0.0.1:8008",
+        global = true
+    )]
+    server: String,
+    /// API token.
+    #[arg(
+        long,
+        env = "CAIRN_TOKEN",
+        hide_env_values = true,
+        global = true,
+        default_value = ""
+    )]
+    token: String,
+    /// Print results as JSON.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve the Files API on the embedded store.
+    Serve {
+        /// Data directory (default ./cairn-data).
+        #[arg(long)]
+        data: Option<String>,
+        /// Address to listen on (default 127.0.0.1:8008).
+        #[arg(long)]
+        listen: Option<String>,
+        /// TOML config file.
+        #[arg(long)]
+        config: Option<String>,
+    },
+    /// Libraries.
+    #[command(subcommand)]
+    Lib(cli::LibCmd),
+    /// Content objects.
+    #[command(subcommand)]
+    Object(cli::ObjectCmd),
+    /// Upload files and directories into an object as a new version.
+    Upload(cli::UploadArgs),
+    /// List files: `<object|version|write-token>[:/dir]`.
+    Ls { target: String },
+    /// Download a file: `<object|version>:<path>`.
+    Get(cli::GetArgs),
+    /// Print a file to stdout: `<object|version>:<path>`.
+    Cat { target: String },
+    /// An object's versions, newest first.
+    Versions { object: String },
+    /// Finalize a draft into a version.
+    Finalize { write_token: String },
+    /// Ingest a directory through the engine in-process and read it back (no server).
+    #[command(hide = true)]
+    Demo {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Ingest a synthetic stream in-process; print throughput and peak RSS.
+    #[command(hide = true, name = "ingest-bench")]
+    IngestBench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Test helper for tests/crash.rs.
+    #[command(hide = true, name = "crash-child")]
+    CrashChild {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
@@ -26,43 +112,56 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .build()?;
-    if args.iter().skip(1).any(|a| a == "-h" || a == "--help") {
-        println!("{USAGE}");
-        return Ok(());
-    }
-    match args.first().map(String::as_str) {
-        Some("serve") => rt.block_on(serve::run(&args[1..])),
-        Some("demo") => rt.block_on(demo::run(&args[1..])),
-        Some("ingest-bench") => rt.block_on(ingest::run(&args[1..])),
-        Some("crash-child") => rt.block_on(crash_child::run(&args[1..])),
-        Some("-h" | "--help" | "help") | None => {
-            println!("{USAGE}");
-            Ok(())
-        }
-        Some(other) => {
-            eprintln!("{USAGE}");
-            bail!("unknown command {other:?}")
-        }
+        .build()
+        .expect("tokio runtime");
+    if let Err(e) = rt.block_on(run(cli)) {
+        eprintln!("cairn: {e:#}");
+        std::process::exit(exit_code(&e));
     }
 }
 
-/// Refuses anything in `args` but `--flag VALUE` pairs of the given flags (a typo must not start
-/// a server on the default data dir).
-pub(crate) fn only_flags(args: &[String], allowed: &[&str]) -> Result<()> {
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        if !allowed.contains(&a.as_str()) {
-            bail!("unexpected argument {a:?}\n{USAGE}");
-        }
-        if it.next().is_none() {
-            bail!("{a} needs a value");
-        }
+async fn run(cli: Cli) -> Result<()> {
+    let ctx = cli::Ctx {
+        client: cairn_client::Client::new(&cli.server, &cli.token),
+        json: cli.json,
+    };
+    match cli.cmd {
+        Cmd::Serve {
+            data,
+            listen,
+            config,
+        } => serve::run(data, listen, config).await,
+        Cmd::Lib(c) => cli::lib(&ctx, c).await,
+        Cmd::Object(c) => cli::object(&ctx, c).await,
+        Cmd::Upload(a) => cli::upload(&ctx, a).await,
+        Cmd::Ls { target } => cli::ls(&ctx, &target).await,
+        Cmd::Get(a) => cli::get(&ctx, a).await,
+        Cmd::Cat { target } => cli::cat(&ctx, &target).await,
+        Cmd::Versions { object } => cli::versions(&ctx, &object).await,
+        Cmd::Finalize { write_token } => cli::finalize(&ctx, &write_token).await,
+        Cmd::Demo { args } => demo::run(&args).await,
+        Cmd::IngestBench { args } => ingest::run(&args).await,
+        Cmd::CrashChild { args } => crash_child::run(&args).await,
     }
-    Ok(())
+}
+
+/// 3 not found, 4 conflict/gone, 5 unreachable, 1 anything else (clap itself exits 2 on usage).
+fn exit_code(e: &anyhow::Error) -> i32 {
+    match e.downcast_ref::<cairn_client::ClientError>() {
+        Some(cairn_client::ClientError::Api { status: 404, .. }) => 3,
+        Some(cairn_client::ClientError::Api {
+            status: 409 | 410, ..
+        }) => 4,
+        Some(cairn_client::ClientError::Api {
+            status: 400 | 413 | 416,
+            ..
+        }) => 2,
+        Some(cairn_client::ClientError::Transport(_)) => 5,
+        _ => 1,
+    }
 }
 
 /// Value of `--name VALUE` in `args`, if present.

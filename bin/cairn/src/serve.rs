@@ -4,15 +4,18 @@
 use anyhow::{anyhow, Result};
 use cairn_http::ServerConfig;
 
-pub async fn run(args: &[String]) -> Result<()> {
-    crate::only_flags(args, &["--config", "--data", "--listen"])?;
-    let file = crate::flag(args, "--config").map(std::path::PathBuf::from);
-    let mut cfg = ServerConfig::load(file.as_deref()).map_err(|e| anyhow!(e))?;
-    if let Some(d) = crate::flag(args, "--data") {
+pub async fn run(
+    data: Option<String>,
+    listen: Option<String>,
+    config: Option<String>,
+) -> Result<()> {
+    let mut cfg =
+        ServerConfig::load(config.as_deref().map(std::path::Path::new)).map_err(|e| anyhow!(e))?;
+    if let Some(d) = data {
         cfg.data = d.into();
     }
-    if let Some(l) = crate::flag(args, "--listen") {
-        cfg.listen = l.to_string();
+    if let Some(l) = listen {
+        cfg.listen = l;
     }
     let (state, generated) = cairn_http::open(&cfg).map_err(|e| anyhow!(e))?;
     if let Some(token) = generated {

@@ -1,0 +1,363 @@
+//! The user commands: thin wrappers over `cairn-client` that print results (text, or JSON with
+//! `--json`).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context, Result};
+use cairn_client::{Client, UploadOptions};
+use clap::{Args, Subcommand};
+use futures::StreamExt;
+use serde_json::{json, Value};
+
+pub struct Ctx {
+    pub client: Client,
+    pub json: bool,
+}
+
+impl Ctx {
+    /// Prints `v` as JSON with `--json`, else the text `text(v)` gives.
+    fn print(&self, v: &Value, text: impl FnOnce(&Value) -> String) {
+        if self.json {
+            println!("{v}");
+        } else {
+            let t = text(v);
+            if !t.is_empty() {
+                println!("{t}");
+            }
+        }
+    }
+}
+
+#[derive(Subcommand)]
+pub enum LibCmd {
+    /// Create a library; prints its id.
+    Create { name: String },
+    /// List libraries.
+    Ls,
+}
+
+#[derive(Subcommand)]
+pub enum ObjectCmd {
+    /// Create an object in a library; prints its id.
+    Create { library: String },
+    /// List a library's objects with their head version.
+    Ls { library: String },
+    /// Delete an object (all versions), a draft (write token) or one version.
+    Rm { id: String },
+}
+
+#[derive(Args)]
+pub struct UploadArgs {
+    /// Object id (iq__…).
+    object: String,
+    /// Files and directories to upload.
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    /// Directory in the object to upload into.
+    #[arg(long, default_value = "")]
+    dest: String,
+    /// Upload jobs sent at once.
+    #[arg(long, default_value_t = 4)]
+    parallel: usize,
+    /// Commit message (stored as `commit.message` in the version's metadata).
+    #[arg(long)]
+    message: Option<String>,
+    /// Leave the draft open instead of finalizing (prints the write token).
+    #[arg(long)]
+    no_finalize: bool,
+    /// Directory for resume records (default: $XDG_STATE_HOME/cairn or ~/.local/state/cairn).
+    #[arg(long, env = "CAIRN_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct GetArgs {
+    /// `<object|version>:<path>`.
+    target: String,
+    /// Output file (default: stdout). An existing shorter file is resumed.
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+    /// Only bytes A through B (inclusive), e.g. `0-1048575`.
+    #[arg(long)]
+    range: Option<String>,
+}
+
+pub async fn lib(ctx: &Ctx, cmd: LibCmd) -> Result<()> {
+    match cmd {
+        LibCmd::Create { name } => {
+            let v = ctx.client.create_library(&name).await?;
+            ctx.print(&v, |v| v["id"].as_str().unwrap_or_default().to_string());
+        }
+        LibCmd::Ls => {
+            let v = ctx.client.libraries().await?;
+            ctx.print(&v, |v| {
+                lines(&v["libraries"], |l| {
+                    format!("{}  {}", s(&l["id"]), s(&l["name"]))
+                })
+            });
+        }
+    }
+    Ok(())
+}
+
+pub async fn object(ctx: &Ctx, cmd: ObjectCmd) -> Result<()> {
+    match cmd {
+        ObjectCmd::Create { library } => {
+            let v = ctx.client.create_object(&library).await?;
+            // The object comes with an empty draft; uploads open their own.
+            if let Some(wt) = v["write_token"].as_str() {
+                ctx.client.delete(wt).await?;
+            }
+            ctx.print(&v, |v| s(&v["id"]).to_string());
+        }
+        ObjectCmd::Ls { library } => {
+            let v = ctx.client.objects(&library).await?;
+            ctx.print(&v, |v| {
+                lines(&v["contents"], |o| {
+                    format!("{}  {}", s(&o["id"]), s(&o["versions"][0]["hash"]))
+                })
+            });
+        }
+        ObjectCmd::Rm { id } => {
+            ctx.client.delete(&id).await?;
+            ctx.print(&json!({"deleted": id}), |_| String::new());
+        }
+    }
+    Ok(())
+}
+
+pub async fn upload(ctx: &Ctx, a: UploadArgs) -> Result<()> {
+    let opts = UploadOptions {
+        object: a.object,
+        paths: a.paths,
+        dest: a.dest,
+        parallel: a.parallel,
+        finalize: !a.no_finalize,
+        message: a.message,
+        state_dir: a.state_dir,
+    };
+    let started = std::time::Instant::now();
+    let out = cairn_client::upload_tree(&ctx.client, &opts, Arc::new(|_| {})).await?;
+    let secs = started.elapsed().as_secs_f64();
+    let v = serde_json::to_value(&out)?;
+    ctx.print(&v, |_| {
+        let what = out
+            .version
+            .clone()
+            .unwrap_or_else(|| format!("draft {}", out.write_token));
+        format!(
+            "{what}\n{} files, {} bytes; sent {} bytes in {} upload jobs{} ({:.1} MiB/s)",
+            out.files,
+            out.bytes,
+            out.bytes_sent,
+            out.upload_jobs,
+            if out.resumed { ", resumed" } else { "" },
+            out.bytes_sent as f64 / secs.max(1e-9) / 1048576.0
+        )
+    });
+    Ok(())
+}
+
+/// Splits `id:path` (the path may be empty or start with `/`).
+fn split_target(t: &str) -> (&str, &str) {
+    match t.split_once(':') {
+        Some((id, path)) => (id, path.trim_start_matches('/')),
+        None => (t, ""),
+    }
+}
+
+pub async fn ls(ctx: &Ctx, target: &str) -> Result<()> {
+    let (id, dir) = split_target(target);
+    let tree = ctx.client.files(id).await?;
+    let mut node = &tree;
+    for seg in dir.split('/').filter(|s| !s.is_empty()) {
+        node = node.get(seg).ok_or_else(|| {
+            anyhow!(cairn_client::ClientError::Api {
+                status: 404,
+                kind: "not_found".into(),
+                reason: format!("{dir} not found")
+            })
+        })?;
+    }
+    let mut rows = Vec::new();
+    walk_tree(node, dir, &mut rows);
+    let v = json!(rows
+        .iter()
+        .map(|(p, size, is_dir)| json!({"path": p, "size": size, "directory": is_dir}))
+        .collect::<Vec<_>>());
+    ctx.print(&v, |_| {
+        rows.iter()
+            .map(|(p, size, d)| {
+                if *d {
+                    format!("{:>14}  {p}/", "-")
+                } else {
+                    format!("{size:>14}  {p}")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    });
+    Ok(())
+}
+
+fn walk_tree(node: &Value, at: &str, out: &mut Vec<(String, u64, bool)>) {
+    let Some(map) = node.as_object() else { return };
+    for (name, child) in map.iter().filter(|(k, _)| *k != ".") {
+        let path = if at.is_empty() {
+            name.clone()
+        } else {
+            format!("{at}/{name}")
+        };
+        let dot = &child["."];
+        if dot["type"] == "directory" {
+            out.push((path.clone(), 0, true));
+            walk_tree(child, &path, out);
+        } else {
+            out.push((path, dot["size"].as_u64().unwrap_or(0), false));
+        }
+    }
+}
+
+pub async fn get(ctx: &Ctx, a: GetArgs) -> Result<()> {
+    let (id, path) = split_target(&a.target);
+    if path.is_empty() {
+        bail!("give a file: <object|version>:<path>");
+    }
+    let range = match &a.range {
+        Some(r) => {
+            let (x, y) = r.split_once('-').context("--range is A-B")?;
+            let (x, y): (u64, u64) = (x.parse()?, y.parse()?);
+            if y < x {
+                bail!("--range {r}: B is before A");
+            }
+            Some((x, Some(y + 1)))
+        }
+        None => None,
+    };
+    match &a.output {
+        None => {
+            let resp = ctx.client.download(id, path, range).await?;
+            copy_body(resp, &mut std::io::stdout().lock()).await?;
+        }
+        Some(out) => download_to(ctx, id, path, range, out).await?,
+    }
+    Ok(())
+}
+
+/// Downloads into `out`; a whole-file download resumes an existing shorter `out`, and is
+/// checked against the file's blake3 (its ETag) at the end.
+async fn download_to(
+    ctx: &Ctx,
+    id: &str,
+    path: &str,
+    range: Option<(u64, Option<u64>)>,
+    out: &PathBuf,
+) -> Result<()> {
+    let have = if range.is_none() {
+        std::fs::metadata(out).map(|m| m.len()).unwrap_or(0)
+    } else {
+        0
+    };
+    let resp = ctx
+        .client
+        .download(id, path, range.or((have > 0).then_some((have, None))))
+        .await;
+    let resp = match resp {
+        // The local file is already complete.
+        Err(cairn_client::ClientError::Api { status: 416, .. }) if have > 0 => {
+            return verify(ctx, id, path, out).await
+        }
+        other => other?,
+    };
+    let etag = resp
+        .headers()
+        .get("etag")
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.trim_matches('"').to_string());
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(have > 0)
+        .write(true)
+        .truncate(have == 0)
+        .open(out)
+        .with_context(|| out.display().to_string())?;
+    copy_body(resp, &mut file).await?;
+    file.sync_all()?;
+    if range.is_none() {
+        check_hash(out, etag.as_deref())?;
+    }
+    ctx.print(
+        &json!({"path": path, "output": out, "resumed_at": have}),
+        |_| String::new(),
+    );
+    Ok(())
+}
+
+async fn verify(ctx: &Ctx, id: &str, path: &str, out: &PathBuf) -> Result<()> {
+    let resp = ctx.client.download(id, path, Some((0, Some(1)))).await?;
+    let etag = resp
+        .headers()
+        .get("etag")
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.trim_matches('"').to_string());
+    check_hash(out, etag.as_deref())
+}
+
+/// When the ETag is a blake3 (64 hex digits), the local file must hash to it.
+fn check_hash(out: &PathBuf, etag: Option<&str>) -> Result<()> {
+    let Some(want) = etag.filter(|e| e.len() == 64 && e.bytes().all(|b| b.is_ascii_hexdigit()))
+    else {
+        return Ok(());
+    };
+    let got = blake3::Hasher::new()
+        .update_reader(std::fs::File::open(out)?)?
+        .finalize()
+        .to_hex()
+        .to_string();
+    if got != want {
+        bail!(
+            "{}: downloaded bytes do not match the file's blake3 ({got} != {want})",
+            out.display()
+        );
+    }
+    Ok(())
+}
+
+async fn copy_body(resp: reqwest::Response, w: &mut impl Write) -> Result<()> {
+    let mut stream = resp.bytes_stream();
+    while let Some(piece) = stream.next().await {
+        w.write_all(&piece.context("download interrupted")?)?;
+    }
+    w.flush()?;
+    Ok(())
+}
+
+pub async fn cat(ctx: &Ctx, target: &str) -> Result<()> {
+    let (id, path) = split_target(target);
+    let resp = ctx.client.download(id, path, None).await?;
+    copy_body(resp, &mut std::io::stdout().lock()).await
+}
+
+pub async fn versions(ctx: &Ctx, object: &str) -> Result<()> {
+    let v = ctx.client.versions(object).await?;
+    ctx.print(&v, |v| lines(&v["versions"], |x| s(&x["hash"]).to_string()));
+    Ok(())
+}
+
+pub async fn finalize(ctx: &Ctx, wt: &str) -> Result<()> {
+    let hash = ctx.client.finalize(wt).await?;
+    ctx.print(&json!({"hash": hash}), |_| hash.clone());
+    Ok(())
+}
+
+fn s(v: &Value) -> &str {
+    v.as_str().unwrap_or("")
+}
+
+fn lines(v: &Value, f: impl Fn(&Value) -> String) -> String {
+    v.as_array()
+        .map(|a| a.iter().map(f).collect::<Vec<_>>().join("\n"))
+        .unwrap_or_default()
+}

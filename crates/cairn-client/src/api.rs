@@ -1,0 +1,323 @@
+//! The Files API over HTTP, one method per call. Connection errors and 5xx answers are retried
+//! with exponential backoff and jitter; 4xx answers are returned as [`ClientError::Api`] with the
+//! server's stable `kind` and `reason`.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::Stream;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{status} {kind}: {reason}")]
+    Api {
+        status: u16,
+        kind: String,
+        reason: String,
+    },
+    #[error("cannot reach the server: {0}")]
+    Transport(String),
+    #[error("{0}")]
+    Local(String),
+}
+
+impl ClientError {
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// Worth trying again: the server was unreachable or answered 5xx.
+    pub fn retryable(&self) -> bool {
+        match self {
+            ClientError::Transport(_) => true,
+            ClientError::Api { status, .. } => *status >= 500,
+            ClientError::Local(_) => false,
+        }
+    }
+}
+
+pub type Result<T, E = ClientError> = std::result::Result<T, E>;
+
+/// Retry policy: attempts and the first backoff, doubled each time, with ±50 % jitter.
+const ATTEMPTS: u32 = 8;
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+pub async fn backoff(attempt: u32) {
+    let base = FIRST_BACKOFF
+        .saturating_mul(1 << attempt.min(8))
+        .min(MAX_BACKOFF);
+    let jitter = rand::random::<f64>() + 0.5;
+    tokio::time::sleep(base.mul_f64(jitter)).await;
+}
+
+#[derive(Clone)]
+pub struct Client {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    pub fn new(base: &str, token: &str) -> Client {
+        let http = reqwest::Client::builder()
+            .tcp_nodelay(true)
+            .build()
+            .expect("HTTP client");
+        Client {
+            base: base.trim_end_matches('/').to_string(),
+            token: token.to_string(),
+            http,
+        }
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+    }
+
+    /// A JSON call, retried when the server is unreachable or answers 5xx.
+    pub async fn json(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Value> {
+        let mut attempt = 0;
+        loop {
+            let mut req = self.request(method.clone(), path);
+            if let Some(b) = body {
+                req = req.json(b);
+            }
+            match self.send_json(req).await {
+                Err(e) if e.retryable() && attempt + 1 < ATTEMPTS => {
+                    tracing::debug!(%path, error = %e, attempt, "retrying");
+                    backoff(attempt).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn send_json(&self, req: reqwest::RequestBuilder) -> Result<Value> {
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        let status = resp.status();
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        if !status.is_success() {
+            return Err(api_error(status, &bytes));
+        }
+        if bytes.is_empty() {
+            return Ok(Value::Null);
+        }
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ClientError::Local(format!("the server's answer is not JSON: {e}")))
+    }
+
+    pub async fn create_library(&self, name: &str) -> Result<Value> {
+        self.json(Method::POST, "/qlibs", Some(&json!({ "name": name })))
+            .await
+    }
+
+    pub async fn libraries(&self) -> Result<Value> {
+        self.json(Method::GET, "/qlibs", None).await
+    }
+
+    /// A new object with an open draft: `{id, write_token, qlib_id}`.
+    pub async fn create_object(&self, lib: &str) -> Result<Value> {
+        self.json(Method::POST, &format!("/qlibs/{lib}/q"), None)
+            .await
+    }
+
+    pub async fn objects(&self, lib: &str) -> Result<Value> {
+        self.json(Method::GET, &format!("/qlibs/{lib}/q"), None)
+            .await
+    }
+
+    /// Deletes an object, a draft (write token) or a version.
+    pub async fn delete(&self, id: &str) -> Result<Value> {
+        self.json(Method::DELETE, &format!("/q/{id}"), None).await
+    }
+
+    /// Opens a draft on the object's head; returns the write token.
+    pub async fn open_draft(&self, object: &str) -> Result<String> {
+        let v = self
+            .json(Method::POST, &format!("/qid/{object}"), None)
+            .await?;
+        string_field(&v, "write_token")
+    }
+
+    pub async fn info(&self, id: &str) -> Result<Value> {
+        self.json(Method::GET, &format!("/q/{id}"), None).await
+    }
+
+    pub async fn versions(&self, object: &str) -> Result<Value> {
+        self.json(Method::GET, &format!("/qid/{object}"), None)
+            .await
+    }
+
+    pub async fn files(&self, id: &str) -> Result<Value> {
+        self.json(Method::GET, &format!("/q/{id}/files_list"), None)
+            .await
+    }
+
+    pub async fn set_meta(&self, wt: &str, path: &str, value: &Value) -> Result<Value> {
+        self.json(Method::PUT, &format!("/q/{wt}/meta/{path}"), Some(value))
+            .await
+    }
+
+    /// Creates a files job: `(files job id, upload job ids)`.
+    pub async fn create_files_job(&self, wt: &str, ops: &[Value]) -> Result<(String, Vec<String>)> {
+        let v = self
+            .json(
+                Method::POST,
+                &format!("/q/{wt}/file_jobs"),
+                Some(&json!({"seq": 0, "seq_complete": true, "ops": ops})),
+            )
+            .await?;
+        let jobs = v["jobs"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|j| j.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok((string_field(&v, "id")?, jobs))
+    }
+
+    pub async fn files_jobs(&self, wt: &str) -> Result<Value> {
+        self.json(Method::GET, &format!("/q/{wt}/file_jobs"), None)
+            .await
+    }
+
+    /// Every segment of an upload job's status (all pages).
+    pub async fn upload_status(&self, wt: &str, fj: &str, uj: &str) -> Result<Vec<Value>> {
+        let mut out = Vec::new();
+        let mut start = 0i64;
+        loop {
+            let v = self
+                .json(
+                    Method::GET,
+                    &format!("/q/{wt}/file_jobs/{fj}/uploads/{uj}?start={start}&limit=1000"),
+                    None,
+                )
+                .await?;
+            out.extend(v["files"].as_array().cloned().unwrap_or_default());
+            match v["next"].as_i64() {
+                Some(n) if n > start => start = n,
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    /// Sends one body to an upload job, stating where it starts (`Content-Range`), so a stale
+    /// retry is refused (409) instead of appending bytes twice. Not retried here: the caller
+    /// re-reads the status and resumes from `skip`.
+    pub async fn upload_data<S>(
+        &self,
+        wt: &str,
+        fj: &str,
+        uj: &str,
+        job_offset: u64,
+        len: u64,
+        body: S,
+    ) -> Result<Value>
+    where
+        S: Stream<Item = std::io::Result<Bytes>> + Send + Sync + 'static,
+    {
+        let req = self
+            .request(Method::POST, &format!("/q/{wt}/file_jobs/{fj}/{uj}"))
+            .header("Content-Type", "application/octet-stream")
+            .header("Content-Length", len)
+            .header(
+                "Content-Range",
+                format!("bytes {job_offset}-{}/*", job_offset + len - 1),
+            )
+            .body(reqwest::Body::wrap_stream(body));
+        self.send_json(req).await
+    }
+
+    /// Finalizes the draft; returns the version hash.
+    pub async fn finalize(&self, wt: &str) -> Result<String> {
+        let v = self.json(Method::POST, &format!("/q/{wt}"), None).await?;
+        string_field(&v, "hash")
+    }
+
+    pub async fn force_completion(&self, wt: &str, fj: &str) -> Result<Value> {
+        self.json(
+            Method::PUT,
+            &format!("/q/{wt}/file_jobs/{fj}/force_completion"),
+            None,
+        )
+        .await
+    }
+
+    /// Starts a download of `path` of `id` (optionally a byte range, end exclusive); the
+    /// response streams. Retried until the server answers.
+    pub async fn download(
+        &self,
+        id: &str,
+        path: &str,
+        range: Option<(u64, Option<u64>)>,
+    ) -> Result<reqwest::Response> {
+        let mut attempt = 0;
+        loop {
+            let mut req = self.request(
+                Method::GET,
+                &format!("/q/{id}/files/{}", path.trim_start_matches('/')),
+            );
+            if let Some((a, b)) = range {
+                let spec = b.map_or(format!("bytes={a}-"), |b| format!("bytes={a}-{}", b - 1));
+                req = req.header("Range", spec);
+            }
+            let result = match req.send().await {
+                Err(e) => Err(ClientError::Transport(e.to_string())),
+                Ok(r) if r.status().is_success() => return Ok(r),
+                Ok(r) => {
+                    let status = r.status();
+                    Err(api_error(status, &r.bytes().await.unwrap_or_default()))
+                }
+            };
+            match result {
+                Err(e) if e.retryable() && attempt + 1 < ATTEMPTS => {
+                    backoff(attempt).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+                Ok(()) => unreachable!(),
+            }
+        }
+    }
+}
+
+fn api_error(status: StatusCode, body: &[u8]) -> ClientError {
+    let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let e = &v["errors"][0];
+    ClientError::Api {
+        status: status.as_u16(),
+        kind: e["kind"].as_str().unwrap_or("unknown").to_string(),
+        reason: e["reason"].as_str().map_or_else(
+            || String::from_utf8_lossy(body).trim().to_string(),
+            str::to_string,
+        ),
+    }
+}
+
+fn string_field(v: &Value, name: &str) -> Result<String> {
+    v[name]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| ClientError::Local(format!("the answer has no {name}: {v}")))
+}

@@ -1,0 +1,345 @@
+//! Uploading a tree of local files as one files job: plan on the server, send the upload jobs in
+//! parallel straight from disk (positional reads, 1 MiB frames, nothing held whole in memory),
+//! resume every job from the server's `skip`, and finalize.
+//!
+//! A resume record in the user's state directory names the draft and files job before the first
+//! byte is sent, so the same command run again after Ctrl-C or `kill -9` continues them: it asks
+//! the server what arrived and sends only the rest.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::api::{backoff, Client, ClientError, Result};
+
+const FRAME: usize = 1 << 20;
+const JOB_ATTEMPTS: u32 = 10;
+
+#[derive(Debug, Clone)]
+pub struct UploadOptions {
+    /// Object id (`iq__…`).
+    pub object: String,
+    /// Files and directories to upload.
+    pub paths: Vec<PathBuf>,
+    /// Directory inside the object to put them under ("" for the root).
+    pub dest: String,
+    pub parallel: usize,
+    pub finalize: bool,
+    /// Commit message stored in the version's metadata (`commit.message`).
+    pub message: Option<String>,
+    /// Where resume records live (default: `$XDG_STATE_HOME/cairn` or `~/.local/state/cairn`).
+    pub state_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct UploadOutcome {
+    pub write_token: String,
+    pub files_job: String,
+    pub version: Option<String>,
+    pub files: usize,
+    pub bytes: u64,
+    /// Bytes this run put on the wire (less than `bytes` when it resumed).
+    pub bytes_sent: u64,
+    pub upload_jobs: usize,
+    pub resumed: bool,
+}
+
+/// One local file and where it goes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct LocalFile {
+    rel: String,
+    abs: PathBuf,
+    size: u64,
+    mtime_ns: i128,
+}
+
+/// What is needed to continue an interrupted upload.
+#[derive(Debug, Serialize, Deserialize)]
+struct ResumeRecord {
+    server: String,
+    object: String,
+    write_token: String,
+    files_job: String,
+    jobs: Vec<String>,
+    files: Vec<LocalFile>,
+}
+
+/// Uploads `opts.paths`; `progress` is called with every frame's length as it is sent.
+pub async fn upload_tree(
+    client: &Client,
+    opts: &UploadOptions,
+    progress: Arc<dyn Fn(u64) + Send + Sync>,
+) -> Result<UploadOutcome> {
+    let files = collect(&opts.paths, &opts.dest)?;
+    let record_path = record_path(opts, client, &files)?;
+    let (record, resumed) = match load_record(&record_path, client, &files).await {
+        Some(r) => (r, true),
+        None => (start(client, opts, files, &record_path).await?, false),
+    };
+    let sent = Arc::new(AtomicU64::new(0));
+    futures::stream::iter(record.jobs.iter().cloned())
+        .map(|uj| {
+            let (client, record, sent, progress) =
+                (client.clone(), &record, sent.clone(), progress.clone());
+            async move { send_job(&client, record, &uj, sent, progress).await }
+        })
+        .buffer_unordered(opts.parallel.max(1))
+        .try_collect::<()>()
+        .await?;
+    let mut version = None;
+    if opts.finalize {
+        if let Some(m) = &opts.message {
+            client
+                .set_meta(&record.write_token, "commit", &json!({"message": m}))
+                .await?;
+        }
+        version = Some(client.finalize(&record.write_token).await?);
+        let _ = std::fs::remove_file(&record_path);
+    }
+    Ok(UploadOutcome {
+        write_token: record.write_token.clone(),
+        files_job: record.files_job.clone(),
+        version,
+        files: record.files.len(),
+        bytes: record.files.iter().map(|f| f.size).sum(),
+        bytes_sent: sent.load(Ordering::Relaxed),
+        upload_jobs: record.jobs.len(),
+        resumed,
+    })
+}
+
+/// Regular files under `paths`, named `dest/<name>` (a directory keeps its own name).
+fn collect(paths: &[PathBuf], dest: &str) -> Result<Vec<LocalFile>> {
+    let mut out = Vec::new();
+    for p in paths {
+        let base = p
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
+        walk(p, &join(dest, &base), &mut out)?;
+    }
+    out.sort_by(|a, b| a.rel.cmp(&b.rel));
+    Ok(out)
+}
+
+fn join(a: &str, b: &str) -> String {
+    match (a.trim_matches('/'), b) {
+        ("", b) => b.to_string(),
+        (a, "") => a.to_string(),
+        (a, b) => format!("{a}/{b}"),
+    }
+}
+
+fn walk(p: &Path, rel: &str, out: &mut Vec<LocalFile>) -> Result<()> {
+    let meta =
+        std::fs::metadata(p).map_err(|e| ClientError::Local(format!("{}: {e}", p.display())))?;
+    if meta.is_dir() {
+        let entries = std::fs::read_dir(p)
+            .map_err(|e| ClientError::Local(format!("{}: {e}", p.display())))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| ClientError::Local(e.to_string()))?;
+            let name = entry.file_name().to_string_lossy().to_string();
+            walk(&entry.path(), &join(rel, &name), out)?;
+        }
+    } else if meta.is_file() {
+        cairn_core::FilePath::parse(rel)
+            .map_err(|e| ClientError::Local(format!("{}: {e}", p.display())))?;
+        let mtime_ns = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos() as i128);
+        out.push(LocalFile {
+            rel: rel.to_string(),
+            abs: p.canonicalize().unwrap_or_else(|_| p.to_path_buf()),
+            size: meta.len(),
+            mtime_ns,
+        });
+    }
+    Ok(())
+}
+
+fn state_dir(opts: &UploadOptions) -> PathBuf {
+    if let Some(d) = &opts.state_dir {
+        return d.clone();
+    }
+    match (std::env::var_os("XDG_STATE_HOME"), std::env::var_os("HOME")) {
+        (Some(s), _) => PathBuf::from(s).join("cairn"),
+        (None, Some(h)) => PathBuf::from(h).join(".local/state/cairn"),
+        (None, None) => std::env::temp_dir().join("cairn-state"),
+    }
+}
+
+/// The record is named by what the command uploads where, so the same command finds it again.
+fn record_path(opts: &UploadOptions, client: &Client, files: &[LocalFile]) -> Result<PathBuf> {
+    let mut h = blake3::Hasher::new();
+    h.update(client.base().as_bytes())
+        .update(b"\0")
+        .update(opts.object.as_bytes())
+        .update(b"\0");
+    for f in files {
+        h.update(f.rel.as_bytes())
+            .update(b"\0")
+            .update(f.abs.to_string_lossy().as_bytes())
+            .update(b"\0");
+    }
+    let dir = state_dir(opts).join("uploads");
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| ClientError::Local(format!("{}: {e}", dir.display())))?;
+    Ok(dir.join(format!("{}.json", &h.finalize().to_hex()[..32])))
+}
+
+/// A previous run's record, if its files are unchanged and its draft still exists.
+async fn load_record(path: &Path, client: &Client, files: &[LocalFile]) -> Option<ResumeRecord> {
+    let r: ResumeRecord = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+    if r.files != files || r.server != client.base() {
+        return None;
+    }
+    client.files_jobs(&r.write_token).await.ok()?;
+    Some(r)
+}
+
+async fn start(
+    client: &Client,
+    opts: &UploadOptions,
+    files: Vec<LocalFile>,
+    path: &Path,
+) -> Result<ResumeRecord> {
+    let write_token = client.open_draft(&opts.object).await?;
+    let ops: Vec<Value> = files
+        .iter()
+        .map(|f| json!({"op": "add", "type": "file", "path": f.rel, "size": f.size}))
+        .collect();
+    let (files_job, jobs) = client.create_files_job(&write_token, &ops).await?;
+    let record = ResumeRecord {
+        server: client.base().to_string(),
+        object: opts.object.clone(),
+        write_token,
+        files_job,
+        jobs,
+        files,
+    };
+    // Durable before the first byte is sent: a killed run must find it.
+    let tmp = path.with_extension("tmp");
+    let bytes = serde_json::to_vec(&record).map_err(|e| ClientError::Local(e.to_string()))?;
+    let write = || -> std::io::Result<()> {
+        std::fs::write(&tmp, &bytes)?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().map_err(|e| ClientError::Local(format!("{}: {e}", path.display())))?;
+    Ok(record)
+}
+
+/// Sends what the server still lacks of one upload job, resuming from `skip` after any failure.
+async fn send_job(
+    client: &Client,
+    record: &ResumeRecord,
+    uj: &str,
+    sent: Arc<AtomicU64>,
+    progress: Arc<dyn Fn(u64) + Send + Sync>,
+) -> Result<()> {
+    let mut attempt = 0;
+    loop {
+        match send_job_once(client, record, uj, &sent, &progress).await {
+            Ok(()) => return Ok(()),
+            Err(e) if (e.retryable() || e.status() == Some(409)) && attempt + 1 < JOB_ATTEMPTS => {
+                tracing::info!(upload_job = uj, error = %e, attempt, "resuming upload job");
+                backoff(attempt).await;
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn send_job_once(
+    client: &Client,
+    record: &ResumeRecord,
+    uj: &str,
+    sent: &Arc<AtomicU64>,
+    progress: &Arc<dyn Fn(u64) + Send + Sync>,
+) -> Result<()> {
+    let status = client
+        .upload_status(&record.write_token, &record.files_job, uj)
+        .await?;
+    let mut job_offset = 0u64;
+    for seg in status {
+        let (off, len, skip) = (num(&seg, "off")?, num(&seg, "len")?, num(&seg, "skip")?);
+        let rem = len - skip.min(len);
+        if rem > 0 {
+            let path = seg["path"].as_str().unwrap_or_default();
+            let file = record.files.iter().find(|f| f.rel == path).ok_or_else(|| {
+                ClientError::Local(format!(
+                    "the plan names {path}, which this upload does not have"
+                ))
+            })?;
+            let body = file_stream(
+                file.abs.clone(),
+                off + skip,
+                rem,
+                sent.clone(),
+                progress.clone(),
+            );
+            client
+                .upload_data(
+                    &record.write_token,
+                    &record.files_job,
+                    uj,
+                    job_offset + skip,
+                    rem,
+                    body,
+                )
+                .await?;
+        }
+        job_offset += len;
+    }
+    Ok(())
+}
+
+fn num(v: &Value, name: &str) -> Result<u64> {
+    v[name]
+        .as_u64()
+        .ok_or_else(|| ClientError::Local(format!("upload status has no {name}")))
+}
+
+/// `len` bytes of `path` from `off`, read with `pread` in 1 MiB frames by a blocking task and
+/// handed over a two-slot channel (the network pulls; memory stays at two frames).
+fn file_stream(
+    path: PathBuf,
+    off: u64,
+    len: u64,
+    sent: Arc<AtomicU64>,
+    progress: Arc<dyn Fn(u64) + Send + Sync>,
+) -> impl futures::Stream<Item = std::io::Result<Bytes>> + Send + Sync + 'static {
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(2);
+    tokio::task::spawn_blocking(move || {
+        use std::os::unix::fs::FileExt;
+        let file = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) => return drop(tx.blocking_send(Err(e))),
+        };
+        let mut pos = 0u64;
+        while pos < len {
+            let n = (len - pos).min(FRAME as u64) as usize;
+            let mut buf = vec![0u8; n];
+            if let Err(e) = file.read_exact_at(&mut buf, off + pos) {
+                return drop(tx.blocking_send(Err(e)));
+            }
+            if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
+                return; // the request was dropped
+            }
+            sent.fetch_add(n as u64, Ordering::Relaxed);
+            progress(n as u64);
+            pos += n as u64;
+        }
+    });
+    futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    })
+}
