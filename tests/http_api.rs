@@ -133,6 +133,43 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
             404,
             "not_found",
         ),
+        (
+            format!("/q/{wt}/files_list/no/such/dir"),
+            vec![],
+            404,
+            "not_found",
+        ),
+        (
+            format!("/q/{wt}/files/no/such/dir/"),
+            vec![],
+            404,
+            "not_found",
+        ),
+        (
+            format!("/q/{wt}/files/..%2F"),
+            vec!["--path-as-is"],
+            400,
+            "invalid",
+        ),
+        (
+            format!("/q/{wt}/file_jobs"),
+            post_json(r#"{"ops":[{"path":"m","size":1,"mime_type":"a\r\nX-Injected: 1"}]}"#),
+            400,
+            "invalid",
+        ),
+        (
+            format!("/q/{wt}/file_jobs/{fj}/{uj}"),
+            vec![
+                "-X",
+                "POST",
+                "--data-binary",
+                "x",
+                "-H",
+                "Content-Range: bytes 0-18446744073709551615/*",
+            ],
+            400,
+            "invalid",
+        ),
         (format!("/q/{wt}"), vec!["-X", "POST"], 409, "incomplete"),
     ];
     for (path, args, status, kind) in &cases {
@@ -199,6 +236,14 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
     );
     assert_eq!(
         curl(&s.url(&format!("/qlibs/{lib}/q/{hq}/files/a.bin")), &[]).status,
+        200
+    );
+    assert_eq!(
+        curl(&s.url(&format!("/qlibs/{other}/qid/{obj}")), &[]).status,
+        404
+    );
+    assert_eq!(
+        curl(&s.url(&format!("/qlibs/{lib}/qid/{obj}")), &[]).status,
         200
     );
 }

@@ -28,6 +28,13 @@ pub async fn handle_file(
     let q = target(&st, &p).await?;
     let raw = p.get("path").cloned().unwrap_or_default();
     if wants_list(query.as_deref()) || raw.ends_with('/') {
+        // Listings are rooted at the top, but a named directory must be valid and exist.
+        if !raw.trim_matches('/').is_empty() {
+            let dir = FilePath::parse_dir(&raw)?;
+            if !st.engine.run(move |e| e.entry_exists(&q, &dir)).await? {
+                return Err(ApiError::not_found("no such directory"));
+            }
+        }
         return Ok(json_response(list(&st, q).await?));
     }
     let path = FilePath::parse(&raw)?;

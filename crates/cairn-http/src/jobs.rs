@@ -211,7 +211,10 @@ fn content_range_start(
     let (range, _total) = spec.split_once('/').ok_or_else(bad)?;
     let (a, b) = range.split_once('-').ok_or_else(bad)?;
     let (a, b): (u64, u64) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
-    if b < a || declared.is_some_and(|n| n != b - a + 1) {
+    let len = (b.checked_sub(a))
+        .and_then(|d| d.checked_add(1))
+        .ok_or_else(bad)?;
+    if declared.is_some_and(|n| n != len) {
         return Err(bad());
     }
     Ok(Some(a))

@@ -25,15 +25,25 @@ pub fn plan(header: Option<&str>, size: u64) -> Result<Plan, ApiError> {
         return Ok(Plan::Full);
     };
     let bad = |why: &str| ApiError::range_not_satisfiable(size, format!("Range {h:?}: {why}"));
-    // RFC 9110: a range unit the server does not know is ignored (the whole content is sent);
-    // a malformed `bytes` range is refused.
-    let Some(specs) = h.trim().strip_prefix("bytes=") else {
+    // RFC 9110: the unit is case-insensitive, and a unit the server does not know is ignored
+    // (the whole content is sent); a malformed `bytes` range is refused.
+    let h = h.trim();
+    let Some(specs) = h
+        .get(..6)
+        .filter(|u| u.eq_ignore_ascii_case("bytes="))
+        .map(|_| &h[6..])
+    else {
         return Ok(Plan::Full);
     };
-    http_range_header::parse_range_header(h).map_err(|_| bad("not a valid bytes range"))?;
-    let items: Vec<&str> = specs.split(',').map(str::trim).collect();
+    // An end too large for 64 bits still means "to the end" (ends past EOF are clamped).
+    let items: Vec<String> = specs.split(',').map(|i| clamp_huge_end(i.trim())).collect();
+    http_range_header::parse_range_header(&format!("bytes={}", items.join(",")))
+        .map_err(|_| bad("not a valid bytes range"))?;
     if items.len() > MAX_RANGES {
         return Err(bad("too many ranges"));
+    }
+    if items.iter().any(|i| backwards(i)) {
+        return Err(bad("a range ends before it starts"));
     }
     let ranges: Vec<(u64, u64)> = items
         .iter()
@@ -45,6 +55,29 @@ pub fn plan(header: Option<&str>, size: u64) -> Result<Plan, ApiError> {
         // Overlapping ranges could multiply the response; serve the whole thing instead.
         _ if ranges.iter().map(|r| r.1).sum::<u64>() > size => Ok(Plan::Full),
         _ => Ok(Plan::Multi(ranges)),
+    }
+}
+
+/// `a-b` with `b` beyond u64 becomes `a-`.
+fn clamp_huge_end(item: &str) -> String {
+    match item.split_once('-') {
+        Some((a, b))
+            if !a.is_empty()
+                && !b.is_empty()
+                && b.bytes().all(|c| c.is_ascii_digit())
+                && b.parse::<u64>().is_err() =>
+        {
+            format!("{a}-")
+        }
+        _ => item.to_string(),
+    }
+}
+
+/// `a-b` with `b < a`.
+fn backwards(item: &str) -> bool {
+    match item.split_once('-') {
+        Some((a, b)) => matches!((a.parse::<u64>(), b.parse::<u64>()), (Ok(a), Ok(b)) if b < a),
+        None => false,
     }
 }
 
@@ -97,6 +130,12 @@ mod tests {
             (Some("items=0-1"), Some(Plan::Full)),
             (Some("bytes=-"), None),
             (Some("bytes=18446744073709551616-"), None),
+            (
+                Some("bytes=0-99999999999999999999"),
+                Some(Plan::Single(0, 1000)),
+            ),
+            (Some("Bytes=0-1"), Some(Plan::Single(0, 2))),
+            (Some("bytes=5-1,0-1"), None),
         ];
         for (h, want) in cases {
             let got = plan(*h, s);

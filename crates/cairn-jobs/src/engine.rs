@@ -91,7 +91,13 @@ pub struct Engine {
     /// Hashes of upload jobs whose requests stopped short of the end, keyed with the offset
     /// they cover, so the next request continues them instead of sealing by re-reading.
     pub(crate) stream_hashes: Mutex<HashMap<UploadJobId, (u64, crate::upload::StreamHashes)>>,
+    /// Permits for streaming uploads and downloads, each of which holds a blocking thread for
+    /// its whole life: at most `STREAM_PERMITS`, far below tokio's 512 blocking threads.
+    pub(crate) streams: Arc<tokio::sync::Semaphore>,
 }
+
+/// Concurrent streaming requests (uploads plus downloads); more wait for a permit.
+pub const STREAM_PERMITS: usize = 256;
 
 impl Engine {
     pub fn open(cfg: EngineConfig) -> Result<Engine> {
@@ -118,6 +124,7 @@ impl Engine {
             uj_locks: Mutex::new(HashMap::new()),
             nodes: cairn_store::cache::Cache::new(512),
             stream_hashes: Mutex::new(HashMap::new()),
+            streams: Arc::new(tokio::sync::Semaphore::new(STREAM_PERMITS)),
         };
         engine.seal_received_jobs()?;
         Ok(engine)

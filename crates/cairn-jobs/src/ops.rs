@@ -125,9 +125,10 @@ fn required(field: &Option<String>, name: &str) -> Result<FilePath> {
 
 fn bounded(s: &Option<String>, name: &str) -> Result<Option<String>> {
     match s {
-        Some(v) if v.len() > MAX_STRING || v.contains('\0') => {
-            Err(Error::invalid(format!("{name} is too long or has NUL")))
-        }
+        // Control characters (NUL, CR, LF…) could never be sent back in a header.
+        Some(v) if v.len() > MAX_STRING || v.chars().any(char::is_control) => Err(Error::invalid(
+            format!("{name} is too long or has control characters"),
+        )),
         other => Ok(other.clone()),
     }
 }

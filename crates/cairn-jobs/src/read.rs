@@ -290,14 +290,22 @@ impl Engine {
     ) -> impl Stream<Item = Result<Bytes>> + Send + 'static {
         let (tx, rx) = mpsc::channel::<Result<Bytes>>(2);
         let me = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let res = me.read_file_bytes(&h, offset, len, |b| {
-                tx.blocking_send(Ok(b))
-                    .map_err(|_| Error::invalid("reader went away"))
+        // A permit bounds the blocking threads that streaming can hold (a slow reader keeps
+        // its thread), so `Engine::run` always has threads left for everything else.
+        tokio::spawn(async move {
+            let Ok(permit) = me.streams.clone().acquire_owned().await else {
+                return;
+            };
+            tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                let res = me.read_file_bytes(&h, offset, len, |b| {
+                    tx.blocking_send(Ok(b))
+                        .map_err(|_| Error::invalid("reader went away"))
+                });
+                if let Err(e) = res {
+                    let _ = tx.blocking_send(Err(e));
+                }
             });
-            if let Err(e) = res {
-                let _ = tx.blocking_send(Err(e));
-            }
         });
         futures::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|item| (item, rx))

@@ -156,13 +156,22 @@ impl Engine {
         S: Stream<Item = std::result::Result<Bytes, E>> + Send,
         E: std::fmt::Display,
     {
-        let rec = self.upload_job_in(&token, &fj, &uj)?;
-        check_room(&rec, declared, offset)?;
+        // Only what cannot change is checked before the lock: offsets and room are checked by
+        // `ingest` under it, after any interrupted request on this job has saved its bytes.
+        if self.upload_job_in(&token, &fj, &uj)?.is_complete() {
+            return Err(Error::gone(format!("upload job {uj} is already complete")));
+        }
+        let permit = self
+            .streams
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::internal("engine closed"))?;
         let guard = self.uj_lock(&uj).lock_owned().await;
         let (tx, rx) = mpsc::channel::<Frame>(4);
         let me = self.clone();
         let task = tokio::task::spawn_blocking(move || {
-            let _guard = guard;
+            let (_guard, _permit) = (guard, permit);
             me.ingest(&token, &fj, &uj, declared, offset, rx)
         });
         let mut body = std::pin::pin!(body);
