@@ -209,3 +209,146 @@ fn an_upload_killed_mid_way_resumes_without_resending() {
         "the record is removed once finalized"
     );
 }
+
+fn json_out(out: Output) -> serde_json::Value {
+    serde_json::from_str(&ok(out)).unwrap()
+}
+
+#[test]
+fn diff_force_complete_fsck_gc_and_stats() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    fill(&src.join("same.bin"), 1, 300_000);
+    fill(&src.join("changed.bin"), 2, 200_000);
+    fill(&src.join("removed.bin"), 3, 1000);
+    let data = work.path().join("data");
+    let port = common::free_port();
+    let mut s = Server::start(&data, port);
+    let state = work.path().join("state");
+    let obj = new_object(&s, &state);
+    let v1 = json_out(cairn(
+        &s,
+        &state,
+        &["upload", &obj, src.to_str().unwrap(), "--json"],
+    ))["version"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    fill(&src.join("changed.bin"), 22, 200_000); // same size, new bytes
+    std::fs::remove_file(src.join("removed.bin")).unwrap();
+    fill(&src.join("added.bin"), 4, 10);
+    let v2 = json_out(cairn(
+        &s,
+        &state,
+        &["upload", &obj, src.to_str().unwrap(), "--json"],
+    ))["version"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let diff = json_out(cairn(&s, &state, &["diff", &v1, &v2, "--json"]));
+    let changes: Vec<(String, String)> = diff
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["change"].as_str().unwrap().into(),
+                r["path"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    // An upload adds to the head (a local file deleted since is not deleted in the object), so
+    // exactly two paths differ.
+    assert_eq!(
+        changes,
+        vec![
+            ("added".to_string(), "src/added.bin".to_string()),
+            ("changed".into(), "src/changed.bin".into())
+        ]
+    );
+
+    // force-complete: a draft with four files, two sent whole and one half: the whole two stay.
+    let wt = common::call(&s, "POST", &format!("/qid/{obj}"), None, 200)["write_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ops = r#"{"ops":[{"path":"fc/a","size":100},{"path":"fc/b","size":100},{"path":"fc/c","size":100},{"path":"fc/d","size":100}]}"#;
+    let job = common::call(&s, "POST", &format!("/q/{wt}/file_jobs"), Some(ops), 201);
+    let (fj, uj) = (
+        job["id"].as_str().unwrap(),
+        job["jobs"][0].as_str().unwrap(),
+    );
+    let body = work.path().join("body");
+    std::fs::write(&body, vec![9u8; 250]).unwrap();
+    let r = common::curl(
+        &s.url(&format!("/q/{wt}/file_jobs/{fj}/{uj}")),
+        &[
+            "-X",
+            "POST",
+            "--data-binary",
+            &format!("@{}", body.display()),
+        ],
+    );
+    assert_eq!(r.status, 200);
+    let fc = json_out(cairn(&s, &state, &["force-complete", &wt, "--json"]));
+    let mut dropped: Vec<String> = fc[0]["files_dropped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap().into())
+        .collect();
+    dropped.sort();
+    assert_eq!(dropped, vec!["fc/c", "fc/d"]);
+    let v3 = ok(cairn(&s, &state, &["finalize", &wt]));
+    let listing = ok(cairn(&s, &state, &["ls", &format!("{v3}:/fc")]));
+    assert_eq!(listing.lines().count(), 2, "{listing}");
+
+    // gc after `object rm` reclaims the bytes; stats shows it.
+    let before = json_out(cairn(&s, &state, &["stats", "--json"]));
+    assert!(before["stored_bytes"].as_u64().unwrap() > 500_000);
+    ok(cairn(&s, &state, &["object", "rm", &obj]));
+    ok(cairn(&s, &state, &["gc"]));
+    let after = json_out(cairn(&s, &state, &["stats", "--json"]));
+    assert_eq!(after["stored_bytes"], 0, "{after}");
+
+    // A second object with a file, then a flipped byte: fsck (offline) exits non-zero and names it.
+    let obj2 = new_object(&s, &state);
+    fill(&work.path().join("victim.bin"), 7, 100_000);
+    let v = json_out(cairn(
+        &s,
+        &state,
+        &[
+            "upload",
+            &obj2,
+            work.path().join("victim.bin").to_str().unwrap(),
+            "--json",
+        ],
+    ))["version"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let locked = cairn(&s, &state, &["fsck", "--data", data.to_str().unwrap()]);
+    assert_eq!(
+        locked.status.code(),
+        Some(4),
+        "refused while the server runs"
+    );
+    s.child.kill().unwrap();
+    s.child.wait().unwrap();
+    let pack = std::fs::read_dir(data.join("packs"))
+        .unwrap()
+        .map(|d| d.unwrap().path())
+        .max()
+        .unwrap();
+    let mut bytes = std::fs::read(&pack).unwrap();
+    let at = bytes.len() - 50;
+    bytes[at] ^= 0xff;
+    std::fs::write(&pack, &bytes).unwrap();
+    let out = cairn(&s, &state, &["fsck", "--data", data.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("damaged file {v}:victim.bin")),
+        "{text}"
+    );
+}

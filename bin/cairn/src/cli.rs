@@ -18,7 +18,7 @@ pub struct Ctx {
 
 impl Ctx {
     /// Prints `v` as JSON with `--json`, else the text `text(v)` gives.
-    fn print(&self, v: &Value, text: impl FnOnce(&Value) -> String) {
+    pub fn print(&self, v: &Value, text: impl FnOnce(&Value) -> String) {
         if self.json {
             println!("{v}");
         } else {

@@ -7,6 +7,7 @@ mod cli;
 mod crash_child;
 mod demo;
 mod ingest;
+mod ops;
 mod serve;
 
 use anyhow::{bail, Context, Result};
@@ -83,6 +84,37 @@ enum Cmd {
     Versions { object: String },
     /// Finalize a draft into a version.
     Finalize { write_token: String },
+    /// Paths added, removed and changed between two versions (or objects' heads).
+    Diff { a: String, b: String },
+    /// A draft's files jobs and upload jobs, with progress.
+    Jobs { write_token: String },
+    /// Force completion: keep whole files, drop incomplete ones, seal parts.
+    #[command(name = "force-complete")]
+    ForceComplete {
+        write_token: String,
+        files_job: Option<String>,
+    },
+    /// Check every chunk, part, refcount and tree; names damaged files. Exit 1 on damage.
+    Fsck {
+        /// Check this data dir directly (the server must be stopped); else ask the server.
+        #[arg(long)]
+        data: Option<std::path::PathBuf>,
+    },
+    /// Delete unreferenced data and repack mostly-dead packs.
+    Gc {
+        #[arg(long)]
+        data: Option<std::path::PathBuf>,
+        /// Report what would be freed, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Logical and stored bytes, dedup ratio, packs, live ratio.
+    Stats {
+        #[arg(long)]
+        data: Option<std::path::PathBuf>,
+    },
+    /// Print a shell completion script (bash, zsh, fish, …).
+    Completions { shell: clap_complete::Shell },
     /// Ingest a directory through the engine in-process and read it back (no server).
     #[command(hide = true)]
     Demo {
@@ -142,6 +174,24 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Cat { target } => cli::cat(&ctx, &target).await,
         Cmd::Versions { object } => cli::versions(&ctx, &object).await,
         Cmd::Finalize { write_token } => cli::finalize(&ctx, &write_token).await,
+        Cmd::Diff { a, b } => ops::diff(&ctx, &a, &b).await,
+        Cmd::Jobs { write_token } => ops::jobs(&ctx, &write_token).await,
+        Cmd::ForceComplete {
+            write_token,
+            files_job,
+        } => ops::force_complete(&ctx, &write_token, files_job.as_deref()).await,
+        Cmd::Fsck { data } => ops::fsck(&ctx, data.as_deref()).await,
+        Cmd::Gc { data, dry_run } => ops::gc(&ctx, data.as_deref(), dry_run).await,
+        Cmd::Stats { data } => ops::stats(&ctx, data.as_deref()).await,
+        Cmd::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "cairn",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
         Cmd::Demo { args } => demo::run(&args).await,
         Cmd::IngestBench { args } => ingest::run(&args).await,
         Cmd::CrashChild { args } => crash_child::run(&args).await,
@@ -150,6 +200,9 @@ async fn run(cli: Cli) -> Result<()> {
 
 /// 3 not found, 4 conflict/gone, 5 unreachable, 1 anything else (clap itself exits 2 on usage).
 fn exit_code(e: &anyhow::Error) -> i32 {
+    if e.downcast_ref::<ops::InUse>().is_some() {
+        return 4;
+    }
     match e.downcast_ref::<cairn_client::ClientError>() {
         Some(cairn_client::ClientError::Api { status: 404, .. }) => 3,
         Some(cairn_client::ClientError::Api {

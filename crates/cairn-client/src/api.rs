@@ -255,6 +255,42 @@ impl Client {
         string_field(&v, "hash")
     }
 
+    pub async fn admin_stats(&self) -> Result<Value> {
+        self.json(Method::GET, "/admin/stats", None).await
+    }
+
+    pub async fn admin_fsck(&self) -> Result<Value> {
+        self.json(Method::POST, "/admin/fsck", None).await
+    }
+
+    pub async fn admin_gc(&self, dry_run: bool) -> Result<Value> {
+        self.json(Method::POST, &format!("/admin/gc?dry_run={dry_run}"), None)
+            .await
+    }
+
+    pub async fn files_job_status(&self, wt: &str, fj: &str) -> Result<Value> {
+        self.json(Method::GET, &format!("/q/{wt}/file_jobs/{fj}"), None)
+            .await
+    }
+
+    pub async fn upload_jobs(&self, wt: &str, fj: &str) -> Result<Vec<String>> {
+        let v = self
+            .json(
+                Method::GET,
+                &format!("/q/{wt}/file_jobs/{fj}/uploads"),
+                None,
+            )
+            .await?;
+        Ok(v["jobs"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|j| j.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
     pub async fn force_completion(&self, wt: &str, fj: &str) -> Result<Value> {
         self.json(
             Method::PUT,

@@ -272,3 +272,40 @@ pub(crate) fn parse_json_or_empty<T: serde::de::DeserializeOwned + Default>(
     }
     serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("malformed JSON: {e}")))
 }
+
+/// `GET /admin/stats`: logical and stored bytes, dedup ratio, packs, live ratio.
+pub async fn handle_admin_stats(State(st): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let s = st.engine.run(|e| e.stats()).await?;
+    Ok(Json(
+        serde_json::to_value(s).map_err(|e| ApiError::bad_request(e.to_string()))?,
+    ))
+}
+
+/// `POST /admin/fsck`: the full check (uploads wait while it runs).
+pub async fn handle_admin_fsck(State(st): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let r = st.engine.run(|e| e.fsck()).await?;
+    let mut v = serde_json::to_value(&r).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    v["clean"] = json!(r.is_clean());
+    Ok(Json(v))
+}
+
+#[derive(Deserialize, Default)]
+pub struct GcQuery {
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// `POST /admin/gc[?dry_run=true]`.
+pub async fn handle_admin_gc(
+    State(st): State<AppState>,
+    axum::extract::Query(q): axum::extract::Query<GcQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let opts = cairn_store::GcOptions {
+        dry_run: q.dry_run,
+        ..Default::default()
+    };
+    let r = st.engine.run(move |e| e.gc(&opts)).await?;
+    Ok(Json(
+        serde_json::to_value(r).map_err(|e| ApiError::bad_request(e.to_string()))?,
+    ))
+}

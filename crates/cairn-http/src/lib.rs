@@ -88,6 +88,9 @@ fn both(r: Router<AppState>, suffix: &str, mr: MethodRouter<AppState>) -> Router
 pub fn router(state: AppState, max_json_body: usize) -> Router {
     let mut r = Router::new()
         .route("/config", get(content::handle_config))
+        .route("/admin/stats", get(content::handle_admin_stats))
+        .route("/admin/fsck", post(content::handle_admin_fsck))
+        .route("/admin/gc", post(content::handle_admin_gc))
         .route(
             "/qlibs",
             get(content::handle_list_libraries).post(content::handle_create_library),

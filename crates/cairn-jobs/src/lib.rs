@@ -23,7 +23,7 @@ pub mod upload;
 
 pub use engine::{Engine, EngineConfig, QInfo, Qhit};
 pub use files::{FilesJobCreated, FilesJobStatus, ForceReport};
-pub use maint::{EngineFsckReport, EngineGcReport};
+pub use maint::{EngineFsckReport, EngineGcReport, EngineStats};
 pub use ops::FilesJobRequest;
 pub use planner::PlanLimits;
 pub use read::FileHandle;

@@ -36,7 +36,49 @@ impl EngineFsckReport {
     }
 }
 
+/// Space figures for operators.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct EngineStats {
+    pub objects: u64,
+    pub versions: u64,
+    /// Sum of the sizes of every live version (what users see stored).
+    pub logical_bytes: u64,
+    /// Distinct chunk bytes (what the store keeps).
+    pub stored_bytes: u64,
+    /// `logical_bytes / stored_bytes`.
+    pub dedup_ratio: f64,
+    pub packs: u64,
+    pub pack_bytes: u64,
+    /// Indexed chunk bytes over pack bytes: how much of the packs is live.
+    pub live_ratio: f64,
+}
+
 impl Engine {
+    pub fn stats(&self) -> Result<EngineStats> {
+        let store = self.store.stats()?;
+        let versions: Vec<VersionRecord> = self.scan_records(CF_VERSIONS, &[])?;
+        let objects = self.store.index().scan(CF_OBJECTS, &[]).count() as u64;
+        let logical: u64 = versions.iter().map(|v| v.size).sum();
+        Ok(EngineStats {
+            objects,
+            versions: versions.len() as u64,
+            logical_bytes: logical,
+            stored_bytes: store.chunk_bytes,
+            dedup_ratio: if store.chunk_bytes == 0 {
+                1.0
+            } else {
+                logical as f64 / store.chunk_bytes as f64
+            },
+            packs: store.packs,
+            pack_bytes: store.pack_bytes,
+            live_ratio: if store.pack_bytes == 0 {
+                1.0
+            } else {
+                store.chunk_bytes as f64 / store.pack_bytes as f64
+            },
+        })
+    }
+
     pub fn gc(&self, opts: &GcOptions) -> Result<EngineGcReport> {
         let nodes_deleted = self.gc_nodes(opts.dry_run)?;
         let store = self.store.gc(opts)?;

@@ -382,6 +382,9 @@ fn render_file(f: &FileEntry, next: &mut u64) -> Value {
     if let Some(m) = &f.meta {
         dot["meta"] = m.clone();
     }
+    if let Some(h) = &f.hash {
+        dot["hash"] = json!(h.to_hex());
+    }
     match &f.content {
         Content::Parts(segs) => {
             let idx: Vec<u64> = (0..segs.len() as u64).map(|i| *next + i).collect();
