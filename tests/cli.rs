@@ -352,3 +352,65 @@ fn diff_force_complete_fsck_gc_and_stats() {
         "{text}"
     );
 }
+
+#[test]
+fn the_same_tree_into_a_second_object_uploads_nothing() {
+    let work = tempfile::tempdir().unwrap();
+    let tree = work.path().join("tree");
+    for i in 0..50u64 {
+        fill(
+            &tree.join(format!("f{i}.bin")),
+            i,
+            (i as usize * 37_000) % 3_000_000,
+        );
+    }
+    let data = tempfile::tempdir().unwrap();
+    let s = Server::start(data.path(), common::free_port());
+    let state = work.path().join("state");
+    let lib = ok(cairn(&s, &state, &["lib", "create", "dedup"]));
+    let first = ok(cairn(&s, &state, &["object", "create", &lib]));
+    let second = ok(cairn(&s, &state, &["object", "create", &lib]));
+    let a = json_out(cairn(
+        &s,
+        &state,
+        &["upload", &first, tree.to_str().unwrap(), "--json"],
+    ));
+    assert!(a["upload_jobs"].as_u64().unwrap() > 0);
+    let (before, _) = s.uploads();
+    let b = json_out(cairn(
+        &s,
+        &state,
+        &["upload", &second, tree.to_str().unwrap(), "--json"],
+    ));
+    assert_eq!(
+        (b["upload_jobs"].as_u64(), b["bytes_sent"].as_u64()),
+        (Some(0), Some(0)),
+        "{b}"
+    );
+    assert_eq!(s.uploads().0, before, "no data request reached the server");
+    let v = b["version"].as_str().unwrap();
+    let dest = work.path().join("f7.bin");
+    ok(cairn(
+        &s,
+        &state,
+        &[
+            "get",
+            &format!("{v}:tree/f7.bin"),
+            "-o",
+            dest.to_str().unwrap(),
+        ],
+    ));
+    assert!(std::fs::read(&dest).unwrap() == std::fs::read(tree.join("f7.bin")).unwrap());
+    // Another library does not see the first one's files.
+    let lib2 = ok(cairn(&s, &state, &["lib", "create", "other"]));
+    let third = ok(cairn(&s, &state, &["object", "create", &lib2]));
+    let c = json_out(cairn(
+        &s,
+        &state,
+        &["upload", &third, tree.to_str().unwrap(), "--json"],
+    ));
+    assert!(
+        c["upload_jobs"].as_u64().unwrap() > 0,
+        "dedup never crosses libraries"
+    );
+}

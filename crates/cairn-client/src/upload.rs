@@ -56,6 +56,9 @@ struct LocalFile {
     abs: PathBuf,
     size: u64,
     mtime_ns: i128,
+    /// blake3 of the contents, computed while planning: the server links a file it already
+    /// holds (same library, hash and size) instead of planning an upload for it.
+    blake3: String,
 }
 
 /// What is needed to continue an interrupted upload.
@@ -154,11 +157,21 @@ fn walk(p: &Path, rel: &str, out: &mut Vec<LocalFile>) -> Result<()> {
             .ok()
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .map_or(0, |d| d.as_nanos() as i128);
+        let file = std::fs::File::open(p)
+            .map_err(|e| ClientError::Local(format!("{}: {e}", p.display())))?;
+        let blake3 = blake3::Hasher::new()
+            .update_reader(file)
+            .map_err(|e| ClientError::Local(format!("{}: {e}", p.display())))?
+            .finalize()
+            .to_hex()
+            .to_string();
+        let abs = p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
         out.push(LocalFile {
             rel: rel.to_string(),
-            abs: p.canonicalize().unwrap_or_else(|_| p.to_path_buf()),
+            abs,
             size: meta.len(),
             mtime_ns,
+            blake3,
         });
     }
     Ok(())
@@ -213,7 +226,7 @@ async fn start(
     let write_token = client.open_draft(&opts.object).await?;
     let ops: Vec<Value> = files
         .iter()
-        .map(|f| json!({"op": "add", "type": "file", "path": f.rel, "size": f.size}))
+        .map(|f| json!({"op": "add", "type": "file", "path": f.rel, "size": f.size, "blake3": f.blake3}))
         .collect();
     let (files_job, jobs) = client.create_files_job(&write_token, &ops).await?;
     let record = ResumeRecord {

@@ -59,9 +59,13 @@ impl Engine {
         }
         let loader = |d: &Digest| self.load_node(d);
         let mut tree = MemDir::load(&draft.root, &loader)?;
-        let mut added = std::collections::HashSet::new();
+        let mut cx = OpContext {
+            added: Default::default(),
+            library: draft.library,
+            linked: Vec::new(),
+        };
         for (i, op) in ops.iter().enumerate() {
-            self.apply_op(&mut tree, op, &mut added).map_err(|mut e| {
+            self.apply_op(&mut tree, op, &mut cx).map_err(|mut e| {
                 e.reason = format!("op {i}: {}", e.reason);
                 e
             })?;
@@ -118,15 +122,33 @@ impl Engine {
         };
         b.put_record(CF_FILES_JOBS, fj.as_bytes(), &job);
         draft.files_jobs.push(fj);
-        self.replace_root(b, &mut draft, tree)?;
+        self.replace_root(b, &mut draft, tree, &cx.linked)?;
         Ok(FilesJobCreated { id: fj, jobs })
     }
 
     /// Stores `tree` as the draft's new root (in `b`, committed here).
-    fn replace_root(&self, mut b: Batch<'_>, draft: &mut DraftRecord, tree: MemDir) -> Result<()> {
+    /// Stores `tree` as the draft's new root. `linked` are part slices taken from the known-file
+    /// index: checked again under the ref guard, so gc cannot have collected them meanwhile.
+    fn replace_root(
+        &self,
+        mut b: Batch<'_>,
+        draft: &mut DraftRecord,
+        tree: MemDir,
+        linked: &[PartSeg],
+    ) -> Result<()> {
         let mut nodes = Vec::new();
         let root = tree.store(&mut nodes);
         let guard = self.store.ref_guard();
+        for p in linked {
+            if !self.store.index().exists(
+                cairn_store::index::CF_PARTS,
+                &cairn_store::part_key(&p.digest, p.part_size),
+            )? {
+                return Err(Error::conflict(
+                    "content linked by hash was just garbage-collected; send the files job again",
+                ));
+            }
+        }
         self.put_nodes(&mut b, nodes)?;
         b.add(CF_NODE_REFS, root.as_bytes(), 1);
         b.add(CF_NODE_REFS, draft.root.as_bytes(), -1);
@@ -137,12 +159,7 @@ impl Engine {
         Ok(())
     }
 
-    fn apply_op(
-        &self,
-        tree: &mut MemDir,
-        op: &Op,
-        added: &mut std::collections::HashSet<FilePath>,
-    ) -> Result<()> {
+    fn apply_op(&self, tree: &mut MemDir, op: &Op, cx: &mut OpContext) -> Result<()> {
         let loader = |d: &Digest| self.load_node(d);
         match op {
             Op::AddFile {
@@ -150,23 +167,38 @@ impl Engine {
                 size,
                 mime_type,
                 meta,
+                hash,
             } => {
-                if !added.insert(path.clone()) {
+                if !cx.added.insert(path.clone()) {
                     return Err(Error::invalid(format!(
                         "{path} is added twice in one files job"
                     )));
                 }
-                let content = if *size == 0 {
-                    Content::Parts(Vec::new())
-                } else {
-                    Content::Pending(Vec::new())
+                let known = match hash {
+                    Some(h) if *size > 0 => self.known_file(&cx.library, h, *size)?,
+                    _ => None,
                 };
+                let content = match known {
+                    _ if *size == 0 => Content::Parts(Vec::new()),
+                    Some(parts) => {
+                        cx.linked.extend_from_slice(&parts);
+                        Content::Parts(parts)
+                    }
+                    None => Content::Pending(Vec::new()),
+                };
+                let linked = matches!(content, Content::Parts(_));
                 let entry = FileEntry {
                     size: *size,
                     mime_type: mime_type.clone(),
                     meta: meta.clone(),
                     content,
-                    hash: (*size == 0).then(Digest::empty),
+                    hash: if *size == 0 {
+                        Some(Digest::empty())
+                    } else if linked {
+                        *hash
+                    } else {
+                        None
+                    },
                 };
                 tree.insert(path, MemEntry::File(entry), &loader)
             }
@@ -215,6 +247,32 @@ impl Engine {
                 None => Err(Error::not_found(format!("{path} does not exist"))),
             },
         }
+    }
+
+    /// The part slices of a finalized file of `library` with this hash and size, if its parts
+    /// are all still stored.
+    fn known_file(
+        &self,
+        library: &cairn_core::LibraryId,
+        hash: &Digest,
+        size: u64,
+    ) -> Result<Option<Vec<PartSeg>>> {
+        let Some(known) = self
+            .store
+            .index()
+            .get_record::<KnownFile>(CF_FILE_INDEX, &file_index_key(library, hash, size))?
+        else {
+            return Ok(None);
+        };
+        for p in &known.parts {
+            if !self.store.index().exists(
+                cairn_store::index::CF_PARTS,
+                &cairn_store::part_key(&p.digest, p.part_size),
+            )? {
+                return Ok(None);
+            }
+        }
+        Ok(Some(known.parts))
     }
 
     /// Checks a link target and returns the size of the file it names.
@@ -384,12 +442,22 @@ impl Engine {
         let mut draft = self.draft(token)?;
         let loader = |d: &Digest| self.load_node(d);
         let mut tree = MemDir::load(&draft.root, &loader)?;
-        let mut dropped = Vec::new();
-        let changed = self.resolve_dir(&mut tree, &FilePath::root(), strict, &mut dropped)?;
+        let mut out = Resolution::default();
+        let changed = self.resolve_dir(&mut tree, &FilePath::root(), strict, &mut out)?;
         if changed {
-            self.replace_root(self.store.index().batch(), &mut draft, tree)?;
+            let mut b = self.store.index().batch();
+            for (hash, size, parts) in &out.known {
+                b.put_record(
+                    CF_FILE_INDEX,
+                    &file_index_key(&draft.library, hash, *size),
+                    &KnownFile {
+                        parts: parts.clone(),
+                    },
+                );
+            }
+            self.replace_root(b, &mut draft, tree, &[])?;
         }
-        Ok(dropped)
+        Ok(out.dropped)
     }
 
     fn resolve_dir(
@@ -397,7 +465,7 @@ impl Engine {
         dir: &mut MemDir,
         at: &FilePath,
         strict: bool,
-        dropped: &mut Vec<String>,
+        out: &mut Resolution,
     ) -> Result<bool> {
         let loader = |d: &Digest| self.load_node(d);
         let mut changed = false;
@@ -407,14 +475,14 @@ impl Engine {
             let segs = match entry {
                 MemEntry::Stored(d) => {
                     let mut sub = MemDir::load(d, &loader)?;
-                    if self.resolve_dir(&mut sub, &path, strict, dropped)? {
+                    if self.resolve_dir(&mut sub, &path, strict, out)? {
                         *entry = MemEntry::Dir(sub);
                         changed = true;
                     }
                     continue;
                 }
                 MemEntry::Dir(sub) => {
-                    changed |= self.resolve_dir(sub, &path, strict, dropped)?;
+                    changed |= self.resolve_dir(sub, &path, strict, out)?;
                     continue;
                 }
                 MemEntry::File(FileEntry {
@@ -427,13 +495,16 @@ impl Engine {
             match self.resolve_pending(&segs.0, segs.1)? {
                 Resolved::Parts(parts, hash) => {
                     if let MemEntry::File(f) = entry {
+                        if let Some(h) = hash {
+                            out.known.push((h, f.size, parts.clone()));
+                        }
                         f.content = Content::Parts(parts);
                         f.hash = hash;
                     }
                 }
                 Resolved::Dropped => {
                     dir.remove_name(&name);
-                    dropped.push(path.to_string());
+                    out.dropped.push(path.to_string());
                 }
                 Resolved::Waiting(uj) if strict => {
                     return Err(Error::incomplete(format!(
@@ -540,6 +611,22 @@ impl Engine {
     pub fn tree_root(&self, q: &Qhit) -> Result<Digest> {
         Ok(self.resolve(q)?.0)
     }
+}
+
+/// State carried through a files job's ops.
+struct OpContext {
+    added: std::collections::HashSet<FilePath>,
+    library: cairn_core::LibraryId,
+    /// Part slices linked from the known-file index (re-checked before commit).
+    linked: Vec<PartSeg>,
+}
+
+/// What resolving a draft's pending files produced.
+#[derive(Default)]
+struct Resolution {
+    dropped: Vec<String>,
+    /// Files whose hash is now known: (hash, size, part slices) for the known-file index.
+    known: Vec<(Digest, u64, Vec<PartSeg>)>,
 }
 
 enum Resolved {

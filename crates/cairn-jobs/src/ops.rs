@@ -47,6 +47,10 @@ pub struct RawOp {
     pub meta: Option<Value>,
     #[serde(default)]
     pub encryption: Option<Value>,
+    /// The file's blake3 (64 hex digits), computed by the client: when the library already
+    /// holds a file with this hash and size, it is linked without an upload.
+    #[serde(default)]
+    pub blake3: Option<String>,
 }
 
 /// A validated op.
@@ -57,6 +61,7 @@ pub enum Op {
         size: u64,
         mime_type: Option<String>,
         meta: Option<Value>,
+        hash: Option<cairn_core::Digest>,
     },
     AddDir {
         path: FilePath,
@@ -189,11 +194,18 @@ impl RawOp {
                         "{path}: size {size} exceeds {MAX_FILE_SIZE}"
                     )));
                 }
+                let hash = match &self.blake3 {
+                    None => None,
+                    Some(h) => Some(cairn_core::Digest::from_hex(h).ok_or_else(|| {
+                        Error::invalid(format!("{path}: blake3 must be 64 hex digits"))
+                    })?),
+                };
                 Ok(Op::AddFile {
                     path,
                     size,
                     mime_type: bounded(&self.mime_type, "mime_type")?,
                     meta: self.meta.clone(),
+                    hash,
                 })
             }
             other => Err(Error::invalid(format!("{path}: unknown type {other:?}"))),

@@ -30,6 +30,9 @@ pub const CF_UJ_CHUNKS: &str = "uj_chunks";
 pub const CF_UJ_SEGMENTS: &str = "uj_segments";
 /// UploadJobId → the bytes received after the last chunk cut (at most two chunks).
 pub const CF_UJ_TAIL: &str = "uj_tail";
+/// Library (20) | file blake3 (32) | size (u64 BE) → [`KnownFile`]: where a finalized file's
+/// bytes are, so an add op carrying the same hash links them instead of uploading again.
+pub const CF_FILE_INDEX: &str = "file_index";
 /// Node digest → [`DirNode`](crate::tree::DirNode).
 pub const CF_NODES: &str = "nodes";
 /// Node digest → refcount (add counter): versions, drafts and parent nodes referencing it.
@@ -51,6 +54,7 @@ pub const JOB_CFS: &[(&str, CfKind)] = &[
     (CF_UJ_SEGMENTS, CfKind::Plain),
     (CF_UJ_TAIL, CfKind::Plain),
     (CF_NODES, CfKind::Plain),
+    (CF_FILE_INDEX, CfKind::Plain),
     (CF_NODE_REFS, CfKind::Add),
 ];
 
@@ -206,6 +210,22 @@ impl SegmentRecord {
     pub fn end(&self) -> u64 {
         self.start + self.seg.len
     }
+}
+
+/// A finalized file's part slices, found by library, hash and size.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KnownFile {
+    pub parts: Vec<crate::tree::PartSeg>,
+}
+impl Record for KnownFile {
+    const NAME: &'static str = "known file";
+}
+
+pub fn file_index_key(library: &LibraryId, hash: &Digest, size: u64) -> Vec<u8> {
+    let mut k = library.as_bytes().to_vec();
+    k.extend_from_slice(hash.as_bytes());
+    k.extend_from_slice(&size.to_be_bytes());
+    k
 }
 
 pub fn uj_chunk_key(uj: &UploadJobId, n: u32) -> Vec<u8> {
