@@ -139,7 +139,20 @@ pub async fn upload(ctx: &Ctx, a: UploadArgs) -> Result<()> {
         state_dir: a.state_dir,
     };
     let started = std::time::Instant::now();
-    let out = cairn_client::upload_tree(&ctx.client, &opts, Arc::new(|_| {})).await?;
+    let total: u64 = opts.paths.iter().map(|p| tree_bytes(p)).sum();
+    let bars = (!ctx.json && std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .then(|| Bars::new(total));
+    let progress: cairn_client::Progress = match &bars {
+        Some(b) => {
+            let b = b.clone();
+            Arc::new(move |path: &str, size: u64, n: u64| b.advance(path, size, n))
+        }
+        None => Arc::new(|_: &str, _: u64, _: u64| {}),
+    };
+    let out = cairn_client::upload_tree(&ctx.client, &opts, progress).await?;
+    if let Some(b) = bars {
+        b.done();
+    }
     let secs = started.elapsed().as_secs_f64();
     let v = serde_json::to_value(&out)?;
     ctx.print(&v, |_| {
@@ -360,4 +373,69 @@ fn lines(v: &Value, f: impl Fn(&Value) -> String) -> String {
     v.as_array()
         .map(|a| a.iter().map(f).collect::<Vec<_>>().join("\n"))
         .unwrap_or_default()
+}
+
+/// Progress bars on a terminal: one for all bytes (rate, ETA), one per file being sent.
+#[derive(Clone)]
+struct Bars {
+    multi: indicatif::MultiProgress,
+    total: indicatif::ProgressBar,
+    files: Arc<std::sync::Mutex<std::collections::HashMap<String, indicatif::ProgressBar>>>,
+}
+
+impl Bars {
+    fn new(bytes: u64) -> Bars {
+        let multi = indicatif::MultiProgress::new();
+        let total = multi.add(indicatif::ProgressBar::new(bytes));
+        total.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bytes:>10}/{total_bytes:<10} {bar:30} {bytes_per_sec:>12}  ETA {eta}",
+            )
+            .expect("template"),
+        );
+        Bars {
+            multi,
+            total,
+            files: Default::default(),
+        }
+    }
+
+    fn advance(&self, path: &str, size: u64, n: u64) {
+        self.total.inc(n);
+        let mut files = self.files.lock().expect("bars");
+        let bar = files.entry(path.to_string()).or_insert_with(|| {
+            let b = self.multi.add(indicatif::ProgressBar::new(size));
+            b.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "  {wide_msg} {bytes:>10}/{total_bytes:<10} {bar:30} {eta:>4}",
+                )
+                .expect("template"),
+            );
+            b.set_message(path.to_string());
+            b
+        });
+        bar.inc(n);
+        if bar.position() >= size {
+            bar.finish_and_clear();
+            files.remove(path);
+        }
+    }
+
+    fn done(self) {
+        for b in self.files.lock().expect("bars").values() {
+            b.finish_and_clear();
+        }
+        self.total.finish_and_clear();
+    }
+}
+
+/// Bytes of the regular files under `p` (for the overall progress bar).
+fn tree_bytes(p: &std::path::Path) -> u64 {
+    match std::fs::metadata(p) {
+        Ok(m) if m.is_dir() => std::fs::read_dir(p)
+            .map(|d| d.flatten().map(|e| tree_bytes(&e.path())).sum())
+            .unwrap_or(0),
+        Ok(m) if m.is_file() => m.len(),
+        _ => 0,
+    }
 }

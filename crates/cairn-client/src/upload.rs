@@ -72,11 +72,14 @@ struct ResumeRecord {
     files: Vec<LocalFile>,
 }
 
-/// Uploads `opts.paths`; `progress` is called with every frame's length as it is sent.
+/// Called as bytes go out: (file path in the object, file size, bytes just sent).
+pub type Progress = Arc<dyn Fn(&str, u64, u64) + Send + Sync>;
+
+/// Uploads `opts.paths`; `progress` is called for every frame as it is sent.
 pub async fn upload_tree(
     client: &Client,
     opts: &UploadOptions,
-    progress: Arc<dyn Fn(u64) + Send + Sync>,
+    progress: Progress,
 ) -> Result<UploadOutcome> {
     let files = collect(&opts.paths, &opts.dest)?;
     let record_path = record_path(opts, client, &files)?;
@@ -255,7 +258,7 @@ async fn send_job(
     record: &ResumeRecord,
     uj: &str,
     sent: Arc<AtomicU64>,
-    progress: Arc<dyn Fn(u64) + Send + Sync>,
+    progress: Progress,
 ) -> Result<()> {
     let mut attempt = 0;
     loop {
@@ -276,7 +279,7 @@ async fn send_job_once(
     record: &ResumeRecord,
     uj: &str,
     sent: &Arc<AtomicU64>,
-    progress: &Arc<dyn Fn(u64) + Send + Sync>,
+    progress: &Progress,
 ) -> Result<()> {
     let status = client
         .upload_status(&record.write_token, &record.files_job, uj)
@@ -292,13 +295,10 @@ async fn send_job_once(
                     "the plan names {path}, which this upload does not have"
                 ))
             })?;
-            let body = file_stream(
-                file.abs.clone(),
-                off + skip,
-                rem,
-                sent.clone(),
-                progress.clone(),
-            );
+            let (name, size, progress) = (file.rel.clone(), file.size, progress.clone());
+            let report: Arc<dyn Fn(u64) + Send + Sync> =
+                Arc::new(move |n| progress(&name, size, n));
+            let body = file_stream(file.abs.clone(), off + skip, rem, sent.clone(), report);
             client
                 .upload_data(
                     &record.write_token,
