@@ -99,6 +99,9 @@ enum Cmd {
         /// Check this data dir directly (the server must be stopped); else ask the server.
         #[arg(long)]
         data: Option<std::path::PathBuf>,
+        /// Also correct refcounts that disagree with the references found.
+        #[arg(long)]
+        repair: bool,
     },
     /// Delete unreferenced data and repack mostly-dead packs.
     Gc {
@@ -180,7 +183,7 @@ async fn run(cli: Cli) -> Result<()> {
             write_token,
             files_job,
         } => ops::force_complete(&ctx, &write_token, files_job.as_deref()).await,
-        Cmd::Fsck { data } => ops::fsck(&ctx, data.as_deref()).await,
+        Cmd::Fsck { data, repair } => ops::fsck(&ctx, data.as_deref(), repair).await,
         Cmd::Gc { data, dry_run } => ops::gc(&ctx, data.as_deref(), dry_run).await,
         Cmd::Stats { data } => ops::stats(&ctx, data.as_deref()).await,
         Cmd::Completions { shell } => {

@@ -54,15 +54,20 @@ pub async fn stats(ctx: &Ctx, data: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
-pub async fn fsck(ctx: &Ctx, data: Option<&Path>) -> Result<()> {
+pub async fn fsck(ctx: &Ctx, data: Option<&Path>, repair: bool) -> Result<()> {
     let v = match data {
         Some(d) => {
-            let r = open_offline(d)?.fsck()?;
+            let engine = open_offline(d)?;
+            let r = if repair {
+                engine.fsck_repair()?
+            } else {
+                engine.fsck()?
+            };
             let mut v = serde_json::to_value(&r)?;
             v["clean"] = json!(r.is_clean());
             v
         }
-        None => ctx.client.admin_fsck().await?,
+        None => ctx.client.admin_fsck(repair).await?,
     };
     ctx.print(&v, |v| {
         let mut out = format!(
@@ -77,6 +82,9 @@ pub async fn fsck(ctx: &Ctx, data: Option<&Path>) -> Result<()> {
         }
         for m in v["refcount_mismatches"].as_array().into_iter().flatten() {
             out.push_str(&format!("\n{}", m.as_str().unwrap_or("?")));
+        }
+        if v["repaired"].as_u64().unwrap_or(0) > 0 {
+            out.push_str(&format!("\nrepaired {} refcounts", v["repaired"]));
         }
         out
     });

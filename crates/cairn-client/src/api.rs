@@ -259,8 +259,9 @@ impl Client {
         self.json(Method::GET, "/admin/stats", None).await
     }
 
-    pub async fn admin_fsck(&self) -> Result<Value> {
-        self.json(Method::POST, "/admin/fsck", None).await
+    pub async fn admin_fsck(&self, repair: bool) -> Result<Value> {
+        self.json(Method::POST, &format!("/admin/fsck?repair={repair}"), None)
+            .await
     }
 
     pub async fn admin_gc(&self, dry_run: bool) -> Result<Value> {

@@ -281,9 +281,22 @@ pub async fn handle_admin_stats(State(st): State<AppState>) -> Result<Json<Value
     ))
 }
 
-/// `POST /admin/fsck`: the full check (uploads wait while it runs).
-pub async fn handle_admin_fsck(State(st): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let r = st.engine.run(|e| e.fsck()).await?;
+#[derive(Deserialize, Default)]
+pub struct FsckQuery {
+    #[serde(default)]
+    repair: bool,
+}
+
+/// `POST /admin/fsck[?repair=true]`: the full check (uploads wait while it runs); `repair`
+/// also corrects refcounts.
+pub async fn handle_admin_fsck(
+    State(st): State<AppState>,
+    axum::extract::Query(q): axum::extract::Query<FsckQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let r = st
+        .engine
+        .run(move |e| if q.repair { e.fsck_repair() } else { e.fsck() })
+        .await?;
     let mut v = serde_json::to_value(&r).map_err(|e| ApiError::bad_request(e.to_string()))?;
     v["clean"] = json!(r.is_clean());
     Ok(Json(v))

@@ -129,7 +129,18 @@ impl Engine {
     /// Checks everything. Holds the state lock for writing, so upload commits wait and the
     /// counts compared are a consistent picture (an operator command, not a hot path).
     pub fn fsck(&self) -> Result<EngineFsckReport> {
+        self.fsck_with(false)
+    }
+
+    /// [`Engine::fsck`] that also corrects every refcount that disagrees with the references
+    /// found (damaged bytes cannot be repaired: they stay reported).
+    pub fn fsck_repair(&self) -> Result<EngineFsckReport> {
+        self.fsck_with(true)
+    }
+
+    fn fsck_with(&self, repair: bool) -> Result<EngineFsckReport> {
         let _w = self.state.write();
+        let _no_gc = self.store.gc_guard();
         let mut ext = ExternalRefs::default();
         let mut node_refs: HashMap<Vec<u8>, i64> = HashMap::new();
         let mut nodes_checked = 0;
@@ -168,8 +179,13 @@ impl Engine {
                 .entry(UjChunk::decode(&v)?.chunk.hash)
                 .or_default() += 1;
         }
-        let mut store = self.store.fsck(&ext)?;
+        let mut store = self.store.fsck_unlocked(&ext)?;
         self.compare_node_refs(&node_refs, &mut store)?;
+        if repair {
+            self.store.apply_refcount_fixes(&mut store)?;
+            // What remains cannot be fixed by counting (a referenced node that is missing).
+            store.refcount_mismatches.retain(|m| m.ends_with("missing"));
+        }
         let damaged: HashSet<String> = store.damaged_parts.iter().cloned().collect();
         let mut damaged_files = Vec::new();
         for (k, v) in &versions {
@@ -221,6 +237,7 @@ impl Engine {
                 report
                     .refcount_mismatches
                     .push(format!("node {d}: refcount {have}, references {want}"));
+                report.refcount_fixes.push((CF_NODE_REFS, k.clone(), want));
             }
             if !self.store.index().exists(CF_NODES, k)? {
                 report.refcount_mismatches.push(format!(
@@ -235,6 +252,7 @@ impl Engine {
                 report
                     .refcount_mismatches
                     .push(format!("node {d}: refcount {have}, references 0"));
+                report.refcount_fixes.push((CF_NODE_REFS, k, 0));
             }
         }
         Ok(())

@@ -219,3 +219,27 @@ fn ranges_past_the_end_are_rejected() {
     assert!(f.engine.read_file(&h, 700_000, 2, |_| Ok(())).is_err());
     assert!(f.engine.read_file(&h, u64::MAX, 2, |_| Ok(())).is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fsck_repair_corrects_refcounts() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = small_engine(dir.path());
+    store_file(&e, new_object(&e), "f", &data(8, 50_000)).await;
+    // Damage a counter behind the engine's back: one chunk claims five extra references.
+    let chunk = e
+        .store()
+        .index()
+        .scan(cairn_store::index::CF_CHUNK_REFS, &[])
+        .next()
+        .unwrap()
+        .unwrap()
+        .0;
+    let mut b = e.store().index().batch();
+    b.add(cairn_store::index::CF_CHUNK_REFS, &chunk, 5);
+    e.store().commit(b).unwrap();
+    let report = e.fsck().unwrap();
+    assert_eq!(report.store.refcount_mismatches.len(), 1, "{report:?}");
+    let repaired = e.fsck_repair().unwrap();
+    assert_eq!(repaired.store.repaired, 1);
+    assert!(e.fsck().unwrap().is_clean());
+}

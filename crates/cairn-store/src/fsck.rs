@@ -26,6 +26,27 @@ pub struct FsckReport {
     pub damaged_parts: Vec<String>,
     /// Human descriptions of refcounts that do not match the references found.
     pub refcount_mismatches: Vec<String>,
+    /// Counter corrections (column family, key, correct value) that `--repair` applies.
+    #[serde(skip)]
+    pub refcount_fixes: Vec<(&'static str, Vec<u8>, i64)>,
+    /// Counters corrected by a repair run.
+    pub repaired: u64,
+}
+
+impl Store {
+    /// Sets every mismatched counter to the count of references found (one batch).
+    pub fn apply_refcount_fixes(&self, report: &mut FsckReport) -> Result<()> {
+        let mut b = self.index().batch();
+        for (cf, key, value) in &report.refcount_fixes {
+            b.delete(cf, key);
+            b.add(cf, key, *value);
+        }
+        if !b.is_empty() {
+            self.commit(b)?;
+        }
+        report.repaired = report.refcount_fixes.len() as u64;
+        Ok(())
+    }
 }
 
 impl FsckReport {
@@ -49,6 +70,16 @@ impl Store {
     /// Runs with gc excluded, so the counts compared are one consistent picture.
     pub fn fsck(&self, external: &ExternalRefs) -> Result<FsckReport> {
         let _no_gc = self.gc_lock.lock();
+        self.fsck_unlocked(external)
+    }
+
+    /// Excludes gc until the guard is dropped (for callers that check and then repair).
+    pub fn gc_guard(&self) -> parking_lot::MutexGuard<'_, ()> {
+        self.gc_lock.lock()
+    }
+
+    /// [`Store::fsck`] for a caller holding [`Store::gc_guard`].
+    pub fn fsck_unlocked(&self, external: &ExternalRefs) -> Result<FsckReport> {
         let mut report = FsckReport::default();
         self.verify_chunks(&mut report)?;
         let mut chunk_refs = external.chunks.clone();
@@ -117,7 +148,7 @@ impl Store {
 
     fn compare_refs(
         &self,
-        cf: &str,
+        cf: &'static str,
         what: &str,
         expected: &HashMap<Vec<u8>, i64>,
         report: &mut FsckReport,
@@ -134,6 +165,7 @@ impl Store {
                     "{what} {}: refcount {have}, references {want}",
                     hex(k)
                 ));
+                report.refcount_fixes.push((cf, k.clone(), want));
             }
         }
         for (k, have) in stored {
@@ -141,6 +173,7 @@ impl Store {
                 report
                     .refcount_mismatches
                     .push(format!("{what} {}: refcount {have}, references 0", hex(&k)));
+                report.refcount_fixes.push((cf, k, 0));
             }
         }
         Ok(())
