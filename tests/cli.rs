@@ -414,3 +414,33 @@ fn the_same_tree_into_a_second_object_uploads_nothing() {
         "dedup never crosses libraries"
     );
 }
+
+#[test]
+fn server_and_token_come_from_the_config_file_unless_overridden() {
+    let work = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let s = Server::start(data.path(), common::free_port());
+    let cfg = work.path().join("config.toml");
+    std::fs::write(
+        &cfg,
+        format!("server = \"{}\"\ntoken = \"{TOKEN}\"\n", s.url("")),
+    )
+    .unwrap();
+    let run = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .args(["lib", "create", "c", "--config", cfg.to_str().unwrap()])
+            .args(extra)
+            .env_remove("CAIRN_SERVER")
+            .env_remove("CAIRN_TOKEN")
+            .output()
+            .unwrap()
+    };
+    assert!(ok(run(&[])).starts_with("ilib"));
+    assert_eq!(
+        run(&["--token", "wrong"]).status.code(),
+        Some(1),
+        "the flag overrides the file (401)"
+    );
+    std::fs::write(&cfg, "sever = 1\n").unwrap();
+    assert!(!run(&[]).status.success(), "unknown keys are refused");
+}

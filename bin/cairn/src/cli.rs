@@ -11,6 +11,40 @@ use clap::{Args, Subcommand};
 use futures::StreamExt;
 use serde_json::{json, Value};
 
+/// The client's config file: flags and `CAIRN_*` variables override it.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    pub server: Option<String>,
+    pub token: Option<String>,
+}
+
+impl ClientConfig {
+    /// Reads `path`, or the default location if it exists (a missing default is no error).
+    pub fn load(path: Option<&std::path::Path>) -> Result<ClientConfig> {
+        let default = || {
+            std::env::var_os("XDG_CONFIG_HOME")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+                .map(|d| d.join("cairn/config.toml"))
+        };
+        let (file, required) = match path {
+            Some(p) => (Some(p.to_path_buf()), true),
+            None => (default(), false),
+        };
+        let Some(file) = file else {
+            return Ok(ClientConfig::default());
+        };
+        match std::fs::read_to_string(&file) {
+            Ok(text) => toml::from_str(&text).with_context(|| file.display().to_string()),
+            Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => {
+                Ok(ClientConfig::default())
+            }
+            Err(e) => Err(anyhow!("{}: {e}", file.display())),
+        }
+    }
+}
+
 pub struct Ctx {
     pub client: Client,
     pub json: bool,

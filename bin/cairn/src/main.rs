@@ -28,23 +28,16 @@ Exit codes: 0 ok, 1 failure, 2 usage, 3 not found, 4 conflict (state forbids it)
 #[derive(Parser)]
 #[command(name = "cairn", version, about = "Cairn: a content-addressed object store with resumable Files Jobs", after_help = EXAMPLES)]
 struct Cli {
-    /// Server URL.
-    #[arg(
-        long,
-        env = "CAIRN_SERVER",
-        default_value = "http://127.0.0.1:8008",
-        global = true
-    )]
-    server: String,
-    /// API token.
-    #[arg(
-        long,
-        env = "CAIRN_TOKEN",
-        hide_env_values = true,
-        global = true,
-        default_value = ""
-    )]
-    token: String,
+    /// Server URL [default: from the config file, else http://127.0.0.1:8008].
+    #[arg(long, env = "CAIRN_SERVER", global = true)]
+    server: Option<String>,
+    /// API token [default: from the config file].
+    #[arg(long, env = "CAIRN_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    /// Client config file (TOML with `server` and `token`)
+    /// [default: $XDG_CONFIG_HOME/cairn/config.toml or ~/.config/cairn/config.toml].
+    #[arg(long, env = "CAIRN_CONFIG", global = true)]
+    config: Option<std::path::PathBuf>,
     /// Print results as JSON.
     #[arg(long, global = true)]
     json: bool,
@@ -159,8 +152,14 @@ fn main() {
 }
 
 async fn run(cli: Cli) -> Result<()> {
+    let file = cli::ClientConfig::load(cli.config.as_deref())?;
+    let server = cli
+        .server
+        .or(file.server)
+        .unwrap_or_else(|| "http://127.0.0.1:8008".into());
+    let token = cli.token.or(file.token).unwrap_or_default();
     let ctx = cli::Ctx {
-        client: cairn_client::Client::new(&cli.server, &cli.token),
+        client: cairn_client::Client::new(&server, &token),
         json: cli.json,
     };
     match cli.cmd {
