@@ -428,7 +428,7 @@ fn server_and_token_come_from_the_config_file_unless_overridden() {
     .unwrap();
     let run = |extra: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_cairn"))
-            .args(["lib", "create", "c", "--config", cfg.to_str().unwrap()])
+            .args(["lib", "create", "c", "--cli-config", cfg.to_str().unwrap()])
             .args(extra)
             .env_remove("CAIRN_SERVER")
             .env_remove("CAIRN_TOKEN")

@@ -36,8 +36,8 @@ struct Cli {
     token: Option<String>,
     /// Client config file (TOML with `server` and `token`)
     /// [default: $XDG_CONFIG_HOME/cairn/config.toml or ~/.config/cairn/config.toml].
-    #[arg(long, env = "CAIRN_CONFIG", global = true)]
-    config: Option<std::path::PathBuf>,
+    #[arg(long, env = "CAIRN_CLI_CONFIG", global = true)]
+    cli_config: Option<std::path::PathBuf>,
     /// Print results as JSON.
     #[arg(long, global = true)]
     json: bool,
@@ -152,7 +152,7 @@ fn main() {
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    let file = cli::ClientConfig::load(cli.config.as_deref())?;
+    let file = cli::ClientConfig::load(cli.cli_config.as_deref())?;
     let server = cli
         .server
         .or(file.server)
