@@ -232,24 +232,29 @@ pub async fn ls(ctx: &Ctx, target: &str) -> Result<()> {
     walk_tree(node, dir, &mut rows);
     let v = json!(rows
         .iter()
-        .map(|(p, size, is_dir)| json!({"path": p, "size": size, "directory": is_dir}))
+        .map(|e| json!({"path": e.path, "size": e.size, "directory": e.directory}))
         .collect::<Vec<_>>());
     ctx.print(&v, |_| {
-        rows.iter()
-            .map(|(p, size, d)| {
-                if *d {
-                    format!("{:>14}  {p}/", "-")
-                } else {
-                    format!("{size:>14}  {p}")
-                }
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
+        let line = |e: &TreeEntry| match e.directory {
+            true => format!("{:>14}  {}/", "-", e.path),
+            false => format!("{:>14}  {}", e.size, e.path),
+        };
+        rows.iter().map(line).collect::<Vec<_>>().join("\n")
     });
     Ok(())
 }
 
-fn walk_tree(node: &Value, at: &str, out: &mut Vec<(String, u64, bool)>) {
+/// One entry of a rendered `files` tree.
+pub struct TreeEntry {
+    pub path: String,
+    pub size: u64,
+    pub directory: bool,
+    /// The file's blake3, when the server knows it.
+    pub hash: Option<String>,
+}
+
+/// Every entry under `node` (a `files` tree or subtree), depth first, paths prefixed by `at`.
+pub fn walk_tree(node: &Value, at: &str, out: &mut Vec<TreeEntry>) {
     let Some(map) = node.as_object() else { return };
     for (name, child) in map.iter().filter(|(k, _)| *k != ".") {
         let path = if at.is_empty() {
@@ -258,11 +263,16 @@ fn walk_tree(node: &Value, at: &str, out: &mut Vec<(String, u64, bool)>) {
             format!("{at}/{name}")
         };
         let dot = &child["."];
-        if dot["type"] == "directory" {
-            out.push((path.clone(), 0, true));
+        let directory = dot["type"] == "directory";
+        let size = dot["size"].as_u64().unwrap_or(0);
+        out.push(TreeEntry {
+            path: path.clone(),
+            size,
+            directory,
+            hash: dot["hash"].as_str().map(str::to_string),
+        });
+        if directory {
             walk_tree(child, &path, out);
-        } else {
-            out.push((path, dot["size"].as_u64().unwrap_or(0), false));
         }
     }
 }

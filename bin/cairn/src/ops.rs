@@ -241,34 +241,11 @@ pub async fn diff(ctx: &Ctx, a: &str, b: &str) -> Result<()> {
 
 /// Every file of a `files` tree: path → (size, blake3 if known).
 fn flatten(tree: &Value) -> BTreeMap<String, (u64, Option<String>)> {
-    let mut out = BTreeMap::new();
-    walk(tree, "", &mut out);
-    out
-}
-
-fn walk(node: &Value, at: &str, out: &mut BTreeMap<String, (u64, Option<String>)>) {
-    for (name, child) in node
-        .as_object()
+    let mut entries = Vec::new();
+    crate::cli::walk_tree(tree, "", &mut entries);
+    entries
         .into_iter()
-        .flatten()
-        .filter(|(k, _)| *k != ".")
-    {
-        let path = if at.is_empty() {
-            name.clone()
-        } else {
-            format!("{at}/{name}")
-        };
-        let dot = &child["."];
-        if dot["type"] == "directory" {
-            walk(child, &path, out);
-        } else {
-            out.insert(
-                path,
-                (
-                    dot["size"].as_u64().unwrap_or(0),
-                    dot["hash"].as_str().map(str::to_string),
-                ),
-            );
-        }
-    }
+        .filter(|e| !e.directory)
+        .map(|e| (e.path, (e.size, e.hash)))
+        .collect()
 }

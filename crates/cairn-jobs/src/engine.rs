@@ -523,14 +523,19 @@ impl Engine {
                 Ok((v.root, v.meta))
             }
             Qhit::Object(o) => {
-                let obj = self.object(o)?;
-                let h = obj.head.ok_or_else(|| {
-                    Error::not_found(format!("object {o} has no finalized version"))
-                })?;
-                let v = self.version(&h)?;
+                let (_, v) = self.head(o)?;
                 Ok((v.root, v.meta))
             }
         }
+    }
+
+    /// The object's newest version (`not_found` before its first finalize).
+    fn head(&self, o: &ObjectId) -> Result<(VersionHash, VersionRecord)> {
+        let h = self
+            .object(o)?
+            .head
+            .ok_or_else(|| Error::not_found(format!("object {o} has no finalized version")))?;
+        Ok((h, self.version(&h)?))
     }
 
     /// What `q` is: its object, library, version (if finalized), write token (if a draft), and
@@ -558,14 +563,10 @@ impl Engine {
                 })
             }
             Qhit::Object(o) => {
-                let obj = self.object(o)?;
-                let h = obj.head.ok_or_else(|| {
-                    Error::not_found(format!("object {o} has no finalized version"))
-                })?;
-                let v = self.version(&h)?;
+                let (h, v) = self.head(o)?;
                 Ok(QInfo {
                     object: *o,
-                    library: obj.library,
+                    library: v.library,
                     version: Some(h),
                     token: None,
                     modified: v.created,
