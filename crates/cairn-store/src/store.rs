@@ -280,7 +280,7 @@ impl Store {
     }
 
     /// Reads one chunk, verified against its blake3 hash.
-    pub fn read_chunk(&self, chunk: &ChunkRef) -> Result<Vec<u8>> {
+    pub fn read_chunk(&self, chunk: &ChunkRef) -> Result<bytes::Bytes> {
         let loc = self.chunk_loc(&chunk.hash)?.ok_or_else(|| {
             Error::corrupt(format!("chunk {} is missing from the index", chunk.hash))
         })?;
@@ -329,7 +329,7 @@ impl Store {
     ) -> Result<()> {
         let lens: Vec<u64> = chunks.iter().map(|c| u64::from(c.len)).collect();
         for piece in range::plan(&lens, offset, len)? {
-            let data = bytes::Bytes::from(self.read_chunk(&chunks[piece.index])?);
+            let data = self.read_chunk(&chunks[piece.index])?;
             sink(data.slice(piece.start as usize..(piece.start + piece.len) as usize))?;
         }
         Ok(())
