@@ -350,3 +350,50 @@ fn serve_help_and_typos_never_start_a_server() {
         "no data dir was created"
     );
 }
+
+#[test]
+fn a_stalled_upload_is_cut_off_and_keeps_what_arrived() {
+    use std::io::Write;
+    let data = tempfile::tempdir().unwrap();
+    let cfg = data.path().join("cairn.toml");
+    std::fs::write(&cfg, "idle_timeout_secs = 1\n").unwrap();
+    let s = Server::start_args(
+        &data.path().join("d"),
+        common::free_port(),
+        &["--config", cfg.to_str().unwrap()],
+    );
+    let (_, _, wt) = new_object(&s);
+    let job = call(
+        &s,
+        "POST",
+        &format!("/q/{wt}/file_jobs"),
+        Some(r#"{"ops":[{"path":"slow.bin","size":100}]}"#),
+        201,
+    );
+    let (fj, uj) = (
+        job["id"].as_str().unwrap(),
+        job["jobs"][0].as_str().unwrap(),
+    );
+    // Send headers announcing 100 bytes, then 7 bytes, then nothing.
+    let mut sock = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    write!(
+        sock,
+        "POST /q/{wt}/file_jobs/{fj}/{uj} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Length: 100\r\n\r\nabcdefg",
+        common::TOKEN
+    )
+    .unwrap();
+    sock.flush().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let st = call(
+        &s,
+        "GET",
+        &format!("/q/{wt}/file_jobs/{fj}/uploads/{uj}"),
+        None,
+        200,
+    );
+    assert_eq!(
+        st["files"][0]["skip"], 7,
+        "the 7 bytes that arrived were kept: {st}"
+    );
+    drop(sock);
+}

@@ -17,6 +17,9 @@ pub struct ServerConfig {
     pub part_size: u64,
     /// Largest JSON request body, in bytes (files-job ops, metadata).
     pub max_json_body: usize,
+    /// Seconds an upload body may send nothing (or a download reader take nothing) before the
+    /// request is cut off; what an upload received is kept.
+    pub idle_timeout_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -26,6 +29,7 @@ impl Default for ServerConfig {
             listen: "127.0.0.1:8008".into(),
             part_size: 32 << 20,
             max_json_body: 64 << 20,
+            idle_timeout_secs: 60,
         }
     }
 }

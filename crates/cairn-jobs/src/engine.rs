@@ -27,6 +27,9 @@ pub struct EngineConfig {
     pub plan: PlanLimits,
     /// Bytes an upload request receives between intermediate commits.
     pub commit_every: u64,
+    /// An upload body that sends nothing for this long is cut off (what arrived is kept), and a
+    /// download whose client reads nothing for this long is stopped.
+    pub idle_timeout: std::time::Duration,
 }
 
 impl EngineConfig {
@@ -35,6 +38,7 @@ impl EngineConfig {
             store: StoreConfig::new(dir),
             plan: PlanLimits::default(),
             commit_every: 8 << 20,
+            idle_timeout: std::time::Duration::from_secs(60),
         }
     }
 }

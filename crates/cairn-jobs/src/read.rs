@@ -296,11 +296,15 @@ impl Engine {
             let Ok(permit) = me.streams.clone().acquire_owned().await else {
                 return;
             };
+            let runtime = tokio::runtime::Handle::current();
             tokio::task::spawn_blocking(move || {
                 let _permit = permit;
+                let idle = me.cfg.idle_timeout;
+                // A reader that takes nothing for `idle_timeout` is dropped, freeing the thread.
                 let res = me.read_file_bytes(&h, offset, len, |b| {
-                    tx.blocking_send(Ok(b))
-                        .map_err(|_| Error::invalid("reader went away"))
+                    runtime
+                        .block_on(tx.send_timeout(Ok(b), idle))
+                        .map_err(|_| Error::invalid("reader went away or stalled"))
                 });
                 if let Err(e) = res {
                     let _ = tx.blocking_send(Err(e));

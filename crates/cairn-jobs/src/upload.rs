@@ -176,7 +176,19 @@ impl Engine {
         });
         let mut body = std::pin::pin!(body);
         let mut ended = true;
-        while let Some(item) = body.next().await {
+        let idle = self.cfg.idle_timeout;
+        loop {
+            // A client that stops sending is cut off after `idle_timeout`: what arrived is kept
+            // (see skip) and its thread and lock are freed for others.
+            let item = match tokio::time::timeout(idle, body.next()).await {
+                Ok(Some(item)) => item,
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::info!(upload_job = %uj, "upload body idle too long");
+                    ended = false;
+                    break;
+                }
+            };
             match item {
                 Ok(bytes) => {
                     if tx.send(Frame::Data(bytes)).await.is_err() {
