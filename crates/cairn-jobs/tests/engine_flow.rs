@@ -87,18 +87,7 @@ async fn versions_ops_links_and_metadata() {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
-    let job = e
-        .create_files_job(
-            &t,
-            &request(
-                files
-                    .iter()
-                    .map(|(p, d)| add_file(p, d.len() as u64))
-                    .collect(),
-            ),
-        )
-        .unwrap();
-    upload_all(&e, t, &job, &files).await;
+    add_and_upload(&e, t, &files).await;
     e.meta_set(&t, "title", json!("first"), false).unwrap();
     let (v1, _) = e.finalize(&t).unwrap();
 

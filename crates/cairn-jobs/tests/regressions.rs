@@ -159,15 +159,7 @@ async fn a_corrupt_unsealed_job_does_not_stop_the_store_from_opening() {
             (t, job)
         };
         // A restart loses the hashes computed while streaming, so sealing reads the part back.
-        let pack = std::fs::read_dir(dir.path().join("packs"))
-            .unwrap()
-            .map(|d| d.unwrap().path())
-            .min()
-            .unwrap();
-        let mut bytes = std::fs::read(&pack).unwrap();
-        bytes[(cairn_store::pack::HEADER_LEN + cairn_store::pack::RECORD_HEADER_LEN + 10)
-            as usize] ^= 1;
-        std::fs::write(&pack, &bytes).unwrap();
+        flip_first_chunk_byte(dir.path(), 10, 1);
         let e = small_engine(dir.path());
         let err = post(&e, t, &job, 0, src[99_999..].to_vec(), 4096)
             .await

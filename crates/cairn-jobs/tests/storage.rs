@@ -77,15 +77,7 @@ async fn a_flipped_byte_is_a_corrupt_error_and_fsck_names_it() {
     assert!(e.fsck().unwrap().is_clean());
 
     // Flip one data byte of the first chunk record of the first pack.
-    let pack = std::fs::read_dir(dir.path().join("packs"))
-        .unwrap()
-        .map(|d| d.unwrap().path())
-        .min()
-        .unwrap();
-    let mut bytes = std::fs::read(&pack).unwrap();
-    let at = (cairn_store::pack::HEADER_LEN + cairn_store::pack::RECORD_HEADER_LEN + 100) as usize;
-    bytes[at] ^= 0x40;
-    std::fs::write(&pack, &bytes).unwrap();
+    flip_first_chunk_byte(dir.path(), 100, 0x40);
 
     let err = read_all(&e, &Qhit::Version(v), "dir/victim.bin").unwrap_err();
     assert_eq!(err.kind, ErrorKind::Corrupt, "{err}");
@@ -110,18 +102,7 @@ async fn gc_after_deleting_a_version_reclaims_its_unique_bytes() {
         .into_iter()
         .map(|(k, v)| (k.into(), v))
         .collect();
-    let job = e
-        .create_files_job(
-            &t,
-            &request(
-                files
-                    .iter()
-                    .map(|(p, d)| add_file(p, d.len() as u64))
-                    .collect(),
-            ),
-        )
-        .unwrap();
-    upload_all(&e, t, &job, &files).await;
+    add_and_upload(&e, t, &files).await;
     let (v1, _) = e.finalize(&t).unwrap();
     let t2 = e.open_draft(&t.object).unwrap().token;
     let ops = vec![

@@ -127,3 +127,37 @@ pub fn read_all(e: &Engine, q: &Qhit, path: &str) -> cairn_core::Result<Vec<u8>>
     })?;
     Ok(out)
 }
+
+/// Flips bits (`mask`) of data byte `at` of the first chunk record of the first pack.
+pub fn flip_first_chunk_byte(dir: &std::path::Path, at: u64, mask: u8) {
+    let pack = std::fs::read_dir(dir.join("packs"))
+        .unwrap()
+        .map(|d| d.unwrap().path())
+        .min()
+        .unwrap();
+    let mut bytes = std::fs::read(&pack).unwrap();
+    bytes[(cairn_store::pack::HEADER_LEN + cairn_store::pack::RECORD_HEADER_LEN + at) as usize] ^=
+        mask;
+    std::fs::write(&pack, &bytes).unwrap();
+}
+
+/// Adds `files` in one files job, uploads them, and returns the job.
+pub async fn add_and_upload(
+    e: &Arc<Engine>,
+    t: WriteToken,
+    files: &BTreeMap<String, Vec<u8>>,
+) -> FilesJobCreated {
+    let job = e
+        .create_files_job(
+            &t,
+            &request(
+                files
+                    .iter()
+                    .map(|(p, d)| add_file(p, d.len() as u64))
+                    .collect(),
+            ),
+        )
+        .unwrap();
+    upload_all(e, t, &job, files).await;
+    job
+}
