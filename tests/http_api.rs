@@ -397,3 +397,51 @@ fn a_stalled_upload_is_cut_off_and_keeps_what_arrived() {
     );
     drop(sock);
 }
+
+#[test]
+fn slow_headers_are_cut_off_and_connections_are_capped() {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+    let data = tempfile::tempdir().unwrap();
+    let cfg = data.path().join("cairn.toml");
+    std::fs::write(&cfg, "header_timeout_secs = 1\nmax_connections = 3\n").unwrap();
+    let s = Server::start_args(
+        &data.path().join("d"),
+        common::free_port(),
+        &["--config", cfg.to_str().unwrap()],
+    );
+    let connect = || {
+        let c = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        c
+    };
+    // A slowloris client: headers never finished.
+    let mut slow = connect();
+    slow.write_all(b"GET /config HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let started = Instant::now();
+    // Meanwhile normal clients are served.
+    assert_eq!(curl(&s.url("/config"), &["--no-token"]).status, 200);
+    let mut buf = [0u8; 256];
+    let n = slow.read(&mut buf).unwrap_or(0);
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_secs(5),
+        "the server closed the slow connection ({waited:?})"
+    );
+    assert!(
+        n == 0 || String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 408"),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+
+    // Three idle connections fill the cap; a fourth is closed at once, before any request.
+    let idle: Vec<_> = (0..3).map(|_| connect()).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut extra = connect();
+    let t = Instant::now();
+    let n = extra.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "the connection over the cap was closed");
+    assert!(t.elapsed() < Duration::from_secs(1));
+    drop(idle);
+}

@@ -20,6 +20,10 @@ pub struct ServerConfig {
     /// Seconds an upload body may send nothing (or a download reader take nothing) before the
     /// request is cut off; what an upload received is kept.
     pub idle_timeout_secs: u64,
+    /// Seconds a client has to send a request's headers (slowloris defence).
+    pub header_timeout_secs: u64,
+    /// Most open connections; more are closed as soon as they are accepted.
+    pub max_connections: usize,
 }
 
 impl Default for ServerConfig {
@@ -30,6 +34,8 @@ impl Default for ServerConfig {
             part_size: 32 << 20,
             max_json_body: 64 << 20,
             idle_timeout_secs: 60,
+            header_timeout_secs: 30,
+            max_connections: 4096,
         }
     }
 }

@@ -217,6 +217,66 @@ pub fn open(cfg: &ServerConfig) -> Result<(AppState, Option<String>), String> {
     ))
 }
 
+/// Accepts connections until `shutdown`, then waits for open ones to finish (at most 30 s).
+///
+/// hyper-util directly rather than `axum::serve`, for what a public server needs: a deadline for
+/// reading request headers (a slowloris client cannot hold a connection forever), a cap on open
+/// connections (more are closed at once), and TCP_NODELAY (without it Nagle's algorithm and
+/// delayed ACKs stall small trailing writes by ~40 ms, seen on Range GETs).
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    cfg: &ServerConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(std::time::Duration::from_secs(
+            cfg.header_timeout_secs.max(1),
+        ));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(cfg.max_connections.max(1)));
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "connection limit reached; closing");
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "connection ended");
+            }
+            drop(slot);
+        });
+    }
+    if tokio::time::timeout(std::time::Duration::from_secs(30), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after 30 s; stopping anyway");
+    }
+}
+
 /// Serves until `shutdown` resolves, then lets in-flight requests finish (their uploads commit)
 /// and flushes the index.
 pub async fn serve(
@@ -231,15 +291,7 @@ pub async fn serve(
     tracing::info!(%addr, data = %cfg.data.display(), "cairn serving");
     eprintln!("cairn: serving http://{addr}/ from {}", cfg.data.display());
     let engine = state.engine.clone();
-    // Replies are written as soon as they are ready: without TCP_NODELAY, Nagle's algorithm
-    // and delayed ACKs stall small trailing writes by ~40 ms (seen on Range GETs).
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, router(state, cfg.max_json_body))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|e| e.to_string())?;
+    accept_loop(listener, router(state, cfg.max_json_body), &cfg, shutdown).await;
     engine.store().flush().map_err(|e| e.to_string())?;
     tracing::info!("cairn stopped");
     Ok(())
