@@ -66,10 +66,19 @@ enum Cmd {
     #[command(subcommand)]
     Object(cli::ObjectCmd),
     /// Upload files and directories into an object as a new version.
+    #[command(
+        after_help = "Examples:\n  cairn upload iq__… ./masters --parallel 8 --message \"cut 2\"\n  cairn upload iq__… a.mov b.mov --dest incoming --no-finalize   # prints the write token\n\nRun the same command again after Ctrl-C or kill -9: it continues the same draft and sends only\nwhat the server lacks. Files the library already holds (same blake3 and size) are not sent."
+    )]
     Upload(cli::UploadArgs),
     /// List files: `<object|version|write-token>[:/dir]`.
+    #[command(
+        after_help = "Examples:\n  cairn ls iq__…              # the head version, everything\n  cairn ls hq__…:/masters     # one directory of one version\n  cairn ls iq__… --json"
+    )]
     Ls { target: String },
     /// Download a file: `<object|version>:<path>`.
+    #[command(
+        after_help = "Examples:\n  cairn get hq__…:masters/film.mov -o film.mov     # resumes a shorter film.mov; checks blake3\n  cairn get iq__…:masters/film.mov --range 0-1023 > head.bin"
+    )]
     Get(cli::GetArgs),
     /// Print a file to stdout: `<object|version>:<path>`.
     Cat { target: String },
@@ -88,6 +97,9 @@ enum Cmd {
         files_job: Option<String>,
     },
     /// Check every chunk, part, refcount and tree; names damaged files. Exit 1 on damage.
+    #[command(
+        after_help = "Examples:\n  cairn fsck                        # ask the running server\n  cairn fsck --data ./cairn-data    # the server must be stopped (exit 4 otherwise)\n  cairn fsck --data ./cairn-data --repair"
+    )]
     Fsck {
         /// Check this data dir directly (the server must be stopped); else ask the server.
         #[arg(long)]
@@ -97,6 +109,9 @@ enum Cmd {
         repair: bool,
     },
     /// Delete unreferenced data and repack mostly-dead packs.
+    #[command(
+        after_help = "Examples:\n  cairn gc --dry-run\n  cairn object rm iq__… && cairn gc && cairn stats"
+    )]
     Gc {
         #[arg(long)]
         data: Option<std::path::PathBuf>,
