@@ -210,6 +210,12 @@ fn an_upload_killed_mid_way_resumes_without_resending() {
     );
 }
 
+/// Uploads `path` into `obj` and returns the new version hash.
+fn upload_version(s: &Server, state: &Path, obj: &str, path: &str) -> String {
+    let out = json_out(cairn(s, state, &["upload", obj, path, "--json"]));
+    out["version"].as_str().unwrap().to_string()
+}
+
 fn json_out(out: Output) -> serde_json::Value {
     serde_json::from_str(&ok(out)).unwrap()
 }
@@ -226,25 +232,11 @@ fn diff_force_complete_fsck_gc_and_stats() {
     let mut s = Server::start(&data, port);
     let state = work.path().join("state");
     let obj = new_object(&s, &state);
-    let v1 = json_out(cairn(
-        &s,
-        &state,
-        &["upload", &obj, src.to_str().unwrap(), "--json"],
-    ))["version"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let v1 = upload_version(&s, &state, &obj, src.to_str().unwrap());
     fill(&src.join("changed.bin"), 22, 200_000); // same size, new bytes
     std::fs::remove_file(src.join("removed.bin")).unwrap();
     fill(&src.join("added.bin"), 4, 10);
-    let v2 = json_out(cairn(
-        &s,
-        &state,
-        &["upload", &obj, src.to_str().unwrap(), "--json"],
-    ))["version"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let v2 = upload_version(&s, &state, &obj, src.to_str().unwrap());
     let diff = json_out(cairn(&s, &state, &["diff", &v1, &v2, "--json"]));
     let changes: Vec<(String, String)> = diff
         .as_array()

@@ -79,15 +79,7 @@ fn ids(engine: &Engine, dir: &Path) -> Result<Ids> {
             ..RawOp::default()
         })
         .collect();
-    let job = engine.create_files_job(
-        &draft.token,
-        &FilesJobRequest {
-            seq: None,
-            seq_complete: None,
-            defaults: None,
-            ops,
-        },
-    )?;
+    let job = engine.create_files_job(&draft.token, &FilesJobRequest::from_ops(ops))?;
     let mut text = format!("{} {}", draft.token, job.id);
     for uj in &job.jobs {
         text.push_str(&format!(" {uj}"));

@@ -43,12 +43,7 @@ pub async fn run(args: &[String]) -> Result<()> {
             ..RawOp::default()
         })
         .collect();
-    let req = FilesJobRequest {
-        seq: Some(0),
-        seq_complete: Some(true),
-        defaults: None,
-        ops,
-    };
+    let req = FilesJobRequest::from_ops(ops);
     let job = engine.create_files_job(&draft.token, &req)?;
     upload_jobs(&engine, draft.token, &job, &src).await?;
     let (hash, _) = engine.finalize(&draft.token)?;

@@ -31,15 +31,7 @@ pub async fn run(args: &[String]) -> Result<()> {
         size: Some(size),
         ..RawOp::default()
     };
-    let job = engine.create_files_job(
-        &draft.token,
-        &FilesJobRequest {
-            seq: None,
-            seq_complete: None,
-            defaults: None,
-            ops: vec![op],
-        },
-    )?;
+    let job = engine.create_files_job(&draft.token, &FilesJobRequest::from_ops(vec![op]))?;
     let started = std::time::Instant::now();
     let token = draft.token;
     futures::stream::iter(job.jobs.iter().copied())

@@ -90,6 +90,16 @@ pub enum Op {
 }
 
 impl FilesJobRequest {
+    /// A single-batch request (`seq 0`, complete) with these ops.
+    pub fn from_ops(ops: Vec<RawOp>) -> FilesJobRequest {
+        FilesJobRequest {
+            seq: Some(0),
+            seq_complete: Some(true),
+            defaults: None,
+            ops,
+        }
+    }
+
     /// Validates every op; the first bad one fails the whole request.
     pub fn validate(&self) -> Result<Vec<Op>> {
         if self.ops.len() > MAX_OPS {

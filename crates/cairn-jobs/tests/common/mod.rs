@@ -58,12 +58,7 @@ pub fn op(json: serde_json::Value) -> RawOp {
 }
 
 pub fn request(ops: Vec<RawOp>) -> FilesJobRequest {
-    FilesJobRequest {
-        seq: Some(0),
-        seq_complete: Some(true),
-        defaults: None,
-        ops,
-    }
+    FilesJobRequest::from_ops(ops)
 }
 
 /// A new library and object with an open draft.
