@@ -7,11 +7,14 @@ use bytes::Bytes;
 use cairn_core::{Digest, Error, FilePath, Result};
 use cairn_store::ChunkRef;
 use futures::Stream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use crate::engine::{Engine, Qhit};
 use crate::files::{parse_link, LinkTarget};
 use crate::tree::{lookup, Content, Entry, FileEntry, PartSeg, PendingSeg};
+
+/// Bytes a streaming read may hold ahead of its consumer.
+const STREAM_BUDGET: u32 = 2 << 20;
 
 /// How many links a read follows before giving up (loops, long chains).
 const MAX_LINK_DEPTH: usize = 8;
@@ -280,39 +283,64 @@ impl Engine {
         Ok(())
     }
 
-    /// Streams a byte range of an opened file with back-pressure: a blocking task reads one
-    /// chunk at a time into a two-slot channel; dropping the stream stops the read.
+    /// Streams a byte range of an opened file with back-pressure: a blocking task reads verified
+    /// chunks ahead of the consumer, holding at most [`STREAM_BUDGET`] bytes it has not taken;
+    /// dropping the stream stops the read.
+    ///
+    /// Budgeting bytes (not chunks) lets a typical 1 MiB range be read in one go, without the
+    /// reader parking and being woken once per chunk, while a slow reader of a large file still
+    /// pins only a few MiB.
     pub fn read_stream(
         self: &Arc<Self>,
         h: FileHandle,
         offset: u64,
         len: u64,
     ) -> impl Stream<Item = Result<Bytes>> + Send + 'static {
-        let (tx, rx) = mpsc::channel::<Result<Bytes>>(2);
+        let (tx, rx) = mpsc::unbounded_channel::<(Result<Bytes>, Option<OwnedSemaphorePermit>)>();
         let me = self.clone();
+        let reader = move |permit: OwnedSemaphorePermit| {
+            let _permit = permit;
+            let budget = Arc::new(Semaphore::new(STREAM_BUDGET as usize));
+            let idle = me.cfg.idle_timeout;
+            let runtime = tokio::runtime::Handle::current();
+            let res = me.read_file_bytes(&h, offset, len, |b| {
+                let n = (b.len() as u32).clamp(1, STREAM_BUDGET);
+                let held = match budget.clone().try_acquire_many_owned(n) {
+                    Ok(p) => p,
+                    // A reader that takes nothing for `idle_timeout` is dropped, freeing the thread.
+                    Err(_) => runtime
+                        .block_on(tokio::time::timeout(
+                            idle,
+                            budget.clone().acquire_many_owned(n),
+                        ))
+                        .map_err(|_| Error::invalid("reader stalled"))?
+                        .map_err(|_| Error::internal("stream budget closed"))?,
+                };
+                tx.send((Ok(b), Some(held)))
+                    .map_err(|_| Error::invalid("reader went away"))
+            });
+            if let Err(e) = res {
+                let _ = tx.send((Err(e), None));
+            }
+        };
         // A permit bounds the blocking threads that streaming can hold (a slow reader keeps
         // its thread), so `Engine::run` always has threads left for everything else.
-        tokio::spawn(async move {
-            let Ok(permit) = me.streams.clone().acquire_owned().await else {
-                return;
-            };
-            let runtime = tokio::runtime::Handle::current();
-            tokio::task::spawn_blocking(move || {
-                let _permit = permit;
-                let idle = me.cfg.idle_timeout;
-                // A reader that takes nothing for `idle_timeout` is dropped, freeing the thread.
-                let res = me.read_file_bytes(&h, offset, len, |b| {
-                    runtime
-                        .block_on(tx.send_timeout(Ok(b), idle))
-                        .map_err(|_| Error::invalid("reader went away or stalled"))
+        match self.streams.clone().try_acquire_owned() {
+            Ok(permit) => {
+                tokio::task::spawn_blocking(move || reader(permit));
+            }
+            Err(_) => {
+                let streams = self.streams.clone();
+                tokio::spawn(async move {
+                    if let Ok(permit) = streams.acquire_owned().await {
+                        tokio::task::spawn_blocking(move || reader(permit));
+                    }
                 });
-                if let Err(e) = res {
-                    let _ = tx.blocking_send(Err(e));
-                }
-            });
-        });
+            }
+        }
+        // The budget permit of each piece is released as the consumer takes it.
         futures::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|item| (item, rx))
+            rx.recv().await.map(|(item, _held)| (item, rx))
         })
     }
 }

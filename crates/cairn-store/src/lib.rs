@@ -9,6 +9,7 @@
 //! The layers above (cairn-jobs) add their own column families to the same RocksDB database so
 //! their records change in the same atomic batch as the refcounts they imply.
 
+mod bufpool;
 pub mod cache;
 pub mod chunker;
 pub mod fsck;

@@ -186,20 +186,21 @@ impl PackFile {
     /// data's blake3 must equal the hash. Anything else is `corrupt`, never returned bytes.
     /// The data comes back as a slice of the one buffer read (no copy).
     pub fn read_chunk(&self, loc: &ChunkLoc, expect: &Digest) -> Result<bytes::Bytes> {
-        let mut buf = vec![0u8; (RECORD_HEADER_LEN + u64::from(loc.len)) as usize];
-        self.file.read_exact_at(&mut buf, loc.offset).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                Error::corrupt(format!(
-                    "chunk {} is cut short in pack {}",
-                    expect.short(),
-                    loc.pack.0
-                ))
-            } else {
-                Error::io("read pack", e)
-            }
-        })?;
+        let want = (RECORD_HEADER_LEN + u64::from(loc.len)) as usize;
+        let buf = crate::bufpool::read_into(want, |b| self.file.read_exact_at(b, loc.offset))
+            .map_err(|e| {
+                if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                    Error::corrupt(format!(
+                        "chunk {} is cut short in pack {}",
+                        expect.short(),
+                        loc.pack.0
+                    ))
+                } else {
+                    Error::io("read pack", e)
+                }
+            })?;
         let h = decode_record_header(&buf)?;
-        let data = bytes::Bytes::from(buf).slice(RECORD_HEADER_LEN as usize..);
+        let data = buf.slice(RECORD_HEADER_LEN as usize..);
         if h.hash != *expect
             || h.len != loc.len
             || h.codec != CODEC_RAW
