@@ -35,6 +35,11 @@ impl Server {
 
     /// Starts with extra `cairn serve` arguments (e.g. `--config FILE`).
     pub fn start_args(data: &Path, port: u16, extra: &[&str]) -> Server {
+        Server::start_with(data, port, extra, &[])
+    }
+
+    /// Starts with extra arguments and environment variables.
+    pub fn start_with(data: &Path, port: u16, extra: &[&str], envs: &[(&str, &str)]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
             .args([
                 "serve",
@@ -46,6 +51,7 @@ impl Server {
             .args(extra)
             .env("CAIRN_TOKEN", TOKEN)
             .env("CAIRN_LOG", "info")
+            .envs(envs.iter().copied())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
@@ -149,6 +155,13 @@ impl Reply {
 
 /// Runs curl with `args` against `url`, with the token unless `args` carries its own auth.
 pub fn curl(url: &str, args: &[&str]) -> Reply {
+    let r = try_curl(url, args);
+    r.unwrap_or_else(|e| panic!("curl {url} failed: {e}"))
+}
+
+/// [`curl`] that returns `Err` (curl's message) when no HTTP reply came back at all, e.g.
+/// because the server was killed.
+pub fn try_curl(url: &str, args: &[&str]) -> Result<Reply, String> {
     let dir = tempfile::tempdir().unwrap();
     let (h, b) = (dir.path().join("h"), dir.path().join("b"));
     let mut cmd = Command::new("curl");
@@ -174,11 +187,9 @@ pub fn curl(url: &str, args: &[&str]) -> Reply {
         .trim()
         .parse()
         .unwrap_or(0);
-    assert!(
-        status != 0,
-        "curl {url} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    if status == 0 {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
     let headers = std::fs::read_to_string(&h)
         .unwrap_or_default()
         .lines()
@@ -187,11 +198,11 @@ pub fn curl(url: &str, args: &[&str]) -> Reply {
                 .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
         })
         .collect();
-    Reply {
+    Ok(Reply {
         status,
         headers,
         body: std::fs::read(&b).unwrap_or_default(),
-    }
+    })
 }
 
 /// A JSON call that must succeed with `want` status.

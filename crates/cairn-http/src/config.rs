@@ -24,6 +24,8 @@ pub struct ServerConfig {
     pub header_timeout_secs: u64,
     /// Most open connections; more are closed as soon as they are accepted.
     pub max_connections: usize,
+    /// A pack file is sealed (and becomes a candidate for repacking by gc) at this size.
+    pub pack_size: u64,
 }
 
 impl Default for ServerConfig {
@@ -36,6 +38,7 @@ impl Default for ServerConfig {
             idle_timeout_secs: 60,
             header_timeout_secs: 30,
             max_connections: 4096,
+            pack_size: 256 << 20,
         }
     }
 }
@@ -65,6 +68,12 @@ impl ServerConfig {
             return Err(format!(
                 "part_size {} must be between 1 KiB and 4 GiB",
                 cfg.part_size
+            ));
+        }
+        if !(2 << 20..=1 << 40).contains(&cfg.pack_size) {
+            return Err(format!(
+                "pack_size {} must be between 2 MiB and 1 TiB",
+                cfg.pack_size
             ));
         }
         Ok(cfg)

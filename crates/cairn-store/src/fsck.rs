@@ -31,6 +31,9 @@ pub struct FsckReport {
     pub refcount_fixes: Vec<(&'static str, Vec<u8>, i64)>,
     /// Counters corrected by a repair run.
     pub repaired: u64,
+    /// Pack files on disk that the index does not know (neither committed to nor the pack
+    /// being appended to): left behind by a crash that recovery did not clean up.
+    pub orphan_packs: Vec<String>,
 }
 
 impl Store {
@@ -55,6 +58,7 @@ impl FsckReport {
             && self.missing_chunks.is_empty()
             && self.damaged_parts.is_empty()
             && self.refcount_mismatches.is_empty()
+            && self.orphan_packs.is_empty()
     }
 }
 
@@ -90,6 +94,7 @@ impl Store {
             .collect();
         self.compare_refs(CF_CHUNK_REFS, "chunk", &chunk_refs, &mut report)?;
         self.compare_refs(CF_PART_REFS, "part", &external.parts, &mut report)?;
+        report.orphan_packs = self.orphan_packs()?;
         Ok(report)
     }
 

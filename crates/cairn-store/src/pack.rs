@@ -130,9 +130,12 @@ impl PackFile {
             .map_err(|e| Error::io(format!("create pack {}", path.display()), e))?;
         file.write_all_at(&encode_header(), 0)
             .map_err(|e| Error::io("write pack header", e))?;
+        sync_log::wrote(&path, 0, HEADER_LEN);
+        let sync = sync_log::begin(&path);
         file.sync_all()
             .map_err(|e| Error::io("fsync new pack", e))?;
         sync_dir(dir)?;
+        sync_log::end(&path, sync);
         Ok(PackFile { id, path, file })
     }
 
@@ -179,6 +182,7 @@ impl PackFile {
         self.file
             .write_all_at(data, offset + RECORD_HEADER_LEN)
             .map_err(|e| Error::io("append to pack", e))?;
+        sync_log::wrote(&self.path, offset, RECORD_HEADER_LEN + u64::from(len));
         Ok(offset + RECORD_HEADER_LEN + u64::from(len))
     }
 
@@ -219,16 +223,96 @@ impl PackFile {
     }
 
     pub fn sync_data(&self) -> Result<()> {
+        let sync = sync_log::begin(&self.path);
         self.file
             .sync_data()
-            .map_err(|e| Error::io("fsync pack", e))
+            .map_err(|e| Error::io("fsync pack", e))?;
+        sync_log::end(&self.path, sync);
+        Ok(())
     }
 
     pub fn truncate(&self, len: u64) -> Result<()> {
         self.file
             .set_len(len)
             .map_err(|e| Error::io("truncate pack", e))?;
-        self.file.sync_all().map_err(|e| Error::io("fsync pack", e))
+        let sync = sync_log::begin(&self.path);
+        self.file
+            .sync_all()
+            .map_err(|e| Error::io("fsync pack", e))?;
+        sync_log::end(&self.path, sync);
+        sync_log::truncated(&self.path, len);
+        Ok(())
+    }
+}
+
+/// Fault-injection support for power-loss tests: when `CAIRN_TEST_SYNC_LOG` names a file, every
+/// pack write, truncation and fsync is appended to it, in order, as one line:
+///
+/// ```text
+/// W <pack path> <offset> <len>   a write completed
+/// B <pack path> <n>              fsync number n started
+/// E <pack path> <n>              fsync number n returned
+/// T <pack path> <len>            the pack was truncated to len (and fsynced)
+/// ```
+///
+/// A write is durable once an fsync of the same file that *started after it* has returned. After
+/// a `kill -9`, a test replays the log and garbles or cuts every byte that was not durable,
+/// which is what a power cut may do to them; recovery must then find every acknowledged byte.
+/// Unset (production), each call is one relaxed atomic load.
+mod sync_log {
+    use std::io::Write;
+    use std::path::Path;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+
+    fn log() -> Option<&'static std::sync::Mutex<std::fs::File>> {
+        static LOG: OnceLock<Option<std::sync::Mutex<std::fs::File>>> = OnceLock::new();
+        LOG.get_or_init(|| {
+            let path = std::env::var_os("CAIRN_TEST_SYNC_LOG")?;
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .expect("CAIRN_TEST_SYNC_LOG is writable");
+            Some(std::sync::Mutex::new(f))
+        })
+        .as_ref()
+    }
+
+    fn line(args: std::fmt::Arguments<'_>) {
+        if let Some(f) = log() {
+            let mut f = f.lock().unwrap_or_else(|p| p.into_inner());
+            // One write(2) per line, so a kill never leaves half a line before a whole one.
+            let _ = f.write_all(format!("{args}\n").as_bytes());
+        }
+    }
+
+    pub fn wrote(path: &Path, offset: u64, len: u64) {
+        if log().is_some() {
+            line(format_args!("W {} {offset} {len}", path.display()));
+        }
+    }
+
+    pub fn begin(path: &Path) -> u64 {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        if log().is_none() {
+            return 0;
+        }
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        line(format_args!("B {} {n}", path.display()));
+        n
+    }
+
+    pub fn end(path: &Path, n: u64) {
+        if log().is_some() {
+            line(format_args!("E {} {n}", path.display()));
+        }
+    }
+
+    pub fn truncated(path: &Path, len: u64) {
+        if log().is_some() {
+            line(format_args!("T {} {len}", path.display()));
+        }
     }
 }
 

@@ -259,6 +259,21 @@ impl Store {
         Ok(())
     }
 
+    /// Pack files on disk that are neither in the index nor the pack being appended to.
+    pub fn orphan_packs(&self) -> Result<Vec<String>> {
+        let open = self.writer.lock().pack.id;
+        let mut out = Vec::new();
+        for id in pack_files(&self.pack_dir)? {
+            let key = id.0.to_be_bytes();
+            let known = self.index.get(CF_PACK_LEN, &key)?.is_some()
+                || self.index.get(CF_PACKS, &key)?.is_some();
+            if id != open && !known {
+                out.push(id.file_name());
+            }
+        }
+        Ok(out)
+    }
+
     fn pack_reader(&self, id: PackId) -> Result<Arc<PackFile>> {
         if let Some(p) = self.readers.read().get(&id) {
             return Ok(p.clone());
