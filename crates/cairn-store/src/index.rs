@@ -173,6 +173,8 @@ fn db_err(e: rocksdb::Error) -> Error {
     let s = e.to_string();
     if s.contains("Corruption") {
         Error::corrupt(format!("index: {s}"))
+    } else if s.contains("No space left") {
+        Error::new(cairn_core::ErrorKind::NoSpace, format!("index: {s}"))
     } else {
         Error::internal(format!("index: {s}"))
     }
