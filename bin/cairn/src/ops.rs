@@ -80,8 +80,28 @@ pub async fn fsck(ctx: &Ctx, data: Option<&Path>, repair: bool) -> Result<()> {
         for f in v["damaged_files"].as_array().into_iter().flatten() {
             out.push_str(&format!("\ndamaged file {}", f.as_str().unwrap_or("?")));
         }
+        for p in v["damaged_parts"].as_array().into_iter().flatten() {
+            out.push_str(&format!("\ndamaged part {}", p.as_str().unwrap_or("?")));
+        }
+        for (part, chunk) in v["missing_chunks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|m| Some((m.get(0)?.as_str()?, m.get(1)?.as_str()?)))
+        {
+            out.push_str(&format!("\nmissing chunk {chunk} (part {part})"));
+        }
+        for r in v["corrupt_records"].as_array().into_iter().flatten() {
+            out.push_str(&format!("\ncorrupt record {}", r.as_str().unwrap_or("?")));
+        }
+        for p in v["orphan_packs"].as_array().into_iter().flatten() {
+            out.push_str(&format!("\norphan pack file {}", p.as_str().unwrap_or("?")));
+        }
         for m in v["refcount_mismatches"].as_array().into_iter().flatten() {
             out.push_str(&format!("\n{}", m.as_str().unwrap_or("?")));
+        }
+        if let Some(why) = v["repair_skipped"].as_str() {
+            out.push_str(&format!("\n{why}"));
         }
         if v["repaired"].as_u64().unwrap_or(0) > 0 {
             out.push_str(&format!("\nrepaired {} refcounts", v["repaired"]));

@@ -184,7 +184,18 @@ impl Engine {
     /// A directory node, decoded once and shared (nodes are content-addressed, so immutable).
     pub(crate) fn load_node(&self, d: &Digest) -> Result<Arc<DirNode>> {
         self.nodes
-            .get_or_load(d, || self.store.index().get_record(CF_NODES, d.as_bytes()))?
+            .get_or_load(d, || {
+                let Some(raw) = self.store.index().get(CF_NODES, d.as_bytes())? else {
+                    return Ok(None);
+                };
+                // Nodes are named by the blake3 of their encoding: check it, like a chunk.
+                if Digest::of(&raw) != *d {
+                    return Err(Error::corrupt(format!(
+                        "directory node {d} fails its blake3 check"
+                    )));
+                }
+                DirNode::decode(&raw).map(Some)
+            })?
             .ok_or_else(|| Error::not_found(format!("directory node {d} not found")))
     }
 

@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 
 use cairn_core::record::Record;
-use cairn_core::{Digest, Result};
+use cairn_core::{Digest, ErrorKind, Result};
 use cairn_store::fsck::ExternalRefs;
 use cairn_store::{part_key, FsckReport, GcOptions, GcReport};
 use serde::Serialize;
@@ -28,11 +28,17 @@ pub struct EngineFsckReport {
     pub nodes_checked: u64,
     /// Files whose bytes are damaged, as `<version hash or write token>:<path>`.
     pub damaged_files: Vec<String>,
+    /// Index records that do not decode, as `<column family>/<key hex>: <reason>`. They are
+    /// reported and skipped, never rewritten or deleted.
+    pub corrupt_records: Vec<String>,
+    /// Why `--repair` changed nothing, when it refused to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repair_skipped: Option<String>,
 }
 
 impl EngineFsckReport {
     pub fn is_clean(&self) -> bool {
-        self.store.is_clean() && self.damaged_files.is_empty()
+        self.store.is_clean() && self.damaged_files.is_empty() && self.corrupt_records.is_empty()
     }
 }
 
@@ -144,10 +150,13 @@ impl Engine {
         let mut ext = ExternalRefs::default();
         let mut node_refs: HashMap<Vec<u8>, i64> = HashMap::new();
         let mut nodes_checked = 0;
-        for r in self.store.index().scan(CF_NODES, &[]) {
-            let (_, v) = r?;
-            let node = DirNode::decode(&v)?;
+        let mut bad = Vec::new();
+        for (k, node) in self.scan_tolerant::<DirNode>(CF_NODES, &mut bad)? {
             nodes_checked += 1;
+            if Digest::of(&node.encode()).as_bytes()[..] != k[..] {
+                bad.push(format!("{CF_NODES}/{}: fails its blake3 check", hex(&k)));
+                continue;
+            }
             let (dirs, parts) = node_children(&node);
             for d in dirs {
                 *node_refs.entry(d.as_bytes().to_vec()).or_default() += 1;
@@ -158,30 +167,42 @@ impl Engine {
                     .or_default() += 1;
             }
         }
-        let versions: Vec<(Vec<u8>, VersionRecord)> = self.records_with_keys(CF_VERSIONS)?;
-        let drafts: Vec<DraftRecord> = self.scan_records(CF_DRAFTS, &[])?;
+        let versions: Vec<(Vec<u8>, VersionRecord)> = self.scan_tolerant(CF_VERSIONS, &mut bad)?;
+        let drafts: Vec<DraftRecord> = self
+            .scan_tolerant(CF_DRAFTS, &mut bad)?
+            .into_iter()
+            .map(|(_, d)| d)
+            .collect();
         for (_, v) in &versions {
             *node_refs.entry(v.root.as_bytes().to_vec()).or_default() += 1;
         }
         for d in &drafts {
             *node_refs.entry(d.root.as_bytes().to_vec()).or_default() += 1;
         }
-        for uj in self.scan_records::<UploadJobRecord>(CF_UPLOAD_JOBS, &[])? {
+        for (_, uj) in self.scan_tolerant::<UploadJobRecord>(CF_UPLOAD_JOBS, &mut bad)? {
             if let Some(s) = uj.sealed.filter(|s| s.size > 0) {
                 *ext.parts
                     .entry(part_key(&s.digest, s.size).to_vec())
                     .or_default() += 1;
             }
         }
-        for r in self.store.index().scan(CF_UJ_CHUNKS, &[]) {
-            let (_, v) = r?;
-            *ext.chunks
-                .entry(UjChunk::decode(&v)?.chunk.hash)
-                .or_default() += 1;
+        for (_, c) in self.scan_tolerant::<UjChunk>(CF_UJ_CHUNKS, &mut bad)? {
+            *ext.chunks.entry(c.chunk.hash).or_default() += 1;
         }
         let mut store = self.store.fsck_unlocked(&ext)?;
         self.compare_node_refs(&node_refs, &mut store)?;
-        if repair {
+        // Counting references through damaged records could lower a live chunk's count to zero
+        // and let gc delete it: repair only an index whose records all read back.
+        let damage =
+            !bad.is_empty() || !store.damaged_parts.is_empty() || !store.missing_chunks.is_empty();
+        let mut repair_skipped = None;
+        if repair && damage {
+            repair_skipped = Some(
+                "refcounts not repaired: the index has damaged records (see above); \
+                 restore it from a backup first"
+                    .to_string(),
+            );
+        } else if repair {
             self.store.apply_refcount_fixes(&mut store)?;
             // What remains cannot be fixed by counting (a referenced node that is missing).
             store.refcount_mismatches.retain(|m| m.ends_with("missing"));
@@ -209,15 +230,26 @@ impl Engine {
             store,
             nodes_checked,
             damaged_files,
+            corrupt_records: bad,
+            repair_skipped,
         })
     }
 
-    fn records_with_keys<T: Record>(&self, cf: &str) -> Result<Vec<(Vec<u8>, T)>> {
-        self.store
-            .index()
-            .scan(cf, &[])
-            .map(|r| r.and_then(|(k, v)| Ok((k.to_vec(), T::decode(&v)?))))
-            .collect()
+    /// Every record of `cf` with its key; those that do not decode are listed in `bad`.
+    fn scan_tolerant<T: Record>(
+        &self,
+        cf: &str,
+        bad: &mut Vec<String>,
+    ) -> Result<Vec<(Vec<u8>, T)>> {
+        let mut out = Vec::new();
+        for r in self.store.index().scan(cf, &[]) {
+            let (k, v) = r?;
+            match T::decode(&v) {
+                Ok(t) => out.push((k.to_vec(), t)),
+                Err(e) => bad.push(format!("{cf}/{}: {}", hex(&k), e.reason)),
+            }
+        }
+        Ok(out)
     }
 
     fn compare_node_refs(
@@ -266,7 +298,17 @@ impl Engine {
         damaged: &HashSet<String>,
         out: &mut Vec<String>,
     ) -> Result<()> {
-        let node = self.load_node(node)?;
+        let node = match self.load_node(node) {
+            Ok(n) => n,
+            Err(e) if matches!(e.kind, ErrorKind::Corrupt | ErrorKind::NotFound) => {
+                out.push(format!(
+                    "{owner}:{at}/ (directory unreadable: {})",
+                    e.reason
+                ));
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
         for (name, e) in &node.entries {
             let path = if at.is_empty() {
                 name.clone()
@@ -279,10 +321,16 @@ impl Engine {
                     let Content::Parts(segs) = &f.content else {
                         continue;
                     };
-                    if segs
-                        .iter()
-                        .any(|s| damaged.contains(&hex(&part_key(&s.digest, s.part_size))))
-                    {
+                    let mut hit = false;
+                    for s in segs {
+                        let key = part_key(&s.digest, s.part_size);
+                        hit |= damaged.contains(&hex(&key))
+                            || !self
+                                .store
+                                .index()
+                                .exists(cairn_store::index::CF_PARTS, &key)?;
+                    }
+                    if hit {
                         out.push(format!("{owner}:{path}"));
                     }
                 }

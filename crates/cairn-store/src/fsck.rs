@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::index::{CF_CHUNKS, CF_CHUNK_REFS, CF_PARTS, CF_PART_REFS};
 use crate::pack::ChunkLoc;
-use crate::store::{counter_value, ChunkRef, PartRecord, Store};
+use crate::store::{counter_value, part_key, ChunkRef, PartRecord, Store};
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct FsckReport {
@@ -135,7 +135,8 @@ impl Store {
                     continue;
                 }
             };
-            let mut damaged = false;
+            let sum: u64 = part.chunks.iter().map(|c| u64::from(c.len)).sum();
+            let mut damaged = k[..] != part_key(&part.digest, sum)[..];
             for c in &part.chunks {
                 *chunk_refs.entry(c.hash).or_default() += 1;
                 if !self.index().exists(CF_CHUNKS, c.hash.as_bytes())? {

@@ -366,8 +366,19 @@ impl Store {
     /// A part's chunk list, decoded once and shared (parts are immutable).
     pub fn part_chunks(&self, digest: &Digest, size: u64) -> Result<Option<Arc<Vec<ChunkRef>>>> {
         let key = part_key(digest, size);
-        self.part_cache
-            .get_or_load(&key, || Ok(self.part(digest, size)?.map(|p| p.chunks)))
+        self.part_cache.get_or_load(&key, || {
+            let Some(p) = self.part(digest, size)? else {
+                return Ok(None);
+            };
+            let sum: u64 = p.chunks.iter().map(|c| u64::from(c.len)).sum();
+            if sum != size || p.digest != *digest {
+                return Err(Error::corrupt(format!(
+                    "part {} record lists {sum} bytes of chunks for {size}",
+                    digest.short()
+                )));
+            }
+            Ok(Some(p.chunks))
+        })
     }
 
     /// Adds to `batch` a reference to the part made of `chunks`, creating its record (and its
