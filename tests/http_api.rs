@@ -445,3 +445,25 @@ fn slow_headers_are_cut_off_and_connections_are_capped() {
     assert!(t.elapsed() < Duration::from_secs(1));
     drop(idle);
 }
+
+#[test]
+fn a_token_over_its_request_rate_gets_429_with_retry_after() {
+    let data = tempfile::tempdir().unwrap();
+    let cfg = data.path().join("cairn.toml");
+    std::fs::write(&cfg, "rate_limit = 1\nrate_burst = 5\n").unwrap();
+    let s = Server::start_args(
+        &data.path().join("d"),
+        common::free_port(),
+        &["--config", cfg.to_str().unwrap()],
+    );
+    let statuses: Vec<u16> = (0..8).map(|_| curl(&s.url("/qlibs"), &[]).status).collect();
+    assert_eq!(&statuses[..5], &[200; 5], "the burst passes: {statuses:?}");
+    let r = curl(&s.url("/qlibs"), &[]);
+    assert_eq!((r.status, r.kind().as_str()), (429, "rate_limited"));
+    let wait: u64 = r.header("Retry-After").unwrap().parse().unwrap();
+    assert!((1..=2).contains(&wait), "Retry-After {wait}");
+    // /config needs no token and is not limited; after the wait the token is served again.
+    assert_eq!(curl(&s.url("/config"), &["--no-token"]).status, 200);
+    std::thread::sleep(std::time::Duration::from_secs(wait));
+    assert_eq!(curl(&s.url("/qlibs"), &[]).status, 200);
+}

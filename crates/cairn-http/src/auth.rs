@@ -58,8 +58,12 @@ impl Auth {
         ))
     }
 
-    /// Accepts the request if any offered token matches.
-    pub fn check(&self, headers: &HeaderMap, query: Option<&str>) -> Result<(), ApiError> {
+    /// Accepts the request if any offered token matches; returns the matching token's hash.
+    pub fn check(
+        &self,
+        headers: &HeaderMap,
+        query: Option<&str>,
+    ) -> Result<blake3::Hash, ApiError> {
         let mut offered: Vec<String> = headers
             .get_all(header::AUTHORIZATION)
             .iter()
@@ -85,7 +89,7 @@ impl Auth {
             .iter()
             .any(|t| blake3::hash(strip_bearer(t).as_bytes()) == self.hash)
         {
-            Ok(())
+            Ok(self.hash)
         } else {
             Err(ApiError::unauthorized("the token is not valid"))
         }

@@ -26,6 +26,10 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// A pack file is sealed (and becomes a candidate for repacking by gc) at this size.
     pub pack_size: u64,
+    /// Requests per second each token may make (0: no limit); more get 429 `rate_limited`.
+    pub rate_limit: u32,
+    /// Requests a token may make at once above its rate.
+    pub rate_burst: u32,
 }
 
 impl Default for ServerConfig {
@@ -39,6 +43,8 @@ impl Default for ServerConfig {
             header_timeout_secs: 30,
             max_connections: 4096,
             pack_size: 256 << 20,
+            rate_limit: 10_000,
+            rate_burst: 10_000,
         }
     }
 }

@@ -20,6 +20,8 @@ pub struct ApiError {
     pub reason: String,
     /// For a 416: the representation's size, for `Content-Range: bytes */size`.
     pub range_size: Option<u64>,
+    /// For a 429: seconds until a retry can succeed, for `Retry-After`.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -29,6 +31,7 @@ impl ApiError {
             kind,
             reason: reason.into(),
             range_size: None,
+            retry_after: None,
         }
     }
 
@@ -147,6 +150,11 @@ pub async fn render_errors(req: Request, next: Next) -> Response {
             header::WWW_AUTHENTICATE,
             HeaderValue::from_static("Bearer realm=\"cairn\""),
         );
+    }
+    if let Some(secs) = err.retry_after {
+        parts
+            .headers
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
     if let Some(size) = err.range_size {
         if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {

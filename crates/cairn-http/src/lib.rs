@@ -13,6 +13,7 @@ mod content;
 mod download;
 pub mod error;
 mod jobs;
+pub mod limit;
 pub mod range;
 
 use std::collections::HashMap;
@@ -37,6 +38,7 @@ use error::ApiError;
 pub struct AppState {
     pub engine: Arc<Engine>,
     pub auth: Auth,
+    pub limit: limit::RateLimit,
 }
 
 /// Path parameters of a route.
@@ -173,7 +175,11 @@ pub fn router(state: AppState, max_json_body: usize) -> Router {
 
 async fn require_auth(State(st): State<AppState>, req: Request, next: Next) -> Response {
     if req.uri().path() != "/config" {
-        if let Err(e) = st.auth.check(req.headers(), req.uri().query()) {
+        if let Err(e) = st
+            .auth
+            .check(req.headers(), req.uri().query())
+            .and_then(|token| st.limit.check(&token))
+        {
             return e.into_response();
         }
     }
@@ -213,6 +219,7 @@ pub fn open(cfg: &ServerConfig) -> Result<(AppState, Option<String>), String> {
         AppState {
             engine: Arc::new(engine),
             auth,
+            limit: limit::RateLimit::new(cfg.rate_limit, cfg.rate_burst),
         },
         generated,
     ))
