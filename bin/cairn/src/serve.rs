@@ -17,6 +17,17 @@ pub async fn run(
     if let Some(l) = listen {
         cfg.listen = l;
     }
+    // Each connection is a file descriptor: take the hard limit, not the (often 1024) soft one,
+    // so `max_connections` is what limits connections.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) if (n as usize) < cfg.max_connections + 256 => tracing::warn!(
+            nofile = n,
+            max_connections = cfg.max_connections,
+            "the open-file limit is below max_connections; raise it (ulimit -n)"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
+    }
     let (state, generated) = cairn_http::open(&cfg).map_err(|e| anyhow!(e))?;
     if let Some(token) = generated {
         eprintln!(

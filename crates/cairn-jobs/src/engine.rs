@@ -98,6 +98,8 @@ pub struct Engine {
     /// Permits for streaming uploads and downloads, each of which holds a blocking thread for
     /// its whole life: at most `STREAM_PERMITS`, far below tokio's 512 blocking threads.
     pub(crate) streams: Arc<tokio::sync::Semaphore>,
+    /// Bytes of verified chunks queued for all streaming readers together.
+    pub(crate) read_budget: Arc<tokio::sync::Semaphore>,
 }
 
 /// Concurrent streaming requests (uploads plus downloads); more wait for a permit.
@@ -126,9 +128,13 @@ impl Engine {
             epoch,
             state: RwLock::new(()),
             uj_locks: Mutex::new(HashMap::new()),
-            nodes: cairn_store::cache::Cache::new(512),
+            // Decoded nodes take roughly 200 bytes per entry.
+            nodes: cairn_store::cache::Cache::new(32 << 20, |n: &DirNode| {
+                256 + 200 * n.entries.len()
+            }),
             stream_hashes: Mutex::new(HashMap::new()),
             streams: Arc::new(tokio::sync::Semaphore::new(STREAM_PERMITS)),
+            read_budget: Arc::new(tokio::sync::Semaphore::new(crate::read::READ_BUDGET)),
         };
         engine.seal_received_jobs()?;
         Ok(engine)

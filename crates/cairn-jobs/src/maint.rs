@@ -57,6 +57,10 @@ pub struct EngineStats {
     pub pack_bytes: u64,
     /// Indexed chunk bytes over pack bytes: how much of the packs is live.
     pub live_ratio: f64,
+    /// Memory the index (RocksDB) holds in memtables, and in open table readers.
+    pub index_memtable_bytes: u64,
+    pub index_table_reader_bytes: u64,
+    pub index_block_cache_bytes: u64,
 }
 
 impl Engine {
@@ -82,6 +86,16 @@ impl Engine {
             } else {
                 store.chunk_bytes as f64 / store.pack_bytes as f64
             },
+            index_memtable_bytes: self
+                .store
+                .index()
+                .property_sum("rocksdb.cur-size-all-mem-tables"),
+            index_table_reader_bytes: self
+                .store
+                .index()
+                .property_sum("rocksdb.estimate-table-readers-mem"),
+            // The cache is shared: every column family reports the same figure.
+            index_block_cache_bytes: self.store.index().property_max("rocksdb.block-cache-usage"),
         })
     }
 

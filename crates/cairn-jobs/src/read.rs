@@ -16,6 +16,10 @@ use crate::tree::{lookup, Content, Entry, FileEntry, PartSeg, PendingSeg};
 /// Bytes a streaming read may hold ahead of its consumer.
 const STREAM_BUDGET: u32 = 2 << 20;
 
+/// Bytes all streaming reads together may hold ahead of their consumers, so that many slow
+/// readers cannot add up to more memory than this (plus one chunk each in hand).
+pub(crate) const READ_BUDGET: usize = 64 << 20;
+
 /// How many links a read follows before giving up (loops, long chains).
 const MAX_LINK_DEPTH: usize = 8;
 
@@ -260,6 +264,19 @@ impl Engine {
         len: u64,
         mut sink: impl FnMut(Bytes) -> Result<()>,
     ) -> Result<()> {
+        self.read_file_with(h, offset, len, &mut |_| Ok(()), &mut |b, ()| sink(b))
+    }
+
+    /// [`Engine::read_file_bytes`] with a `reserve` call before each chunk is read (see
+    /// [`cairn_store::Store::read_range_with`]).
+    pub fn read_file_with<R>(
+        &self,
+        h: &FileHandle,
+        offset: u64,
+        len: u64,
+        reserve: &mut impl FnMut(u32) -> Result<R>,
+        sink: &mut impl FnMut(Bytes, R) -> Result<()>,
+    ) -> Result<()> {
         let end = offset
             .checked_add(len)
             .filter(|&e| e <= h.size)
@@ -276,7 +293,7 @@ impl Engine {
                 let from = offset.max(piece_start) - piece_start;
                 let to = end.min(piece_end) - piece_start;
                 self.store
-                    .read_range_bytes(&p.chunks, p.off + from, to - from, &mut sink)?;
+                    .read_range_with(&p.chunks, p.off + from, to - from, reserve, sink)?;
             }
             piece_start = piece_end;
         }
@@ -296,29 +313,40 @@ impl Engine {
         offset: u64,
         len: u64,
     ) -> impl Stream<Item = Result<Bytes>> + Send + 'static {
-        let (tx, rx) = mpsc::unbounded_channel::<(Result<Bytes>, Option<OwnedSemaphorePermit>)>();
+        let (tx, rx) =
+            mpsc::unbounded_channel::<(Result<Bytes>, Option<[OwnedSemaphorePermit; 2]>)>();
         let me = self.clone();
         let reader = move |permit: OwnedSemaphorePermit| {
             let _permit = permit;
             let budget = Arc::new(Semaphore::new(STREAM_BUDGET as usize));
             let idle = me.cfg.idle_timeout;
             let runtime = tokio::runtime::Handle::current();
-            let res = me.read_file_bytes(&h, offset, len, |b| {
-                let n = (b.len() as u32).clamp(1, STREAM_BUDGET);
-                let held = match budget.clone().try_acquire_many_owned(n) {
-                    Ok(p) => p,
-                    // A reader that takes nothing for `idle_timeout` is dropped, freeing the thread.
-                    Err(_) => runtime
-                        .block_on(tokio::time::timeout(
-                            idle,
-                            budget.clone().acquire_many_owned(n),
-                        ))
-                        .map_err(|_| Error::invalid("reader stalled"))?
-                        .map_err(|_| Error::internal("stream budget closed"))?,
-                };
-                tx.send((Ok(b), Some(held)))
-                    .map_err(|_| Error::invalid("reader went away"))
-            });
+            let take = |sem: &Arc<Semaphore>, n: u32| match sem.clone().try_acquire_many_owned(n) {
+                Ok(p) => Ok(p),
+                // A reader that takes nothing for `idle_timeout` is dropped, freeing the thread.
+                Err(_) => runtime
+                    .block_on(tokio::time::timeout(
+                        idle,
+                        sem.clone().acquire_many_owned(n),
+                    ))
+                    .map_err(|_| Error::invalid("reader stalled"))?
+                    .map_err(|_| Error::internal("stream budget closed")),
+            };
+            // Budget is taken for each whole chunk before it is read, so what streaming holds in
+            // memory never exceeds the budgets (the slices sent may be smaller than the chunk).
+            let res = me.read_file_with(
+                &h,
+                offset,
+                len,
+                &mut |chunk_len| {
+                    let n = chunk_len.clamp(1, STREAM_BUDGET);
+                    Ok([take(&budget, n)?, take(&me.read_budget, n)?])
+                },
+                &mut |b, held| {
+                    tx.send((Ok(b), Some(held)))
+                        .map_err(|_| Error::invalid("reader went away"))
+                },
+            );
             if let Err(e) = res {
                 let _ = tx.send((Err(e), None));
             }

@@ -2,8 +2,10 @@
 //!
 //! Content-addressed records never change, so a cached value can never be stale; it can only
 //! outlive its deletion, which is harmless because nothing that was deleted is still named.
-//! When full, an arbitrary half is dropped: simple, bounded, and good enough for the hot set
-//! (the directories and parts of the files being read right now).
+//! The bound is a weight (roughly the bytes a value takes in memory, as the owner estimates it),
+//! not a count: a directory of ten thousand files weighs what it costs. When full, an arbitrary
+//! half is dropped: simple, bounded, and good enough for the hot set (the directories and parts
+//! of the files being read right now).
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -11,16 +13,22 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
+/// Each value with its weight, and the total weight.
+type Entries<K, V> = (HashMap<K, (Arc<V>, usize)>, usize);
+
 pub struct Cache<K, V> {
-    map: Mutex<HashMap<K, Arc<V>>>,
-    capacity: usize,
+    map: Mutex<Entries<K, V>>,
+    max_weight: usize,
+    weigh: fn(&V) -> usize,
 }
 
 impl<K: Eq + Hash + Clone, V> Cache<K, V> {
-    pub fn new(capacity: usize) -> Cache<K, V> {
+    /// A cache holding at most `max_weight` of values as weighed by `weigh`.
+    pub fn new(max_weight: usize, weigh: fn(&V) -> usize) -> Cache<K, V> {
         Cache {
-            map: Mutex::new(HashMap::new()),
-            capacity: capacity.max(1),
+            map: Mutex::new((HashMap::new(), 0)),
+            max_weight: max_weight.max(1),
+            weigh,
         }
     }
 
@@ -30,19 +38,32 @@ impl<K: Eq + Hash + Clone, V> Cache<K, V> {
         key: &K,
         load: impl FnOnce() -> Result<Option<V>, E>,
     ) -> Result<Option<Arc<V>>, E> {
-        if let Some(v) = self.map.lock().get(key) {
+        if let Some((v, _)) = self.map.lock().0.get(key) {
             return Ok(Some(v.clone()));
         }
         let Some(v) = load()? else { return Ok(None) };
+        let weight = (self.weigh)(&v).max(1);
         let v = Arc::new(v);
-        let mut map = self.map.lock();
-        if map.len() >= self.capacity {
-            let drop: Vec<K> = map.keys().take(self.capacity / 2 + 1).cloned().collect();
-            for k in drop {
-                map.remove(&k);
+        if weight > self.max_weight / 2 {
+            return Ok(Some(v)); // too big to keep
+        }
+        let mut guard = self.map.lock();
+        let (map, total) = &mut *guard;
+        if *total + weight > self.max_weight {
+            let keys: Vec<K> = map.keys().cloned().collect();
+            for k in keys {
+                if *total + weight <= self.max_weight / 2 {
+                    break;
+                }
+                if let Some((_, w)) = map.remove(&k) {
+                    *total -= w;
+                }
             }
         }
-        map.insert(key.clone(), v.clone());
+        if let Some((_, old)) = map.insert(key.clone(), (v.clone(), weight)) {
+            *total -= old;
+        }
+        *total += weight;
         Ok(Some(v))
     }
 }
@@ -53,7 +74,7 @@ mod tests {
 
     #[test]
     fn loads_once_and_stays_bounded() {
-        let c: Cache<u32, String> = Cache::new(4);
+        let c: Cache<u32, String> = Cache::new(8, |s| s.len());
         let mut loads = 0;
         for _ in 0..3 {
             let v = c.get_or_load::<()>(&1, || {
@@ -66,7 +87,11 @@ mod tests {
         for k in 0..100 {
             c.get_or_load::<()>(&k, || Ok(Some(k.to_string()))).unwrap();
         }
-        assert!(c.map.lock().len() <= 4);
+        {
+            let guard = c.map.lock();
+            let (map, total) = &*guard;
+            assert!(*total <= 8 && map.values().map(|(_, w)| w).sum::<usize>() == *total);
+        }
         assert!(c.get_or_load::<()>(&1000, || Ok(None)).unwrap().is_none());
     }
 }

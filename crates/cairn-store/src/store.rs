@@ -146,7 +146,9 @@ impl Store {
             pins: Mutex::new(HashMap::new()),
             pack_users: Mutex::new(HashMap::new()),
             gc_lock: Mutex::new(()),
-            part_cache: crate::cache::Cache::new(4096),
+            part_cache: crate::cache::Cache::new(16 << 20, |c: &Vec<ChunkRef>| {
+                64 + c.len() * std::mem::size_of::<ChunkRef>()
+            }),
             ref_guard: Mutex::new(()),
         })
     }
@@ -342,10 +344,27 @@ impl Store {
         len: u64,
         mut sink: impl FnMut(bytes::Bytes) -> Result<()>,
     ) -> Result<()> {
+        self.read_range_with(chunks, offset, len, &mut |_| Ok(()), &mut |b, ()| sink(b))
+    }
+
+    /// [`Store::read_range_bytes`] that first calls `reserve` with the length of each chunk it
+    /// is about to read (a memory budget, say) and hands what it returns to `sink` with the piece.
+    pub fn read_range_with<R>(
+        &self,
+        chunks: &[ChunkRef],
+        offset: u64,
+        len: u64,
+        reserve: &mut impl FnMut(u32) -> Result<R>,
+        sink: &mut impl FnMut(bytes::Bytes, R) -> Result<()>,
+    ) -> Result<()> {
         let lens: Vec<u64> = chunks.iter().map(|c| u64::from(c.len)).collect();
         for piece in range::plan(&lens, offset, len)? {
+            let held = reserve(chunks[piece.index].len)?;
             let data = self.read_chunk(&chunks[piece.index])?;
-            sink(data.slice(piece.start as usize..(piece.start + piece.len) as usize))?;
+            sink(
+                data.slice(piece.start as usize..(piece.start + piece.len) as usize),
+                held,
+            )?;
         }
         Ok(())
     }
