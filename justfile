@@ -22,3 +22,12 @@ check:
 bench: setup
     bash benches/ingest.sh
     bash benches/http.sh
+
+# The long reliability runs: 50 kills per crash loop (kill -9, then power cuts) and a 60 s soak.
+soak:
+    CAIRN_CRASH_KILLS=50 cargo test -p cairn --test crashloop -- --nocapture --test-threads 1
+    CAIRN_SOAK_SECS=60 cargo test -p cairn --test soak -- --nocapture
+
+# Fuzz each parser of hostile input for `secs` seconds (nightly + cargo-fuzz; see fuzz/Cargo.toml).
+fuzz secs="120":
+    for t in range path ids record ops; do cargo +nightly fuzz run $t fuzz/corpus/$t -- -max_total_time={{secs}} || exit 1; done
