@@ -30,4 +30,5 @@ soak:
 
 # Fuzz each parser of hostile input for `secs` seconds (nightly + cargo-fuzz; see fuzz/Cargo.toml).
 fuzz secs="120":
-    for t in range path ids record ops; do cargo +nightly fuzz run $t fuzz/corpus/$t -- -max_total_time={{secs}} || exit 1; done
+    # New inputs go to fuzz/target/corpus (ignored); the committed seeds in fuzz/corpus are read only.
+    for t in range path ids record ops; do mkdir -p fuzz/target/corpus/$t && cargo +nightly fuzz run $t fuzz/target/corpus/$t fuzz/corpus/$t -- -max_total_time={{secs}} || exit 1; done

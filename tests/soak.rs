@@ -20,8 +20,8 @@ const DRAFTS: usize = 8;
 const READERS: usize = 256;
 const IDLE: usize = 500;
 const SERVED: usize = 64 << 20;
-/// The server's peak RSS must stay under this. Reads are flat (~220 MiB with 256 readers);
-/// uploads into 8 ever-growing drafts rise with the drafts' size (see docs/reliability.md).
+/// The server's peak RSS must stay under this. Reads alone are flat (~215 MiB with 256
+/// readers); under the mixed load RSS still rises for a while (docs/reliability.md, "Limits").
 const RSS_LIMIT_MIB: u64 = 768;
 
 fn soak_secs() -> u64 {

@@ -244,6 +244,16 @@ impl<'a> Reader<'a> {
                 kind: self.kind,
                 reason: e.to_string(),
             })?;
+        // The decoder keeps only the low bit of a tenth byte (`0x80` x9 then `0x02` reads as 0):
+        // refuse what would not encode back to the same bytes.
+        let used = &self.rest[..self.rest.len() - tail.len()];
+        let mut buf = unsigned_varint::encode::u64_buffer();
+        if unsigned_varint::encode::u64(value, &mut buf) != used {
+            return Err(IdError::BadVarint {
+                kind: self.kind,
+                reason: "overflows 64 bits".to_string(),
+            });
+        }
         self.rest = tail;
         Ok(value)
     }

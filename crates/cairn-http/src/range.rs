@@ -53,7 +53,10 @@ pub fn plan(header: Option<&str>, size: u64) -> Result<Plan, ApiError> {
         0 => Err(bad("no range overlaps the content")),
         1 => Ok(Plan::Single(ranges[0].0, ranges[0].1)),
         // Overlapping ranges could multiply the response; serve the whole thing instead.
-        _ if ranges.iter().map(|r| r.1).sum::<u64>() > size => Ok(Plan::Full),
+        // Summed in u128: up to 100 lengths of up to `size` bytes each overflow u64.
+        _ if ranges.iter().map(|r| u128::from(r.1)).sum::<u128>() > u128::from(size) => {
+            Ok(Plan::Full)
+        }
         _ => Ok(Plan::Multi(ranges)),
     }
 }
