@@ -225,6 +225,9 @@ pub fn open(cfg: &ServerConfig) -> Result<(AppState, Option<String>), String> {
     ))
 }
 
+/// Largest per-connection read buffer (request headers must fit in it).
+const READ_BUF_MAX: usize = 64 << 10;
+
 /// Accepts connections until `shutdown`, then waits for open ones to finish (at most 30 s).
 ///
 /// hyper-util directly rather than `axum::serve`, for what a public server needs: a deadline for
@@ -241,6 +244,9 @@ async fn accept_loop(
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
+        // Each connection's read buffer grows up to this and keeps it while the connection
+        // lives: hyper's default (~400 KiB) made ~100 MiB across the soak's connections.
+        .max_buf_size(READ_BUF_MAX)
         .timer(TokioTimer::new())
         .header_read_timeout(std::time::Duration::from_secs(
             cfg.header_timeout_secs.max(1),

@@ -366,9 +366,31 @@ impl Engine {
                 });
             }
         }
-        // The budget permit of each piece is released as the consumer takes it.
+        // Each piece keeps its budget until the last reference to it is gone, i.e. until the
+        // HTTP layer has written it, not merely taken it.
         futures::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|(item, _held)| (item, rx))
+            rx.recv().await.map(|(item, held)| {
+                let item = match (item, held) {
+                    (Ok(data), Some(permits)) => Ok(Bytes::from_owner(Budgeted {
+                        data,
+                        _permits: permits,
+                    })),
+                    (item, _) => item,
+                };
+                (item, rx)
+            })
         })
+    }
+}
+
+/// Bytes that hold their share of the read budgets while they are alive.
+struct Budgeted {
+    data: Bytes,
+    _permits: [OwnedSemaphorePermit; 2],
+}
+
+impl AsRef<[u8]> for Budgeted {
+    fn as_ref(&self) -> &[u8] {
+        &self.data
     }
 }

@@ -9,7 +9,7 @@
 //!
 //! Buffers come in power-of-two classes from 64 KiB to 2 MiB (a class wastes at most half);
 //! each class keeps at most [`KEEP_PER_CLASS`] idle buffers, so the pool holds at most about
-//! 64 MiB however many reads ran. Larger reads get a plain allocation.
+//! 32 MiB however many reads ran. Larger reads get a plain allocation.
 
 use std::sync::OnceLock;
 
@@ -18,7 +18,7 @@ use parking_lot::Mutex;
 
 const MIN_CLASS_SHIFT: u32 = 16;
 const CLASSES: usize = 6; // 64 KiB, 128 KiB, ..., 2 MiB
-const KEEP_PER_CLASS: usize = 16;
+const KEEP_PER_CLASS: usize = 8;
 
 struct Pool {
     classes: [Mutex<Vec<Vec<u8>>>; CLASSES],
