@@ -48,6 +48,9 @@ fn content(seed: u64, len: u64) -> Vec<u8> {
 #[derive(Default)]
 struct Shared {
     port: u16,
+    /// Bigger files and pieces (the power-loss run): a POST then writes chunks while its body is
+    /// still arriving, long before the commit's fsync, so a kill finds unsynced bytes.
+    big: bool,
     stop: AtomicBool,
     finalizing: AtomicUsize,
     posting: AtomicUsize,
@@ -111,10 +114,11 @@ struct Version {
     files: Vec<FileSpec>,
 }
 
-fn pick_size(rng: &mut impl Rng) -> u64 {
+fn pick_size(rng: &mut impl Rng, big: bool) -> u64 {
     match rng.gen_range(0..10) {
         0 => 0,
         1..=3 => rng.gen_range(1..100_000),
+        _ if big => rng.gen_range(3_000_000..9_000_000),
         _ => rng.gen_range(100_000..3_000_000),
     }
 }
@@ -237,7 +241,8 @@ fn upload_job(
         if at == size {
             return;
         }
-        let n = rng.gen_range(1..=PIECE_MAX).min(size - at);
+        let piece_max = if sh.big { 8 * PIECE_MAX } else { PIECE_MAX };
+        let n = rng.gen_range(1..=piece_max).min(size - at);
         let piece = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(piece.path(), job_bytes(&segs, data, at, n)).unwrap();
         let range = format!("Content-Range: bytes {at}-{}/{size}", at + n - 1);
@@ -358,7 +363,7 @@ fn client(sh: &Shared, w: usize, seed: u64) -> Vec<Version> {
             .map(|i| FileSpec {
                 path: format!("r{round}/f{i}.bin"),
                 seed: ((w as u64) << 40) | (round << 8) | i,
-                size: pick_size(&mut rng),
+                size: pick_size(&mut rng, sh.big),
             })
             .collect();
         let known: Vec<String> = versions.iter().map(|v| v.hash.clone()).collect();
@@ -458,10 +463,12 @@ fn crash_loop(power_loss: bool) {
     let data = dir.path().join("data");
     let sync_log = dir.path().join("sync.log");
     let config = dir.path().join("cairn.toml");
-    // Small parts and packs, so a round has several upload jobs and gc has packs to repack.
+    // Small parts and packs, so a round has several upload jobs and gc has packs to repack
+    // (bigger parts for power loss: see `Shared::big`).
+    let part_size = if power_loss { 8 << 20 } else { 1 << 20 };
     std::fs::write(
         &config,
-        "part_size = 1048576\npack_size = 4194304\nidle_timeout_secs = 10\n",
+        format!("part_size = {part_size}\npack_size = 4194304\nidle_timeout_secs = 10\n"),
     )
     .unwrap();
     let args = ["--config", config.to_str().unwrap()];
@@ -475,6 +482,7 @@ fn crash_loop(power_loss: bool) {
     let mut server = Server::start_with(&data, port, &args, &envs);
     let sh = Arc::new(Shared {
         port,
+        big: power_loss,
         ..Shared::default()
     });
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x5EED + u64::from(power_loss));
@@ -493,8 +501,20 @@ fn crash_loop(power_loss: bool) {
 
     let mut during: HashMap<&str, u32> = HashMap::new();
     let mut cut_bytes = 0u64;
-    for _ in 0..kills() {
+    // Unsynced pack bytes exist only for a few milliseconds around each commit, so a random
+    // kill often finds none: the power-loss run goes on (up to 8 x) until its cuts hit some.
+    let mut k = 0;
+    while k < kills() || (power_loss && cut_bytes == 0 && k < 8 * kills()) {
+        k += 1;
         std::thread::sleep(Duration::from_millis(rng.gen_range(150..900)));
+        if power_loss {
+            // Prefer a moment with data in flight.
+            let until = Instant::now() + Duration::from_secs(1);
+            while sh.posting.load(SeqCst) == 0 && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            std::thread::sleep(Duration::from_millis(rng.gen_range(0..20)));
+        }
         let gc = rng.gen_bool(0.3).then(|| {
             let sh = sh.clone();
             let h = std::thread::spawn(move || sh.call("POST", "/admin/gc", None));

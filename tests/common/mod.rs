@@ -187,8 +187,12 @@ pub fn try_curl(url: &str, args: &[&str]) -> Result<Reply, String> {
         .trim()
         .parse()
         .unwrap_or(0);
-    if status == 0 {
-        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    // 0: no reply at all; 1xx: only `100 Continue` came back before the connection died.
+    if status < 200 {
+        return Err(format!(
+            "status {status}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
     }
     let headers = std::fs::read_to_string(&h)
         .unwrap_or_default()
