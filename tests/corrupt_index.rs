@@ -6,16 +6,7 @@
 mod common;
 
 use cairn_jobs::{Engine, EngineConfig};
-use common::{call, curl, new_object, upload_files, Server};
-
-fn pattern(seed: u8, len: usize) -> Vec<u8> {
-    let mut out = vec![0u8; len];
-    blake3::Hasher::new()
-        .update(&[seed])
-        .finalize_xof()
-        .fill(&mut out);
-    out
-}
+use common::{call, curl, new_object, pattern, upload_files, Server};
 
 /// Flips one byte in the middle of the value of `key` in `cf`.
 fn flip(engine: &Engine, cf: &str, key: &[u8]) {

@@ -36,12 +36,7 @@ fn kills() -> usize {
 }
 
 fn content(seed: u64, len: u64) -> Vec<u8> {
-    let mut out = vec![0u8; len as usize];
-    blake3::Hasher::new()
-        .update(&seed.to_le_bytes())
-        .finalize_xof()
-        .fill(&mut out);
-    out
+    common::pattern(seed, len as usize)
 }
 
 /// State shared by the clients and the killer.

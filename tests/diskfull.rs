@@ -9,7 +9,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{call, curl, new_object, upload_files, Server};
+use common::{call, curl, new_object, pattern, upload_files, Server};
 
 struct Mount(std::path::PathBuf);
 
@@ -41,15 +41,6 @@ fn avail(path: &Path) -> u64 {
         .trim()
         .parse()
         .unwrap()
-}
-
-fn pattern(seed: u8, len: usize) -> Vec<u8> {
-    let mut out = vec![0u8; len];
-    blake3::Hasher::new()
-        .update(&[seed])
-        .finalize_xof()
-        .fill(&mut out);
-    out
 }
 
 /// POSTs `data[at..at+n]` to the upload job with a Content-Range; returns the reply.

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{call, new_object, upload_files, Server, TOKEN};
+use common::{call, new_object, pattern, upload_files, Server, TOKEN};
 use rand::{Rng, SeedableRng};
 
 const UPLOADERS: usize = 64;
@@ -29,15 +29,6 @@ fn soak_secs() -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10)
-}
-
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut out = vec![0u8; len];
-    blake3::Hasher::new()
-        .update(&seed.to_le_bytes())
-        .finalize_xof()
-        .fill(&mut out);
-    out
 }
 
 fn status_kib(pid: u32, field: &str) -> u64 {

@@ -89,13 +89,20 @@ impl Engine {
             index_memtable_bytes: self
                 .store
                 .index()
-                .property_sum("rocksdb.cur-size-all-mem-tables"),
+                .property_values("rocksdb.cur-size-all-mem-tables")
+                .sum(),
             index_table_reader_bytes: self
                 .store
                 .index()
-                .property_sum("rocksdb.estimate-table-readers-mem"),
+                .property_values("rocksdb.estimate-table-readers-mem")
+                .sum(),
             // The cache is shared: every column family reports the same figure.
-            index_block_cache_bytes: self.store.index().property_max("rocksdb.block-cache-usage"),
+            index_block_cache_bytes: self
+                .store
+                .index()
+                .property_values("rocksdb.block-cache-usage")
+                .max()
+                .unwrap_or(0),
         })
     }
 

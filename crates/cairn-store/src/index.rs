@@ -178,31 +178,14 @@ impl Index {
         self.db.write_opt(batch.wb, &wo).map_err(db_err)
     }
 
-    /// A RocksDB integer property summed over every column family (for memory figures).
-    pub fn property_sum(&self, name: &str) -> u64 {
-        self.cf_names
-            .iter()
-            .filter_map(|cf| {
-                self.db
-                    .property_int_value_cf(self.cf(cf), name)
-                    .ok()
-                    .flatten()
-            })
-            .sum()
-    }
-
-    /// A RocksDB integer property, the largest over the column families (for shared figures).
-    pub fn property_max(&self, name: &str) -> u64 {
-        self.cf_names
-            .iter()
-            .filter_map(|cf| {
-                self.db
-                    .property_int_value_cf(self.cf(cf), name)
-                    .ok()
-                    .flatten()
-            })
-            .max()
-            .unwrap_or(0)
+    /// A RocksDB integer property of every column family that reports it (memory figures).
+    pub fn property_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = u64> + 'a {
+        self.cf_names.iter().filter_map(move |cf| {
+            self.db
+                .property_int_value_cf(self.cf(cf), name)
+                .ok()
+                .flatten()
+        })
     }
 
     pub fn flush(&self) -> Result<()> {
