@@ -13,11 +13,11 @@ use crate::engine::{Engine, Qhit};
 use crate::files::{parse_link, LinkTarget};
 use crate::tree::{lookup, Content, Entry, FileEntry, PartSeg, PendingSeg};
 
-/// Bytes a streaming read may hold ahead of its consumer.
+/// Bytes of chunks one streaming read may hold that the client has not yet been sent.
 const STREAM_BUDGET: u32 = 2 << 20;
 
-/// Bytes all streaming reads together may hold ahead of their consumers, so that many slow
-/// readers cannot add up to more memory than this (plus one chunk each in hand).
+/// The same for all streaming reads together, so that many slow readers cannot add up to
+/// more memory than this (budget is taken before a chunk is read, and returned once written).
 pub(crate) const READ_BUDGET: usize = 64 << 20;
 
 /// How many links a read follows before giving up (loops, long chains).
@@ -301,8 +301,8 @@ impl Engine {
     }
 
     /// Streams a byte range of an opened file with back-pressure: a blocking task reads verified
-    /// chunks ahead of the consumer, holding at most [`STREAM_BUDGET`] bytes it has not taken;
-    /// dropping the stream stops the read.
+    /// chunks ahead of the consumer, holding at most [`STREAM_BUDGET`] bytes not yet written to
+    /// the client; dropping the stream stops the read.
     ///
     /// Budgeting bytes (not chunks) lets a typical 1 MiB range be read in one go, without the
     /// reader parking and being woken once per chunk, while a slow reader of a large file still
