@@ -555,12 +555,15 @@ fn valid_encoding() -> impl Strategy<Value = Vec<u8>> {
         prop::collection::vec(part_seg(), 0..3).prop_map(|parts| KnownFile { parts }.encode()),
         (any::<u32>(), chunk_ref())
             .prop_map(|(segment, chunk)| UjChunk { segment, chunk }.encode()),
-        (any::<u64>(), any::<u64>(), any::<u32>()).prop_map(|(p, offset, len)| ChunkLoc {
-            pack: PackId(p),
-            offset,
-            len
-        }
-        .encode()),
+        (any::<u64>(), any::<u64>(), any::<u32>(), any::<u32>()).prop_map(
+            |(p, offset, len, outboard)| ChunkLoc {
+                pack: PackId(p),
+                offset,
+                len,
+                outboard,
+            }
+            .encode()
+        ),
         (any::<[u8; 16]>(), token(), prop::option::of("[a-z ]{0,8}")).prop_map(
             |(id, draft, error)| {
                 FilesJobRecord {
@@ -998,6 +1001,7 @@ fn write_fuzz_seed_corpus() {
             pack: PackId(1),
             offset: 4096,
             len: 65536,
+            outboard: 192,
         }
         .encode(),
     );

@@ -13,7 +13,7 @@ use cairn_core::{Digest, Result};
 use serde::Serialize;
 
 use crate::index::{CF_CHUNKS, CF_CHUNK_REFS, CF_PACKS, CF_PACK_LEN, CF_PARTS, CF_PART_REFS};
-use crate::pack::{ChunkLoc, PackId, HEADER_LEN, RECORD_HEADER_LEN};
+use crate::pack::{ChunkLoc, PackId, HEADER_LEN};
 use crate::store::{counter_value, pack_files, PackInfo, PackState, PartRecord, Store};
 
 #[derive(Debug, Clone)]
@@ -151,10 +151,7 @@ impl Store {
                 .map(|m| m.len())
                 .unwrap_or(0);
             let chunks = live.get(&id).map(Vec::as_slice).unwrap_or(&[]);
-            let live_bytes: u64 = chunks
-                .iter()
-                .map(|(_, l)| RECORD_HEADER_LEN + u64::from(l.len))
-                .sum();
+            let live_bytes: u64 = chunks.iter().map(|(_, l)| l.record_len()).sum();
             if (live_bytes as f64) >= opts.repack_below * (size.saturating_sub(HEADER_LEN) as f64) {
                 continue;
             }
@@ -212,10 +209,7 @@ impl Store {
         done.delete(CF_PACKS, &key);
         done.delete(CF_PACK_LEN, &key);
         self.commit(done)?;
-        let moved: u64 = chunks
-            .iter()
-            .map(|(_, l)| RECORD_HEADER_LEN + u64::from(l.len))
-            .sum();
+        let moved: u64 = chunks.iter().map(|(_, l)| l.record_len()).sum();
         report.packs_deleted += 1;
         report.packs_repacked += 1;
         report.disk_bytes_freed += size.saturating_sub(moved);

@@ -15,6 +15,7 @@ pub mod chunker;
 pub mod fsck;
 pub mod gc;
 pub mod index;
+pub mod outboard;
 pub mod pack;
 pub mod range;
 pub mod store;

@@ -5,8 +5,13 @@
 //! ```text
 //! header  : magic "CAIRNPAK" (8) | format version u32 | reserved u32           = 16 bytes
 //! record  : magic "CREC" (4) | codec u8 | reserved [u8;3] | len u32 | blake3 (32) = 44 bytes
-//!           followed by `len` bytes of chunk data
+//!           then, for codec 1, the chunk's outboard (see [`crate::outboard`])
+//!           then `len` bytes of chunk data
 //! ```
+//!
+//! The outboard sits before the data so that a partial read fetches the header and outboard in
+//! one small read and then only the 16 KiB groups it needs. Records written before outboards
+//! existed (codec 0) are still read, whole.
 //!
 //! The format functions here are pure; [`PackFile`] is the thin I/O shell (positional reads and
 //! writes, fsync). A record carries its own hash, so a pack can be re-indexed or checked without
@@ -18,13 +23,17 @@ use std::path::{Path, PathBuf};
 
 use cairn_core::{Digest, Error, Result};
 
+use crate::outboard;
+
 pub const PACK_MAGIC: &[u8; 8] = b"CAIRNPAK";
 pub const PACK_VERSION: u32 = 1;
 pub const HEADER_LEN: u64 = 16;
 pub const RECORD_MAGIC: &[u8; 4] = b"CREC";
 pub const RECORD_HEADER_LEN: u64 = 44;
-/// Codec byte for uncompressed chunk data (the only codec so far; the byte reserves room for zstd).
+/// Codec byte for uncompressed chunk data with no outboard (the byte reserves room for zstd).
 pub const CODEC_RAW: u8 = 0;
+/// Codec byte for uncompressed chunk data preceded by its outboard.
+pub const CODEC_RAW_OUTBOARD: u8 = 1;
 
 /// Identifies a pack; packs are numbered in creation order.
 #[derive(
@@ -95,18 +104,52 @@ pub fn decode_record_header(h: &[u8]) -> Result<RecordHeader> {
     })
 }
 
-/// Where a chunk's record starts, and its data length.
+/// Where a chunk's record starts, its data length, and the length of the outboard between
+/// the record header and the data (0: none; absent in records written before outboards).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ChunkLoc {
     pub pack: PackId,
     pub offset: u64,
     pub len: u32,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub outboard: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl ChunkLoc {
+    /// Bytes of the whole record: header, outboard, data.
+    pub fn record_len(&self) -> u64 {
+        RECORD_HEADER_LEN + u64::from(self.outboard) + u64::from(self.len)
+    }
+
     /// Offset just past the record.
     pub fn end(&self) -> u64 {
-        self.offset + RECORD_HEADER_LEN + u64::from(self.len)
+        self.offset + self.record_len()
+    }
+
+    fn data_offset(&self) -> u64 {
+        self.offset + RECORD_HEADER_LEN + u64::from(self.outboard)
+    }
+
+    /// The bytes a read of `[start, start+len)` of the chunk fetches from the pack.
+    pub fn read_cost(&self, start: u64, len: u64) -> u64 {
+        match self.partial_span(start, len) {
+            Some((from, to)) => RECORD_HEADER_LEN + u64::from(self.outboard) + (to - from),
+            None => self.record_len(),
+        }
+    }
+
+    /// The group-aligned span to read for `[start, start+len)`, when the record has an outboard
+    /// and the span is smaller than the chunk; `None` means read the chunk whole.
+    fn partial_span(&self, start: u64, len: u64) -> Option<(u64, u64)> {
+        if self.outboard == 0 {
+            return None;
+        }
+        let (from, to) = outboard::aligned_span(u64::from(self.len), start, len);
+        (from > 0 || to < u64::from(self.len)).then_some((from, to))
     }
 }
 
@@ -172,50 +215,103 @@ impl PackFile {
         Ok(self.len()? <= HEADER_LEN)
     }
 
-    /// Writes one record at `offset`; returns the offset past it.
-    pub fn write_record(&self, offset: u64, hash: &Digest, data: &[u8]) -> Result<u64> {
+    /// Writes one record at `offset`: `outboard` must be [`outboard::hash_with_outboard`]'s for
+    /// `data` (empty for small chunks). Returns the offset past the record.
+    pub fn write_record(
+        &self,
+        offset: u64,
+        hash: &Digest,
+        outboard: &[u8],
+        data: &[u8],
+    ) -> Result<u64> {
         let len = u32::try_from(data.len()).map_err(|_| Error::too_large("chunk over 4 GiB"))?;
-        let header = encode_record_header(hash, len, CODEC_RAW);
+        debug_assert_eq!(outboard.len() as u32, outboard::outboard_len(len));
+        let codec = match outboard.is_empty() {
+            true => CODEC_RAW,
+            false => CODEC_RAW_OUTBOARD,
+        };
+        let mut head = Vec::with_capacity(RECORD_HEADER_LEN as usize + outboard.len());
+        head.extend_from_slice(&encode_record_header(hash, len, codec));
+        head.extend_from_slice(outboard);
         self.file
-            .write_all_at(&header, offset)
+            .write_all_at(&head, offset)
             .map_err(|e| Error::io("append to pack", e))?;
+        let data_at = offset + head.len() as u64;
         self.file
-            .write_all_at(data, offset + RECORD_HEADER_LEN)
+            .write_all_at(data, data_at)
             .map_err(|e| Error::io("append to pack", e))?;
-        sync_log::wrote(&self.path, offset, RECORD_HEADER_LEN + u64::from(len));
-        Ok(offset + RECORD_HEADER_LEN + u64::from(len))
+        let end = data_at + u64::from(len);
+        sync_log::wrote(&self.path, offset, end - offset);
+        Ok(end)
     }
 
     /// Reads a chunk and verifies it: header magic, hash and length must match `expect`, and the
     /// data's blake3 must equal the hash. Anything else is `corrupt`, never returned bytes.
     /// The data comes back as a slice of the one buffer read (no copy).
     pub fn read_chunk(&self, loc: &ChunkLoc, expect: &Digest) -> Result<bytes::Bytes> {
-        let want = (RECORD_HEADER_LEN + u64::from(loc.len)) as usize;
-        let buf = crate::bufpool::read_into(want, |b| self.file.read_exact_at(b, loc.offset))
-            .map_err(|e| {
-                if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                    Error::corrupt(format!(
-                        "chunk {} is cut short in pack {}",
-                        expect.short(),
-                        loc.pack.0
-                    ))
-                } else {
-                    Error::io("read pack", e)
-                }
-            })?;
-        let h = decode_record_header(&buf)?;
-        let data = buf.slice(RECORD_HEADER_LEN as usize..);
-        if h.hash != *expect
-            || h.len != loc.len
-            || h.codec != CODEC_RAW
-            || Digest::of(&data) != *expect
-        {
-            return Err(Error::corrupt(format!(
-                "chunk {} in pack {} at offset {} fails its blake3 check",
-                expect, loc.pack.0, loc.offset
-            )));
+        let buf = self.read_pooled(loc, expect, loc.offset, loc.record_len())?;
+        let data = buf.slice((loc.data_offset() - loc.offset) as usize..);
+        if !header_matches(&buf, loc, expect) || Digest::of(&data) != *expect {
+            return Err(fails_check(loc, expect));
         }
         Ok(data)
+    }
+
+    /// Reads bytes `[start, start+len)` of a chunk, verified: only the 16 KiB groups covering
+    /// them (and the outboard) when the record has an outboard, else the whole chunk.
+    pub fn read_chunk_span(
+        &self,
+        loc: &ChunkLoc,
+        expect: &Digest,
+        start: u64,
+        len: u64,
+    ) -> Result<bytes::Bytes> {
+        let Some((from, to)) = loc.partial_span(start, len) else {
+            let data = self.read_chunk(loc, expect)?;
+            return slice_of(data, start, len, loc, expect);
+        };
+        let mut head = vec![0u8; RECORD_HEADER_LEN as usize + loc.outboard as usize];
+        self.file
+            .read_exact_at(&mut head, loc.offset)
+            .map_err(|e| read_error(e, loc, expect))?;
+        let span = self.read_pooled(loc, expect, loc.data_offset() + from, to - from)?;
+        let ob = &head[RECORD_HEADER_LEN as usize..];
+        if !header_matches(&head, loc, expect)
+            || !outboard::verify_span(expect, u64::from(loc.len), ob, from, &span)
+        {
+            return Err(fails_check(loc, expect));
+        }
+        slice_of(span, start - from, len, loc, expect)
+    }
+
+    /// Reads the whole record and checks its outboard as well as its data (for fsck: a
+    /// damaged outboard only shows in partial reads otherwise).
+    pub fn check_record(&self, loc: &ChunkLoc, expect: &Digest) -> Result<u64> {
+        let data = self.read_chunk(loc, expect)?;
+        if loc.outboard > 0 {
+            let mut ob = vec![0u8; loc.outboard as usize];
+            self.file
+                .read_exact_at(&mut ob, loc.offset + RECORD_HEADER_LEN)
+                .map_err(|e| read_error(e, loc, expect))?;
+            if outboard::hash_with_outboard(&data).1 != ob {
+                return Err(Error::corrupt(format!(
+                    "chunk {} in pack {} at offset {} has a damaged outboard",
+                    expect, loc.pack.0, loc.offset
+                )));
+            }
+        }
+        Ok(data.len() as u64)
+    }
+
+    fn read_pooled(
+        &self,
+        loc: &ChunkLoc,
+        expect: &Digest,
+        at: u64,
+        len: u64,
+    ) -> Result<bytes::Bytes> {
+        crate::bufpool::read_into(len as usize, |b| self.file.read_exact_at(b, at))
+            .map_err(|e| read_error(e, loc, expect))
     }
 
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
@@ -317,6 +413,58 @@ mod sync_log {
 }
 
 /// Fsyncs a directory so that a created, renamed or removed entry is durable.
+/// Whether a record header read at `loc` is the record the index describes.
+fn header_matches(buf: &[u8], loc: &ChunkLoc, expect: &Digest) -> bool {
+    let Ok(h) = decode_record_header(buf) else {
+        return false;
+    };
+    let codec_ok = match h.codec {
+        CODEC_RAW => loc.outboard == 0,
+        CODEC_RAW_OUTBOARD => loc.outboard > 0 && loc.outboard == outboard::outboard_len(h.len),
+        _ => false,
+    };
+    h.hash == *expect && h.len == loc.len && codec_ok
+}
+
+fn fails_check(loc: &ChunkLoc, expect: &Digest) -> Error {
+    Error::corrupt(format!(
+        "chunk {} in pack {} at offset {} fails its blake3 check",
+        expect, loc.pack.0, loc.offset
+    ))
+}
+
+fn read_error(e: std::io::Error, loc: &ChunkLoc, expect: &Digest) -> Error {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        Error::corrupt(format!(
+            "chunk {} is cut short in pack {}",
+            expect.short(),
+            loc.pack.0
+        ))
+    } else {
+        Error::io("read pack", e)
+    }
+}
+
+/// `len` bytes at `start` of verified `data`; a range outside it means the part record and
+/// the chunk disagree, which is damage.
+fn slice_of(
+    data: bytes::Bytes,
+    start: u64,
+    len: u64,
+    loc: &ChunkLoc,
+    expect: &Digest,
+) -> Result<bytes::Bytes> {
+    let end = start.checked_add(len).filter(|&e| e <= data.len() as u64);
+    match end {
+        Some(end) => Ok(data.slice(start as usize..end as usize)),
+        None => Err(Error::corrupt(format!(
+            "chunk {} in pack {} is shorter than the range read from it",
+            expect.short(),
+            loc.pack.0
+        ))),
+    }
+}
+
 pub fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
@@ -360,11 +508,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = PackFile::create(dir.path(), PackId(1)).unwrap();
         let d = Digest::of(b"hello world");
-        let end = p.write_record(HEADER_LEN, &d, b"hello world").unwrap();
+        let end = p.write_record(HEADER_LEN, &d, &[], b"hello world").unwrap();
         let loc = ChunkLoc {
             pack: PackId(1),
             offset: HEADER_LEN,
             len: 11,
+            outboard: 0,
         };
         assert_eq!(loc.end(), end);
         assert_eq!(&p.read_chunk(&loc, &d).unwrap()[..], b"hello world");
@@ -375,5 +524,89 @@ mod tests {
             p.read_chunk(&loc, &d).unwrap_err().kind,
             cairn_core::ErrorKind::Corrupt
         );
+    }
+
+    #[test]
+    fn partial_reads_fetch_and_verify_only_their_groups() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = PackFile::create(dir.path(), PackId(1)).unwrap();
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
+        let (d, ob) = outboard::hash_with_outboard(&data);
+        let end = p.write_record(HEADER_LEN, &d, &ob, &data).unwrap();
+        let loc = ChunkLoc {
+            pack: PackId(1),
+            offset: HEADER_LEN,
+            len: data.len() as u32,
+            outboard: ob.len() as u32,
+        };
+        assert_eq!(loc.end(), end);
+        assert_eq!(
+            loc.read_cost(40_000, 100),
+            RECORD_HEADER_LEN + 64 * 6 + 16_384
+        );
+        assert_eq!(loc.read_cost(0, 100_000), loc.record_len());
+        assert_eq!(&p.read_chunk(&loc, &d).unwrap()[..], &data[..]);
+        let got = p.read_chunk_span(&loc, &d, 40_000, 30_000).unwrap();
+        assert_eq!(&got[..], &data[40_000..70_000]);
+
+        // Damage in a group the span does not cover goes unseen by it, but not by a whole read;
+        // damage inside it is caught.
+        let data_at = loc.data_offset();
+        p.file
+            .write_all_at(&[data[99_000] ^ 1], data_at + 99_000)
+            .unwrap();
+        assert_eq!(
+            &p.read_chunk_span(&loc, &d, 0, 100).unwrap()[..],
+            &data[..100]
+        );
+        let corrupt =
+            |r: Result<bytes::Bytes>| r.unwrap_err().kind == cairn_core::ErrorKind::Corrupt;
+        assert!(corrupt(p.read_chunk(&loc, &d)));
+        assert!(corrupt(p.read_chunk_span(&loc, &d, 99_500, 10)));
+        p.file
+            .write_all_at(&[data[99_000]], data_at + 99_000)
+            .unwrap();
+
+        // A damaged outboard fails the partial reads that use it, and fsck's check.
+        assert_eq!(p.check_record(&loc, &d).unwrap(), 100_000);
+        p.file
+            .write_all_at(&[ob[0] ^ 1], HEADER_LEN + RECORD_HEADER_LEN)
+            .unwrap();
+        assert!(corrupt(
+            p.check_record(&loc, &d).map(|_| bytes::Bytes::new())
+        ));
+        assert!(corrupt(p.read_chunk_span(&loc, &d, 0, 100)));
+        assert_eq!(&p.read_chunk(&loc, &d).unwrap()[..], &data[..]);
+
+        // The index and the record must agree on the outboard.
+        let lying = ChunkLoc { outboard: 0, ..loc };
+        assert!(corrupt(p.read_chunk(&lying, &d)));
+    }
+
+    #[test]
+    fn chunk_locations_written_before_outboards_still_decode() {
+        use cairn_core::record::Record;
+        #[derive(serde::Serialize, serde::Deserialize)]
+        struct OldChunkLoc {
+            pack: PackId,
+            offset: u64,
+            len: u32,
+        }
+        impl Record for OldChunkLoc {
+            const NAME: &'static str = "chunk location";
+        }
+        let old = OldChunkLoc {
+            pack: PackId(3),
+            offset: 16,
+            len: 9,
+        }
+        .encode();
+        let loc = ChunkLoc::decode(&old).unwrap();
+        assert_eq!(
+            (loc.pack, loc.offset, loc.len, loc.outboard),
+            (PackId(3), 16, 9, 0)
+        );
+        // And a location without an outboard is written exactly as before.
+        assert_eq!(loc.encode(), old);
     }
 }

@@ -186,8 +186,8 @@ impl Store {
         self.ref_guard.lock()
     }
 
-    fn append(&self, hash: &Digest, data: &[u8]) -> Result<(ChunkLoc, u64)> {
-        self.append_as(hash, data, None)
+    fn append(&self, hash: &Digest, outboard: &[u8], data: &[u8]) -> Result<(ChunkLoc, u64)> {
+        self.append_as(hash, outboard, data, None)
     }
 
     /// Appends a record; when `user` is given, the pack is registered in it (once) as holding
@@ -195,11 +195,12 @@ impl Store {
     fn append_as(
         &self,
         hash: &Digest,
+        outboard: &[u8],
         data: &[u8],
         user: Option<&mut Vec<PackId>>,
     ) -> Result<(ChunkLoc, u64)> {
         let mut w = self.writer.lock();
-        let rec = RECORD_HEADER_LEN + data.len() as u64;
+        let rec = RECORD_HEADER_LEN + outboard.len() as u64 + data.len() as u64;
         if w.len > HEADER_LEN && w.len + rec > self.cfg.pack_target_size {
             self.roll(&mut w)?;
         }
@@ -213,8 +214,9 @@ impl Store {
             pack: w.pack.id,
             offset: w.len,
             len: data.len() as u32,
+            outboard: outboard.len() as u32,
         };
-        w.len = w.pack.write_record(w.len, hash, data)?;
+        w.len = w.pack.write_record(w.len, hash, outboard, data)?;
         Ok((loc, w.len))
     }
 
@@ -296,8 +298,8 @@ impl Store {
         self.index.get_record(CF_CHUNKS, hash.as_bytes())
     }
 
-    /// Reads one chunk, verified against its blake3 hash.
-    pub fn read_chunk(&self, chunk: &ChunkRef) -> Result<bytes::Bytes> {
+    /// Where the index says `chunk` is; an absent or disagreeing entry is damage.
+    fn locate(&self, chunk: &ChunkRef) -> Result<ChunkLoc> {
         let loc = self.chunk_loc(&chunk.hash)?.ok_or_else(|| {
             Error::corrupt(format!("chunk {} is missing from the index", chunk.hash))
         })?;
@@ -307,21 +309,39 @@ impl Store {
                 chunk.hash, loc.len, chunk.len
             )));
         }
-        match self
-            .pack_reader(loc.pack)
-            .and_then(|p| p.read_chunk(&loc, &chunk.hash))
-        {
-            Ok(data) => Ok(data),
-            // gc may have repacked the chunk between the lookup and the read: look again once.
+        Ok(loc)
+    }
+
+    /// Runs `read` on the chunk's record at `loc`; if that fails, gc may have repacked the
+    /// chunk between the lookup and the read, so it looks again once.
+    fn read_located<T>(
+        &self,
+        chunk: &ChunkRef,
+        loc: ChunkLoc,
+        read: impl Fn(&PackFile, &ChunkLoc) -> Result<T>,
+    ) -> Result<T> {
+        match self.pack_reader(loc.pack).and_then(|p| read(&p, &loc)) {
+            Ok(v) => Ok(v),
             Err(e) => {
                 let again = self
                     .chunk_loc(&chunk.hash)?
                     .filter(|l| *l != loc)
                     .ok_or(e)?;
-                self.pack_reader(again.pack)?
-                    .read_chunk(&again, &chunk.hash)
+                read(&*self.pack_reader(again.pack)?, &again)
             }
         }
+    }
+
+    /// Reads one chunk, verified against its blake3 hash.
+    pub fn read_chunk(&self, chunk: &ChunkRef) -> Result<bytes::Bytes> {
+        let loc = self.locate(chunk)?;
+        self.read_located(chunk, loc, |p, l| p.read_chunk(l, &chunk.hash))
+    }
+
+    /// Checks one chunk's record whole, its outboard included; returns its length.
+    pub fn check_chunk(&self, chunk: &ChunkRef) -> Result<u64> {
+        let loc = self.locate(chunk)?;
+        self.read_located(chunk, loc, |p, l| p.check_record(l, &chunk.hash))
     }
 
     /// Streams bytes `[offset, offset+len)` of the concatenation of `chunks` to `sink`, one
@@ -347,8 +367,9 @@ impl Store {
         self.read_range_with(chunks, offset, len, &mut |_| Ok(()), &mut |b, ()| sink(b))
     }
 
-    /// [`Store::read_range_bytes`] that first calls `reserve` with the length of each chunk it
-    /// is about to read (a memory budget, say) and hands what it returns to `sink` with the piece.
+    /// [`Store::read_range_bytes`] that first calls `reserve` with the number of bytes it is
+    /// about to read for each piece (a memory budget, say) and hands what it returns to `sink`
+    /// with the piece. Pieces that cover part of a chunk read only the 16 KiB groups they need.
     pub fn read_range_with<R>(
         &self,
         chunks: &[ChunkRef],
@@ -359,12 +380,14 @@ impl Store {
     ) -> Result<()> {
         let lens: Vec<u64> = chunks.iter().map(|c| u64::from(c.len)).collect();
         for piece in range::plan(&lens, offset, len)? {
-            let held = reserve(chunks[piece.index].len)?;
-            let data = self.read_chunk(&chunks[piece.index])?;
-            sink(
-                data.slice(piece.start as usize..(piece.start + piece.len) as usize),
-                held,
-            )?;
+            let chunk = &chunks[piece.index];
+            let loc = self.locate(chunk)?;
+            let cost = loc.read_cost(piece.start, piece.len);
+            let held = reserve(u32::try_from(cost).unwrap_or(u32::MAX))?;
+            let data = self.read_located(chunk, loc, |p, l| {
+                p.read_chunk_span(l, &chunk.hash, piece.start, piece.len)
+            })?;
+            sink(data, held)?;
         }
         Ok(())
     }
@@ -464,8 +487,10 @@ impl Store {
             .collect()
     }
 
+    /// Appends a verified chunk's data to the open pack (with a fresh outboard) and syncs it.
     pub(crate) fn append_for_repack(&self, hash: &Digest, data: &[u8]) -> Result<ChunkLoc> {
-        let (loc, end) = self.append(hash, data)?;
+        let (_, outboard) = crate::outboard::hash_with_outboard(data);
+        let (loc, end) = self.append(hash, &outboard, data)?;
         self.sync_through(loc.pack, end)?;
         Ok(loc)
     }
@@ -487,10 +512,13 @@ pub struct WriteSession<'s> {
 impl WriteSession<'_> {
     /// Stores one chunk unless the store already has it; returns its reference.
     pub fn add_chunk(&mut self, data: &[u8]) -> Result<ChunkRef> {
-        let hash = Digest::of(data);
         let len = u32::try_from(data.len()).map_err(|_| Error::too_large("chunk over 4 GiB"))?;
+        // One pass yields the name and the outboard (wasted only when the chunk is a duplicate).
+        let (hash, outboard) = crate::outboard::hash_with_outboard(data);
         if !self.new.contains_key(&hash) && !self.pin_if_stored(&hash)? {
-            let (loc, end) = self.store.append_as(&hash, data, Some(&mut self.packs))?;
+            let (loc, end) = self
+                .store
+                .append_as(&hash, &outboard, data, Some(&mut self.packs))?;
             self.end = self.end.max(Some((loc.pack, end)));
             self.new.insert(hash, loc);
         }

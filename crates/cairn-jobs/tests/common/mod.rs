@@ -131,8 +131,15 @@ pub fn flip_first_chunk_byte(dir: &std::path::Path, at: u64, mask: u8) {
         .min()
         .unwrap();
     let mut bytes = std::fs::read(&pack).unwrap();
-    bytes[(cairn_store::pack::HEADER_LEN + cairn_store::pack::RECORD_HEADER_LEN + at) as usize] ^=
-        mask;
+    use cairn_store::pack::{
+        decode_record_header, CODEC_RAW_OUTBOARD, HEADER_LEN, RECORD_HEADER_LEN,
+    };
+    let h = decode_record_header(&bytes[HEADER_LEN as usize..]).unwrap();
+    let outboard = match h.codec {
+        CODEC_RAW_OUTBOARD => cairn_store::outboard::outboard_len(h.len),
+        _ => 0,
+    };
+    bytes[(HEADER_LEN + RECORD_HEADER_LEN + u64::from(outboard) + at) as usize] ^= mask;
     std::fs::write(&pack, &bytes).unwrap();
 }
 
