@@ -467,3 +467,298 @@ fn a_token_over_its_request_rate_gets_429_with_retry_after() {
     std::thread::sleep(std::time::Duration::from_secs(wait));
     assert_eq!(curl(&s.url("/qlibs"), &[]).status, 200);
 }
+
+/// Library tokens over real HTTP: a token reaches its own library's content and nothing else
+/// (403 `forbidden`, and nothing changes), a read-only one only reads, a link into another
+/// library is not followed, revocation is immediate, and tokens survive a restart.
+#[test]
+fn library_tokens_reach_only_their_library() {
+    let data = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let s = Server::start(data.path(), port);
+    let files = tempfile::tempdir().unwrap();
+    let (fa, fb) = (files.path().join("a"), files.path().join("b"));
+    std::fs::write(&fa, common::pattern(1, 70_000)).unwrap();
+    std::fs::write(&fb, common::pattern(2, 50_000)).unwrap();
+    let (lib_a, obj_a, wt_a) = new_object(&s);
+    let ha = common::upload_files(&s, &wt_a, &[("a.bin", &fa)]);
+    let (lib_b, obj_b, wt_b) = new_object(&s);
+    let hb = common::upload_files(&s, &wt_b, &[("b.bin", &fb)]);
+    let wt_b = call(&s, "POST", &format!("/qid/{obj_b}"), None, 200)["write_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The admin may link across libraries; a library token must not read through that link.
+    let wt_link = call(&s, "POST", &format!("/qid/{obj_a}"), None, 200)["write_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let link = json!({"ops": [{"op": "link", "path": "to-b", "target": format!("/qfab/{hb}/files/b.bin")}]});
+    call(
+        &s,
+        "POST",
+        &format!("/q/{wt_link}/file_jobs"),
+        Some(&link.to_string()),
+        201,
+    );
+    let ha2 = call(&s, "POST", &format!("/q/{wt_link}"), None, 200)["hash"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let token_for = |access: &str| {
+        let body = json!({ "access": access }).to_string();
+        let v = call(
+            &s,
+            "POST",
+            &format!("/qlibs/{lib_a}/tokens"),
+            Some(&body),
+            201,
+        );
+        assert_eq!(v["qlib_id"], lib_a.as_str());
+        assert_eq!(v["access"], access);
+        (
+            v["id"].as_str().unwrap().to_string(),
+            v["token"].as_str().unwrap().to_string(),
+        )
+    };
+    let (write_id, write_tok) = token_for("write");
+    let (_, read_tok) = token_for("read");
+    let versions_b = call(&s, "GET", &format!("/qid/{obj_b}"), None, 200);
+
+    let as_token = |tok: &str, method: &str, path: &str, body: Option<&str>| {
+        let auth = format!("Authorization: Bearer {tok}");
+        // curl -X HEAD would wait for a body that never comes: -I is a HEAD.
+        let mut args = match method {
+            "HEAD" => vec!["-I"],
+            _ => vec!["-X", method],
+        };
+        args.extend(["-H", &auth, "-H", "Content-Type: application/json"]);
+        if let Some(b) = body {
+            args.extend(["--data-binary", b]);
+        }
+        curl(&s.url(path), &args)
+    };
+    let unknown_obj = "iq__2Fb9vA6XoKhKjQzCjUe6ZcmBe3S5";
+    // (token, method, path, status, kind or "")
+    let cases: Vec<(&str, &str, String, u16, &str)> = vec![
+        (&write_tok, "GET", format!("/q/{ha}/files/a.bin"), 200, ""),
+        (
+            &write_tok,
+            "GET",
+            format!("/qlibs/{lib_a}/q/{obj_a}"),
+            200,
+            "",
+        ),
+        (&write_tok, "GET", format!("/qlibs/{lib_a}/q"), 200, ""),
+        (
+            &write_tok,
+            "GET",
+            format!("/q/{hb}/files/b.bin"),
+            403,
+            "forbidden",
+        ),
+        (&write_tok, "HEAD", format!("/q/{hb}/files/b.bin"), 403, ""),
+        (&write_tok, "GET", format!("/q/{obj_b}"), 403, "forbidden"),
+        (
+            &write_tok,
+            "GET",
+            format!("/q/{wt_b}/files_list"),
+            403,
+            "forbidden",
+        ),
+        (
+            &write_tok,
+            "GET",
+            format!("/qlibs/{lib_b}/q"),
+            403,
+            "forbidden",
+        ),
+        (
+            &write_tok,
+            "GET",
+            format!("/qlibs/{lib_a}/q/{hb}"),
+            403,
+            "forbidden",
+        ),
+        (
+            &write_tok,
+            "POST",
+            format!("/qid/{obj_b}"),
+            403,
+            "forbidden",
+        ),
+        (&write_tok, "DELETE", format!("/q/{hb}"), 403, "forbidden"),
+        (
+            &write_tok,
+            "PUT",
+            format!("/q/{wt_b}/meta/x"),
+            403,
+            "forbidden",
+        ),
+        (
+            &write_tok,
+            "GET",
+            format!("/q/{ha2}/files/to-b"),
+            403,
+            "forbidden",
+        ),
+        (&write_tok, "GET", "/admin/stats".into(), 403, "forbidden"),
+        (&write_tok, "POST", "/admin/gc".into(), 403, "forbidden"),
+        (&write_tok, "POST", "/qlibs".into(), 403, "forbidden"),
+        (
+            &write_tok,
+            "GET",
+            format!("/qlibs/{lib_a}/tokens"),
+            403,
+            "forbidden",
+        ),
+        (
+            &write_tok,
+            "POST",
+            format!("/qlibs/{lib_a}/tokens"),
+            403,
+            "forbidden",
+        ),
+        (
+            &write_tok,
+            "GET",
+            format!("/q/{unknown_obj}"),
+            404,
+            "not_found",
+        ),
+        (&read_tok, "GET", format!("/q/{ha}/files/a.bin"), 200, ""),
+        (&read_tok, "GET", format!("/q/{ha}/files/a.bin"), 200, ""),
+        (&read_tok, "POST", format!("/qid/{obj_a}"), 403, "forbidden"),
+        (&read_tok, "DELETE", format!("/q/{ha}"), 403, "forbidden"),
+        (
+            &read_tok,
+            "POST",
+            format!("/qlibs/{lib_a}/q"),
+            403,
+            "forbidden",
+        ),
+        (
+            &read_tok,
+            "GET",
+            format!("/q/{hb}/files/b.bin"),
+            403,
+            "forbidden",
+        ),
+    ];
+    for (tok, method, path, status, kind) in &cases {
+        let r = as_token(tok, method, path, None);
+        let said = String::from_utf8_lossy(&r.body[..r.body.len().min(300)]).into_owned();
+        assert_eq!(r.status, *status, "{method} {path}: {said}");
+        if !kind.is_empty() {
+            assert_eq!(r.kind(), *kind, "{method} {path}");
+        }
+    }
+    let a_bytes = as_token(&read_tok, "GET", &format!("/q/{ha}/files/a.bin"), None).body;
+    assert_eq!(a_bytes, std::fs::read(&fa).unwrap());
+    let libs = as_token(&write_tok, "GET", "/qlibs", None).json();
+    assert_eq!(libs["libraries"].as_array().unwrap().len(), 1, "{libs}");
+    assert_eq!(libs["libraries"][0]["id"], lib_a.as_str());
+    // Its own library: a write token works end to end.
+    let r = as_token(&write_tok, "POST", &format!("/qid/{obj_a}"), None);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+
+    // Nothing of library B changed.
+    assert_eq!(
+        call(&s, "GET", &format!("/qid/{obj_b}"), None, 200),
+        versions_b
+    );
+    assert_eq!(
+        curl(&s.url(&format!("/q/{hb}/files/b.bin")), &[]).body,
+        std::fs::read(&fb).unwrap()
+    );
+
+    // Revocation is immediate; the list never shows secrets.
+    call(
+        &s,
+        "DELETE",
+        &format!("/qlibs/{lib_a}/tokens/{write_id}"),
+        None,
+        200,
+    );
+    call(
+        &s,
+        "DELETE",
+        &format!("/qlibs/{lib_a}/tokens/{write_id}"),
+        None,
+        404,
+    );
+    let r = as_token(&write_tok, "GET", &format!("/q/{ha}/files/a.bin"), None);
+    assert_eq!((r.status, r.kind().as_str()), (401, "unauthorized"));
+    let listed = call(&s, "GET", &format!("/qlibs/{lib_a}/tokens"), None, 200);
+    assert_eq!(listed["tokens"].as_array().unwrap().len(), 1);
+    assert_eq!(listed["tokens"][0]["access"], "read");
+    assert!(!listed.to_string().contains(&read_tok));
+    call(
+        &s,
+        "POST",
+        &format!("/qlibs/{unknown_obj}/tokens"),
+        None,
+        400,
+    );
+
+    // Tokens survive a restart.
+    drop(s);
+    let s = Server::start(data.path(), port);
+    let auth = format!("Authorization: Bearer {read_tok}");
+    let r = curl(&s.url(&format!("/q/{ha}/files/a.bin")), &["-H", &auth]);
+    assert_eq!(r.status, 200);
+    let r = curl(&s.url(&format!("/q/{hb}/files/b.bin")), &["-H", &auth]);
+    assert_eq!(r.status, 403);
+}
+
+/// Request heads over the documented limits get the JSON error shape (431/414 `too_large`);
+/// only heads beyond hyper's own 64 KiB buffer get its bare 431.
+#[test]
+fn oversized_request_heads_get_json_errors() {
+    let data = tempfile::tempdir().unwrap();
+    let s = Server::start(data.path(), common::free_port());
+    let header = |name: &str, len: usize| format!("{name}: {}", "v".repeat(len));
+    let just_under = header("X-Pad", 8 << 10);
+    let r = curl(&s.url("/qlibs"), &["-H", &just_under]);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+
+    let one_big = header("X-Big", (8 << 10) + 1);
+    let many: Vec<String> = (0..5)
+        .map(|i| header(&format!("X-Pad-{i}"), 7 << 10))
+        .collect();
+    let mut many_args: Vec<&str> = Vec::new();
+    for h in &many {
+        many_args.extend(["-H", h.as_str()]);
+    }
+    let long_path = format!(
+        "/q/iq__2Fb9vA6XoKhKjQzCjUe6ZcmBe3S5/files/{}",
+        "a".repeat(9000)
+    );
+    let cases: Vec<(String, Vec<&str>, u16)> = vec![
+        ("/qlibs".into(), vec!["-H", &one_big], 431),
+        ("/config".into(), vec!["-H", &one_big], 431),
+        ("/qlibs".into(), many_args, 431),
+        (long_path, vec![], 414),
+        (format!("/qlibs?x={}", "q".repeat(9000)), vec![], 414),
+    ];
+    for (path, args, status) in cases {
+        let r = curl(&s.url(&path), &args);
+        assert_eq!(r.status, status, "{}", &path[..path.len().min(60)]);
+        assert_eq!(
+            r.kind(),
+            "too_large",
+            "{}",
+            String::from_utf8_lossy(&r.body)
+        );
+        let reason = r.json()["errors"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(reason.contains("at most"), "{reason}");
+    }
+    // Past hyper's read buffer: its own bare 431, and the server carries on.
+    let huge = header("X-Huge", 100 << 10);
+    assert_eq!(curl(&s.url("/qlibs"), &["-H", &huge]).status, 431);
+    assert_eq!(curl(&s.url("/qlibs"), &[]).status, 200);
+}

@@ -73,6 +73,21 @@ pub enum LibCmd {
 }
 
 #[derive(Subcommand)]
+pub enum TokenCmd {
+    /// Make a token confined to one library; prints the token (shown only this once).
+    Create {
+        library: String,
+        /// Only GET and HEAD: list, read and download, never change.
+        #[arg(long)]
+        read_only: bool,
+    },
+    /// List a library's tokens (ids and access, never the secrets).
+    Ls { library: String },
+    /// Revoke a token at once.
+    Rm { library: String, id: String },
+}
+
+#[derive(Subcommand)]
 pub enum ObjectCmd {
     /// Create an object in a library; prints its id.
     Create { library: String },
@@ -131,6 +146,33 @@ pub async fn lib(ctx: &Ctx, cmd: LibCmd) -> Result<()> {
                     format!("{}  {}", s(&l["id"]), s(&l["name"]))
                 })
             });
+        }
+    }
+    Ok(())
+}
+
+pub async fn token(ctx: &Ctx, cmd: TokenCmd) -> Result<()> {
+    match cmd {
+        TokenCmd::Create { library, read_only } => {
+            let v = ctx.client.create_token(&library, read_only).await?;
+            ctx.print(&v, |v| s(&v["token"]).to_string());
+        }
+        TokenCmd::Ls { library } => {
+            let v = ctx.client.tokens(&library).await?;
+            ctx.print(&v, |v| {
+                lines(&v["tokens"], |t| {
+                    format!(
+                        "{}  {}  created {}",
+                        s(&t["id"]),
+                        s(&t["access"]),
+                        t["created"]
+                    )
+                })
+            });
+        }
+        TokenCmd::Rm { library, id } => {
+            let v = ctx.client.revoke_token(&library, &id).await?;
+            ctx.print(&v, |_| format!("revoked {id}"));
         }
     }
     Ok(())

@@ -62,6 +62,12 @@ enum Cmd {
     /// Libraries.
     #[command(subcommand)]
     Lib(cli::LibCmd),
+    /// Library tokens: access confined to one library, optionally read-only.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  cairn token create ilib…              # prints a token for that library only\n  cairn token create ilib… --read-only  # GET and HEAD only\n  cairn token rm ilib… tok_…"
+    )]
+    Token(cli::TokenCmd),
     /// Content objects.
     #[command(subcommand)]
     Object(cli::ObjectCmd),
@@ -184,6 +190,7 @@ async fn run(cli: Cli) -> Result<()> {
             config,
         } => serve::run(data, listen, config).await,
         Cmd::Lib(c) => cli::lib(&ctx, c).await,
+        Cmd::Token(c) => cli::token(&ctx, c).await,
         Cmd::Object(c) => cli::object(&ctx, c).await,
         Cmd::Upload(a) => cli::upload(&ctx, a).await,
         Cmd::Ls { target } => cli::ls(&ctx, &target).await,

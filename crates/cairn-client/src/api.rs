@@ -134,6 +134,27 @@ impl Client {
         self.json(Method::GET, "/qlibs", None).await
     }
 
+    /// A token confined to library `lib`: `{id, token, qlib_id, access}` (admin only).
+    pub async fn create_token(&self, lib: &str, read_only: bool) -> Result<Value> {
+        let access = if read_only { "read" } else { "write" };
+        self.json(
+            Method::POST,
+            &format!("/qlibs/{lib}/tokens"),
+            Some(&json!({ "access": access })),
+        )
+        .await
+    }
+
+    pub async fn tokens(&self, lib: &str) -> Result<Value> {
+        self.json(Method::GET, &format!("/qlibs/{lib}/tokens"), None)
+            .await
+    }
+
+    pub async fn revoke_token(&self, lib: &str, id: &str) -> Result<Value> {
+        self.json(Method::DELETE, &format!("/qlibs/{lib}/tokens/{id}"), None)
+            .await
+    }
+
     /// A new object with an open draft: `{id, write_token, qlib_id}`.
     pub async fn create_object(&self, lib: &str) -> Result<Value> {
         self.json(Method::POST, &format!("/qlibs/{lib}/q"), None)

@@ -12,6 +12,8 @@ pub enum ErrorKind {
     Invalid,
     /// The thing named does not exist.
     NotFound,
+    /// The caller's token does not reach it (another library's content, a read-only token…).
+    Forbidden,
     /// The thing exists but its state forbids the operation (already finalized, wrong offset…).
     Conflict,
     /// A finished thing was asked to change again (a second finalize, data to a completed job).
@@ -33,6 +35,7 @@ impl ErrorKind {
         match self {
             ErrorKind::Invalid => "invalid",
             ErrorKind::NotFound => "not_found",
+            ErrorKind::Forbidden => "forbidden",
             ErrorKind::Conflict => "conflict",
             ErrorKind::Gone => "gone",
             ErrorKind::Incomplete => "incomplete",
@@ -80,6 +83,7 @@ impl Error {
     ctor! {
         invalid => Invalid,
         not_found => NotFound,
+        forbidden => Forbidden,
         conflict => Conflict,
         gone => Gone,
         incomplete => Incomplete,

@@ -1,69 +1,117 @@
-//! The admin token.
+//! Tokens: the admin token, and library tokens scoped to one library.
 //!
-//! The token comes from `CAIRN_TOKEN` when set; otherwise one is generated on first start, printed
-//! once, and only its blake3 hash is stored (`<data>/admin-token.blake3`, mode 0600). Requests
-//! carry it as `Authorization: Bearer …` or as `?authorization=…` (which the official client fills
-//! with the header's value, `Bearer ` prefix included); several `authorization` parameters may
-//! be sent and any one that matches is enough.
+//! The admin token comes from `CAIRN_TOKEN` when set; otherwise one is generated on first start,
+//! printed once, and only its blake3 hash is stored (`<data>/admin-token.blake3`, mode 0600). It
+//! may do everything.
+//!
+//! Library tokens are made by the admin (`POST /qlibs/{lib}/tokens`) for one library, with
+//! `write` or `read` access. Their hashes live in `<data>/library-tokens.cbor` (mode 0600,
+//! replaced atomically: temp file, fsync, rename, directory fsync), so a token is printed once
+//! and never stored. What a library token may reach is decided in [`crate::authorize`].
+//!
+//! Requests carry a token as `Authorization: Bearer …` or as `?authorization=…` (which the
+//! official client fills with the header's value, `Bearer ` prefix included); several
+//! `authorization` parameters may be sent and any one that matches is enough.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use axum::http::{header, HeaderMap};
+use cairn_core::LibraryId;
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
 
 const HASH_FILE: &str = "admin-token.blake3";
+const LIBRARY_TOKENS_FILE: &str = "library-tokens.cbor";
+/// Library tokens per server: the file is rewritten whole on each change, so keep it small.
+pub const MAX_LIBRARY_TOKENS: usize = 10_000;
 
-#[derive(Clone)]
-pub struct Auth {
+/// Who a request acts as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Principal {
+    Admin,
+    Library { library: LibraryId, access: Access },
+}
+
+/// What a library token may do inside its library.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Access {
+    /// Only `GET` and `HEAD`.
+    Read,
+    /// Everything a library's content allows: uploads, finalize, metadata, deletes.
+    #[default]
+    Write,
+}
+
+/// A library token as stored: never the token itself.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LibraryToken {
+    /// Public handle, to list and revoke it.
+    pub id: String,
+    pub library: LibraryId,
+    pub access: Access,
+    /// Seconds since the Unix epoch.
+    pub created: u64,
+    #[serde(with = "hash_hex")]
     hash: blake3::Hash,
 }
 
+mod hash_hex {
+    use serde::{de, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(h: &blake3::Hash, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&h.to_hex())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<blake3::Hash, D::Error> {
+        blake3::Hash::from_hex(String::deserialize(d)?).map_err(de::Error::custom)
+    }
+}
+
+#[derive(Clone)]
+pub struct Auth {
+    admin: blake3::Hash,
+    libs: Arc<LibraryTokens>,
+}
+
+struct LibraryTokens {
+    path: PathBuf,
+    by_hash: RwLock<HashMap<blake3::Hash, LibraryToken>>,
+    /// Serialises changes (read, modify, write the file, then publish).
+    change: Mutex<()>,
+}
+
 impl Auth {
-    /// Loads the token hash; returns a newly generated token (to print once) on first start.
+    /// Loads the token hashes; returns a newly generated admin token (to print once) on first
+    /// start.
     pub fn load_or_create(
         data: &Path,
         env_token: Option<&str>,
     ) -> std::io::Result<(Auth, Option<String>)> {
-        if let Some(t) = env_token.filter(|t| !t.is_empty()) {
-            return Ok((
-                Auth {
-                    hash: blake3::hash(t.as_bytes()),
-                },
-                None,
-            ));
-        }
-        let path = data.join(HASH_FILE);
-        if let Ok(text) = std::fs::read_to_string(&path) {
-            let hash = blake3::Hash::from_hex(text.trim())
-                .map_err(|e| std::io::Error::other(format!("{}: {e}", path.display())))?;
-            return Ok((Auth { hash }, None));
-        }
-        let token = format!("cairn_{}", bs58_token());
-        std::fs::create_dir_all(data)?;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)?;
-        f.write_all(blake3::hash(token.as_bytes()).to_hex().as_bytes())?;
-        f.sync_all()?;
+        let (admin, generated) = admin_hash(data, env_token)?;
+        let libs = LibraryTokens::load(data)?;
         Ok((
             Auth {
-                hash: blake3::hash(token.as_bytes()),
+                admin,
+                libs: Arc::new(libs),
             },
-            Some(token),
+            generated,
         ))
     }
 
-    /// Accepts the request if any offered token matches; returns the matching token's hash.
+    /// Accepts the request if any offered token matches; returns the matching token's hash
+    /// (the rate limiter's key) and who it acts as.
     pub fn check(
         &self,
         headers: &HeaderMap,
         query: Option<&str>,
-    ) -> Result<blake3::Hash, ApiError> {
+    ) -> Result<(blake3::Hash, Principal), ApiError> {
         let mut offered: Vec<String> = headers
             .get_all(header::AUTHORIZATION)
             .iter()
@@ -84,16 +132,175 @@ impl Auth {
                 "a token is required: Authorization: Bearer <token>",
             ));
         }
-        // blake3::Hash equality is constant-time.
-        if offered
-            .iter()
-            .any(|t| blake3::hash(strip_bearer(t).as_bytes()) == self.hash)
-        {
-            Ok(self.hash)
-        } else {
-            Err(ApiError::unauthorized("the token is not valid"))
+        let libs = self.libs.by_hash.read();
+        for t in &offered {
+            let h = blake3::hash(strip_bearer(t).as_bytes());
+            // blake3::Hash equality is constant-time.
+            if h == self.admin {
+                return Ok((h, Principal::Admin));
+            }
+            if let Some(lt) = libs.get(&h) {
+                let p = Principal::Library {
+                    library: lt.library,
+                    access: lt.access,
+                };
+                return Ok((h, p));
+            }
         }
+        Err(ApiError::unauthorized("the token is not valid"))
     }
+
+    /// Makes a token for `library`; returns its record and the token (shown once).
+    pub fn create_library_token(
+        &self,
+        library: LibraryId,
+        access: Access,
+    ) -> cairn_core::Result<(LibraryToken, String)> {
+        let token = format!("cairn_{}", bs58_token());
+        let rec = LibraryToken {
+            id: format!(
+                "tok_{}",
+                bs58::encode(rand::random::<[u8; 9]>()).into_string()
+            ),
+            library,
+            access,
+            created: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            hash: blake3::hash(token.as_bytes()),
+        };
+        if self.libs.by_hash.read().len() >= MAX_LIBRARY_TOKENS {
+            return Err(cairn_core::Error::too_large(format!(
+                "at most {MAX_LIBRARY_TOKENS} library tokens; revoke some first"
+            )));
+        }
+        self.libs
+            .change(|all| {
+                all.push(rec.clone());
+                Ok(())
+            })
+            .map_err(|e| cairn_core::Error::io("store library tokens", e))?;
+        Ok((rec, token))
+    }
+
+    /// The tokens of `library`, oldest first.
+    pub fn library_tokens(&self, library: &LibraryId) -> Vec<LibraryToken> {
+        let mut v: Vec<LibraryToken> = self
+            .libs
+            .by_hash
+            .read()
+            .values()
+            .filter(|t| t.library == *library)
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
+        v
+    }
+
+    /// Revokes token `id` of `library`; false if there is no such token.
+    pub fn revoke_library_token(&self, library: &LibraryId, id: &str) -> std::io::Result<bool> {
+        let mut found = false;
+        self.libs.change(|all| {
+            let before = all.len();
+            all.retain(|t| !(t.library == *library && t.id == id));
+            found = all.len() != before;
+            Ok(())
+        })?;
+        Ok(found)
+    }
+}
+
+impl LibraryTokens {
+    fn load(data: &Path) -> std::io::Result<LibraryTokens> {
+        let path = data.join(LIBRARY_TOKENS_FILE);
+        let all: Vec<LibraryToken> = match std::fs::read(&path) {
+            Ok(bytes) => decode_tokens(&bytes)
+                .map_err(|e| std::io::Error::other(format!("{}: {e}", path.display())))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        Ok(LibraryTokens {
+            path,
+            by_hash: RwLock::new(all.into_iter().map(|t| (t.hash, t)).collect()),
+            change: Mutex::new(()),
+        })
+    }
+
+    /// Applies `f` to the list, writes it durably, then makes it visible to requests.
+    fn change(
+        &self,
+        f: impl FnOnce(&mut Vec<LibraryToken>) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        let _one = self.change.lock();
+        let mut all: Vec<LibraryToken> = self.by_hash.read().values().cloned().collect();
+        all.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
+        f(&mut all)?;
+        write_atomically(&self.path, &encode_tokens(&all))?;
+        *self.by_hash.write() = all.into_iter().map(|t| (t.hash, t)).collect();
+        Ok(())
+    }
+}
+
+/// File format: a version byte, then the CBOR list of tokens.
+const TOKENS_VERSION: u8 = 1;
+
+fn encode_tokens(all: &[LibraryToken]) -> Vec<u8> {
+    let mut out = vec![TOKENS_VERSION];
+    ciborium::into_writer(all, &mut out).expect("CBOR encoding into memory");
+    out
+}
+
+fn decode_tokens(bytes: &[u8]) -> Result<Vec<LibraryToken>, String> {
+    match bytes.split_first() {
+        Some((&TOKENS_VERSION, body)) => {
+            ciborium::from_reader(body).map_err(|e| format!("does not decode: {e}"))
+        }
+        Some((v, _)) => Err(format!("format version {v} is not supported")),
+        None => Err("empty file".into()),
+    }
+}
+
+/// Replaces `path` with `bytes` so that a crash leaves either the old or the new file.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+fn admin_hash(
+    data: &Path,
+    env_token: Option<&str>,
+) -> std::io::Result<(blake3::Hash, Option<String>)> {
+    if let Some(t) = env_token.filter(|t| !t.is_empty()) {
+        return Ok((blake3::hash(t.as_bytes()), None));
+    }
+    let path = data.join(HASH_FILE);
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let hash = blake3::Hash::from_hex(text.trim())
+            .map_err(|e| std::io::Error::other(format!("{}: {e}", path.display())))?;
+        return Ok((hash, None));
+    }
+    let token = format!("cairn_{}", bs58_token());
+    std::fs::create_dir_all(data)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)?;
+    f.write_all(blake3::hash(token.as_bytes()).to_hex().as_bytes())?;
+    f.sync_all()?;
+    Ok((blake3::hash(token.as_bytes()), Some(token)))
 }
 
 fn strip_bearer(t: &str) -> &str {
@@ -143,5 +350,53 @@ mod tests {
             .check(&HeaderMap::new(), Some("authorization=wrong"))
             .is_err());
         assert!(auth.check(&HeaderMap::new(), None).is_err());
+    }
+
+    fn bearer(token: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::AUTHORIZATION,
+            format!("Bearer {token}").parse().unwrap(),
+        );
+        h
+    }
+
+    #[test]
+    fn library_tokens_are_scoped_stored_hashed_survive_restarts_and_revoke() {
+        let dir = tempfile::tempdir().unwrap();
+        let (auth, _) = Auth::load_or_create(dir.path(), Some("admin")).unwrap();
+        let lib: LibraryId = "ilib2zJHpZ3Pr8EDkk9gSDEJK3mKvfmq".parse().unwrap();
+        let (rec, token) = auth.create_library_token(lib, Access::Read).unwrap();
+        let (_, p) = auth.check(&bearer(&token), None).unwrap();
+        assert_eq!(
+            p,
+            Principal::Library {
+                library: lib,
+                access: Access::Read
+            }
+        );
+        assert_eq!(
+            auth.check(&bearer("admin"), None).unwrap().1,
+            Principal::Admin
+        );
+
+        let file = dir.path().join(LIBRARY_TOKENS_FILE);
+        let stored = std::fs::read(&file).unwrap();
+        assert!(!stored.windows(token.len()).any(|w| w == token.as_bytes()));
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+
+        let (again, _) = Auth::load_or_create(dir.path(), Some("admin")).unwrap();
+        assert_eq!(again.check(&bearer(&token), None).unwrap().1, p);
+        assert_eq!(again.library_tokens(&lib).len(), 1);
+        assert!(!again.revoke_library_token(&lib, "tok_nope").unwrap());
+        assert!(again.revoke_library_token(&lib, &rec.id).unwrap());
+        assert!(again.check(&bearer(&token), None).is_err());
+        let (third, _) = Auth::load_or_create(dir.path(), Some("admin")).unwrap();
+        assert!(third.check(&bearer(&token), None).is_err());
+        assert!(third.library_tokens(&lib).is_empty());
     }
 }

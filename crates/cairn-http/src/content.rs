@@ -4,14 +4,15 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use cairn_core::{LibraryId, ObjectId, SpaceId, VersionHash, WriteToken};
 use cairn_jobs::{Engine, Qhit};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::auth::{Access, LibraryToken};
 use crate::error::ApiError;
-use crate::{target, AppState, Params};
+use crate::{scope_of, target, AppState, Params, Principal};
 
 /// `GET /config`: what the official client reads first (reference §2.1). No token needed.
 pub async fn handle_config(State(st): State<AppState>, headers: HeaderMap) -> Json<Value> {
@@ -55,11 +56,84 @@ pub async fn handle_create_library(
         .into_response())
 }
 
-pub async fn handle_list_libraries(State(st): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let libs = st.engine.run(|e| e.libraries()).await?;
+/// `GET /qlibs`: every library, or only its own for a library token.
+pub async fn handle_list_libraries(
+    State(st): State<AppState>,
+    who: Option<Extension<Principal>>,
+) -> Result<Json<Value>, ApiError> {
+    let only = scope_of(who.as_deref());
+    let mut libs = st.engine.run(|e| e.libraries()).await?;
+    libs.retain(|l| only.is_none_or(|lib| l.id == lib));
     Ok(Json(
         json!({"libraries": libs.iter().map(|l| json!({"id": l.id, "name": l.name})).collect::<Vec<_>>()}),
     ))
+}
+
+#[derive(Deserialize, Default)]
+pub struct NewToken {
+    #[serde(default)]
+    access: Access,
+}
+
+fn token_json(t: &LibraryToken) -> Value {
+    json!({"id": t.id, "qlib_id": t.library, "access": t.access, "created": t.created})
+}
+
+/// `POST /qlibs/{lib}/tokens` (admin): a token for one library, `{"access": "read"|"write"}`
+/// (default write). The token is in this reply only; the server keeps its hash.
+pub async fn handle_create_token(
+    State(st): State<AppState>,
+    Path(p): Path<Params>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let lib = lib_param(&p)?;
+    let req: NewToken = parse_json_or_empty(&body)?;
+    st.engine.run(move |e| e.library(&lib)).await?;
+    let auth = st.auth.clone();
+    let (rec, token) =
+        tokio::task::spawn_blocking(move || auth.create_library_token(lib, req.access))
+            .await
+            .map_err(|e| ApiError::from(cairn_core::Error::internal(e.to_string())))??;
+    let mut body = token_json(&rec);
+    body["token"] = json!(token);
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+/// `GET /qlibs/{lib}/tokens` (admin): the library's tokens, without the secrets.
+pub async fn handle_list_tokens(
+    State(st): State<AppState>,
+    Path(p): Path<Params>,
+) -> Result<Json<Value>, ApiError> {
+    let lib = lib_param(&p)?;
+    st.engine.run(move |e| e.library(&lib)).await?;
+    let tokens: Vec<Value> = st
+        .auth
+        .library_tokens(&lib)
+        .iter()
+        .map(token_json)
+        .collect();
+    Ok(Json(json!({ "tokens": tokens })))
+}
+
+/// `DELETE /qlibs/{lib}/tokens/{token_id}` (admin): revokes a token at once.
+pub async fn handle_revoke_token(
+    State(st): State<AppState>,
+    Path(p): Path<Params>,
+) -> Result<Json<Value>, ApiError> {
+    let lib = lib_param(&p)?;
+    let id = p.get("token_id").cloned().unwrap_or_default();
+    let auth = st.auth.clone();
+    let what = id.clone();
+    let found = tokio::task::spawn_blocking(move || auth.revoke_library_token(&lib, &what))
+        .await
+        .map_err(|e| ApiError::from(cairn_core::Error::internal(e.to_string())))?
+        .map_err(|e| ApiError::from(cairn_core::Error::io("store library tokens", e)))?;
+    if !found {
+        return Err(ApiError::not_found(format!(
+            "no token {id} in library {lib}"
+        )));
+    }
+    Ok(Json(json!({ "id": id, "revoked": true })))
 }
 
 fn lib_param(p: &Params) -> Result<LibraryId, ApiError> {

@@ -7,7 +7,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::Response;
-use axum::Json;
+use axum::{Extension, Json};
 use cairn_core::{FilePath, PartHash};
 use cairn_jobs::{FileHandle, Qhit};
 use futures::{Stream, StreamExt};
@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 
 use crate::error::ApiError;
 use crate::range::{self, Plan};
-use crate::{target, AppState, Params};
+use crate::{scope_of, target, AppState, Params, Principal};
 
 /// `GET|HEAD …/files/{path}` (`?list` lists instead).
 pub async fn handle_file(
@@ -24,8 +24,10 @@ pub async fn handle_file(
     method: Method,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
+    who: Option<Extension<Principal>>,
 ) -> Result<Response, ApiError> {
     let q = target(&st, &p).await?;
+    let scope = scope_of(who.as_deref());
     let raw = p.get("path").cloned().unwrap_or_default();
     if wants_list(query.as_deref()) || raw.ends_with('/') {
         // Listings are rooted at the top, but a named directory must be valid and exist.
@@ -40,7 +42,7 @@ pub async fn handle_file(
     let path = FilePath::parse(&raw)?;
     let (h, info) = st
         .engine
-        .run(move |e| Ok((e.open_file(&q, &path)?, e.info(&q)?)))
+        .run(move |e| Ok((e.open_file_in(&q, &path, scope)?, e.info(&q)?)))
         .await?;
     serve(&st, h, info.modified, &method, &headers).await
 }

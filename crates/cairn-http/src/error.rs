@@ -43,6 +43,10 @@ impl ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", reason)
     }
 
+    pub fn forbidden(reason: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::FORBIDDEN, "forbidden", reason)
+    }
+
     pub fn unauthorized(reason: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", reason)
     }
@@ -60,6 +64,7 @@ pub fn status_of(kind: ErrorKind) -> StatusCode {
     match kind {
         ErrorKind::Invalid => StatusCode::BAD_REQUEST,
         ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::Forbidden => StatusCode::FORBIDDEN,
         ErrorKind::Conflict | ErrorKind::Incomplete => StatusCode::CONFLICT,
         ErrorKind::Gone => StatusCode::GONE,
         ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -97,6 +102,7 @@ impl IntoResponse for ApiError {
 fn kind_for(status: StatusCode) -> &'static str {
     match status {
         StatusCode::NOT_FOUND => "not_found",
+        StatusCode::FORBIDDEN => "forbidden",
         StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
         StatusCode::PAYLOAD_TOO_LARGE => "too_large",
         StatusCode::UNSUPPORTED_MEDIA_TYPE

@@ -20,8 +20,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::header;
+use axum::extract::{DefaultBodyLimit, FromRequestParts, MatchedPath, Path, Request, State};
+use axum::http::{header, Method};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put, MethodRouter};
@@ -29,7 +29,7 @@ use axum::Router;
 use cairn_core::LibraryId;
 use cairn_jobs::{Engine, EngineConfig, Qhit};
 
-pub use auth::Auth;
+pub use auth::{Access, Auth, Principal};
 pub use config::ServerConfig;
 use error::ApiError;
 
@@ -102,6 +102,14 @@ pub fn router(state: AppState, max_json_body: usize) -> Router {
             get(content::handle_list_objects).post(content::handle_create_object),
         )
         .route(
+            "/qlibs/{lib}/tokens",
+            get(content::handle_list_tokens).post(content::handle_create_token),
+        )
+        .route(
+            "/qlibs/{lib}/tokens/{token_id}",
+            axum::routing::delete(content::handle_revoke_token),
+        )
+        .route(
             "/qid/{id}",
             get(content::handle_versions).post(content::handle_open_draft),
         )
@@ -167,23 +175,101 @@ pub fn router(state: AppState, max_json_body: usize) -> Router {
         r = both(r, suffix, mr);
     }
     r.layer(middleware::from_fn_with_state(state.clone(), require_auth))
+        .layer(middleware::from_fn(limit::request_head))
         .layer(middleware::from_fn(error::render_errors))
         .layer(middleware::from_fn(log_request))
         .layer(DefaultBodyLimit::max(max_json_body))
         .with_state(state)
 }
 
+/// Authenticates every request but `GET /config`, applies the token's rate limit, confines
+/// library tokens ([`authorize`]), and leaves the [`Principal`] in the request's extensions.
 async fn require_auth(State(st): State<AppState>, req: Request, next: Next) -> Response {
-    if req.uri().path() != "/config" {
-        if let Err(e) = st
-            .auth
-            .check(req.headers(), req.uri().query())
-            .and_then(|token| st.limit.check(&token))
-        {
-            return e.into_response();
+    if req.uri().path() == "/config" {
+        return next.run(req).await;
+    }
+    let checked = st
+        .auth
+        .check(req.headers(), req.uri().query())
+        .and_then(|(token, who)| st.limit.check(&token).map(|()| who));
+    let who = match checked {
+        Ok(who) => who,
+        Err(e) => return e.into_response(),
+    };
+    let mut req = match who {
+        Principal::Admin => req,
+        Principal::Library { library, access } => {
+            match authorize(&st, library, access, req).await {
+                Ok(req) => req,
+                Err(e) => return e.into_response(),
+            }
+        }
+    };
+    req.extensions_mut().insert(who);
+    next.run(req).await
+}
+
+/// What a library token may reach: the content of its own library (only `GET`/`HEAD` if it is
+/// read-only), the libraries list (filtered to its library), and nothing of `/admin` or of
+/// token management. Content named by id is looked up: another library's content is 403.
+/// Unknown content passes through, so its handler's 404 is the answer.
+async fn authorize(
+    st: &AppState,
+    library: LibraryId,
+    access: Access,
+    req: Request,
+) -> Result<Request, ApiError> {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string())
+        .unwrap_or_default();
+    let reading = matches!(*req.method(), Method::GET | Method::HEAD);
+    if route.starts_with("/admin") || route.contains("/tokens") {
+        return Err(ApiError::forbidden("this route needs the admin token"));
+    }
+    if !reading && (access == Access::Read || route == "/qlibs") {
+        return Err(ApiError::forbidden(match access {
+            Access::Read => "this token is read-only",
+            Access::Write => "only the admin token creates libraries",
+        }));
+    }
+    let (mut parts, body) = req.into_parts();
+    let params: Params = match Path::<Params>::from_request_parts(&mut parts, st).await {
+        Ok(Path(p)) => p,
+        // No route matched, or its parameters do not decode: the handler answers that.
+        Err(_) => Params::new(),
+    };
+    if let Some(lib) = params.get("lib") {
+        let lib: LibraryId = lib.parse()?;
+        if lib != library {
+            return Err(ApiError::forbidden(format!(
+                "this token is for library {library}, not {lib}"
+            )));
         }
     }
-    next.run(req).await
+    if let Some(id) = params.get("id") {
+        let q: Qhit = id.parse()?;
+        let found = st
+            .engine
+            .run(move |e| Ok(e.info(&q).or_else(|_| content_lib(e, &q)).ok()))
+            .await?;
+        if let Some(info) = found.filter(|i| i.library != library) {
+            return Err(ApiError::forbidden(format!(
+                "{id} is in library {}, not in this token's library {library}",
+                info.library
+            )));
+        }
+    }
+    Ok(Request::from_parts(parts, body))
+}
+
+/// The library a request is confined to (`None` for the admin token).
+pub(crate) fn scope_of(who: Option<&Principal>) -> Option<LibraryId> {
+    match who {
+        Some(Principal::Library { library, .. }) => Some(*library),
+        _ => None,
+    }
 }
 
 /// One structured log line per request: method, route, status, bytes, duration.

@@ -1,4 +1,4 @@
-//! Request-rate limits per token.
+//! Request-rate limits per token, and size limits on request heads.
 //!
 //! Every authenticated request draws from its token's bucket (the `governor` crate's GCRA, keyed
 //! by the token's blake3, so the map holds hashes, never tokens). A client over its rate gets
@@ -10,7 +10,10 @@ use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use axum::http::StatusCode;
+use axum::extract::Request;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
@@ -64,6 +67,58 @@ impl RateLimit {
                 }
             })
     }
+}
+
+/// Longest request target (path and query) answered normally; longer is 414 `too_large`.
+pub const MAX_URI_BYTES: usize = 8 << 10;
+/// Largest single header value; larger is 431 `too_large`.
+pub const MAX_HEADER_BYTES: usize = 8 << 10;
+/// Largest header block (names and values); larger is 431 `too_large`.
+pub const MAX_HEAD_BYTES: usize = 32 << 10;
+
+/// Middleware: refuses request heads over the limits above with the JSON error body.
+///
+/// hyper refuses heads that do not fit its 64 KiB read buffer (or carry more than 100 fields)
+/// itself, before any middleware, with a bare status; these lower limits make every head a
+/// real client is likely to send too large get the protocol's error shape instead.
+pub async fn request_head(req: Request, next: Next) -> Response {
+    if let Err(e) = check_head(req.uri(), req.headers()) {
+        return e.into_response();
+    }
+    next.run(req).await
+}
+
+fn check_head(uri: &Uri, headers: &HeaderMap) -> Result<(), ApiError> {
+    let target = uri.path_and_query().map_or(0, |pq| pq.as_str().len());
+    if target > MAX_URI_BYTES {
+        return Err(ApiError::new(
+            StatusCode::URI_TOO_LONG,
+            "too_large",
+            format!("the request target is {target} bytes; at most {MAX_URI_BYTES}"),
+        ));
+    }
+    let mut total = 0usize;
+    for (name, value) in headers {
+        if value.len() > MAX_HEADER_BYTES {
+            return Err(ApiError::new(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "too_large",
+                format!(
+                    "header {name} is {} bytes; at most {MAX_HEADER_BYTES}",
+                    value.len()
+                ),
+            ));
+        }
+        total += name.as_str().len() + value.len();
+    }
+    if total > MAX_HEAD_BYTES {
+        return Err(ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "too_large",
+            format!("the headers are {total} bytes; at most {MAX_HEAD_BYTES}"),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use cairn_core::{Digest, Error, FilePath, Result};
+use cairn_core::{Digest, Error, FilePath, LibraryId, Result};
 use cairn_store::ChunkRef;
 use futures::Stream;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
@@ -59,10 +59,27 @@ impl Engine {
     /// Opens the file at `path` in what `q` names. In a draft, a file still uploading is an
     /// `incomplete` error.
     pub fn open_file(&self, q: &Qhit, path: &FilePath) -> Result<FileHandle> {
-        self.open_file_depth(q, path, 0)
+        self.open_file_depth(q, path, None, 0)
     }
 
-    fn open_file_depth(&self, q: &Qhit, path: &FilePath, depth: usize) -> Result<FileHandle> {
+    /// [`Engine::open_file`] for a caller confined to library `scope`: a link that leads into
+    /// another library's version is `forbidden` rather than followed.
+    pub fn open_file_in(
+        &self,
+        q: &Qhit,
+        path: &FilePath,
+        scope: Option<LibraryId>,
+    ) -> Result<FileHandle> {
+        self.open_file_depth(q, path, scope, 0)
+    }
+
+    fn open_file_depth(
+        &self,
+        q: &Qhit,
+        path: &FilePath,
+        scope: Option<LibraryId>,
+        depth: usize,
+    ) -> Result<FileHandle> {
         if depth > MAX_LINK_DEPTH {
             return Err(Error::invalid(format!(
                 "{path}: more than {MAX_LINK_DEPTH} links to follow"
@@ -88,7 +105,7 @@ impl Engine {
                 .iter()
                 .map(|s| self.pending_piece(path, s))
                 .collect::<Result<_>>()?,
-            Content::Link(target) => return self.follow_link(q, path, &file, target, depth),
+            Content::Link(target) => return self.follow_link(q, path, &file, target, scope, depth),
         };
         let stored: u64 = pieces.iter().map(|p| p.len).sum();
         if stored != file.size {
@@ -114,11 +131,22 @@ impl Engine {
         path: &FilePath,
         file: &FileEntry,
         target: &str,
+        scope: Option<LibraryId>,
         depth: usize,
     ) -> Result<FileHandle> {
         let mut h = match parse_link(target)? {
-            LinkTarget::Relative(p) => self.open_file_depth(q, &p, depth + 1)?,
-            LinkTarget::Absolute(v, p) => self.open_file_depth(&Qhit::Version(v), &p, depth + 1)?,
+            LinkTarget::Relative(p) => self.open_file_depth(q, &p, scope, depth + 1)?,
+            LinkTarget::Absolute(v, p) => {
+                let there = Qhit::Version(v);
+                if let Some(lib) =
+                    scope.filter(|&lib| self.info(&there).is_ok_and(|i| i.library != lib))
+                {
+                    return Err(Error::forbidden(format!(
+                        "{path} links to {v}, which is not in library {lib}"
+                    )));
+                }
+                self.open_file_depth(&there, &p, scope, depth + 1)?
+            }
         };
         h.path = path.clone();
         h.mime_type = file.mime_type.clone().or(h.mime_type);
