@@ -95,14 +95,15 @@ pub struct Engine {
     /// Hashes of upload jobs whose requests stopped short of the end, keyed with the offset
     /// they cover, so the next request continues them instead of sealing by re-reading.
     pub(crate) stream_hashes: Mutex<HashMap<UploadJobId, (u64, crate::upload::StreamHashes)>>,
-    /// Permits for streaming uploads and downloads, each of which holds a blocking thread for
-    /// its whole life: at most `STREAM_PERMITS`, far below tokio's 512 blocking threads.
+    /// Permits for blocking threads held by streaming: an upload holds one for its whole life,
+    /// a download only while one of its reads waits for the disk. At most `STREAM_PERMITS`,
+    /// far below tokio's 512 blocking threads.
     pub(crate) streams: Arc<tokio::sync::Semaphore>,
     /// Bytes of verified chunks queued for all streaming readers together.
     pub(crate) read_budget: Arc<tokio::sync::Semaphore>,
 }
 
-/// Concurrent streaming requests (uploads plus downloads); more wait for a permit.
+/// Blocking threads for streaming (uploads, and downloads' disk reads); more wait for a permit.
 pub const STREAM_PERMITS: usize = 256;
 
 impl Engine {

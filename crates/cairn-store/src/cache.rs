@@ -1,7 +1,9 @@
-//! A small bounded cache of decoded immutable records (directory nodes, part chunk lists).
+//! A small bounded cache of decoded records (directory nodes, part chunk lists, chunk locations).
 //!
-//! Content-addressed records never change, so a cached value can never be stale; it can only
-//! outlive its deletion, which is harmless because nothing that was deleted is still named.
+//! Content-addressed records never change, so a cached node or part can never be stale; it can
+//! only outlive its deletion, which is harmless because nothing that was deleted is still named.
+//! Chunk locations do change (gc moves chunks): their users verify every read against the
+//! chunk's hash and look the location up again when it fails.
 //! The bound is a weight (roughly the bytes a value takes in memory, as the owner estimates it),
 //! not a count: a directory of ten thousand files weighs what it costs. When full, an arbitrary
 //! half is dropped: simple, bounded, and good enough for the hot set (the directories and parts
@@ -38,14 +40,33 @@ impl<K: Eq + Hash + Clone, V> Cache<K, V> {
         key: &K,
         load: impl FnOnce() -> Result<Option<V>, E>,
     ) -> Result<Option<Arc<V>>, E> {
-        if let Some((v, _)) = self.map.lock().0.get(key) {
-            return Ok(Some(v.clone()));
+        if let Some(v) = self.get(key) {
+            return Ok(Some(v));
         }
         let Some(v) = load()? else { return Ok(None) };
+        Ok(Some(self.insert(key, v)))
+    }
+
+    /// The cached value for `key`, if any.
+    pub fn get(&self, key: &K) -> Option<Arc<V>> {
+        self.map.lock().0.get(key).map(|(v, _)| v.clone())
+    }
+
+    /// Forgets `key`.
+    pub fn remove(&self, key: &K) {
+        let mut guard = self.map.lock();
+        let (map, total) = &mut *guard;
+        if let Some((_, w)) = map.remove(key) {
+            *total -= w;
+        }
+    }
+
+    /// Caches `v` under `key` (replacing what was there) unless it is too big to keep.
+    pub fn insert(&self, key: &K, v: V) -> Arc<V> {
         let weight = (self.weigh)(&v).max(1);
         let v = Arc::new(v);
         if weight > self.max_weight / 2 {
-            return Ok(Some(v)); // too big to keep
+            return v; // too big to keep
         }
         let mut guard = self.map.lock();
         let (map, total) = &mut *guard;
@@ -64,7 +85,7 @@ impl<K: Eq + Hash + Clone, V> Cache<K, V> {
             *total -= old;
         }
         *total += weight;
-        Ok(Some(v))
+        v
     }
 }
 

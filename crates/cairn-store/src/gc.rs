@@ -107,6 +107,9 @@ impl Store {
             }
             batch.delete(CF_CHUNKS, &key);
             batch.delete(CF_CHUNK_REFS, &key);
+            if let (false, Some(d)) = (opts.dry_run, Digest::from_slice(&key)) {
+                self.forget_location(&d);
+            }
             report.chunks_deleted += 1;
         }
         if !opts.dry_run && !batch.is_empty() {
@@ -200,6 +203,9 @@ impl Store {
             },
         );
         self.commit(batch)?;
+        for (hash, _) in chunks {
+            self.forget_location(hash);
+        }
         self.forget_pack(id);
         let path = self.pack_dir().join(id.file_name());
         std::fs::remove_file(&path)

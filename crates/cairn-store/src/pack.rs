@@ -249,7 +249,9 @@ impl PackFile {
     /// data's blake3 must equal the hash. Anything else is `corrupt`, never returned bytes.
     /// The data comes back as a slice of the one buffer read (no copy).
     pub fn read_chunk(&self, loc: &ChunkLoc, expect: &Digest) -> Result<bytes::Bytes> {
-        let buf = self.read_pooled(loc, expect, loc.offset, loc.record_len())?;
+        let buf = self
+            .read_pooled(loc.offset, loc.record_len(), Wait::Yes)
+            .map_err(|e| read_error(e, loc, expect))?;
         let data = buf.slice((loc.data_offset() - loc.offset) as usize..);
         if !header_matches(&buf, loc, expect) || Digest::of(&data) != *expect {
             return Err(fails_check(loc, expect));
@@ -266,22 +268,61 @@ impl PackFile {
         start: u64,
         len: u64,
     ) -> Result<bytes::Bytes> {
+        let read = self.read_chunk_span_with(loc, expect, start, len, Wait::Yes);
+        read.map(|b| b.expect("a waiting read is never skipped"))
+    }
+
+    /// [`PackFile::read_chunk_span`] served from the page cache only: `Ok(None)` when any
+    /// byte would have to come from the disk (or the kernel cannot tell), so an async caller
+    /// can read here without blocking its thread and go to a blocking thread otherwise.
+    pub fn read_chunk_span_cached(
+        &self,
+        loc: &ChunkLoc,
+        expect: &Digest,
+        start: u64,
+        len: u64,
+    ) -> Result<Option<bytes::Bytes>> {
+        self.read_chunk_span_with(loc, expect, start, len, Wait::No)
+    }
+
+    fn read_chunk_span_with(
+        &self,
+        loc: &ChunkLoc,
+        expect: &Digest,
+        start: u64,
+        len: u64,
+        wait: Wait,
+    ) -> Result<Option<bytes::Bytes>> {
+        let skipped = |e: std::io::Error| match e.kind() {
+            std::io::ErrorKind::WouldBlock => Ok(None),
+            _ => Err(read_error(e, loc, expect)),
+        };
         let Some((from, to)) = loc.partial_span(start, len) else {
-            let data = self.read_chunk(loc, expect)?;
-            return slice_of(data, start, len, loc, expect);
+            let buf = match self.read_pooled(loc.offset, loc.record_len(), wait) {
+                Ok(b) => b,
+                Err(e) => return skipped(e),
+            };
+            let data = buf.slice((loc.data_offset() - loc.offset) as usize..);
+            if !header_matches(&buf, loc, expect) || Digest::of(&data) != *expect {
+                return Err(fails_check(loc, expect));
+            }
+            return slice_of(data, start, len, loc, expect).map(Some);
         };
         let mut head = vec![0u8; RECORD_HEADER_LEN as usize + loc.outboard as usize];
-        self.file
-            .read_exact_at(&mut head, loc.offset)
-            .map_err(|e| read_error(e, loc, expect))?;
-        let span = self.read_pooled(loc, expect, loc.data_offset() + from, to - from)?;
+        if let Err(e) = read_exact_at(&self.file, &mut head, loc.offset, wait) {
+            return skipped(e);
+        }
+        let span = match self.read_pooled(loc.data_offset() + from, to - from, wait) {
+            Ok(b) => b,
+            Err(e) => return skipped(e),
+        };
         let ob = &head[RECORD_HEADER_LEN as usize..];
         if !header_matches(&head, loc, expect)
             || !outboard::verify_span(expect, u64::from(loc.len), ob, from, &span)
         {
             return Err(fails_check(loc, expect));
         }
-        slice_of(span, start - from, len, loc, expect)
+        slice_of(span, start - from, len, loc, expect).map(Some)
     }
 
     /// Reads the whole record and checks its outboard as well as its data (for fsck: a
@@ -303,15 +344,8 @@ impl PackFile {
         Ok(data.len() as u64)
     }
 
-    fn read_pooled(
-        &self,
-        loc: &ChunkLoc,
-        expect: &Digest,
-        at: u64,
-        len: u64,
-    ) -> Result<bytes::Bytes> {
-        crate::bufpool::read_into(len as usize, |b| self.file.read_exact_at(b, at))
-            .map_err(|e| read_error(e, loc, expect))
+    fn read_pooled(&self, at: u64, len: u64, wait: Wait) -> std::io::Result<bytes::Bytes> {
+        crate::bufpool::read_into(len as usize, |b| read_exact_at(&self.file, b, at, wait))
     }
 
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
@@ -413,6 +447,43 @@ mod sync_log {
 }
 
 /// Fsyncs a directory so that a created, renamed or removed entry is durable.
+/// Whether a read may wait for the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    Yes,
+    /// Page cache only: anything else is a `WouldBlock` error.
+    No,
+}
+
+/// Set once the kernel or file system refuses `RWF_NOWAIT`; cached reads are then skipped.
+static NOWAIT_UNSUPPORTED: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Fills `buf` from `offset`; with [`Wait::No`], through `preadv2(RWF_NOWAIT)`, which fails
+/// with `EAGAIN` rather than wait for the disk. A short cached read (part of the range not in
+/// the page cache, or the end of the file) is reported as `WouldBlock` too: the waiting read
+/// that follows tells the two apart.
+fn read_exact_at(file: &File, buf: &mut [u8], offset: u64, wait: Wait) -> std::io::Result<()> {
+    use std::sync::atomic::Ordering;
+    let would_block = || std::io::Error::from(std::io::ErrorKind::WouldBlock);
+    if wait == Wait::Yes {
+        return file.read_exact_at(buf, offset);
+    }
+    if NOWAIT_UNSUPPORTED.load(Ordering::Relaxed) {
+        return Err(would_block());
+    }
+    let flags = rustix::io::ReadWriteFlags::NOWAIT;
+    match rustix::io::preadv2(file, &mut [std::io::IoSliceMut::new(buf)], offset, flags) {
+        Ok(n) if n == buf.len() => Ok(()),
+        Ok(_) | Err(rustix::io::Errno::AGAIN) => Err(would_block()),
+        Err(rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::NOSYS | rustix::io::Errno::INVAL) => {
+            NOWAIT_UNSUPPORTED.store(true, Ordering::Relaxed);
+            Err(would_block())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Whether a record header read at `loc` is the record the index describes.
 fn header_matches(buf: &[u8], loc: &ChunkLoc, expect: &Digest) -> bool {
     let Ok(h) = decode_record_header(buf) else {

@@ -114,6 +114,9 @@ pub struct Store {
     pack_users: Mutex<HashMap<PackId, u32>>,
     /// Decoded chunk lists of recently read parts.
     part_cache: crate::cache::Cache<[u8; 40], Vec<ChunkRef>>,
+    /// Chunk locations of recent streaming reads, so that the next read of the same chunk can
+    /// be served on an async thread without an index lookup that might block.
+    loc_cache: crate::cache::Cache<Digest, ChunkLoc>,
     /// One gc at a time.
     pub(crate) gc_lock: Mutex<()>,
     /// Held by anything that checks-then-references a part or tree node, and by gc while it
@@ -149,6 +152,8 @@ impl Store {
             part_cache: crate::cache::Cache::new(16 << 20, |c: &Vec<ChunkRef>| {
                 64 + c.len() * std::mem::size_of::<ChunkRef>()
             }),
+            // An entry is a 32-byte key and a 24-byte location, plus the map's overhead.
+            loc_cache: crate::cache::Cache::new(8 << 20, |_| 96),
             ref_guard: Mutex::new(()),
         })
     }
@@ -299,17 +304,54 @@ impl Store {
     }
 
     /// Where the index says `chunk` is; an absent or disagreeing entry is damage.
-    fn locate(&self, chunk: &ChunkRef) -> Result<ChunkLoc> {
-        let loc = self.chunk_loc(&chunk.hash)?.ok_or_else(|| {
-            Error::corrupt(format!("chunk {} is missing from the index", chunk.hash))
-        })?;
-        if loc.len != chunk.len {
-            return Err(Error::corrupt(format!(
-                "chunk {} has length {} in the index, {} in its part",
-                chunk.hash, loc.len, chunk.len
-            )));
-        }
+    pub fn locate(&self, chunk: &ChunkRef) -> Result<ChunkLoc> {
+        located(chunk, self.chunk_loc(&chunk.hash)?)
+    }
+
+    /// Where `chunk` was when a read last looked it up (see [`Store::locate_and_remember`]), with
+    /// no I/O. It may be stale after gc moved the chunk: reads verify what they find there.
+    pub fn locate_cached(&self, chunk: &ChunkRef) -> Option<ChunkLoc> {
+        let loc = *self.loc_cache.get(&chunk.hash)?;
+        (loc.len == chunk.len).then_some(loc)
+    }
+
+    /// [`Store::locate`], remembered for [`Store::locate_cached`].
+    pub fn locate_and_remember(&self, chunk: &ChunkRef) -> Result<ChunkLoc> {
+        let loc = self.locate(chunk)?;
+        self.loc_cache.insert(&chunk.hash, loc);
         Ok(loc)
+    }
+
+    pub(crate) fn forget_location(&self, hash: &Digest) {
+        self.loc_cache.remove(hash);
+    }
+
+    /// Bytes `[start, start+len)` of the chunk at `loc`, verified (see [`Store::read_range_with`]).
+    pub fn read_piece(
+        &self,
+        chunk: &ChunkRef,
+        loc: ChunkLoc,
+        start: u64,
+        len: u64,
+    ) -> Result<bytes::Bytes> {
+        self.read_located(chunk, loc, |p, l| {
+            p.read_chunk_span(l, &chunk.hash, start, len)
+        })
+    }
+
+    /// [`Store::read_piece`] only if it needs no disk read: `None` otherwise, and also on any
+    /// error (the waiting read that follows reports it, after looking the chunk up again).
+    pub fn read_piece_cached(
+        &self,
+        chunk: &ChunkRef,
+        loc: ChunkLoc,
+        start: u64,
+        len: u64,
+    ) -> Option<bytes::Bytes> {
+        let pack = self.readers.read().get(&loc.pack).cloned()?;
+        pack.read_chunk_span_cached(&loc, &chunk.hash, start, len)
+            .ok()
+            .flatten()
     }
 
     /// Runs `read` on the chunk's record at `loc`; if that fails, gc may have repacked the
@@ -384,9 +426,7 @@ impl Store {
             let loc = self.locate(chunk)?;
             let cost = loc.read_cost(piece.start, piece.len);
             let held = reserve(u32::try_from(cost).unwrap_or(u32::MAX))?;
-            let data = self.read_located(chunk, loc, |p, l| {
-                p.read_chunk_span(l, &chunk.hash, piece.start, piece.len)
-            })?;
+            let data = self.read_piece(chunk, loc, piece.start, piece.len)?;
             sink(data, held)?;
         }
         Ok(())
@@ -750,4 +790,17 @@ pub fn part_refs_cf() -> &'static str {
 /// Reads a counter value stored by a merge operator.
 pub fn counter_value(v: &[u8]) -> i64 {
     v.try_into().map(i64::from_le_bytes).unwrap_or(0)
+}
+
+/// Checks an index entry for `chunk`: an absent or disagreeing one is damage.
+fn located(chunk: &ChunkRef, loc: Option<ChunkLoc>) -> Result<ChunkLoc> {
+    let loc = loc
+        .ok_or_else(|| Error::corrupt(format!("chunk {} is missing from the index", chunk.hash)))?;
+    if loc.len != chunk.len {
+        return Err(Error::corrupt(format!(
+            "chunk {} has length {} in the index, {} in its part",
+            chunk.hash, loc.len, chunk.len
+        )));
+    }
+    Ok(loc)
 }
