@@ -33,8 +33,19 @@ pub trait Record: Serialize + DeserializeOwned {
                 Self::VERSION
             )));
         }
-        ciborium::from_reader(body)
-            .map_err(|e| Error::corrupt(format!("{} record does not decode: {e}", Self::NAME)))
+        let mut rest = body;
+        let value = ciborium::from_reader(&mut rest)
+            .map_err(|e| Error::corrupt(format!("{} record does not decode: {e}", Self::NAME)))?;
+        // One CBOR item is the whole record: bytes after it mean the record is not what was
+        // written (a torn or overwritten value), which fsck must see.
+        if !rest.is_empty() {
+            return Err(Error::corrupt(format!(
+                "{} record has {} bytes after its value",
+                Self::NAME,
+                rest.len()
+            )));
+        }
+        Ok(value)
     }
 }
 
@@ -52,6 +63,20 @@ mod tests {
     impl Record for Sample {
         const NAME: &'static str = "sample";
         const VERSION: u8 = 3;
+    }
+
+    #[test]
+    fn bytes_after_the_value_are_corrupt() {
+        let mut bytes = Sample {
+            name: "a".into(),
+            size: 1,
+        }
+        .encode();
+        assert!(Sample::decode(&bytes).is_ok());
+        bytes.push(0);
+        let e = Sample::decode(&bytes).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Corrupt);
+        assert!(e.reason.contains("1 bytes after"), "{}", e.reason);
     }
 
     #[test]
