@@ -662,6 +662,41 @@ fn library_tokens_reach_only_their_library() {
     // Its own library: a write token works end to end.
     let r = as_token(&write_tok, "POST", &format!("/qid/{obj_a}"), None);
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    // Links it makes stay in its library; another library's version is answered exactly like
+    // one that does not exist, so the answer reveals nothing about it.
+    let wt_own = r.json()["write_token"].as_str().unwrap().to_string();
+    let link_to = |target: String| {
+        json!({"ops": [{"op": "link", "path": "l", "target": target}]}).to_string()
+    };
+    let jobs = format!("/q/{wt_own}/file_jobs");
+    // A well-formed version hash that names nothing: made, then deleted.
+    let (_, _, wt_gone) = new_object(&s);
+    let gone_hq = common::upload_files(&s, &wt_gone, &[("a.bin", &fa)]);
+    call(&s, "DELETE", &format!("/q/{gone_hq}"), None, 200);
+    for target in [
+        format!("/qfab/{hb}/files/b.bin"),
+        format!("/qfab/{hb}/files/nope.bin"),
+        format!("/qfab/{gone_hq}/files/a.bin"),
+    ] {
+        let r = as_token(&write_tok, "POST", &jobs, Some(&link_to(target.clone())));
+        assert_eq!(
+            (r.status, r.kind().as_str()),
+            (404, "not_found"),
+            "{target}"
+        );
+        let reason = r.json()["errors"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(reason, format!("op 0: link target {target} does not exist"));
+    }
+    let r = as_token(
+        &write_tok,
+        "POST",
+        &jobs,
+        Some(&link_to(format!("/qfab/{ha}/files/a.bin"))),
+    );
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
 
     // Nothing of library B changed.
     assert_eq!(

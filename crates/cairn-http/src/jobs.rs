@@ -5,14 +5,14 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use cairn_core::{FilesJobId, UploadJobId, WriteToken};
 use cairn_jobs::{FilesJobRequest, Qhit};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::error::ApiError;
-use crate::{target, AppState, Params};
+use crate::{scope_of, target, AppState, Params, Principal};
 
 async fn token(st: &AppState, p: &Params) -> Result<WriteToken, ApiError> {
     match target(st, p).await? {
@@ -39,6 +39,7 @@ fn uj(p: &Params) -> Result<UploadJobId, ApiError> {
 pub async fn handle_create(
     State(st): State<AppState>,
     Path(p): Path<Params>,
+    who: Option<Extension<Principal>>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let t = token(&st, &p).await?;
@@ -49,7 +50,11 @@ pub async fn handle_create(
             "follow-up batches (seq > 0) are not supported; send all ops with seq 0",
         ));
     }
-    let created = st.engine.run(move |e| e.create_files_job(&t, &req)).await?;
+    let confined = scope_of(who.as_deref()).is_some();
+    let created = st
+        .engine
+        .run(move |e| e.create_files_job_in(&t, &req, confined))
+        .await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({"id": created.id, "jobs": created.jobs})),

@@ -49,6 +49,18 @@ impl Engine {
         token: &WriteToken,
         req: &FilesJobRequest,
     ) -> Result<FilesJobCreated> {
+        self.create_files_job_in(token, req, false)
+    }
+
+    /// [`Engine::create_files_job`] for a caller confined to the draft's library: a `link` to a
+    /// version of another library is refused exactly like one to a version that does not exist,
+    /// so the answer tells nothing about other libraries.
+    pub fn create_files_job_in(
+        &self,
+        token: &WriteToken,
+        req: &FilesJobRequest,
+        confined: bool,
+    ) -> Result<FilesJobCreated> {
         let ops = req.validate()?;
         let _w = self.state.write();
         let mut draft = self.draft(token)?;
@@ -62,6 +74,7 @@ impl Engine {
         let mut cx = OpContext {
             added: Default::default(),
             library: draft.library,
+            confined,
             linked: Vec::new(),
         };
         for (i, op) in ops.iter().enumerate() {
@@ -228,7 +241,7 @@ impl Engine {
                 tree.insert(to, entry, &loader)
             }
             Op::Link { path, target, meta } => {
-                let size = self.link_size(tree, target)?;
+                let size = self.link_size(tree, target, cx.confined.then_some(cx.library))?;
                 let entry = FileEntry {
                     size,
                     mime_type: None,
@@ -276,7 +289,12 @@ impl Engine {
     }
 
     /// Checks a link target and returns the size of the file it names.
-    fn link_size(&self, tree: &mut MemDir, target: &str) -> Result<u64> {
+    fn link_size(
+        &self,
+        tree: &mut MemDir,
+        target: &str,
+        only: Option<cairn_core::LibraryId>,
+    ) -> Result<u64> {
         let loader = |d: &Digest| self.load_node(d);
         let missing = || Error::not_found(format!("link target {target} does not exist"));
         match parse_link(target)? {
@@ -285,7 +303,11 @@ impl Engine {
                 _ => Err(missing()),
             },
             LinkTarget::Absolute(h, p) => {
-                let v = self.version(&h).map_err(|_| missing())?;
+                let v = self
+                    .version(&h)
+                    .ok()
+                    .filter(|v| only.is_none_or(|lib| v.library == lib))
+                    .ok_or_else(missing)?;
                 match lookup(&v.root, &p, &loader)? {
                     Some(Entry::File(f)) if !matches!(f.content, Content::Link(_)) => Ok(f.size),
                     _ => Err(missing()),
@@ -617,6 +639,8 @@ impl Engine {
 struct OpContext {
     added: std::collections::HashSet<FilePath>,
     library: cairn_core::LibraryId,
+    /// Links may only point into `library` (the caller's token is confined to it).
+    confined: bool,
     /// Part slices linked from the known-file index (re-checked before commit).
     linked: Vec<PartSeg>,
 }
