@@ -198,14 +198,16 @@ impl Auth {
     }
 
     /// Revokes token `id` of `library`; false if there is no such token.
-    pub fn revoke_library_token(&self, library: &LibraryId, id: &str) -> std::io::Result<bool> {
+    pub fn revoke_library_token(&self, library: &LibraryId, id: &str) -> cairn_core::Result<bool> {
         let mut found = false;
-        self.libs.change(|all| {
-            let before = all.len();
-            all.retain(|t| !(t.library == *library && t.id == id));
-            found = all.len() != before;
-            Ok(())
-        })?;
+        self.libs
+            .change(|all| {
+                let before = all.len();
+                all.retain(|t| !(t.library == *library && t.id == id));
+                found = all.len() != before;
+                Ok(())
+            })
+            .map_err(|e| cairn_core::Error::io("store library tokens", e))?;
         Ok(found)
     }
 }

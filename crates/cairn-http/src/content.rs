@@ -90,10 +90,11 @@ pub async fn handle_create_token(
     let req: NewToken = parse_json_or_empty(&body)?;
     st.engine.run(move |e| e.library(&lib)).await?;
     let auth = st.auth.clone();
-    let (rec, token) =
-        tokio::task::spawn_blocking(move || auth.create_library_token(lib, req.access))
-            .await
-            .map_err(|e| ApiError::from(cairn_core::Error::internal(e.to_string())))??;
+    // The token file is written and fsynced: off the async threads, like engine work.
+    let (rec, token) = st
+        .engine
+        .run(move |_| auth.create_library_token(lib, req.access))
+        .await?;
     let mut body = token_json(&rec);
     body["token"] = json!(token);
     Ok((StatusCode::CREATED, Json(body)).into_response())
@@ -124,10 +125,10 @@ pub async fn handle_revoke_token(
     let id = p.get("token_id").cloned().unwrap_or_default();
     let auth = st.auth.clone();
     let what = id.clone();
-    let found = tokio::task::spawn_blocking(move || auth.revoke_library_token(&lib, &what))
-        .await
-        .map_err(|e| ApiError::from(cairn_core::Error::internal(e.to_string())))?
-        .map_err(|e| ApiError::from(cairn_core::Error::io("store library tokens", e)))?;
+    let found = st
+        .engine
+        .run(move |_| auth.revoke_library_token(&lib, &what))
+        .await?;
     if !found {
         return Err(ApiError::not_found(format!(
             "no token {id} in library {lib}"
