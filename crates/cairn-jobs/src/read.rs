@@ -273,7 +273,8 @@ impl Engine {
         Ok(())
     }
 
-    /// Streams bytes `[offset, offset+len)` of the file to `sink`, each chunk verified.
+    /// Reads bytes `[offset, offset+len)` of the file into `sink`, piece by piece, each verified
+    /// (the blocking counterpart of [`Engine::read_stream`], for callers on a blocking thread).
     pub fn read_file(
         &self,
         h: &FileHandle,
@@ -281,49 +282,10 @@ impl Engine {
         len: u64,
         mut sink: impl FnMut(&[u8]) -> Result<()>,
     ) -> Result<()> {
-        self.read_file_bytes(h, offset, len, |b| sink(&b))
-    }
-
-    /// [`Engine::read_file`] handing out zero-copy slices of the verified chunks.
-    pub fn read_file_bytes(
-        &self,
-        h: &FileHandle,
-        offset: u64,
-        len: u64,
-        mut sink: impl FnMut(Bytes) -> Result<()>,
-    ) -> Result<()> {
-        self.read_file_with(h, offset, len, &mut |_| Ok(()), &mut |b, ()| sink(b))
-    }
-
-    /// [`Engine::read_file_bytes`] with a `reserve` call before each chunk is read (see
-    /// [`cairn_store::Store::read_range_with`]).
-    pub fn read_file_with<R>(
-        &self,
-        h: &FileHandle,
-        offset: u64,
-        len: u64,
-        reserve: &mut impl FnMut(u32) -> Result<R>,
-        sink: &mut impl FnMut(Bytes, R) -> Result<()>,
-    ) -> Result<()> {
-        let end = offset
-            .checked_add(len)
-            .filter(|&e| e <= h.size)
-            .ok_or_else(|| {
-                Error::invalid(format!(
-                    "range {offset}+{len} is outside {} ({} bytes)",
-                    h.path, h.size
-                ))
-            })?;
-        let mut piece_start = 0u64;
-        for p in &h.pieces {
-            let piece_end = piece_start + p.len;
-            if piece_end > offset && piece_start < end {
-                let from = offset.max(piece_start) - piece_start;
-                let to = end.min(piece_end) - piece_start;
-                self.store
-                    .read_range_with(&p.chunks, p.off + from, to - from, reserve, sink)?;
-            }
-            piece_start = piece_end;
+        for step in Steps::new(h.clone(), offset, len) {
+            let Step { chunk, start, len } = step?;
+            let loc = self.store.locate(&chunk)?;
+            sink(&self.store.read_piece(&chunk, loc, start, len)?)?;
         }
         Ok(())
     }

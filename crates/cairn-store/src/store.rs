@@ -21,7 +21,6 @@ use crate::index::{
     STORE_CFS,
 };
 use crate::pack::{sync_dir, ChunkLoc, PackFile, PackId, HEADER_LEN, RECORD_HEADER_LEN};
-use crate::range;
 
 /// A chunk as referenced by parts and upload jobs: its hash and length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -326,7 +325,9 @@ impl Store {
         self.loc_cache.remove(hash);
     }
 
-    /// Bytes `[start, start+len)` of the chunk at `loc`, verified (see [`Store::read_range_with`]).
+    /// Bytes `[start, start+len)` of the chunk at `loc`, verified: only the 16 KiB groups that
+    /// cover them when the chunk has an outboard, else the whole chunk; looked up again once if
+    /// gc moved the chunk meanwhile.
     pub fn read_piece(
         &self,
         chunk: &ChunkRef,
@@ -384,52 +385,6 @@ impl Store {
     pub fn check_chunk(&self, chunk: &ChunkRef) -> Result<u64> {
         let loc = self.locate(chunk)?;
         self.read_located(chunk, loc, |p, l| p.check_record(l, &chunk.hash))
-    }
-
-    /// Streams bytes `[offset, offset+len)` of the concatenation of `chunks` to `sink`, one
-    /// verified chunk at a time. Only the chunks overlapping the range are read.
-    pub fn read_range(
-        &self,
-        chunks: &[ChunkRef],
-        offset: u64,
-        len: u64,
-        mut sink: impl FnMut(&[u8]) -> Result<()>,
-    ) -> Result<()> {
-        self.read_range_bytes(chunks, offset, len, |b| sink(&b))
-    }
-
-    /// [`Store::read_range`] handing out each piece as a zero-copy slice of the verified chunk.
-    pub fn read_range_bytes(
-        &self,
-        chunks: &[ChunkRef],
-        offset: u64,
-        len: u64,
-        mut sink: impl FnMut(bytes::Bytes) -> Result<()>,
-    ) -> Result<()> {
-        self.read_range_with(chunks, offset, len, &mut |_| Ok(()), &mut |b, ()| sink(b))
-    }
-
-    /// [`Store::read_range_bytes`] that first calls `reserve` with the number of bytes it is
-    /// about to read for each piece (a memory budget, say) and hands what it returns to `sink`
-    /// with the piece. Pieces that cover part of a chunk read only the 16 KiB groups they need.
-    pub fn read_range_with<R>(
-        &self,
-        chunks: &[ChunkRef],
-        offset: u64,
-        len: u64,
-        reserve: &mut impl FnMut(u32) -> Result<R>,
-        sink: &mut impl FnMut(bytes::Bytes, R) -> Result<()>,
-    ) -> Result<()> {
-        let lens: Vec<u64> = chunks.iter().map(|c| u64::from(c.len)).collect();
-        for piece in range::plan(&lens, offset, len)? {
-            let chunk = &chunks[piece.index];
-            let loc = self.locate(chunk)?;
-            let cost = loc.read_cost(piece.start, piece.len);
-            let held = reserve(u32::try_from(cost).unwrap_or(u32::MAX))?;
-            let data = self.read_piece(chunk, loc, piece.start, piece.len)?;
-            sink(data, held)?;
-        }
-        Ok(())
     }
 
     /// Hashes the bytes of `chunks` (each chunk verified on the way) to a part digest.
