@@ -436,3 +436,67 @@ fn server_and_token_come_from_the_config_file_unless_overridden() {
     std::fs::write(&cfg, "sever = 1\n").unwrap();
     assert!(!run(&[]).status.success(), "unknown keys are refused");
 }
+
+/// `cairn token`: a read-only library token made by the CLI can read its library through the CLI
+/// and nothing else; `ls` never shows the secret; `rm` revokes it at once.
+#[test]
+fn token_commands_make_list_and_revoke_library_tokens() {
+    let data = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let s = Server::start(data.path(), common::free_port());
+    let lib = ok(cairn(&s, state.path(), &["lib", "create", "mine"]));
+    let other = ok(cairn(&s, state.path(), &["lib", "create", "theirs"]));
+    let obj = ok(cairn(&s, state.path(), &["object", "create", &lib]));
+    let src = state.path().join("a.bin");
+    fill(&src, 7, 100_000);
+    let up = json_out(cairn(
+        &s,
+        state.path(),
+        &["--json", "upload", &obj, src.to_str().unwrap()],
+    ));
+    let version = up["version"].as_str().unwrap().to_string();
+
+    let token = ok(cairn(
+        &s,
+        state.path(),
+        &["token", "create", &lib, "--read-only"],
+    ));
+    assert!(token.starts_with("cairn_"), "{token}");
+    let listed = json_out(cairn(&s, state.path(), &["--json", "token", "ls", &lib]));
+    assert_eq!(listed["tokens"][0]["access"], "read");
+    assert!(
+        !listed.to_string().contains(&token),
+        "ls never shows the secret"
+    );
+    let id = listed["tokens"][0]["id"].as_str().unwrap().to_string();
+
+    let as_reader = |args: &[&str]| {
+        let mut all = vec!["--token", token.as_str()];
+        all.extend_from_slice(args);
+        cairn(&s, state.path(), &all)
+    };
+    let got = state.path().join("got.bin");
+    let target = format!("{version}:a.bin");
+    ok(as_reader(&["get", &target, "-o", got.to_str().unwrap()]));
+    assert_eq!(std::fs::read(&got).unwrap(), std::fs::read(&src).unwrap());
+    let libs = ok(as_reader(&["lib", "ls"]));
+    assert!(libs.contains(&lib) && !libs.contains(&other), "{libs}");
+    for refused in [
+        vec!["object", "create", lib.as_str()],
+        vec!["object", "ls", other.as_str()],
+        vec!["stats"],
+    ] {
+        let out = as_reader(&refused);
+        assert!(!out.status.success(), "{refused:?} should be refused");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("403"),
+            "{refused:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    ok(cairn(&s, state.path(), &["token", "rm", &lib, &id]));
+    let out = as_reader(&["lib", "ls"]);
+    assert!(!out.status.success(), "a revoked token is refused");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
+}
