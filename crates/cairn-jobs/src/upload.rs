@@ -23,6 +23,9 @@ use crate::engine::Engine;
 use crate::records::*;
 
 /// One frame of a request body, as handed to the ingest task.
+/// Upload-job locks kept before unused ones are pruned (see `Engine::uj_lock`).
+const UJ_LOCKS_PRUNE_AT: usize = 1024;
+
 pub enum Frame {
     Data(Bytes),
     /// The body ended normally.
@@ -66,7 +69,14 @@ pub const MAX_STATUS_PAGE: u64 = 10_000;
 
 impl Engine {
     pub(crate) fn uj_lock(&self, uj: &UploadJobId) -> Arc<tokio::sync::Mutex<()>> {
-        self.uj_locks.lock().entry(*uj).or_default().clone()
+        let mut locks = self.uj_locks.lock();
+        // Sealing a job drops its lock; jobs abandoned before that would keep theirs for the
+        // server's life. Locks that nobody holds or waits for (only the map refers to them) are
+        // dropped now and then: whoever comes next simply gets a fresh one.
+        if locks.len() >= UJ_LOCKS_PRUNE_AT && !locks.contains_key(uj) {
+            locks.retain(|_, l| Arc::strong_count(l) > 1);
+        }
+        locks.entry(*uj).or_default().clone()
     }
 
     /// Finds an upload job and checks it belongs to `token` and `fj`.
@@ -668,5 +678,32 @@ impl StreamHashes {
                 },
             )
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn unused_upload_job_locks_do_not_pile_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = Engine::open(crate::EngineConfig::new(dir.path())).unwrap();
+        let held = UploadJobId::random();
+        let guard = e.uj_lock(&held).lock_owned().await;
+        for _ in 0..3 * UJ_LOCKS_PRUNE_AT {
+            drop(e.uj_lock(&UploadJobId::random()));
+        }
+        let locks = e.uj_locks.lock();
+        assert!(
+            locks.len() <= UJ_LOCKS_PRUNE_AT,
+            "{} locks kept",
+            locks.len()
+        );
+        assert!(locks.contains_key(&held), "a held lock is never pruned");
+        drop(locks);
+        // The held lock is still the one handed out for its job.
+        assert!(e.uj_lock(&held).try_lock().is_err());
+        drop(guard);
     }
 }
