@@ -628,7 +628,6 @@ fn library_tokens_reach_only_their_library() {
             "not_found",
         ),
         (&read_tok, "GET", format!("/q/{ha}/files/a.bin"), 200, ""),
-        (&read_tok, "GET", format!("/q/{ha}/files/a.bin"), 200, ""),
         (&read_tok, "POST", format!("/qid/{obj_a}"), 403, "forbidden"),
         (&read_tok, "DELETE", format!("/q/{ha}"), 403, "forbidden"),
         (
