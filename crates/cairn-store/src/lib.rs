@@ -18,6 +18,7 @@ pub mod index;
 pub mod outboard;
 pub mod pack;
 pub mod range;
+pub mod staging;
 pub mod store;
 
 pub use chunker::{ChunkParams, SegmentChunker};

@@ -159,6 +159,10 @@ pub struct PackFile {
     pub id: PackId,
     pub path: PathBuf,
     file: File,
+    /// The same file opened with `O_DIRECT`, for [`PackFile::write_blocks`] (see
+    /// [`crate::staging`] for why); `None` where the file system refuses it (tmpfs), and
+    /// dropped if a direct write is refused.
+    direct: parking_lot::Mutex<Option<File>>,
 }
 
 impl PackFile {
@@ -179,7 +183,13 @@ impl PackFile {
             .map_err(|e| Error::io("fsync new pack", e))?;
         sync_dir(dir)?;
         sync_log::end(&path, sync);
-        Ok(PackFile { id, path, file })
+        let direct = parking_lot::Mutex::new(open_direct(&path));
+        Ok(PackFile {
+            id,
+            path,
+            file,
+            direct,
+        })
     }
 
     pub fn open(dir: &Path, id: PackId, writable: bool) -> Result<PackFile> {
@@ -200,7 +210,16 @@ impl PackFile {
         file.read_exact_at(&mut h, 0)
             .map_err(|_| Error::corrupt(format!("pack {} has no header", path.display())))?;
         check_header(&h)?;
-        Ok(PackFile { id, path, file })
+        let direct = parking_lot::Mutex::new(match writable {
+            true => open_direct(&path),
+            false => None,
+        });
+        Ok(PackFile {
+            id,
+            path,
+            file,
+            direct,
+        })
     }
 
     pub fn len(&self) -> Result<u64> {
@@ -215,8 +234,10 @@ impl PackFile {
         Ok(self.len()? <= HEADER_LEN)
     }
 
-    /// Writes one record at `offset`: `outboard` must be [`outboard::hash_with_outboard`]'s for
+    /// Writes one record at `offset` through the page cache (tests build packs with it; the
+    /// store appends through [`crate::staging`]): `outboard` must be [`outboard::hash_with_outboard`]'s for
     /// `data` (empty for small chunks). Returns the offset past the record.
+    #[cfg(test)]
     pub fn write_record(
         &self,
         offset: u64,
@@ -243,6 +264,35 @@ impl PackFile {
         let end = data_at + u64::from(len);
         sync_log::wrote(&self.path, offset, end - offset);
         Ok(end)
+    }
+
+    /// Writes whole blocks at a block-aligned offset from block-aligned memory (the
+    /// [`crate::staging`] window): direct when the file system allows it, else through the page
+    /// cache. Durable only after [`PackFile::sync_data`].
+    pub fn write_blocks(&self, offset: u64, bytes: &[u8]) -> Result<()> {
+        use crate::staging::BLOCK;
+        debug_assert!(offset.is_multiple_of(BLOCK) && (bytes.len() as u64).is_multiple_of(BLOCK));
+        let mut direct = self.direct.lock();
+        if let Some(f) = direct.as_ref() {
+            match f.write_all_at(bytes, offset) {
+                Ok(()) => {
+                    sync_log::wrote(&self.path, offset, bytes.len() as u64);
+                    return Ok(());
+                }
+                // The device wants a larger alignment than BLOCK: write through the cache.
+                Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
+                    tracing::info!(pack = %self.path.display(), "direct write refused; writing through the page cache");
+                    *direct = None;
+                }
+                Err(e) => return Err(Error::io("append to pack", e)),
+            }
+        }
+        drop(direct);
+        self.file
+            .write_all_at(bytes, offset)
+            .map_err(|e| Error::io("append to pack", e))?;
+        sync_log::wrote(&self.path, offset, bytes.len() as u64);
+        Ok(())
     }
 
     /// Reads a chunk and verifies it: header magic, hash and length must match `expect`, and the
@@ -444,6 +494,16 @@ mod sync_log {
             line(format_args!("T {} {len}", path.display()));
         }
     }
+}
+
+/// Opens `path` for direct writes, or `None` where the file system does not support them.
+fn open_direct(path: &Path) -> Option<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .write(true)
+        .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
+        .open(path)
+        .ok()
 }
 
 /// Fsyncs a directory so that a created, renamed or removed entry is durable.

@@ -20,7 +20,11 @@ use crate::index::{
     Batch, CfKind, Index, CF_CHUNKS, CF_CHUNK_REFS, CF_PACKS, CF_PACK_LEN, CF_PARTS, CF_PART_REFS,
     STORE_CFS,
 };
-use crate::pack::{sync_dir, ChunkLoc, PackFile, PackId, HEADER_LEN, RECORD_HEADER_LEN};
+use crate::pack::{
+    encode_record_header, sync_dir, ChunkLoc, PackFile, PackId, CODEC_RAW, CODEC_RAW_OUTBOARD,
+    HEADER_LEN, RECORD_HEADER_LEN,
+};
+use crate::staging::{Staging, BLOCK};
 
 /// A chunk as referenced by parts and upload jobs: its hash and length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,9 +94,44 @@ impl StoreConfig {
     }
 }
 
+/// The open pack and its write buffer ([`crate::staging`]): records reach the file in whole
+/// blocks, at the latest when a commit syncs them.
 struct Writer {
     pack: Arc<PackFile>,
-    len: u64,
+    staging: Staging,
+}
+
+impl Writer {
+    fn new(pack: PackFile, len: u64) -> Writer {
+        Writer {
+            pack: Arc::new(pack),
+            staging: Staging::new(len),
+        }
+    }
+
+    /// The offset the next record gets.
+    fn len(&self) -> u64 {
+        self.staging.end()
+    }
+
+    /// Whether the open pack holds no record yet (records start at the first block after the
+    /// header).
+    fn is_fresh(&self) -> bool {
+        self.len() <= BLOCK
+    }
+
+    fn append(&mut self, bytes: &[u8]) -> Result<()> {
+        let pack = &self.pack;
+        self.staging
+            .append(bytes, &mut |at, b| pack.write_blocks(at, b))
+    }
+
+    /// Writes out everything staged (padded to a block); returns the pack's end after it.
+    fn flush(&mut self) -> Result<u64> {
+        let pack = &self.pack;
+        self.staging.flush(&mut |at, b| pack.write_blocks(at, b))?;
+        Ok(self.len())
+    }
 }
 
 /// The content-addressed chunk store and its index.
@@ -138,10 +177,7 @@ impl Store {
             cfg,
             pack_dir,
             index,
-            writer: Mutex::new(Writer {
-                pack: Arc::new(pack),
-                len,
-            }),
+            writer: Mutex::new(Writer::new(pack, len)),
             synced: Mutex::new((id, len)),
             readers: RwLock::new(HashMap::new()),
             retired: Mutex::new(HashSet::new()),
@@ -205,7 +241,7 @@ impl Store {
     ) -> Result<(ChunkLoc, u64)> {
         let mut w = self.writer.lock();
         let rec = RECORD_HEADER_LEN + outboard.len() as u64 + data.len() as u64;
-        if w.len > HEADER_LEN && w.len + rec > self.cfg.pack_target_size {
+        if !w.is_fresh() && w.len() + rec > self.cfg.pack_target_size {
             self.roll(&mut w)?;
         }
         if let Some(packs) = user {
@@ -214,18 +250,27 @@ impl Store {
                 *self.pack_users.lock().entry(w.pack.id).or_default() += 1;
             }
         }
+        let len = u32::try_from(data.len()).map_err(|_| Error::too_large("chunk over 4 GiB"))?;
+        debug_assert_eq!(outboard.len() as u32, crate::outboard::outboard_len(len));
+        let codec = match outboard.is_empty() {
+            true => CODEC_RAW,
+            false => CODEC_RAW_OUTBOARD,
+        };
         let loc = ChunkLoc {
             pack: w.pack.id,
-            offset: w.len,
-            len: data.len() as u32,
+            offset: w.len(),
+            len,
             outboard: outboard.len() as u32,
         };
-        w.len = w.pack.write_record(w.len, hash, outboard, data)?;
-        Ok((loc, w.len))
+        w.append(&encode_record_header(hash, len, codec))?;
+        w.append(outboard)?;
+        w.append(data)?;
+        Ok((loc, w.len()))
     }
 
     /// Seals the open pack (fsync, mark sealed) and starts the next one.
     fn roll(&self, w: &mut Writer) -> Result<()> {
+        w.flush()?;
         w.pack.sync_data()?;
         let old = w.pack.id;
         let next = PackFile::create(&self.pack_dir, PackId(old.0 + 1))?;
@@ -242,8 +287,7 @@ impl Store {
             let _ = std::fs::remove_file(&next.path);
             return Err(e);
         }
-        w.pack = Arc::new(next);
-        w.len = HEADER_LEN;
+        *w = Writer::new(next, HEADER_LEN);
         Ok(())
     }
 
@@ -255,8 +299,9 @@ impl Store {
             return Ok(());
         }
         let (file, len) = {
-            let w = self.writer.lock();
-            (w.pack.clone(), w.len)
+            let mut w = self.writer.lock();
+            let len = w.flush()?;
+            (w.pack.clone(), len)
         };
         if file.id > pack {
             // The pack was sealed, and fsynced, by `roll`.
@@ -615,7 +660,16 @@ fn recover_packs(index: &Index, dir: &Path) -> Result<Option<PackId>> {
                 let pack = PackFile::open(dir, id, true)?;
                 let actual = pack.len()?;
                 if actual > len {
-                    tracing::warn!(pack = id.0, actual, len, "truncating unindexed pack tail");
+                    // Padding after the last commit (less than a block) is routine.
+                    match actual - len < BLOCK {
+                        true => tracing::debug!(pack = id.0, actual, len, "dropping pack padding"),
+                        false => tracing::warn!(
+                            pack = id.0,
+                            actual,
+                            len,
+                            "truncating unindexed pack tail"
+                        ),
+                    }
                     pack.truncate(len)?;
                 } else if actual < len {
                     return Err(Error::corrupt(format!(

@@ -131,15 +131,15 @@ pub fn flip_first_chunk_byte(dir: &std::path::Path, at: u64, mask: u8) {
         .min()
         .unwrap();
     let mut bytes = std::fs::read(&pack).unwrap();
-    use cairn_store::pack::{
-        decode_record_header, CODEC_RAW_OUTBOARD, HEADER_LEN, RECORD_HEADER_LEN,
-    };
-    let h = decode_record_header(&bytes[HEADER_LEN as usize..]).unwrap();
+    use cairn_store::pack::{decode_record_header, CODEC_RAW_OUTBOARD, RECORD_HEADER_LEN};
+    // Records start at the first block after the header (see cairn_store::staging).
+    use cairn_store::staging::BLOCK as FIRST;
+    let h = decode_record_header(&bytes[FIRST as usize..]).unwrap();
     let outboard = match h.codec {
         CODEC_RAW_OUTBOARD => cairn_store::outboard::outboard_len(h.len),
         _ => 0,
     };
-    bytes[(HEADER_LEN + RECORD_HEADER_LEN + u64::from(outboard) + at) as usize] ^= mask;
+    bytes[(FIRST + RECORD_HEADER_LEN + u64::from(outboard) + at) as usize] ^= mask;
     std::fs::write(&pack, &bytes).unwrap();
 }
 
