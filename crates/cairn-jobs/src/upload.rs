@@ -294,16 +294,15 @@ impl Engine {
     /// Seals an upload job: its first `complete` segments become one part (all of them after a
     /// normal upload; fewer after force completion). Chunks received for later segments and the
     /// tail are released.
-    /// Reads the kept chunks back (each verified) once, hashing the part and, alongside, each
-    /// complete segment for the file hashes.
-    fn hash_part(
+    /// Reads the kept chunks back (each verified) once, hashing each complete segment for the
+    /// file hashes (the part digest needs only the chunk list: `cairn_store::part_digest`).
+    fn hash_segments(
         &self,
         rec: &UploadJobRecord,
         complete: u32,
         chunks: &[(Box<[u8]>, UjChunk)],
-    ) -> Result<(cairn_core::Digest, SegmentHashes)> {
+    ) -> Result<SegmentHashes> {
         let segments = self.uj_segments(&rec.id, 0, complete as usize)?;
-        let mut part = blake3::Hasher::new();
         let mut values = Vec::with_capacity(segments.len());
         let mut current: Option<(u32, Option<cairn_core::hash::SegmentHasher>)> = None;
         for (_, c) in chunks.iter().filter(|(_, c)| c.segment < complete) {
@@ -317,10 +316,9 @@ impl Engine {
                     cairn_core::hash::SegmentHasher::new(s.off, s.len, s.file_size),
                 ));
             }
-            let data = self.store.read_chunk(&c.chunk)?;
-            part.update(&data);
+            // A segment that does not line up with the BLAKE3 tree has no hasher: nothing to read.
             if let Some((_, Some(h))) = current.as_mut() {
-                h.update(&data);
+                h.update(&self.store.read_chunk(&c.chunk)?);
             }
         }
         if let Some((_, h)) = current {
@@ -332,21 +330,21 @@ impl Engine {
                 rec.id
             )));
         }
-        Ok((part.finalize().into(), SegmentHashes { values }))
+        Ok(SegmentHashes { values })
     }
 
     pub(crate) fn seal(&self, rec: &UploadJobRecord, complete: u32) -> Result<()> {
         self.seal_with(rec, complete, None)
     }
 
-    /// [`Engine::seal`] with the part digest and segment hashes already computed while the
-    /// bytes streamed in (an upload received whole by one process); otherwise they are
-    /// computed by reading the chunks back.
+    /// [`Engine::seal`] with the segment hashes already computed while the bytes streamed in
+    /// (an upload received whole by one process); otherwise they are computed by reading the
+    /// chunks back.
     fn seal_with(
         &self,
         rec: &UploadJobRecord,
         complete: u32,
-        known: Option<(cairn_core::Digest, SegmentHashes)>,
+        known: Option<SegmentHashes>,
     ) -> Result<()> {
         let chunks = self.uj_chunks(&rec.id)?;
         let kept: Vec<ChunkRef> = chunks
@@ -365,10 +363,11 @@ impl Engine {
                 rec.id
             )));
         }
-        let (digest, hashes) = match known {
+        let hashes = match known {
             Some(k) => k,
-            None => self.hash_part(rec, complete, &chunks)?,
+            None => self.hash_segments(rec, complete, &chunks)?,
         };
+        let digest = cairn_store::part_digest(&kept);
         let part = PartRecord {
             digest,
             size,
@@ -630,9 +629,8 @@ fn locate(engine: &Engine, rec: &UploadJobRecord, pos: u64) -> Result<(u32, u64)
     Ok((i, engine.uj_segment(&rec.id, i)?.end()))
 }
 
-/// The part digest and per-segment hashes, computed as the bytes of a whole job stream in.
+/// The per-segment hashes, computed as the bytes of a whole job stream in.
 pub(crate) struct StreamHashes {
-    part: blake3::Hasher,
     values: Vec<Option<[u8; 32]>>,
     current: Option<cairn_core::hash::SegmentHasher>,
 }
@@ -640,7 +638,6 @@ pub(crate) struct StreamHashes {
 impl StreamHashes {
     fn start(engine: &Engine, rec: &UploadJobRecord) -> Result<StreamHashes> {
         let mut h = StreamHashes {
-            part: blake3::Hasher::new(),
             values: Vec::new(),
             current: None,
         };
@@ -657,7 +654,6 @@ impl StreamHashes {
     }
 
     fn update(&mut self, data: &[u8]) {
-        self.part.update(data);
         if let Some(c) = self.current.as_mut() {
             c.update(data);
         }
@@ -669,14 +665,9 @@ impl StreamHashes {
         self.open(engine, rec, next)
     }
 
-    fn finish(self, segments: u32) -> Option<(cairn_core::Digest, SegmentHashes)> {
-        (self.values.len() == segments as usize).then(|| {
-            (
-                self.part.finalize().into(),
-                SegmentHashes {
-                    values: self.values,
-                },
-            )
+    fn finish(self, segments: u32) -> Option<SegmentHashes> {
+        (self.values.len() == segments as usize).then_some(SegmentHashes {
+            values: self.values,
         })
     }
 }

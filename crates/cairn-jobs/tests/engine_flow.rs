@@ -173,6 +173,8 @@ async fn cut_off_requests_keep_every_byte_that_arrived() {
         .unwrap();
     let (v, _) = e.finalize(&t).unwrap();
     assert_eq!(read_all(&e, &Qhit::Version(v), "f").unwrap(), src);
+
+    same_as_one_go(&e, v, &src).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -377,4 +379,31 @@ async fn a_restart_stops_jobs_and_resume_continues_them() {
         .is(ErrorKind::Conflict));
     let (v, _) = e.finalize(&t).unwrap();
     assert_eq!(read_all(&e, &Qhit::Version(v), "f").unwrap(), src);
+
+    same_as_one_go(&e, v, &src).await;
+}
+
+/// Checks that version `v` of `e`, whose file "f" was uploaded with interruptions, names the same
+/// part as an upload of `src` in one go (the part digest comes from the chunk list), and that
+/// its file hash is blake3 of the bytes either way.
+async fn same_as_one_go(
+    e: &std::sync::Arc<cairn_jobs::Engine>,
+    v: cairn_core::VersionHash,
+    src: &[u8],
+) {
+    let one_go = tempfile::tempdir().unwrap();
+    let e2 = small_engine(one_go.path());
+    let t2 = new_object(&e2);
+    let job2 = e2
+        .create_files_job(&t2, &request(vec![add_file("f", src.len() as u64)]))
+        .unwrap();
+    post(&e2, t2, &job2, 0, src.to_vec(), 3000).await.unwrap();
+    let (v2, _) = e2.finalize(&t2).unwrap();
+    let parts = e.parts(&Qhit::Version(v)).unwrap();
+    assert_eq!(parts, e2.parts(&Qhit::Version(v2)).unwrap());
+    assert_eq!(parts.len(), 1);
+    let fh = e
+        .open_file(&Qhit::Version(v), &FilePath::parse("f").unwrap())
+        .unwrap();
+    assert_eq!(fh.etag, cairn_core::Digest::of(src));
 }

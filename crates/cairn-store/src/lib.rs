@@ -25,4 +25,6 @@ pub use chunker::{ChunkParams, SegmentChunker};
 pub use fsck::{ExternalRefs, FsckReport};
 pub use gc::{GcOptions, GcReport};
 pub use index::{Batch, CfKind, Index};
-pub use store::{part_key, ChunkRef, PartRecord, Store, StoreConfig, StoreStats, WriteSession};
+pub use store::{
+    part_digest, part_key, ChunkRef, PartRecord, Store, StoreConfig, StoreStats, WriteSession,
+};
