@@ -27,6 +27,9 @@ pub const CF_PACKS: &str = "packs";
 /// Pack id (u64 BE) → committed length (max counter): recovery truncates past it.
 pub const CF_PACK_LEN: &str = "pack_len";
 
+/// Store-wide settings fixed when the store was created (key → record), e.g. the chunking.
+pub const CF_STORE: &str = "store";
+
 /// How a column family combines merges.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CfKind {
@@ -44,6 +47,7 @@ pub(crate) const STORE_CFS: &[(&str, CfKind)] = &[
     (CF_PART_REFS, CfKind::Add),
     (CF_PACKS, CfKind::Plain),
     (CF_PACK_LEN, CfKind::Max),
+    (CF_STORE, CfKind::Plain),
 ];
 
 fn decode_i64(v: &[u8]) -> i64 {

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::chunker::ChunkParams;
 use crate::index::{
     Batch, CfKind, Index, CF_CHUNKS, CF_CHUNK_REFS, CF_PACKS, CF_PACK_LEN, CF_PARTS, CF_PART_REFS,
-    STORE_CFS,
+    CF_STORE, STORE_CFS,
 };
 use crate::pack::{
     encode_record_header, sync_dir, ChunkLoc, PackFile, PackId, CODEC_RAW, CODEC_RAW_OUTBOARD,
@@ -188,6 +188,8 @@ impl Store {
         std::fs::create_dir_all(&pack_dir).map_err(|e| Error::io("create data dir", e))?;
         let cfs: Vec<_> = STORE_CFS.iter().chain(extra_cfs).copied().collect();
         let index = Index::open(&cfg.dir.join("index"), &cfs)?;
+        let mut cfg = cfg;
+        cfg.chunking = settle_chunking(&index, cfg.chunking)?;
         let last = recover_packs(&index, &pack_dir)?;
         let (pack, len) = open_writer(&index, &pack_dir, last, cfg.pack_target_size)?;
         let id = pack.id;
@@ -633,6 +635,33 @@ impl Drop for WriteSession<'_> {
     }
 }
 
+/// The chunking parameters of this store: those it recorded; for a store that holds chunks but
+/// recorded none (created before they were recorded), [`ChunkParams::LEGACY`]; for a new store,
+/// `configured`. Whatever is chosen is recorded, so it never changes afterwards.
+fn settle_chunking(index: &Index, configured: ChunkParams) -> Result<ChunkParams> {
+    const KEY: &[u8] = b"chunking";
+    if let Some(p) = index.get_record::<ChunkParams>(CF_STORE, KEY)? {
+        if p != configured {
+            tracing::info!(
+                ?p,
+                ?configured,
+                "keeping the chunking this store was created with"
+            );
+        }
+        return Ok(p);
+    }
+    let has_chunks = index.scan(CF_CHUNKS, &[]).next().is_some();
+    let p = if has_chunks {
+        ChunkParams::LEGACY
+    } else {
+        configured
+    };
+    let mut b = index.batch();
+    b.put_record(CF_STORE, KEY, &p);
+    index.write(b, true)?;
+    Ok(p)
+}
+
 /// Lists pack ids present on disk.
 pub(crate) fn pack_files(dir: &Path) -> Result<Vec<PackId>> {
     let mut ids = Vec::new();
@@ -768,6 +797,58 @@ fn open_writer(
         .max();
     let next = PackId(next.0.max(max_known.map_or(0, |m| m + 1)));
     Ok((PackFile::create(dir, next)?, HEADER_LEN))
+}
+
+#[cfg(test)]
+mod chunking_tests {
+    use super::*;
+
+    fn open(dir: &Path, chunking: ChunkParams) -> Store {
+        let mut cfg = StoreConfig::new(dir);
+        cfg.chunking = chunking;
+        Store::open(cfg, &[]).unwrap()
+    }
+
+    const OTHER: ChunkParams = ChunkParams {
+        min: 1 << 10,
+        avg: 4 << 10,
+        max: 16 << 10,
+    };
+
+    #[test]
+    fn a_store_keeps_the_chunking_it_was_created_with() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(open(dir.path(), OTHER).chunking(), OTHER);
+        assert_eq!(
+            open(dir.path(), ChunkParams::default()).chunking(),
+            OTHER,
+            "a later configuration does not change it"
+        );
+    }
+
+    #[test]
+    fn a_store_with_chunks_but_no_record_gets_the_legacy_chunking() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = open(dir.path(), ChunkParams::default());
+            let mut s = store.session();
+            s.add_chunk(b"bytes chunked before the parameters were recorded")
+                .unwrap();
+            s.commit(store.index().batch()).unwrap();
+            let mut b = store.index().batch();
+            b.delete(CF_STORE, b"chunking");
+            store.index().write(b, true).unwrap();
+        }
+        assert_eq!(
+            open(dir.path(), ChunkParams::default()).chunking(),
+            ChunkParams::LEGACY
+        );
+        assert_eq!(
+            open(dir.path(), OTHER).chunking(),
+            ChunkParams::LEGACY,
+            "and keeps it"
+        );
+    }
 }
 
 #[cfg(test)]
