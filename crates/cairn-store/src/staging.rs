@@ -13,8 +13,11 @@
 //!   So a block that holds acknowledged bytes is never written again: a power cut during a later
 //!   write cannot tear it. The padding is at most one block per flush; it is dead space that no
 //!   chunk location points at, and gc's repack reclaims it with the rest.
-//! - A failed write leaves the window as it was: the next append or flush tries it again, and
-//!   nothing staged is acknowledged before a flush succeeds.
+//! - A full window is handed out ([`Window`]) with fresh memory put in its place, so the store
+//!   can write it without holding its writer lock (appenders go on filling the next window
+//!   while the disk takes the last one).
+//! - A failed flush leaves the window as it was: the next flush tries it again, and nothing
+//!   staged is acknowledged before a flush succeeds.
 
 use cairn_core::Result;
 
@@ -29,10 +32,43 @@ pub fn align_up(n: u64) -> u64 {
     n.div_ceil(BLOCK) * BLOCK
 }
 
+/// A full window taken out of [`Staging`], to be written at [`Window::at`].
+pub struct Window {
+    mem: Vec<u8>,
+    base: usize,
+    at: u64,
+}
+
+impl Window {
+    /// The file offset of the window's first byte (a multiple of [`BLOCK`]).
+    pub fn at(&self) -> u64 {
+        self.at
+    }
+
+    /// The whole window: [`STAGING`] bytes of block-aligned memory.
+    pub fn bytes(&self) -> &[u8] {
+        &self.mem[self.base..self.base + STAGING]
+    }
+
+    /// The memory, for the next window.
+    pub fn into_mem(self) -> Vec<u8> {
+        self.mem
+    }
+}
+
+/// Memory for a window: `STAGING + BLOCK` bytes, so that an aligned window of `STAGING` fits
+/// inside whatever address the allocator returns.
+pub fn window_mem() -> Vec<u8> {
+    vec![0u8; STAGING + BLOCK as usize]
+}
+
+fn aligned_base(mem: &[u8]) -> usize {
+    mem.as_ptr().align_offset(BLOCK as usize)
+}
+
 /// A block-aligned window onto the end of the open pack.
 pub struct Staging {
-    /// `STAGING + BLOCK` bytes, so that an aligned window of `STAGING` fits inside whatever
-    /// address the allocator returns.
+    /// See [`window_mem`].
     mem: Vec<u8>,
     /// Index in `mem` where the aligned window starts.
     base: usize,
@@ -45,8 +81,8 @@ pub struct Staging {
 impl Staging {
     /// An empty window whose first byte goes to file offset `align_up(end)`.
     pub fn new(end: u64) -> Staging {
-        let mem = vec![0u8; STAGING + BLOCK as usize];
-        let base = mem.as_ptr().align_offset(BLOCK as usize);
+        let mem = window_mem();
+        let base = aligned_base(&mem);
         Staging {
             mem,
             base,
@@ -69,26 +105,28 @@ impl Staging {
         &mut self.mem[self.base..self.base + STAGING]
     }
 
-    /// Stages `data`; every full window is handed to `write(offset, bytes)` first.
-    pub fn append(
-        &mut self,
-        mut data: &[u8],
-        write: &mut impl FnMut(u64, &[u8]) -> Result<()>,
-    ) -> Result<()> {
+    /// Stages `data`. Every window it fills is handed to `full`, which returns memory for the
+    /// next window (from [`window_mem`], or a written window's [`Window::into_mem`]).
+    pub fn append(&mut self, mut data: &[u8], full: &mut impl FnMut(Window) -> Vec<u8>) {
         while !data.is_empty() {
-            if self.filled == STAGING {
-                let at = self.at;
-                write(at, self.window())?;
-                self.at += STAGING as u64;
-                self.filled = 0;
-            }
             let n = (STAGING - self.filled).min(data.len());
             let from = self.filled;
             self.window()[from..from + n].copy_from_slice(&data[..n]);
             self.filled += n;
             data = &data[n..];
+            if self.filled == STAGING {
+                let window = Window {
+                    mem: std::mem::take(&mut self.mem),
+                    base: self.base,
+                    at: self.at,
+                };
+                self.mem = full(window);
+                debug_assert_eq!(self.mem.len(), STAGING + BLOCK as usize);
+                self.base = aligned_base(&self.mem);
+                self.at += STAGING as u64;
+                self.filled = 0;
+            }
         }
-        Ok(())
     }
 
     /// Writes everything staged, zero-padded to whole blocks; the next byte starts a new block.
@@ -122,6 +160,12 @@ mod tests {
     }
 
     impl Sink {
+        /// Writes a full window and gives its memory back for the next one.
+        fn take(&mut self, w: Window) -> Vec<u8> {
+            self.write(w.at(), w.bytes()).unwrap();
+            w.into_mem()
+        }
+
         fn write(&mut self, at: u64, bytes: &[u8]) -> Result<()> {
             if std::mem::take(&mut self.fail_next) {
                 return Err(Error::internal("disk full"));
@@ -158,7 +202,7 @@ mod tests {
             for (i, &(len, flush)) in records.iter().enumerate() {
                 let rec = vec![i as u8 + 1; len];
                 placed.push((s.end(), rec.clone()));
-                s.append(&rec, &mut |a, b| sink.write(a, b)).unwrap();
+                s.append(&rec, &mut |w| sink.take(w));
                 if flush {
                     s.flush(&mut |a, b| sink.write(a, b)).unwrap();
                     prop_assert_eq!(s.end() % BLOCK, 0);
@@ -173,22 +217,17 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_write_is_retried_and_loses_nothing() {
+    fn a_failed_flush_is_retried_and_loses_nothing() {
         let mut s = Staging::new(0);
         let mut sink = Sink::default();
         let first = vec![1u8; STAGING];
-        s.append(&first, &mut |a, b| sink.write(a, b)).unwrap();
-        sink.fail_next = true;
+        s.append(&first, &mut |w| sink.take(w));
+        assert_eq!(s.end(), STAGING as u64, "the full window was handed out");
         let second = vec![2u8; 100];
-        assert!(s.append(&second, &mut |a, b| sink.write(a, b)).is_err());
-        assert_eq!(
-            s.end(),
-            STAGING as u64,
-            "nothing of the failed append was staged"
-        );
-        s.append(&second, &mut |a, b| sink.write(a, b)).unwrap();
+        s.append(&second, &mut |w| sink.take(w));
         sink.fail_next = true;
         assert!(s.flush(&mut |a, b| sink.write(a, b)).is_err());
+        assert_eq!(s.end(), STAGING as u64 + 100, "still staged");
         s.flush(&mut |a, b| sink.write(a, b)).unwrap();
         assert_eq!(&sink.file[..STAGING], &first[..]);
         assert_eq!(&sink.file[STAGING..STAGING + 100], &second[..]);

@@ -24,7 +24,7 @@ use crate::pack::{
     encode_record_header, sync_dir, ChunkLoc, PackFile, PackId, CODEC_RAW, CODEC_RAW_OUTBOARD,
     HEADER_LEN, RECORD_HEADER_LEN,
 };
-use crate::staging::{Staging, BLOCK};
+use crate::staging::{window_mem, Staging, Window, BLOCK};
 
 /// A chunk as referenced by parts and upload jobs: its hash and length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -138,10 +138,13 @@ impl Writer {
         self.len() <= BLOCK
     }
 
-    fn append(&mut self, bytes: &[u8]) -> Result<()> {
+    /// Stages `bytes`; windows it fills go to `full`, to be written once the lock is released.
+    fn append(&mut self, bytes: &[u8], full: &mut Vec<(Arc<PackFile>, Window)>, spare: &Spare) {
         let pack = &self.pack;
-        self.staging
-            .append(bytes, &mut |at, b| pack.write_blocks(at, b))
+        self.staging.append(bytes, &mut |w| {
+            full.push((pack.clone(), w));
+            spare.lock().pop().unwrap_or_else(window_mem)
+        });
     }
 
     /// Writes out everything staged (padded to a block); returns the pack's end after it.
@@ -152,12 +155,26 @@ impl Writer {
     }
 }
 
+/// Window memory written and ready for reuse (at most two are kept).
+type Spare = Mutex<Vec<Vec<u8>>>;
+
+/// Full windows handed out by the writer and not yet written.
+#[derive(Default)]
+struct InFlight {
+    count: usize,
+    /// Windows whose write failed, in order: written again before the next fsync.
+    failed: Vec<(Arc<PackFile>, Window)>,
+}
+
 /// The content-addressed chunk store and its index.
 pub struct Store {
     cfg: StoreConfig,
     pack_dir: PathBuf,
     index: Index,
     writer: Mutex<Writer>,
+    spare: Spare,
+    in_flight: Mutex<InFlight>,
+    written: parking_lot::Condvar,
     /// Pack and length known durable; the lock also serialises fsyncs (group commit).
     synced: Mutex<(PackId, u64)>,
     readers: RwLock<HashMap<PackId, Arc<PackFile>>>,
@@ -198,6 +215,9 @@ impl Store {
             pack_dir,
             index,
             writer: Mutex::new(Writer::new(pack, len)),
+            spare: Mutex::new(Vec::new()),
+            in_flight: Mutex::new(InFlight::default()),
+            written: parking_lot::Condvar::new(),
             synced: Mutex::new((id, len)),
             readers: RwLock::new(HashMap::new()),
             retired: Mutex::new(HashSet::new()),
@@ -259,6 +279,21 @@ impl Store {
         data: &[u8],
         user: Option<&mut Vec<PackId>>,
     ) -> Result<(ChunkLoc, u64)> {
+        let mut full = Vec::new();
+        let appended = self.append_staged(hash, outboard, data, user, &mut full);
+        // The disk takes the windows this record filled while others go on appending.
+        self.write_windows(full)?;
+        appended
+    }
+
+    fn append_staged(
+        &self,
+        hash: &Digest,
+        outboard: &[u8],
+        data: &[u8],
+        user: Option<&mut Vec<PackId>>,
+        full: &mut Vec<(Arc<PackFile>, Window)>,
+    ) -> Result<(ChunkLoc, u64)> {
         let mut w = self.writer.lock();
         let rec = RECORD_HEADER_LEN + outboard.len() as u64 + data.len() as u64;
         if !w.is_fresh() && w.len() + rec > self.cfg.pack_target_size {
@@ -282,15 +317,56 @@ impl Store {
             len,
             outboard: outboard.len() as u32,
         };
-        w.append(&encode_record_header(hash, len, codec))?;
-        w.append(outboard)?;
-        w.append(data)?;
+        w.append(&encode_record_header(hash, len, codec), full, &self.spare);
+        w.append(outboard, full, &self.spare);
+        w.append(data, full, &self.spare);
+        // Counted before the lock is released, so a sync that flushes after this waits for them.
+        self.in_flight.lock().count += full.len();
         Ok((loc, w.len()))
+    }
+
+    /// Writes full windows handed out by the writer; a window that fails is kept for
+    /// [`Store::wait_written`] to write again, and the error returned.
+    fn write_windows(&self, full: Vec<(Arc<PackFile>, Window)>) -> Result<()> {
+        let mut result = Ok(());
+        for (pack, w) in full {
+            let outcome = pack.write_blocks(w.at(), w.bytes());
+            let mut f = self.in_flight.lock();
+            match outcome {
+                Ok(()) => {
+                    let mut spare = self.spare.lock();
+                    if spare.len() < 2 {
+                        spare.push(w.into_mem());
+                    }
+                }
+                Err(e) => {
+                    f.failed.push((pack, w));
+                    result = Err(e);
+                }
+            }
+            f.count -= 1;
+            self.written.notify_all();
+        }
+        result
+    }
+
+    /// Waits until every window handed out so far is written, writing again any that failed.
+    fn wait_written(&self) -> Result<()> {
+        let mut f = self.in_flight.lock();
+        while f.count > 0 {
+            self.written.wait(&mut f);
+        }
+        while let Some((pack, w)) = f.failed.first() {
+            pack.write_blocks(w.at(), w.bytes())?;
+            f.failed.remove(0);
+        }
+        Ok(())
     }
 
     /// Seals the open pack (fsync, mark sealed) and starts the next one.
     fn roll(&self, w: &mut Writer) -> Result<()> {
         w.flush()?;
+        self.wait_written()?;
         w.pack.sync_data()?;
         let old = w.pack.id;
         let next = PackFile::create(&self.pack_dir, PackId(old.0 + 1))?;
@@ -323,6 +399,7 @@ impl Store {
             let len = w.flush()?;
             (w.pack.clone(), len)
         };
+        self.wait_written()?;
         if file.id > pack {
             // The pack was sealed, and fsynced, by `roll`.
             return Ok(());
