@@ -25,6 +25,10 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
     let status_path = format!("/q/{wt}/file_jobs/{fj}/uploads/{uj}");
     let unknown_obj = "iq__2Fb9vA6XoKhKjQzCjUe6ZcmBe3S5";
     let unknown_uj = "iqfuSNFv8xddhFCK6xB5g5mY8y";
+    // One byte more than the 100-byte job expects, sent chunked (no length to refuse up front).
+    let too_long = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(too_long.path(), [9u8; 101]).unwrap();
+    let too_long_at = format!("@{}", too_long.path().display());
     let post_json = |body: &'static str| {
         vec![
             "-X",
@@ -111,6 +115,19 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
                 "@/proc/self/cmdline",
                 "-H",
                 "Content-Length: 101",
+            ],
+            413,
+            "too_large",
+        ),
+        (
+            format!("/q/{wt}/file_jobs/{fj}/{uj}"),
+            vec![
+                "-X",
+                "POST",
+                "-H",
+                "Transfer-Encoding: chunked",
+                "--data-binary",
+                &too_long_at,
             ],
             413,
             "too_large",

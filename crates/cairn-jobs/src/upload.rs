@@ -256,7 +256,7 @@ impl Engine {
         // already committed stands.
         let saved = if ing.poisoned {
             Err(Error::internal(
-                "upload state discarded after a failed write",
+                "upload state discarded after a failed write or a body too long",
             ))
         } else {
             ing.finish()
@@ -445,8 +445,9 @@ struct Ingest<'e> {
     /// Hashes of everything pushed, kept when this request started at the job's first byte, so
     /// sealing need not read the part back.
     hashes: Option<StreamHashes>,
-    /// Set when a write failed midway: the chunker, the pending list and the offsets may
-    /// disagree, so nothing more is committed from this request.
+    /// Set when a write failed midway (the chunker, the pending list and the offsets may
+    /// disagree) or the body proved longer than the job: nothing more is committed from this
+    /// request.
     poisoned: bool,
 }
 
@@ -499,6 +500,10 @@ impl<'e> Ingest<'e> {
     fn push(&mut self, mut data: &[u8]) -> Result<()> {
         while !data.is_empty() {
             if self.pos >= self.rec.size {
+                // A body longer than the job (sent without a length to refuse up front) is bad
+                // input: nothing of it is kept beyond what periodic commits already saved, so
+                // the job does not complete on a request that fails.
+                self.poisoned = true;
                 return Err(Error::too_large(format!(
                     "more bytes than upload job {} declares ({} bytes)",
                     self.rec.id, self.rec.size
