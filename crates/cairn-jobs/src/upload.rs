@@ -303,26 +303,31 @@ impl Engine {
         chunks: &[(Box<[u8]>, UjChunk)],
     ) -> Result<SegmentHashes> {
         let segments = self.uj_segments(&rec.id, 0, complete as usize)?;
+        let kept: Vec<&UjChunk> = chunks
+            .iter()
+            .map(|(_, c)| c)
+            .filter(|c| c.segment < complete)
+            .collect();
         let mut values = Vec::with_capacity(segments.len());
-        let mut current: Option<(u32, Option<cairn_core::hash::SegmentHasher>)> = None;
-        for (_, c) in chunks.iter().filter(|(_, c)| c.segment < complete) {
-            if current.as_ref().map(|(i, _)| *i) != Some(c.segment) {
-                if let Some((_, h)) = current.take() {
-                    values.push(h.map(|h| h.finish()));
+        for group in kept.chunk_by(|a, b| a.segment == b.segment) {
+            let s = &segments[group[0].segment as usize].seg;
+            // A whole file that made one chunk: the chunk's name is the file's blake3.
+            if let [one] = group {
+                if s.off == 0 && s.len == s.file_size && u64::from(one.chunk.len) == s.len {
+                    values.push(Some(*one.chunk.hash.as_bytes()));
+                    continue;
                 }
-                let s = &segments[c.segment as usize].seg;
-                current = Some((
-                    c.segment,
-                    cairn_core::hash::SegmentHasher::new(s.off, s.len, s.file_size),
-                ));
             }
             // A segment that does not line up with the BLAKE3 tree has no hasher: nothing to read.
-            if let Some((_, Some(h))) = current.as_mut() {
+            let Some(mut h) = cairn_core::hash::SegmentHasher::new(s.off, s.len, s.file_size)
+            else {
+                values.push(None);
+                continue;
+            };
+            for c in group {
                 h.update(&self.store.read_chunk(&c.chunk)?);
             }
-        }
-        if let Some((_, h)) = current {
-            values.push(h.map(|h| h.finish()));
+            values.push(Some(h.finish()));
         }
         if values.len() != complete as usize {
             return Err(Error::corrupt(format!(
@@ -438,6 +443,8 @@ struct Ingest<'e> {
     pos: u64,
     segment: u32,
     seg_end: u64,
+    /// Length of the current segment.
+    seg_len: u64,
     pending: Vec<UjChunk>,
     since_commit: u64,
     /// The job's durable offset when this request started.
@@ -471,7 +478,7 @@ impl<'e> Ingest<'e> {
         }
         let chunker = SegmentChunker::with_pending(engine.store.chunking(), tail);
         let pos = rec.received;
-        let (segment, seg_end) = locate(engine, &rec, pos)?;
+        let (segment, seg_end, seg_len) = locate(engine, &rec, pos)?;
         Ok(Ingest {
             engine,
             session: engine.store.session(),
@@ -479,6 +486,7 @@ impl<'e> Ingest<'e> {
             pos,
             segment,
             seg_end,
+            seg_len,
             pending: Vec::new(),
             since_commit: 0,
             poisoned: false,
@@ -536,16 +544,32 @@ impl<'e> Ingest<'e> {
         self.pos += data.len() as u64;
         self.since_commit += data.len() as u64;
         if self.pos == self.seg_end {
-            self.chunker.finish(|c| {
-                pending.push(UjChunk {
-                    segment: seg,
-                    chunk: session.add_chunk(c)?,
-                });
-                Ok::<_, Error>(())
-            })?;
-            (self.segment, self.seg_end) = locate(self.engine, &self.rec, self.pos)?;
+            let by_chunks = self.hashes.as_ref().is_some_and(|h| h.by_chunks);
+            let (first, seg_len) = (pending.len(), self.seg_len);
+            let mut several = None;
+            self.chunker.finish_then(
+                |c| {
+                    pending.push(UjChunk {
+                        segment: seg,
+                        chunk: session.add_chunk(c)?,
+                    });
+                    Ok::<_, Error>(())
+                },
+                |bytes| {
+                    // Only when the buffer held the whole segment is this its hash.
+                    if by_chunks && bytes.len() as u64 == seg_len {
+                        several = Some(*blake3::hash(bytes).as_bytes());
+                    }
+                },
+            )?;
+            // One chunk that is the whole file: its name is the file's blake3, already known.
+            let from_chunks = match &pending[first..] {
+                [one] if u64::from(one.chunk.len) == seg_len => Some(*one.chunk.hash.as_bytes()),
+                _ => several,
+            };
+            (self.segment, self.seg_end, self.seg_len) = locate(self.engine, &self.rec, self.pos)?;
             if let Some(h) = self.hashes.as_mut() {
-                h.next_segment(self.engine, &self.rec, self.segment)?;
+                h.next_segment(self.engine, &self.rec, self.segment, from_chunks)?;
             }
         }
         Ok(())
@@ -624,20 +648,25 @@ impl<'e> Ingest<'e> {
     }
 }
 
-/// The segment containing stream offset `pos`, and that segment's end offset (the segment count
-/// and the job's size at the end).
-fn locate(engine: &Engine, rec: &UploadJobRecord, pos: u64) -> Result<(u32, u64)> {
+/// The segment containing stream offset `pos`, that segment's end offset and its length (the
+/// segment count, the job's size and 0 at the end).
+fn locate(engine: &Engine, rec: &UploadJobRecord, pos: u64) -> Result<(u32, u64, u64)> {
     let i = engine.segment_at(rec, pos)?;
     if i >= rec.segment_count {
-        return Ok((rec.segment_count, rec.size));
+        return Ok((rec.segment_count, rec.size, 0));
     }
-    Ok((i, engine.uj_segment(&rec.id, i)?.end()))
+    let s = engine.uj_segment(&rec.id, i)?;
+    Ok((i, s.end(), s.seg.len))
 }
 
 /// The per-segment hashes, computed as the bytes of a whole job stream in.
 pub(crate) struct StreamHashes {
     values: Vec<Option<[u8; 32]>>,
     current: Option<cairn_core::hash::SegmentHasher>,
+    /// The current segment is a whole file of at most one maximum chunk: the chunker holds all
+    /// of it until its end, so its hash is taken from its chunks there (the chunk's own name
+    /// when it makes one chunk, which is the usual case) instead of hashing it as it streams.
+    by_chunks: bool,
 }
 
 impl StreamHashes {
@@ -645,15 +674,22 @@ impl StreamHashes {
         let mut h = StreamHashes {
             values: Vec::new(),
             current: None,
+            by_chunks: false,
         };
         h.open(engine, rec, 0)?;
         Ok(h)
     }
 
     fn open(&mut self, engine: &Engine, rec: &UploadJobRecord, segment: u32) -> Result<()> {
+        self.by_chunks = false;
         if segment < rec.segment_count {
             let s = engine.uj_segment(&rec.id, segment)?.seg;
-            self.current = cairn_core::hash::SegmentHasher::new(s.off, s.len, s.file_size);
+            let whole = s.off == 0 && s.len == s.file_size;
+            if whole && s.len <= u64::from(engine.store.chunking().max) {
+                self.by_chunks = true;
+            } else {
+                self.current = cairn_core::hash::SegmentHasher::new(s.off, s.len, s.file_size);
+            }
         }
         Ok(())
     }
@@ -664,9 +700,20 @@ impl StreamHashes {
         }
     }
 
-    /// Closes the segment just completed and opens `next`.
-    fn next_segment(&mut self, engine: &Engine, rec: &UploadJobRecord, next: u32) -> Result<()> {
-        self.values.push(self.current.take().map(|c| c.finish()));
+    /// Closes the segment just completed (`from_chunks` is its hash when it was taken from
+    /// its chunks) and opens `next`.
+    fn next_segment(
+        &mut self,
+        engine: &Engine,
+        rec: &UploadJobRecord,
+        next: u32,
+        from_chunks: Option<[u8; 32]>,
+    ) -> Result<()> {
+        let value = match self.by_chunks {
+            true => from_chunks,
+            false => self.current.take().map(|c| c.finish()),
+        };
+        self.values.push(value);
         self.open(engine, rec, next)
     }
 

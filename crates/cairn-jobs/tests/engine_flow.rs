@@ -407,3 +407,95 @@ async fn same_as_one_go(
         .unwrap();
     assert_eq!(fh.etag, cairn_core::Digest::of(src));
 }
+
+/// A whole file no longer than a maximum chunk gets its blake3 from its chunks at the segment's
+/// end (the chunk's name when it makes one chunk) instead of a second pass as it streams: the
+/// file hash must still be blake3 of its bytes, for one chunk or several, sent in one request or
+/// in two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_whole_files_get_their_blake3_from_their_chunks() {
+    let max = SMALL_CHUNKS.max as usize;
+    let sizes = [1, 900, 1 << 10, 5000, 12_000, max, max + 1];
+    let files: BTreeMap<String, Vec<u8>> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| (format!("f{i}"), data(100 + i as u64, n)))
+        .collect();
+    let chunks_of = |b: &[u8]| {
+        let mut c = cairn_store::SegmentChunker::new(SMALL_CHUNKS);
+        let mut n = 0;
+        c.push::<()>(b, |_| {
+            n += 1;
+            Ok(())
+        })
+        .unwrap();
+        c.finish::<()>(|_| {
+            n += 1;
+            Ok(())
+        })
+        .unwrap();
+        n
+    };
+    assert!(chunks_of(&files["f4"]) > 1, "one file makes several chunks");
+    assert_eq!(chunks_of(&files["f1"]), 1);
+
+    let dir = tempfile::tempdir().unwrap();
+    let e = small_engine(dir.path());
+    let t = new_object(&e);
+    add_and_upload(&e, t, &files).await;
+    // The same 12,000 bytes again, as their own job, in two requests.
+    let two = e
+        .create_files_job(&t, &request(vec![add_file("g", 12_000)]))
+        .unwrap();
+    let g = &files["f4"];
+    post(&e, t, &two, 0, g[..5000].to_vec(), 1000)
+        .await
+        .unwrap();
+    post(&e, t, &two, 0, g[5000..].to_vec(), 1000)
+        .await
+        .unwrap();
+    let (v, _) = e.finalize(&t).unwrap();
+    for (path, bytes) in files.iter().chain([(&"g".to_string(), g)]) {
+        let h = e
+            .open_file(&Qhit::Version(v), &FilePath::parse(path).unwrap())
+            .unwrap();
+        assert_eq!(h.etag, cairn_core::Digest::of(bytes), "{path}");
+    }
+
+    // Sealed after a restart (the hashes are read back, or taken from the one chunk).
+    for name in ["f1", "f4"] {
+        let bytes = &files[name];
+        let dir = tempfile::tempdir().unwrap();
+        let (t, job) = {
+            let e = small_engine(dir.path());
+            let t = new_object(&e);
+            let job = e
+                .create_files_job(&t, &request(vec![add_file("x", bytes.len() as u64)]))
+                .unwrap();
+            let half = bytes.len() / 2;
+            post(&e, t, &job, 0, bytes[..half].to_vec(), 1000)
+                .await
+                .unwrap();
+            (t, job)
+        };
+        let e = small_engine(dir.path());
+        e.resume(&t, &job.id).unwrap();
+        let skip = e
+            .upload_status(&t, &job.id, &job.jobs[0], 0, 1)
+            .unwrap()
+            .files[0]
+            .skip;
+        post(&e, t, &job, 0, bytes[skip as usize..].to_vec(), 1000)
+            .await
+            .unwrap();
+        let (v, _) = e.finalize(&t).unwrap();
+        let h = e
+            .open_file(&Qhit::Version(v), &FilePath::parse("x").unwrap())
+            .unwrap();
+        assert_eq!(
+            h.etag,
+            cairn_core::Digest::of(bytes),
+            "{name} after a restart"
+        );
+    }
+}

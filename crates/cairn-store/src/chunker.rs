@@ -112,9 +112,33 @@ impl SegmentChunker {
         self.cut(true, emit)
     }
 
+    /// [`Self::finish`], then hands `buffered` the bytes it emitted (everything pushed since
+    /// the last cut) before letting them go.
+    pub fn finish_then<E>(
+        &mut self,
+        emit: impl FnMut(&[u8]) -> Result<(), E>,
+        buffered: impl FnOnce(&[u8]),
+    ) -> Result<(), E> {
+        let at = self.emit_cuts(true, emit)?;
+        buffered(&self.buf[..at]);
+        self.buf.drain(..at);
+        Ok(())
+    }
+
     /// Emits chunks from the buffer's start: all of it when `all`, else while at least `max`
     /// bytes remain past the cursor (so every cut is final).
-    fn cut<E>(&mut self, all: bool, mut emit: impl FnMut(&[u8]) -> Result<(), E>) -> Result<(), E> {
+    fn cut<E>(&mut self, all: bool, emit: impl FnMut(&[u8]) -> Result<(), E>) -> Result<(), E> {
+        let at = self.emit_cuts(all, emit)?;
+        self.buf.drain(..at);
+        Ok(())
+    }
+
+    /// The emitting half of [`Self::cut`]; returns how many bytes it emitted.
+    fn emit_cuts<E>(
+        &self,
+        all: bool,
+        mut emit: impl FnMut(&[u8]) -> Result<(), E>,
+    ) -> Result<usize, E> {
         let p = self.params;
         let keep = if all { 1 } else { p.max as usize };
         let cdc = FastCDC::new(&self.buf, p.min, p.avg, p.max);
@@ -124,8 +148,7 @@ impl SegmentChunker {
             emit(&self.buf[at..end])?;
             at = end;
         }
-        self.buf.drain(..at);
-        Ok(())
+        Ok(at)
     }
 }
 
