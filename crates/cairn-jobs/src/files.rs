@@ -1,6 +1,9 @@
 //! Files jobs on a draft: apply ops to the tree, plan new files onto upload jobs, report status,
 //! resume, force completion, finalize files, and finalize the draft into a version.
 
+use std::collections::hash_map::Entry as MapEntry;
+use std::collections::HashMap;
+
 use cairn_core::record::Record;
 use cairn_core::{
     Digest, Error, FilePath, FilesJobId, Result, UploadJobId, VersionHash, WriteToken,
@@ -514,7 +517,7 @@ impl Engine {
                 }) => (segs.clone(), *size),
                 MemEntry::File(_) => continue,
             };
-            match self.resolve_pending(&segs.0, segs.1)? {
+            match self.resolve_pending(&segs.0, segs.1, &mut out.jobs)? {
                 Resolved::Parts(parts, hash) => {
                     if let MemEntry::File(f) = entry {
                         if let Some(h) = hash {
@@ -540,11 +543,21 @@ impl Engine {
         Ok(changed)
     }
 
-    fn resolve_pending(&self, segs: &[PendingSeg], file_size: u64) -> Result<Resolved> {
+    /// `jobs` keeps the upload-job records already read: thousands of small files share a few
+    /// jobs, and reading (and decoding) a job's record once per file made resolution quadratic.
+    fn resolve_pending(
+        &self,
+        segs: &[PendingSeg],
+        file_size: u64,
+        jobs: &mut HashMap<UploadJobId, UploadJobRecord>,
+    ) -> Result<Resolved> {
         let mut parts = Vec::new();
         let mut hashes = Vec::new();
         for s in segs {
-            let uj = self.upload_job(&s.upload_job)?;
+            let uj = match jobs.entry(s.upload_job) {
+                MapEntry::Occupied(e) => e.into_mut(),
+                MapEntry::Vacant(e) => e.insert(self.upload_job(&s.upload_job)?),
+            };
             let Some(sealed) = uj.sealed else {
                 return Ok(Resolved::Waiting(s.upload_job));
             };
@@ -651,6 +664,8 @@ struct Resolution {
     dropped: Vec<String>,
     /// Files whose hash is now known: (hash, size, part slices) for the known-file index.
     known: Vec<(Digest, u64, Vec<PartSeg>)>,
+    /// Upload-job records read so far (see `resolve_pending`).
+    jobs: HashMap<UploadJobId, UploadJobRecord>,
 }
 
 enum Resolved {

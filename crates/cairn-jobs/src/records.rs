@@ -177,7 +177,69 @@ pub struct SealedPart {
 /// `cairn_core::hash::SegmentHasher`), from which finalize derives every file's blake3.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct SegmentHashes {
+    #[serde(with = "hash_values")]
     pub values: Vec<Option<[u8; 32]>>,
+}
+
+/// Segment hash values as CBOR byte strings. Serde's default writes a `[u8; 32]` as an array of
+/// 32 integers: a job of 800 small files then held 25,600 CBOR items that every read of its
+/// record decoded (finalize read it once per file, which made finalizing thousands of small files
+/// quadratic). Records written that way still decode.
+mod hash_values {
+    use serde::de::{Error, SeqAccess, Visitor};
+    use serde::ser::SerializeSeq;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(values: &[Option<[u8; 32]>], s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(values.len()))?;
+        for v in values {
+            seq.serialize_element(&v.map(cairn_core::Digest))?;
+        }
+        seq.end()
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Option<[u8; 32]>>, D::Error> {
+        let values: Vec<Option<Value>> = Vec::deserialize(d)?;
+        Ok(values.into_iter().map(|v| v.map(|v| v.0)).collect())
+    }
+
+    /// One value: 32 bytes, as a byte string or (as written before) an array of integers.
+    struct Value([u8; 32]);
+
+    impl<'de> Deserialize<'de> for Value {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Value, D::Error> {
+            d.deserialize_any(ValueVisitor)
+        }
+    }
+
+    struct ValueVisitor;
+
+    impl<'de> Visitor<'de> for ValueVisitor {
+        type Value = Value;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("32 bytes")
+        }
+
+        fn visit_bytes<E: Error>(self, v: &[u8]) -> Result<Value, E> {
+            v.try_into()
+                .map(Value)
+                .map_err(|_| E::invalid_length(v.len(), &self))
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+            let mut out = [0u8; 32];
+            for (i, b) in out.iter_mut().enumerate() {
+                *b = seq
+                    .next_element()?
+                    .ok_or_else(|| A::Error::invalid_length(i, &self))?;
+            }
+            if seq.next_element::<u8>()?.is_some() {
+                return Err(A::Error::invalid_length(33, &self));
+            }
+            Ok(Value(out))
+        }
+    }
 }
 
 /// One received chunk of an upload job and the segment it belongs to.
@@ -244,4 +306,64 @@ pub fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod segment_hash_tests {
+    use super::*;
+
+    fn cbor<T: Serialize>(v: &T) -> Vec<u8> {
+        let mut out = Vec::new();
+        ciborium::into_writer(v, &mut out).unwrap();
+        out
+    }
+
+    /// Bytes serialized as a CBOR byte string.
+    struct Raw(Vec<u8>);
+
+    impl Serialize for Raw {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_bytes(&self.0)
+        }
+    }
+
+    #[derive(Serialize)]
+    struct Encoded<T> {
+        values: Vec<Option<T>>,
+    }
+
+    fn decode(bytes: &[u8]) -> Result<SegmentHashes, ciborium::de::Error<std::io::Error>> {
+        ciborium::from_reader(bytes)
+    }
+
+    #[test]
+    fn values_are_byte_strings_and_old_integer_arrays_still_decode() {
+        let values = vec![Some([7u8; 32]), None, Some([200u8; 32])];
+        let now = cbor(&SegmentHashes {
+            values: values.clone(),
+        });
+        // A 32-byte string: header 0x58 0x20.
+        assert!(now.windows(2).any(|w| w == [0x58, 0x20]));
+        // Serde's default for `[u8; 32]`, as records were written before: arrays of integers.
+        let before = cbor(&Encoded {
+            values: values.clone(),
+        });
+        assert!(!before.windows(2).any(|w| w == [0x58, 0x20]));
+        for bytes in [&now, &before] {
+            assert_eq!(decode(bytes).unwrap().values, values);
+        }
+        // Wrong lengths are refused, in either form.
+        assert!(decode(&cbor(&Encoded {
+            values: vec![Some([1u8; 31])]
+        }))
+        .is_err());
+        assert!(decode(&cbor(&Encoded {
+            values: vec![Some(Raw(vec![1; 33]))]
+        }))
+        .is_err());
+        assert!(decode(&cbor(&Encoded {
+            values: vec![Some(Raw(vec![1; 31]))]
+        }))
+        .is_err());
+    }
 }
