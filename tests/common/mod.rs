@@ -83,20 +83,26 @@ impl Server {
             std::thread::sleep(Duration::from_millis(50));
         }
         // The port answered: make sure it is this server (not one that took the port first).
-        std::thread::sleep(Duration::from_millis(50));
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "server exited: {:?}",
-            log.lock().unwrap()
-        );
-        assert!(
-            log.lock()
-                .unwrap()
-                .iter()
-                .any(|l| l.contains(&format!("127.0.0.1:{port}"))),
-            "another process answers on port {port}: {:?}",
-            log.lock().unwrap()
-        );
+        // Its listen line may reach the log a little after the port opens (the reader thread
+        // lags under a loaded machine), so wait for it, as long as the server runs.
+        let listening = format!("127.0.0.1:{port}");
+        let logged = Instant::now() + Duration::from_secs(10);
+        loop {
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "server exited: {:?}",
+                log.lock().unwrap()
+            );
+            if log.lock().unwrap().iter().any(|l| l.contains(&listening)) {
+                break;
+            }
+            assert!(
+                Instant::now() < logged,
+                "another process answers on port {port}: {:?}",
+                log.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
         Server { child, port, log }
     }
 
