@@ -163,6 +163,8 @@ pub struct PackFile {
     /// [`crate::staging`] for why); `None` where the file system refuses it (tmpfs), and
     /// dropped if a direct write is refused.
     direct: parking_lot::Mutex<Option<File>>,
+    /// Alignment of writes to this file (see [`crate::staging::BLOCK`]).
+    block: u64,
 }
 
 impl PackFile {
@@ -183,12 +185,14 @@ impl PackFile {
             .map_err(|e| Error::io("fsync new pack", e))?;
         sync_dir(dir)?;
         sync_log::end(&path, sync);
-        let direct = parking_lot::Mutex::new(open_direct(&path));
+        let direct = open_direct(&path);
+        let block = write_alignment(direct.as_ref());
         Ok(PackFile {
             id,
             path,
             file,
-            direct,
+            direct: parking_lot::Mutex::new(direct),
+            block,
         })
     }
 
@@ -210,15 +214,17 @@ impl PackFile {
         file.read_exact_at(&mut h, 0)
             .map_err(|_| Error::corrupt(format!("pack {} has no header", path.display())))?;
         check_header(&h)?;
-        let direct = parking_lot::Mutex::new(match writable {
+        let direct = match writable {
             true => open_direct(&path),
             false => None,
-        });
+        };
+        let block = write_alignment(direct.as_ref());
         Ok(PackFile {
             id,
             path,
             file,
-            direct,
+            direct: parking_lot::Mutex::new(direct),
+            block,
         })
     }
 
@@ -270,8 +276,8 @@ impl PackFile {
     /// [`crate::staging`] window): direct when the file system allows it, else through the page
     /// cache. Durable only after [`PackFile::sync_data`].
     pub fn write_blocks(&self, offset: u64, bytes: &[u8]) -> Result<()> {
-        use crate::staging::BLOCK;
-        debug_assert!(offset.is_multiple_of(BLOCK) && (bytes.len() as u64).is_multiple_of(BLOCK));
+        let block = self.block;
+        debug_assert!(offset.is_multiple_of(block) && (bytes.len() as u64).is_multiple_of(block));
         let mut direct = self.direct.lock();
         if let Some(f) = direct.as_ref() {
             match f.write_all_at(bytes, offset) {
@@ -279,7 +285,7 @@ impl PackFile {
                     sync_log::wrote(&self.path, offset, bytes.len() as u64);
                     return Ok(());
                 }
-                // The device wants a larger alignment than BLOCK: write through the cache.
+                // The device wants another alignment: write through the cache.
                 Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
                     tracing::info!(pack = %self.path.display(), "direct write refused; writing through the page cache");
                     *direct = None;
@@ -493,6 +499,33 @@ mod sync_log {
         if log().is_some() {
             line(format_args!("T {} {len}", path.display()));
         }
+    }
+}
+
+impl PackFile {
+    /// The alignment [`PackFile::write_blocks`] needs.
+    pub fn block(&self) -> u64 {
+        self.block
+    }
+}
+
+/// The alignment of direct writes to the file open as `direct` (`statx` `STATX_DIOALIGN`, Linux
+/// 6.1+), when it is a power of two up to [`crate::staging::BLOCK`]; [`crate::staging::BLOCK`]
+/// when the kernel does not say. Writes through the page cache need none: 512 keeps the padding
+/// small.
+fn write_alignment(direct: Option<&File>) -> u64 {
+    use crate::staging::BLOCK;
+    use rustix::fs::{statx, AtFlags, StatxFlags};
+    let Some(f) = direct else { return 512 };
+    match statx(f, "", AtFlags::EMPTY_PATH, StatxFlags::DIOALIGN) {
+        Ok(st) if StatxFlags::from_bits_retain(st.stx_mask).contains(StatxFlags::DIOALIGN) => {
+            let align = u64::from(st.stx_dio_offset_align).max(512);
+            match align.is_power_of_two() && align <= BLOCK {
+                true => align,
+                false => BLOCK,
+            }
+        }
+        _ => BLOCK,
     }
 }
 

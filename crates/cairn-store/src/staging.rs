@@ -21,15 +21,18 @@
 
 use cairn_core::Result;
 
-/// Alignment of every pack write (offset, length and memory): enough for `O_DIRECT` on
-/// devices with 512-byte or 4 KiB logical blocks.
+/// The largest block a pack write is aligned to, and the alignment of the window's memory:
+/// enough for `O_DIRECT` on devices with 512-byte or 4 KiB logical blocks. Writes are aligned to
+/// the file's own direct-I/O alignment when the kernel reports it (`statx` `STATX_DIOALIGN`,
+/// 512 bytes on most devices), else to this.
 pub const BLOCK: u64 = 4096;
 
 /// Bytes written at a time once the window is full.
 pub const STAGING: usize = 4 << 20;
 
-pub fn align_up(n: u64) -> u64 {
-    n.div_ceil(BLOCK) * BLOCK
+/// `n` rounded up to a multiple of `block` (a power of two).
+pub fn align_up(n: u64, block: u64) -> u64 {
+    n.div_ceil(block) * block
 }
 
 /// A full window taken out of [`Staging`], to be written at [`Window::at`].
@@ -40,7 +43,7 @@ pub struct Window {
 }
 
 impl Window {
-    /// The file offset of the window's first byte (a multiple of [`BLOCK`]).
+    /// The file offset of the window's first byte (a multiple of the file's block).
     pub fn at(&self) -> u64 {
         self.at
     }
@@ -72,23 +75,33 @@ pub struct Staging {
     mem: Vec<u8>,
     /// Index in `mem` where the aligned window starts.
     base: usize,
-    /// File offset of the window's first byte (a multiple of [`BLOCK`]).
+    /// File offset of the window's first byte (a multiple of `block`).
     at: u64,
     /// Bytes staged in the window.
     filled: usize,
+    /// Alignment of the file's writes: a power of two dividing [`BLOCK`].
+    block: u64,
 }
 
 impl Staging {
-    /// An empty window whose first byte goes to file offset `align_up(end)`.
-    pub fn new(end: u64) -> Staging {
+    /// An empty window whose first byte goes to file offset `align_up(end, block)`; every
+    /// write it hands out is aligned to `block` (a power of two dividing [`BLOCK`]).
+    pub fn new(end: u64, block: u64) -> Staging {
+        assert!(block.is_power_of_two() && BLOCK.is_multiple_of(block));
         let mem = window_mem();
         let base = aligned_base(&mem);
         Staging {
             mem,
             base,
-            at: align_up(end),
+            at: align_up(end, block),
             filled: 0,
+            block,
         }
+    }
+
+    /// The alignment of this file's writes.
+    pub fn block(&self) -> u64 {
+        self.block
     }
 
     /// The file offset the next appended byte will have.
@@ -134,7 +147,7 @@ impl Staging {
         if self.filled == 0 {
             return Ok(());
         }
-        let padded = align_up(self.filled as u64) as usize;
+        let padded = align_up(self.filled as u64, self.block) as usize;
         let (at, filled) = (self.at, self.filled);
         let window = self.window();
         window[filled..padded].fill(0);
@@ -157,6 +170,7 @@ mod tests {
     struct Sink {
         file: Vec<u8>,
         fail_next: bool,
+        block: u64,
     }
 
     impl Sink {
@@ -170,8 +184,8 @@ mod tests {
             if std::mem::take(&mut self.fail_next) {
                 return Err(Error::internal("disk full"));
             }
-            assert_eq!(at % BLOCK, 0, "offset {at} unaligned");
-            assert_eq!(bytes.len() as u64 % BLOCK, 0, "length unaligned");
+            assert_eq!(at % self.block, 0, "offset {at} unaligned");
+            assert_eq!(bytes.len() as u64 % self.block, 0, "length unaligned");
             assert_eq!(
                 bytes.as_ptr() as usize % BLOCK as usize,
                 0,
@@ -194,10 +208,12 @@ mod tests {
         #[test]
         fn records_land_where_announced(
             start in 0u64..10_000,
+            small_block in any::<bool>(),
             records in proptest::collection::vec((1usize..3 * STAGING / 2, any::<bool>()), 1..12),
         ) {
-            let mut s = Staging::new(start);
-            let mut sink = Sink::default();
+            let block = if small_block { 512 } else { BLOCK };
+            let mut s = Staging::new(start, block);
+            let mut sink = Sink { block, ..Sink::default() };
             let mut placed = Vec::new();
             for (i, &(len, flush)) in records.iter().enumerate() {
                 let rec = vec![i as u8 + 1; len];
@@ -205,12 +221,12 @@ mod tests {
                 s.append(&rec, &mut |w| sink.take(w));
                 if flush {
                     s.flush(&mut |a, b| sink.write(a, b)).unwrap();
-                    prop_assert_eq!(s.end() % BLOCK, 0);
+                    prop_assert_eq!(s.end() % block, 0);
                 }
             }
             s.flush(&mut |a, b| sink.write(a, b)).unwrap();
             for (at, rec) in placed {
-                prop_assert!(at >= align_up(start));
+                prop_assert!(at >= align_up(start, block));
                 prop_assert_eq!(&sink.file[at as usize..at as usize + rec.len()], &rec[..]);
             }
         }
@@ -218,8 +234,11 @@ mod tests {
 
     #[test]
     fn a_failed_flush_is_retried_and_loses_nothing() {
-        let mut s = Staging::new(0);
-        let mut sink = Sink::default();
+        let mut s = Staging::new(0, BLOCK);
+        let mut sink = Sink {
+            block: BLOCK,
+            ..Sink::default()
+        };
         let first = vec![1u8; STAGING];
         s.append(&first, &mut |w| sink.take(w));
         assert_eq!(s.end(), STAGING as u64, "the full window was handed out");
@@ -236,7 +255,7 @@ mod tests {
 
     #[test]
     fn an_empty_flush_writes_nothing_and_pads_nothing() {
-        let mut s = Staging::new(BLOCK);
+        let mut s = Staging::new(BLOCK, 512);
         s.flush(&mut |_, _| panic!("nothing to write")).unwrap();
         assert_eq!(s.end(), BLOCK);
     }

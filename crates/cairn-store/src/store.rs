@@ -121,9 +121,10 @@ struct Writer {
 
 impl Writer {
     fn new(pack: PackFile, len: u64) -> Writer {
+        let block = pack.block();
         Writer {
             pack: Arc::new(pack),
-            staging: Staging::new(len),
+            staging: Staging::new(len, block),
         }
     }
 
@@ -135,7 +136,7 @@ impl Writer {
     /// Whether the open pack holds no record yet (records start at the first block after the
     /// header).
     fn is_fresh(&self) -> bool {
-        self.len() <= BLOCK
+        self.len() <= self.staging.block()
     }
 
     /// Stages `bytes`; windows it fills go to `full`, to be written once the lock is released.
@@ -925,6 +926,32 @@ mod chunking_tests {
             ChunkParams::LEGACY,
             "and keeps it"
         );
+    }
+}
+
+#[cfg(test)]
+mod padding_tests {
+    use super::*;
+
+    /// Each commit pads the open pack to the file's write alignment only: 512 bytes where the
+    /// kernel reports a 512-byte direct-I/O alignment, so a store of tiny files committed one by
+    /// one does not spend 4 KiB on each.
+    #[test]
+    fn commits_pad_only_to_the_file_s_write_alignment() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(StoreConfig::new(dir.path()), &[]).unwrap();
+        let (block, pack) = {
+            let w = store.writer.lock();
+            (w.staging.block(), w.pack.clone())
+        };
+        assert!(block.is_power_of_two() && (512..=BLOCK).contains(&block));
+        for i in 0..10u8 {
+            let mut s = store.session();
+            s.add_chunk(&[i; 100]).unwrap();
+            s.commit(store.index().batch()).unwrap();
+        }
+        let record = crate::staging::align_up(RECORD_HEADER_LEN + 100, block);
+        assert_eq!(pack.len().unwrap(), block + 10 * record, "block {block}");
     }
 }
 

@@ -131,15 +131,20 @@ pub fn flip_first_chunk_byte(dir: &std::path::Path, at: u64, mask: u8) {
         .min()
         .unwrap();
     let mut bytes = std::fs::read(&pack).unwrap();
-    use cairn_store::pack::{decode_record_header, CODEC_RAW_OUTBOARD, RECORD_HEADER_LEN};
-    // Records start at the first block after the header (see cairn_store::staging).
-    use cairn_store::staging::BLOCK as FIRST;
-    let h = decode_record_header(&bytes[FIRST as usize..]).unwrap();
+    use cairn_store::pack::{
+        decode_record_header, CODEC_RAW_OUTBOARD, HEADER_LEN, RECORD_HEADER_LEN, RECORD_MAGIC,
+    };
+    // Records start at the first write block after the header (see cairn_store::staging), whose
+    // size depends on the file system: find the first record's magic.
+    let first = (HEADER_LEN as usize..bytes.len())
+        .find(|&i| bytes[i..].starts_with(RECORD_MAGIC))
+        .unwrap();
+    let h = decode_record_header(&bytes[first..]).unwrap();
     let outboard = match h.codec {
         CODEC_RAW_OUTBOARD => cairn_store::outboard::outboard_len(h.len),
         _ => 0,
     };
-    bytes[(FIRST + RECORD_HEADER_LEN + u64::from(outboard) + at) as usize] ^= mask;
+    bytes[first + (RECORD_HEADER_LEN + u64::from(outboard) + at) as usize] ^= mask;
     std::fs::write(&pack, &bytes).unwrap();
 }
 
