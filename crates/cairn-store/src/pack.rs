@@ -185,15 +185,20 @@ impl PackFile {
             .map_err(|e| Error::io("fsync new pack", e))?;
         sync_dir(dir)?;
         sync_log::end(&path, sync);
-        let direct = open_direct(&path);
+        Ok(PackFile::with_file(id, path, file, true))
+    }
+
+    /// A pack on an open file; a writable one also gets its direct-write handle and alignment.
+    fn with_file(id: PackId, path: PathBuf, file: File, writable: bool) -> PackFile {
+        let direct = writable.then(|| open_direct(&path)).flatten();
         let block = write_alignment(direct.as_ref());
-        Ok(PackFile {
+        PackFile {
             id,
             path,
             file,
             direct: parking_lot::Mutex::new(direct),
             block,
-        })
+        }
     }
 
     pub fn open(dir: &Path, id: PackId, writable: bool) -> Result<PackFile> {
@@ -214,18 +219,7 @@ impl PackFile {
         file.read_exact_at(&mut h, 0)
             .map_err(|_| Error::corrupt(format!("pack {} has no header", path.display())))?;
         check_header(&h)?;
-        let direct = match writable {
-            true => open_direct(&path),
-            false => None,
-        };
-        let block = write_alignment(direct.as_ref());
-        Ok(PackFile {
-            id,
-            path,
-            file,
-            direct: parking_lot::Mutex::new(direct),
-            block,
-        })
+        Ok(PackFile::with_file(id, path, file, writable))
     }
 
     pub fn len(&self) -> Result<u64> {
