@@ -547,8 +547,10 @@ impl<'e> Ingest<'e> {
             let by_chunks = self.hashes.as_ref().is_some_and(|h| h.by_chunks);
             let (first, seg_len) = (pending.len(), self.seg_len);
             let mut several = None;
+            let emitted = std::cell::Cell::new(0usize);
             self.chunker.finish_then(
                 |c| {
+                    emitted.set(emitted.get() + 1);
                     pending.push(UjChunk {
                         segment: seg,
                         chunk: session.add_chunk(c)?,
@@ -556,8 +558,9 @@ impl<'e> Ingest<'e> {
                     Ok::<_, Error>(())
                 },
                 |bytes| {
-                    // Only when the buffer held the whole segment is this its hash.
-                    if by_chunks && bytes.len() as u64 == seg_len {
+                    // Hashed only when the file did not make exactly one chunk (whose name is
+                    // its hash), and only when the buffer held the whole segment.
+                    if by_chunks && emitted.get() != 1 && bytes.len() as u64 == seg_len {
                         several = Some(*blake3::hash(bytes).as_bytes());
                     }
                 },
