@@ -1,12 +1,12 @@
 //! Incremental content-defined chunking (FastCDC 2020) over bytes pushed in pieces.
 //!
 //! The `fastcdc` crate chunks a slice. A network upload arrives in pieces, so this wrapper keeps a
-//! buffer of at most two maximum-size chunks, allocated once. When it is full, it asks FastCDC for
-//! one cut after another while at least a maximum-size chunk's worth of bytes remains after the
-//! cursor. A FastCDC cut depends only on the bytes between the chunk's start and the cut (and on
-//! the bytes left, but only when fewer than `max` are), so each chunk emitted is exactly the chunk
-//! that chunking the whole segment at once would give, and no byte is scanned twice.
-//! [`SegmentChunker::finish`] emits the rest.
+//! buffer of at most two maximum-size chunks (allocated whole once a segment outgrows 256 KiB).
+//! When it is full, it asks FastCDC for one cut after another while at least a maximum-size
+//! chunk's worth of bytes remains after the cursor. A FastCDC cut depends only on the bytes
+//! between the chunk's start and the cut (and on the bytes left, but only when fewer than `max`
+//! are), so each chunk emitted is exactly the chunk that chunking the whole segment at once would
+//! give, and no byte is scanned twice. [`SegmentChunker::finish`] emits the rest.
 //!
 //! One chunker covers one file segment: chunking restarts at every file boundary, so identical
 //! files produce identical chunks whatever part they land in.
@@ -52,7 +52,10 @@ impl Default for ChunkParams {
     }
 }
 
-/// Chunks one file segment incrementally. Memory: one buffer of `2 * max` bytes.
+/// Up to this many buffered bytes, the buffer grows by doubling (see `SegmentChunker::grow_for`).
+const GROW_STEPWISE: usize = 256 << 10;
+
+/// Chunks one file segment incrementally. Memory: one buffer of at most `2 * max` bytes.
 pub struct SegmentChunker {
     params: ChunkParams,
     buf: Vec<u8>,
@@ -64,10 +67,7 @@ impl SegmentChunker {
     }
 
     /// Resumes a segment whose bytes after the last cut were saved (see [`Self::pending_bytes`]).
-    pub fn with_pending(params: ChunkParams, mut pending: Vec<u8>) -> Self {
-        // The whole capacity at once: growing on demand reallocated (and copied) the buffer.
-        let cap = Self::capacity(params);
-        pending.reserve_exact(cap.saturating_sub(pending.len()));
+    pub fn with_pending(params: ChunkParams, pending: Vec<u8>) -> Self {
         SegmentChunker {
             params,
             buf: pending,
@@ -76,6 +76,21 @@ impl SegmentChunker {
 
     fn capacity(params: ChunkParams) -> usize {
         2 * params.max as usize
+    }
+
+    /// Makes room for `n` more bytes. A small segment's buffer grows as it goes (powers of two,
+    /// up to [`GROW_STEPWISE`]); past that, it takes the whole capacity `cap` at once, because
+    /// growing a 2 MiB buffer step by step reallocated and copied it several times. Taking it
+    /// for every upload instead cost each small request a 2 MiB allocation.
+    fn grow_for(&mut self, n: usize, cap: usize) {
+        let need = self.buf.len() + n;
+        if need > self.buf.capacity() {
+            let to = match need <= GROW_STEPWISE {
+                true => need.next_power_of_two(),
+                false => cap.max(need),
+            };
+            self.buf.reserve_exact(to - self.buf.len());
+        }
     }
 
     /// Number of bytes pushed but not yet emitted as a chunk.
@@ -98,6 +113,7 @@ impl SegmentChunker {
         let cap = Self::capacity(self.params);
         while !data.is_empty() {
             let n = cap.saturating_sub(self.buf.len()).min(data.len());
+            self.grow_for(n, cap);
             self.buf.extend_from_slice(&data[..n]);
             data = &data[n..];
             if self.buf.len() >= cap {
