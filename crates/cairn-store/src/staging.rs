@@ -6,12 +6,13 @@
 //! per 2 GiB on the benchmark machine, against 0.1 s for the same bytes written direct). A
 //! direct write needs its offset, length and memory aligned; this buffer provides all three.
 //!
-//! The rules, all pure bookkeeping (the I/O is the `write` callback):
+//! The rules, all pure bookkeeping (the caller does the I/O: it writes the windows handed out and
+//! the bytes `flush` passes to its `write` callback):
 //! - The window starts at a block-aligned file offset and holds [`STAGING`] bytes.
 //! - A full window is written as is. [`Staging::flush`] (before an fsync) writes what is
 //!   staged padded with zeros to a whole block, and the next record starts on the next block.
 //!   So a block that holds acknowledged bytes is never written again: a power cut during a later
-//!   write cannot tear it. The padding is at most one block per flush; it is dead space that no
+//!   write cannot tear it. The padding is less than one block per flush; it is dead space that no
 //!   chunk location points at, and gc's repack reclaims it with the rest.
 //! - A full window is handed out ([`Window`]) with fresh memory put in its place, so the store
 //!   can write it without holding its writer lock (appenders go on filling the next window
