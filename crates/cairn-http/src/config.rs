@@ -26,6 +26,9 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// A pack file is sealed (and becomes a candidate for repacking by gc) at this size.
     pub pack_size: u64,
+    /// Bytes an upload request receives between the durable commits made while it is still
+    /// sending (its end always commits). A crash costs each stream at most this much resending.
+    pub commit_every: u64,
     /// Requests per second each token may make (0: no limit); more get 429 `rate_limited`.
     pub rate_limit: u32,
     /// Requests a token may make at once above its rate.
@@ -43,6 +46,7 @@ impl Default for ServerConfig {
             header_timeout_secs: 30,
             max_connections: 4096,
             pack_size: 256 << 20,
+            commit_every: 32 << 20,
             rate_limit: 10_000,
             rate_burst: 10_000,
         }
@@ -80,6 +84,12 @@ impl ServerConfig {
             return Err(format!(
                 "pack_size {} must be between 2 MiB and 1 TiB",
                 cfg.pack_size
+            ));
+        }
+        if !(1 << 20..=1 << 40).contains(&cfg.commit_every) {
+            return Err(format!(
+                "commit_every {} must be between 1 MiB and 1 TiB",
+                cfg.commit_every
             ));
         }
         Ok(cfg)

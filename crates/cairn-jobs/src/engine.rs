@@ -25,7 +25,9 @@ use crate::tree::{node_children, DirNode, MemDir};
 pub struct EngineConfig {
     pub store: StoreConfig,
     pub plan: PlanLimits,
-    /// Bytes an upload request receives between intermediate commits.
+    /// Bytes an upload request receives between intermediate commits. Each commit waits for
+    /// an fsync; 8 MiB cost the 8-stream ingest benchmark about 8% of its throughput against
+    /// 32 MiB (interleaved runs), and a crash costs a stream at most this much resending.
     pub commit_every: u64,
     /// An upload body that sends nothing for this long is cut off (what arrived is kept), and a
     /// download whose client reads nothing for this long is stopped.
@@ -37,7 +39,7 @@ impl EngineConfig {
         EngineConfig {
             store: StoreConfig::new(dir),
             plan: PlanLimits::default(),
-            commit_every: 8 << 20,
+            commit_every: 32 << 20,
             idle_timeout: std::time::Duration::from_secs(60),
         }
     }

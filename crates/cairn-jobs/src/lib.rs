@@ -27,4 +27,4 @@ pub use maint::{EngineFsckReport, EngineGcReport, EngineStats};
 pub use ops::FilesJobRequest;
 pub use planner::PlanLimits;
 pub use read::FileHandle;
-pub use upload::{Frame, SegmentStatus, UploadReply, UploadStatus};
+pub use upload::{SegmentStatus, UploadReply, UploadStatus};

@@ -12,6 +12,7 @@
 mod bufpool;
 pub mod cache;
 pub mod chunker;
+mod flusher;
 pub mod fsck;
 pub mod gc;
 pub mod index;

@@ -16,6 +16,7 @@ use parking_lot::{Mutex, MutexGuard, RwLock};
 use serde::{Deserialize, Serialize};
 
 use crate::chunker::ChunkParams;
+use crate::flusher::{Flusher, Spare};
 use crate::index::{
     Batch, CfKind, Index, CF_CHUNKS, CF_CHUNK_REFS, CF_PACKS, CF_PACK_LEN, CF_PARTS, CF_PART_REFS,
     CF_STORE, STORE_CFS,
@@ -148,6 +149,17 @@ impl Writer {
         });
     }
 
+    /// Takes out everything staged (padded to a block) for the caller to write outside the lock;
+    /// it is counted in `flusher` like a full window.
+    fn take_staged(&mut self, flusher: &Flusher) -> Option<(Arc<PackFile>, Window)> {
+        let spare = flusher.spare();
+        let w = self
+            .staging
+            .take(|| spare.lock().pop().unwrap_or_else(window_mem))?;
+        flusher.count(1);
+        Some((self.pack.clone(), w))
+    }
+
     /// Writes out everything staged (padded to a block); returns the pack's end after it.
     fn flush(&mut self) -> Result<u64> {
         let pack = &self.pack;
@@ -156,26 +168,14 @@ impl Writer {
     }
 }
 
-/// Window memory written and ready for reuse (at most two are kept).
-type Spare = Mutex<Vec<Vec<u8>>>;
-
-/// Full windows handed out by the writer and not yet written.
-#[derive(Default)]
-struct InFlight {
-    count: usize,
-    /// Windows whose write failed, in order: written again before the next fsync.
-    failed: Vec<(Arc<PackFile>, Window)>,
-}
-
 /// The content-addressed chunk store and its index.
 pub struct Store {
     cfg: StoreConfig,
     pack_dir: PathBuf,
     index: Index,
     writer: Mutex<Writer>,
-    spare: Spare,
-    in_flight: Mutex<InFlight>,
-    written: parking_lot::Condvar,
+    /// Writes the windows the writer fills, off the appenders' threads.
+    flusher: Flusher,
     /// Pack and length known durable; the lock also serialises fsyncs (group commit).
     synced: Mutex<(PackId, u64)>,
     readers: RwLock<HashMap<PackId, Arc<PackFile>>>,
@@ -216,9 +216,7 @@ impl Store {
             pack_dir,
             index,
             writer: Mutex::new(Writer::new(pack, len)),
-            spare: Mutex::new(Vec::new()),
-            in_flight: Mutex::new(InFlight::default()),
-            written: parking_lot::Condvar::new(),
+            flusher: Flusher::start(),
             synced: Mutex::new((id, len)),
             readers: RwLock::new(HashMap::new()),
             retired: Mutex::new(HashSet::new()),
@@ -282,8 +280,8 @@ impl Store {
     ) -> Result<(ChunkLoc, u64)> {
         let mut full = Vec::new();
         let appended = self.append_staged(hash, outboard, data, user, &mut full);
-        // The disk takes the windows this record filled while others go on appending.
-        self.write_windows(full)?;
+        // The pack writer thread takes the windows this record filled.
+        self.flusher.submit(full);
         appended
     }
 
@@ -318,50 +316,29 @@ impl Store {
             len,
             outboard: outboard.len() as u32,
         };
-        w.append(&encode_record_header(hash, len, codec), full, &self.spare);
-        w.append(outboard, full, &self.spare);
-        w.append(data, full, &self.spare);
+        let spare = self.flusher.spare();
+        w.append(&encode_record_header(hash, len, codec), full, spare);
+        w.append(outboard, full, spare);
+        w.append(data, full, spare);
         // Counted before the lock is released, so a sync that flushes after this waits for them.
-        self.in_flight.lock().count += full.len();
+        self.flusher.count(full.len());
         Ok((loc, w.len()))
     }
 
-    /// Writes full windows handed out by the writer; a window that fails is kept for
-    /// [`Store::wait_written`] to write again, and the error returned.
-    fn write_windows(&self, full: Vec<(Arc<PackFile>, Window)>) -> Result<()> {
-        let mut result = Ok(());
-        for (pack, w) in full {
-            let outcome = pack.write_blocks(w.at(), w.bytes());
-            let mut f = self.in_flight.lock();
-            match outcome {
-                Ok(()) => {
-                    let mut spare = self.spare.lock();
-                    if spare.len() < 2 {
-                        spare.push(w.into_mem());
-                    }
-                }
-                Err(e) => {
-                    f.failed.push((pack, w));
-                    result = Err(e);
-                }
-            }
-            f.count -= 1;
-            self.written.notify_all();
-        }
-        result
+    /// Full windows waiting for the pack writer thread. An appender on an async runtime checks
+    /// this before appending more and, when it is long, waits off the runtime with
+    /// [`Store::wait_write_backlog`]: that is the back-pressure from the disk to the socket.
+    pub fn write_backlog(&self) -> usize {
+        self.flusher.backlog()
     }
 
-    /// Waits until every window handed out so far is written, writing again any that failed.
+    /// Blocks until at most `n` full windows wait for the pack writer thread.
+    pub fn wait_write_backlog(&self, n: usize) {
+        self.flusher.wait_backlog_below(n)
+    }
+
     fn wait_written(&self) -> Result<()> {
-        let mut f = self.in_flight.lock();
-        while f.count > 0 {
-            self.written.wait(&mut f);
-        }
-        while let Some((pack, w)) = f.failed.first() {
-            pack.write_blocks(w.at(), w.bytes())?;
-            f.failed.remove(0);
-        }
-        Ok(())
+        self.flusher.wait_written()
     }
 
     /// Seals the open pack (fsync, mark sealed) and starts the next one.
@@ -395,11 +372,15 @@ impl Store {
         if (synced.0, synced.1) >= (pack, end) {
             return Ok(());
         }
-        let (file, len) = {
+        // No I/O under the writer lock: appenders (on the async runtime) never wait for the disk.
+        let (file, len, staged) = {
             let mut w = self.writer.lock();
-            let len = w.flush()?;
-            (w.pack.clone(), len)
+            let staged = w.take_staged(&self.flusher);
+            (w.pack.clone(), w.len(), staged)
         };
+        if let Some((pack, window)) = staged {
+            self.flusher.write_now(pack, window)?;
+        }
         self.wait_written()?;
         if file.id > pack {
             // The pack was sealed, and fsynced, by `roll`.

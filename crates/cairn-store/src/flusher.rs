@@ -1,0 +1,226 @@
+//! The pack writer thread: full write windows ([`crate::staging`]) reach the disk off the
+//! appender's thread.
+//!
+//! An upload's CPU work (hashing, chunking, copying into the window) runs on the async runtime's
+//! threads, where a 4 MiB direct write (a few milliseconds of waiting on the disk) would stall
+//! every other request of that thread. So a filled window is queued here and one thread writes
+//! windows in order while the appenders go on. Nothing here is a durability promise: bytes are
+//! durable only after [`Flusher::wait_written`] and the fsync that follows it, which is what a
+//! commit does.
+//!
+//! Back-pressure: the queue holds at most what the appenders put in before they check
+//! [`Flusher::backlog`]; an appender that finds it long waits (off the runtime) with
+//! [`Flusher::wait_backlog_below`], so a slow disk slows uploads instead of growing memory.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use cairn_core::Result;
+use parking_lot::{Condvar, Mutex};
+
+use crate::pack::PackFile;
+use crate::staging::Window;
+
+/// Window memory written and ready for reuse (at most [`SPARE`] are kept).
+pub(crate) type Spare = Mutex<Vec<Vec<u8>>>;
+
+/// Window memories kept for reuse: enough for the windows a sync takes out besides the full ones,
+/// so that steady uploading allocates none.
+const SPARE: usize = 4;
+
+/// Full windows handed out by the pack's writer and not yet written.
+#[derive(Default)]
+struct Queue {
+    /// Windows counted by [`Flusher::count`] and not yet written (queued or being written).
+    count: usize,
+    queued: VecDeque<(Arc<PackFile>, Window)>,
+    /// Windows whose write failed, in order: written again before the next fsync.
+    failed: Vec<(Arc<PackFile>, Window)>,
+    closed: bool,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    /// Signalled when a window is queued or the flusher closes.
+    work: Condvar,
+    /// Signalled when a window has been written (or has failed).
+    written: Condvar,
+    spare: Spare,
+}
+
+/// One writer thread for full windows; stopped (after writing what is queued) on drop.
+pub(crate) struct Flusher {
+    shared: Arc<Shared>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Flusher {
+    pub(crate) fn start() -> Flusher {
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue::default()),
+            work: Condvar::new(),
+            written: Condvar::new(),
+            spare: Mutex::new(Vec::new()),
+        });
+        let worker = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("cairn-pack-writer".into())
+            .spawn(move || worker.run())
+            .expect("spawn the pack writer thread");
+        Flusher {
+            shared,
+            thread: Some(thread),
+        }
+    }
+
+    pub(crate) fn spare(&self) -> &Spare {
+        &self.shared.spare
+    }
+
+    /// Counts `n` windows as handed out. Called under the pack writer's lock, before it is
+    /// released, so that a sync that flushes after this also waits for them.
+    pub(crate) fn count(&self, n: usize) {
+        if n > 0 {
+            self.shared.queue.lock().count += n;
+        }
+    }
+
+    /// Queues windows already counted with [`Flusher::count`].
+    pub(crate) fn submit(&self, full: Vec<(Arc<PackFile>, Window)>) {
+        if full.is_empty() {
+            return;
+        }
+        self.shared.queue.lock().queued.extend(full);
+        self.shared.work.notify_one();
+    }
+
+    /// Writes a window already counted with [`Flusher::count`] on this thread (a sync writing
+    /// what it took out of the staging window). If the write fails, the window is kept and
+    /// written again by the next [`Flusher::wait_written`].
+    pub(crate) fn write_now(&self, pack: Arc<PackFile>, w: Window) -> Result<()> {
+        let outcome = pack.write_blocks(w.at(), w.bytes());
+        self.shared.done(pack, w, &outcome);
+        outcome
+    }
+
+    /// Windows queued and not yet being written.
+    pub(crate) fn backlog(&self) -> usize {
+        self.shared.queue.lock().queued.len()
+    }
+
+    /// Blocks until at most `n` windows are queued.
+    pub(crate) fn wait_backlog_below(&self, n: usize) {
+        let mut q = self.shared.queue.lock();
+        while q.queued.len() > n {
+            self.shared.written.wait(&mut q);
+        }
+    }
+
+    /// Waits until every window counted so far is written, writing again any that failed; the
+    /// error of a window that fails again is returned (and the window kept for the next try).
+    pub(crate) fn wait_written(&self) -> Result<()> {
+        let mut q = self.shared.queue.lock();
+        while q.count > 0 {
+            self.shared.written.wait(&mut q);
+        }
+        while let Some((pack, w)) = q.failed.first() {
+            pack.write_blocks(w.at(), w.bytes())?;
+            q.failed.remove(0);
+        }
+        Ok(())
+    }
+}
+
+impl Shared {
+    fn run(&self) {
+        let mut q = self.queue.lock();
+        loop {
+            let Some((pack, w)) = q.queued.pop_front() else {
+                if q.closed {
+                    return;
+                }
+                self.work.wait(&mut q);
+                continue;
+            };
+            drop(q);
+            let outcome = pack.write_blocks(w.at(), w.bytes());
+            self.done(pack, w, &outcome);
+            q = self.queue.lock();
+        }
+    }
+
+    /// Accounts for a counted window's write: its memory is reused, or it is kept to be
+    /// written again.
+    fn done(&self, pack: Arc<PackFile>, w: Window, outcome: &Result<()>) {
+        if let Err(e) = outcome {
+            tracing::warn!(pack = pack.id.0, error = %e, "pack write failed; retried before the next fsync");
+        }
+        let mut q = self.queue.lock();
+        match outcome {
+            Ok(()) => {
+                let mut spare = self.spare.lock();
+                if spare.len() < SPARE {
+                    spare.push(w.into_mem());
+                }
+            }
+            Err(_) => q.failed.push((pack, w)),
+        }
+        q.count -= 1;
+        self.written.notify_all();
+    }
+}
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        self.shared.queue.lock().closed = true;
+        self.shared.work.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pack::{PackId, HEADER_LEN};
+    use crate::staging::{window_mem, Staging, STAGING};
+
+    #[test]
+    fn windows_reach_the_file_and_a_failed_one_is_kept_for_the_next_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let pack = Arc::new(PackFile::create(dir.path(), PackId(1)).unwrap());
+        let f = Flusher::start();
+        let mut st = Staging::new(HEADER_LEN, pack.block());
+        let start = st.end();
+        let mut full = Vec::new();
+        let data: Vec<u8> = (0..2 * STAGING + 100).map(|i| (i % 251) as u8).collect();
+        st.append(&data, &mut |w| {
+            full.push((pack.clone(), w));
+            window_mem()
+        });
+        assert_eq!(full.len(), 2);
+        f.count(full.len());
+        f.submit(full);
+        let (taken_pack, taken) = (pack.clone(), st.take(window_mem).unwrap());
+        f.count(1);
+        f.write_now(taken_pack, taken).unwrap();
+        f.wait_written().unwrap();
+        let mut back = vec![0u8; data.len()];
+        pack.read_at(&mut back, start).unwrap();
+        assert!(back == data, "every byte where it was staged");
+        assert_eq!(f.backlog(), 0);
+
+        // A handle that cannot write: the failure is reported by the write and again by every
+        // later wait (the window is kept, never dropped as if written).
+        let read_only = Arc::new(PackFile::open(dir.path(), PackId(1), false).unwrap());
+        st.append(b"unacknowledged", &mut |_| {
+            unreachable!("not a full window")
+        });
+        let w = st.take(window_mem).unwrap();
+        f.count(1);
+        assert!(f.write_now(read_only, w).is_err());
+        assert!(f.wait_written().is_err());
+        assert!(f.wait_written().is_err(), "still kept after a failed retry");
+    }
+}
