@@ -136,7 +136,16 @@ mod tests {
 pub struct SegmentHasher {
     hasher: blake3::Hasher,
     whole: bool,
+    /// Bytes since the last multiple of [`FEED`] from the segment's start, not yet hashed.
+    carry: Vec<u8>,
 }
+
+/// The hasher is fed whole multiples of this many bytes, at multiples of it. BLAKE3 hashes a
+/// large aligned input 16 chunks at a time, but an input that starts mid-chunk is hashed in much
+/// smaller subtrees: request body frames of arbitrary sizes (around 100 KB) hashed at 3.6 GB/s on
+/// the benchmark machine, the same frames fed 64 KiB-aligned at 4.5 GB/s. Copying the ragged
+/// edges costs far less than that.
+const FEED: usize = 64 << 10;
 
 impl SegmentHasher {
     pub fn new(off: u64, len: u64, file_size: u64) -> Option<SegmentHasher> {
@@ -146,6 +155,7 @@ impl SegmentHasher {
             return Some(SegmentHasher {
                 hasher,
                 whole: true,
+                carry: Vec::new(),
             });
         }
         if !off.is_multiple_of(blake3::CHUNK_LEN as u64)
@@ -157,15 +167,35 @@ impl SegmentHasher {
         Some(SegmentHasher {
             hasher,
             whole: false,
+            carry: Vec::new(),
         })
     }
 
-    pub fn update(&mut self, bytes: &[u8]) {
-        self.hasher.update(bytes);
+    pub fn update(&mut self, mut bytes: &[u8]) {
+        if !self.carry.is_empty() {
+            let n = (FEED - self.carry.len()).min(bytes.len());
+            self.carry.extend_from_slice(&bytes[..n]);
+            bytes = &bytes[n..];
+            if self.carry.len() < FEED {
+                return;
+            }
+            self.hasher.update(&self.carry);
+            self.carry.clear();
+        }
+        let whole = bytes.len() / FEED * FEED;
+        self.hasher.update(&bytes[..whole]);
+        if whole < bytes.len() {
+            if self.carry.capacity() == 0 {
+                // Small segments (the usual small file) never need a whole feed's worth.
+                self.carry.reserve_exact(FEED.min(bytes.len().next_power_of_two()));
+            }
+            self.carry.extend_from_slice(&bytes[whole..]);
+        }
     }
 
-    pub fn finish(self) -> [u8; 32] {
+    pub fn finish(mut self) -> [u8; 32] {
         use blake3::hazmat::HasherExt;
+        self.hasher.update(&self.carry);
         if self.whole {
             *self.hasher.finalize().as_bytes()
         } else {
@@ -224,13 +254,16 @@ mod segment_tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn via_segments(data: &[u8], part: usize) -> Option<Digest> {
+    fn via_segments(data: &[u8], part: usize, frame: usize) -> Option<Digest> {
         let size = data.len() as u64;
         let mut segs = Vec::new();
         for (i, piece) in data.chunks(part).enumerate() {
             let off = (i * part) as u64;
             let mut h = SegmentHasher::new(off, piece.len() as u64, size)?;
-            h.update(piece);
+            // Fed in uneven frames, as request bodies arrive.
+            for frame in piece.chunks(frame) {
+                h.update(frame);
+            }
             segs.push((off, piece.len() as u64, h.finish()));
         }
         file_digest(size, &segs)
@@ -240,10 +273,15 @@ mod segment_tests {
         #![proptest_config(ProptestConfig::with_cases(64))]
         /// Segments at power-of-two part boundaries combine into exactly blake3 of the file.
         #[test]
-        fn combined_segments_equal_the_file_hash(len in 0usize..40_000, shift in 10u32..14, seed in any::<u64>()) {
+        fn combined_segments_equal_the_file_hash(
+            len in 0usize..300_000,
+            shift in 10u32..19,
+            frame in 1usize..150_000,
+            seed in any::<u64>(),
+        ) {
             let mut data = vec![0u8; len];
             blake3::Hasher::new().update(&seed.to_le_bytes()).finalize_xof().fill(&mut data);
-            let got = via_segments(&data, 1 << shift);
+            let got = via_segments(&data, 1 << shift, frame);
             prop_assert_eq!(got, Some(Digest::of(&data)));
         }
     }
@@ -251,6 +289,6 @@ mod segment_tests {
     #[test]
     fn parts_that_are_not_powers_of_two_give_none_not_a_wrong_hash() {
         let data = vec![7u8; 10_000];
-        assert_eq!(via_segments(&data, 3000), None);
+        assert_eq!(via_segments(&data, 3000, 10_000), None);
     }
 }
