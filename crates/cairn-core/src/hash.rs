@@ -187,7 +187,8 @@ impl SegmentHasher {
         if whole < bytes.len() {
             if self.carry.capacity() == 0 {
                 // Small segments (the usual small file) never need a whole feed's worth.
-                self.carry.reserve_exact(FEED.min(bytes.len().next_power_of_two()));
+                self.carry
+                    .reserve_exact(FEED.min(bytes.len().next_power_of_two()));
             }
             self.carry.extend_from_slice(&bytes[whole..]);
         }

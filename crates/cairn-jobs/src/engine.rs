@@ -97,9 +97,10 @@ pub struct Engine {
     /// Hashes of upload jobs whose requests stopped short of the end, keyed with the offset
     /// they cover, so the next request continues them instead of sealing by re-reading.
     pub(crate) stream_hashes: Mutex<HashMap<UploadJobId, (u64, crate::upload::StreamHashes)>>,
-    /// Permits for blocking threads held by streaming: an upload holds one for its whole life,
-    /// a download only while one of its reads waits for the disk. At most `STREAM_PERMITS`,
-    /// far below tokio's 512 blocking threads.
+    /// Permits for streaming: an upload holds one for its whole life (it may hold a blocking
+    /// thread while a commit waits for its fsync, and up to a max-size chunk of frames), a
+    /// download only while one of its reads waits for the disk on a blocking thread. At most
+    /// `STREAM_PERMITS`, far below tokio's 512 blocking threads.
     pub(crate) streams: Arc<tokio::sync::Semaphore>,
     /// Bytes of verified chunks queued for all streaming readers together.
     pub(crate) read_budget: Arc<tokio::sync::Semaphore>,

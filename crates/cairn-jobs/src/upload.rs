@@ -245,8 +245,8 @@ impl Engine {
                 blocking(|| self.store.wait_write_backlog(WRITE_BACKLOG));
             }
             let pushed = match ing.commit_due(bytes.len()) {
-                true => blocking(|| ing.push(&bytes)),
-                false => ing.push(&bytes),
+                true => blocking(|| ing.push(bytes)),
+                false => ing.push(bytes),
             };
             if let Err(e) = pushed {
                 break Err(e);
@@ -480,9 +480,9 @@ impl<'e> Ingest<'e> {
                 rec.tail_len
             )));
         }
-        let chunker = SegmentChunker::with_pending(engine.store.chunking(), tail);
         let pos = rec.received;
         let (segment, seg_end, seg_len) = locate(engine, &rec, pos)?;
+        let chunker = SegmentChunker::with_pending(engine.store.chunking(), tail, seg_end - pos);
         Ok(Ingest {
             engine,
             session: engine.store.session(),
@@ -514,7 +514,7 @@ impl<'e> Ingest<'e> {
         self.since_commit.saturating_add(n as u64) >= self.engine.cfg.commit_every
     }
 
-    fn push(&mut self, mut data: &[u8]) -> Result<()> {
+    fn push(&mut self, mut data: Bytes) -> Result<()> {
         while !data.is_empty() {
             if self.pos >= self.rec.size {
                 // A body longer than the job (sent without a length to refuse up front) is bad
@@ -527,9 +527,8 @@ impl<'e> Ingest<'e> {
                 )));
             }
             let n = (self.seg_end - self.pos).min(data.len() as u64) as usize;
-            self.feed(&data[..n])
+            self.feed(data.split_to(n))
                 .inspect_err(|_| self.poisoned = true)?;
-            data = &data[n..];
         }
         if self.since_commit >= self.engine.cfg.commit_every {
             self.commit(false).inspect_err(|_| self.poisoned = true)?;
@@ -538,20 +537,21 @@ impl<'e> Ingest<'e> {
     }
 
     /// Pushes bytes of the current segment; at the segment's end, flushes its last chunk.
-    fn feed(&mut self, data: &[u8]) -> Result<()> {
+    fn feed(&mut self, data: Bytes) -> Result<()> {
         if let Some(h) = self.hashes.as_mut() {
-            h.update(data);
+            h.update(&data);
         }
+        let n = data.len() as u64;
         let (session, pending, seg) = (&mut self.session, &mut self.pending, self.segment);
         self.chunker.push(data, |c| {
             pending.push(UjChunk {
                 segment: seg,
-                chunk: session.add_chunk(c)?,
+                chunk: session.add_chunk_pieces(c)?,
             });
             Ok::<_, Error>(())
         })?;
-        self.pos += data.len() as u64;
-        self.since_commit += data.len() as u64;
+        self.pos += n;
+        self.since_commit += n;
         if self.pos == self.seg_end {
             let by_chunks = self.hashes.as_ref().is_some_and(|h| h.by_chunks);
             let (first, seg_len) = (pending.len(), self.seg_len);
@@ -562,15 +562,20 @@ impl<'e> Ingest<'e> {
                     emitted.set(emitted.get() + 1);
                     pending.push(UjChunk {
                         segment: seg,
-                        chunk: session.add_chunk(c)?,
+                        chunk: session.add_chunk_pieces(c)?,
                     });
                     Ok::<_, Error>(())
                 },
-                |bytes| {
+                |held| {
                     // Hashed only when the file did not make exactly one chunk (whose name is
-                    // its hash), and only when the buffer held the whole segment.
-                    if by_chunks && emitted.get() != 1 && bytes.len() as u64 == seg_len {
-                        several = Some(*blake3::hash(bytes).as_bytes());
+                    // its hash), and only when the chunker held the whole segment.
+                    let len: usize = held.iter().map(|p| p.len()).sum();
+                    if by_chunks && emitted.get() != 1 && len as u64 == seg_len {
+                        let mut h = blake3::Hasher::new();
+                        for p in held {
+                            h.update(p);
+                        }
+                        several = Some(*h.finalize().as_bytes());
                     }
                 },
             )?;
@@ -580,6 +585,7 @@ impl<'e> Ingest<'e> {
                 _ => several,
             };
             (self.segment, self.seg_end, self.seg_len) = locate(self.engine, &self.rec, self.pos)?;
+            self.chunker.begin(self.seg_len);
             if let Some(h) = self.hashes.as_mut() {
                 h.next_segment(self.engine, &self.rec, self.segment, from_chunks)?;
             }
@@ -595,7 +601,7 @@ impl<'e> Ingest<'e> {
         let at_cut = self.pos - self.chunker.pending() as u64;
         let with_tail = with_tail || at_cut < self.rec.received;
         let tail = if with_tail {
-            self.chunker.pending_bytes().to_vec()
+            self.chunker.pending_bytes()
         } else {
             Vec::new()
         };

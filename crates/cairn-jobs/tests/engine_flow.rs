@@ -422,9 +422,9 @@ async fn small_whole_files_get_their_blake3_from_their_chunks() {
         .map(|(i, &n)| (format!("f{i}"), data(100 + i as u64, n)))
         .collect();
     let chunks_of = |b: &[u8]| {
-        let mut c = cairn_store::SegmentChunker::new(SMALL_CHUNKS);
+        let mut c = cairn_store::SegmentChunker::new(SMALL_CHUNKS, b.len() as u64);
         let mut n = 0;
-        c.push::<()>(b, |_| {
+        c.push::<()>(bytes::Bytes::copy_from_slice(b), |_| {
             n += 1;
             Ok(())
         })

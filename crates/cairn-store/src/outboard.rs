@@ -40,10 +40,28 @@ pub fn outboard_len(len: u32) -> u32 {
 /// This is `PostOrderMemOutboard::create` hashing the groups in place: that one copies each group
 /// into a buffer first, which showed as a few percent of an upload's CPU.
 pub fn hash_with_outboard(data: &[u8]) -> (Digest, Vec<u8>) {
-    if data.len() as u64 <= GROUP {
-        return (Digest::of(data), Vec::new());
+    hash_with_outboard_pieces(&[data])
+}
+
+/// [`hash_with_outboard`] of the concatenation of `pieces` (a chunk as it lies in the request
+/// frames it arrived in). Only a group that straddles two pieces is copied, into one group-sized
+/// buffer.
+pub fn hash_with_outboard_pieces(pieces: &[&[u8]]) -> (Digest, Vec<u8>) {
+    let len: usize = pieces.iter().map(|p| p.len()).sum();
+    if len as u64 <= GROUP {
+        let mut h = blake3::Hasher::new();
+        for p in pieces {
+            h.update(p);
+        }
+        return (Digest::from(h.finalize()), Vec::new());
     }
-    let tree = BaoTree::new(data.len() as u64, block_size());
+    let mut data = Pieces {
+        pieces,
+        next: 0,
+        start: 0,
+        scratch: Vec::new(),
+    };
+    let tree = BaoTree::new(len as u64, block_size());
     let mut ob = Vec::with_capacity(tree.outboard_size() as usize);
     let mut stack: Vec<blake3::Hash> = Vec::with_capacity(16);
     for item in tree.post_order_chunks_iter() {
@@ -64,12 +82,45 @@ pub fn hash_with_outboard(data: &[u8]) -> (Digest, Vec<u8>) {
                 ..
             } => {
                 let at = start_chunk.to_bytes() as usize;
-                stack.push(subtree_cv(start_chunk.0, &data[at..at + size], is_root));
+                stack.push(subtree_cv(start_chunk.0, data.get(at, size), is_root));
             }
         }
     }
     let root = stack.pop().expect("a tree has a root");
     (Digest::from(root), ob)
+}
+
+/// Reads consecutive spans of the concatenation of `pieces`, in increasing order.
+struct Pieces<'a> {
+    pieces: &'a [&'a [u8]],
+    /// The first piece that may hold bytes not read yet, and its offset in the concatenation.
+    next: usize,
+    start: usize,
+    scratch: Vec<u8>,
+}
+
+impl Pieces<'_> {
+    /// Bytes `at..at + n` (with `at` at or past every span read before): a slice of one piece,
+    /// or a copy when they straddle pieces.
+    fn get(&mut self, at: usize, n: usize) -> &[u8] {
+        while self.start + self.pieces[self.next].len() <= at {
+            self.start += self.pieces[self.next].len();
+            self.next += 1;
+        }
+        let (p, off) = (self.pieces[self.next], at - self.start);
+        if off + n <= p.len() {
+            return &p[off..off + n];
+        }
+        self.scratch.clear();
+        let (mut i, mut off) = (self.next, off);
+        while self.scratch.len() < n {
+            let p = self.pieces[i];
+            let take = (n - self.scratch.len()).min(p.len() - off);
+            self.scratch.extend_from_slice(&p[off..off + take]);
+            (i, off) = (i + 1, 0);
+        }
+        &self.scratch
+    }
 }
 
 /// The smallest group-aligned span `[from, to)` of a `size`-byte chunk that covers
@@ -231,6 +282,40 @@ mod tests {
             let mut bad_ob = ob.clone();
             bad_ob[i] ^= 0x80;
             assert!(!verify_span(&h, len, &bad_ob, 0, &d), "outboard flip @{i}");
+        }
+    }
+
+    #[test]
+    fn pieces_hash_like_their_concatenation() {
+        for len in [1usize, 16 << 10, (16 << 10) + 1, 100_000, 300_000] {
+            let d = data(len);
+            let want = hash_with_outboard(&d);
+            for cuts in [
+                vec![1],
+                vec![16 << 10],
+                vec![5000, 11_384, 1],
+                vec![65_536, 7],
+            ] {
+                let mut pieces = Vec::new();
+                let mut rest = &d[..];
+                for &c in cuts.iter().cycle() {
+                    if rest.is_empty() {
+                        break;
+                    }
+                    let n = c.min(rest.len());
+                    pieces.push(&rest[..n]);
+                    rest = &rest[n..];
+                    if pieces.len() > 400 {
+                        pieces.push(rest);
+                        break;
+                    }
+                }
+                assert_eq!(
+                    hash_with_outboard_pieces(&pieces),
+                    want,
+                    "len {len} cuts {cuts:?}"
+                );
+            }
         }
     }
 

@@ -266,7 +266,7 @@ impl Store {
     }
 
     fn append(&self, hash: &Digest, outboard: &[u8], data: &[u8]) -> Result<(ChunkLoc, u64)> {
-        self.append_as(hash, outboard, data, None)
+        self.append_as(hash, outboard, &[data], None)
     }
 
     /// Appends a record; when `user` is given, the pack is registered in it (once) as holding
@@ -275,7 +275,7 @@ impl Store {
         &self,
         hash: &Digest,
         outboard: &[u8],
-        data: &[u8],
+        data: &[&[u8]],
         user: Option<&mut Vec<PackId>>,
     ) -> Result<(ChunkLoc, u64)> {
         let mut full = Vec::new();
@@ -289,12 +289,13 @@ impl Store {
         &self,
         hash: &Digest,
         outboard: &[u8],
-        data: &[u8],
+        data: &[&[u8]],
         user: Option<&mut Vec<PackId>>,
         full: &mut Vec<(Arc<PackFile>, Window)>,
     ) -> Result<(ChunkLoc, u64)> {
+        let data_len: usize = data.iter().map(|p| p.len()).sum();
         let mut w = self.writer.lock();
-        let rec = RECORD_HEADER_LEN + outboard.len() as u64 + data.len() as u64;
+        let rec = RECORD_HEADER_LEN + outboard.len() as u64 + data_len as u64;
         if !w.is_fresh() && w.len() + rec > self.cfg.pack_target_size {
             self.roll(&mut w)?;
         }
@@ -304,7 +305,7 @@ impl Store {
                 *self.pack_users.lock().entry(w.pack.id).or_default() += 1;
             }
         }
-        let len = u32::try_from(data.len()).map_err(|_| Error::too_large("chunk over 4 GiB"))?;
+        let len = u32::try_from(data_len).map_err(|_| Error::too_large("chunk over 4 GiB"))?;
         debug_assert_eq!(outboard.len() as u32, crate::outboard::outboard_len(len));
         let codec = match outboard.is_empty() {
             true => CODEC_RAW,
@@ -319,7 +320,9 @@ impl Store {
         let spare = self.flusher.spare();
         w.append(&encode_record_header(hash, len, codec), full, spare);
         w.append(outboard, full, spare);
-        w.append(data, full, spare);
+        for piece in data {
+            w.append(piece, full, spare);
+        }
         // Counted before the lock is released, so a sync that flushes after this waits for them.
         self.flusher.count(full.len());
         Ok((loc, w.len()))
@@ -622,9 +625,16 @@ pub struct WriteSession<'s> {
 impl WriteSession<'_> {
     /// Stores one chunk unless the store already has it; returns its reference.
     pub fn add_chunk(&mut self, data: &[u8]) -> Result<ChunkRef> {
-        let len = u32::try_from(data.len()).map_err(|_| Error::too_large("chunk over 4 GiB"))?;
+        self.add_chunk_pieces(&[data])
+    }
+
+    /// [`WriteSession::add_chunk`] of a chunk given as the pieces it arrived in, in order (the
+    /// chunker's output: slices of request frames, copied once, into the pack's write buffer).
+    pub fn add_chunk_pieces(&mut self, data: &[&[u8]]) -> Result<ChunkRef> {
+        let len: usize = data.iter().map(|p| p.len()).sum();
+        let len = u32::try_from(len).map_err(|_| Error::too_large("chunk over 4 GiB"))?;
         // One pass yields the name and the outboard (wasted only when the chunk is a duplicate).
-        let (hash, outboard) = crate::outboard::hash_with_outboard(data);
+        let (hash, outboard) = crate::outboard::hash_with_outboard_pieces(data);
         if !self.new.contains_key(&hash) && !self.pin_if_stored(&hash)? {
             let (loc, end) = self
                 .store
