@@ -397,6 +397,11 @@ pub async fn serve(
     eprintln!("cairn: serving http://{addr}/ from {}", cfg.data.display());
     let engine = state.engine.clone();
     accept_loop(listener, router(state, cfg.max_json_body), &cfg, shutdown).await;
+    // Uploads still receiving after the grace period commit what arrived before the runtime,
+    // which would cancel their tasks, goes away.
+    engine
+        .stop_uploads(std::time::Duration::from_secs(10))
+        .await;
     engine.store().flush().map_err(|e| e.to_string())?;
     tracing::info!("cairn stopped");
     Ok(())

@@ -104,6 +104,8 @@ pub struct Engine {
     pub(crate) streams: Arc<tokio::sync::Semaphore>,
     /// Bytes of verified chunks queued for all streaming readers together.
     pub(crate) read_budget: Arc<tokio::sync::Semaphore>,
+    /// Set when the server stops: uploads still receiving stop reading and commit what arrived.
+    pub(crate) stopping: tokio::sync::watch::Sender<bool>,
 }
 
 /// Blocking threads for streaming (uploads, and downloads' disk reads); more wait for a permit.
@@ -139,6 +141,7 @@ impl Engine {
             stream_hashes: Mutex::new(HashMap::new()),
             streams: Arc::new(tokio::sync::Semaphore::new(STREAM_PERMITS)),
             read_budget: Arc::new(tokio::sync::Semaphore::new(crate::read::READ_BUDGET)),
+            stopping: tokio::sync::watch::Sender::new(false),
         };
         engine.seal_received_jobs()?;
         Ok(engine)

@@ -201,8 +201,9 @@ impl Engine {
     /// Each frame is hashed, chunked and staged right here, on the runtime thread that received
     /// it, while it is still in that core's cache: handing frames to a blocking thread cost a
     /// wake-up each and about 10% more CPU (measured). What waits on the disk does not run here:
-    /// full write windows go to the store's writer thread, and commits (fsyncs) and the wait
-    /// for a long write backlog run in [`blocking`].
+    /// full write windows go to the store's writer thread, and commits (fsyncs), pushes that
+    /// may seal the open pack, and the wait for a long write backlog run in [`blocking`]. (Index
+    /// lookups for dedup stay here: RocksDB point reads, mostly from memory.)
     async fn ingest<S, E>(
         &self,
         token: &WriteToken,
@@ -222,11 +223,20 @@ impl Engine {
         let mut ing = Ingest::start(self, rec)?;
         let mut body = std::pin::pin!(body);
         let idle = self.cfg.idle_timeout;
+        let mut stopping = self.stopping.subscribe();
         // Ok(true): the body ended normally; Ok(false): it was cut off.
         let outcome = loop {
-            // A client that stops sending is cut off after `idle_timeout`: what arrived is kept
-            // (see skip) and its lock is freed for others.
-            let item = match tokio::time::timeout(idle, body.next()).await {
+            // A client that stops sending is cut off after `idle_timeout`, and every upload
+            // when the server stops: what arrived is kept (see skip) and the lock is freed.
+            let next = tokio::select! {
+                biased;
+                _ = stopping.wait_for(|s| *s) => {
+                    tracing::info!(upload_job = %uj, "server stopping: upload cut off");
+                    break Ok(false);
+                }
+                next = tokio::time::timeout(idle, body.next()) => next,
+            };
+            let item = match next {
                 Ok(Some(item)) => item,
                 Ok(None) => break Ok(true),
                 Err(_) => {
@@ -244,7 +254,13 @@ impl Engine {
             if self.store.write_backlog() > WRITE_BACKLOG {
                 blocking(|| self.store.wait_write_backlog(WRITE_BACKLOG));
             }
-            let pushed = match ing.commit_due(bytes.len()) {
+            // A push that commits, or that may fill the open pack (sealing it waits for an
+            // fsync), runs off the runtime. The margin covers the chunker's unfinished chunk
+            // and the records' headers and outboards.
+            let margin = 2 * u64::from(self.store.chunking().max);
+            let waits =
+                ing.commit_due(bytes.len()) || self.store.may_roll(bytes.len() as u64 + margin);
+            let pushed = match waits {
                 true => blocking(|| ing.push(bytes)),
                 false => ing.push(bytes),
             };
@@ -275,6 +291,20 @@ impl Engine {
             ));
         }
         saved
+    }
+
+    /// Stops the uploads still receiving (each commits what arrived, so a client resumes from
+    /// there) and waits, at most `within`, until every upload has finished its last commit.
+    /// Called by the server once it has stopped accepting and its grace period has run out.
+    pub async fn stop_uploads(&self, within: std::time::Duration) {
+        self.stopping.send_replace(true);
+        let all = crate::engine::STREAM_PERMITS as u32;
+        if tokio::time::timeout(within, self.streams.acquire_many(all))
+            .await
+            .is_err()
+        {
+            tracing::warn!("uploads still committing after {within:?}; stopping anyway");
+        }
     }
 
     /// Marks the files job active in this process's epoch (a restarted server reports STOPPED

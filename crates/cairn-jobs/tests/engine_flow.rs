@@ -177,6 +177,45 @@ async fn cut_off_requests_keep_every_byte_that_arrived() {
     same_as_one_go(&e, v, &src).await;
 }
 
+/// A server that stops while an upload is still receiving cuts it off, and what arrived is
+/// committed before the stop completes (the runtime would otherwise cancel the ingest task).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_commits_what_an_unfinished_upload_received() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = small_engine(dir.path());
+    let t = new_object(&e);
+    let src = data(11, 300_000);
+    let job = e
+        .create_files_job(&t, &request(vec![add_file("f", src.len() as u64)]))
+        .unwrap();
+    let sent = 123_457;
+    // The client sends part of the body, then nothing (its connection stays open).
+    let first: Result<bytes::Bytes, std::io::Error> =
+        Ok(bytes::Bytes::copy_from_slice(&src[..sent]));
+    let body = futures::StreamExt::chain(
+        futures::stream::iter(vec![first]),
+        futures::stream::pending(),
+    );
+    let upload = tokio::spawn({
+        let e = e.clone();
+        let (fj, uj) = (job.id, job.jobs[0]);
+        async move { e.upload(t, fj, uj, None, body).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!upload.is_finished(), "the upload waits for more bytes");
+    e.stop_uploads(std::time::Duration::from_secs(2)).await;
+    let r = tokio::time::timeout(std::time::Duration::from_secs(2), upload)
+        .await
+        .expect("the upload ended when the server stopped")
+        .unwrap();
+    assert!(r.is_err(), "a cut-off upload is not a success");
+    let st = e.upload_status(&t, &job.id, &job.jobs[0], 0, 10).unwrap();
+    assert_eq!(
+        st.files[0].skip, sent as u64,
+        "every byte that arrived was kept"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn force_completion_keeps_whole_files_and_drops_incomplete_ones() {
     let dir = tempfile::tempdir().unwrap();

@@ -12,7 +12,7 @@
 //! [`Flusher::backlog`]; an appender that finds it long waits (off the runtime) with
 //! [`Flusher::wait_backlog_below`], so a slow disk slows uploads instead of growing memory.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use cairn_core::Result;
@@ -31,8 +31,12 @@ const SPARE: usize = 4;
 /// Full windows handed out by the pack's writer and not yet written.
 #[derive(Default)]
 struct Queue {
-    /// Windows counted by [`Flusher::count`] and not yet written (queued or being written).
-    count: usize,
+    /// Sequence numbers handed out so far (the next window gets this one).
+    issued: u64,
+    /// Windows counted by [`Flusher::count`] and not yet written (queued or being written),
+    /// by sequence number: a sync waits only for those counted before it, so uploads that go
+    /// on appending cannot keep it waiting.
+    outstanding: BTreeSet<u64>,
     queued: VecDeque<(Arc<PackFile>, Window)>,
     /// Windows whose write failed, in order: written again before the next fsync.
     failed: Vec<(Arc<PackFile>, Window)>,
@@ -77,11 +81,18 @@ impl Flusher {
         &self.shared.spare
     }
 
-    /// Counts `n` windows as handed out. Called under the pack writer's lock, before it is
-    /// released, so that a sync that flushes after this also waits for them.
-    pub(crate) fn count(&self, n: usize) {
-        if n > 0 {
-            self.shared.queue.lock().count += n;
+    /// Counts windows as handed out, numbering them in order. Called under the pack writer's
+    /// lock, before it is released, so that a sync that flushes after this also waits for them.
+    pub(crate) fn count(&self, windows: &mut [(Arc<PackFile>, Window)]) {
+        if windows.is_empty() {
+            return;
+        }
+        let mut q = self.shared.queue.lock();
+        for (_, w) in windows {
+            w.set_seq(q.issued);
+            let seq = q.issued;
+            q.outstanding.insert(seq);
+            q.issued += 1;
         }
     }
 
@@ -116,11 +127,13 @@ impl Flusher {
         }
     }
 
-    /// Waits until every window counted so far is written, writing again any that failed; the
-    /// error of a window that fails again is returned (and the window kept for the next try).
+    /// Waits until every window counted before this call is written, writing again any that
+    /// failed; the error of a window that fails again is returned (and the window kept for the
+    /// next try).
     pub(crate) fn wait_written(&self) -> Result<()> {
         let mut q = self.shared.queue.lock();
-        while q.count > 0 {
+        let mark = q.issued;
+        while q.outstanding.first().is_some_and(|&s| s < mark) {
             self.shared.written.wait(&mut q);
         }
         while let Some((pack, w)) = q.failed.first() {
@@ -156,6 +169,7 @@ impl Shared {
             tracing::warn!(pack = pack.id.0, error = %e, "pack write failed; retried before the next fsync");
         }
         let mut q = self.queue.lock();
+        q.outstanding.remove(&w.seq());
         match outcome {
             Ok(()) => {
                 let mut spare = self.spare.lock();
@@ -163,9 +177,10 @@ impl Shared {
                     spare.push(w.into_mem());
                 }
             }
-            Err(_) => q.failed.push((pack, w)),
+            Err(_) => {
+                q.failed.push((pack, w));
+            }
         }
-        q.count -= 1;
         self.written.notify_all();
     }
 }
@@ -200,10 +215,11 @@ mod tests {
             window_mem()
         });
         assert_eq!(full.len(), 2);
-        f.count(full.len());
+        f.count(&mut full);
         f.submit(full);
-        let (taken_pack, taken) = (pack.clone(), st.take(window_mem).unwrap());
-        f.count(1);
+        let mut taken = [(pack.clone(), st.take(window_mem).unwrap())];
+        f.count(&mut taken);
+        let [(taken_pack, taken)] = taken;
         f.write_now(taken_pack, taken).unwrap();
         f.wait_written().unwrap();
         let mut back = vec![0u8; data.len()];
@@ -217,10 +233,51 @@ mod tests {
         st.append(b"unacknowledged", &mut |_| {
             unreachable!("not a full window")
         });
-        let w = st.take(window_mem).unwrap();
-        f.count(1);
+        let mut w = [(read_only, st.take(window_mem).unwrap())];
+        f.count(&mut w);
+        let [(read_only, w)] = w;
         assert!(f.write_now(read_only, w).is_err());
         assert!(f.wait_written().is_err());
         assert!(f.wait_written().is_err(), "still kept after a failed retry");
+    }
+
+    /// Appenders that go on handing out windows while a sync waits must not keep it waiting:
+    /// the sync waits for the windows counted before it, not for an empty queue.
+    #[test]
+    fn a_sync_waits_only_for_windows_counted_before_it() {
+        use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+        let dir = tempfile::tempdir().unwrap();
+        let pack = Arc::new(PackFile::create(dir.path(), PackId(1)).unwrap());
+        let f = Flusher::start();
+        let mut st = Staging::new(HEADER_LEN, pack.block());
+        let taken = |st: &mut Staging, bytes: &[u8]| {
+            st.append(bytes, &mut |_| unreachable!("not a full window"));
+            let mut w = [(pack.clone(), st.take(window_mem).unwrap())];
+            f.count(&mut w);
+            let [w] = w;
+            w
+        };
+        let (pa, a) = taken(&mut st, b"counted before the sync");
+        let later_written = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| {
+                f.wait_written().unwrap();
+                later_written.load(SeqCst)
+            });
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            let (pb, b) = taken(&mut st, b"counted after the sync began");
+            f.write_now(pa, a).unwrap();
+            // Written only later: a sync that waited for it would see `later_written` set.
+            s.spawn(|| {
+                std::thread::sleep(std::time::Duration::from_millis(700));
+                later_written.store(true, SeqCst);
+                f.write_now(pb, b).unwrap();
+            });
+            assert!(
+                !waiter.join().unwrap(),
+                "the sync waited for a window counted after it began"
+            );
+        });
+        f.wait_written().unwrap();
     }
 }

@@ -47,6 +47,8 @@ pub struct Window {
     at: u64,
     /// Bytes to write: [`STAGING`], or fewer (a whole number of blocks) for a taken window.
     len: usize,
+    /// Its place in the order the store handed windows out (set by the store's flusher).
+    seq: u64,
 }
 
 impl Window {
@@ -58,6 +60,14 @@ impl Window {
     /// The bytes to write: block-aligned memory, a whole number of blocks.
     pub fn bytes(&self) -> &[u8] {
         &self.mem[self.base..self.base + self.len]
+    }
+
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    pub fn set_seq(&mut self, seq: u64) {
+        self.seq = seq;
     }
 
     /// The memory, for the next window.
@@ -140,6 +150,7 @@ impl Staging {
                     base: self.base,
                     at: self.at,
                     len: STAGING,
+                    seq: 0,
                 };
                 self.mem = full(window);
                 debug_assert_eq!(self.mem.len(), STAGING + BLOCK as usize);
@@ -165,6 +176,7 @@ impl Staging {
             base: self.base,
             at: self.at,
             len: padded,
+            seq: 0,
         };
         debug_assert_eq!(self.mem.len(), STAGING + BLOCK as usize);
         self.base = aligned_base(&self.mem);

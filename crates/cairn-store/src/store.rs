@@ -156,8 +156,10 @@ impl Writer {
         let w = self
             .staging
             .take(|| spare.lock().pop().unwrap_or_else(window_mem))?;
-        flusher.count(1);
-        Some((self.pack.clone(), w))
+        let mut taken = [(self.pack.clone(), w)];
+        flusher.count(&mut taken);
+        let [taken] = taken;
+        Some(taken)
     }
 
     /// Writes out everything staged (padded to a block); returns the pack's end after it.
@@ -324,7 +326,7 @@ impl Store {
             w.append(piece, full, spare);
         }
         // Counted before the lock is released, so a sync that flushes after this waits for them.
-        self.flusher.count(full.len());
+        self.flusher.count(full);
         Ok((loc, w.len()))
     }
 
@@ -333,6 +335,13 @@ impl Store {
     /// [`Store::wait_write_backlog`]: that is the back-pressure from the disk to the socket.
     pub fn write_backlog(&self) -> usize {
         self.flusher.backlog()
+    }
+
+    /// Whether appending about `bytes` more (records included) could seal the open pack, which
+    /// waits for an fsync: an appender on an async runtime makes such an append off the runtime.
+    pub fn may_roll(&self, bytes: u64) -> bool {
+        let w = self.writer.lock();
+        w.len().saturating_add(bytes) > self.cfg.pack_target_size
     }
 
     /// Blocks until at most `n` full windows wait for the pack writer thread.
