@@ -96,6 +96,14 @@ impl Flusher {
         }
     }
 
+    /// [`Flusher::count`] for one window (what a sync takes out of the write buffer).
+    pub(crate) fn count_one(&self, pack: Arc<PackFile>, w: Window) -> (Arc<PackFile>, Window) {
+        let mut one = [(pack, w)];
+        self.count(&mut one);
+        let [one] = one;
+        one
+    }
+
     /// Queues windows already counted with [`Flusher::count`].
     pub(crate) fn submit(&self, full: Vec<(Arc<PackFile>, Window)>) {
         if full.is_empty() {
@@ -201,12 +209,17 @@ mod tests {
     use crate::pack::{PackId, HEADER_LEN};
     use crate::staging::{window_mem, Staging, STAGING};
 
+    /// A new pack, a flusher and a write buffer at the pack's first record.
+    fn setup(dir: &std::path::Path) -> (Arc<PackFile>, Flusher, Staging) {
+        let pack = Arc::new(PackFile::create(dir, PackId(1)).unwrap());
+        let st = Staging::new(HEADER_LEN, pack.block());
+        (pack, Flusher::start(), st)
+    }
+
     #[test]
     fn windows_reach_the_file_and_a_failed_one_is_kept_for_the_next_sync() {
         let dir = tempfile::tempdir().unwrap();
-        let pack = Arc::new(PackFile::create(dir.path(), PackId(1)).unwrap());
-        let f = Flusher::start();
-        let mut st = Staging::new(HEADER_LEN, pack.block());
+        let (pack, f, mut st) = setup(dir.path());
         let start = st.end();
         let mut full = Vec::new();
         let data: Vec<u8> = (0..2 * STAGING + 100).map(|i| (i % 251) as u8).collect();
@@ -217,9 +230,7 @@ mod tests {
         assert_eq!(full.len(), 2);
         f.count(&mut full);
         f.submit(full);
-        let mut taken = [(pack.clone(), st.take(window_mem).unwrap())];
-        f.count(&mut taken);
-        let [(taken_pack, taken)] = taken;
+        let (taken_pack, taken) = f.count_one(pack.clone(), st.take(window_mem).unwrap());
         f.write_now(taken_pack, taken).unwrap();
         f.wait_written().unwrap();
         let mut back = vec![0u8; data.len()];
@@ -233,9 +244,7 @@ mod tests {
         st.append(b"unacknowledged", &mut |_| {
             unreachable!("not a full window")
         });
-        let mut w = [(read_only, st.take(window_mem).unwrap())];
-        f.count(&mut w);
-        let [(read_only, w)] = w;
+        let (read_only, w) = f.count_one(read_only, st.take(window_mem).unwrap());
         assert!(f.write_now(read_only, w).is_err());
         assert!(f.wait_written().is_err());
         assert!(f.wait_written().is_err(), "still kept after a failed retry");
@@ -247,15 +256,10 @@ mod tests {
     fn a_sync_waits_only_for_windows_counted_before_it() {
         use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
         let dir = tempfile::tempdir().unwrap();
-        let pack = Arc::new(PackFile::create(dir.path(), PackId(1)).unwrap());
-        let f = Flusher::start();
-        let mut st = Staging::new(HEADER_LEN, pack.block());
+        let (pack, f, mut st) = setup(dir.path());
         let taken = |st: &mut Staging, bytes: &[u8]| {
             st.append(bytes, &mut |_| unreachable!("not a full window"));
-            let mut w = [(pack.clone(), st.take(window_mem).unwrap())];
-            f.count(&mut w);
-            let [w] = w;
-            w
+            f.count_one(pack.clone(), st.take(window_mem).unwrap())
         };
         let (pa, a) = taken(&mut st, b"counted before the sync");
         let later_written = AtomicBool::new(false);

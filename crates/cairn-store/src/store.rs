@@ -156,10 +156,7 @@ impl Writer {
         let w = self
             .staging
             .take(|| spare.lock().pop().unwrap_or_else(window_mem))?;
-        let mut taken = [(self.pack.clone(), w)];
-        flusher.count(&mut taken);
-        let [taken] = taken;
-        Some(taken)
+        Some(flusher.count_one(self.pack.clone(), w))
     }
 
     /// Writes out everything staged (padded to a block); returns the pack's end after it.
