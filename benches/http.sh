@@ -214,6 +214,10 @@ ingest_cairn() { # ROUND -> res/cairn_ingest_ROUND.json, res/cairn_ingest_srv_RO
 }
 ingest_nginx() { # ROUND -> res/nginx_ingest_ROUND.json, res/nginx_ingest_srv_ROUND.json
     local r=$1 n0 n1 fs
+    # Every round writes new files, as the first does: a PUT that replaces a file renames over
+    # it, and ext4 (auto_da_alloc) then starts the new file's write-back at once, which made
+    # rounds after the first 30-40% slower for nginx alone.
+    rm -f "$WORK"/nginx/f*
     settle
     echo "-- 1b. round $r, ingest: nginx (one PUT per file, $STREAMS in parallel)"
     loadavg before
