@@ -332,10 +332,9 @@ PY
 # The Range phase, too, starts from the same page-cache state for both servers: dropped (when we
 # may), then warmed by the timed workload itself, untimed (WARMUP seconds each). Without this,
 # cairn started cold (its pack writes bypass the page cache) while nginx's copy was still cached
-# by its own PUT. The state matters on this kernel: the same cairn data served 1700-1830 req/s
-# from a cache filled by random reads or by writes, and 2500-2650 from one filled by a
-# sequential read (a full GET). Warming with the workload gives each server the cache that
-# workload leaves, which is what a steady state is.
+# by its own PUT. Warming with the workload gives each server the cache that workload leaves,
+# which is what a steady state is. (Cairn's figure still drifts between two values from minute to
+# minute, with its CPU per request: see docs/performance.md, "The Range phase and the page cache".)
 echo "-- 2. warming: ${WARMUP}s of the same Range GETs on each server (not timed)"
 sync
 if [ -w /proc/sys/vm/drop_caches ]; then echo 3 >/proc/sys/vm/drop_caches; fi
