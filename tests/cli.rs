@@ -31,13 +31,8 @@ fn ok(out: Output) -> String {
 }
 
 fn fill(path: &Path, seed: u64, len: usize) {
-    let mut buf = vec![0u8; len];
-    blake3::Hasher::new()
-        .update(&seed.to_le_bytes())
-        .finalize_xof()
-        .fill(&mut buf);
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, buf).unwrap();
+    std::fs::write(path, common::pattern(seed, len)).unwrap();
 }
 
 fn new_object(s: &Server, state: &Path) -> String {

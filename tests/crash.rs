@@ -3,6 +3,8 @@
 //! reopened and every acknowledged byte must be there; the offset never goes backwards; the
 //! last run completes the upload and the finalized files read back byte-exact.
 
+mod common;
+
 use std::collections::HashMap;
 use std::process::Command;
 
@@ -17,13 +19,9 @@ const FILES: &[(&str, u64)] = &[
     ("empty", 0),
 ];
 
+/// The bytes `cairn crash-child` uploads as file `i` (its `content`, the same blake3 XOF).
 fn content(i: usize, len: u64) -> Vec<u8> {
-    let mut out = vec![0u8; len as usize];
-    blake3::Hasher::new()
-        .update(&(i as u64).to_le_bytes())
-        .finalize_xof()
-        .fill(&mut out);
-    out
+    common::pattern(i as u64, len as usize)
 }
 
 fn child(dir: &std::path::Path, abort_after: u64) -> (bool, Vec<(String, u64)>) {
