@@ -73,6 +73,17 @@ struct Gear {
 }
 
 impl Gear {
+    /// What a scan with `mask` needs (the first byte of a pair is checked against `mask << 1`,
+    /// as `cut_gear` does).
+    fn keys(&self, mask: u64) -> Keys<'_> {
+        Keys {
+            gear: &self.gear,
+            gear_ls: &self.gear_ls,
+            mask_ls: mask << 1,
+            mask,
+        }
+    }
+
     fn new(avg: u32) -> Gear {
         let bits = logarithm2(avg);
         let level = Normalization::Level1.bits();
@@ -268,8 +279,7 @@ impl SegmentChunker {
         let g = &self.gear;
         if self.scan.pair < center / 2 {
             let to = (center / 2).min(held_pairs);
-            let (m, m_ls) = (g.mask_s, g.mask_s << 1);
-            if let Some(cut) = scan(&self.frames, &mut self.scan, to, m_ls, m, g) {
+            if let Some(cut) = scan(&self.frames, &mut self.scan, to, &g.keys(g.mask_s)) {
                 return Some(cut);
             }
             if self.scan.pair < center / 2 {
@@ -277,8 +287,7 @@ impl SegmentChunker {
             }
         }
         let to = (remaining / 2).min(held_pairs);
-        let (m, m_ls) = (g.mask_l, g.mask_l << 1);
-        if let Some(cut) = scan(&self.frames, &mut self.scan, to, m_ls, m, g) {
+        if let Some(cut) = scan(&self.frames, &mut self.scan, to, &g.keys(g.mask_l)) {
             return Some(cut);
         }
         // No match up to the largest chunk (or the segment's end): cut there.
@@ -290,15 +299,7 @@ impl SegmentChunker {
 /// `fastcdc::v2020::cut_gear` does: returns the cut (the chunk's length) at the first match.
 /// The inner loop runs over one frame's slice; a pair split between two frames is stepped
 /// on its own.
-fn scan(
-    frames: &VecDeque<Bytes>,
-    scan: &mut Scan,
-    to: usize,
-    mask_ls: u64,
-    mask: u64,
-    g: &Gear,
-) -> Option<usize> {
-    let (gear, gear_ls) = (&*g.gear, &*g.gear_ls);
+fn scan(frames: &VecDeque<Bytes>, scan: &mut Scan, to: usize, k: &Keys) -> Option<usize> {
     let (mut fi, mut fo) = (0usize, 0usize);
     let mut hash = scan.hash;
     while scan.pair < to {
@@ -311,26 +312,14 @@ fn scan(
         if a + 1 < fo + f.len() {
             // Pairs wholly inside this frame.
             let stop = to.min((fo + f.len()) / 2);
-            let k = Keys {
-                gear,
-                gear_ls,
-                mask_ls,
-                mask,
-            };
             if let Some(at) = k.scan(&f[a - fo..2 * stop - fo], &mut hash) {
                 return Some(a + at);
             }
             scan.pair = stop;
         } else {
             // The pair's first byte ends this frame; its second starts the next.
-            let (b0, b1) = (f[a - fo], frames[fi + 1][0]);
-            hash = (hash << 2).wrapping_add(gear_ls[b0 as usize]);
-            if hash & mask_ls == 0 {
-                return Some(a);
-            }
-            hash = hash.wrapping_add(gear[b1 as usize]);
-            if hash & mask == 0 {
-                return Some(a + 1);
+            if let Some(x) = k.step(&mut hash, &[f[a - fo], frames[fi + 1][0]]) {
+                return Some(a + x);
             }
             scan.pair += 1;
         }
@@ -545,7 +534,7 @@ mod tests {
             let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed);
             let data: Vec<u8> = (0..2 * pairs).map(|_| rand::Rng::gen(&mut rng)).collect();
             let g = Gear::new(1 << 10);
-            let k = Keys { gear: &g.gear, gear_ls: &g.gear_ls, mask_ls: MASKS[bits] << 1, mask: MASKS[bits] };
+            let k = g.keys(MASKS[bits]);
             let one = { let mut h = start; (k.scan_one_lane(&data, &mut h), h) };
             let two = { let mut h = start; (k.scan_lanes::<2>(&data, &mut h), h) };
             let three = { let mut h = start; (k.scan_lanes::<3>(&data, &mut h), h) };
