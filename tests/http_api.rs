@@ -265,6 +265,60 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
     );
 }
 
+/// Repeated reads are served from opened files the server remembers; a finalize or a delete
+/// must show at once: an object id reads its new head, a deleted version is 404.
+#[test]
+fn reads_follow_each_finalize_and_delete_at_once() {
+    let data = tempfile::tempdir().unwrap();
+    let s = Server::start(data.path(), common::free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let (old, new) = (dir.path().join("old"), dir.path().join("new"));
+    std::fs::write(&old, common::pattern(1, 300_000)).unwrap();
+    std::fs::write(&new, common::pattern(2, 200_000)).unwrap();
+    let (_, obj, wt) = new_object(&s);
+    let hq1 = common::upload_files(&s, &wt, &[("a.bin", &old)]);
+    let read = |id: &str| curl(&s.url(&format!("/q/{id}/files/a.bin")), &[]);
+    let (old_bytes, new_bytes) = (std::fs::read(&old).unwrap(), std::fs::read(&new).unwrap());
+    // Which of the two files `id` reads as a.bin.
+    let body = |id: &str| {
+        let r = read(id);
+        assert_eq!(r.status, 200, "{id}");
+        match r.body {
+            b if b == old_bytes => "old",
+            b if b == new_bytes => "new",
+            _ => "other bytes",
+        }
+    };
+    // Twice each, so the second read is the remembered one.
+    for _ in 0..2 {
+        assert_eq!(body(&obj), "old");
+        assert_eq!(body(&hq1), "old");
+    }
+    let wt2 = call(&s, "POST", &format!("/qid/{obj}"), None, 200)["write_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let hq2 = common::upload_files(&s, &wt2, &[("a.bin", &new)]);
+    for _ in 0..2 {
+        assert_eq!(body(&obj), "new");
+        assert_eq!(body(&hq2), "new");
+        assert_eq!(body(&hq1), "old");
+    }
+    // Deleting the head version: it is gone, and the object reads the one before.
+    call(&s, "DELETE", &format!("/q/{hq2}"), None, 200);
+    for _ in 0..2 {
+        assert_eq!(read(&hq2).status, 404);
+        assert_eq!(body(&obj), "old");
+    }
+    // Deleting the object: nothing of it reads any more.
+    call(&s, "DELETE", &format!("/q/{obj}"), None, 200);
+    for id in [&obj, &hq1] {
+        let r = read(id);
+        assert_eq!(r.status, 404, "{id}");
+        assert_eq!(r.kind(), "not_found", "{id}");
+    }
+}
+
 #[test]
 fn config_needs_no_token_and_lists_the_api_url() {
     let data = tempfile::tempdir().unwrap();

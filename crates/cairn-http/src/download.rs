@@ -40,10 +40,14 @@ pub async fn handle_file(
         return Ok(json_response(list(&st, q).await?));
     }
     let path = FilePath::parse(&raw)?;
-    let (h, info) = st
-        .engine
-        .run(move |e| Ok((e.open_file_in(&q, &path, scope)?, e.info(&q)?)))
-        .await?;
+    let (h, info) = match st.engine.opened(&q, &path, scope) {
+        Some(found) => found,
+        None => {
+            st.engine
+                .run(move |e| e.open_for_read(&q, &path, scope))
+                .await?
+        }
+    };
     serve(&st, h, info.modified, &method, &headers).await
 }
 

@@ -46,7 +46,7 @@ impl EngineConfig {
 }
 
 /// What `/q/{id}` names: an object (its head), a version, or a draft.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Qhit {
     Object(ObjectId),
     Version(VersionHash),
@@ -94,6 +94,8 @@ pub struct Engine {
     pub(crate) uj_locks: Mutex<HashMap<UploadJobId, Arc<tokio::sync::Mutex<()>>>>,
     /// Recently read directory nodes.
     nodes: cairn_store::cache::Cache<Digest, DirNode>,
+    /// Recently opened files of finalized content (see [`crate::read::OpenedFiles`]).
+    pub(crate) opened: crate::read::OpenedFiles,
     /// Hashes of upload jobs whose requests stopped short of the end, keyed with the offset
     /// they cover, so the next request continues them instead of sealing by re-reading.
     pub(crate) stream_hashes: Mutex<HashMap<UploadJobId, (u64, crate::upload::StreamHashes)>>,
@@ -139,6 +141,7 @@ impl Engine {
                 256 + 200 * n.entries.len()
             }),
             stream_hashes: Mutex::new(HashMap::new()),
+            opened: crate::read::OpenedFiles::new(),
             streams: Arc::new(tokio::sync::Semaphore::new(STREAM_PERMITS)),
             read_budget: Arc::new(tokio::sync::Semaphore::new(crate::read::READ_BUDGET)),
             stopping: tokio::sync::watch::Sender::new(false),
@@ -515,7 +518,9 @@ impl Engine {
             obj.head = self.versions(&v.object)?.into_iter().find(|x| x != h);
             b.put_record(CF_OBJECTS, obj.id.as_bytes(), &obj);
         }
-        self.store.commit(b)
+        self.store.commit(b)?;
+        self.opened.clear();
+        Ok(())
     }
 
     /// Deletes an object with all its versions and drafts, in one batch.
@@ -536,7 +541,9 @@ impl Engine {
             b.add(CF_NODE_REFS, d.root.as_bytes(), -1);
         }
         b.delete(CF_OBJECTS, id.as_bytes());
-        self.store.commit(b)
+        self.store.commit(b)?;
+        self.opened.clear();
+        Ok(())
     }
 
     /// The root node and metadata that `qhit` names.

@@ -626,6 +626,8 @@ impl Engine {
         b.put_record(CF_OBJECTS, obj.id.as_bytes(), &obj);
         self.store.commit(b)?;
         drop(guard);
+        // The object id now names the new version.
+        self.opened.clear();
         Ok((hash, rec))
     }
 

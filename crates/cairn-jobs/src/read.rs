@@ -7,9 +7,10 @@ use bytes::Bytes;
 use cairn_core::{Digest, Error, FilePath, LibraryId, Result};
 use cairn_store::ChunkRef;
 use futures::Stream;
+use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::engine::{Engine, Qhit};
+use crate::engine::{Engine, QInfo, Qhit};
 use crate::files::{parse_link, LinkTarget};
 use crate::tree::{lookup, Content, Entry, FileEntry, PartSeg, PendingSeg};
 
@@ -45,6 +46,40 @@ struct FilePiece {
     source: [u8; 32],
 }
 
+/// Files of finalized content opened recently, with their [`QInfo`], so that the next read of a
+/// hot file (a player seeking in it: one request per seek) starts on the async thread instead
+/// of sending its index lookups to a blocking thread and back.
+///
+/// A version never changes, but it can be deleted, and an object id names a different version
+/// after each finalize; so every finalize and delete clears the cache, and an open that started
+/// before a clear does not insert what it found (`generation`). Drafts are never cached.
+pub(crate) struct OpenedFiles {
+    cache: cairn_store::cache::Cache<OpenKey, (FileHandle, QInfo)>,
+    /// Bumped by every clear; guarded together with the inserts so none can slip in between.
+    generation: Mutex<u64>,
+}
+
+type OpenKey = (Qhit, FilePath, Option<LibraryId>);
+
+impl OpenedFiles {
+    pub(crate) fn new() -> OpenedFiles {
+        OpenedFiles {
+            // A handle weighs a few hundred bytes and 64 per part it spans.
+            cache: cairn_store::cache::Cache::new(8 << 20, |(h, _)| {
+                256 + h.path.as_str().len() + 64 * h.pieces.len()
+            }),
+            generation: Mutex::new(0),
+        }
+    }
+
+    /// What the content may have changed under: forgets every opened file.
+    pub(crate) fn clear(&self) {
+        let mut generation = self.generation.lock();
+        *generation += 1;
+        self.cache.clear();
+    }
+}
+
 fn etag_of(pieces: &[FilePiece]) -> Digest {
     let mut h = blake3::Hasher::new();
     for p in pieces {
@@ -56,6 +91,39 @@ fn etag_of(pieces: &[FilePiece]) -> Digest {
 }
 
 impl Engine {
+    /// The file [`Engine::open_for_read`] opened last time, if `q` is finalized content and
+    /// nothing was finalized or deleted since: no I/O, so it is safe on an async thread.
+    pub fn opened(
+        &self,
+        q: &Qhit,
+        path: &FilePath,
+        scope: Option<LibraryId>,
+    ) -> Option<(FileHandle, QInfo)> {
+        let key = (*q, path.clone(), scope);
+        self.opened.cache.get(&key).map(|v| (*v).clone())
+    }
+
+    /// [`Engine::open_file_in`] and [`Engine::info`] together, remembered for
+    /// [`Engine::opened`] unless `q` is a draft.
+    pub fn open_for_read(
+        &self,
+        q: &Qhit,
+        path: &FilePath,
+        scope: Option<LibraryId>,
+    ) -> Result<(FileHandle, QInfo)> {
+        let generation = *self.opened.generation.lock();
+        let found = (self.open_file_in(q, path, scope)?, self.info(q)?);
+        if !matches!(q, Qhit::Draft(_)) {
+            let current = self.opened.generation.lock();
+            if *current == generation {
+                self.opened
+                    .cache
+                    .insert(&(*q, path.clone(), scope), found.clone());
+            }
+        }
+        Ok(found)
+    }
+
     /// Opens the file at `path` in what `q` names. In a draft, a file still uploading is an
     /// `incomplete` error.
     pub fn open_file(&self, q: &Qhit, path: &FilePath) -> Result<FileHandle> {

@@ -61,6 +61,11 @@ impl<K: Eq + Hash + Clone, V> Cache<K, V> {
         }
     }
 
+    /// Forgets everything.
+    pub fn clear(&self) {
+        *self.map.lock() = (HashMap::new(), 0);
+    }
+
     /// Caches `v` under `key` (replacing what was there) unless it is too big to keep.
     pub fn insert(&self, key: &K, v: V) -> Arc<V> {
         let weight = (self.weigh)(&v).max(1);
@@ -114,5 +119,7 @@ mod tests {
             assert!(*total <= 8 && map.values().map(|(_, w)| w).sum::<usize>() == *total);
         }
         assert!(c.get_or_load::<()>(&1000, || Ok(None)).unwrap().is_none());
+        c.clear();
+        assert!(c.get(&99).is_none() && c.map.lock().1 == 0);
     }
 }
