@@ -139,8 +139,27 @@ fn range_and_conditional_requests() {
     let data = tempfile::tempdir().unwrap();
     let s = Server::start(data.path(), common::free_port());
     let (_, _, wt) = new_object(&s);
-    let hq = upload_files(&s, &wt, &[("d/f.bin", &f)]);
+    let empty = work.path().join("empty");
+    std::fs::write(&empty, b"").unwrap();
+    let hq = upload_files(&s, &wt, &[("d/f.bin", &f), ("empty", &empty)]);
     let url = s.url(&format!("/q/{hq}/files/d/f.bin"));
+
+    // An empty file ignores a well-formed range (as nginx does); a malformed one is still 416.
+    let empty_url = s.url(&format!("/q/{hq}/files/empty"));
+    for range in ["bytes=0-", "bytes=0-0", "bytes=-5"] {
+        let r = curl(&empty_url, &["-H", &format!("Range: {range}")]);
+        assert_eq!(r.status, 200, "{range}");
+        assert_eq!(
+            (r.body.len(), r.header("content-length")),
+            (0, Some("0")),
+            "{range}"
+        );
+    }
+    let r = curl(&empty_url, &["-H", "Range: bytes=abc"]);
+    assert_eq!(
+        (r.status, r.header("content-range")),
+        (416, Some("bytes */0"))
+    );
 
     // (Range header, status, Content-Range, expected body slice)
     let cases: &[RangeCase] = &[

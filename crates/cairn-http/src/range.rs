@@ -1,6 +1,7 @@
 //! Range requests, decided as plain values (no I/O): which bytes a GET returns and with which
 //! status. Syntax is checked by the `http-range-header` crate; resolution against the size
 //! follows RFC 9110 with the behaviour the official client relies on: an end past EOF is clamped.
+//! An empty file ignores a well-formed range (200), as nginx does.
 
 use crate::error::ApiError;
 
@@ -44,6 +45,11 @@ pub fn plan(header: Option<&str>, size: u64) -> Result<Plan, ApiError> {
     }
     if items.iter().any(|i| backwards(i)) {
         return Err(bad("a range ends before it starts"));
+    }
+    if size == 0 {
+        // Nothing of an empty file is satisfiable, and RFC 9110 lets a server ignore Range:
+        // nginx does here, and so does Cairn, so `bytes=0-` of an empty file is its empty body.
+        return Ok(Plan::Full);
     }
     let ranges: Vec<(u64, u64)> = items
         .iter()
@@ -154,9 +160,12 @@ mod tests {
                 }
             }
         }
-        assert!(
-            plan(Some("bytes=0-0"), 0).is_err(),
-            "nothing is satisfiable in an empty file"
-        );
+        // An empty file ignores a well-formed range, as nginx does; a malformed one is still 416.
+        for h in ["bytes=0-0", "bytes=0-", "bytes=-5", "bytes=0-1,5-9"] {
+            assert_eq!(plan(Some(h), 0).ok(), Some(Plan::Full), "{h}");
+        }
+        for h in ["bytes=abc", "bytes=5-1", "bytes=-0"] {
+            assert_eq!(plan(Some(h), 0).unwrap_err().range_size, Some(0), "{h}");
+        }
     }
 }
