@@ -14,7 +14,7 @@ use axum::extract::Request;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use governor::clock::{Clock, DefaultClock};
+use governor::clock::Clock;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use crate::error::ApiError;
@@ -56,7 +56,9 @@ impl RateLimit {
             .limiter
             .check_key(token.as_bytes())
             .map_err(|not_until| {
-                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                // The limiter's own clock: making a new one calibrates it (CPUID, a VM exit),
+                // which would make every refused request cost more than a served one.
+                let wait = not_until.wait_time_from(inner.limiter.clock().now());
                 ApiError {
                     retry_after: Some(wait.as_secs_f64().ceil().max(1.0) as u64),
                     ..ApiError::new(
