@@ -386,6 +386,11 @@ impl Keys<'_> {
     /// gives the same answer: the gear hash shifts every byte out after 64 more bytes, so a
     /// lane's hash, started from 0 on the 64 bytes before its part, equals the hash one scan
     /// reaches there; and a match in one part counts only once the parts before it have none.
+    ///
+    /// Never inlined: inlined into its caller (as it was in the server binary, though not in
+    /// the tests' build), its lanes' state no longer fits in registers, and reloading it from
+    /// the stack on every step lengthens the hash chain the lanes are there to overlap.
+    #[inline(never)]
     fn scan_lanes<const N: usize>(&self, bytes: &[u8], hash: &mut u64) -> Option<usize> {
         let pairs = bytes.len() / 2;
         // Lanes 1.. take `per` pairs each; lane 0 takes the rest (at least `per`).
