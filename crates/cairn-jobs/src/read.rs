@@ -64,9 +64,12 @@ type OpenKey = (Qhit, FilePath, Option<LibraryId>);
 impl OpenedFiles {
     pub(crate) fn new() -> OpenedFiles {
         OpenedFiles {
-            // A handle weighs a few hundred bytes and 64 per part it spans.
+            // A handle weighs a few hundred bytes, and each part it spans its chunk list, which
+            // the handle keeps alive even once the part cache has let it go.
             cache: cairn_store::cache::Cache::new(8 << 20, |(h, _)| {
-                256 + h.path.as_str().len() + 64 * h.pieces.len()
+                let chunk = std::mem::size_of::<ChunkRef>();
+                let pieces: usize = h.pieces.iter().map(|p| 64 + chunk * p.chunks.len()).sum();
+                256 + h.path.as_str().len() + pieces
             }),
             generation: Mutex::new(0),
         }
