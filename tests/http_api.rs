@@ -275,9 +275,28 @@ fn reads_follow_each_finalize_and_delete_at_once() {
     let (old, new) = (dir.path().join("old"), dir.path().join("new"));
     std::fs::write(&old, common::pattern(1, 300_000)).unwrap();
     std::fs::write(&new, common::pattern(2, 200_000)).unwrap();
-    let (_, obj, wt) = new_object(&s);
+    let (lib, obj, wt) = new_object(&s);
+    let (other_lib, _, _) = new_object(&s);
     let hq1 = common::upload_files(&s, &wt, &[("a.bin", &old)]);
-    let read = |id: &str| curl(&s.url(&format!("/q/{id}/files/a.bin")), &[]);
+    // Both path forms; the library form's check of the library is remembered too.
+    let read = |id: &str| {
+        let short = curl(&s.url(&format!("/q/{id}/files/a.bin")), &[]);
+        let long = curl(&s.url(&format!("/qlibs/{lib}/q/{id}/files/a.bin")), &[]);
+        assert_eq!(
+            short.status, long.status,
+            "{id}: the two path forms disagree"
+        );
+        assert!(
+            short.body == long.body || short.status != 200,
+            "{id}: different bytes"
+        );
+        let elsewhere = curl(
+            &s.url(&format!("/qlibs/{other_lib}/q/{id}/files/a.bin")),
+            &[],
+        );
+        assert_eq!(elsewhere.status, 404, "{id} read through another library");
+        short
+    };
     let (old_bytes, new_bytes) = (std::fs::read(&old).unwrap(), std::fs::read(&new).unwrap());
     // Which of the two files `id` reads as a.bin.
     let body = |id: &str| {

@@ -52,11 +52,16 @@ pub(crate) async fn target(st: &AppState, p: &Params) -> Result<Qhit, ApiError> 
     let q: Qhit = id.parse()?;
     if let Some(lib) = p.get("lib") {
         let lib: LibraryId = lib.parse()?;
-        let info = st
-            .engine
-            .run(move |e| e.info(&q).or_else(|_| content_lib(e, &q)))
-            .await?;
-        if info.library != lib {
+        let library = match st.engine.known_library(&q) {
+            Some(library) => library,
+            None => {
+                st.engine
+                    .run(move |e| e.remember_info(&q).or_else(|_| content_lib(e, &q)))
+                    .await?
+                    .library
+            }
+        };
+        if library != lib {
             return Err(ApiError::not_found(format!("{id} is not in library {lib}")));
         }
     }
@@ -250,14 +255,22 @@ async fn authorize(
     }
     if let Some(id) = params.get("id") {
         let q: Qhit = id.parse()?;
-        let found = st
-            .engine
-            .run(move |e| Ok(e.info(&q).or_else(|_| content_lib(e, &q)).ok()))
-            .await?;
-        if let Some(info) = found.filter(|i| i.library != library) {
+        let found = match st.engine.known_library(&q) {
+            Some(library) => Some(library),
+            None => {
+                st.engine
+                    .run(move |e| {
+                        Ok(e.remember_info(&q)
+                            .or_else(|_| content_lib(e, &q))
+                            .ok()
+                            .map(|i| i.library))
+                    })
+                    .await?
+            }
+        };
+        if let Some(theirs) = found.filter(|&l| l != library) {
             return Err(ApiError::forbidden(format!(
-                "{id} is in library {}, not in this token's library {library}",
-                info.library
+                "{id} is in library {theirs}, not in this token's library {library}"
             )));
         }
     }

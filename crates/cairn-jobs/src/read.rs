@@ -55,6 +55,8 @@ struct FilePiece {
 /// before a clear does not insert what it found (`generation`). Drafts are never cached.
 pub(crate) struct OpenedFiles {
     cache: cairn_store::cache::Cache<OpenKey, (FileHandle, QInfo)>,
+    /// The library of finalized content recently looked up, for routes that name a library.
+    libraries: cairn_store::cache::Cache<Qhit, LibraryId>,
     /// Bumped by every clear; guarded together with the inserts so none can slip in between.
     generation: Mutex<u64>,
 }
@@ -71,8 +73,20 @@ impl OpenedFiles {
                 let pieces: usize = h.pieces.iter().map(|p| 64 + chunk * p.chunks.len()).sum();
                 256 + h.path.as_str().len() + pieces
             }),
+            libraries: cairn_store::cache::Cache::new(1 << 20, |_| 128),
             generation: Mutex::new(0),
         }
+    }
+
+    /// Runs `find` and remembers its result with `keep` unless a clear came in between.
+    fn remember<T>(&self, find: impl FnOnce() -> Result<T>, keep: impl FnOnce(&T)) -> Result<T> {
+        let generation = *self.generation.lock();
+        let found = find()?;
+        let current = self.generation.lock();
+        if *current == generation {
+            keep(&found);
+        }
+        Ok(found)
     }
 
     /// What the content may have changed under: forgets every opened file.
@@ -80,6 +94,7 @@ impl OpenedFiles {
         let mut generation = self.generation.lock();
         *generation += 1;
         self.cache.clear();
+        self.libraries.clear();
     }
 }
 
@@ -114,17 +129,35 @@ impl Engine {
         path: &FilePath,
         scope: Option<LibraryId>,
     ) -> Result<(FileHandle, QInfo)> {
-        let generation = *self.opened.generation.lock();
-        let found = (self.open_file_in(q, path, scope)?, self.info(q)?);
-        if !matches!(q, Qhit::Draft(_)) {
-            let current = self.opened.generation.lock();
-            if *current == generation {
-                self.opened
-                    .cache
-                    .insert(&(*q, path.clone(), scope), found.clone());
-            }
+        let find = || Ok((self.open_file_in(q, path, scope)?, self.info(q)?));
+        if matches!(q, Qhit::Draft(_)) {
+            return find();
         }
-        Ok(found)
+        self.opened.remember(find, |found| {
+            let key = (*q, path.clone(), scope);
+            self.opened.cache.insert(&key, found.clone());
+            self.opened.libraries.insert(q, found.1.library);
+        })
+    }
+
+    /// The library of `q` as [`Engine::remember_info`] or [`Engine::open_for_read`] last found
+    /// it, under the same rules as [`Engine::opened`]: no I/O.
+    pub fn known_library(&self, q: &Qhit) -> Option<LibraryId> {
+        self.opened.libraries.get(q).map(|l| *l)
+    }
+
+    /// [`Engine::info`], its library remembered for [`Engine::known_library`] unless `q` is a
+    /// draft.
+    pub fn remember_info(&self, q: &Qhit) -> Result<QInfo> {
+        if matches!(q, Qhit::Draft(_)) {
+            return self.info(q);
+        }
+        self.opened.remember(
+            || self.info(q),
+            |info| {
+                self.opened.libraries.insert(q, info.library);
+            },
+        )
     }
 
     /// Opens the file at `path` in what `q` names. In a draft, a file still uploading is an
