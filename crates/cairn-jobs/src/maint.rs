@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use cairn_core::record::Record;
 use cairn_core::{Digest, ErrorKind, Result};
 use cairn_store::fsck::ExternalRefs;
-use cairn_store::{part_key, FsckReport, GcOptions, GcReport};
+use cairn_store::{part_key, FsckReport, GcOptions, GcReport, Released};
 use serde::Serialize;
 
 use crate::engine::Engine;
@@ -107,50 +107,62 @@ impl Engine {
     }
 
     pub fn gc(&self, opts: &GcOptions) -> Result<EngineGcReport> {
-        let nodes_deleted = self.gc_nodes(opts.dry_run)?;
-        let store = self.store.gc(opts)?;
+        let (nodes_deleted, parts) = self.gc_nodes(opts.dry_run)?;
+        let store = self.store.gc_after(opts, parts)?;
         Ok(EngineGcReport {
             nodes_deleted,
             store,
         })
     }
 
-    /// Deletes nodes nobody references, releasing their children, until none is left.
-    fn gc_nodes(&self, dry_run: bool) -> Result<u64> {
+    /// Deletes nodes nobody references, releasing their children, until none is left. A dry
+    /// run commits nothing: it keeps what it would have released (of nodes, to find the next
+    /// round's; of parts, returned for the store's own dry run) and subtracts it instead.
+    fn gc_nodes(&self, dry_run: bool) -> Result<(u64, Released)> {
         let _w = self.state.write();
         let guard = self.store.ref_guard();
         let mut deleted = 0;
         let mut seen = HashSet::new();
+        let (mut nodes, mut parts) = (Released::new(), Released::new());
         loop {
             let mut b = self.store.index().batch();
             let mut round = 0;
             for r in self.store.index().scan(CF_NODE_REFS, &[]) {
                 let (k, v) = r?;
-                if cairn_store::store::counter_value(&v) > 0 || !seen.insert(k.to_vec()) {
+                let count = cairn_store::store::counter_value(&v) - nodes.get(&k).unwrap_or(&0);
+                if count > 0 || !seen.insert(k.to_vec()) {
                     continue;
                 }
                 if let Some(node) = self.store.index().get_record::<DirNode>(CF_NODES, &k)? {
-                    let (dirs, parts) = node_children(&node);
+                    let (dirs, children) = node_children(&node);
                     for d in dirs {
                         b.add(CF_NODE_REFS, d.as_bytes(), -1);
+                        if dry_run {
+                            *nodes.entry(d.as_bytes()[..].into()).or_default() += 1;
+                        }
                     }
-                    for p in parts {
+                    for p in children {
                         self.store.release_part(&mut b, &p.digest, p.part_size);
+                        if dry_run {
+                            let key = part_key(&p.digest, p.part_size);
+                            *parts.entry(key[..].into()).or_default() += 1;
+                        }
                     }
                 }
                 b.delete(CF_NODES, &k);
                 b.delete(CF_NODE_REFS, &k);
                 round += 1;
             }
-            if round == 0 || dry_run {
-                deleted += round;
+            deleted += round;
+            if round == 0 {
                 break;
             }
-            self.store.commit(b)?;
-            deleted += round;
+            if !dry_run {
+                self.store.commit(b)?;
+            }
         }
         drop(guard);
-        Ok(deleted)
+        Ok((deleted, parts))
     }
 
     /// Checks everything. Holds the state lock for writing, so upload commits wait and the

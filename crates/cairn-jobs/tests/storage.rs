@@ -172,6 +172,80 @@ async fn gc_after_deleting_a_version_reclaims_its_unique_bytes() {
     assert_eq!(read_all(&e, &Qhit::Version(v2), "shared").unwrap(), shared);
 }
 
+/// Deleting something that still sits in the open pack and running gc frees its bytes at once:
+/// gc seals a mostly dead open pack and repacks it, and the next upload starts a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_reclaims_a_mostly_dead_open_pack() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 256 << 10, SMALL_CHUNKS);
+    cfg.store.pack_target_size = 64 << 20;
+    let e = Arc::new(Engine::open(cfg.clone()).unwrap());
+    let keep = data(21, MIB);
+    let gone = data(22, 6 * MIB);
+    let kept = store_file(&e, new_object(&e), "keep", &keep).await;
+    let t = new_object(&e);
+    store_file(&e, t, "gone", &gone).await;
+    assert_eq!(
+        e.store().stats().unwrap().packs,
+        1,
+        "one open pack holds both"
+    );
+
+    let half = GcOptions {
+        dry_run: true,
+        ..GcOptions::default()
+    };
+    assert_eq!(e.gc(&half).unwrap().store.packs_repacked, 0, "mostly live");
+    e.delete_object(&t.object).unwrap();
+    let before = e.store().stats().unwrap();
+    let dry = e.gc(&half).unwrap();
+    assert_eq!(dry.store.packs_repacked, 1, "{dry:?}");
+    assert_eq!(
+        e.store().stats().unwrap(),
+        before,
+        "a dry run changes nothing"
+    );
+
+    let report = e.gc(&GcOptions::default()).unwrap();
+    let after = e.store().stats().unwrap();
+    assert_eq!(report.store.packs_deleted, 1, "{report:?}");
+    // The dry run predicted what the real pass did.
+    assert_eq!(dry.store.parts_deleted, report.store.parts_deleted);
+    assert_eq!(dry.store.chunks_deleted, report.store.chunks_deleted);
+    assert_eq!(
+        dry.store.chunk_bytes_deleted,
+        report.store.chunk_bytes_deleted
+    );
+    assert!(report.store.chunk_bytes_deleted >= gone.len() as u64 * 99 / 100);
+    let predicted = dry.store.disk_bytes_freed;
+    assert!(
+        predicted.abs_diff(report.store.disk_bytes_freed) <= 64 << 10,
+        "dry {predicted} vs {report:?}"
+    );
+    assert!(
+        after.pack_bytes + 5 * MIB as u64 <= before.pack_bytes,
+        "{before:?} -> {after:?}"
+    );
+    assert!(after.pack_bytes >= keep.len() as u64, "{after:?}");
+    assert_eq!(read_all(&e, &Qhit::Version(kept), "keep").unwrap(), keep);
+    let n = keep.len() as u64;
+    assert_eq!(
+        stream_range(&e, &Qhit::Version(kept), "keep", 0, n).await,
+        keep
+    );
+
+    // Writing goes on in the next pack; a second gc finds nothing more to do.
+    let more = data(23, 2 * MIB);
+    let v = store_file(&e, new_object(&e), "more", &more).await;
+    assert_eq!(e.gc(&GcOptions::default()).unwrap().store.packs_repacked, 0);
+    assert!(e.fsck().unwrap().is_clean());
+    drop(e);
+    let e = Arc::new(Engine::open(cfg).unwrap());
+    assert_eq!(read_all(&e, &Qhit::Version(kept), "keep").unwrap(), keep);
+    assert_eq!(read_all(&e, &Qhit::Version(v), "more").unwrap(), more);
+    assert!(e.fsck().unwrap().is_clean());
+}
+
 struct Fixture {
     engine: Arc<Engine>,
     version: cairn_core::VersionHash,

@@ -6,7 +6,7 @@
 //! live chunks are copied and fsynced first, one batch moves their locations and marks the old
 //! pack retired, and only then is the old file deleted (recovery deletes it if a crash came first).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use cairn_core::record::Record;
 use cairn_core::{Digest, Result};
@@ -48,40 +48,73 @@ pub struct GcReport {
     pub corrupt_chunks_kept: u64,
 }
 
+/// Reference counts a dry run would have released, by index key: a dry run commits nothing, so
+/// its later steps (and a caller's: dead tree nodes release parts) subtract these instead.
+pub type Released = HashMap<Box<[u8]>, i64>;
+
+/// What a dry run would have committed, so that its later steps see it.
+#[derive(Default)]
+struct DryRun {
+    parts: Released,
+    chunks: Released,
+    dead_chunks: HashSet<Digest>,
+}
+
 impl Store {
     /// Runs one garbage collection pass.
     pub fn gc(&self, opts: &GcOptions) -> Result<GcReport> {
+        self.gc_after(opts, Released::new())
+    }
+
+    /// [`Store::gc`] after a caller's own dry run, which would have released `parts` (part key
+    /// → references): a dry run then reports the parts, chunks and packs those would free too.
+    pub fn gc_after(&self, opts: &GcOptions, parts: Released) -> Result<GcReport> {
         let _one = self.gc_lock.lock();
         let mut report = GcReport {
             dry_run: opts.dry_run,
             ..GcReport::default()
         };
-        self.gc_parts(opts, &mut report)?;
-        self.gc_chunks(opts, &mut report)?;
-        self.repack(opts, &mut report)?;
+        let mut dry = DryRun {
+            parts,
+            ..DryRun::default()
+        };
+        self.gc_parts(opts, &mut report, &mut dry)?;
+        self.gc_chunks(opts, &mut report, &mut dry)?;
+        self.repack(opts, &mut report, &dry)?;
         Ok(report)
     }
 
-    fn dead_keys(&self, cf: &str) -> Result<Vec<Box<[u8]>>> {
+    /// Keys of the counter family `cf` at or below zero once `released` is taken off.
+    fn dead_keys(&self, cf: &str, released: &Released) -> Result<Vec<Box<[u8]>>> {
         let mut dead = Vec::new();
         for entry in self.index().scan(cf, &[]) {
             let (k, v) = entry?;
-            if counter_value(&v) <= 0 {
+            if counter_value(&v) - released.get(&k).copied().unwrap_or(0) <= 0 {
                 dead.push(k);
             }
         }
         Ok(dead)
     }
 
-    fn gc_parts(&self, opts: &GcOptions, report: &mut GcReport) -> Result<()> {
+    /// A counter now, less what a dry run has released of it.
+    fn count_after(&self, cf: &str, key: &[u8], released: &Released) -> Result<i64> {
+        Ok(self.index().counter(cf, key)? - released.get(key).copied().unwrap_or(0))
+    }
+
+    fn gc_parts(&self, opts: &GcOptions, report: &mut GcReport, dry: &mut DryRun) -> Result<()> {
         let guard = self.ref_guard();
         let mut batch = self.index().batch();
-        for key in self.dead_keys(CF_PART_REFS)? {
-            if self.index().counter(CF_PART_REFS, &key)? > 0 {
+        for key in self.dead_keys(CF_PART_REFS, &dry.parts)? {
+            if self.count_after(CF_PART_REFS, &key, &dry.parts)? > 0 {
                 continue;
             }
             if let Some(part) = self.index().get_record::<PartRecord>(CF_PARTS, &key)? {
                 self.release_chunks(&mut batch, &part.chunks);
+                if opts.dry_run {
+                    for c in &part.chunks {
+                        *dry.chunks.entry(c.hash.as_bytes()[..].into()).or_default() += 1;
+                    }
+                }
             }
             batch.delete(CF_PARTS, &key);
             batch.delete(CF_PART_REFS, &key);
@@ -94,13 +127,17 @@ impl Store {
         Ok(())
     }
 
-    fn gc_chunks(&self, opts: &GcOptions, report: &mut GcReport) -> Result<()> {
+    fn gc_chunks(&self, opts: &GcOptions, report: &mut GcReport, dry: &mut DryRun) -> Result<()> {
         let pins = self.pins();
         let mut batch = self.index().batch();
-        for key in self.dead_keys(CF_CHUNK_REFS)? {
-            let pinned = Digest::from_slice(&key).is_some_and(|d| pins.contains_key(&d));
-            if pinned || self.index().counter(CF_CHUNK_REFS, &key)? > 0 {
+        for key in self.dead_keys(CF_CHUNK_REFS, &dry.chunks)? {
+            let digest = Digest::from_slice(&key);
+            let pinned = digest.is_some_and(|d| pins.contains_key(&d));
+            if pinned || self.count_after(CF_CHUNK_REFS, &key, &dry.chunks)? > 0 {
                 continue;
+            }
+            if let (true, Some(d)) = (opts.dry_run, digest) {
+                dry.dead_chunks.insert(d);
             }
             if let Some(loc) = self.index().get_record::<ChunkLoc>(CF_CHUNKS, &key)? {
                 report.chunk_bytes_deleted += u64::from(loc.len);
@@ -119,25 +156,47 @@ impl Store {
         Ok(())
     }
 
-    /// Live record bytes per pack, from the chunk index.
-    fn live_by_pack(&self) -> Result<HashMap<PackId, Vec<(Digest, ChunkLoc)>>> {
+    /// Live chunks per pack, from the chunk index, less those a dry run found dead.
+    fn live_by_pack(
+        &self,
+        dead: &HashSet<Digest>,
+    ) -> Result<HashMap<PackId, Vec<(Digest, ChunkLoc)>>> {
         let mut live: HashMap<PackId, Vec<(Digest, ChunkLoc)>> = HashMap::new();
         for entry in self.index().scan(CF_CHUNKS, &[]) {
             let (k, v) = entry?;
             let loc = ChunkLoc::decode(&v)?;
             let hash = Digest::from_slice(&k)
                 .ok_or_else(|| cairn_core::Error::corrupt("chunk key is not 32 bytes"))?;
-            live.entry(loc.pack).or_default().push((hash, loc));
+            if !dead.contains(&hash) {
+                live.entry(loc.pack).or_default().push((hash, loc));
+            }
         }
         Ok(live)
     }
 
-    fn repack(&self, opts: &GcOptions, report: &mut GcReport) -> Result<()> {
+    fn repack(&self, opts: &GcOptions, report: &mut GcReport, dry: &DryRun) -> Result<()> {
         // Packs with a write session's uncommitted chunks are skipped: those chunks are not in
         // the index yet and would look dead. Sealed packs get no new appends, so a pack not in
         // use now stays so, and the scan below (taken after this) sees all its live chunks.
-        let in_use = self.packs_in_use();
-        let live = self.live_by_pack()?;
+        let mut in_use = self.packs_in_use();
+        let mut live = self.live_by_pack(&dry.dead_chunks)?;
+        // A mostly dead open pack is sealed first, so that deleting something and running gc
+        // frees its bytes now rather than once the pack has filled up. Sealing it may race
+        // with commits into it, so the in-use set and the scan are taken again, in that order.
+        let seal_open = |id: PackId, len: u64| {
+            !in_use.contains(&id) && mostly_dead(live_bytes(&live, id), len, opts)
+        };
+        if opts.dry_run {
+            let open = self.open_pack_id();
+            let len = pack_len(self, open);
+            if seal_open(open, len) {
+                report.packs_repacked += 1;
+                report.disk_bytes_freed += len.saturating_sub(live_bytes(&live, open));
+            }
+        } else if self.seal_open_pack_if(seal_open)? {
+            in_use = self.packs_in_use();
+            live = self.live_by_pack(&dry.dead_chunks)?;
+        }
         let open = self.open_pack_id();
         for id in pack_files(self.pack_dir())? {
             let sealed = matches!(
@@ -150,17 +209,15 @@ impl Store {
             if id >= open || !sealed || in_use.contains(&id) {
                 continue;
             }
-            let size = std::fs::metadata(self.pack_dir().join(id.file_name()))
-                .map(|m| m.len())
-                .unwrap_or(0);
-            let chunks = live.get(&id).map(Vec::as_slice).unwrap_or(&[]);
-            let live_bytes: u64 = chunks.iter().map(|(_, l)| l.record_len()).sum();
-            if (live_bytes as f64) >= opts.repack_below * (size.saturating_sub(HEADER_LEN) as f64) {
+            let size = pack_len(self, id);
+            let live_now = live_bytes(&live, id);
+            if !mostly_dead(live_now, size, opts) {
                 continue;
             }
+            let chunks = live.get(&id).map(Vec::as_slice).unwrap_or(&[]);
             if opts.dry_run {
                 report.packs_repacked += 1;
-                report.disk_bytes_freed += size.saturating_sub(live_bytes);
+                report.disk_bytes_freed += size.saturating_sub(live_now);
                 continue;
             }
             self.repack_one(id, chunks, size, report)?;
@@ -221,4 +278,21 @@ impl Store {
         report.disk_bytes_freed += size.saturating_sub(moved);
         Ok(())
     }
+}
+
+/// Record bytes of `pack` that the chunk index still names.
+fn live_bytes(live: &HashMap<PackId, Vec<(Digest, ChunkLoc)>>, pack: PackId) -> u64 {
+    live.get(&pack)
+        .map_or(0, |chunks| chunks.iter().map(|(_, l)| l.record_len()).sum())
+}
+
+/// Whether a pack of `size` bytes with `live_bytes` of live records is worth repacking.
+fn mostly_dead(live_bytes: u64, size: u64, opts: &GcOptions) -> bool {
+    (live_bytes as f64) < opts.repack_below * (size.saturating_sub(HEADER_LEN) as f64)
+}
+
+fn pack_len(store: &Store, id: PackId) -> u64 {
+    std::fs::metadata(store.pack_dir().join(id.file_name()))
+        .map(|m| m.len())
+        .unwrap_or(0)
 }

@@ -24,7 +24,7 @@ pub mod store;
 
 pub use chunker::{ChunkParams, SegmentChunker};
 pub use fsck::{ExternalRefs, FsckReport};
-pub use gc::{GcOptions, GcReport};
+pub use gc::{GcOptions, GcReport, Released};
 pub use index::{Batch, CfKind, Index};
 pub use store::{
     part_digest, part_key, ChunkRef, PartRecord, Store, StoreConfig, StoreStats, WriteSession,

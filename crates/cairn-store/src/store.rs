@@ -592,6 +592,17 @@ impl Store {
         self.writer.lock().pack.id
     }
 
+    /// Seals the open pack now, as if it were full, when `seal(id, len)` says so and it holds
+    /// any record; returns whether it did. (gc: a mostly dead open pack can then be repacked.)
+    pub(crate) fn seal_open_pack_if(&self, seal: impl FnOnce(PackId, u64) -> bool) -> Result<bool> {
+        let mut w = self.writer.lock();
+        if w.is_fresh() || !seal(w.pack.id, w.len()) {
+            return Ok(false);
+        }
+        self.roll(&mut w)?;
+        Ok(true)
+    }
+
     pub(crate) fn pins(&self) -> MutexGuard<'_, HashMap<Digest, u32>> {
         self.pins.lock()
     }
