@@ -251,6 +251,35 @@ fn range_and_conditional_requests() {
         304
     );
     assert_eq!(curl(&url, &["-H", "If-None-Match: \"other\""]).status, 200);
+    // The other preconditions (RFC 9110 §13): If-Match and If-Unmodified-Since fail with a JSON
+    // 412 before anything is read; If-Modified-Since gives a 304 like If-None-Match.
+    let lm = full.header("last-modified").unwrap().to_string();
+    let old = "Mon, 01 Jan 2001 00:00:00 GMT";
+    for (hdr, status) in [
+        (format!("If-Match: {etag}"), 200),
+        ("If-Match: *".to_string(), 200),
+        ("If-Match: \"other\"".to_string(), 412),
+        (format!("If-Unmodified-Since: {lm}"), 200),
+        (format!("If-Unmodified-Since: {old}"), 412),
+        (format!("If-Modified-Since: {lm}"), 304),
+        (format!("If-Modified-Since: {old}"), 200),
+    ] {
+        let r = curl(&url, &["-H", &hdr]);
+        assert_eq!(r.status, status, "{hdr}");
+        match status {
+            200 => assert_eq!(r.body, src, "{hdr}"),
+            304 => assert!(r.body.is_empty() && r.header("etag") == Some(etag.as_str())),
+            _ => {
+                let e: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+                assert_eq!(e["errors"][0]["kind"], "precondition_failed", "{hdr}: {e}");
+            }
+        }
+    }
+    let r = curl(
+        &url,
+        &["-H", "Range: bytes=5-9", "-H", &format!("If-Match: {etag}")],
+    );
+    assert_eq!((r.status, &r.body[..]), (206, &src[5..10]));
     let r = curl(
         &url,
         &["-H", "Range: bytes=0-9", "-H", &format!("If-Range: {etag}")],

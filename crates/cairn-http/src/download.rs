@@ -1,7 +1,7 @@
 //! Reading content: file downloads with Range (single and multipart), conditional requests,
 //! `files` listings, and parts.
 
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, RawQuery, State};
@@ -13,6 +13,7 @@ use cairn_jobs::{FileHandle, Qhit};
 use futures::{Stream, StreamExt};
 use serde_json::{json, Value};
 
+use crate::conditional::{self, Outcome, Preconditions, Validators};
 use crate::error::ApiError;
 use crate::range::{self, Plan};
 use crate::{scope_of, target, AppState, Params, Principal};
@@ -167,12 +168,30 @@ async fn serve(
         (header::ETAG, etag.clone()),
         (header::LAST_MODIFIED, last_modified.clone()),
     ];
-    if header_str(headers, &header::IF_NONE_MATCH)?.is_some_and(|v| etag_matches(v, &etag)) {
-        return response(StatusCode::NOT_MODIFIED, &validators, None, Body::empty());
-    }
-    let honour_range = match header_str(headers, &header::IF_RANGE)? {
-        None => true,
-        Some(v) => v == etag || v == last_modified,
+    let pre = Preconditions {
+        if_match: header_str(headers, &header::IF_MATCH)?,
+        if_unmodified_since: header_str(headers, &header::IF_UNMODIFIED_SINCE)?,
+        if_none_match: header_str(headers, &header::IF_NONE_MATCH)?,
+        if_modified_since: header_str(headers, &header::IF_MODIFIED_SINCE)?,
+        if_range: header_str(headers, &header::IF_RANGE)?,
+    };
+    let v = Validators {
+        etag: &etag,
+        last_modified: &last_modified,
+        modified,
+    };
+    let honour_range = match conditional::evaluate(&v, pre, SystemTime::now()) {
+        Outcome::Content { honour_range } => honour_range,
+        Outcome::NotModified => {
+            return response(StatusCode::NOT_MODIFIED, &validators, None, Body::empty())
+        }
+        Outcome::PreconditionFailed(which) => {
+            return Err(ApiError::new(
+                StatusCode::PRECONDITION_FAILED,
+                "precondition_failed",
+                format!("{which} does not hold for {etag}"),
+            ))
+        }
     };
     let range_header = if honour_range {
         header_str(headers, &header::RANGE)?
@@ -226,13 +245,6 @@ fn header_str<'h>(
                 .map_err(|_| ApiError::bad_request(format!("{name} is not ASCII")))
         })
         .transpose()
-}
-
-fn etag_matches(if_none_match: &str, etag: &str) -> bool {
-    if_none_match
-        .split(',')
-        .map(str::trim)
-        .any(|t| t == "*" || t == etag || t.strip_prefix("W/") == Some(etag))
 }
 
 fn response(

@@ -8,6 +8,7 @@
 //! and downloads stream through the engine's bounded channels.
 
 pub mod auth;
+mod conditional;
 pub mod config;
 mod content;
 mod download;
