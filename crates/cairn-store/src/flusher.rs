@@ -16,7 +16,7 @@ use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use cairn_core::Result;
-use parking_lot::{Condvar, Mutex};
+use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use crate::pack::PackFile;
 use crate::staging::Window;
@@ -40,6 +40,9 @@ struct Queue {
     queued: VecDeque<(Arc<PackFile>, Window)>,
     /// Windows whose write failed, in order: written again before the next fsync.
     failed: Vec<(Arc<PackFile>, Window)>,
+    /// A waiter has taken `failed` out to write it again (outside this lock); other waiters
+    /// wait for its outcome rather than see an empty list and go on to fsync.
+    retrying: bool,
     closed: bool,
 }
 
@@ -144,12 +147,39 @@ impl Flusher {
         while q.outstanding.first().is_some_and(|&s| s < mark) {
             self.shared.written.wait(&mut q);
         }
-        while let Some((pack, w)) = q.failed.first() {
-            pack.write_blocks(w.at(), w.bytes())?;
-            q.failed.remove(0);
+        loop {
+            if q.retrying {
+                self.shared.written.wait(&mut q);
+                continue;
+            }
+            if q.failed.is_empty() {
+                return Ok(());
+            }
+            // Written again without the lock, so appenders and the writer thread go on (a
+            // failing disk can take seconds per write).
+            let failed = std::mem::take(&mut q.failed);
+            q.retrying = true;
+            let (left, outcome) = MutexGuard::unlocked(&mut q, || retry(failed));
+            let newer = std::mem::replace(&mut q.failed, left);
+            q.failed.extend(newer);
+            q.retrying = false;
+            self.shared.written.notify_all();
+            outcome?;
         }
-        Ok(())
     }
+}
+
+/// Writes failed windows again, in order, up to the first that fails again; returns those left
+/// (that one and the rest) with the outcome.
+fn retry(failed: Vec<(Arc<PackFile>, Window)>) -> (Vec<(Arc<PackFile>, Window)>, Result<()>) {
+    let mut windows = failed.into_iter();
+    while let Some((pack, w)) = windows.next() {
+        if let Err(e) = pack.write_blocks(w.at(), w.bytes()) {
+            let left = std::iter::once((pack, w)).chain(windows).collect();
+            return (left, Err(e));
+        }
+    }
+    (Vec::new(), Ok(()))
 }
 
 impl Shared {
