@@ -12,7 +12,8 @@
 #   2. Random 1 MiB Range GETs on f0, CONC connections for DURATION s (wrk, else Python):
 #        cairn GET /q/{hq}/files/f0 vs nginx (sendfile on) serving the same file
 #      Before it, caches are dropped (when run as root) and each server gets WARMUP s of the same
-#      load, untimed, so both are measured in the steady state of this workload.
+#      load, untimed (in alternating slices of at most 10 s, each slice's rate printed), so both
+#      are measured in the steady state of this workload.
 #   3. Cairn's peak RSS (VmHWM) per phase; server CPU seconds per phase; loadavg around phases.
 #
 # Phases 1 (cairn and nginx; tus once) and 2 run as ROUNDS interleaved rounds, the order of the
@@ -43,6 +44,7 @@ if not m: sys.exit(f"bad SIZE {sys.argv[1]!r}")
 print(int(m[1]) * 1024 ** "_kmgt".index((m[2] or "_").lower()))' "$SIZE")
 [ "$size_bytes" -ge $((1 << 20)) ] || { echo "SIZE must be at least 1MiB" >&2; exit 2; }
 [[ "$ROUNDS" =~ ^[1-9][0-9]?$ ]] || { echo "ROUNDS must be 1..99" >&2; exit 2; }
+[[ "$WARMUP" =~ ^[0-9]{1,4}$ ]] || { echo "WARMUP must be whole seconds" >&2; exit 2; }
 
 # Raise this session's scheduling priority if the kernel lets us (best effort).
 if echo -15 >/proc/self/autogroup 2>/dev/null; then prio="autogroup nice -15"; else prio="unchanged"; fi
@@ -339,10 +341,19 @@ echo "-- 2. warming: ${WARMUP}s of the same Range GETs on each server (not timed
 sync
 if [ -w /proc/sys/vm/drop_caches ]; then echo 3 >/proc/sys/vm/drop_caches; fi
 cat "$WORK"/src/f0 >/dev/null # the verify step's reference copy
+rps_of() { python3 -c 'import json, sys; print(round(json.load(open(sys.argv[1]))["rps"]))' "$WORK/res/$1_range.json" 2>/dev/null || echo '?'; }
+# Warm-ups longer than one slice alternate between the servers in slices of at most 10 s: this
+# VM's DAMON pages out what nobody touched for a minute, so a long warm-up of one server would
+# leave the other's pages cold again.
 DURATION_TIMED=$DURATION
-DURATION=$WARMUP
-range_run warm_cairn "http://127.0.0.1:$P_CAIRN" "$CAIRN_F0" "Bearer $TOKEN" || echo "  cairn warm-up FAILED"
-range_run warm_nginx "http://127.0.0.1:$P_NGINX" "/f0" || echo "  nginx warm-up FAILED"
+left=$WARMUP
+while [ "$left" -gt 0 ]; do
+    DURATION=$((left < 10 ? left : 10))
+    left=$((left - DURATION))
+    range_run warm_cairn "http://127.0.0.1:$P_CAIRN" "$CAIRN_F0" "Bearer $TOKEN" || echo "  cairn warm-up FAILED"
+    range_run warm_nginx "http://127.0.0.1:$P_NGINX" "/f0" || echo "  nginx warm-up FAILED"
+    echo "  warm-up slice of ${DURATION}s: cairn $(rps_of warm_cairn) req/s, nginx $(rps_of warm_nginx) req/s (not timed)"
+done
 DURATION=$DURATION_TIMED
 
 range_cairn() { # ROUND
