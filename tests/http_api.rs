@@ -859,7 +859,24 @@ fn oversized_request_heads_get_json_errors() {
         "/q/iq__2Fb9vA6XoKhKjQzCjUe6ZcmBe3S5/files/{}",
         "a".repeat(9000)
     );
+    // Header fields: curl sends Host, User-Agent, Accept and the token besides these.
+    let fields = |n: usize| -> Vec<String> {
+        (0..n)
+            .flat_map(|i| ["-H".to_string(), format!("X-F{i}: v")])
+            .collect()
+    };
+    let (ninety, two_hundred) = (fields(90), fields(200));
+    let r = curl(
+        &s.url("/qlibs"),
+        &ninety.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let cases: Vec<(String, Vec<&str>, u16)> = vec![
+        (
+            "/qlibs".into(),
+            two_hundred.iter().map(String::as_str).collect(),
+            431,
+        ),
         ("/qlibs".into(), vec!["-H", &one_big], 431),
         ("/config".into(), vec!["-H", &one_big], 431),
         ("/qlibs".into(), many_args, 431),

@@ -352,6 +352,7 @@ async fn accept_loop(
         // lives: hyper's default (~400 KiB) made ~100 MiB across the soak's connections
         // (before upload frames were kept by the chunker instead of copied).
         .max_buf_size(READ_BUF_MAX)
+        .max_headers(limit::HYPER_MAX_HEADER_FIELDS)
         .timer(TokioTimer::new())
         .header_read_timeout(std::time::Duration::from_secs(
             cfg.header_timeout_secs.max(1),

@@ -77,12 +77,18 @@ pub const MAX_URI_BYTES: usize = 8 << 10;
 pub const MAX_HEADER_BYTES: usize = 8 << 10;
 /// Largest header block (names and values); larger is 431 `too_large`.
 pub const MAX_HEAD_BYTES: usize = 32 << 10;
+/// Most header fields in a request; more is 431 `too_large`.
+pub const MAX_HEADER_FIELDS: usize = 100;
+/// Header fields hyper parses before it refuses a head itself, with a bare 431 (set well above
+/// [`MAX_HEADER_FIELDS`], so that a head with too many fields gets the JSON error).
+pub const HYPER_MAX_HEADER_FIELDS: usize = 1000;
 
 /// Middleware: refuses request heads over the limits above with the JSON error body.
 ///
-/// hyper refuses heads that do not fit its 64 KiB read buffer (or carry more than 100 fields)
-/// itself, before any middleware, with a bare status; these lower limits make every head a
-/// real client is likely to send too large get the protocol's error shape instead.
+/// hyper refuses heads that do not fit its 256 KiB read buffer (or carry more than
+/// [`HYPER_MAX_HEADER_FIELDS`] fields) itself, before any middleware, with a bare status; these
+/// lower limits make every head a real client is likely to send too large get the protocol's
+/// error shape instead.
 pub async fn request_head(req: Request, next: Next) -> Response {
     if let Err(e) = check_head(req.uri(), req.headers()) {
         return e.into_response();
@@ -97,6 +103,16 @@ fn check_head(uri: &Uri, headers: &HeaderMap) -> Result<(), ApiError> {
             StatusCode::URI_TOO_LONG,
             "too_large",
             format!("the request target is {target} bytes; at most {MAX_URI_BYTES}"),
+        ));
+    }
+    if headers.len() > MAX_HEADER_FIELDS {
+        return Err(ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "too_large",
+            format!(
+                "the request has {} header fields; at most {MAX_HEADER_FIELDS}",
+                headers.len()
+            ),
         ));
     }
     let mut total = 0usize;
