@@ -267,6 +267,64 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
 
 /// Repeated reads are served from opened files the server remembers; a finalize or a delete
 /// must show at once: an object id reads its new head, a deleted version is 404.
+/// `If-Match` / `If-None-Match` on finalize name the object's newest version: a draft opened on
+/// an older head is refused with a JSON 412 and stays as it was; without them the last
+/// finalize wins.
+#[test]
+fn finalize_preconditions_refuse_a_stale_draft_and_change_nothing() {
+    let data = tempfile::tempdir().unwrap();
+    let s = Server::start(data.path(), common::free_port());
+    let (_, obj, first) = new_object(&s);
+    let finalize = |wt: &str, hdr: &str| {
+        let mut args = vec!["-X", "POST"];
+        if !hdr.is_empty() {
+            args.extend(["-H", hdr]);
+        }
+        curl(&s.url(&format!("/q/{wt}")), &args)
+    };
+    let open = || {
+        call(&s, "POST", &format!("/qid/{obj}"), None, 200)["write_token"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let versions = || {
+        call(&s, "GET", &format!("/qid/{obj}"), None, 200)["versions"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    let refused = |wt: &str, hdr: &str| {
+        let before = versions();
+        let r = finalize(wt, hdr);
+        assert_eq!(r.status, 412, "{hdr}: {}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.kind(), "precondition_failed", "{hdr}");
+        // Nothing changed: no new version, and the draft is still there to finalize.
+        assert_eq!(versions(), before, "{hdr}");
+        call(&s, "GET", &format!("/q/{wt}"), None, 200);
+    };
+    let hash = |r: common::Reply| {
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        r.json()["hash"].as_str().unwrap().to_string()
+    };
+
+    refused(&first, "If-Match: *");
+    let v1 = hash(finalize(&first, "If-None-Match: *"));
+    let (a, b) = (open(), open());
+    let v2 = hash(finalize(&a, &format!("If-Match: \"{v1}\"")));
+    refused(&b, &format!("If-Match: \"{v1}\""));
+    refused(&b, "If-None-Match: *");
+    refused(&b, &format!("If-None-Match: \"{v2}\""));
+    refused(&b, &format!("If-Match: W/\"{v2}\""));
+    refused(&b, "If-Match: \"not a version\"");
+    let v3 = hash(finalize(&b, &format!("If-Match: \"{v1}\", \"{v2}\"")));
+    // A bare version hash is taken too; without a condition the last finalize wins.
+    let (c, d) = (open(), open());
+    hash(finalize(&c, &format!("If-Match: {v3}")));
+    hash(finalize(&d, ""));
+    assert_eq!(versions(), 5);
+}
+
 #[test]
 fn reads_follow_each_finalize_and_delete_at_once() {
     let data = tempfile::tempdir().unwrap();

@@ -20,6 +20,8 @@ pub enum ErrorKind {
     Gone,
     /// The file or job is not complete yet, so its bytes cannot be read or sealed.
     Incomplete,
+    /// A condition the caller attached (`If-Match` on finalize…) does not hold; nothing changed.
+    PreconditionFailed,
     /// More bytes, entries or nesting than allowed.
     TooLarge,
     /// Stored data failed its blake3 check or a record failed to decode. Never served.
@@ -39,6 +41,7 @@ impl ErrorKind {
             ErrorKind::Conflict => "conflict",
             ErrorKind::Gone => "gone",
             ErrorKind::Incomplete => "incomplete",
+            ErrorKind::PreconditionFailed => "precondition_failed",
             ErrorKind::TooLarge => "too_large",
             ErrorKind::Corrupt => "corrupt",
             ErrorKind::NoSpace => "no_space",
@@ -87,6 +90,7 @@ impl Error {
         conflict => Conflict,
         gone => Gone,
         incomplete => Incomplete,
+        precondition_failed => PreconditionFailed,
         too_large => TooLarge,
         corrupt => Corrupt,
         internal => Internal,

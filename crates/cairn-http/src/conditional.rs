@@ -1,6 +1,6 @@
-//! Conditional requests (RFC 9110 §13) for downloads, sans IO: from a file's validators and the
+//! Conditional requests (RFC 9110 §13), sans IO. For downloads: from a file's validators and the
 //! request's precondition headers, whether it gets its content (and whether a `Range` counts),
-//! a 304 or a 412.
+//! a 304 or a 412. For finalize: what the object's newest version must be ([`head_condition`]).
 //!
 //! The order is the RFC's (§13.2.2): `If-Match`, else `If-Unmodified-Since`, can fail the request
 //! (412); then `If-None-Match`, else `If-Modified-Since`, can make it a 304; then `If-Range`
@@ -8,6 +8,9 @@
 //! RFC asks, and so is an `If-Modified-Since` in the future.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use cairn_core::VersionHash;
+use cairn_jobs::{HeadCondition, Versions};
 
 /// A file's validators: its strong ETag (quoted) and when it last changed.
 pub struct Validators<'a> {
@@ -65,6 +68,34 @@ pub fn evaluate(v: &Validators, p: Preconditions, now: SystemTime) -> Outcome {
     Outcome::Content { honour_range }
 }
 
+/// A finalize's `If-Match` and `If-None-Match` as a condition on the object's newest version,
+/// whose entity-tag is its version hash: `"hq__…"` (a bare `hq__…` is taken too). If-Match
+/// compares strongly, so a `W/` tag there matches nothing, as does a tag that is not a version
+/// hash.
+pub fn head_condition(if_match: Option<&str>, if_none_match: Option<&str>) -> HeadCondition {
+    HeadCondition {
+        if_match: if_match.map(|l| versions(l, false)),
+        if_none_match: if_none_match.map(|l| versions(l, true)),
+    }
+}
+
+fn versions(list: &str, weak_matches: bool) -> Versions {
+    if tags(list).any(|t| t == "*") {
+        return Versions::Any;
+    }
+    let named = tags(list)
+        .filter_map(|t| match t.strip_prefix("W/") {
+            Some(weak) => weak_matches.then_some(weak),
+            None => Some(t),
+        })
+        .filter_map(|t| {
+            let bare = t.strip_prefix('"').and_then(|t| t.strip_suffix('"'));
+            bare.unwrap_or(t).parse::<VersionHash>().ok()
+        })
+        .collect();
+    Versions::These(named)
+}
+
 fn tags(list: &str) -> impl Iterator<Item = &str> {
     list.split(',').map(str::trim).filter(|t| !t.is_empty())
 }
@@ -105,6 +136,39 @@ mod tests {
             modified: MODIFIED,
         };
         evaluate(&v, p, UNIX_EPOCH + Duration::from_secs(MODIFIED + 3600))
+    }
+
+    #[test]
+    fn finalize_tags_name_version_hashes() {
+        use cairn_core::{Digest, ObjectId};
+        let v = |n: u8| VersionHash::new(Digest::from_bytes([n; 32]), 9, ObjectId::new([n; 20]));
+        let (v1, v2) = (v(1), v(2));
+        let these = |l: &[VersionHash]| Some(Versions::These(l.to_vec()));
+        let cases = [
+            (format!("\"{v1}\""), these(&[v1]), these(&[v1])),
+            (format!("{v1}"), these(&[v1]), these(&[v1])),
+            (
+                format!("\"{v1}\", \"{v2}\""),
+                these(&[v1, v2]),
+                these(&[v1, v2]),
+            ),
+            (format!("W/\"{v1}\""), these(&[]), these(&[v1])),
+            ("\"junk\", \"\"".to_string(), these(&[]), these(&[])),
+            (
+                format!("\"{v1}\", *"),
+                Some(Versions::Any),
+                Some(Versions::Any),
+            ),
+        ];
+        for (list, if_match, if_none_match) in cases {
+            let c = head_condition(Some(&list), Some(&list));
+            assert_eq!(
+                (c.if_match, c.if_none_match),
+                (if_match, if_none_match),
+                "{list}"
+            );
+        }
+        assert_eq!(head_condition(None, None), HeadCondition::default());
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use cairn_core::{LibraryId, ObjectId, SpaceId, VersionHash, WriteToken};
@@ -244,9 +244,19 @@ fn draft_token(q: Qhit) -> Result<WriteToken, ApiError> {
 pub async fn handle_finalize(
     State(st): State<AppState>,
     Path(p): Path<Params>,
+    headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let t = draft_token(target(&st, &p).await?)?;
-    let (hash, rec) = st.engine.run(move |e| e.finalize(&t)).await?;
+    let text = |name: header::HeaderName| {
+        headers
+            .get(&name)
+            .map(|v: &HeaderValue| v.to_str())
+            .transpose()
+            .map_err(|_| ApiError::bad_request(format!("{name} is not ASCII")))
+    };
+    let cond =
+        crate::conditional::head_condition(text(header::IF_MATCH)?, text(header::IF_NONE_MATCH)?);
+    let (hash, rec) = st.engine.run(move |e| e.finalize_if(&t, &cond)).await?;
     Ok(Json(
         json!({"id": rec.object, "hash": hash, "write_token": t, "type": "", "qlib_id": rec.library}),
     ))

@@ -590,8 +590,21 @@ impl Engine {
     /// Finalizes a draft: resolves its files (all uploads must be complete), writes the version
     /// record, moves the object's head, and drops the draft, in one batch.
     pub fn finalize(&self, token: &WriteToken) -> Result<(VersionHash, VersionRecord)> {
+        self.finalize_if(token, &HeadCondition::default())
+    }
+
+    /// [`Engine::finalize`] only if the object's newest version is as `cond` requires (checked
+    /// in the same critical section as the commit); otherwise `PreconditionFailed` and nothing
+    /// changes, the draft included.
+    pub fn finalize_if(
+        &self,
+        token: &WriteToken,
+        cond: &HeadCondition,
+    ) -> Result<(VersionHash, VersionRecord)> {
         // One critical section from resolution to commit: no files job can slip in between.
         let _w = self.state.write();
+        self.draft(token)?;
+        cond.check(self.object(&token.object)?.head)?;
         self.resolve_draft_locked(token, true)?;
         let draft = self.draft(token)?;
         let mut obj = self.object(&token.object)?;
@@ -759,4 +772,50 @@ fn check_not_into_itself(from: &FilePath, to: &FilePath) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// Which versions a tag list names: any at all (`*`), or these.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Versions {
+    Any,
+    These(Vec<VersionHash>),
+}
+
+impl Versions {
+    fn contain(&self, head: Option<VersionHash>) -> bool {
+        match (self, head) {
+            (_, None) => false,
+            (Versions::Any, Some(_)) => true,
+            (Versions::These(list), Some(h)) => list.contains(&h),
+        }
+    }
+}
+
+/// What a finalize requires of the object's newest version (its head), as HTTP's `If-Match` and
+/// `If-None-Match` say it: with neither, the last finalize wins.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeadCondition {
+    /// The head must be one of these (`*`: there must be a head).
+    pub if_match: Option<Versions>,
+    /// The head must not be one of these (`*`: there must be no version yet).
+    pub if_none_match: Option<Versions>,
+}
+
+impl HeadCondition {
+    pub fn check(&self, head: Option<VersionHash>) -> Result<()> {
+        let shown = || head.map_or("no version".to_string(), |h| h.to_string());
+        if self.if_match.as_ref().is_some_and(|v| !v.contain(head)) {
+            return Err(Error::precondition_failed(format!(
+                "If-Match does not hold: the object's newest version is {}",
+                shown()
+            )));
+        }
+        if self.if_none_match.as_ref().is_some_and(|v| v.contain(head)) {
+            return Err(Error::precondition_failed(format!(
+                "If-None-Match does not hold: the object's newest version is {}",
+                shown()
+            )));
+        }
+        Ok(())
+    }
 }

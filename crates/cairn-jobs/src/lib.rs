@@ -22,7 +22,7 @@ pub mod tree;
 pub mod upload;
 
 pub use engine::{Engine, EngineConfig, QInfo, Qhit};
-pub use files::{FilesJobCreated, FilesJobStatus, ForceReport};
+pub use files::{FilesJobCreated, FilesJobStatus, ForceReport, HeadCondition, Versions};
 pub use maint::{EngineFsckReport, EngineGcReport, EngineStats};
 pub use ops::FilesJobRequest;
 pub use planner::PlanLimits;
