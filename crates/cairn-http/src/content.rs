@@ -262,18 +262,25 @@ pub async fn handle_finalize(
     ))
 }
 
-/// `GET /q/{id}`: what the id names.
+/// `GET /q/{id}`: what the id names. A version (an object's newest, or one named by hash) is
+/// also the `ETag`, the entity-tag a finalize's `If-Match` compares.
 pub async fn handle_info(
     State(st): State<AppState>,
     Path(p): Path<Params>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let q = target(&st, &p).await?;
     let info = st.engine.run(move |e| e.info(&q)).await?;
     let mut v = json!({"id": info.object, "hash": info.version.map(|h| h.to_string()).unwrap_or_default(), "type": "", "qlib_id": info.library});
     if let Some(t) = info.token {
         v["write_token"] = json!(t);
     }
-    Ok(Json(v))
+    let mut r = Json(v).into_response();
+    if let (Some(h), None) = (info.version, info.token) {
+        let tag = HeaderValue::from_str(&format!("\"{h}\""))
+            .map_err(|_| ApiError::bad_request("unrepresentable version hash"))?;
+        r.headers_mut().insert(header::ETAG, tag);
+    }
+    Ok(r)
 }
 
 /// `DELETE …/q/{id}`: an object id deletes the object, a write token discards the draft, a
