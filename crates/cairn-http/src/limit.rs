@@ -105,36 +105,33 @@ fn check_head(uri: &Uri, headers: &HeaderMap) -> Result<(), ApiError> {
             format!("the request target is {target} bytes; at most {MAX_URI_BYTES}"),
         ));
     }
-    if headers.len() > MAX_HEADER_FIELDS {
-        return Err(ApiError::new(
+    let fields_too_large = |reason: String| {
+        ApiError::new(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "too_large",
-            format!(
-                "the request has {} header fields; at most {MAX_HEADER_FIELDS}",
-                headers.len()
-            ),
-        ));
+            reason,
+        )
+    };
+    let n = headers.len();
+    if n > MAX_HEADER_FIELDS {
+        return Err(fields_too_large(format!(
+            "the request has {n} header fields; at most {MAX_HEADER_FIELDS}"
+        )));
     }
     let mut total = 0usize;
     for (name, value) in headers {
-        if value.len() > MAX_HEADER_BYTES {
-            return Err(ApiError::new(
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                "too_large",
-                format!(
-                    "header {name} is {} bytes; at most {MAX_HEADER_BYTES}",
-                    value.len()
-                ),
-            ));
+        let len = value.len();
+        if len > MAX_HEADER_BYTES {
+            return Err(fields_too_large(format!(
+                "header {name} is {len} bytes; at most {MAX_HEADER_BYTES}"
+            )));
         }
-        total += name.as_str().len() + value.len();
+        total += name.as_str().len() + len;
     }
     if total > MAX_HEAD_BYTES {
-        return Err(ApiError::new(
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "too_large",
-            format!("the headers are {total} bytes; at most {MAX_HEAD_BYTES}"),
-        ));
+        return Err(fields_too_large(format!(
+            "the headers are {total} bytes; at most {MAX_HEAD_BYTES}"
+        )));
     }
     Ok(())
 }
