@@ -138,7 +138,7 @@ fn range_and_conditional_requests() {
     std::fs::write(&f, &src).unwrap();
     let data = tempfile::tempdir().unwrap();
     let s = Server::start(data.path(), common::free_port());
-    let (_, _, wt) = new_object(&s);
+    let (_, obj, wt) = new_object(&s);
     let empty = work.path().join("empty");
     std::fs::write(&empty, b"").unwrap();
     let hq = upload_files(&s, &wt, &[("d/f.bin", &f), ("empty", &empty)]);
@@ -246,6 +246,14 @@ fn range_and_conditional_requests() {
         "the ETag is the file's blake3"
     );
     assert!(full.header("last-modified").is_some());
+    // Through a version hash the bytes never change; through the object id they may.
+    let immutable = "private, max-age=31536000, immutable";
+    assert_eq!(full.header("cache-control"), Some(immutable));
+    let by_object = curl(&s.url(&format!("/q/{obj}/files/d/f.bin")), &[]);
+    assert_eq!(
+        (by_object.status, by_object.header("cache-control")),
+        (200, Some("private, no-cache"))
+    );
     assert_eq!(
         curl(&url, &["-H", &format!("If-None-Match: {etag}")]).status,
         304
@@ -268,7 +276,10 @@ fn range_and_conditional_requests() {
         assert_eq!(r.status, status, "{hdr}");
         match status {
             200 => assert_eq!(r.body, src, "{hdr}"),
-            304 => assert!(r.body.is_empty() && r.header("etag") == Some(etag.as_str())),
+            304 => {
+                assert!(r.body.is_empty() && r.header("etag") == Some(etag.as_str()));
+                assert_eq!(r.header("cache-control"), Some(immutable), "{hdr}");
+            }
             _ => {
                 let e: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
                 assert_eq!(e["errors"][0]["kind"], "precondition_failed", "{hdr}: {e}");

@@ -41,6 +41,7 @@ pub async fn handle_file(
         return Ok(json_response(list(&st, q).await?));
     }
     let path = FilePath::parse(&raw)?;
+    let cache = cache_control(&q);
     let (h, info) = match st.engine.opened(&q, &path, scope) {
         Some(found) => found,
         None => {
@@ -49,8 +50,21 @@ pub async fn handle_file(
                 .await?
         }
     };
-    serve(&st, h, info.modified, &method, &headers).await
+    serve(&st, h, info.modified, cache, &method, &headers).await
 }
+
+/// `Cache-Control` for a file read through `q`. Through a version hash the bytes can never
+/// change, so a browser may keep them for good; through an object id (whose newest version
+/// moves) or a draft it must revalidate (the ETag makes that a 304). Always `private`: the
+/// request carries a token, so a shared cache must not keep the answer for others.
+fn cache_control(q: &Qhit) -> &'static str {
+    match q {
+        Qhit::Version(_) => IMMUTABLE,
+        Qhit::Object(_) | Qhit::Draft(_) => "private, no-cache",
+    }
+}
+
+const IMMUTABLE: &str = "private, max-age=31536000, immutable";
 
 fn wants_list(query: Option<&str>) -> bool {
     query.is_some_and(|q| {
@@ -146,7 +160,8 @@ pub async fn handle_part_data(
         .engine
         .run(move |e| Ok((e.open_part(&q, &part)?, e.info(&q)?)))
         .await?;
-    serve(&st, h, info.modified, &method, &headers).await
+    // A part is named by its content's hash: its bytes never change, whatever names the content.
+    serve(&st, h, info.modified, IMMUTABLE, &method, &headers).await
 }
 
 /// Serves an opened file (or part) honouring Range, If-Range and If-None-Match.
@@ -154,6 +169,7 @@ async fn serve(
     st: &AppState,
     h: FileHandle,
     modified: u64,
+    cache: &'static str,
     method: &Method,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -167,6 +183,7 @@ async fn serve(
     let validators = [
         (header::ETAG, etag.clone()),
         (header::LAST_MODIFIED, last_modified.clone()),
+        (header::CACHE_CONTROL, cache.to_string()),
     ];
     let pre = Preconditions {
         if_match: header_str(headers, &header::IF_MATCH)?,
