@@ -215,6 +215,50 @@ fn json_out(out: Output) -> serde_json::Value {
     serde_json::from_str(&ok(out)).unwrap()
 }
 
+/// An upload finalizes only on the version its draft was opened from: when someone published in
+/// between, it fails, publishes nothing, and says how to go on; run again, it publishes on top.
+#[test]
+fn an_upload_does_not_replace_a_version_published_while_it_ran() {
+    let work = tempfile::tempdir().unwrap();
+    let state = work.path().join("state");
+    let data = tempfile::tempdir().unwrap();
+    let s = Server::start(data.path(), common::free_port());
+    let obj = new_object(&s, &state);
+    let (a, b) = (work.path().join("a"), work.path().join("b"));
+    fill(&a.join("one.bin"), 1, 100_000);
+    fill(&b.join("two.bin"), 2, 100_000);
+    let a = a.to_str().unwrap();
+    upload_version(&s, &state, &obj, work.path().join("b").to_str().unwrap());
+    // A draft opened on that version, its bytes sent, left open; then another publish.
+    let open = json_out(cairn(
+        &s,
+        &state,
+        &["upload", &obj, a, "--no-finalize", "--json"],
+    ));
+    let wt = open["write_token"].as_str().unwrap().to_string();
+    fill(&work.path().join("b/two.bin"), 3, 100_000);
+    let v2 = upload_version(&s, &state, &obj, work.path().join("b").to_str().unwrap());
+    let versions = |s: &Server| ok(cairn(s, &state, &["versions", &obj])).lines().count();
+    assert_eq!(versions(&s), 2);
+
+    // Resuming the first upload would replace v2's tree: refused, nothing published.
+    let out = cairn(&s, &state, &["upload", &obj, a]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(err.contains("412") && err.contains(&wt), "{err}");
+    assert_eq!(versions(&s), 2);
+    // Run again: a new draft on v2, which keeps v2's files; the bytes are not sent again.
+    let again = json_out(cairn(&s, &state, &["upload", &obj, a, "--json"]));
+    assert_eq!(again["bytes_sent"], 0, "{again}");
+    let v3 = again["version"].as_str().unwrap().to_string();
+    let ls = ok(cairn(&s, &state, &["ls", &v3]));
+    assert!(ls.contains("one.bin") && ls.contains("two.bin"), "{ls}");
+    assert_ne!(v3, v2);
+    // The old draft is still there; `finalize` publishes it as it is.
+    ok(cairn(&s, &state, &["finalize", &wt]));
+    assert_eq!(versions(&s), 4);
+}
+
 #[test]
 fn diff_force_complete_fsck_gc_and_stats() {
     let work = tempfile::tempdir().unwrap();

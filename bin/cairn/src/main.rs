@@ -222,7 +222,7 @@ async fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// 3 not found, 4 conflict/gone, 5 unreachable, 1 anything else (clap itself exits 2 on usage).
+/// 3 not found, 4 conflict/gone/precondition failed, 5 unreachable, 1 anything else (clap itself exits 2 on usage).
 fn exit_code(e: &anyhow::Error) -> i32 {
     if e.downcast_ref::<ops::InUse>().is_some() {
         return 4;
@@ -230,7 +230,8 @@ fn exit_code(e: &anyhow::Error) -> i32 {
     match e.downcast_ref::<cairn_client::ClientError>() {
         Some(cairn_client::ClientError::Api { status: 404, .. }) => 3,
         Some(cairn_client::ClientError::Api {
-            status: 409 | 410, ..
+            status: 409 | 410 | 412,
+            ..
         }) => 4,
         Some(cairn_client::ClientError::Api {
             status: 400 | 413 | 416,

@@ -88,9 +88,23 @@ impl Client {
 
     /// A JSON call, retried when the server is unreachable or answers 5xx.
     pub async fn json(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Value> {
+        self.json_with(method, path, body, &[]).await
+    }
+
+    /// [`Client::json`] with extra request headers.
+    async fn json_with(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        headers: &[(&str, String)],
+    ) -> Result<Value> {
         let mut attempt = 0;
         loop {
             let mut req = self.request(method.clone(), path);
+            for (name, value) in headers {
+                req = req.header(*name, value);
+            }
             if let Some(b) = body {
                 req = req.json(b);
             }
@@ -271,6 +285,34 @@ impl Client {
     }
 
     /// Finalizes the draft; returns the version hash.
+    /// The version a draft was opened from (`None`: the object had none).
+    pub async fn draft_base(&self, wt: &str) -> Result<Option<String>> {
+        let v = self.json(Method::GET, &format!("/q/{wt}"), None).await?;
+        Ok(v["base"].as_str().map(str::to_string))
+    }
+
+    /// Finalizes only if the object's newest version is still `base` (none yet when `None`),
+    /// so that a draft opened on an older head cannot replace newer versions' files: 412
+    /// `precondition_failed` otherwise, and the draft stays open.
+    pub async fn finalize_on(&self, wt: &str, base: Option<&str>) -> Result<String> {
+        let cond = match base {
+            Some(h) => ("If-Match", format!("\"{h}\"")),
+            None => ("If-None-Match", "*".to_string()),
+        };
+        let v = self
+            .json_with(Method::POST, &format!("/q/{wt}"), None, &[cond])
+            .await?;
+        string_field(&v, "hash")
+    }
+
+    /// `POST /q/{wt}/files`: resolves the draft's uploaded files into parts. The server then
+    /// knows them by content (library, blake3, size), so a later files job with the same files
+    /// sends no bytes for them.
+    pub async fn finalize_files(&self, wt: &str) -> Result<Value> {
+        self.json(Method::POST, &format!("/q/{wt}/files"), None)
+            .await
+    }
+
     pub async fn finalize(&self, wt: &str) -> Result<String> {
         let v = self.json(Method::POST, &format!("/q/{wt}"), None).await?;
         string_field(&v, "hash")

@@ -70,6 +70,12 @@ struct ResumeRecord {
     files_job: String,
     jobs: Vec<String>,
     files: Vec<LocalFile>,
+    /// The version the draft was opened from, checked at finalize (records written before
+    /// this field existed have `base_known: false` and finalize unconditionally).
+    #[serde(default)]
+    base: Option<String>,
+    #[serde(default)]
+    base_known: bool,
 }
 
 /// Called as bytes go out: (file path in the object, file size, bytes just sent).
@@ -104,7 +110,36 @@ pub async fn upload_tree(
                 .set_meta(&record.write_token, "commit", &json!({"message": m}))
                 .await?;
         }
-        version = Some(client.finalize(&record.write_token).await?);
+        let wt = &record.write_token;
+        let finalized = match record.base_known {
+            true => client.finalize_on(wt, record.base.as_deref()).await,
+            false => client.finalize(wt).await,
+        };
+        version = Some(match finalized {
+            Err(ClientError::Api {
+                status: 412,
+                kind,
+                reason,
+            }) => {
+                // Someone published since this draft was opened. A new run starts a new draft
+                // from the new head; resolving this draft's files first lets the server know
+                // them by content, so that run sends none of their bytes again.
+                let _ = client.finalize_files(wt).await;
+                let _ = std::fs::remove_file(&record_path);
+                return Err(ClientError::Api {
+                    status: 412,
+                    kind,
+                    reason: format!(
+                        "{reason}. Nothing was published: the object has a newer version than \
+                         this upload's draft was opened from. Run the upload again to publish on \
+                         top of it; the draft {wt} is still open (`cairn finalize {wt}` \
+                         publishes it as it is, replacing the newer version's files; \
+                         `cairn object rm {wt}` drops it)."
+                    ),
+                });
+            }
+            other => other?,
+        });
         let _ = std::fs::remove_file(&record_path);
     }
     Ok(UploadOutcome {
@@ -227,6 +262,7 @@ async fn start(
     path: &Path,
 ) -> Result<ResumeRecord> {
     let write_token = client.open_draft(&opts.object).await?;
+    let base = client.draft_base(&write_token).await?;
     let ops: Vec<Value> = files
         .iter()
         .map(|f| json!({"op": "add", "type": "file", "path": f.rel, "size": f.size, "blake3": f.blake3}))
@@ -239,6 +275,8 @@ async fn start(
         files_job,
         jobs,
         files,
+        base,
+        base_known: true,
     };
     // Durable before the first byte is sent: a killed run must find it.
     let tmp = path.with_extension("tmp");

@@ -273,6 +273,8 @@ pub async fn handle_info(
     let mut v = json!({"id": info.object, "hash": info.version.map(|h| h.to_string()).unwrap_or_default(), "type": "", "qlib_id": info.library});
     if let Some(t) = info.token {
         v["write_token"] = json!(t);
+        // The version the draft was opened from: what a finalize's If-Match would name.
+        v["base"] = json!(info.base.map(|h| h.to_string()));
     }
     let mut r = Json(v).into_response();
     if let (Some(h), None) = (info.version, info.token) {

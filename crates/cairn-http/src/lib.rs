@@ -79,6 +79,7 @@ fn content_lib(e: &Engine, q: &Qhit) -> cairn_core::Result<cairn_jobs::QInfo> {
                 library: obj.library,
                 version: None,
                 token: None,
+                base: None,
                 modified: obj.created,
             })
         }

@@ -77,6 +77,8 @@ pub struct QInfo {
     pub library: LibraryId,
     pub version: Option<VersionHash>,
     pub token: Option<WriteToken>,
+    /// For a draft: the version it was opened from (`None`: the object had none).
+    pub base: Option<VersionHash>,
     pub modified: u64,
 }
 
@@ -584,6 +586,7 @@ impl Engine {
                     library: d.library,
                     version: None,
                     token: Some(*t),
+                    base: d.base,
                     modified: d.created,
                 })
             }
@@ -594,6 +597,7 @@ impl Engine {
                     library: v.library,
                     version: Some(*h),
                     token: None,
+                    base: None,
                     modified: v.created,
                 })
             }
@@ -604,6 +608,7 @@ impl Engine {
                     library: v.library,
                     version: Some(h),
                     token: None,
+                    base: None,
                     modified: v.created,
                 })
             }
