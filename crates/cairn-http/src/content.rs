@@ -11,6 +11,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::auth::{Access, LibraryToken};
+use crate::download::header_str;
 use crate::error::ApiError;
 use crate::{scope_of, target, AppState, Params, Principal};
 
@@ -247,15 +248,10 @@ pub async fn handle_finalize(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let t = draft_token(target(&st, &p).await?)?;
-    let text = |name: header::HeaderName| {
-        headers
-            .get(&name)
-            .map(|v: &HeaderValue| v.to_str())
-            .transpose()
-            .map_err(|_| ApiError::bad_request(format!("{name} is not ASCII")))
-    };
-    let cond =
-        crate::conditional::head_condition(text(header::IF_MATCH)?, text(header::IF_NONE_MATCH)?);
+    let cond = crate::conditional::head_condition(
+        header_str(&headers, &header::IF_MATCH)?,
+        header_str(&headers, &header::IF_NONE_MATCH)?,
+    );
     let (hash, rec) = st.engine.run(move |e| e.finalize_if(&t, &cond)).await?;
     Ok(Json(
         json!({"id": rec.object, "hash": hash, "write_token": t, "type": "", "qlib_id": rec.library}),

@@ -164,7 +164,7 @@ pub async fn handle_part_data(
     serve(&st, h, info.modified, IMMUTABLE, &method, &headers).await
 }
 
-/// Serves an opened file (or part) honouring Range, If-Range and If-None-Match.
+/// Serves an opened file (or part) honouring Range and the preconditions (`conditional.rs`).
 async fn serve(
     st: &AppState,
     h: FileHandle,
@@ -251,7 +251,8 @@ async fn serve(
     }
 }
 
-fn header_str<'h>(
+/// A request header as text; a value that is not ASCII is a 400.
+pub(crate) fn header_str<'h>(
     headers: &'h HeaderMap,
     name: &header::HeaderName,
 ) -> Result<Option<&'h str>, ApiError> {
