@@ -402,6 +402,155 @@ fn reads_follow_each_finalize_and_delete_at_once() {
     }
 }
 
+/// Browsers: a preflight needs no token and allows what the page asks for; replies (errors
+/// too) carry `Access-Control-Allow-Origin` and expose the Range headers; a configured list
+/// admits only its origins, and an empty one turns cross-origin access off.
+#[test]
+fn cross_origin_pages_may_call_the_api_as_configured() {
+    let data = tempfile::tempdir().unwrap();
+    let s = Server::start(data.path(), common::free_port());
+    let (_, _, wt) = new_object(&s);
+    let page = ["-H", "Origin: http://app.example:3000"];
+    let pre = curl(
+        &s.url(&format!("/q/{wt}/meta/title")),
+        &[
+            "--no-token",
+            "-X",
+            "OPTIONS",
+            page[0],
+            page[1],
+            "-H",
+            "Access-Control-Request-Method: PUT",
+            "-H",
+            "Access-Control-Request-Headers: authorization,content-type,x-custom",
+        ],
+    );
+    assert_eq!(pre.status, 200, "preflight without a token");
+    assert_eq!(pre.header("access-control-allow-origin"), Some("*"));
+    assert!(pre
+        .header("access-control-allow-methods")
+        .unwrap()
+        .contains("PUT"));
+    assert_eq!(
+        pre.header("access-control-allow-headers"),
+        Some("authorization,content-type,x-custom")
+    );
+    assert_eq!(pre.header("access-control-max-age"), Some("3600"));
+    assert!(pre.header("access-control-allow-credentials").is_none());
+    // Nothing was written by the preflight.
+    assert_eq!(
+        curl(&s.url(&format!("/q/{wt}/meta/title")), &[]).status,
+        404
+    );
+
+    // The request itself, then an error: both readable by the page.
+    let put = curl(
+        &s.url(&format!("/q/{wt}/meta/title")),
+        &[
+            "-X",
+            "PUT",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            "\"t\"",
+            page[0],
+            page[1],
+        ],
+    );
+    assert_eq!(put.status, 200);
+    assert_eq!(put.header("access-control-allow-origin"), Some("*"));
+    let exposed = put
+        .header("access-control-expose-headers")
+        .unwrap()
+        .to_string();
+    for h in ["content-range", "etag", "accept-ranges", "www-authenticate"] {
+        assert!(exposed.contains(h), "{h} not exposed: {exposed}");
+    }
+    let denied = curl(
+        &s.url(&format!("/q/{wt}")),
+        &["--no-token", page[0], page[1]],
+    );
+    assert_eq!(
+        (denied.status, denied.kind().as_str()),
+        (401, "unauthorized")
+    );
+    assert_eq!(denied.header("access-control-allow-origin"), Some("*"));
+    drop(s);
+
+    // Only the listed origin; then none at all.
+    let s = Server::start_with(
+        data.path(),
+        common::free_port(),
+        &[],
+        &[(
+            "CAIRN_CORS_ORIGINS",
+            "https://app.example, http://127.0.0.1:3000",
+        )],
+    );
+    let origin_of = |origin: &str| {
+        let r = curl(
+            &s.url(&format!("/q/{wt}/meta/title")),
+            &["-H", &format!("Origin: {origin}")],
+        );
+        assert_eq!(r.status, 200);
+        r.header("access-control-allow-origin").map(String::from)
+    };
+    assert_eq!(
+        origin_of("https://app.example").as_deref(),
+        Some("https://app.example")
+    );
+    assert_eq!(
+        origin_of("http://127.0.0.1:3000").as_deref(),
+        Some("http://127.0.0.1:3000")
+    );
+    assert_eq!(origin_of("https://other.example"), None);
+    drop(s);
+    let s = Server::start_with(
+        data.path(),
+        common::free_port(),
+        &[],
+        &[("CAIRN_CORS_ORIGINS", "")],
+    );
+    let r = curl(
+        &s.url(&format!("/q/{wt}/meta/title")),
+        &["-H", "Origin: https://app.example"],
+    );
+    assert_eq!(
+        (r.status, r.header("access-control-allow-origin")),
+        (200, None)
+    );
+    let pre = curl(
+        &s.url(&format!("/q/{wt}/meta/title")),
+        &[
+            "--no-token",
+            "-X",
+            "OPTIONS",
+            "-H",
+            "Origin: https://app.example",
+            "-H",
+            "Access-Control-Request-Method: PUT",
+        ],
+    );
+    // Auth answers it like any request without a token: a browser reads that as refused.
+    assert_eq!(pre.status, 401, "no preflight answer when access is off");
+    assert!(pre.header("access-control-allow-origin").is_none());
+    drop(s);
+    // A bad origin in the configuration stops the server from starting, with the reason.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args([
+            "serve",
+            "--data",
+            data.path().to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env("CAIRN_CORS_ORIGINS", "https://app.example/")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not an origin"));
+}
+
 #[test]
 fn config_needs_no_token_and_lists_the_api_url() {
     let data = tempfile::tempdir().unwrap();

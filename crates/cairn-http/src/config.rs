@@ -33,6 +33,9 @@ pub struct ServerConfig {
     pub rate_limit: u32,
     /// Requests a token may make at once above its rate.
     pub rate_burst: u32,
+    /// Origins whose pages may call the API from a browser (CORS): `["*"]` (the default) for
+    /// any, `[]` for none, or exact origins such as `"https://app.example"`. See `cors.rs`.
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -49,13 +52,15 @@ impl Default for ServerConfig {
             commit_every: 32 << 20,
             rate_limit: 10_000,
             rate_burst: 10_000,
+            cors_origins: vec!["*".into()],
         }
     }
 }
 
 impl ServerConfig {
     /// Defaults, overridden by the TOML file (if given) and then by `CAIRN_DATA`,
-    /// `CAIRN_LISTEN` and `CAIRN_PART_SIZE`.
+    /// `CAIRN_LISTEN`, `CAIRN_PART_SIZE` and `CAIRN_CORS_ORIGINS` (comma-separated; empty for
+    /// none).
     pub fn load(file: Option<&Path>) -> Result<ServerConfig, String> {
         let mut cfg = match file {
             Some(f) => {
@@ -74,6 +79,15 @@ impl ServerConfig {
         if let Ok(v) = std::env::var("CAIRN_PART_SIZE") {
             cfg.part_size = v.parse().map_err(|e| format!("CAIRN_PART_SIZE: {e}"))?;
         }
+        if let Ok(v) = std::env::var("CAIRN_CORS_ORIGINS") {
+            cfg.cors_origins = v
+                .split(',')
+                .map(str::trim)
+                .filter(|o| !o.is_empty())
+                .map(String::from)
+                .collect();
+        }
+        crate::cors::Origins::parse(&cfg.cors_origins)?;
         if cfg.part_size < 1024 || cfg.part_size > (1 << 32) {
             return Err(format!(
                 "part_size {} must be between 1 KiB and 4 GiB",
@@ -113,5 +127,8 @@ mod tests {
         assert_eq!(cfg.data, PathBuf::from("./cairn-data"));
         std::fs::write(&f, "lisen = 1\n").unwrap();
         assert!(ServerConfig::load(Some(&f)).is_err());
+        std::fs::write(&f, "cors_origins = [\"https://app.example/\"]\n").unwrap();
+        let e = ServerConfig::load(Some(&f)).unwrap_err();
+        assert!(e.contains("not an origin"), "{e}");
     }
 }

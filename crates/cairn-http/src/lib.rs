@@ -1,9 +1,11 @@
 //! Cairn's HTTP server: the Eluvio-style Files API over hyper (via axum).
 //!
 //! Shape: [`router`] maps (method, path) to `handle_*` functions in `content.rs`, `jobs.rs` and
-//! `download.rs`; every object route exists as `/q/{id}/…` and `/qlibs/{lib}/q/{id}/…`. Three
-//! middlewares wrap every route: request logging (one line per request), error rendering
-//! ([`error::render_errors`], the one place errors become JSON), and auth (all but `/config`).
+//! `download.rs`; every object route exists as `/q/{id}/…` and `/qlibs/{lib}/q/{id}/…`.
+//! Middlewares wrap every route, outermost first: request logging (one line per request),
+//! cross-origin rules ([`cors`]: preflights end there), error rendering
+//! ([`error::render_errors`], the one place errors become JSON), request-head limits, and auth
+//! (all but `/config`).
 //! Handlers call the engine through `Engine::run` (blocking work off the async workers); uploads
 //! and downloads stream through the engine's bounded channels.
 
@@ -11,6 +13,7 @@ pub mod auth;
 mod conditional;
 pub mod config;
 mod content;
+pub mod cors;
 mod download;
 pub mod error;
 mod jobs;
@@ -93,8 +96,8 @@ fn both(r: Router<AppState>, suffix: &str, mr: MethodRouter<AppState>) -> Router
         .route(&format!("/qlibs/{{lib}}/q/{{id}}{suffix}"), mr)
 }
 
-/// The whole API.
-pub fn router(state: AppState, max_json_body: usize) -> Router {
+/// The whole API, with the limits and cross-origin rules of `cfg`.
+pub fn router(state: AppState, cfg: &ServerConfig) -> Result<Router, String> {
     let mut r = Router::new()
         .route("/config", get(content::handle_config))
         .route("/admin/stats", get(content::handle_admin_stats))
@@ -181,12 +184,18 @@ pub fn router(state: AppState, max_json_body: usize) -> Router {
     for (suffix, mr) in routes {
         r = both(r, suffix, mr);
     }
-    r.layer(middleware::from_fn_with_state(state.clone(), require_auth))
+    let mut r = r
+        .layer(middleware::from_fn_with_state(state.clone(), require_auth))
         .layer(middleware::from_fn(limit::request_head))
-        .layer(middleware::from_fn(error::render_errors))
-        .layer(middleware::from_fn(log_request))
-        .layer(DefaultBodyLimit::max(max_json_body))
-        .with_state(state)
+        .layer(middleware::from_fn(error::render_errors));
+    // Outside auth (preflights carry no token) and outside error rendering (a page must be
+    // able to read the JSON error too), inside the request log.
+    if let Some(cors) = cors::Origins::parse(&cfg.cors_origins)?.layer() {
+        r = r.layer(cors);
+    }
+    Ok(r.layer(middleware::from_fn(log_request))
+        .layer(DefaultBodyLimit::max(cfg.max_json_body))
+        .with_state(state))
 }
 
 /// Authenticates every request but `GET /config`, applies the token's rate limit, confines
@@ -405,14 +414,15 @@ pub async fn serve(
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
+    let engine = state.engine.clone();
+    let app = router(state, &cfg)?;
     let listener = tokio::net::TcpListener::bind(&cfg.listen)
         .await
         .map_err(|e| format!("listen on {}: {e}", cfg.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(%addr, data = %cfg.data.display(), "cairn serving");
     eprintln!("cairn: serving http://{addr}/ from {}", cfg.data.display());
-    let engine = state.engine.clone();
-    accept_loop(listener, router(state, cfg.max_json_body), &cfg, shutdown).await;
+    accept_loop(listener, app, &cfg, shutdown).await;
     // Uploads still receiving after the grace period commit what arrived before the runtime,
     // which would cancel their tasks, goes away.
     engine
