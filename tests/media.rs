@@ -1,6 +1,7 @@
 //! Media over HTTP: an MP4 made by ffmpeg is uploaded through the Files API and served back;
 //! ffprobe reads it and ffmpeg seeks to the middle and extracts a frame. Both only work if
 //! Range requests are right (the MP4's index is at its end, so even probing has to seek).
+//! Headless Chromium does the same from a page on another origin, which also needs CORS.
 //! Then table-driven Range and conditional-request cases with curl.
 
 mod common;
@@ -10,16 +11,11 @@ use std::process::Command;
 
 use common::{curl, new_object, upload_files, Server, TOKEN};
 
-fn make_mp4(out: &Path) {
+/// A 60 s MP4 with its index (`moov`) at the end; `video` is extra x264 options.
+fn make_mp4(out: &Path, size: &str, video: &[&str]) {
     let status = Command::new("ffmpeg")
-        .args([
-            "-v",
-            "error",
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc=duration=60:size=320x240:rate=25",
-        ])
+        .args(["-v", "error", "-f", "lavfi", "-i"])
+        .arg(format!("testsrc=duration=60:size={size}:rate=25"))
         .args([
             "-f",
             "lavfi",
@@ -30,6 +26,7 @@ fn make_mp4(out: &Path) {
             "-preset",
             "ultrafast",
         ])
+        .args(video)
         .args([
             "-g",
             "50",
@@ -48,7 +45,7 @@ fn make_mp4(out: &Path) {
 fn ffprobe_reads_and_ffmpeg_seeks_in_a_served_mp4() {
     let work = tempfile::tempdir().unwrap();
     let mp4 = work.path().join("test.mp4");
-    make_mp4(&mp4);
+    make_mp4(&mp4, "320x240", &[]);
     let data = tempfile::tempdir().unwrap();
     let s = Server::start(data.path(), common::free_port());
     let (_, _, wt) = new_object(&s);
@@ -119,6 +116,128 @@ fn ffprobe_reads_and_ffmpeg_seeks_in_a_served_mp4() {
     assert!(
         seeks >= 2,
         "ffprobe and ffmpeg used ranges ({seeks} partial responses)"
+    );
+}
+
+/// A browser on another origin: headless Chromium loads `tests/browser/player.html` from
+/// `http://localhost:PORT` (served by Cairn itself) and that page calls Cairn at
+/// `http://127.0.0.1:PORT`, a different origin. Its `<video>` seeks to 0:45 of the MP4 (whose
+/// index is at the end, so playing at all takes Range requests) and draws the decoded frame
+/// into a canvas, which the browser only allows when the video's replies carry CORS headers;
+/// then `fetch()` reads a Range with the token in a header (a preflighted request), writes
+/// metadata into a draft (a preflighted PUT) and reads a JSON 401.
+#[test]
+fn a_browser_page_on_another_origin_plays_seeks_and_calls_the_api() {
+    let work = tempfile::tempdir().unwrap();
+    let mp4 = work.path().join("test.mp4");
+    // Lossless, so the file (about 10 MB) is more than Chromium reads ahead, and its seek to
+    // 0:45 has to be a Range request of its own.
+    make_mp4(&mp4, "640x480", &["-qp", "0"]);
+    let page = work.path().join("player.html");
+    std::fs::write(&page, include_str!("browser/player.html")).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let s = Server::start(data.path(), common::free_port());
+    let (_, iq, wt) = new_object(&s);
+    let hq = upload_files(&s, &wt, &[("video/test.mp4", &mp4), ("player.html", &page)]);
+    let draft = common::call(&s, "POST", &format!("/qid/{iq}"), None, 200)["write_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let video = format!("/q/{iq}/files/video/test.mp4");
+    let url = format!(
+        "http://localhost:{}/q/{hq}/files/player.html?authorization={TOKEN}&api=http://127.0.0.1:{}&video={video}&seek=45&wt={draft}",
+        s.port, s.port
+    );
+    let out = Command::new("timeout")
+        .args([
+            "120",
+            "chromium",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+        ])
+        .args([
+            "--disable-background-networking",
+            "--virtual-time-budget=30000",
+        ])
+        .args(["--dump-dom", &url])
+        .output()
+        .expect("chromium is installed (bash .ci/setup)");
+    let dom = String::from_utf8_lossy(&out.stdout)
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&");
+    let result = dom
+        .split_once("@@RESULT")
+        .and_then(|(_, rest)| rest.split_once("RESULT@@"))
+        .map(|(json, _)| json)
+        .unwrap_or_else(|| {
+            panic!(
+                "no result in the page (exit {:?}): {dom}\n{}\nserver log: {:#?}",
+                out.status.code(),
+                String::from_utf8_lossy(&out.stderr),
+                s.log_lines()
+            )
+        });
+    let r: serde_json::Value = serde_json::from_str(result).unwrap();
+    let bytes = std::fs::read(&mp4).unwrap();
+
+    let v = &r["video"];
+    assert!(v["error"].is_null(), "the video failed: {r}");
+    assert!((v["duration"].as_f64().unwrap() - 60.0).abs() < 0.5, "{r}");
+    assert!((v["current"].as_f64().unwrap() - 45.0).abs() < 0.5, "{r}");
+    assert!(
+        v["readyState"].as_u64().unwrap() >= 2,
+        "the frame at 0:45 is decoded: {r}"
+    );
+    assert!(
+        v["frame"]["colours"].as_u64().unwrap_or(0) > 10,
+        "the canvas read a real frame, so the video was CORS-clean: {r}"
+    );
+
+    let range = &r["range"];
+    assert_eq!(range["status"], 206, "{r}");
+    assert_eq!(
+        range["contentRange"],
+        format!("bytes 100-131/{}", bytes.len()),
+        "Content-Range is exposed to the page"
+    );
+    let want: String = bytes[100..132].iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(range["body"], want);
+    assert_eq!(
+        range["etag"],
+        format!("\"{}\"", blake3::hash(&bytes).to_hex())
+    );
+
+    assert_eq!(
+        (&r["meta"]["status"], &r["meta"]["kind"]),
+        (&200.into(), &"ok".into()),
+        "{r}"
+    );
+    let meta = curl(&s.url(&format!("/q/{draft}/meta/from_browser")), &[]);
+    assert_eq!(
+        meta.json()["origin"],
+        format!("http://localhost:{}", s.port),
+        "the page's PUT reached the draft"
+    );
+    assert_eq!(r["refused"]["status"], 401);
+    assert_eq!(
+        r["refused"]["kind"], "unauthorized",
+        "the page reads the JSON error"
+    );
+
+    // The player's own requests: a seek is a partial response of neither the whole file nor
+    // the small index at its end (the page's fetch read 32 bytes).
+    let lens: Vec<u64> = s
+        .log_lines()
+        .iter()
+        .filter(|l| l.contains("/files/{*path}") && l.contains("status=206"))
+        .filter_map(|l| l.split("bytes=\"").nth(1)?.split('"').next()?.parse().ok())
+        .collect();
+    let size = bytes.len() as u64;
+    assert!(
+        lens.iter().any(|&n| n > 1 << 20 && n < size),
+        "the player sought by Range (partial responses of {lens:?} bytes, file {size})"
     );
 }
 
