@@ -254,9 +254,22 @@ fn an_upload_does_not_replace_a_version_published_while_it_ran() {
     let ls = ok(cairn(&s, &state, &["ls", &v3]));
     assert!(ls.contains("one.bin") && ls.contains("two.bin"), "{ls}");
     assert_ne!(v3, v2);
-    // The old draft is still there; `finalize` publishes it as it is.
-    ok(cairn(&s, &state, &["finalize", &wt]));
+    // The old draft is still there. `finalize` refuses it too (it was opened on v1), and
+    // `--force` publishes it as it is.
+    let out = cairn(&s, &state, &["finalize", &wt]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(err.contains("--force"), "{err}");
+    assert_eq!(versions(&s), 3);
+    ok(cairn(&s, &state, &["finalize", &wt, "--force"]));
     assert_eq!(versions(&s), 4);
+    // A draft opened on the head finalizes without `--force`.
+    let fresh = common::call(&s, "POST", &format!("/qid/{obj}"), None, 200)["write_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    ok(cairn(&s, &state, &["finalize", &fresh]));
+    assert_eq!(versions(&s), 5);
 }
 
 #[test]

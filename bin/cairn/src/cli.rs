@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
-use cairn_client::{Client, UploadOptions};
+use cairn_client::{Client, ClientError, UploadOptions};
 use clap::{Args, Subcommand};
 use futures::StreamExt;
 use serde_json::{json, Value};
@@ -445,8 +445,34 @@ pub async fn versions(ctx: &Ctx, object: &str) -> Result<()> {
     Ok(())
 }
 
-pub async fn finalize(ctx: &Ctx, wt: &str) -> Result<()> {
-    let hash = ctx.client.finalize(wt).await?;
+/// Publishes the draft on top of the version it was opened from (`If-Match` on its `base`), or
+/// whatever the head is with `force`.
+pub async fn finalize(ctx: &Ctx, wt: &str, force: bool) -> Result<()> {
+    let hash = if force {
+        ctx.client.finalize(wt).await?
+    } else {
+        let base = ctx.client.draft_base(wt).await?;
+        match ctx.client.finalize_on(wt, base.as_deref()).await {
+            Err(ClientError::Api {
+                status: 412,
+                kind,
+                reason,
+            }) => {
+                return Err(ClientError::Api {
+                    status: 412,
+                    kind,
+                    reason: format!(
+                        "{reason}. Nothing was published: a version was published after this \
+                         draft was opened from {}. `cairn finalize {wt} --force` publishes it \
+                         anyway, replacing that version's files in the new head.",
+                        base.as_deref().unwrap_or("an object with no version")
+                    ),
+                }
+                .into())
+            }
+            r => r?,
+        }
+    };
     ctx.print(&json!({"hash": hash}), |_| hash.clone());
     Ok(())
 }

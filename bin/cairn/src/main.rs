@@ -90,8 +90,15 @@ enum Cmd {
     Cat { target: String },
     /// An object's versions, newest first.
     Versions { object: String },
-    /// Finalize a draft into a version.
-    Finalize { write_token: String },
+    /// Finalize a draft into a version, only if no version was published since the draft was
+    /// opened (exit 4 otherwise); `--force` publishes it whatever the newest version is.
+    Finalize {
+        write_token: String,
+        /// Publish even if the object has a newer version than the draft was opened from; the
+        /// draft's tree then replaces that version's files in the new head.
+        #[arg(long)]
+        force: bool,
+    },
     /// Paths added, removed and changed between two versions (or objects' heads).
     Diff { a: String, b: String },
     /// A draft's files jobs and upload jobs, with progress.
@@ -197,7 +204,7 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Get(a) => cli::get(&ctx, a).await,
         Cmd::Cat { target } => cli::cat(&ctx, &target).await,
         Cmd::Versions { object } => cli::versions(&ctx, &object).await,
-        Cmd::Finalize { write_token } => cli::finalize(&ctx, &write_token).await,
+        Cmd::Finalize { write_token, force } => cli::finalize(&ctx, &write_token, force).await,
         Cmd::Diff { a, b } => ops::diff(&ctx, &a, &b).await,
         Cmd::Jobs { write_token } => ops::jobs(&ctx, &write_token).await,
         Cmd::ForceComplete {

@@ -284,7 +284,6 @@ impl Client {
         self.send_json(req).await
     }
 
-    /// Finalizes the draft; returns the version hash.
     /// The version a draft was opened from (`None`: the object had none).
     pub async fn draft_base(&self, wt: &str) -> Result<Option<String>> {
         let v = self.json(Method::GET, &format!("/q/{wt}"), None).await?;
@@ -313,6 +312,7 @@ impl Client {
             .await
     }
 
+    /// Finalizes the draft whatever the object's newest version is; returns the version hash.
     pub async fn finalize(&self, wt: &str) -> Result<String> {
         let v = self.json(Method::POST, &format!("/q/{wt}"), None).await?;
         string_field(&v, "hash")

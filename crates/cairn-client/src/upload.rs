@@ -132,7 +132,7 @@ pub async fn upload_tree(
                     reason: format!(
                         "{reason}. Nothing was published: the object has a newer version than \
                          this upload's draft was opened from. Run the upload again to publish on \
-                         top of it; the draft {wt} is still open (`cairn finalize {wt}` \
+                         top of it; the draft {wt} is still open (`cairn finalize {wt} --force` \
                          publishes it as it is, replacing the newer version's files; \
                          `cairn object rm {wt}` drops it)."
                     ),
