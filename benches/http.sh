@@ -108,6 +108,12 @@ cpu_ticks() { # utime+stime of the given PIDs (all their threads), in clock tick
     echo "$t"
 }
 TCK=$(getconf CLK_TCK)
+machine_ticks() { # the whole machine's busy and idle clock ticks (all CPUs; steal counts as neither)
+    awk '/^cpu / {print $2+$3+$4+$7+$8, $5+$6}' /proc/stat
+}
+machine_json() { # BEFORE AFTER (each "busy idle"): seconds of busy and idle CPU in between, as JSON
+    python3 -c "import sys; a=sys.argv[1].split(); b=sys.argv[2].split(); print('\"busy_s\": %.2f, \"idle_s\": %.2f' % ((int(b[0])-int(a[0]))/$TCK, (int(b[1])-int(a[1]))/$TCK))" "$1" "$2"
+}
 cpu_s() { python3 -c "print(round(($2-$1)/$TCK, 2))"; }
 hwm_mib() { awk '/^VmHWM/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
 rss_mib() { awk '/^VmRSS/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
@@ -357,26 +363,30 @@ done
 DURATION=$DURATION_TIMED
 
 range_cairn() { # ROUND
-    local r=$1 c0 c1 hwm_reset
+    local r=$1 c0 c1 m0 m1 hwm_reset
     echo "-- 2a. round $r, Range GETs: cairn ($CONC connections, ${DURATION}s)"
     echo 5 >"/proc/$CAIRN_PID/clear_refs" 2>/dev/null && hwm_reset=1 || hwm_reset=0 # peak RSS of this run only
     loadavg before
     c0=$(cpu_ticks "$CAIRN_PID")
+    m0=$(machine_ticks)
     range_run "cairn_$r" "http://127.0.0.1:$P_CAIRN" "$CAIRN_F0" "Bearer $TOKEN" || echo "  cairn range run FAILED"
+    m1=$(machine_ticks)
     c1=$(cpu_ticks "$CAIRN_PID")
     loadavg after
-    echo "{\"cpu_s\": $(cpu_s "$c0" "$c1"), \"hwm_mib\": $(hwm_mib "$CAIRN_PID"), \"hwm_reset\": $hwm_reset}" >"$WORK/res/cairn_${r}_range_srv.json"
+    echo "{\"cpu_s\": $(cpu_s "$c0" "$c1"), $(machine_json "$m0" "$m1"), \"hwm_mib\": $(hwm_mib "$CAIRN_PID"), \"hwm_reset\": $hwm_reset}" >"$WORK/res/cairn_${r}_range_srv.json"
     [ -s "$WORK/res/cairn_${r}_range.json" ] && echo "  $(cat "$WORK/res/cairn_${r}_range.json")"
 }
 range_nginx() { # ROUND
-    local r=$1 n0 n1
+    local r=$1 n0 n1 m0 m1
     echo "-- 2b. round $r, Range GETs: nginx ($CONC connections, ${DURATION}s)"
     loadavg before
     n0=$(cpu_ticks $(nginx_pids))
+    m0=$(machine_ticks)
     range_run "nginx_$r" "http://127.0.0.1:$P_NGINX" "/f0" || echo "  nginx range run FAILED"
+    m1=$(machine_ticks)
     n1=$(cpu_ticks $(nginx_pids))
     loadavg after
-    echo "{\"cpu_s\": $(cpu_s "$n0" "$n1")}" >"$WORK/res/nginx_${r}_range_srv.json"
+    echo "{\"cpu_s\": $(cpu_s "$n0" "$n1"), $(machine_json "$m0" "$m1")}" >"$WORK/res/nginx_${r}_range_srv.json"
     [ -s "$WORK/res/nginx_${r}_range.json" ] && echo "  $(cat "$WORK/res/nginx_${r}_range.json")"
 }
 for r in $(seq 1 "$ROUNDS"); do
@@ -440,14 +450,20 @@ if c1:
           f"({c1['upload_jobs']} POSTs: min {lat['min_s']}s p50 {lat['p50_s']}s max {lat['max_s']}s), "
           f"finalize {c1['finalize_s']*1e3:.0f} ms")
 print()
-print(f"{'range GET':<26}{'req/s':>9}{'MiB/s':>9}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'max ms':>9}{'errors':>8}{'srv CPU s':>10}")
+print(f"{'range GET':<26}{'req/s':>9}{'MiB/s':>9}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'max ms':>9}{'errors':>8}{'srv CPU s':>10}"
+      f"{'srv us/req':>11}{'all us/req':>11}{'idle %':>7}")
 for r in rounds:
     for name, x, s in ((f"cairn r{r}", cr[r], crs[r]), (f"nginx (sendfile) r{r}", nr[r], nrs[r])):
         if x:
+            n = max(x["requests"], 1)
+            busy, idle = s.get("busy_s", float("nan")), s.get("idle_s", float("nan"))
             print(f"{name:<26}{x['rps']:9.1f}{x['mib_s']:9.1f}{x['p50_ms']:9.1f}{x.get('p90_ms', float('nan')):9.1f}"
-                  f"{x['p99_ms']:9.1f}{x['max_ms']:9.1f}{x['errors']:8d}{s['cpu_s']:10.2f}")
+                  f"{x['p99_ms']:9.1f}{x['max_ms']:9.1f}{x['errors']:8d}{s['cpu_s']:10.2f}"
+                  f"{s['cpu_s'] / n * 1e6:11.0f}{busy / n * 1e6:11.0f}{100 * idle / (busy + idle):7.1f}")
         else:
             print(f"{name:<26}{'failed':>9}")
+print("  srv us/req: the server's CPU per request; all us/req: the whole machine's (server, wrk, kernel),")
+print("  which sets the rate when idle % is near 0 (the machine is saturated)")
 print(f"  byte-exact range checks: cairn {cv['checked'] - max(cv['bad'], 0)}/{cv['checked']} ok, "
       f"nginx {nv['checked'] - max(nv['bad'], 0)}/{nv['checked']} ok")
 for n, v in (("cairn", cv), ("nginx", nv)):
@@ -490,6 +506,8 @@ p99 = lambda d, r: d[r]["p99_ms"] if d[r] else None
 row("range p99 cairn/nginx (<= 2x)", [div(p99(cr, r), p99(nr, r)) for r in rounds], 2.0, le)
 cpu = lambda d, x, r: d[r]["cpu_s"] / x[r]["requests"] * 1e3 if d[r] and x[r] else None
 row("range CPU/request cairn/nginx", [div(cpu(crs, cr, r), cpu(nrs, nr, r)) for r in rounds])
+busy = lambda d, x, r: d[r]["busy_s"] / x[r]["requests"] if d[r] and x[r] and "busy_s" in d[r] else None
+row("range all CPU/req nginx/cairn", [div(busy(nrs, nr, r), busy(crs, cr, r)) for r in rounds])
 peak = max(ing_hwm, rng_hwm)
 print(f"{'cairn peak RSS':<32}{peak:7.0f}M   <= 256 MiB {'met' if peak <= 256 else 'NOT met'}")
 errs = sum((x or {}).get("errors", 0) for x in cr.values())
