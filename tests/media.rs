@@ -160,6 +160,12 @@ fn a_browser_page_on_another_origin_plays_seeks_and_calls_the_api() {
             "--disable-background-networking",
             "--virtual-time-budget=30000",
         ])
+        // A profile of its own, and no reliance on a large /dev/shm (containers have 64 MiB).
+        .arg(format!(
+            "--user-data-dir={}",
+            work.path().join("chromium").display()
+        ))
+        .arg("--disable-dev-shm-usage")
         .args(["--dump-dom", &url])
         .output()
         .expect("chromium is installed (bash .ci/setup)");
