@@ -552,4 +552,25 @@ fn token_commands_make_list_and_revoke_library_tokens() {
     let out = as_reader(&["lib", "ls"]);
     assert!(!out.status.success(), "a revoked token is refused");
     assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
+
+    // `lib rm`: refused (exit 4) while the library holds its object, then done with its
+    // remaining token.
+    ok(cairn(&s, state.path(), &["token", "create", &lib]));
+    let shown = ok(cairn(&s, state.path(), &["lib", "show", &lib]));
+    assert!(
+        shown.contains("mine") && shown.contains("1 object"),
+        "{shown}"
+    );
+    let out = cairn(&s, state.path(), &["lib", "rm", &lib]);
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ok(cairn(&s, state.path(), &["object", "rm", &obj]));
+    let rm = json_out(cairn(&s, state.path(), &["--json", "lib", "rm", &lib]));
+    assert_eq!(rm["tokens_revoked"], 1);
+    let libs = ok(cairn(&s, state.path(), &["lib", "ls"]));
+    assert!(!libs.contains(&lib) && libs.contains(&other), "{libs}");
 }

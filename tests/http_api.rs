@@ -551,6 +551,93 @@ fn cross_origin_pages_may_call_the_api_as_configured() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("not an origin"));
 }
 
+/// `GET /qlibs/{lib}` describes a library; `DELETE` removes it only once it is empty (409
+/// and nothing changed before), only with the admin token, and revokes its tokens.
+#[test]
+fn libraries_are_deleted_only_when_empty_and_take_their_tokens() {
+    let data = tempfile::tempdir().unwrap();
+    let s = Server::start(data.path(), common::free_port());
+    let (lib, iq, _) = new_object(&s);
+    let (other, _, _) = new_object(&s);
+    let token = call(&s, "POST", &format!("/qlibs/{lib}/tokens"), None, 201)["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let bearer = format!("Authorization: Bearer {token}");
+    let as_lib = |method: &str, path: &str| curl(&s.url(path), &["-X", method, "-H", &bearer]);
+
+    let info = call(&s, "GET", &format!("/qlibs/{lib}"), None, 200);
+    assert_eq!(
+        (&info["id"], &info["name"], &info["objects"]),
+        (&json!(lib), &json!("t"), &json!(1))
+    );
+    assert!(info["created"].as_u64().unwrap() > 1_700_000_000);
+    assert_eq!(as_lib("GET", &format!("/qlibs/{lib}")).status, 200);
+    assert_eq!(
+        as_lib("GET", &format!("/qlibs/{other}")).kind(),
+        "forbidden"
+    );
+    let r = as_lib("DELETE", &format!("/qlibs/{lib}"));
+    assert_eq!(
+        (r.status, r.kind().as_str()),
+        (403, "forbidden"),
+        "only the admin deletes libraries"
+    );
+
+    // Not empty: refused, and nothing changed.
+    let r = curl(&s.url(&format!("/qlibs/{lib}")), &["-X", "DELETE"]);
+    assert_eq!((r.status, r.kind().as_str()), (409, "conflict"));
+    assert!(r.json()["errors"][0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("1 object"));
+    assert_eq!(
+        call(&s, "GET", &format!("/qlibs/{lib}"), None, 200)["objects"],
+        1
+    );
+    assert_eq!(
+        as_lib("GET", &format!("/qlibs/{lib}/q")).status,
+        200,
+        "its token still works"
+    );
+
+    // Empty: deleted, with its token; the other library is untouched.
+    call(&s, "DELETE", &format!("/q/{iq}"), None, 200);
+    let gone = call(&s, "DELETE", &format!("/qlibs/{lib}"), None, 200);
+    assert_eq!(gone, json!({"id": lib, "tokens_revoked": 1}));
+    call(&s, "GET", &format!("/qlibs/{lib}"), None, 404);
+    call(&s, "POST", &format!("/qlibs/{lib}/q"), None, 404);
+    call(&s, "DELETE", &format!("/qlibs/{lib}"), None, 404);
+    assert_eq!(
+        as_lib("GET", &format!("/qlibs/{lib}/q")).status,
+        401,
+        "its token is revoked"
+    );
+    let libs = call(&s, "GET", "/qlibs", None, 200);
+    let ids: Vec<&str> = libs["libraries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec![other.as_str()]);
+    let r = curl(&s.url("/qlibs/ilib_not_an_id"), &["-X", "DELETE"]);
+    assert_eq!((r.status, r.kind().as_str()), (400, "invalid"));
+    drop(s);
+
+    // All of it was durable.
+    let s = Server::start(data.path(), common::free_port());
+    call(&s, "GET", &format!("/qlibs/{lib}"), None, 404);
+    assert_eq!(
+        curl(&s.url(&format!("/qlibs/{lib}/q")), &["-H", &bearer]).status,
+        401
+    );
+    assert_eq!(
+        call(&s, "GET", &format!("/qlibs/{other}"), None, 200)["objects"],
+        1
+    );
+}
+
 #[test]
 fn config_needs_no_token_and_lists_the_api_url() {
     let data = tempfile::tempdir().unwrap();

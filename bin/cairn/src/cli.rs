@@ -70,6 +70,10 @@ pub enum LibCmd {
     Create { name: String },
     /// List libraries.
     Ls,
+    /// A library's name, creation time and number of objects.
+    Show { library: String },
+    /// Delete an empty library and revoke its tokens (exit 4 while it holds objects).
+    Rm { library: String },
 }
 
 #[derive(Subcommand)]
@@ -146,6 +150,21 @@ pub async fn lib(ctx: &Ctx, cmd: LibCmd) -> Result<()> {
                     format!("{}  {}", s(&l["id"]), s(&l["name"]))
                 })
             });
+        }
+        LibCmd::Show { library } => {
+            let v = ctx.client.library(&library).await?;
+            ctx.print(&v, |v| {
+                format!(
+                    "{}  {}  {} object(s)",
+                    s(&v["id"]),
+                    s(&v["name"]),
+                    v["objects"]
+                )
+            });
+        }
+        LibCmd::Rm { library } => {
+            let v = ctx.client.delete_library(&library).await?;
+            ctx.print(&v, |v| format!("{} token(s) revoked", v["tokens_revoked"]));
         }
     }
     Ok(())

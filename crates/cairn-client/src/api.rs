@@ -148,6 +148,17 @@ impl Client {
         self.json(Method::GET, "/qlibs", None).await
     }
 
+    /// `{id, name, created, objects}` of one library.
+    pub async fn library(&self, lib: &str) -> Result<Value> {
+        self.json(Method::GET, &format!("/qlibs/{lib}"), None).await
+    }
+
+    /// Deletes an empty library and revokes its tokens (admin only; 409 while it holds objects).
+    pub async fn delete_library(&self, lib: &str) -> Result<Value> {
+        self.json(Method::DELETE, &format!("/qlibs/{lib}"), None)
+            .await
+    }
+
     /// A token confined to library `lib`: `{id, token, qlib_id, access}` (admin only).
     pub async fn create_token(&self, lib: &str, read_only: bool) -> Result<Value> {
         let access = if read_only { "read" } else { "write" };

@@ -197,6 +197,20 @@ impl Auth {
         v
     }
 
+    /// Revokes every token of `library` (it is being deleted); returns how many there were.
+    pub fn revoke_library(&self, library: &LibraryId) -> cairn_core::Result<usize> {
+        let mut n = 0;
+        self.libs
+            .change(|all| {
+                let before = all.len();
+                all.retain(|t| t.library != *library);
+                n = before - all.len();
+                Ok(())
+            })
+            .map_err(|e| cairn_core::Error::io("store library tokens", e))?;
+        Ok(n)
+    }
+
     /// Revokes token `id` of `library`; false if there is no such token.
     pub fn revoke_library_token(&self, library: &LibraryId, id: &str) -> cairn_core::Result<bool> {
         let mut found = false;

@@ -70,6 +70,42 @@ pub async fn handle_list_libraries(
     ))
 }
 
+/// `GET /qlibs/{lib}`: the library's name, creation time (seconds since the epoch) and
+/// number of objects.
+pub async fn handle_library(
+    State(st): State<AppState>,
+    Path(p): Path<Params>,
+) -> Result<Json<Value>, ApiError> {
+    let lib = lib_param(&p)?;
+    let (rec, objects) = st
+        .engine
+        .run(move |e| Ok((e.library(&lib)?, e.objects(&lib)?.len())))
+        .await?;
+    Ok(Json(
+        json!({"id": rec.id, "name": rec.name, "created": rec.created, "objects": objects}),
+    ))
+}
+
+/// `DELETE /qlibs/{lib}` (admin): deletes an empty library and revokes its tokens; 409
+/// `conflict` while it holds objects. Its tokens are revoked after the library is gone, and
+/// also when it was already gone, so a retry after a failed revocation finishes the job.
+pub async fn handle_delete_library(
+    State(st): State<AppState>,
+    Path(p): Path<Params>,
+) -> Result<Json<Value>, ApiError> {
+    let lib = lib_param(&p)?;
+    let deleted = st.engine.run(move |e| e.delete_library(&lib)).await;
+    if let Err(e) = &deleted {
+        if e.kind != cairn_core::ErrorKind::NotFound {
+            return Err(deleted.unwrap_err().into());
+        }
+    }
+    let auth = st.auth.clone();
+    let revoked = st.engine.run(move |_| auth.revoke_library(&lib)).await?;
+    deleted?;
+    Ok(Json(json!({"id": lib, "tokens_revoked": revoked})))
+}
+
 #[derive(Deserialize, Default)]
 pub struct NewToken {
     #[serde(default)]

@@ -108,6 +108,10 @@ pub fn router(state: AppState, cfg: &ServerConfig) -> Result<Router, String> {
             get(content::handle_list_libraries).post(content::handle_create_library),
         )
         .route(
+            "/qlibs/{lib}",
+            get(content::handle_library).delete(content::handle_delete_library),
+        )
+        .route(
             "/qlibs/{lib}/q",
             get(content::handle_list_objects).post(content::handle_create_object),
         )
@@ -244,10 +248,11 @@ async fn authorize(
     if route.starts_with("/admin") || route.contains("/tokens") {
         return Err(ApiError::forbidden("this route needs the admin token"));
     }
-    if !reading && (access == Access::Read || route == "/qlibs") {
+    let library_route = route == "/qlibs" || route == "/qlibs/{lib}";
+    if !reading && (access == Access::Read || library_route) {
         return Err(ApiError::forbidden(match access {
             Access::Read => "this token is read-only",
-            Access::Write => "only the admin token creates libraries",
+            Access::Write => "only the admin token creates and deletes libraries",
         }));
     }
     let (mut parts, body) = req.into_parts();

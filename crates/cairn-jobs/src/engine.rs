@@ -242,6 +242,22 @@ impl Engine {
         self.scan_records(CF_LIBRARIES, &[])
     }
 
+    /// Deletes an empty library. While it holds objects it is a `conflict` and nothing changes:
+    /// deleting content is a separate, explicit step (like S3's `BucketNotEmpty`). Checked
+    /// and deleted under the state lock, so no object can be created in it meanwhile.
+    pub fn delete_library(&self, id: &LibraryId) -> Result<()> {
+        let _w = self.state.write();
+        let n = self.objects(id)?.len();
+        if n > 0 {
+            return Err(Error::conflict(format!(
+                "library {id} still holds {n} object(s); delete them first"
+            )));
+        }
+        let mut b = self.store.index().batch();
+        b.delete(CF_LIBRARIES, id.as_bytes());
+        self.store.commit(b)
+    }
+
     pub(crate) fn scan_records<T: Record>(&self, cf: &str, prefix: &[u8]) -> Result<Vec<T>> {
         self.store
             .index()
@@ -254,8 +270,9 @@ impl Engine {
 
     /// Creates an object in `library` and opens an empty draft on it.
     pub fn create_object(&self, library: &LibraryId) -> Result<(ObjectRecord, DraftRecord)> {
-        self.library(library)?;
+        // Under the lock, so that a library being deleted cannot gain an object.
         let _w = self.state.write();
+        self.library(library)?;
         let obj = ObjectRecord {
             id: ObjectId::random(),
             library: *library,
