@@ -574,3 +574,109 @@ fn token_commands_make_list_and_revoke_library_tokens() {
     let libs = ok(cairn(&s, state.path(), &["lib", "ls"]));
     assert!(!libs.contains(&lib) && libs.contains(&other), "{libs}");
 }
+
+/// Kills the child process it holds when dropped (the TLS proxy below).
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Behind a TLS-terminating proxy (socat with a self-signed certificate): `public_url` makes
+/// `GET /config` advertise the https address, and the CLI uploads and gets files over https
+/// when it is given the CA (`--cacert`), and refuses the server without it.
+#[test]
+fn the_cli_works_through_a_tls_proxy_given_its_ca() {
+    let work = tempfile::tempdir().unwrap();
+    let (cert, key) = (work.path().join("cert.pem"), work.path().join("key.pem"));
+    let (cert_s, key_s) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-days", "2", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost"])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .args(["-keyout", key_s, "-out", cert_s])
+        .output()
+        .expect("openssl is installed (bash .ci/setup)");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+
+    let tls_port = common::free_port();
+    let public = format!("https://localhost:{tls_port}");
+    let data = tempfile::tempdir().unwrap();
+    let s = Server::start_with(
+        data.path(),
+        common::free_port(),
+        &[],
+        &[("CAIRN_PUBLIC_URL", public.as_str())],
+    );
+    let _proxy = Killed(
+        Command::new("socat")
+            .arg(format!(
+                "openssl-listen:{tls_port},bind=127.0.0.1,reuseaddr,fork,cert={cert_s},key={key_s},verify=0"
+            ))
+            .arg(format!("tcp:127.0.0.1:{}", s.port))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("socat is installed (bash .ci/setup)"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", tls_port)).is_err() {
+        assert!(Instant::now() < deadline, "the TLS proxy did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let config = common::curl(
+        &format!("{public}/config"),
+        &["--no-token", "--cacert", cert_s],
+    );
+    assert_eq!(config.status, 200);
+    assert_eq!(
+        config.json()["network"]["services"]["fabric_api"][0],
+        format!("{public}/"),
+        "/config advertises the public URL, not http://{{Host}}/"
+    );
+
+    let state = work.path().join("state");
+    let tls = |args: &[&str]| {
+        let mut all = vec!["--server", public.as_str(), "--cacert", cert_s];
+        all.extend_from_slice(args);
+        cairn(&s, &state, &all)
+    };
+    let src = work.path().join("src");
+    fill(&src.join("a.bin"), 5, 3 << 20);
+    fill(&src.join("b.txt"), 6, 100);
+    let lib = ok(tls(&["lib", "create", "tls"]));
+    let obj = ok(tls(&["object", "create", &lib]));
+    let up = json_out(tls(&["--json", "upload", &obj, src.to_str().unwrap()]));
+    assert_eq!(up["bytes_sent"], (3 << 20) + 100);
+    let version = up["version"].as_str().unwrap().to_string();
+    for name in ["a.bin", "b.txt"] {
+        let got = work.path().join(format!("got-{name}"));
+        let target = format!("{version}:src/{name}");
+        ok(tls(&["get", &target, "-o", got.to_str().unwrap()]));
+        assert_eq!(
+            std::fs::read(&got).unwrap(),
+            std::fs::read(src.join(name)).unwrap()
+        );
+    }
+
+    // Without the CA, the server's certificate is not trusted: nothing is sent.
+    let out = cairn(&s, &state, &["--server", &public, "lib", "ls"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+}

@@ -17,6 +17,8 @@ use serde_json::{json, Value};
 pub struct ClientConfig {
     pub server: Option<String>,
     pub token: Option<String>,
+    /// PEM file of extra CA certificates for an `https://` server.
+    pub cacert: Option<PathBuf>,
 }
 
 impl ClientConfig {

@@ -34,7 +34,11 @@ struct Cli {
     /// API token [default: from the config file].
     #[arg(long, env = "CAIRN_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
-    /// Client config file (TOML with `server` and `token`)
+    /// PEM file of CA certificates to trust for an https:// server, beside the system's
+    /// [default: from the config file].
+    #[arg(long, env = "CAIRN_CACERT", global = true)]
+    cacert: Option<std::path::PathBuf>,
+    /// Client config file (TOML with `server`, `token` and `cacert`)
     /// [default: $XDG_CONFIG_HOME/cairn/config.toml or ~/.config/cairn/config.toml].
     #[arg(long, env = "CAIRN_CLI_CONFIG", global = true)]
     cli_config: Option<std::path::PathBuf>,
@@ -186,8 +190,12 @@ async fn run(cli: Cli) -> Result<()> {
         .or(file.server)
         .unwrap_or_else(|| "http://127.0.0.1:8008".into());
     let token = cli.token.or(file.token).unwrap_or_default();
+    let ca = match cli.cacert.or(file.cacert) {
+        Some(f) => Some(std::fs::read(&f).with_context(|| format!("--cacert {}", f.display()))?),
+        None => None,
+    };
     let ctx = cli::Ctx {
-        client: cairn_client::Client::new(&server, &token),
+        client: cairn_client::Client::with_ca(&server, &token, ca.as_deref())?,
         json: cli.json,
     };
     match cli.cmd {
@@ -244,7 +252,7 @@ fn exit_code(e: &anyhow::Error) -> i32 {
             status: 400 | 413 | 416,
             ..
         }) => 2,
-        Some(cairn_client::ClientError::Transport(_)) => 5,
+        Some(cairn_client::ClientError::Transport(_) | cairn_client::ClientError::Tls(_)) => 5,
         _ => 1,
     }
 }

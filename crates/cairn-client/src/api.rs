@@ -19,6 +19,9 @@ pub enum ClientError {
     },
     #[error("cannot reach the server: {0}")]
     Transport(String),
+    /// The TLS handshake failed on the server's certificate: waiting will not fix it.
+    #[error("the server's TLS certificate is not trusted: {0}")]
+    Tls(String),
     #[error("{0}")]
     Local(String),
 }
@@ -36,12 +39,33 @@ impl ClientError {
         match self {
             ClientError::Transport(_) => true,
             ClientError::Api { status, .. } => *status >= 500,
-            ClientError::Local(_) => false,
+            ClientError::Local(_) | ClientError::Tls(_) => false,
         }
     }
 }
 
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
+
+/// A transport error with its causes, which reqwest's own message leaves out ("error sending
+/// request" says nothing of a refused connection or an untrusted certificate). A certificate
+/// problem is [`ClientError::Tls`], so it is reported at once instead of retried.
+fn transport(e: reqwest::Error) -> ClientError {
+    let mut msg = e.to_string();
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !msg.contains(&text) {
+            msg.push_str(": ");
+            msg.push_str(&text);
+        }
+        cause = c.source();
+    }
+    if msg.contains("certificate") {
+        ClientError::Tls(msg)
+    } else {
+        ClientError::Transport(msg)
+    }
+}
 
 /// Retry policy: attempts and the first backoff, doubled each time, with ±50 % jitter.
 const ATTEMPTS: u32 = 8;
@@ -65,15 +89,33 @@ pub struct Client {
 
 impl Client {
     pub fn new(base: &str, token: &str) -> Client {
-        let http = reqwest::Client::builder()
-            .tcp_nodelay(true)
+        Client::with_ca(base, token, None).expect("HTTP client")
+    }
+
+    /// A client that also trusts the CA certificates in `ca_pem` (PEM, one or more) for
+    /// `https://` servers, beside the system's roots: a server behind a TLS proxy with a private CA.
+    pub fn with_ca(base: &str, token: &str, ca_pem: Option<&[u8]>) -> Result<Client> {
+        let mut builder = reqwest::Client::builder().tcp_nodelay(true);
+        if let Some(pem) = ca_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| ClientError::Local(format!("CA certificates: {e}")))?;
+            if certs.is_empty() {
+                return Err(ClientError::Local(
+                    "no PEM certificate in the CA file".into(),
+                ));
+            }
+            for c in certs {
+                builder = builder.add_root_certificate(c);
+            }
+        }
+        let http = builder
             .build()
-            .expect("HTTP client");
-        Client {
+            .map_err(|e| ClientError::Local(format!("HTTP client: {e}")))?;
+        Ok(Client {
             base: base.trim_end_matches('/').to_string(),
             token: token.to_string(),
             http,
-        }
+        })
     }
 
     pub fn base(&self) -> &str {
@@ -120,15 +162,9 @@ impl Client {
     }
 
     async fn send_json(&self, req: reqwest::RequestBuilder) -> Result<Value> {
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        let resp = req.send().await.map_err(transport)?;
         let status = resp.status();
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        let bytes = resp.bytes().await.map_err(transport)?;
         if !status.is_success() {
             return Err(api_error(status, &bytes));
         }
@@ -394,7 +430,7 @@ impl Client {
                 req = req.header("Range", spec);
             }
             let result = match req.send().await {
-                Err(e) => Err(ClientError::Transport(e.to_string())),
+                Err(e) => Err(transport(e)),
                 Ok(r) if r.status().is_success() => return Ok(r),
                 Ok(r) => {
                     let status = r.status();

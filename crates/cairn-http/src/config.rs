@@ -36,6 +36,9 @@ pub struct ServerConfig {
     /// Origins whose pages may call the API from a browser (CORS): `["*"]` (the default) for
     /// any, `[]` for none, or exact origins such as `"https://app.example"`. See `cors.rs`.
     pub cors_origins: Vec<String>,
+    /// The URL clients should use, as `GET /config` advertises it (`fabric_api`), when it is not
+    /// `http://` + the request's `Host`: behind a TLS-terminating proxy, `"https://cairn.example/"`.
+    pub public_url: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -53,6 +56,7 @@ impl Default for ServerConfig {
             rate_limit: 10_000,
             rate_burst: 10_000,
             cors_origins: vec!["*".into()],
+            public_url: None,
         }
     }
 }
@@ -88,6 +92,12 @@ impl ServerConfig {
                 .collect();
         }
         crate::cors::Origins::parse(&cfg.cors_origins)?;
+        if let Ok(v) = std::env::var("CAIRN_PUBLIC_URL") {
+            cfg.public_url = Some(v).filter(|v| !v.is_empty());
+        }
+        if let Some(u) = &cfg.public_url {
+            cfg.public_url = Some(check_public_url(u)?);
+        }
         if cfg.part_size < 1024 || cfg.part_size > (1 << 32) {
             return Err(format!(
                 "part_size {} must be between 1 KiB and 4 GiB",
@@ -110,6 +120,26 @@ impl ServerConfig {
     }
 }
 
+/// `http(s)://host[:port][/path]`, returned with exactly one trailing slash (the client
+/// appends paths to it).
+fn check_public_url(u: &str) -> Result<String, String> {
+    let bad = |why: &str| Err(format!("public_url {u:?}: {why}"));
+    let Some((scheme, rest)) = u.split_once("://") else {
+        return bad("expected http(s)://host[:port][/path]");
+    };
+    if !matches!(scheme, "http" | "https") {
+        return bad("the scheme must be http or https");
+    }
+    let host = rest.split('/').next().unwrap_or("");
+    if host.is_empty()
+        || rest.contains(['?', '#', '@'])
+        || u.contains(|c: char| c.is_whitespace() || c.is_control())
+    {
+        return bad("a host is needed, and no query, fragment, user or spaces");
+    }
+    Ok(format!("{}/", u.trim_end_matches('/')))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,6 +157,22 @@ mod tests {
         assert_eq!(cfg.data, PathBuf::from("./cairn-data"));
         std::fs::write(&f, "lisen = 1\n").unwrap();
         assert!(ServerConfig::load(Some(&f)).is_err());
+        std::fs::write(&f, "public_url = \"https://cairn.example:8443/api\"\n").unwrap();
+        let cfg = ServerConfig::load(Some(&f)).unwrap();
+        assert_eq!(
+            cfg.public_url.as_deref(),
+            Some("https://cairn.example:8443/api/")
+        );
+        for bad in [
+            "cairn.example",
+            "ftp://x",
+            "https://",
+            "https://a b",
+            "https://x/?q",
+        ] {
+            std::fs::write(&f, format!("public_url = {bad:?}\n")).unwrap();
+            assert!(ServerConfig::load(Some(&f)).is_err(), "{bad}");
+        }
         std::fs::write(&f, "cors_origins = [\"https://app.example/\"]\n").unwrap();
         let e = ServerConfig::load(Some(&f)).unwrap_err();
         assert!(e.contains("not an origin"), "{e}");

@@ -17,10 +17,18 @@ use crate::{scope_of, target, AppState, Params, Principal};
 
 /// `GET /config`: what the official client reads first (reference §2.1). No token needed.
 pub async fn handle_config(State(st): State<AppState>, headers: HeaderMap) -> Json<Value> {
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("127.0.0.1:8008");
+    // Without a configured public URL, the address the client reached: right for direct use,
+    // wrong behind a TLS proxy (its `Host` is kept, its scheme is not), hence `public_url`.
+    let api = st.public_url.as_deref().map_or_else(
+        || {
+            let host = headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("127.0.0.1:8008");
+            format!("http://{host}/")
+        },
+        str::to_string,
+    );
     let node = st.engine.node_id();
     let space = SpaceId::new(*node.as_bytes());
     Json(json!({
@@ -28,7 +36,7 @@ pub async fn handle_config(State(st): State<AppState>, headers: HeaderMap) -> Js
         "qspace": {"id": space.to_string(), "ethereum": {"network_id": 0}},
         "network": {
             "services": {
-                "fabric_api": [format!("http://{host}/")],
+                "fabric_api": [api],
                 // Never contacted: a placeholder the client insists on.
                 "ethereum_api": ["http://127.0.0.1:9/"],
                 "authority_service": [], "file_service": [], "search": []

@@ -43,6 +43,8 @@ pub struct AppState {
     pub engine: Arc<Engine>,
     pub auth: Auth,
     pub limit: limit::RateLimit,
+    /// What `GET /config` advertises instead of `http://{Host}/` (`ServerConfig::public_url`).
+    pub public_url: Option<Arc<str>>,
 }
 
 /// Path parameters of a route.
@@ -336,6 +338,7 @@ pub fn open(cfg: &ServerConfig) -> Result<(AppState, Option<String>), String> {
             engine: Arc::new(engine),
             auth,
             limit: limit::RateLimit::new(cfg.rate_limit, cfg.rate_burst),
+            public_url: cfg.public_url.as_deref().map(Arc::from),
         },
         generated,
     ))
