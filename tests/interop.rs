@@ -4,6 +4,8 @@
 //! lists and downloads everything by object id and by version hash (tests/interop/elv.cjs).
 //! The second test kills the server with SIGKILL in the middle of the upload and restarts it;
 //! the client's own retries must finish, and no acknowledged byte may be sent twice.
+//! The third runs the client's browser bundle in headless Chromium, from a page on another
+//! origin (tests/browser/elv.html), so every call goes through CORS.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -105,4 +107,103 @@ fn official_client_finishes_after_the_server_is_killed_mid_upload() {
         "acknowledged bytes were sent again: {acked_before} + {acked_after} > {total}"
     );
     assert!(r["verifiedBytes"].as_u64().unwrap() >= total);
+}
+
+/// The official client's browser bundle, in headless Chromium, on another origin than the API
+/// (tests/browser/elv.html): the page and the bundle come from Cairn at `http://localhost:PORT`
+/// and the client drives `http://127.0.0.1:PORT`, so every call crosses origins and most need
+/// a preflight (CORS). Upload, finalize, list and download by object id and by version hash,
+/// each byte compared in the page; the server's copies are checked here too.
+#[test]
+fn official_client_in_a_browser_on_another_origin() {
+    let bundle = interop_dir().join("node_modules/@eluvio/elv-client-js/dist/ElvClient-min.js");
+    let work = tempfile::tempdir().unwrap();
+    let page = work.path().join("elv.html");
+    std::fs::write(&page, include_str!("browser/elv.html")).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let server = Server::start(data.path(), port);
+    let (_, _, wt) = common::new_object(&server);
+    let site = common::upload_files(
+        &server,
+        &wt,
+        &[("elv.html", &page), ("ElvClient-min.js", &bundle)],
+    );
+    let url = format!(
+        "http://localhost:{port}/q/{site}/files/elv.html?authorization={TOKEN}&api=http://127.0.0.1:{port}"
+    );
+    let out = Command::new("timeout")
+        .args([
+            "300",
+            "chromium",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+        ])
+        .args(["--disable-background-networking", "--disable-dev-shm-usage"])
+        .arg(format!(
+            "--user-data-dir={}",
+            work.path().join("chromium").display()
+        ))
+        .args(["--virtual-time-budget=120000", "--dump-dom", &url])
+        .output()
+        .expect("chromium is installed (bash .ci/setup)");
+    let dom = String::from_utf8_lossy(&out.stdout)
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&");
+    let json = dom
+        .split_once("@@RESULT")
+        .and_then(|(_, rest)| rest.split_once("RESULT@@"))
+        .map(|(json, _)| json)
+        .unwrap_or_else(|| {
+            panic!(
+                "no result in the page (exit {:?}): {dom}",
+                out.status.code()
+            )
+        });
+    let r: serde_json::Value = serde_json::from_str(json).unwrap();
+    assert!(
+        r["error"].is_null(),
+        "the client failed in the browser: {r}"
+    );
+    assert_eq!(r["origin"], format!("http://localhost:{port}"));
+    assert_eq!(
+        (r["files"].as_u64(), r["listed"].as_u64()),
+        (Some(42), Some(40)),
+        "{r}"
+    );
+    assert_eq!(r["bigSize"], (12 << 20) + 12345);
+    assert_eq!(r["mismatches"], serde_json::json!([]), "{r}");
+    let uploaded = r["uploaded"].as_u64().unwrap();
+    assert!(r["verified"].as_u64().unwrap() >= uploaded, "{r}");
+    let (_, accepted) = server.uploads();
+    assert_eq!(
+        accepted,
+        uploaded
+            + std::fs::metadata(&page).unwrap().len()
+            + std::fs::metadata(&bundle).unwrap().len(),
+        "each byte sent once"
+    );
+
+    // What the server keeps is what the page generated (its SHA-256s), read back here by curl.
+    let version = r["versionHash"].as_str().unwrap();
+    for (path, sum) in r["sums"].as_object().unwrap() {
+        let got = work.path().join("got");
+        let reply = common::curl(&server.url(&format!("/q/{version}/files/{path}")), &[]);
+        std::fs::write(&got, &reply.body).unwrap();
+        assert_eq!(reply.status, 200, "{path}");
+        let out = Command::new("sha256sum").arg(&got).output().unwrap();
+        let hex = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(hex.split_whitespace().next(), sum.as_str(), "{path}");
+    }
+    let preflights = server
+        .log_lines()
+        .iter()
+        .filter(|l| l.contains("method=OPTIONS") && l.contains("status=200"))
+        .count();
+    assert!(
+        preflights > 0,
+        "the browser sent preflights, and they were answered"
+    );
 }
