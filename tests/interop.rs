@@ -132,37 +132,7 @@ fn official_client_in_a_browser_on_another_origin() {
     let url = format!(
         "http://localhost:{port}/q/{site}/files/elv.html?authorization={TOKEN}&api=http://127.0.0.1:{port}"
     );
-    let out = Command::new("timeout")
-        .args([
-            "300",
-            "chromium",
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-        ])
-        .args(["--disable-background-networking", "--disable-dev-shm-usage"])
-        .arg(format!(
-            "--user-data-dir={}",
-            work.path().join("chromium").display()
-        ))
-        .args(["--virtual-time-budget=120000", "--dump-dom", &url])
-        .output()
-        .expect("chromium is installed (bash .ci/setup)");
-    let dom = String::from_utf8_lossy(&out.stdout)
-        .replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&amp;", "&");
-    let json = dom
-        .split_once("@@RESULT")
-        .and_then(|(_, rest)| rest.split_once("RESULT@@"))
-        .map(|(json, _)| json)
-        .unwrap_or_else(|| {
-            panic!(
-                "no result in the page (exit {:?}): {dom}",
-                out.status.code()
-            )
-        });
-    let r: serde_json::Value = serde_json::from_str(json).unwrap();
+    let r = common::chromium_result(&url, work.path(), 120, &server);
     assert!(
         r["error"].is_null(),
         "the client failed in the browser: {r}"

@@ -148,44 +148,7 @@ fn a_browser_page_on_another_origin_plays_seeks_and_calls_the_api() {
         "http://localhost:{}/q/{hq}/files/player.html?authorization={TOKEN}&api=http://127.0.0.1:{}&video={video}&seek=45&wt={draft}",
         s.port, s.port
     );
-    let out = Command::new("timeout")
-        .args([
-            "120",
-            "chromium",
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-        ])
-        .args([
-            "--disable-background-networking",
-            "--virtual-time-budget=30000",
-        ])
-        // A profile of its own, and no reliance on a large /dev/shm (containers have 64 MiB).
-        .arg(format!(
-            "--user-data-dir={}",
-            work.path().join("chromium").display()
-        ))
-        .arg("--disable-dev-shm-usage")
-        .args(["--dump-dom", &url])
-        .output()
-        .expect("chromium is installed (bash .ci/setup)");
-    let dom = String::from_utf8_lossy(&out.stdout)
-        .replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&amp;", "&");
-    let result = dom
-        .split_once("@@RESULT")
-        .and_then(|(_, rest)| rest.split_once("RESULT@@"))
-        .map(|(json, _)| json)
-        .unwrap_or_else(|| {
-            panic!(
-                "no result in the page (exit {:?}): {dom}\n{}\nserver log: {:#?}",
-                out.status.code(),
-                String::from_utf8_lossy(&out.stderr),
-                s.log_lines()
-            )
-        });
-    let r: serde_json::Value = serde_json::from_str(result).unwrap();
+    let r = common::chromium_result(&url, work.path(), 30, &s);
     let bytes = std::fs::read(&mp4).unwrap();
 
     let v = &r["video"];

@@ -315,3 +315,41 @@ pub fn upload_files(s: &Server, wt: &str, files: &[(&str, &Path)]) -> String {
         .unwrap()
         .to_string()
 }
+
+/// Loads `url` in headless Chromium (a profile under `work`) and returns the JSON the page
+/// wrote between `@@RESULT` and `RESULT@@` (tests/browser/*.html). `budget_s` is Chromium's
+/// virtual-time budget: the page's timers may run that long before the DOM is dumped. Panics
+/// with the page, Chromium's stderr and the server's log when there is no result.
+pub fn chromium_result(url: &str, work: &Path, budget_s: u64, server: &Server) -> Value {
+    let out = Command::new("timeout")
+        .arg((budget_s * 3).max(60).to_string())
+        .args(["chromium", "--headless", "--no-sandbox", "--disable-gpu"])
+        .arg("--disable-background-networking")
+        // A profile of its own, and no reliance on a large /dev/shm (containers have 64 MiB).
+        .arg(format!(
+            "--user-data-dir={}",
+            work.join("chromium").display()
+        ))
+        .arg("--disable-dev-shm-usage")
+        .arg(format!("--virtual-time-budget={}", budget_s * 1000))
+        .args(["--dump-dom", url])
+        .output()
+        .expect("chromium is installed (bash .ci/setup)");
+    let dom = String::from_utf8_lossy(&out.stdout)
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&");
+    let json = dom
+        .split_once("@@RESULT")
+        .and_then(|(_, rest)| rest.split_once("RESULT@@"))
+        .map(|(json, _)| json)
+        .unwrap_or_else(|| {
+            panic!(
+                "no result in the page (exit {:?}): {dom}\n{}\nserver log: {:#?}",
+                out.status.code(),
+                String::from_utf8_lossy(&out.stderr),
+                server.log_lines()
+            )
+        });
+    serde_json::from_str(json).unwrap()
+}

@@ -120,23 +120,27 @@ impl ServerConfig {
     }
 }
 
+/// What follows `http://` or `https://` in `u`, if that part has a host and no query,
+/// fragment, user info, spaces or control characters; else why not. Shared by the checks of
+/// configured URLs and origins.
+pub(crate) fn http_url_rest(u: &str) -> Result<&str, &'static str> {
+    let rest = u
+        .strip_prefix("http://")
+        .or_else(|| u.strip_prefix("https://"))
+        .ok_or("expected http:// or https://, then the host")?;
+    if rest.split('/').next().is_none_or(str::is_empty)
+        || rest.contains(['?', '#', '@'])
+        || rest.contains(|c: char| c.is_whitespace() || c.is_control())
+    {
+        return Err("a host is needed, and no query, fragment, user or spaces");
+    }
+    Ok(rest)
+}
+
 /// `http(s)://host[:port][/path]`, returned with exactly one trailing slash (the client
 /// appends paths to it).
 fn check_public_url(u: &str) -> Result<String, String> {
-    let bad = |why: &str| Err(format!("public_url {u:?}: {why}"));
-    let Some((scheme, rest)) = u.split_once("://") else {
-        return bad("expected http(s)://host[:port][/path]");
-    };
-    if !matches!(scheme, "http" | "https") {
-        return bad("the scheme must be http or https");
-    }
-    let host = rest.split('/').next().unwrap_or("");
-    if host.is_empty()
-        || rest.contains(['?', '#', '@'])
-        || u.contains(|c: char| c.is_whitespace() || c.is_control())
-    {
-        return bad("a host is needed, and no query, fragment, user or spaces");
-    }
+    http_url_rest(u).map_err(|why| format!("public_url {u:?}: {why}"))?;
     Ok(format!("{}/", u.trim_end_matches('/')))
 }
 

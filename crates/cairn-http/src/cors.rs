@@ -93,15 +93,10 @@ impl Origins {
 /// An origin as a browser serializes it in the `Origin` header.
 fn check_origin(o: &str) -> Result<HeaderValue, String> {
     let bad = |why: &str| Err(format!("cors_origins: {o:?} is not an origin ({why})"));
-    let Some((scheme, rest)) = o.split_once("://") else {
-        return bad("expected scheme://host[:port]");
-    };
-    if !matches!(scheme, "http" | "https") {
-        return bad("the scheme must be http or https");
-    }
-    if rest.is_empty() || rest.contains(['/', '?', '#', '@']) || rest.contains(char::is_whitespace)
-    {
-        return bad("no path, query, user or spaces after the host");
+    match crate::config::http_url_rest(o) {
+        Err(why) => return bad(why),
+        Ok(rest) if rest.contains('/') => return bad("no path after the host"),
+        Ok(_) => {}
     }
     if o.bytes().any(|b| b.is_ascii_uppercase()) {
         return bad("browsers send origins in lower case");
