@@ -459,7 +459,7 @@ for r in rounds:
             busy, idle = s.get("busy_s", float("nan")), s.get("idle_s", float("nan"))
             print(f"{name:<26}{x['rps']:9.1f}{x['mib_s']:9.1f}{x['p50_ms']:9.1f}{x.get('p90_ms', float('nan')):9.1f}"
                   f"{x['p99_ms']:9.1f}{x['max_ms']:9.1f}{x['errors']:8d}{s['cpu_s']:10.2f}"
-                  f"{s['cpu_s'] / n * 1e6:11.0f}{busy / n * 1e6:11.0f}{100 * idle / (busy + idle):7.1f}")
+                  f"{s['cpu_s'] / n * 1e6:11.0f}{busy / n * 1e6:11.0f}{100 * idle / max(busy + idle, 1e-9):7.1f}")
         else:
             print(f"{name:<26}{'failed':>9}")
 print("  srv us/req: the server's CPU per request; all us/req: the whole machine's (server, wrk, kernel),")

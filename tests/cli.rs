@@ -674,9 +674,24 @@ fn the_cli_works_through_a_tls_proxy_given_its_ca() {
         );
     }
 
-    // Without the CA, the server's certificate is not trusted: nothing is sent.
+    // Without the CA, the server's certificate is not trusted: the CLI says so at once (no
+    // retries, which take 20 s and more), and no request reaches the server.
+    let served = |s: &Server| {
+        s.log_lines()
+            .iter()
+            .filter(|l| l.contains("status="))
+            .count()
+    };
+    let before = served(&s);
+    let started = Instant::now();
     let out = cairn(&s, &state, &["--server", &public, "lib", "ls"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(5), "{err}");
-    assert!(err.to_lowercase().contains("certificate"), "{err}");
+    assert!(err.contains("TLS certificate is not trusted"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "refused at once, not retried"
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(served(&s), before, "no request reached the server");
 }

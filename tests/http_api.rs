@@ -504,6 +504,31 @@ fn cross_origin_pages_may_call_the_api_as_configured() {
         Some("http://127.0.0.1:3000")
     );
     assert_eq!(origin_of("https://other.example"), None);
+    let preflight = |origin: &str| {
+        let r = curl(
+            &s.url(&format!("/q/{wt}/meta/title")),
+            &[
+                "--no-token",
+                "-X",
+                "OPTIONS",
+                "-H",
+                &format!("Origin: {origin}"),
+                "-H",
+                "Access-Control-Request-Method: PUT",
+            ],
+        );
+        assert_eq!(r.status, 200);
+        r.header("access-control-allow-origin").map(String::from)
+    };
+    assert_eq!(
+        preflight("https://app.example").as_deref(),
+        Some("https://app.example")
+    );
+    assert_eq!(
+        preflight("https://other.example"),
+        None,
+        "the browser refuses the call"
+    );
     drop(s);
     let s = Server::start_with(
         data.path(),
@@ -590,7 +615,7 @@ fn libraries_are_deleted_only_when_empty_and_take_their_tokens() {
     assert!(r.json()["errors"][0]["reason"]
         .as_str()
         .unwrap()
-        .contains("1 object"));
+        .contains("still holds objects"));
     assert_eq!(
         call(&s, "GET", &format!("/qlibs/{lib}"), None, 200)["objects"],
         1
@@ -607,6 +632,7 @@ fn libraries_are_deleted_only_when_empty_and_take_their_tokens() {
     assert_eq!(gone, json!({"id": lib, "tokens_revoked": 1}));
     call(&s, "GET", &format!("/qlibs/{lib}"), None, 404);
     call(&s, "POST", &format!("/qlibs/{lib}/q"), None, 404);
+    call(&s, "POST", &format!("/qlibs/{lib}/tokens"), None, 404);
     call(&s, "DELETE", &format!("/qlibs/{lib}"), None, 404);
     assert_eq!(
         as_lib("GET", &format!("/qlibs/{lib}/q")).status,

@@ -25,6 +25,9 @@ fn make_mp4(out: &Path, size: &str, video: &[&str]) {
             "libx264",
             "-preset",
             "ultrafast",
+            // 4:2:0, which every browser decodes (testsrc's RGB would otherwise give 4:4:4).
+            "-pix_fmt",
+            "yuv420p",
         ])
         .args(video)
         .args([

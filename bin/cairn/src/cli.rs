@@ -38,7 +38,15 @@ impl ClientConfig {
             return Ok(ClientConfig::default());
         };
         match std::fs::read_to_string(&file) {
-            Ok(text) => toml::from_str(&text).with_context(|| file.display().to_string()),
+            Ok(text) => {
+                let mut cfg: ClientConfig =
+                    toml::from_str(&text).with_context(|| file.display().to_string())?;
+                // A relative `cacert` is relative to the config file, not to where cairn runs.
+                if let (Some(ca), Some(dir)) = (&cfg.cacert, file.parent()) {
+                    cfg.cacert = Some(dir.join(ca));
+                }
+                Ok(cfg)
+            }
             Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => {
                 Ok(ClientConfig::default())
             }

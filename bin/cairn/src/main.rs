@@ -190,7 +190,20 @@ async fn run(cli: Cli) -> Result<()> {
         .or(file.server)
         .unwrap_or_else(|| "http://127.0.0.1:8008".into());
     let token = cli.token.or(file.token).unwrap_or_default();
-    let ca = match cli.cacert.or(file.cacert) {
+    // Only commands that talk to a server read the CA file: a missing one must not stop
+    // `serve`, `completions` or an offline `fsck --data`.
+    let offline = matches!(
+        cli.cmd,
+        Cmd::Serve { .. }
+            | Cmd::Completions { .. }
+            | Cmd::Demo { .. }
+            | Cmd::IngestBench { .. }
+            | Cmd::CrashChild { .. }
+            | Cmd::Fsck { data: Some(_), .. }
+            | Cmd::Gc { data: Some(_), .. }
+            | Cmd::Stats { data: Some(_) }
+    );
+    let ca = match cli.cacert.or(file.cacert).filter(|_| !offline) {
         Some(f) => Some(std::fs::read(&f).with_context(|| format!("--cacert {}", f.display()))?),
         None => None,
     };

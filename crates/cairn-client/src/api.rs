@@ -51,16 +51,21 @@ pub type Result<T, E = ClientError> = std::result::Result<T, E>;
 /// problem is [`ClientError::Tls`], so it is reported at once instead of retried.
 fn transport(e: reqwest::Error) -> ClientError {
     let mut msg = e.to_string();
+    // Only the causes are searched: reqwest's own message holds the URL, which may say
+    // anything (a file named `certificates/…`). rustls says "invalid peer certificate" for a
+    // certificate it does not trust, and "BadCertificate" and the like for a fatal alert.
+    let mut tls = false;
     let mut cause = std::error::Error::source(&e);
     while let Some(c) = cause {
         let text = c.to_string();
+        tls |= text.to_ascii_lowercase().contains("certificate");
         if !msg.contains(&text) {
             msg.push_str(": ");
             msg.push_str(&text);
         }
         cause = c.source();
     }
-    if msg.contains("certificate") {
+    if tls {
         ClientError::Tls(msg)
     } else {
         ClientError::Transport(msg)

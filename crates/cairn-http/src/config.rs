@@ -63,8 +63,8 @@ impl Default for ServerConfig {
 
 impl ServerConfig {
     /// Defaults, overridden by the TOML file (if given) and then by `CAIRN_DATA`,
-    /// `CAIRN_LISTEN`, `CAIRN_PART_SIZE` and `CAIRN_CORS_ORIGINS` (comma-separated; empty for
-    /// none).
+    /// `CAIRN_LISTEN`, `CAIRN_PART_SIZE`, `CAIRN_CORS_ORIGINS` (comma-separated; empty for
+    /// none) and `CAIRN_PUBLIC_URL` (empty for none).
     pub fn load(file: Option<&Path>) -> Result<ServerConfig, String> {
         let mut cfg = match file {
             Some(f) => {
@@ -120,27 +120,50 @@ impl ServerConfig {
     }
 }
 
-/// What follows `http://` or `https://` in `u`, if that part has a host and no query,
-/// fragment, user info, spaces or control characters; else why not. Shared by the checks of
-/// configured URLs and origins.
-pub(crate) fn http_url_rest(u: &str) -> Result<&str, &'static str> {
-    let rest = u
-        .strip_prefix("http://")
-        .or_else(|| u.strip_prefix("https://"))
-        .ok_or("expected http:// or https://, then the host")?;
-    if rest.split('/').next().is_none_or(str::is_empty)
+/// The parts of a configured `http(s)://host[:port][/path]` URL.
+pub(crate) struct HttpUrl<'a> {
+    pub https: bool,
+    pub port: Option<u16>,
+    pub path: &'a str,
+}
+
+/// Parses a configured URL or origin; says why not when it is not one. Shared by the checks of
+/// `public_url` and `cors_origins`. ASCII only (browsers send international names in
+/// punycode), a host, a port from 1 to 65535 if any, and no user, query or fragment.
+pub(crate) fn parse_http_url(u: &str) -> Result<HttpUrl<'_>, &'static str> {
+    let (https, rest) = match (u.strip_prefix("https://"), u.strip_prefix("http://")) {
+        (Some(rest), _) => (true, rest),
+        (None, Some(rest)) => (false, rest),
+        _ => return Err("expected http:// or https://, then the host"),
+    };
+    if !rest.is_ascii()
         || rest.contains(['?', '#', '@'])
-        || rest.contains(|c: char| c.is_whitespace() || c.is_control())
+        || rest.contains(|c: char| c.is_ascii_whitespace() || c.is_ascii_control())
     {
-        return Err("a host is needed, and no query, fragment, user or spaces");
+        return Err("ASCII only (punycode), and no user, query, fragment or spaces");
     }
-    Ok(rest)
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    // The last `:` starts a port unless it is inside an IPv6 literal (`[::1]`).
+    let (host, port) = match authority.rfind(':') {
+        Some(i) if !authority[i..].contains(']') => {
+            let port = authority[i + 1..].parse::<u16>().ok().filter(|&p| p > 0);
+            (
+                &authority[..i],
+                Some(port.ok_or("the port must be 1 to 65535")?),
+            )
+        }
+        _ => (authority, None),
+    };
+    if host.is_empty() || host == "[]" {
+        return Err("a host is needed");
+    }
+    Ok(HttpUrl { https, port, path })
 }
 
 /// `http(s)://host[:port][/path]`, returned with exactly one trailing slash (the client
 /// appends paths to it).
 fn check_public_url(u: &str) -> Result<String, String> {
-    http_url_rest(u).map_err(|why| format!("public_url {u:?}: {why}"))?;
+    parse_http_url(u).map_err(|why| format!("public_url {u:?}: {why}"))?;
     Ok(format!("{}/", u.trim_end_matches('/')))
 }
 
@@ -171,8 +194,12 @@ mod tests {
             "cairn.example",
             "ftp://x",
             "https://",
+            "https://:8443/",
+            "https://x:0",
+            "https://x:99999",
             "https://a b",
             "https://x/?q",
+            "https://bücher.example",
         ] {
             std::fs::write(&f, format!("public_url = {bad:?}\n")).unwrap();
             assert!(ServerConfig::load(Some(&f)).is_err(), "{bad}");

@@ -93,9 +93,12 @@ impl Origins {
 /// An origin as a browser serializes it in the `Origin` header.
 fn check_origin(o: &str) -> Result<HeaderValue, String> {
     let bad = |why: &str| Err(format!("cors_origins: {o:?} is not an origin ({why})"));
-    match crate::config::http_url_rest(o) {
+    match crate::config::parse_http_url(o) {
         Err(why) => return bad(why),
-        Ok(rest) if rest.contains('/') => return bad("no path after the host"),
+        Ok(u) if !u.path.is_empty() => return bad("no path after the host"),
+        Ok(u) if u.port == Some(if u.https { 443 } else { 80 }) => {
+            return bad("browsers leave the default port out")
+        }
         Ok(_) => {}
     }
     if o.bytes().any(|b| b.is_ascii_uppercase()) {
@@ -117,10 +120,15 @@ mod tests {
         assert_eq!(parse(&[]), Ok(Origins::Off));
         assert_eq!(parse(&["*"]), Ok(Origins::Any));
         assert_eq!(
-            parse(&["https://app.example", "http://127.0.0.1:8080"]),
+            parse(&[
+                "https://app.example",
+                "http://127.0.0.1:8080",
+                "http://[::1]:3000"
+            ]),
             Ok(Origins::List(vec![
                 HeaderValue::from_static("https://app.example"),
                 HeaderValue::from_static("http://127.0.0.1:8080"),
+                HeaderValue::from_static("http://[::1]:3000"),
             ]))
         );
         for bad in [
@@ -133,6 +141,10 @@ mod tests {
             &["https://"],
             &["https://App.example"],
             &["https://app.example\n"],
+            &["https://app.example:443"],
+            &["http://app.example:80"],
+            &["https://:8080"],
+            &["https://app.example:0"],
         ] {
             assert!(parse(bad).is_err(), "{bad:?} was accepted");
         }

@@ -242,18 +242,26 @@ impl Engine {
         self.scan_records(CF_LIBRARIES, &[])
     }
 
-    /// Deletes an empty library. While it holds objects it is a `conflict` and nothing changes:
+    /// Deletes an empty library, with its index of known files (hints for dedup that only its
+    /// own drafts read). While it holds objects it is a `conflict` and nothing changes:
     /// deleting content is a separate, explicit step (like S3's `BucketNotEmpty`). Checked
     /// and deleted under the state lock, so no object can be created in it meanwhile.
     pub fn delete_library(&self, id: &LibraryId) -> Result<()> {
         let _w = self.state.write();
-        let n = self.objects(id)?.len();
-        if n > 0 {
-            return Err(Error::conflict(format!(
-                "library {id} still holds {n} object(s); delete them first"
-            )));
+        self.library(id)?;
+        let objects = self.store.index().scan(CF_OBJECTS, &[]);
+        for r in objects {
+            let (_, raw) = r?;
+            if ObjectRecord::decode(&raw)?.library == *id {
+                return Err(Error::conflict(format!(
+                    "library {id} still holds objects; delete them first"
+                )));
+            }
         }
         let mut b = self.store.index().batch();
+        for r in self.store.index().scan(CF_FILE_INDEX, id.as_bytes()) {
+            b.delete(CF_FILE_INDEX, &r?.0);
+        }
         b.delete(CF_LIBRARIES, id.as_bytes());
         self.store.commit(b)
     }
