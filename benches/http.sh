@@ -157,8 +157,9 @@ gen_sources() {
 }
 gen_sources
 
-# cairn
-CAIRN_TOKEN=$TOKEN "$CAIRN_BIN" serve --data "$WORK/cairn" --listen "127.0.0.1:$P_CAIRN" \
+# cairn, logging warnings only, like nginx's `access_log off` below (a line per request is the
+# server's default: `CAIRN_LOG=info`)
+CAIRN_LOG=warn CAIRN_TOKEN=$TOKEN "$CAIRN_BIN" serve --data "$WORK/cairn" --listen "127.0.0.1:$P_CAIRN" \
     >"$WORK/cairn.out" 2>"$WORK/cairn.log" &
 CAIRN_PID=$!
 PIDS+=("$CAIRN_PID")

@@ -664,6 +664,54 @@ fn libraries_are_deleted_only_when_empty_and_take_their_tokens() {
     );
 }
 
+/// Every reply, errors included, carries `X-Request-Id`: the client's own when it is a plain
+/// token, a fresh one otherwise; and the server's log line for the request names it.
+#[test]
+fn every_reply_names_its_request_as_the_log_does() {
+    let data = tempfile::tempdir().unwrap();
+    let s = Server::start(data.path(), common::free_port());
+    let mine = curl(&s.url("/qlibs"), &["-H", "X-Request-Id: job-42.retry:1"]);
+    assert_eq!(
+        (mine.status, mine.header("x-request-id")),
+        (200, Some("job-42.retry:1"))
+    );
+    let refused = curl(
+        &s.url("/qlibs/ilib_bad"),
+        &["--no-token", "-H", "X-Request-Id: has space"],
+    );
+    assert_eq!(refused.status, 401);
+    let fresh = refused.header("x-request-id").unwrap().to_string();
+    assert!(
+        fresh.len() == 16 && fresh.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{fresh}"
+    );
+    let other = curl(&s.url("/config"), &["--no-token"]);
+    assert_ne!(
+        other.header("x-request-id"),
+        Some(fresh.as_str()),
+        "ids differ"
+    );
+    let long = "a".repeat(65);
+    let r = curl(&s.url("/config"), &["-H", &format!("X-Request-Id: {long}")]);
+    assert_ne!(
+        r.header("x-request-id"),
+        Some(long.as_str()),
+        "over 64 characters is replaced"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let log = s.log_lines();
+    for (id, status) in [
+        ("job-42.retry:1", "status=200"),
+        (fresh.as_str(), "status=401"),
+    ] {
+        assert!(
+            log.iter()
+                .any(|l| l.contains(&format!("id={id}")) && l.contains(status)),
+            "{id} in the log: {log:#?}"
+        );
+    }
+}
+
 #[test]
 fn config_needs_no_token_and_lists_the_api_url() {
     let data = tempfile::tempdir().unwrap();

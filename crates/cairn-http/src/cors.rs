@@ -21,8 +21,9 @@ use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer, ExposeHeaders};
 const PREFLIGHT_MAX_AGE: Duration = Duration::from_secs(3600);
 
 /// Headers a page may read from a reply beyond the CORS-safelisted ones: what a media player
-/// and the JS client need for ranges, validators, rate-limit waits and auth challenges.
-const EXPOSED: [HeaderName; 8] = [
+/// and the JS client need for ranges, validators, rate-limit waits and auth challenges, and the
+/// request's id for reports.
+const EXPOSED: [HeaderName; 9] = [
     header::ACCEPT_RANGES,
     header::CONTENT_RANGE,
     header::CONTENT_LENGTH,
@@ -31,6 +32,7 @@ const EXPOSED: [HeaderName; 8] = [
     header::RETRY_AFTER,
     header::WWW_AUTHENTICATE,
     header::CACHE_CONTROL,
+    HeaderName::from_static(crate::REQUEST_ID),
 ];
 
 /// Which origins may read replies.

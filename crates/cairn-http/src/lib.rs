@@ -303,23 +303,52 @@ pub(crate) fn scope_of(who: Option<&Principal>) -> Option<LibraryId> {
     }
 }
 
-/// One structured log line per request: method, route, status, bytes, duration.
-async fn log_request(req: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let method = req.method().clone();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| req.uri().path().to_string(), |m| m.as_str().to_string());
-    let response = next.run(req).await;
-    let bytes = response
-        .headers()
-        .get(header::CONTENT_LENGTH)
+/// The header that names a request in the server's log and in its reply.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// The client's `X-Request-Id` when it is a plain token (1 to 64 ASCII letters, digits and
+/// `-_.:`), so a client or proxy can follow its own ids into the log; else 16 random hex digits.
+fn request_id(headers: &axum::http::HeaderMap) -> String {
+    headers
+        .get(REQUEST_ID)
         .and_then(|v| v.to_str().ok())
-        .unwrap_or("-")
-        .to_string();
-    tracing::info!(%method, route, status = response.status().as_u16(), bytes, ms = started.elapsed().as_millis() as u64, "request");
-    response
+        .filter(|v| {
+            (1..=64).contains(&v.len())
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        })
+        .map_or_else(|| format!("{:016x}", rand::random::<u64>()), str::to_string)
+}
+
+/// One structured log line per request: method, route, status, bytes, duration, inside a
+/// `req{id=…}` span that also holds whatever else is logged while the request runs. The id is
+/// sent back as `X-Request-Id`, errors included, so a user's report can be found in the log.
+async fn log_request(req: Request, next: Next) -> Response {
+    use tracing::Instrument;
+    let id = request_id(req.headers());
+    let span = tracing::info_span!("req", id = %id);
+    async move {
+        let started = Instant::now();
+        let method = req.method().clone();
+        let route = req
+            .extensions()
+            .get::<MatchedPath>()
+            .map_or_else(|| req.uri().path().to_string(), |m| m.as_str().to_string());
+        let mut response = next.run(req).await;
+        if let Ok(v) = axum::http::HeaderValue::from_str(&id) {
+            response.headers_mut().insert(REQUEST_ID, v);
+        }
+        let bytes = response
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-")
+            .to_string();
+        tracing::info!(%method, route, status = response.status().as_u16(), bytes, ms = started.elapsed().as_millis() as u64, "request");
+        response
+    }
+    .instrument(span)
+    .await
 }
 
 /// Opens the engine and the token for `cfg`; returns a newly generated token to print once.
