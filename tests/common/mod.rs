@@ -13,15 +13,9 @@ use serde_json::Value;
 
 pub const TOKEN: &str = "test-secret";
 
-/// `len` bytes of test data named by `seed` (blake3's XOF: incompressible, reproducible).
-pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut out = vec![0u8; len];
-    blake3::Hasher::new()
-        .update(&seed.to_le_bytes())
-        .finalize_xof()
-        .fill(&mut out);
-    out
-}
+mod testdata;
+#[allow(unused_imports)] // not every test binary makes data
+pub use testdata::pattern;
 
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -35,15 +35,12 @@ pub fn small_engine(dir: &std::path::Path) -> Arc<Engine> {
     Arc::new(Engine::open(config(dir, 256 << 10, SMALL_CHUNKS)).unwrap())
 }
 
-/// Deterministic pseudo-random bytes (blake3 XOF), distinct per seed.
-pub fn data(seed: u64, len: usize) -> Vec<u8> {
-    let mut out = vec![0u8; len];
-    blake3::Hasher::new()
-        .update(&seed.to_le_bytes())
-        .finalize_xof()
-        .fill(&mut out);
-    out
-}
+#[path = "../../../../tests/common/testdata.rs"]
+mod testdata;
+/// Deterministic pseudo-random bytes (blake3 XOF), distinct per seed; the same as the `cairn`
+/// binary's tests use.
+#[allow(unused_imports)] // not every test binary makes data
+pub use testdata::pattern as data;
 
 pub fn add_file(path: &str, size: u64) -> RawOp {
     RawOp {
