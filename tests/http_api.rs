@@ -700,6 +700,12 @@ fn every_reply_names_its_request_as_the_log_does() {
     );
     std::thread::sleep(std::time::Duration::from_millis(200));
     let log = s.log_lines();
+    let body_len = format!("bytes=\"{}\"", mine.body.len());
+    assert!(
+        log.iter()
+            .any(|l| l.contains("id=job-42.retry:1") && l.contains(&body_len)),
+        "a JSON reply's size is logged: {log:#?}"
+    );
     for (id, status) in [
         ("job-42.retry:1", "status=200"),
         (fresh.as_str(), "status=401"),

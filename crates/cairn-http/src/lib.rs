@@ -338,12 +338,19 @@ async fn log_request(req: Request, next: Next) -> Response {
         if let Ok(v) = axum::http::HeaderValue::from_str(&id) {
             response.headers_mut().insert(REQUEST_ID, v);
         }
+        // `Content-Length` when set (file bytes), else the body's exact size (JSON replies,
+        // which hyper measures later), else `-` (nothing known in advance).
         let bytes = response
             .headers()
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
-            .unwrap_or("-")
-            .to_string();
+            .map(str::to_string)
+            .or_else(|| {
+                axum::body::HttpBody::size_hint(response.body())
+                    .exact()
+                    .map(|n| n.to_string())
+            })
+            .unwrap_or_else(|| "-".into());
         tracing::info!(%method, route, status = response.status().as_u16(), bytes, ms = started.elapsed().as_millis() as u64, "request");
         response
     }
