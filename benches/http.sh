@@ -14,6 +14,8 @@
 #      Before it, caches are dropped (when run as root) and each server gets WARMUP s of the same
 #      load, untimed (in alternating slices of at most 10 s, each slice's rate printed), so both
 #      are measured in the steady state of this workload.
+#      Around every run benches/corelat.c times a cache line's round trip between CPUs 0 and 1:
+#      where the host has put them (one core complex or two) moves Cairn's rate and not nginx's.
 #   3. Cairn's peak RSS (VmHWM) per phase; server CPU seconds per phase; loadavg around phases.
 #
 # Phases 1 (cairn and nginx; tus once) and 2 run as ROUNDS interleaved rounds, the order of the
@@ -83,6 +85,11 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 mkdir -p "$WORK"/{src,res,nginx,nginx_tmp,tus_data}
+# Where the host has put the machine's first two CPUs right now (see benches/corelat.c): the
+# round trip of a cache line between them, in ns, or null without a C compiler or a CPU 1.
+CORELAT=
+cc -O2 -pthread "$ROOT/benches/corelat.c" -o "$WORK/corelat" 2>/dev/null && CORELAT="$WORK/corelat"
+core_rtt() { { [ -n "$CORELAT" ] && "$CORELAT" 2>/dev/null; } || echo null; }
 
 read -r P_CAIRN P_NGINX P_TUS < <(python3 -c '
 import socket
@@ -359,35 +366,41 @@ while [ "$left" -gt 0 ]; do
     left=$((left - DURATION))
     range_run warm_cairn "http://127.0.0.1:$P_CAIRN" "$CAIRN_F0" "Bearer $TOKEN" || echo "  cairn warm-up FAILED"
     range_run warm_nginx "http://127.0.0.1:$P_NGINX" "/f0" || echo "  nginx warm-up FAILED"
-    echo "  warm-up slice of ${DURATION}s: cairn $(rps_of warm_cairn) req/s, nginx $(rps_of warm_nginx) req/s (not timed)"
+    echo "  warm-up slice of ${DURATION}s: cairn $(rps_of warm_cairn) req/s, nginx $(rps_of warm_nginx) req/s (not timed); CPU 0-1 round trip $(core_rtt) ns"
 done
 DURATION=$DURATION_TIMED
 
 range_cairn() { # ROUND
-    local r=$1 c0 c1 m0 m1 hwm_reset
+    local r=$1 c0 c1 m0 m1 hwm_reset t0 t1
     echo "-- 2a. round $r, Range GETs: cairn ($CONC connections, ${DURATION}s)"
     echo 5 >"/proc/$CAIRN_PID/clear_refs" 2>/dev/null && hwm_reset=1 || hwm_reset=0 # peak RSS of this run only
     loadavg before
+    t0=$(core_rtt)
     c0=$(cpu_ticks "$CAIRN_PID")
     m0=$(machine_ticks)
     range_run "cairn_$r" "http://127.0.0.1:$P_CAIRN" "$CAIRN_F0" "Bearer $TOKEN" || echo "  cairn range run FAILED"
     m1=$(machine_ticks)
     c1=$(cpu_ticks "$CAIRN_PID")
+    t1=$(core_rtt)
     loadavg after
-    echo "{\"cpu_s\": $(cpu_s "$c0" "$c1"), $(machine_json "$m0" "$m1"), \"hwm_mib\": $(hwm_mib "$CAIRN_PID"), \"hwm_reset\": $hwm_reset}" >"$WORK/res/cairn_${r}_range_srv.json"
+    echo "  CPU 0-1 round trip: $t0 ns before, $t1 ns after"
+    echo "{\"cpu_s\": $(cpu_s "$c0" "$c1"), $(machine_json "$m0" "$m1"), \"hwm_mib\": $(hwm_mib "$CAIRN_PID"), \"hwm_reset\": $hwm_reset, \"rtt_ns\": [$t0, $t1]}" >"$WORK/res/cairn_${r}_range_srv.json"
     [ -s "$WORK/res/cairn_${r}_range.json" ] && echo "  $(cat "$WORK/res/cairn_${r}_range.json")"
 }
 range_nginx() { # ROUND
-    local r=$1 n0 n1 m0 m1
+    local r=$1 n0 n1 m0 m1 t0 t1
     echo "-- 2b. round $r, Range GETs: nginx ($CONC connections, ${DURATION}s)"
     loadavg before
+    t0=$(core_rtt)
     n0=$(cpu_ticks $(nginx_pids))
     m0=$(machine_ticks)
     range_run "nginx_$r" "http://127.0.0.1:$P_NGINX" "/f0" || echo "  nginx range run FAILED"
     m1=$(machine_ticks)
     n1=$(cpu_ticks $(nginx_pids))
+    t1=$(core_rtt)
     loadavg after
-    echo "{\"cpu_s\": $(cpu_s "$n0" "$n1"), $(machine_json "$m0" "$m1")}" >"$WORK/res/nginx_${r}_range_srv.json"
+    echo "  CPU 0-1 round trip: $t0 ns before, $t1 ns after"
+    echo "{\"cpu_s\": $(cpu_s "$n0" "$n1"), $(machine_json "$m0" "$m1"), \"rtt_ns\": [$t0, $t1]}" >"$WORK/res/nginx_${r}_range_srv.json"
     [ -s "$WORK/res/nginx_${r}_range.json" ] && echo "  $(cat "$WORK/res/nginx_${r}_range.json")"
 }
 for r in $(seq 1 "$ROUNDS"); do
@@ -452,7 +465,7 @@ if c1:
           f"finalize {c1['finalize_s']*1e3:.0f} ms")
 print()
 print(f"{'range GET':<26}{'req/s':>9}{'MiB/s':>9}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'max ms':>9}{'errors':>8}{'srv CPU s':>10}"
-      f"{'srv us/req':>11}{'all us/req':>11}{'idle %':>7}")
+      f"{'srv us/req':>11}{'all us/req':>11}{'idle %':>7}{'rtt ns':>10}")
 for r in rounds:
     for name, x, s in ((f"cairn r{r}", cr[r], crs[r]), (f"nginx (sendfile) r{r}", nr[r], nrs[r])):
         if x:
@@ -460,11 +473,14 @@ for r in rounds:
             busy, idle = s.get("busy_s", float("nan")), s.get("idle_s", float("nan"))
             print(f"{name:<26}{x['rps']:9.1f}{x['mib_s']:9.1f}{x['p50_ms']:9.1f}{x.get('p90_ms', float('nan')):9.1f}"
                   f"{x['p99_ms']:9.1f}{x['max_ms']:9.1f}{x['errors']:8d}{s['cpu_s']:10.2f}"
-                  f"{s['cpu_s'] / n * 1e6:11.0f}{busy / n * 1e6:11.0f}{100 * idle / max(busy + idle, 1e-9):7.1f}")
+                  f"{s['cpu_s'] / n * 1e6:11.0f}{busy / n * 1e6:11.0f}{100 * idle / max(busy + idle, 1e-9):7.1f}"
+                  f"{'/'.join(str(t) if t is not None else '?' for t in s.get('rtt_ns', [])):>10}")
         else:
             print(f"{name:<26}{'failed':>9}")
 print("  srv us/req: the server's CPU per request; all us/req: the whole machine's (server, wrk, kernel),")
 print("  which sets the rate when idle % is near 0 (the machine is saturated)")
+print("  rtt ns: a cache line's round trip between CPUs 0 and 1 before/after the run (benches/corelat.c):")
+print("  ~50-90 when the host runs them on one core complex, ~350 on two")
 print(f"  byte-exact range checks: cairn {cv['checked'] - max(cv['bad'], 0)}/{cv['checked']} ok, "
       f"nginx {nv['checked'] - max(nv['bad'], 0)}/{nv['checked']} ok")
 for n, v in (("cairn", cv), ("nginx", nv)):
@@ -509,6 +525,21 @@ cpu = lambda d, x, r: d[r]["cpu_s"] / x[r]["requests"] * 1e3 if d[r] and x[r] el
 row("range CPU/request cairn/nginx", [div(cpu(crs, cr, r), cpu(nrs, nr, r)) for r in rounds])
 busy = lambda d, x, r: d[r]["busy_s"] / x[r]["requests"] if d[r] and x[r] and "busy_s" in d[r] else None
 row("range all CPU/req nginx/cairn", [div(busy(nrs, nr, r), busy(crs, cr, r)) for r in rounds])
+def placement(r):
+    """'near' if every CPU round trip around round r's two Range runs was under 150 ns, 'far' if
+    every one was over 250 ns, else 'mixed' (the placement changed during the round)."""
+    ts = [t for s in (crs[r], nrs[r]) if s for t in s.get("rtt_ns", [])]
+    if not ts or None in ts:
+        return None
+    return "near" if max(ts) < 150 else "far" if min(ts) > 250 else "mixed"
+by_place = {}
+for r in rounds:
+    v = div(mib(cr, r), mib(nr, r))
+    if v is not None and placement(r):
+        by_place.setdefault(placement(r), []).append(v)
+if by_place:
+    print("range cairn/nginx by CPU placement: " + "; ".join(
+        f"{k} {', '.join(f'{v:.2f}' for v in vs)}" for k, vs in sorted(by_place.items())))
 peak = max(ing_hwm, rng_hwm)
 print(f"{'cairn peak RSS':<32}{peak:7.0f}M   <= 256 MiB {'met' if peak <= 256 else 'NOT met'}")
 errs = sum((x or {}).get("errors", 0) for x in cr.values())
