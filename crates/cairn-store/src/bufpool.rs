@@ -11,8 +11,8 @@
 //! just copied it into a socket) and is taken by the next read on that CPU, whose cache
 //! still holds its lines. From one shared pool, a buffer last written on the other CPU had its
 //! lines pulled across before the read could overwrite them. On the 2-CPU bench machine the
-//! per-CPU pools served 1 MiB Range reads 8% faster when the host ran both CPUs on one core
-//! complex, and 14% faster when it ran them on two, where a line takes ~350 ns to cross
+//! per-CPU pools served 1 MiB Range reads about 10% faster when the host ran both CPUs on one
+//! core complex, and 14% faster when it ran them on two, where a line takes ~350 ns to cross
 //! (docs/performance.md).
 //!
 //! Buffers come in power-of-two classes from 64 KiB to 2 MiB (a class wastes at most half);
