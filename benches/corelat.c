@@ -3,10 +3,10 @@
  *
  * Why the HTTP bench runs it around every Range run: on a small VM the host decides where the
  * guest's CPUs run. When both sit on one core complex (sharing an L3) a line crosses between
- * them in ~50-90 ns; when they sit on two, in ~350 ns. A server that copies the bytes it serves
- * (Cairn reads, verifies and writes them) hands `wrk` lines that are dirty in the other CPU's
- * cache, and pays for every crossing; nginx's sendfile hands over page-cache pages no CPU has
- * touched. So the Range ratio depends on the placement of the moment, and the bench reports it
+ * them in ~50-110 ns; when they sit on two, in ~330-400 ns. A server that copies the bytes it
+ * serves (Cairn reads, verifies and writes them) hands `wrk` lines that are dirty in the other
+ * CPU's cache, and pays for every crossing; nginx's sendfile hands over page-cache pages no CPU
+ * has just written. So the Range ratio depends on the placement of the moment, and the bench reports it
  * (docs/performance.md).
  *
  * Build: cc -O2 -pthread benches/corelat.c -o corelat. Prints "<ns>", exits 1 if it cannot pin.
@@ -20,7 +20,7 @@
 #include <time.h>
 
 static _Alignas(64) _Atomic long flag;
-static long rounds = 100000;
+static const long rounds = 100000;
 
 static int pin(int cpu) {
     cpu_set_t set;
@@ -29,10 +29,11 @@ static int pin(int cpu) {
     return pthread_setaffinity_np(pthread_self(), sizeof set, &set);
 }
 
-/* CPU 1: answers each odd value with the next even one. */
+/* CPU 1: says it is ready (-1), then answers each odd value with the next even one. */
 static void *echo(void *arg) {
     (void)arg;
     if (pin(1) != 0) exit(1);
+    atomic_store_explicit(&flag, -1, memory_order_release);
     for (long i = 0; i < rounds; i++) {
         while (atomic_load_explicit(&flag, memory_order_acquire) != 2 * i + 1) {}
         atomic_store_explicit(&flag, 2 * i + 2, memory_order_release);
@@ -43,7 +44,10 @@ static void *echo(void *arg) {
 int main(void) {
     pthread_t peer;
     struct timespec a, b;
-    if (pin(0) != 0 || pthread_create(&peer, NULL, echo, NULL) != 0) return 1;
+    /* The peer starts before this thread pins itself, so it need not wait for CPU 0; the clock
+       starts once it runs on CPU 1. */
+    if (pthread_create(&peer, NULL, echo, NULL) != 0 || pin(0) != 0) return 1;
+    while (atomic_load_explicit(&flag, memory_order_acquire) != -1) {}
     clock_gettime(CLOCK_MONOTONIC, &a);
     for (long i = 0; i < rounds; i++) {
         atomic_store_explicit(&flag, 2 * i + 1, memory_order_release);

@@ -89,7 +89,12 @@ mkdir -p "$WORK"/{src,res,nginx,nginx_tmp,tus_data}
 # round trip of a cache line between them, in ns, or null without a C compiler or a CPU 1.
 CORELAT=
 cc -O2 -pthread "$ROOT/benches/corelat.c" -o "$WORK/corelat" 2>/dev/null && CORELAT="$WORK/corelat"
-core_rtt() { { [ -n "$CORELAT" ] && "$CORELAT" 2>/dev/null; } || echo null; }
+[ -n "$CORELAT" ] || echo "warning: cc could not build benches/corelat.c; CPU placement not reported" >&2
+core_rtt() { # one number, or null
+    local v
+    v=$([ -n "$CORELAT" ] && timeout 5 "$CORELAT" 2>/dev/null) || v=
+    [[ "$v" =~ ^[0-9]+$ ]] && echo "$v" || echo null
+}
 
 read -r P_CAIRN P_NGINX P_TUS < <(python3 -c '
 import socket
@@ -349,8 +354,9 @@ PY
 # may), then warmed by the timed workload itself, untimed (WARMUP seconds each). Without this,
 # cairn started cold (its pack writes bypass the page cache) while nginx's copy was still cached
 # by its own PUT. Warming with the workload gives each server the cache that workload leaves,
-# which is what a steady state is. (Cairn's figure still drifts between two values from minute to
-# minute, with its CPU per request: see docs/performance.md, "The Range phase and the page cache".)
+# which is what a steady state is. (Cairn's figure still moves between two values from minute to
+# minute, with where the host runs the two CPUs: the rtt column; docs/performance.md, "Tenth
+# session".)
 echo "-- 2. warming: ${WARMUP}s of the same Range GETs on each server (not timed)"
 sync
 if [ -w /proc/sys/vm/drop_caches ]; then echo 3 >/proc/sys/vm/drop_caches; fi
@@ -480,7 +486,7 @@ for r in rounds:
 print("  srv us/req: the server's CPU per request; all us/req: the whole machine's (server, wrk, kernel),")
 print("  which sets the rate when idle % is near 0 (the machine is saturated)")
 print("  rtt ns: a cache line's round trip between CPUs 0 and 1 before/after the run (benches/corelat.c):")
-print("  ~50-90 when the host runs them on one core complex, ~350 on two")
+print("  ~50-110 when the host runs them on one core complex, ~330-400 on two")
 print(f"  byte-exact range checks: cairn {cv['checked'] - max(cv['bad'], 0)}/{cv['checked']} ok, "
       f"nginx {nv['checked'] - max(nv['bad'], 0)}/{nv['checked']} ok")
 for n, v in (("cairn", cv), ("nginx", nv)):
@@ -526,20 +532,24 @@ row("range CPU/request cairn/nginx", [div(cpu(crs, cr, r), cpu(nrs, nr, r)) for 
 busy = lambda d, x, r: d[r]["busy_s"] / x[r]["requests"] if d[r] and x[r] and "busy_s" in d[r] else None
 row("range all CPU/req nginx/cairn", [div(busy(nrs, nr, r), busy(crs, cr, r)) for r in rounds])
 def placement(r):
-    """'near' if every CPU round trip around round r's two Range runs was under 150 ns, 'far' if
-    every one was over 250 ns, else 'mixed' (the placement changed during the round)."""
-    ts = [t for s in (crs[r], nrs[r]) if s for t in s.get("rtt_ns", [])]
-    if not ts or None in ts:
+    """Where the host ran CPUs 0 and 1 during Cairn's Range run of round r (nginx barely cares):
+    'near' if both round trips around it were under 150 ns, 'far' if both were over 250 ns,
+    'changed' if one was each, else 'unclear'."""
+    ts = (crs[r] or {}).get("rtt_ns", [])
+    if len(ts) != 2 or None in ts:
         return None
-    return "near" if max(ts) < 150 else "far" if min(ts) > 250 else "mixed"
+    if max(ts) < 150:
+        return "near"
+    if min(ts) > 250:
+        return "far"
+    return "changed" if min(ts) < 150 and max(ts) > 250 else "unclear"
 by_place = {}
 for r in rounds:
     v = div(mib(cr, r), mib(nr, r))
     if v is not None and placement(r):
         by_place.setdefault(placement(r), []).append(v)
-if by_place:
-    print("range cairn/nginx by CPU placement: " + "; ".join(
-        f"{k} {', '.join(f'{v:.2f}' for v in vs)}" for k, vs in sorted(by_place.items())))
+print("range cairn/nginx by CPU placement during cairn's run: " + ("; ".join(
+    f"{k} {', '.join(f'{v:.2f}' for v in vs)}" for k, vs in sorted(by_place.items())) or "unknown"))
 peak = max(ing_hwm, rng_hwm)
 print(f"{'cairn peak RSS':<32}{peak:7.0f}M   <= 256 MiB {'met' if peak <= 256 else 'NOT met'}")
 errs = sum((x or {}).get("errors", 0) for x in cr.values())
