@@ -84,6 +84,8 @@ pub struct QInfo {
 
 const ENGINE_KEY_NODE: &[u8] = b"node";
 const ENGINE_KEY_EPOCH: &[u8] = b"epoch";
+/// Present once `lib_objects` holds every object (see [`Engine::index_library_objects`]).
+const ENGINE_KEY_LIB_OBJECTS: &[u8] = b"lib_objects_built";
 
 /// The Files Job engine.
 pub struct Engine {
@@ -130,6 +132,9 @@ impl Engine {
         let mut b = idx.batch();
         b.put(CF_ENGINE, ENGINE_KEY_NODE, node.as_bytes());
         b.put(CF_ENGINE, ENGINE_KEY_EPOCH, &(epoch as i64).to_le_bytes());
+        if idx.get(CF_ENGINE, ENGINE_KEY_LIB_OBJECTS)?.is_none() {
+            index_library_objects(idx, &mut b)?;
+        }
         store.commit(b)?;
         let engine = Engine {
             store,
@@ -150,6 +155,22 @@ impl Engine {
         };
         engine.seal_received_jobs()?;
         Ok(engine)
+    }
+
+    /// Ids of the objects in `library`, in id order (from `lib_objects`, not a scan of all).
+    fn library_object_ids<'a>(
+        &'a self,
+        library: &'a LibraryId,
+    ) -> impl Iterator<Item = Result<ObjectId>> + 'a {
+        let prefix = library.as_bytes().len();
+        self.store
+            .index()
+            .scan(CF_LIB_OBJECTS, library.as_bytes())
+            .map(move |r| {
+                let (k, _) = r?;
+                ObjectId::from_bytes(&k[prefix..])
+                    .map_err(|e| Error::corrupt(format!("lib_objects key of {library}: {e}")))
+            })
     }
 
     /// Recovery: an upload job whose last byte was committed but which a crash kept from being
@@ -249,14 +270,10 @@ impl Engine {
     pub fn delete_library(&self, id: &LibraryId) -> Result<()> {
         let _w = self.state.write();
         self.library(id)?;
-        let objects = self.store.index().scan(CF_OBJECTS, &[]);
-        for r in objects {
-            let (_, raw) = r?;
-            if ObjectRecord::decode(&raw)?.library == *id {
-                return Err(Error::conflict(format!(
-                    "library {id} still holds objects; delete them first"
-                )));
-            }
+        if self.library_object_ids(id).next().transpose()?.is_some() {
+            return Err(Error::conflict(format!(
+                "library {id} still holds objects; delete them first"
+            )));
         }
         let mut b = self.store.index().batch();
         for r in self.store.index().scan(CF_FILE_INDEX, id.as_bytes()) {
@@ -290,6 +307,7 @@ impl Engine {
         };
         let mut b = self.store.index().batch();
         b.put_record(CF_OBJECTS, obj.id.as_bytes(), &obj);
+        b.put(CF_LIB_OBJECTS, &lib_object_key(library, &obj.id), &[]);
         let draft = self.new_draft(&mut b, &obj)?;
         self.store.commit(b)?;
         Ok((obj, draft))
@@ -301,8 +319,9 @@ impl Engine {
 
     pub fn objects(&self, library: &LibraryId) -> Result<Vec<ObjectRecord>> {
         self.library(library)?;
-        let all: Vec<ObjectRecord> = self.scan_records(CF_OBJECTS, &[])?;
-        Ok(all.into_iter().filter(|o| o.library == *library).collect())
+        self.library_object_ids(library)
+            .map(|id| self.object(&id?))
+            .collect()
     }
 
     /// Opens a draft on the object's head (or on an empty tree if it has no version yet).
@@ -568,6 +587,7 @@ impl Engine {
             b.add(CF_NODE_REFS, d.root.as_bytes(), -1);
         }
         b.delete(CF_OBJECTS, id.as_bytes());
+        b.delete(CF_LIB_OBJECTS, &lib_object_key(&obj.library, id));
         self.store.commit(b)?;
         self.opened.clear();
         Ok(())
@@ -762,4 +782,15 @@ fn slot_mut<'v>(v: &'v mut Value, keys: &[String]) -> Result<&'v mut Value> {
             .or_insert(Value::Null);
     }
     Ok(cur)
+}
+
+/// Fills `lib_objects` from every object's record, for a store made before that index existed
+/// (or whose marker is missing), and marks it built, all in `b`.
+fn index_library_objects(idx: &cairn_store::Index, b: &mut Batch<'_>) -> Result<()> {
+    for r in idx.scan(CF_OBJECTS, &[]) {
+        let obj = ObjectRecord::decode(&r?.1)?;
+        b.put(CF_LIB_OBJECTS, &lib_object_key(&obj.library, &obj.id), &[]);
+    }
+    b.put(CF_ENGINE, ENGINE_KEY_LIB_OBJECTS, &[1]);
+    Ok(())
 }

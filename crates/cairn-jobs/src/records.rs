@@ -1,6 +1,6 @@
 //! The engine's stored records and their column families. Values are versioned CBOR
-//! [`Record`]s except three raw ones: `history` (a version digest), `uj_tail` (bytes) and
-//! `engine` (node id, start count). Keys are the ids' binary forms so related entries sort together.
+//! [`Record`]s except four raw ones: `history` (a version digest), `uj_tail` (bytes), `engine`
+//! (node id, start count) and `lib_objects` (keys only). Keys are the ids' binary forms so related entries sort together.
 
 use cairn_core::record::Record;
 use cairn_core::{Digest, FilesJobId, LibraryId, ObjectId, UploadJobId, VersionHash, WriteToken};
@@ -14,6 +14,15 @@ use crate::planner::Segment;
 pub const CF_LIBRARIES: &str = "libraries";
 /// ObjectId → [`ObjectRecord`].
 pub const CF_OBJECTS: &str = "objects";
+/// LibraryId (20) | ObjectId (20) → nothing: which objects a library holds, so listing one
+/// library (or checking it is empty) does not read every object's record. Written in the same
+/// batch as the object's record; built once from `objects` for a store made before it existed.
+pub const CF_LIB_OBJECTS: &str = "lib_objects";
+
+/// The [`CF_LIB_OBJECTS`] key of `object` in `library`.
+pub fn lib_object_key(library: &LibraryId, object: &ObjectId) -> Vec<u8> {
+    [library.as_bytes().as_slice(), object.as_bytes().as_slice()].concat()
+}
 /// Version digest (32) → [`VersionRecord`].
 pub const CF_VERSIONS: &str = "versions";
 /// ObjectId (20) | !seq (u64 BE) → version digest: history, newest first.
@@ -45,6 +54,7 @@ pub const JOB_CFS: &[(&str, CfKind)] = &[
     (CF_ENGINE, CfKind::Plain),
     (CF_LIBRARIES, CfKind::Plain),
     (CF_OBJECTS, CfKind::Plain),
+    (CF_LIB_OBJECTS, CfKind::Plain),
     (CF_VERSIONS, CfKind::Plain),
     (CF_HISTORY, CfKind::Plain),
     (CF_DRAFTS, CfKind::Plain),
