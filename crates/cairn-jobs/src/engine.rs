@@ -84,7 +84,7 @@ pub struct QInfo {
 
 const ENGINE_KEY_NODE: &[u8] = b"node";
 const ENGINE_KEY_EPOCH: &[u8] = b"epoch";
-/// Present once `lib_objects` holds every object (see [`Engine::index_library_objects`]).
+/// Present once `lib_objects` holds every object (see [`index_library_objects`]).
 const ENGINE_KEY_LIB_OBJECTS: &[u8] = b"lib_objects_built";
 
 /// The Files Job engine.

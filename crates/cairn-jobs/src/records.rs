@@ -1,6 +1,7 @@
 //! The engine's stored records and their column families. Values are versioned CBOR
 //! [`Record`]s except four raw ones: `history` (a version digest), `uj_tail` (bytes), `engine`
-//! (node id, start count) and `lib_objects` (keys only). Keys are the ids' binary forms so related entries sort together.
+//! (node id, start count) and `lib_objects` (keys only). Keys are the ids' binary forms so
+//! related entries sort together.
 
 use cairn_core::record::Record;
 use cairn_core::{Digest, FilesJobId, LibraryId, ObjectId, UploadJobId, VersionHash, WriteToken};
@@ -23,6 +24,7 @@ pub const CF_LIB_OBJECTS: &str = "lib_objects";
 pub fn lib_object_key(library: &LibraryId, object: &ObjectId) -> Vec<u8> {
     [library.as_bytes().as_slice(), object.as_bytes().as_slice()].concat()
 }
+
 /// Version digest (32) → [`VersionRecord`].
 pub const CF_VERSIONS: &str = "versions";
 /// ObjectId (20) | !seq (u64 BE) → version digest: history, newest first.
