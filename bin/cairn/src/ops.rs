@@ -94,6 +94,12 @@ pub async fn fsck(ctx: &Ctx, data: Option<&Path>, repair: bool) -> Result<()> {
         for r in v["corrupt_records"].as_array().into_iter().flatten() {
             out.push_str(&format!("\ncorrupt record {}", r.as_str().unwrap_or("?")));
         }
+        for e in v["library_index"].as_array().into_iter().flatten() {
+            out.push_str(&format!(
+                "\nlibrary index entry {}",
+                e.as_str().unwrap_or("?")
+            ));
+        }
         for p in v["orphan_packs"].as_array().into_iter().flatten() {
             out.push_str(&format!("\norphan pack file {}", p.as_str().unwrap_or("?")));
         }

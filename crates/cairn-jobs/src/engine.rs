@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use cairn_core::record::Record;
 use cairn_core::{
-    Digest, Error, LibraryId, NodeId, ObjectId, Result, UploadJobId, VersionHash, WriteToken,
+    Digest, Error, ErrorKind, LibraryId, NodeId, ObjectId, Result, UploadJobId, VersionHash,
+    WriteToken,
 };
 use cairn_store::{Batch, Store, StoreConfig};
 use parking_lot::{Mutex, RwLock};
@@ -319,9 +320,19 @@ impl Engine {
 
     pub fn objects(&self, library: &LibraryId) -> Result<Vec<ObjectRecord>> {
         self.library(library)?;
-        self.library_object_ids(library)
-            .map(|id| self.object(&id?))
-            .collect()
+        let mut out = Vec::new();
+        for id in self.library_object_ids(library) {
+            match self.object(&id?) {
+                Ok(o) => out.push(o),
+                // A stale index entry (which fsck reports and `--repair` removes) must not
+                // hide the rest of the library.
+                Err(e) if e.kind == ErrorKind::NotFound => {
+                    tracing::warn!(%library, error = %e, "library index names a missing object")
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
     }
 
     /// Opens a draft on the object's head (or on an empty tree if it has no version yet).

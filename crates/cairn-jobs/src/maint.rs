@@ -31,6 +31,10 @@ pub struct EngineFsckReport {
     /// Index records that do not decode, as `<column family>/<key hex>: <reason>`. They are
     /// reported and skipped, never rewritten or deleted.
     pub corrupt_records: Vec<String>,
+    /// Entries of the library→object index (`lib_objects`) that disagree with the object
+    /// records: missing, or naming no such object. The index is derived from the records, so
+    /// `--repair` rewrites them; listed here only when left as found.
+    pub library_index: Vec<String>,
     /// Why `--repair` changed nothing, when it refused to.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub repair_skipped: Option<String>,
@@ -38,7 +42,10 @@ pub struct EngineFsckReport {
 
 impl EngineFsckReport {
     pub fn is_clean(&self) -> bool {
-        self.store.is_clean() && self.damaged_files.is_empty() && self.corrupt_records.is_empty()
+        self.store.is_clean()
+            && self.damaged_files.is_empty()
+            && self.corrupt_records.is_empty()
+            && self.library_index.is_empty()
     }
 }
 
@@ -222,6 +229,7 @@ impl Engine {
         for (_, c) in self.scan_tolerant::<UjChunk>(CF_UJ_CHUNKS, &mut bad)? {
             *ext.chunks.entry(c.chunk.hash).or_default() += 1;
         }
+        let library_index = self.check_library_index(repair, &mut bad)?;
         let mut store = self.store.fsck_unlocked(&ext)?;
         self.compare_node_refs(&node_refs, &mut store)?;
         // Counting references through damaged records could lower a live chunk's count to zero
@@ -264,8 +272,44 @@ impl Engine {
             nodes_checked,
             damaged_files,
             corrupt_records: bad,
+            library_index,
             repair_skipped,
         })
+    }
+
+    /// Compares `lib_objects` with the object records (whose undecodable ones go to `bad`);
+    /// returns the disagreements, or, with `repair`, rewrites them and returns none.
+    fn check_library_index(&self, repair: bool, bad: &mut Vec<String>) -> Result<Vec<String>> {
+        let mut want: HashSet<Vec<u8>> = self
+            .scan_tolerant::<ObjectRecord>(CF_OBJECTS, bad)?
+            .into_iter()
+            .map(|(_, o)| lib_object_key(&o.library, &o.id))
+            .collect();
+        let idx = self.store.index();
+        let mut b = idx.batch();
+        let mut found = Vec::new();
+        for r in idx.scan(CF_LIB_OBJECTS, &[]) {
+            let (k, _) = r?;
+            if !want.remove(&k[..]) {
+                found.push(format!(
+                    "{CF_LIB_OBJECTS}/{}: names no such object",
+                    hex(&k)
+                ));
+                b.delete(CF_LIB_OBJECTS, &k);
+            }
+        }
+        for k in want {
+            found.push(format!(
+                "{CF_LIB_OBJECTS}/{}: missing for its object",
+                hex(&k)
+            ));
+            b.put(CF_LIB_OBJECTS, &k, &[]);
+        }
+        if repair && !found.is_empty() {
+            self.store.commit(b)?;
+            found.clear();
+        }
+        Ok(found)
     }
 
     /// Every record of `cf` with its key; those that do not decode are listed in `bad`.

@@ -4,7 +4,8 @@
 mod common;
 
 use cairn_core::ErrorKind;
-use cairn_jobs::records::{CF_ENGINE, CF_LIB_OBJECTS};
+use cairn_core::ObjectId;
+use cairn_jobs::records::{lib_object_key, CF_ENGINE, CF_LIB_OBJECTS};
 use cairn_jobs::Engine;
 
 fn ids(e: &Engine, lib: &cairn_core::LibraryId) -> Vec<String> {
@@ -70,4 +71,37 @@ fn a_store_without_the_index_gets_it_built_on_open() {
     assert_eq!(ids(&e, &lib), objs);
     let err = e.delete_library(&lib).unwrap_err();
     assert_eq!(err.kind, ErrorKind::Conflict, "{err}");
+}
+
+#[test]
+fn fsck_reports_a_library_index_that_disagrees_and_repair_rewrites_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = common::small_engine(dir.path());
+    let lib = e.create_library("l").unwrap().id;
+    let kept = e.create_object(&lib).unwrap().0.id;
+    let lost = e.create_object(&lib).unwrap().0.id;
+    assert!(e.fsck().unwrap().is_clean());
+    // One entry lost, one naming an object that does not exist.
+    let idx = e.store().index();
+    let mut b = idx.batch();
+    b.delete(CF_LIB_OBJECTS, &lib_object_key(&lib, &lost));
+    b.put(
+        CF_LIB_OBJECTS,
+        &lib_object_key(&lib, &ObjectId::new([9; 20])),
+        &[],
+    );
+    e.store().commit(b).unwrap();
+
+    let r = e.fsck().unwrap();
+    assert!(!r.is_clean());
+    assert_eq!(r.library_index.len(), 2, "{:?}", r.library_index);
+    assert!(r.corrupt_records.is_empty());
+    assert_eq!(ids(&e, &lib).len(), 1, "plain fsck changes nothing");
+
+    let r = e.fsck_repair().unwrap();
+    assert!(r.is_clean(), "{r:?}");
+    let mut want = vec![kept.to_string(), lost.to_string()];
+    want.sort();
+    assert_eq!(ids(&e, &lib), want);
+    assert!(e.fsck().unwrap().is_clean());
 }
