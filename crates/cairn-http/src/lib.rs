@@ -19,6 +19,7 @@ pub mod error;
 mod jobs;
 pub mod limit;
 pub mod range;
+mod wire;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -391,7 +392,8 @@ const READ_BUF_MAX: usize = 256 << 10;
 /// hyper-util directly rather than `axum::serve`, for what a public server needs: a deadline for
 /// reading request headers (a slowloris client cannot hold a connection forever), a cap on open
 /// connections (more are closed at once), and TCP_NODELAY (without it Nagle's algorithm and
-/// delayed ACKs stall small trailing writes by ~40 ms, seen on Range GETs).
+/// delayed ACKs stall small trailing writes by ~40 ms, seen on Range GETs). Each stream is
+/// wrapped so that the requests hyper refuses itself still get a JSON error (`wire.rs`).
 async fn accept_loop(
     listener: tokio::net::TcpListener,
     app: Router,
@@ -433,7 +435,7 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
         let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .serve_connection_with_upgrades(TokioIo::new(wire::ErrorBodies::new(stream)), service)
             .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {

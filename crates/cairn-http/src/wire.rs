@@ -1,0 +1,239 @@
+//! JSON bodies for the errors hyper answers by itself.
+//!
+//! hyper refuses some requests before any service sees them: a head it cannot parse (a
+//! malformed request line or header, a non-numeric `Content-Length`), a head that does not fit
+//! the connection's read buffer or has too many fields, a target too long. It answers with a
+//! bare status, `connection: close` and `content-length: 0`, and has no hook to change that.
+//! So that every 4xx from Cairn has the protocol's error shape (`error.rs`), the connection's
+//! writer recognises exactly those heads and sends the same status with a JSON body instead.
+//! No handler's error looks like them: every error of ours has a JSON body, so its
+//! `content-length` is never 0.
+
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// The heads hyper writes for its own refusals are well under this.
+const MAX_HYPER_HEAD: usize = 512;
+
+const EMPTY: &[u8] = b"\r\ncontent-length: 0\r\n";
+const CLOSE: &[u8] = b"\r\nconnection: close\r\n";
+
+/// For a response head hyper wrote for a request it refused, the same response with a JSON
+/// error body; `None` for anything else.
+pub fn with_json_body(head: &[u8]) -> Option<Vec<u8>> {
+    if head.len() > MAX_HYPER_HEAD || !head.ends_with(b"\r\n\r\n") {
+        return None;
+    }
+    let status = head.strip_prefix(b"HTTP/1.1 ")?.get(..3)?;
+    let (kind, reason) = match status {
+        b"400" => (
+            "invalid",
+            "the request is not valid HTTP/1.1: a malformed request line, header or Content-Length",
+        ),
+        b"414" => ("too_large", "the request target is too long"),
+        b"431" => (
+            "too_large",
+            "the request head is over 256 KiB or has more than 1000 header fields",
+        ),
+        _ => return None,
+    };
+    let at = find(head, EMPTY)?;
+    find(head, CLOSE)?;
+    let body =
+        serde_json::json!({"errors": [{"op": "http", "kind": kind, "reason": reason}]}).to_string();
+    let mut out = Vec::with_capacity(head.len() + body.len() + 64);
+    out.extend_from_slice(&head[..at]);
+    out.extend_from_slice(b"\r\ncontent-type: application/json");
+    out.extend_from_slice(format!("\r\ncontent-length: {}\r\n", body.len()).as_bytes());
+    out.extend_from_slice(&head[at + EMPTY.len()..]);
+    out.extend_from_slice(body.as_bytes());
+    Some(out)
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// A connection's stream, with hyper's own refusals given JSON bodies ([`with_json_body`]).
+pub struct ErrorBodies<T> {
+    inner: T,
+    /// A replacement being written: its bytes, how many are out, and how many bytes of
+    /// hyper's it stands for (reported once it is all out).
+    pending: Option<(Bytes, usize, usize)>,
+}
+
+impl<T> ErrorBodies<T> {
+    pub fn new(inner: T) -> ErrorBodies<T> {
+        ErrorBodies {
+            inner,
+            pending: None,
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for ErrorBodies<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for ErrorBodies<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_write_vectored(cx, &[IoSlice::new(buf)])
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let me = &mut *self;
+        if me.pending.is_none() {
+            let mut full = bufs.iter().filter(|b| !b.is_empty());
+            if let (Some(only), None) = (full.next(), full.next()) {
+                // Cheap first: a refusal starts with a 4xx status line.
+                if only.starts_with(b"HTTP/1.1 4") {
+                    if let Some(out) = with_json_body(only) {
+                        me.pending = Some((Bytes::from(out), 0, only.len()));
+                    }
+                }
+            }
+        }
+        let Some((out, done, stands_for)) = &mut me.pending else {
+            return Pin::new(&mut me.inner).poll_write_vectored(cx, bufs);
+        };
+        while *done < out.len() {
+            let n = ready!(Pin::new(&mut me.inner).poll_write(cx, &out[*done..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            *done += n;
+        }
+        let n = *stands_for;
+        me.pending = None;
+        Poll::Ready(Ok(n))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HYPER_431: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\ncontent-length: 0\r\ndate: Mon, 23 Nov 2026 08:36:44 GMT\r\n\r\n";
+
+    fn split(resp: &[u8]) -> (String, serde_json::Value) {
+        let at = find(resp, b"\r\n\r\n").unwrap() + 4;
+        let head = String::from_utf8(resp[..at].to_vec()).unwrap();
+        (head, serde_json::from_slice(&resp[at..]).unwrap())
+    }
+
+    #[test]
+    fn hypers_own_refusals_get_the_error_shape_with_their_status_and_date() {
+        let cases: [(&[u8], &str, &str); 3] = [
+            (HYPER_431, "431 Request Header Fields Too Large", "too_large"),
+            (
+                b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\ndate: Mon, 23 Nov 2026 08:36:44 GMT\r\n\r\n",
+                "400 Bad Request",
+                "invalid",
+            ),
+            (
+                b"HTTP/1.1 414 URI Too Long\r\nconnection: close\r\ncontent-length: 0\r\ndate: x\r\n\r\n",
+                "414 URI Too Long",
+                "too_large",
+            ),
+        ];
+        for (head, status, kind) in cases {
+            let out = with_json_body(head).expect("a hyper refusal");
+            let (h, body) = split(&out);
+            assert!(h.starts_with(&format!("HTTP/1.1 {status}\r\n")), "{h}");
+            assert!(h.contains("\r\nconnection: close\r\n"), "{h}");
+            assert!(h.contains("\r\ndate: "), "{h}");
+            assert!(h.contains("\r\ncontent-type: application/json\r\n"), "{h}");
+            let len = body.to_string().len();
+            assert!(h.contains(&format!("\r\ncontent-length: {len}\r\n")), "{h}");
+            assert!(!h.contains("content-length: 0"), "{h}");
+            assert_eq!(body["errors"][0]["kind"], kind);
+            assert!(body["errors"][0]["reason"].as_str().unwrap().len() > 10);
+        }
+    }
+
+    #[test]
+    fn anything_else_goes_out_as_it_is() {
+        let ours = b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: 70\r\n\r\n";
+        let kept_open =
+            b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\n\r\n";
+        let ok = b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
+        let partial = &HYPER_431[..HYPER_431.len() - 2];
+        for head in [&ours[..], kept_open, ok, partial, b"", b"HTTP/1.1 4"] {
+            assert!(
+                with_json_body(head).is_none(),
+                "{}",
+                String::from_utf8_lossy(head)
+            );
+        }
+    }
+
+    /// A writer that takes at most `step` bytes a call.
+    struct Trickle {
+        out: Vec<u8>,
+        step: usize,
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let n = buf.len().min(self.step);
+            self.out.extend_from_slice(&buf[..n]);
+            Poll::Ready(Ok(n))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_replacement_goes_out_whole_through_short_writes_and_stands_for_hypers_bytes() {
+        use tokio::io::AsyncWriteExt;
+        let mut w = ErrorBodies::new(Trickle {
+            out: Vec::new(),
+            step: 7,
+        });
+        let n = w.write(HYPER_431).await.unwrap();
+        assert_eq!(n, HYPER_431.len());
+        assert_eq!(w.inner.out, with_json_body(HYPER_431).unwrap());
+        // Ordinary bytes pass through untouched afterwards.
+        w.inner.out.clear();
+        w.write_all(b"HTTP/1.1 200 OK\r\n").await.unwrap();
+        assert_eq!(w.inner.out, b"HTTP/1.1 200 OK\r\n");
+    }
+}
