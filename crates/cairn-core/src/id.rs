@@ -442,10 +442,18 @@ impl WriteToken {
 
     /// The payload bytes (the storage key form).
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(3 + 21 + 21 + Self::RAND_LEN);
-        push_chunk(&mut out, &self.object.to_coded_bytes());
+        let mut out = Self::bytes_prefix(&self.object);
         push_chunk(&mut out, &self.node.to_coded_bytes());
         push_chunk(&mut out, &self.rand);
+        out
+    }
+
+    /// How [`WriteToken::to_bytes`] begins for every token of `object`, and for no token of
+    /// another object (the object id is length-prefixed): a store keyed by tokens' bytes finds
+    /// one object's drafts with a prefix scan.
+    pub fn bytes_prefix(object: &ObjectId) -> Vec<u8> {
+        let mut out = Vec::with_capacity(3 + 21 + 21 + Self::RAND_LEN);
+        push_chunk(&mut out, &object.to_coded_bytes());
         out
     }
 
@@ -741,6 +749,16 @@ mod tests {
         let (a, b) = (WriteToken::new(object, node), WriteToken::new(object, node));
         assert_ne!(a, b);
         assert_eq!((a.object, a.node), (object, node));
+    }
+
+    #[test]
+    fn a_tokens_bytes_begin_with_its_objects_prefix_and_no_other_objects() {
+        let node = NodeId::random();
+        let (o, other) = (ObjectId::new([7; 20]), ObjectId::new([8; 20]));
+        let bytes = WriteToken::new(o, node).to_bytes();
+        assert!(bytes.starts_with(&WriteToken::bytes_prefix(&o)));
+        assert!(!bytes.starts_with(&WriteToken::bytes_prefix(&other)));
+        assert!(WriteToken::bytes_prefix(&o).len() < bytes.len());
     }
 
     #[test]

@@ -592,7 +592,9 @@ impl Engine {
             b.delete(CF_HISTORY, &k);
             b.add(CF_NODE_REFS, v.root.as_bytes(), -1);
         }
-        let drafts: Vec<DraftRecord> = self.scan_records(CF_DRAFTS, &[])?;
+        // Draft keys begin with their object's id: only this object's drafts are read.
+        let prefix = WriteToken::bytes_prefix(&obj.id);
+        let drafts: Vec<DraftRecord> = self.scan_records(CF_DRAFTS, &prefix)?;
         for d in drafts.iter().filter(|d| d.token.object == obj.id) {
             self.drop_draft(&mut b, d)?;
             b.add(CF_NODE_REFS, d.root.as_bytes(), -1);

@@ -105,3 +105,24 @@ fn fsck_reports_a_library_index_that_disagrees_and_repair_rewrites_it() {
     assert_eq!(ids(&e, &lib), want);
     assert!(e.fsck().unwrap().is_clean());
 }
+
+#[test]
+fn deleting_an_object_drops_its_drafts_and_no_others() {
+    use cairn_jobs::records::CF_DRAFTS;
+    let dir = tempfile::tempdir().unwrap();
+    let e = common::small_engine(dir.path());
+    let lib = e.create_library("l").unwrap().id;
+    let (x, x_first) = e.create_object(&lib).unwrap();
+    let (y, y_first) = e.create_object(&lib).unwrap();
+    let x_second = e.open_draft(&x.id).unwrap();
+    let y_second = e.open_draft(&y.id).unwrap();
+    e.delete_object(&x.id).unwrap();
+    for d in [&x_first, &x_second] {
+        let err = e.draft(&d.token).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::NotFound, "{err}");
+    }
+    for d in [&y_first, &y_second] {
+        assert_eq!(e.draft(&d.token).unwrap().token, d.token);
+    }
+    assert_eq!(e.store().index().scan(CF_DRAFTS, &[]).count(), 2);
+}
