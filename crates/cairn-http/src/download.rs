@@ -38,7 +38,7 @@ pub async fn handle_file(
                 return Err(ApiError::not_found("no such directory"));
             }
         }
-        return Ok(json_response(list(&st, q).await?));
+        return list_response(&st, q).await;
     }
     let path = FilePath::parse(&raw)?;
     let cache = cache_control(&q);
@@ -73,17 +73,30 @@ fn wants_list(query: Option<&str>) -> bool {
     })
 }
 
-fn json_response(v: Value) -> Response {
-    let mut r = Response::new(Body::from(v.to_string()));
+/// The `files` listing as JSON, streamed while the tree is walked (`Engine::files_json_stream`):
+/// a version of a million files never has its listing in memory whole. The first two pieces
+/// are awaited before the response is committed, so an unknown id or a damaged root is a
+/// proper error, and a listing that fits in one piece gets a `Content-Length`.
+async fn list_response(st: &AppState, q: Qhit) -> Result<Response, ApiError> {
+    let mut pieces = Box::pin(st.engine.files_json_stream(q));
+    let first = match pieces.next().await {
+        Some(piece) => piece?,
+        None => return Err(cairn_core::Error::internal("the files listing ended early").into()),
+    };
+    let body = match pieces.next().await {
+        None => Body::from(first),
+        Some(second) => {
+            let second = second?;
+            let head = futures::stream::iter([Ok(first), Ok(second)]);
+            Body::from_stream(head.chain(pieces))
+        }
+    };
+    let mut r = Response::new(body);
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    r
-}
-
-async fn list(st: &AppState, q: Qhit) -> Result<Value, ApiError> {
-    Ok(st.engine.run(move |e| e.files_json(&q)).await?)
+    Ok(r)
 }
 
 /// `GET …/files_list[/{dir}]` and `GET …/files`: the whole `files` tree, rooted at the top
@@ -91,7 +104,7 @@ async fn list(st: &AppState, q: Qhit) -> Result<Value, ApiError> {
 pub async fn handle_list(
     State(st): State<AppState>,
     Path(p): Path<Params>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let q = target(&st, &p).await?;
     if let Some(dir) = p.get("path").filter(|d| !d.trim_matches('/').is_empty()) {
         // The listing stays rooted at the top (clients walk into it), but the directory must exist.
@@ -101,7 +114,7 @@ pub async fn handle_list(
             return Err(ApiError::not_found("no such directory"));
         }
     }
-    Ok(Json(list(&st, q).await?))
+    list_response(&st, q).await
 }
 
 /// `GET …/parts`.

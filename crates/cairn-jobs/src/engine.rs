@@ -679,6 +679,13 @@ impl Engine {
         crate::tree::render(&root, &|d| self.load_node(d))
     }
 
+    /// [`Engine::files_json`] written to `out` as JSON text while the tree is walked
+    /// ([`crate::tree::render_to`]).
+    pub fn files_json_to(&self, q: &Qhit, out: &mut dyn std::io::Write) -> Result<()> {
+        let (root, _) = self.resolve(q)?;
+        crate::tree::render_to(&root, &|d| self.load_node(d), out)
+    }
+
     // ---- metadata ---------------------------------------------------------------------------
 
     /// Reads the metadata subtree at `path` (`/`-separated keys); `files` is the files tree.

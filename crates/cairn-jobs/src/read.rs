@@ -462,6 +462,47 @@ impl Engine {
         }))
     }
 
+    /// The `files` listing of `q` as JSON text, streamed: rendered on a blocking thread while
+    /// the tree is walked ([`Engine::files_json_to`]), in pieces of [`LIST_PIECE`] bytes with
+    /// at most [`LIST_AHEAD`] waiting for the consumer. Memory holds the directories on the
+    /// walk's current path and those pieces, never the whole listing. The walk stops when the
+    /// stream is dropped, or ends with an error when the consumer takes nothing for
+    /// `idle_timeout`; it holds one of the streaming permits meanwhile. The same bytes as
+    /// `files_json(q)?.to_string()`.
+    pub fn files_json_stream(
+        self: &Arc<Self>,
+        q: Qhit,
+    ) -> impl Stream<Item = Result<Bytes>> + Send + 'static {
+        let (tx, rx) = tokio::sync::mpsc::channel(LIST_AHEAD);
+        let me = self.clone();
+        tokio::spawn(async move {
+            let Ok(permit) = me.streams.clone().acquire_owned().await else {
+                return;
+            };
+            let rt = tokio::runtime::Handle::current();
+            let idle = me.cfg.idle_timeout;
+            let walk = tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                let mut w = PieceWriter {
+                    buf: Vec::with_capacity(LIST_PIECE),
+                    tx: &tx,
+                    rt: &rt,
+                    idle,
+                };
+                let done = me.files_json_to(&q, &mut w).and_then(|()| w.send_piece());
+                if let Err(e) = done {
+                    // Nobody to tell if the consumer is gone.
+                    let _ = rt.block_on(tx.send(Err(e)));
+                }
+            });
+            let _ = walk.await;
+        });
+        futures::stream::unfold(rx, |mut rx| async move {
+            let piece = rx.recv().await?;
+            Some((piece, rx))
+        })
+    }
+
     /// Runs a read that may wait for the disk on a blocking thread; a permit bounds how many
     /// such threads streaming can hold, so `Engine::run` always has threads left.
     async fn blocking_read<T: Send + 'static>(
@@ -475,6 +516,56 @@ impl Engine {
             .await
             .map_err(|_| Error::internal("stream permits closed"))?;
         self.run(f).await
+    }
+}
+
+/// Bytes of listing text sent at a time by [`Engine::files_json_stream`].
+const LIST_PIECE: usize = 64 << 10;
+
+/// Pieces of listing text that may wait for the consumer.
+const LIST_AHEAD: usize = 4;
+
+/// Collects listing text and hands it to the stream's consumer a piece at a time, waiting (on
+/// its blocking thread) while the consumer is [`LIST_AHEAD`] pieces behind.
+struct PieceWriter<'a> {
+    buf: Vec<u8>,
+    tx: &'a tokio::sync::mpsc::Sender<Result<Bytes>>,
+    rt: &'a tokio::runtime::Handle,
+    idle: std::time::Duration,
+}
+
+impl PieceWriter<'_> {
+    fn send_piece(&mut self) -> Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let piece = Bytes::from(std::mem::replace(
+            &mut self.buf,
+            Vec::with_capacity(LIST_PIECE),
+        ));
+        let sent = self
+            .rt
+            .block_on(tokio::time::timeout(self.idle, self.tx.send(Ok(piece))));
+        match sent {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Error::invalid("the listing's reader went away")),
+            Err(_) => Err(Error::invalid("reader stalled")),
+        }
+    }
+}
+
+impl std::io::Write for PieceWriter<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(bytes);
+        if self.buf.len() >= LIST_PIECE {
+            self.send_piece()
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::BrokenPipe, e.reason))?;
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

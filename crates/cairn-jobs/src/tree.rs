@@ -374,6 +374,76 @@ fn render_dir(digest: &Digest, loader: &Loader<'_>, next: &mut u64, depth: usize
     Ok(Value::Object(map))
 }
 
+/// [`render`] written out as JSON text while the walk goes, byte for byte what
+/// `render(..)?.to_string()` gives, holding only the directories on the walk's current path:
+/// the listing of a million files never exists in memory whole.
+pub fn render_to(root: &Digest, loader: &Loader<'_>, out: &mut dyn std::io::Write) -> Result<()> {
+    let mut next = 0u64;
+    write_dir(root, loader, &mut next, 0, out)
+}
+
+fn write_dir(
+    digest: &Digest,
+    loader: &Loader<'_>,
+    next: &mut u64,
+    depth: usize,
+    out: &mut dyn std::io::Write,
+) -> Result<()> {
+    if depth > MAX_RENDER_DEPTH {
+        return Err(Error::corrupt(
+            "directory nesting exceeds the path depth limit",
+        ));
+    }
+    let node = loader(digest)?;
+    let mut dot = json!({"type": "directory"});
+    if let Some(m) = &node.meta {
+        dot["meta"] = m.clone();
+    }
+    // A JSON object's keys come out sorted (serde_json's map), so "." goes among the names,
+    // after any that sort before it ("-a", "!"); an entry named "." would have replaced it.
+    let mut dot = Some(dot);
+    let mut sep = "{";
+    let mut key = |out: &mut dyn std::io::Write, name: &str| -> Result<()> {
+        out.write_all(sep.as_bytes()).map_err(write_error)?;
+        sep = ",";
+        serde_json::to_writer(&mut *out, name).map_err(json_error)?;
+        out.write_all(b":").map_err(write_error)
+    };
+    for (name, entry) in &node.entries {
+        if name.as_str() == "." {
+            dot = None;
+        }
+        if name.as_str() > "." {
+            if let Some(d) = dot.take() {
+                key(out, ".")?;
+                serde_json::to_writer(&mut *out, &d).map_err(json_error)?;
+            }
+        }
+        key(out, name)?;
+        match entry {
+            Entry::Dir(d) => write_dir(d, loader, next, depth + 1, out)?,
+            Entry::File(f) => serde_json::to_writer(&mut *out, &json!({".": render_file(f, next)}))
+                .map_err(json_error)?,
+        }
+    }
+    if let Some(d) = dot.take() {
+        key(out, ".")?;
+        serde_json::to_writer(&mut *out, &d).map_err(json_error)?;
+    }
+    out.write_all(b"}").map_err(write_error)
+}
+
+fn write_error(e: std::io::Error) -> Error {
+    Error::io("write the files listing", e)
+}
+
+fn json_error(e: serde_json::Error) -> Error {
+    match e.io_error_kind() {
+        Some(kind) => write_error(kind.into()),
+        None => Error::internal(format!("files listing: {e}")),
+    }
+}
+
 fn render_file(f: &FileEntry, next: &mut u64) -> Value {
     let mut dot = json!({"size": f.size, "encryption": {"scheme": "none"}});
     if let Some(m) = &f.mime_type {
@@ -475,6 +545,48 @@ mod tests {
             None
         );
         assert!(lookup(&root2, &p("a/x/q"), &loader).unwrap().is_none());
+    }
+
+    #[test]
+    fn the_streamed_listing_is_byte_for_byte_the_rendered_one() {
+        let store: Mutex<HashMap<Digest, DirNode>> = Mutex::new(HashMap::new());
+        let loader = |d: &Digest| {
+            store
+                .lock()
+                .unwrap()
+                .get(d)
+                .cloned()
+                .map(std::sync::Arc::new)
+                .ok_or_else(|| Error::not_found("node"))
+        };
+        let mut t = MemDir::default();
+        // Names that sort before "." ('!', ' ', '-', '+', '*'), need escaping, or are not ASCII.
+        let names = [
+            "-a", "!b", " c", "+d", "*e", "z", "q\"uote", "é/ü", "-dir/-x", "-dir/y", "m/n/o/p",
+        ];
+        for (i, n) in names.iter().enumerate() {
+            let mut f = file(i as u64 + 1);
+            if let MemEntry::File(fe) = &mut f {
+                if i % 2 == 0 {
+                    fe.mime_type = Some("video/mp4".into());
+                    fe.meta = Some(json!({"k": [i, "v\u{1}"]}));
+                }
+            }
+            t.insert(&p(n), f, &loader).unwrap();
+        }
+        let mut out = Vec::new();
+        let root = t.store(&mut out);
+        store.lock().unwrap().extend(out);
+        let whole = render(&root, &loader).unwrap().to_string();
+        let mut streamed = Vec::new();
+        render_to(&root, &loader, &mut streamed).unwrap();
+        assert_eq!(String::from_utf8(streamed).unwrap(), whole);
+        assert!(whole.starts_with(r#"{" c":"#), "{whole}");
+
+        // A writer that fails (the client went away) ends the walk with an error.
+        let mut short = [0u8; 40];
+        let err = render_to(&root, &loader, &mut &mut short[..]).unwrap_err();
+        assert!(err.reason.contains("files listing"), "{err}");
     }
 
     #[test]

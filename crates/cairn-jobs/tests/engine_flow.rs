@@ -538,3 +538,54 @@ async fn small_whole_files_get_their_blake3_from_their_chunks() {
         );
     }
 }
+
+/// A listing streams in bounded pieces that add up to the rendered tree, and a consumer that
+/// goes away stops the walk and gives its permit back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_big_listing_streams_in_pieces_and_stops_when_dropped() {
+    use futures::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let e = small_engine(dir.path());
+    let t = new_object(&e);
+    let files: BTreeMap<String, Vec<u8>> = (0..4000)
+        .map(|i| (format!("dir{}/file-{i:05}.bin", i % 7), vec![i as u8]))
+        .collect();
+    let ops = files
+        .keys()
+        .map(|p| add_file(&format!("/{p}"), 1))
+        .collect();
+    let job = e.create_files_job(&t, &request(ops)).unwrap();
+    upload_all(&e, t, &job, &files).await;
+    let q = Qhit::Draft(t);
+    let whole = e.files_json(&q).unwrap().to_string();
+    let pieces: Vec<bytes::Bytes> = e
+        .files_json_stream(q.clone())
+        .map(|p| p.unwrap())
+        .collect()
+        .await;
+    assert!(
+        pieces.len() >= 3,
+        "{} pieces of {}",
+        pieces.len(),
+        whole.len()
+    );
+    assert!(pieces.iter().all(|p| p.len() < (64 << 10) + 1024));
+    assert_eq!(pieces.concat(), whole.as_bytes());
+
+    // More abandoned listings than there are streaming permits: each must give its permit
+    // back, or the last listing would wait forever.
+    let abandon_then_list = async {
+        for _ in 0..cairn_jobs::engine::STREAM_PERMITS + 4 {
+            let mut s = Box::pin(e.files_json_stream(q.clone()));
+            assert!(s.next().await.unwrap().is_ok());
+        }
+        e.files_json_stream(q.clone())
+            .map(|p| p.unwrap())
+            .collect::<Vec<_>>()
+            .await
+    };
+    let last = tokio::time::timeout(std::time::Duration::from_secs(30), abandon_then_list)
+        .await
+        .expect("the abandoned walks gave their permits back");
+    assert_eq!(last.concat(), whole.as_bytes());
+}
