@@ -559,7 +559,7 @@ async fn a_big_listing_streams_in_pieces_and_stops_when_dropped() {
     let q = Qhit::Draft(t);
     let whole = e.files_json(&q).unwrap().to_string();
     let pieces: Vec<bytes::Bytes> = e
-        .files_json_stream(q.clone())
+        .files_json_stream(q)
         .map(|p| p.unwrap())
         .collect()
         .await;
@@ -576,10 +576,10 @@ async fn a_big_listing_streams_in_pieces_and_stops_when_dropped() {
     // back, or the last listing would wait forever.
     let abandon_then_list = async {
         for _ in 0..cairn_jobs::engine::STREAM_PERMITS + 4 {
-            let mut s = Box::pin(e.files_json_stream(q.clone()));
+            let mut s = Box::pin(e.files_json_stream(q));
             assert!(s.next().await.unwrap().is_ok());
         }
-        e.files_json_stream(q.clone())
+        e.files_json_stream(q)
             .map(|p| p.unwrap())
             .collect::<Vec<_>>()
             .await
