@@ -260,6 +260,7 @@ impl Client {
     }
 
     pub async fn set_meta(&self, wt: &str, path: &str, value: &Value) -> Result<Value> {
+        let path = url_path(path);
         self.json(Method::PUT, &format!("/q/{wt}/meta/{path}"), Some(value))
             .await
     }
@@ -428,7 +429,7 @@ impl Client {
         loop {
             let mut req = self.request(
                 Method::GET,
-                &format!("/q/{id}/files/{}", path.trim_start_matches('/')),
+                &format!("/q/{id}/files/{}", url_path(path.trim_start_matches('/'))),
             );
             if let Some((a, b)) = range {
                 let spec = b.map_or(format!("bytes={a}-"), |b| format!("bytes={a}-{}", b - 1));
@@ -454,6 +455,22 @@ impl Client {
     }
 }
 
+/// A file or metadata path as it goes into a URL: each segment percent-encoded, so that a name
+/// with `%`, `?`, `#`, spaces or non-ASCII letters names that file and nothing else.
+fn url_path(path: &str) -> String {
+    use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+    /// RFC 3986's unreserved characters stay as they are; everything else is encoded.
+    const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    path.split('/')
+        .map(|s| utf8_percent_encode(s, SEGMENT).to_string())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
 fn api_error(status: StatusCode, body: &[u8]) -> ClientError {
     let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
     let e = &v["errors"][0];
@@ -472,4 +489,14 @@ fn string_field(v: &Value, name: &str) -> Result<String> {
         .as_str()
         .map(str::to_string)
         .ok_or_else(|| ClientError::Local(format!("the answer has no {name}: {v}")))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_path_goes_into_a_url_segment_by_segment_encoded() {
+        assert_eq!(super::url_path("d/x%41.txt"), "d/x%2541.txt");
+        assert_eq!(super::url_path("what?#.txt"), "what%3F%23.txt");
+        assert_eq!(super::url_path("sp ace/é~_-.x"), "sp%20ace/%C3%A9~_-.x");
+    }
 }

@@ -558,11 +558,7 @@ async fn a_big_listing_streams_in_pieces_and_stops_when_dropped() {
     upload_all(&e, t, &job, &files).await;
     let q = Qhit::Draft(t);
     let whole = e.files_json(&q).unwrap().to_string();
-    let pieces: Vec<bytes::Bytes> = e
-        .files_json_stream(q)
-        .map(|p| p.unwrap())
-        .collect()
-        .await;
+    let pieces: Vec<bytes::Bytes> = e.files_json_stream(q).map(|p| p.unwrap()).collect().await;
     assert!(
         pieces.len() >= 3,
         "{} pieces of {}",
