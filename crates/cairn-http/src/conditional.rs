@@ -6,18 +6,23 @@
 //! (412); then `If-None-Match`, else `If-Modified-Since`, can make it a 304; then `If-Range`
 //! decides whether the `Range` header is honoured. A date that does not parse is ignored, as the
 //! RFC asks, and so is an `If-Modified-Since` in the future.
+//!
+//! `Last-Modified` is a weak validator here (§8.8.2.2): two versions finalized within one second
+//! share it. So `If-Range` honours the `Range` only for the ETag, never for a date: a date could
+//! join the start of one version to the rest of another in the client's file. A file without a
+//! modification date (a draft's, which changes under one date) has the date conditions ignored,
+//! as §13.1.3 and §13.1.4 ask.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cairn_core::VersionHash;
 use cairn_jobs::{HeadCondition, Versions};
 
-/// A file's validators: its strong ETag (quoted) and when it last changed.
+/// A file's validators: its strong ETag (quoted) and when it last changed, if that is known
+/// (seconds since the epoch: what `Last-Modified` says).
 pub struct Validators<'a> {
     pub etag: &'a str,
-    pub last_modified: &'a str,
-    /// Seconds since the epoch (what `Last-Modified` says).
-    pub modified: u64,
+    pub modified: Option<u64>,
 }
 
 /// The precondition headers of a request, as sent.
@@ -46,8 +51,9 @@ pub fn evaluate(v: &Validators, p: Preconditions, now: SystemTime) -> Outcome {
         if !tags(list).any(|t| t == "*" || t == v.etag) {
             return Outcome::PreconditionFailed("If-Match");
         }
-    } else if let Some(since) = p.if_unmodified_since.and_then(date) {
-        if v.modified > since {
+    } else if let (Some(since), Some(modified)) = (p.if_unmodified_since.and_then(date), v.modified)
+    {
+        if modified > since {
             return Outcome::PreconditionFailed("If-Unmodified-Since");
         }
     }
@@ -56,15 +62,14 @@ pub fn evaluate(v: &Validators, p: Preconditions, now: SystemTime) -> Outcome {
         if tags(list).any(|t| t == "*" || t == v.etag || t.strip_prefix("W/") == Some(v.etag)) {
             return Outcome::NotModified;
         }
-    } else if let Some(since) = p.if_modified_since.and_then(date) {
+    } else if let (Some(since), Some(modified)) = (p.if_modified_since.and_then(date), v.modified) {
         let future = UNIX_EPOCH + Duration::from_secs(since) > now;
-        if !future && v.modified <= since {
+        if !future && modified <= since {
             return Outcome::NotModified;
         }
     }
-    let honour_range = p
-        .if_range
-        .is_none_or(|r| r == v.etag || r == v.last_modified);
+    // Strong comparison: a `W/` tag, like any date, does not match.
+    let honour_range = p.if_range.is_none_or(|r| r.trim() == v.etag);
     Outcome::Content { honour_range }
 }
 
@@ -132,10 +137,27 @@ mod tests {
         }
         let v = Validators {
             etag: ETAG,
-            last_modified: LM,
-            modified: MODIFIED,
+            modified: Some(MODIFIED),
         };
         evaluate(&v, p, UNIX_EPOCH + Duration::from_secs(MODIFIED + 3600))
+    }
+
+    #[test]
+    fn without_a_modification_date_the_date_conditions_are_ignored() {
+        let v = Validators {
+            etag: ETAG,
+            modified: None,
+        };
+        let now = UNIX_EPOCH + Duration::from_secs(MODIFIED + 3600);
+        let content = Outcome::Content { honour_range: true };
+        for (ims, ius) in [(Some(LATER), None), (None, Some(EARLIER))] {
+            let p = Preconditions {
+                if_modified_since: ims,
+                if_unmodified_since: ius,
+                ..Preconditions::default()
+            };
+            assert_eq!(evaluate(&v, p, now), content, "{ims:?} {ius:?}");
+        }
     }
 
     #[test]
@@ -206,9 +228,11 @@ mod tests {
             (&[("if-modified-since", "not a date")], content),
             // 412 comes before 304.
             (&[("if-match", "\"x\""), ("if-none-match", ETAG)], failed("If-Match")),
-            // If-Range: the ETag or the exact Last-Modified keeps the Range.
+            // If-Range: only the ETag keeps the Range; a date, even the exact Last-Modified,
+            // and a weak tag do not.
             (&[("if-range", ETAG)], content),
-            (&[("if-range", LM)], content),
+            (&[("if-range", LM)], Content { honour_range: false }),
+            (&[("if-range", "W/\"abc\"")], Content { honour_range: false }),
             (&[("if-range", "\"stale\"")], Content { honour_range: false }),
             (&[("if-range", LATER)], Content { honour_range: false }),
         ];

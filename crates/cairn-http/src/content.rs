@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::auth::{Access, LibraryToken};
-use crate::download::header_str;
+use crate::download::header_list;
 use crate::error::ApiError;
 use crate::{scope_of, target, AppState, Params, Principal};
 
@@ -305,10 +305,11 @@ pub async fn handle_finalize(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let t = draft_token(target(&st, &p).await?)?;
-    let cond = crate::conditional::head_condition(
-        header_str(&headers, &header::IF_MATCH)?,
-        header_str(&headers, &header::IF_NONE_MATCH)?,
+    let (if_match, if_none_match) = (
+        header_list(&headers, &header::IF_MATCH)?,
+        header_list(&headers, &header::IF_NONE_MATCH)?,
     );
+    let cond = crate::conditional::head_condition(if_match.as_deref(), if_none_match.as_deref());
     let (hash, rec) = st.engine.run(move |e| e.finalize_if(&t, &cond)).await?;
     Ok(Json(
         json!({"id": rec.object, "hash": hash, "write_token": t, "type": "", "qlib_id": rec.library}),

@@ -50,7 +50,9 @@ pub async fn handle_file(
                 .await?
         }
     };
-    serve(&st, h, info.modified, cache, &method, &headers).await
+    // A draft's files change under the one date it has: no date, only its ETag, validates them.
+    let modified = (!matches!(q, Qhit::Draft(_))).then_some(info.modified);
+    serve(&st, h, modified, cache, &method, &headers).await
 }
 
 /// `Cache-Control` for a file read through `q`. Through a version hash the bytes can never
@@ -174,40 +176,45 @@ pub async fn handle_part_data(
         .run(move |e| Ok((e.open_part(&q, &part)?, e.info(&q)?)))
         .await?;
     // A part is named by its content's hash: its bytes never change, whatever names the content.
-    serve(&st, h, info.modified, IMMUTABLE, &method, &headers).await
+    serve(&st, h, Some(info.modified), IMMUTABLE, &method, &headers).await
 }
 
 /// Serves an opened file (or part) honouring Range and the preconditions (`conditional.rs`).
 async fn serve(
     st: &AppState,
     h: FileHandle,
-    modified: u64,
+    modified: Option<u64>,
     cache: &'static str,
     method: &Method,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     let etag = format!("\"{}\"", h.etag.to_hex());
-    let last_modified = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(modified));
     let mime = h.mime_type.clone().unwrap_or_else(|| {
         mime_guess::from_path(h.path.as_str())
             .first_or_octet_stream()
             .to_string()
     });
-    let validators = [
+    let mut validators = vec![
         (header::ETAG, etag.clone()),
-        (header::LAST_MODIFIED, last_modified.clone()),
         (header::CACHE_CONTROL, cache.to_string()),
     ];
+    if let Some(m) = modified {
+        let date = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(m));
+        validators.push((header::LAST_MODIFIED, date));
+    }
+    let (if_match, if_none_match) = (
+        header_list(headers, &header::IF_MATCH)?,
+        header_list(headers, &header::IF_NONE_MATCH)?,
+    );
     let pre = Preconditions {
-        if_match: header_str(headers, &header::IF_MATCH)?,
+        if_match: if_match.as_deref(),
         if_unmodified_since: header_str(headers, &header::IF_UNMODIFIED_SINCE)?,
-        if_none_match: header_str(headers, &header::IF_NONE_MATCH)?,
+        if_none_match: if_none_match.as_deref(),
         if_modified_since: header_str(headers, &header::IF_MODIFIED_SINCE)?,
         if_range: header_str(headers, &header::IF_RANGE)?,
     };
     let v = Validators {
         etag: &etag,
-        last_modified: &last_modified,
         modified,
     };
     let honour_range = match conditional::evaluate(&v, pre, SystemTime::now()) {
@@ -264,18 +271,46 @@ async fn serve(
     }
 }
 
-/// A request header as text; a value that is not ASCII is a 400.
+/// A single-valued request header as text; a value that is not ASCII, or the header sent on
+/// more than one line, is a 400 (which of them would count is not for the server to guess).
 pub(crate) fn header_str<'h>(
     headers: &'h HeaderMap,
     name: &header::HeaderName,
 ) -> Result<Option<&'h str>, ApiError> {
-    headers
-        .get(name)
-        .map(|v| {
-            v.to_str()
-                .map_err(|_| ApiError::bad_request(format!("{name} is not ASCII")))
-        })
-        .transpose()
+    let mut lines = headers.get_all(name).iter();
+    let (Some(v), None) = (lines.next(), lines.next()) else {
+        return match headers.contains_key(name) {
+            true => Err(ApiError::bad_request(format!(
+                "{name} is given more than once"
+            ))),
+            false => Ok(None),
+        };
+    };
+    v.to_str()
+        .map(Some)
+        .map_err(|_| ApiError::bad_request(format!("{name} is not ASCII")))
+}
+
+/// A list-valued request header (`If-Match`, `If-None-Match`) as one text: lines sent
+/// separately are joined with commas, as RFC 9110 §5.3 makes them mean.
+pub(crate) fn header_list(
+    headers: &HeaderMap,
+    name: &header::HeaderName,
+) -> Result<Option<String>, ApiError> {
+    let mut joined: Option<String> = None;
+    for v in headers.get_all(name) {
+        let v = v
+            .to_str()
+            .map_err(|_| ApiError::bad_request(format!("{name} is not ASCII")))?;
+        match &mut joined {
+            None => joined = Some(v.to_string()),
+            Some(j) => {
+                j.push_str(", ");
+                j.push_str(v);
+            }
+        }
+    }
+    Ok(joined)
 }
 
 fn response(
