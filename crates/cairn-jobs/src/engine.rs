@@ -715,10 +715,16 @@ impl Engine {
         merge: bool,
     ) -> Result<()> {
         let keys = meta_keys(path)?;
-        if keys.first().map(String::as_str) == Some("files") {
-            return Err(Error::invalid(
-                "the files tree changes only through files jobs",
-            ));
+        guard_files(&keys)?;
+        if keys.is_empty() {
+            // The root is an object, and never holds a `files` of its own: that name is the
+            // files tree's, which `GET …/meta/files` renders.
+            let Some(root) = value.as_object() else {
+                return Err(Error::invalid("the metadata root must be a JSON object"));
+            };
+            if root.contains_key("files") {
+                return Err(Error::invalid(FILES_GUARD));
+            }
         }
         self.edit_meta(token, |meta| {
             let slot = slot_mut(meta, &keys)?;
@@ -732,6 +738,7 @@ impl Engine {
 
     pub fn meta_delete(&self, token: &WriteToken, path: &str) -> Result<()> {
         let keys = meta_keys(path)?;
+        guard_files(&keys)?;
         self.edit_meta(token, |meta| {
             let Some((last, parents)) = keys.split_last() else {
                 *meta = Value::Object(Default::default());
@@ -767,6 +774,16 @@ impl Engine {
 
 /// Largest metadata document per object (16 MiB).
 pub const MAX_META_BYTES: usize = 16 << 20;
+
+const FILES_GUARD: &str = "the files tree changes only through files jobs";
+
+/// `files` at the top of the metadata is the files tree: no metadata write reaches it.
+fn guard_files(keys: &[String]) -> Result<()> {
+    match keys.first().map(String::as_str) {
+        Some("files") => Err(Error::invalid(FILES_GUARD)),
+        _ => Ok(()),
+    }
+}
 
 fn meta_keys(path: &str) -> Result<Vec<String>> {
     let keys: Vec<String> = path

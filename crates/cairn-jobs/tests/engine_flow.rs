@@ -585,3 +585,35 @@ async fn a_big_listing_streams_in_pieces_and_stops_when_dropped() {
         .expect("the abandoned walks gave their permits back");
     assert_eq!(last.concat(), whole.as_bytes());
 }
+
+/// `files` is the files tree's name: no metadata write reaches it, not even one of the whole
+/// root, and the root stays an object. A refused write changes nothing.
+#[test]
+fn metadata_writes_cannot_shadow_the_files_tree() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = small_engine(dir.path());
+    let t = new_object(&e);
+    e.meta_set(&t, "", json!({"title": "t"}), false).unwrap();
+    let cases = [
+        ("", json!({"files": {"fake": {".": {"size": 9}}}}), false),
+        ("", json!({"files": "x"}), true),
+        ("", json!(5), false),
+        ("", json!(["a"]), true),
+        ("files", json!({}), false),
+        ("/files/x", json!(1), true),
+    ];
+    for (path, value, merge) in cases {
+        let err = e.meta_set(&t, path, value.clone(), merge).unwrap_err();
+        assert!(err.is(ErrorKind::Invalid), "{path} {value}: {err}");
+    }
+    let err = e.meta_delete(&t, "files").unwrap_err();
+    assert!(err.is(ErrorKind::Invalid), "{err}");
+    let q = Qhit::Draft(t);
+    assert_eq!(e.meta_get(&q, "").unwrap(), json!({"title": "t"}));
+    // Merging an object without `files` into the root is fine.
+    e.meta_set(&t, "", json!({"more": 1}), true).unwrap();
+    assert_eq!(
+        e.meta_get(&q, "").unwrap(),
+        json!({"title": "t", "more": 1})
+    );
+}
