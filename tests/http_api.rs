@@ -1341,3 +1341,32 @@ fn unparseable_requests_get_json_errors() {
         "nothing was created"
     );
 }
+
+/// Every way to ask for the files tree answers the same JSON, the root with a trailing slash
+/// included, and through both URL forms.
+#[test]
+fn every_listing_url_gives_the_same_tree() {
+    let data = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let s = Server::start(data.path(), common::free_port());
+    let (lib, _, wt) = new_object(&s);
+    let f = work.path().join("f");
+    std::fs::write(&f, b"hello").unwrap();
+    let hq = common::upload_files(&s, &wt, &[("d/f.txt", &f)]);
+    let tree = call(&s, "GET", &format!("/q/{hq}/files_list"), None, 200);
+    assert_eq!(tree["d"]["f.txt"]["."]["size"], 5, "{tree}");
+    for suffix in [
+        "files_list/",
+        "files_list/d",
+        "files",
+        "files/",
+        "files/?list",
+        "files/d/",
+        "files/d?list",
+    ] {
+        for prefix in [format!("/q/{hq}"), format!("/qlibs/{lib}/q/{hq}")] {
+            let path = format!("{prefix}/{suffix}");
+            assert_eq!(call(&s, "GET", &path, None, 200), tree, "{path}");
+        }
+    }
+}

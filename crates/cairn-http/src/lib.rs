@@ -179,7 +179,10 @@ pub fn router(state: AppState, cfg: &ServerConfig) -> Result<Router, String> {
             "/files/{*path}",
             get(download::handle_file).head(download::handle_file),
         ),
+        // The root with a trailing slash: `{*path}` does not match an empty path.
+        ("/files/", get(download::handle_list)),
         ("/files_list", get(download::handle_list)),
+        ("/files_list/", get(download::handle_list)),
         ("/files_list/{*path}", get(download::handle_list)),
         ("/parts", get(download::handle_parts)),
         ("/parts/{phash}", get(download::handle_part_info)),
