@@ -1330,6 +1330,7 @@ fn unparseable_requests_get_json_errors() {
         assert!(last.starts_with(&format!("HTTP/1.1 {status} ")), "{last}");
         let (head, body) = last.split_once("\r\n\r\n").unwrap();
         assert!(head.contains("content-type: application/json"), "{head}");
+        assert!(head.contains("\r\nx-request-id: "), "{head}");
         let v: serde_json::Value = serde_json::from_str(body).expect(last);
         assert_eq!(v["errors"][0]["kind"], "invalid", "{last}");
         let len = format!("content-length: {}\r\n", body.len());

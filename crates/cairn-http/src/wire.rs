@@ -7,7 +7,8 @@
 //! So that every 4xx from Cairn has the protocol's error shape (`error.rs`), the connection's
 //! writer recognises exactly those heads and sends the same status with a JSON body instead.
 //! No handler's error looks like them: every error of ours has a JSON body, so its
-//! `content-length` is never 0.
+//! `content-length` is never 0. Like every reply, these carry an `X-Request-Id` (a fresh one:
+//! the request's own could not be read), which the warning logged for each also names.
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
@@ -45,8 +46,12 @@ pub fn with_json_body(head: &[u8]) -> Option<Vec<u8>> {
     find(head, CLOSE)?;
     let body =
         serde_json::json!({"errors": [{"op": "http", "kind": kind, "reason": reason}]}).to_string();
-    let mut out = Vec::with_capacity(head.len() + body.len() + 64);
+    let id = format!("{:016x}", rand::random::<u64>());
+    let status = String::from_utf8_lossy(status);
+    tracing::warn!(request_id = %id, %status, kind, reason, "request refused before routing");
+    let mut out = Vec::with_capacity(head.len() + body.len() + 96);
     out.extend_from_slice(&head[..at]);
+    out.extend_from_slice(format!("\r\n{}: {id}", crate::REQUEST_ID).as_bytes());
     out.extend_from_slice(b"\r\ncontent-type: application/json");
     out.extend_from_slice(format!("\r\ncontent-length: {}\r\n", body.len()).as_bytes());
     out.extend_from_slice(&head[at + EMPTY.len()..]);
@@ -173,6 +178,8 @@ mod tests {
             assert!(h.contains("\r\nconnection: close\r\n"), "{h}");
             assert!(h.contains("\r\ndate: "), "{h}");
             assert!(h.contains("\r\ncontent-type: application/json\r\n"), "{h}");
+            let id = h.split("\r\nx-request-id: ").nth(1).unwrap();
+            assert_eq!(id.find("\r\n"), Some(16), "{h}");
             let len = body.to_string().len();
             assert!(h.contains(&format!("\r\ncontent-length: {len}\r\n")), "{h}");
             assert!(!h.contains("content-length: 0"), "{h}");
@@ -230,7 +237,14 @@ mod tests {
         });
         let n = w.write(HYPER_431).await.unwrap();
         assert_eq!(n, HYPER_431.len());
-        assert_eq!(w.inner.out, with_json_body(HYPER_431).unwrap());
+        // The same reply (but for its fresh request id), all of it, through 7-byte writes.
+        let without_id = |b: &[u8]| {
+            let t = String::from_utf8(b.to_vec()).unwrap();
+            let at = t.find("x-request-id: ").unwrap() + 14;
+            format!("{}{}", &t[..at], &t[at + 16..])
+        };
+        let want = with_json_body(HYPER_431).unwrap();
+        assert_eq!(without_id(&w.inner.out), without_id(&want));
         // Ordinary bytes pass through untouched afterwards.
         w.inner.out.clear();
         w.write_all(b"HTTP/1.1 200 OK\r\n").await.unwrap();
