@@ -36,8 +36,7 @@ pub fn plan(header: Option<&str>, size: u64) -> Result<Plan, ApiError> {
     else {
         return Ok(Plan::Full);
     };
-    // An end too large for 64 bits still means "to the end" (ends past EOF are clamped).
-    let items: Vec<String> = specs.split(',').map(|i| clamp_huge_end(i.trim())).collect();
+    let items: Vec<String> = specs.split(',').map(|i| normalize(i.trim())).collect();
     http_range_header::parse_range_header(&format!("bytes={}", items.join(",")))
         .map_err(|_| bad("not a valid bytes range"))?;
     if items.len() > MAX_RANGES {
@@ -67,18 +66,27 @@ pub fn plan(header: Option<&str>, size: u64) -> Result<Plan, ApiError> {
     }
 }
 
-/// `a-b` with `b` beyond u64 becomes `a-`.
-fn clamp_huge_end(item: &str) -> String {
-    match item.split_once('-') {
-        Some((a, b))
-            if !a.is_empty()
-                && !b.is_empty()
-                && b.bytes().all(|c| c.is_ascii_digit())
-                && b.parse::<u64>().is_err() =>
-        {
-            format!("{a}-")
-        }
-        _ => item.to_string(),
+/// One range item in the form the parser takes, meaning the same: leading zeros go (RFC 9110's
+/// `1*DIGIT` allows them; the crate does not), an end too large for 64 bits means "to the end"
+/// (`a-`, as ends past EOF are clamped), and a suffix too large for 64 bits is the whole file.
+/// Anything that is not digits is left for the parser to refuse.
+fn normalize(item: &str) -> String {
+    let Some((a, b)) = item.split_once('-') else {
+        return item.to_string();
+    };
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit());
+    let trim = |s: &str| match s.trim_start_matches('0') {
+        "" => "0".to_string(),
+        t => t.to_string(),
+    };
+    let (a, b) = (
+        if digits(a) { trim(a) } else { a.to_string() },
+        if digits(b) { trim(b) } else { b.to_string() },
+    );
+    match (a.is_empty(), digits(&b) && b.parse::<u64>().is_err()) {
+        (false, true) => format!("{a}-"),
+        (true, true) => format!("-{}", u64::MAX),
+        _ => format!("{a}-{b}"),
     }
 }
 
@@ -145,6 +153,19 @@ mod tests {
             ),
             (Some("Bytes=0-1"), Some(Plan::Single(0, 2))),
             (Some("bytes=5-1,0-1"), None),
+            // Leading zeros are digits like any others (RFC 9110 `1*DIGIT`).
+            (Some("bytes=00-04"), Some(Plan::Single(0, 5))),
+            (Some("bytes=0-04"), Some(Plan::Single(0, 5))),
+            (Some("bytes=-05"), Some(Plan::Single(995, 5))),
+            (Some("bytes=-00"), None),
+            (Some("bytes=0010-0019"), Some(Plan::Single(10, 10))),
+            // A suffix longer than 64 bits is, like any suffix longer than the file, all of it.
+            (
+                Some("bytes=-18446744073709551616"),
+                Some(Plan::Single(0, 1000)),
+            ),
+            (Some("bytes=0x10-20"), None),
+            (Some("bytes=1-2-3"), None),
         ];
         for (h, want) in cases {
             let got = plan(*h, s);
