@@ -148,6 +148,19 @@ fn bounded(s: &Option<String>, name: &str) -> Result<Option<String>> {
     }
 }
 
+/// A file's `mime_type`, which downloads send as `Content-Type`: a media type (`type/subtype`
+/// with optional parameters, parsed by the `mime` crate), or none. An empty one is none (a
+/// browser's `File.type` is "" when it does not know), so the name decides.
+fn media_type(path: &FilePath, m: Option<String>) -> Result<Option<String>> {
+    match m {
+        Some(m) if m.trim().is_empty() => Ok(None),
+        Some(m) if m.parse::<mime::Mime>().is_err() => Err(Error::invalid(format!(
+            "{path}: mime_type {m:?} is not a media type (type/subtype)"
+        ))),
+        other => Ok(other),
+    }
+}
+
 impl RawOp {
     pub fn validate(&self) -> Result<Op> {
         check_encryption(self.encryption.as_ref())?;
@@ -210,10 +223,11 @@ impl RawOp {
                         Error::invalid(format!("{path}: blake3 must be 64 hex digits"))
                     })?),
                 };
+                let mime_type = media_type(&path, bounded(&self.mime_type, "mime_type")?)?;
                 Ok(Op::AddFile {
                     path,
                     size,
-                    mime_type: bounded(&self.mime_type, "mime_type")?,
+                    mime_type,
                     meta: self.meta.clone(),
                     hash,
                 })
@@ -260,8 +274,29 @@ mod tests {
             r#"{"ops":[{"path":"a","size":1,"encryption":{"scheme":"cgck"}}]}"#,
             r#"{"ops":[{"path":"a","size":17592186044417}]}"#,
             r#"{"ops":[{"op":"move","path":"a"}]}"#,
+            r#"{"ops":[{"path":"a","size":1,"mime_type":"not a mime"}]}"#,
+            r#"{"ops":[{"path":"a","size":1,"mime_type":"tëxt/plain"}]}"#,
+            r#"{"ops":[{"path":"a","size":1,"mime_type":"text"}]}"#,
+            r#"{"ops":[{"path":"a","size":1,"mime_type":"x\u2028y/z"}]}"#,
         ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_mime_type_is_a_media_type_or_none() {
+        let mime_of = |m: &str| {
+            let json = format!(r#"{{"ops":[{{"path":"a","size":1,"mime_type":{m}}}]}}"#);
+            match parse(&json).unwrap().remove(0) {
+                Op::AddFile { mime_type, .. } => mime_type,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(mime_of(r#""video/mp4""#).as_deref(), Some("video/mp4"));
+        let with_param = mime_of(r#""text/plain; charset=utf-8""#);
+        assert_eq!(with_param.as_deref(), Some("text/plain; charset=utf-8"));
+        // A browser's File.type is "" when it does not know: the name decides then.
+        assert_eq!(mime_of(r#""""#), None);
+        assert_eq!(mime_of("null"), None);
     }
 }
