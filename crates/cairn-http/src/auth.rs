@@ -319,12 +319,14 @@ fn admin_hash(
     Ok((blake3::hash(token.as_bytes()), Some(token)))
 }
 
+/// The token in an offered value: without a leading `Bearer ` scheme, in any case (RFC 9110
+/// §11.1: schemes are case-insensitive).
 fn strip_bearer(t: &str) -> &str {
     let t = t.trim();
-    t.strip_prefix("Bearer ")
-        .or_else(|| t.strip_prefix("bearer "))
-        .unwrap_or(t)
-        .trim()
+    match t.get(..7) {
+        Some(scheme) if scheme.eq_ignore_ascii_case("bearer ") => t[7..].trim(),
+        _ => t,
+    }
 }
 
 fn bs58_token() -> String {
@@ -365,6 +367,16 @@ mod tests {
         assert!(auth
             .check(&HeaderMap::new(), Some("authorization=wrong"))
             .is_err());
+        for scheme in ["bearer", "BEARER", "bEaReR"] {
+            let mut h = HeaderMap::new();
+            let value = format!("{scheme} {token}");
+            h.insert(header::AUTHORIZATION, value.parse().unwrap());
+            assert!(auth.check(&h, None).is_ok(), "{scheme}");
+        }
+        // Only the scheme is dropped, never part of the token.
+        assert_eq!(strip_bearer("Bearer"), "Bearer");
+        assert_eq!(strip_bearer("bearerx"), "bearerx");
+        assert_eq!(strip_bearer(" BEARER  tok "), "tok");
         assert!(auth.check(&HeaderMap::new(), None).is_err());
     }
 
