@@ -168,6 +168,20 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
             400,
             "invalid",
         ),
+        // A struct's body must be an object: serde would take an array by field order.
+        (
+            format!("/q/{wt}/file_jobs"),
+            post_json(r#"[[{"path":"x","size":1}]]"#),
+            400,
+            "invalid",
+        ),
+        ("/qlibs".into(), post_json(r#"["sneaky"]"#), 400, "invalid"),
+        (
+            format!("/q/{wt}/file_jobs"),
+            post_json(r#"{"ops":[{"path":"m","size":1,"mime_type":"not a mime"}]}"#),
+            400,
+            "invalid",
+        ),
         (
             format!("/q/{wt}/file_jobs"),
             post_json(r#"{"ops":[{"path":"m","size":1,"mime_type":"a\r\nX-Injected: 1"}]}"#),

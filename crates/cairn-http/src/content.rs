@@ -418,7 +418,19 @@ pub(crate) fn parse_json_or_empty<T: serde::de::DeserializeOwned + Default>(
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
+    must_be_object(body, "the body")?;
     serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("malformed JSON: {e}")))
+}
+
+/// A body parsed into a struct must be a JSON object: serde would also take an array, filling
+/// the fields in order (`["foo"]` as `{"name":"foo"}`), which no client means.
+pub(crate) fn must_be_object(body: &[u8], what: &str) -> Result<(), ApiError> {
+    match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => Ok(()),
+        _ => Err(ApiError::bad_request(format!(
+            "{what} must be a JSON object"
+        ))),
+    }
 }
 
 /// `GET /admin/stats`: logical and stored bytes, dedup ratio, packs, live ratio.

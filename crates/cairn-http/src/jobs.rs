@@ -43,6 +43,7 @@ pub async fn handle_create(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let t = token(&st, &p).await?;
+    crate::content::must_be_object(&body, "a files job")?;
     let req: FilesJobRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("malformed files job: {e}")))?;
     if req.seq.is_some_and(|s| s > 0) {
