@@ -201,6 +201,33 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
             400,
             "invalid",
         ),
+        // The job is 100 bytes: a Content-Range of another total is some other upload.
+        (
+            format!("/q/{wt}/file_jobs/{fj}/{uj}"),
+            vec![
+                "-X",
+                "POST",
+                "--data-binary",
+                "x",
+                "-H",
+                "Content-Range: bytes 0-0/99",
+            ],
+            400,
+            "invalid",
+        ),
+        (
+            format!("/q/{wt}/file_jobs/{fj}/{uj}"),
+            vec![
+                "-X",
+                "POST",
+                "--data-binary",
+                "xy",
+                "-H",
+                "Content-Range: bytes 0-0/100",
+            ],
+            400,
+            "invalid",
+        ),
         (format!("/q/{wt}"), vec!["-X", "POST"], 409, "incomplete"),
     ];
     for (path, args, status, kind) in &cases {

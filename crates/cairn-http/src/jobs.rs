@@ -155,10 +155,10 @@ pub async fn handle_upload(
         ),
         None => None,
     };
-    let offset = content_range_start(&headers, declared)?;
+    let stated = content_range(&headers, declared)?;
     let reply = st
         .engine
-        .upload_at(t, fj, uj, declared, offset, body.into_data_stream())
+        .upload_at(t, fj, uj, declared, stated, body.into_data_stream())
         .await?;
     tracing::info!(upload_job = %uj, accepted = reply.accepted, received = reply.received, size = reply.size, "upload");
     Ok(Json(
@@ -198,14 +198,15 @@ pub async fn handle_finalize_files(
     Ok((StatusCode::CREATED, Json(json!({}))).into_response())
 }
 
-/// The start offset of an upload body from `Content-Range: bytes a-b/*` (or `/total`), checked
-/// against the body length when both are given. Absent header: the job's current offset.
-fn content_range_start(
+/// The start offset and total of an upload body from `Content-Range: bytes a-b/total` (or
+/// `/*`), its length checked against the body's when both are given. Absent header: the job's
+/// current offset, and no total.
+fn content_range(
     headers: &HeaderMap,
     declared: Option<u64>,
-) -> Result<Option<u64>, ApiError> {
+) -> Result<(Option<u64>, Option<u64>), ApiError> {
     let Some(v) = headers.get(header::CONTENT_RANGE) else {
-        return Ok(None);
+        return Ok((None, None));
     };
     let bad = || ApiError::bad_request("Content-Range must be `bytes <first>-<last>/<total or *>`");
     let spec = v
@@ -214,14 +215,25 @@ fn content_range_start(
         .trim()
         .strip_prefix("bytes ")
         .ok_or_else(bad)?;
-    let (range, _total) = spec.split_once('/').ok_or_else(bad)?;
+    let (range, total) = spec.split_once('/').ok_or_else(bad)?;
+    let total = match total {
+        "*" => None,
+        n => Some(n.parse::<u64>().map_err(|_| bad())?),
+    };
     let (a, b) = range.split_once('-').ok_or_else(bad)?;
     let (a, b): (u64, u64) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
     let len = (b.checked_sub(a))
         .and_then(|d| d.checked_add(1))
         .ok_or_else(bad)?;
-    if declared.is_some_and(|n| n != len) {
-        return Err(bad());
+    if let Some(n) = declared.filter(|&n| n != len) {
+        return Err(ApiError::bad_request(format!(
+            "Content-Range {a}-{b} is {len} bytes but Content-Length says {n}"
+        )));
     }
-    Ok(Some(a))
+    if total.is_some_and(|t| b >= t) {
+        return Err(ApiError::bad_request(format!(
+            "Content-Range {a}-{b} ends past its total"
+        )));
+    }
+    Ok((Some(a), total))
 }

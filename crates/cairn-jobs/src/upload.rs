@@ -156,19 +156,21 @@ impl Engine {
         S: Stream<Item = std::result::Result<Bytes, E>> + Send + 'static,
         E: std::fmt::Display + Send + 'static,
     {
-        self.upload_at(token, fj, uj, declared, None, body).await
+        self.upload_at(token, fj, uj, declared, (None, None), body)
+            .await
     }
 
-    /// [`Engine::upload`] that also states the offset the body starts at (from a
-    /// `Content-Range`): a mismatch is a `conflict` and nothing is read, so a blind retry can
-    /// never append bytes twice.
+    /// [`Engine::upload`] that also states the offset the body starts at and the job's total
+    /// size (from a `Content-Range`): an offset that is not the job's is a `conflict` and nothing
+    /// is read, so a blind retry can never append bytes twice; a total that is not the job's
+    /// size is `invalid` (the client is sending some other upload).
     pub async fn upload_at<S, E>(
         self: &Arc<Self>,
         token: WriteToken,
         fj: FilesJobId,
         uj: UploadJobId,
         declared: Option<u64>,
-        offset: Option<u64>,
+        (offset, total): (Option<u64>, Option<u64>),
         body: S,
     ) -> Result<UploadReply>
     where
@@ -177,8 +179,15 @@ impl Engine {
     {
         // Only what cannot change is checked before the lock: offsets and room are checked by
         // `ingest` under it, after any interrupted request on this job has saved its bytes.
-        if self.upload_job_in(&token, &fj, &uj)?.is_complete() {
+        let job = self.upload_job_in(&token, &fj, &uj)?;
+        if job.is_complete() {
             return Err(Error::gone(format!("upload job {uj} is already complete")));
+        }
+        if let Some(total) = total.filter(|&t| t != job.size) {
+            return Err(Error::invalid(format!(
+                "Content-Range total {total} is not the size of upload job {uj} ({} bytes)",
+                job.size
+            )));
         }
         let permit = self
             .streams
