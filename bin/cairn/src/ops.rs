@@ -100,6 +100,9 @@ pub async fn fsck(ctx: &Ctx, data: Option<&Path>, repair: bool) -> Result<()> {
                 e.as_str().unwrap_or("?")
             ));
         }
+        for l in v["dangling_links"].as_array().into_iter().flatten() {
+            out.push_str(&format!("\ndangling link {}", l.as_str().unwrap_or("?")));
+        }
         for p in v["orphan_packs"].as_array().into_iter().flatten() {
             out.push_str(&format!("\norphan pack file {}", p.as_str().unwrap_or("?")));
         }

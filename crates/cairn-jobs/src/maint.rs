@@ -35,6 +35,10 @@ pub struct EngineFsckReport {
     /// records: missing, or naming no such object. The index is derived from the records, so
     /// `--repair` rewrites them; listed here only when left as found.
     pub library_index: Vec<String>,
+    /// Links that lead nowhere, as `<version hash or write token>:<path> -> <target> (why)`:
+    /// their target version was deleted, or has no such file. Not damage (nothing stored is
+    /// wrong, and `is_clean` ignores them), but a file of a version that no longer reads.
+    pub dangling_links: Vec<String>,
     /// Why `--repair` changed nothing, when it refused to.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub repair_skipped: Option<String>,
@@ -249,30 +253,37 @@ impl Engine {
             store.refcount_mismatches.retain(|m| m.ends_with("missing"));
         }
         let damaged: HashSet<String> = store.damaged_parts.iter().cloned().collect();
-        let mut damaged_files = Vec::new();
+        let mut found = Found::default();
         for (k, v) in &versions {
             let hash = cairn_core::VersionHash {
                 digest: Digest::from_slice(k).unwrap_or_default(),
                 size: v.size,
                 object: v.object,
             };
-            self.damaged_in(&v.root, &hash.to_string(), "", &damaged, &mut damaged_files)?;
+            let tree = Tree {
+                root: &v.root,
+                owner: &hash.to_string(),
+            };
+            self.damaged_in(&tree, &v.root, "", &damaged, &mut found)?;
         }
         for d in &drafts {
-            self.damaged_in(
-                &d.root,
-                &d.token.to_string(),
-                "",
-                &damaged,
-                &mut damaged_files,
-            )?;
+            let tree = Tree {
+                root: &d.root,
+                owner: &d.token.to_string(),
+            };
+            self.damaged_in(&tree, &d.root, "", &damaged, &mut found)?;
         }
+        let Found {
+            damaged_files,
+            dangling_links,
+        } = found;
         Ok(EngineFsckReport {
             store,
             nodes_checked,
             damaged_files,
             corrupt_records: bad,
             library_index,
+            dangling_links,
             repair_skipped,
         })
     }
@@ -367,18 +378,21 @@ impl Engine {
         Ok(())
     }
 
+    /// Walks the directory `node` (at `at` in `tree`): files whose parts are damaged or gone,
+    /// and links that lead nowhere.
     fn damaged_in(
         &self,
+        tree: &Tree<'_>,
         node: &Digest,
-        owner: &str,
         at: &str,
         damaged: &HashSet<String>,
-        out: &mut Vec<String>,
+        out: &mut Found,
     ) -> Result<()> {
+        let owner = tree.owner;
         let node = match self.load_node(node) {
             Ok(n) => n,
             Err(e) if matches!(e.kind, ErrorKind::Corrupt | ErrorKind::NotFound) => {
-                out.push(format!(
+                out.damaged_files.push(format!(
                     "{owner}:{at}/ (directory unreadable: {})",
                     e.reason
                 ));
@@ -393,8 +407,14 @@ impl Engine {
                 format!("{at}/{name}")
             };
             match e {
-                Entry::Dir(d) => self.damaged_in(d, owner, &path, damaged, out)?,
+                Entry::Dir(d) => self.damaged_in(tree, d, &path, damaged, out)?,
                 Entry::File(f) => {
+                    if let Content::Link(target) = &f.content {
+                        if let Some(why) = self.link_leads_nowhere(tree.root, target)? {
+                            out.dangling_links
+                                .push(format!("{owner}:{path} -> {target} ({why})"));
+                        }
+                    }
                     let Content::Parts(segs) = &f.content else {
                         continue;
                     };
@@ -408,13 +428,50 @@ impl Engine {
                                 .exists(cairn_store::index::CF_PARTS, &key)?;
                     }
                     if hit {
-                        out.push(format!("{owner}:{path}"));
+                        out.damaged_files.push(format!("{owner}:{path}"));
                     }
                 }
             }
         }
         Ok(())
     }
+}
+
+impl Engine {
+    /// Why the link `target` in the tree under `root` reads nothing, or `None` if it reads.
+    fn link_leads_nowhere(&self, root: &Digest, target: &str) -> Result<Option<&'static str>> {
+        let loader = |d: &Digest| self.load_node(d);
+        let (root, path) = match crate::files::parse_link(target) {
+            Err(_) => return Ok(Some("not a link target")),
+            Ok(crate::files::LinkTarget::Relative(p)) => (*root, p),
+            Ok(crate::files::LinkTarget::Absolute(h, p)) => match self.version(&h) {
+                Ok(v) => (v.root, p),
+                Err(e) if e.kind == ErrorKind::NotFound => return Ok(Some("no such version")),
+                Err(e) => return Err(e),
+            },
+        };
+        Ok(match crate::tree::lookup(&root, &path, &loader) {
+            Ok(Some(Entry::File(_))) => None,
+            Ok(_) => Some("no such file"),
+            Err(e) if matches!(e.kind, ErrorKind::Corrupt | ErrorKind::NotFound) => {
+                Some("target unreadable")
+            }
+            Err(e) => return Err(e),
+        })
+    }
+}
+
+/// A version's or draft's tree being checked: its root and how reports name it.
+struct Tree<'a> {
+    root: &'a Digest,
+    owner: &'a str,
+}
+
+/// What the walk of the trees found.
+#[derive(Default)]
+struct Found {
+    damaged_files: Vec<String>,
+    dangling_links: Vec<String>,
 }
 
 fn hex(bytes: &[u8]) -> String {

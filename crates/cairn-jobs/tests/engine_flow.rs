@@ -617,3 +617,49 @@ fn metadata_writes_cannot_shadow_the_files_tree() {
         json!({"title": "t", "more": 1})
     );
 }
+
+/// A link whose target went away (its version deleted, or the file deleted in a later
+/// version) is reported by fsck as dangling, without making the store unclean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fsck_names_links_that_lead_nowhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = small_engine(dir.path());
+    let a = new_object(&e);
+    let files: BTreeMap<String, Vec<u8>> = [("y".to_string(), data(3, 9000))].into();
+    add_and_upload(&e, a, &files).await;
+    let (va, _) = e.finalize(&a).unwrap();
+
+    let b = new_object(&e);
+    add_and_upload(&e, b, &files).await;
+    let ops = vec![
+        op(json!({"op":"link","path":"abs","target":format!("/qfab/{va}/files/y")})),
+        op(json!({"op":"link","path":"rel","target":"./files/y"})),
+    ];
+    e.create_files_job(&b, &request(ops)).unwrap();
+    e.finalize(&b).unwrap();
+    let report = e.fsck().unwrap();
+    assert!(report.dangling_links.is_empty(), "{report:?}");
+
+    // The relative link's target deleted in the next version; the other object deleted.
+    let b2 = e.open_draft(&b.object).unwrap().token;
+    let del = vec![op(json!({"op":"del","path":"y"}))];
+    e.create_files_job(&b2, &request(del)).unwrap();
+    let (vb2, _) = e.finalize(&b2).unwrap();
+    e.delete_object(&a.object).unwrap();
+    let report = e.fsck().unwrap();
+    let mut got = report.dangling_links.clone();
+    got.sort();
+    let want = vec![
+        format!("{vb2}:abs -> /qfab/{va}/files/y (no such version)"),
+        format!("{vb2}:rel -> ./files/y (no such file)"),
+    ];
+    // The first version of b still has both links; its `abs` dangles too.
+    assert_eq!(got.len(), 3, "{got:?}");
+    for w in &want {
+        assert!(got.contains(w), "{w} not in {got:?}");
+    }
+    assert!(
+        report.is_clean(),
+        "dangling links are not damage: {report:?}"
+    );
+}
