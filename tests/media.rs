@@ -438,4 +438,22 @@ fn range_and_conditional_requests() {
         out.starts_with("HTTP/1.1 206") && out.ends_with("\r\n\r\n"),
         "{out:?}"
     );
+    // Errors too: a HEAD's status and Content-Length are the GET's.
+    let missing = s.url(&format!("/q/{hq}/files/d/nope"));
+    for (u, args) in [
+        (&url, vec!["-H", "Range: bytes=5000-"]),
+        (&url, vec!["-H", "If-Match: \"other\""]),
+        (&missing, vec![]),
+    ] {
+        let get = curl(u, &args);
+        let head = curl(u, &[&["-I"], &args[..]].concat());
+        assert_eq!(get.status, head.status, "{args:?}");
+        assert!(get.status >= 400, "{args:?}");
+        let len = get.body.len().to_string();
+        assert_eq!(
+            head.header("content-length"),
+            Some(len.as_str()),
+            "{args:?}"
+        );
+    }
 }

@@ -146,7 +146,12 @@ pub async fn render_errors(req: Request, next: Next) -> Response {
     if status.is_server_error() {
         tracing::warn!(%method, op, kind = err.kind, reason = %err.reason, "request failed");
     }
-    let body = json!({"errors": [{"op": format!("{method} {op}"), "kind": err.kind, "reason": err.reason}]});
+    // A HEAD is named as the GET it stands for, so its Content-Length is the GET's exactly.
+    let shown = match method {
+        axum::http::Method::HEAD => axum::http::Method::GET,
+        m => m,
+    };
+    let body = json!({"errors": [{"op": format!("{shown} {op}"), "kind": err.kind, "reason": err.reason}]});
     parts.headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),

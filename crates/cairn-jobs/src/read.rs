@@ -238,8 +238,18 @@ impl Engine {
         scope: Option<LibraryId>,
         depth: usize,
     ) -> Result<FileHandle> {
+        // A target that is gone is named as the link the client asked for, with where it led.
+        let dangling = |e: Error| match e.kind {
+            cairn_core::ErrorKind::NotFound => Error::not_found(format!(
+                "{path} is a link to {target}, which leads nowhere: {}",
+                e.reason
+            )),
+            _ => e,
+        };
         let mut h = match parse_link(target)? {
-            LinkTarget::Relative(p) => self.open_file_depth(q, &p, scope, depth + 1)?,
+            LinkTarget::Relative(p) => self
+                .open_file_depth(q, &p, scope, depth + 1)
+                .map_err(dangling)?,
             LinkTarget::Absolute(v, p) => {
                 let there = Qhit::Version(v);
                 if let Some(lib) =
@@ -249,7 +259,8 @@ impl Engine {
                         "{path} links to {v}, which is not in library {lib}"
                     )));
                 }
-                self.open_file_depth(&there, &p, scope, depth + 1)?
+                self.open_file_depth(&there, &p, scope, depth + 1)
+                    .map_err(dangling)?
             }
         };
         h.path = path.clone();

@@ -662,4 +662,11 @@ async fn fsck_names_links_that_lead_nowhere() {
         report.is_clean(),
         "dangling links are not damage: {report:?}"
     );
+    // Reading one is a 404 that names the link asked for and where it led.
+    let err = read_all(&e, &Qhit::Version(vb2), "rel").unwrap_err();
+    assert!(err.is(ErrorKind::NotFound), "{err}");
+    assert!(
+        err.reason.starts_with("rel is a link to ./files/y"),
+        "{err}"
+    );
 }
