@@ -822,6 +822,25 @@ fn oversized_json_bodies_are_refused() {
         ],
     );
     assert_eq!((r.status, r.kind().as_str()), (413, "too_large"));
+    // A client that waits for `100 Continue` hears 413 instead, before sending any of it.
+    {
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+        write!(
+            c,
+            "POST /q/{wt}/file_jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 70000000\r\nExpect: 100-continue\r\n\r\n",
+            common::TOKEN
+        )
+        .unwrap();
+        let mut first = [0u8; 12];
+        c.read_exact(&mut first).unwrap();
+        assert_eq!(
+            &first,
+            b"HTTP/1.1 413",
+            "{}",
+            String::from_utf8_lossy(&first)
+        );
+    }
     assert_eq!(
         call(&s, "GET", &format!("/q/{wt}/file_jobs"), None, 200)
             .as_array()

@@ -79,14 +79,38 @@ pub const MAX_HEADER_BYTES: usize = 8 << 10;
 pub const MAX_HEAD_BYTES: usize = 32 << 10;
 /// Most header fields in a request; more is 431 `too_large`.
 pub const MAX_HEADER_FIELDS: usize = 100;
-/// Header fields hyper parses before it refuses a head itself, with a bare 431 (set well above
+/// Header fields hyper parses before it refuses a head itself, with its own 431 (set well above
 /// [`MAX_HEADER_FIELDS`], so that a head with too many fields gets the JSON error).
 pub const HYPER_MAX_HEADER_FIELDS: usize = 1000;
+
+/// Refuses, before reading any of it, a JSON body whose `Content-Length` is over `max`: the
+/// framework's limit only stops the read at `max` bytes, after hyper has answered a client's
+/// `Expect: 100-continue` and the client has sent that much. Upload data (streamed, never
+/// subject to this limit) passes.
+pub async fn declared_body(max: usize, req: Request, next: Next) -> Response {
+    let upload = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .is_some_and(|m| m.as_str().ends_with("/file_jobs/{fj}/{uj}"));
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    match declared {
+        Some(n) if !upload && n > max as u64 => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("the body is {n} bytes; at most {max}"),
+        )
+        .into_response(),
+        _ => next.run(req).await,
+    }
+}
 
 /// Middleware: refuses request heads over the limits above with the JSON error body.
 ///
 /// hyper refuses heads that do not fit its 256 KiB read buffer (or carry more than
-/// [`HYPER_MAX_HEADER_FIELDS`] fields) itself, before any middleware, with a bare status; these
+/// [`HYPER_MAX_HEADER_FIELDS`] fields) itself, before any middleware, with a bare status (which `wire.rs` gives a JSON body); these
 /// lower limits make every head a real client is likely to send too large get the protocol's
 /// error shape instead.
 pub async fn request_head(req: Request, next: Next) -> Response {
