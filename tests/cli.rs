@@ -741,3 +741,60 @@ fn the_cli_works_through_a_tls_proxy_given_its_ca() {
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(served(&s), before, "no request reached the server");
 }
+
+/// `get -o FILE` never touches FILE until the new bytes are whole and match the file's blake3;
+/// an interrupted download resumes from its partial file, and a partial file that does not
+/// add up is thrown away rather than trusted.
+#[test]
+fn get_replaces_a_file_only_when_whole_and_resumes_its_own_partial_file() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    fill(&src.join("f.bin"), 7, 300_000);
+    let want = std::fs::read(src.join("f.bin")).unwrap();
+    let etag = blake3::hash(&want).to_hex().to_string();
+    let data = tempfile::tempdir().unwrap();
+    let s = Server::start(data.path(), common::free_port());
+    let state = work.path().join("state");
+    let obj = new_object(&s, &state);
+    ok(cairn(&s, &state, &["upload", &obj, src.to_str().unwrap()]));
+    let target = format!("{obj}:src/f.bin");
+    let out = work.path().join("out.bin");
+    let part = work
+        .path()
+        .join(format!("out.bin.{}.cairn-part", &etag[..16]));
+    let get = || {
+        let o = ok(cairn(
+            &s,
+            &state,
+            &["--json", "get", &target, "-o", out.to_str().unwrap()],
+        ));
+        serde_json::from_str::<serde_json::Value>(&o).unwrap()
+    };
+
+    // An older, shorter, different file at the destination is replaced, not appended to.
+    std::fs::write(&out, b"an older file").unwrap();
+    assert_eq!(get()["resumed_at"], 0);
+    assert!(std::fs::read(&out).unwrap() == want);
+    assert!(!part.exists());
+
+    // An interrupted download left the first 100,000 bytes: only the rest is fetched.
+    std::fs::remove_file(&out).unwrap();
+    std::fs::write(&part, &want[..100_000]).unwrap();
+    let stale = work.path().join("out.bin.0123456789abcdef.cairn-part");
+    std::fs::write(&stale, b"another version's").unwrap();
+    assert_eq!(get()["resumed_at"], 100_000);
+    assert!(std::fs::read(&out).unwrap() == want);
+    assert!(!part.exists() && !stale.exists());
+
+    // A partial file whose bytes are wrong fails the blake3 check and is removed; `out` keeps
+    // what it had, and the next get starts afresh.
+    std::fs::write(&out, b"kept").unwrap();
+    std::fs::write(&part, vec![0u8; 100_000]).unwrap();
+    let bad = cairn(&s, &state, &["get", &target, "-o", out.to_str().unwrap()]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("blake3"));
+    assert_eq!(std::fs::read(&out).unwrap(), b"kept");
+    assert!(!part.exists());
+    assert_eq!(get()["resumed_at"], 0);
+    assert!(std::fs::read(&out).unwrap() == want);
+}

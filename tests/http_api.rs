@@ -1350,8 +1350,8 @@ fn oversized_request_heads_get_json_errors() {
     assert_eq!(curl(&s.url("/qlibs"), &[]).status, 200);
 }
 
-/// Requests hyper cannot parse never reach a handler; they still get a JSON error with a
-/// `kind`, also after a good request on the same connection, and change nothing.
+/// Requests hyper cannot parse never reach a handler; the first on a connection still gets a
+/// JSON error with a `kind`, and they change nothing.
 #[test]
 fn unparseable_requests_get_json_errors() {
     use std::io::{Read, Write};
@@ -1376,11 +1376,6 @@ fn unparseable_requests_get_json_errors() {
         ),
         (b"BREW /config HTCPCP/1.0\r\n\r\n".to_vec(), "400"),
         (format!("{lib}Bad Header\r\n\r\n").into_bytes(), "400"),
-        (
-            // A good request first: the refusal of the second on the same connection too.
-            format!("GET /config HTTP/1.1\r\nHost: x\r\n\r\n{lib}X\0: y\r\n\r\n").into_bytes(),
-            "400",
-        ),
     ];
     for (raw, status) in cases {
         let out = send(&raw);
@@ -1401,6 +1396,40 @@ fn unparseable_requests_get_json_errors() {
         before,
         "nothing was created"
     );
+}
+
+/// A file whose bytes read exactly like hyper's own refusal is served as it is, also after
+/// another response on the same connection: only a connection's first write is ever rewritten.
+/// (hyper writes these small bodies together with their heads today; `wire.rs`'s unit test
+/// `only_the_first_write_is_ever_rewritten` pins the rule for a body written alone.)
+#[test]
+fn a_file_that_looks_like_a_refusal_is_served_unchanged() {
+    let data = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let s = Server::start(data.path(), common::free_port());
+    let (_, _, wt) = new_object(&s);
+    let looks = b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\ndate: Mon, 23 Nov 2026 08:36:44 GMT\r\n\r\n";
+    let f = work.path().join("f");
+    std::fs::write(&f, looks).unwrap();
+    let hq = common::upload_files(&s, &wt, &[("r.txt", &f)]);
+    let url = s.url(&format!("/q/{hq}/files/r.txt"));
+    assert_eq!(curl(&url, &[]).body, looks);
+    // Two requests on one connection: the file comes second.
+    {
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+        write!(
+            c,
+            "GET /config HTTP/1.1\r\nHost: x\r\n\r\nGET /q/{hq}/files/r.txt HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+            common::TOKEN
+        )
+        .unwrap();
+        let mut both = Vec::new();
+        c.read_to_end(&mut both).unwrap();
+        assert!(both.ends_with(looks), "{}", String::from_utf8_lossy(&both));
+    }
+    let r = curl(&url, &["-H", "Range: bytes=0-24"]);
+    assert_eq!((r.status, &r.body[..]), (206, &looks[..25]));
 }
 
 /// Every way to ask for the files tree answers the same JSON, the root with a trailing slash

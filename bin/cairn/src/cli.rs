@@ -2,7 +2,7 @@
 //! `--json`).
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -374,8 +374,12 @@ pub async fn get(ctx: &Ctx, a: GetArgs) -> Result<()> {
     Ok(())
 }
 
-/// Downloads into `out`; a whole-file download resumes an existing shorter `out`, and is
-/// checked against the file's blake3 (its ETag) at the end.
+/// Downloads into `out`. A `--range` is written to `out` directly. A whole file goes to a
+/// partial file beside it, `<out>.<ETag prefix>.cairn-part`, which is renamed onto `out` only
+/// once complete and checked against the file's blake3 (its ETag): `out` is never left
+/// half-written, or mixed from two versions of the file. An interrupted download resumes from
+/// the partial file of the same ETag, asking the rest with `If-Range`, so a file that changed
+/// in between comes whole instead.
 async fn download_to(
     ctx: &Ctx,
     id: &str,
@@ -383,54 +387,99 @@ async fn download_to(
     range: Option<(u64, Option<u64>)>,
     out: &PathBuf,
 ) -> Result<()> {
-    let have = if range.is_none() {
-        std::fs::metadata(out).map(|m| m.len()).unwrap_or(0)
-    } else {
-        0
-    };
+    if range.is_some() {
+        let resp = ctx.client.download(id, path, range).await?;
+        let mut file = std::fs::File::create(out).with_context(|| out.display().to_string())?;
+        copy_body(resp, &mut file).await?;
+        file.sync_all()?;
+        ctx.print(&json!({"path": path, "output": out}), |_| String::new());
+        return Ok(());
+    }
+    let etag = ctx.client.file_etag(id, path).await?.unwrap_or_default();
+    let part = part_file(out, &etag)?;
+    drop_other_parts(out, &part);
+    let have = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
     let resp = ctx
         .client
-        .download(id, path, range.or((have > 0).then_some((have, None))))
+        .download_if(
+            id,
+            path,
+            (have > 0).then_some((have, None)),
+            (!etag.is_empty()).then_some(etag.as_str()),
+        )
         .await;
-    let resp = match resp {
-        // The local file is already complete.
-        Err(cairn_client::ClientError::Api { status: 416, .. }) if have > 0 => {
-            return verify(ctx, id, path, out).await
+    let (resumed_at, etag) = match resp {
+        // The partial file is already whole.
+        Err(cairn_client::ClientError::Api { status: 416, .. }) if have > 0 => (have, etag),
+        Err(e) => return Err(e.into()),
+        Ok(resp) => {
+            // 206: the rest of the same file; 200: all of it (nothing to resume, or it changed).
+            let resumed = resp.status() == reqwest::StatusCode::PARTIAL_CONTENT;
+            let now = resp
+                .headers()
+                .get("etag")
+                .and_then(|v| v.to_str().ok())
+                .map_or(etag, |s| s.trim_matches('"').to_string());
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(resumed)
+                .write(true)
+                .truncate(!resumed)
+                .open(&part)
+                .with_context(|| part.display().to_string())?;
+            copy_body(resp, &mut file).await?;
+            file.sync_all()?;
+            (if resumed { have } else { 0 }, now)
         }
-        other => other?,
     };
-    let etag = resp
-        .headers()
-        .get("etag")
-        .and_then(|v| v.to_str().ok())
-        .map(|s| s.trim_matches('"').to_string());
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(have > 0)
-        .write(true)
-        .truncate(have == 0)
-        .open(out)
-        .with_context(|| out.display().to_string())?;
-    copy_body(resp, &mut file).await?;
-    file.sync_all()?;
-    if range.is_none() {
-        check_hash(out, etag.as_deref())?;
+    if let Err(e) = check_hash(&part, Some(&etag)) {
+        // Bytes that do not add up to the file are no use to a later resume either.
+        let _ = std::fs::remove_file(&part);
+        return Err(e);
     }
+    std::fs::rename(&part, out).with_context(|| out.display().to_string())?;
     ctx.print(
-        &json!({"path": path, "output": out, "resumed_at": have}),
+        &json!({"path": path, "output": out, "resumed_at": resumed_at}),
         |_| String::new(),
     );
     Ok(())
 }
 
-async fn verify(ctx: &Ctx, id: &str, path: &str, out: &PathBuf) -> Result<()> {
-    let resp = ctx.client.download(id, path, Some((0, Some(1)))).await?;
-    let etag = resp
-        .headers()
-        .get("etag")
-        .and_then(|v| v.to_str().ok())
-        .map(|s| s.trim_matches('"').to_string());
-    check_hash(out, etag.as_deref())
+/// `<out>.<first 16 characters of the ETag>.cairn-part`, beside `out`.
+fn part_file(out: &Path, etag: &str) -> Result<PathBuf> {
+    let name = out
+        .file_name()
+        .with_context(|| format!("{}: not a file name", out.display()))?;
+    let tag: String = etag
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(16)
+        .collect();
+    let mut part = name.to_os_string();
+    part.push(format!(".{tag}.cairn-part"));
+    Ok(out.with_file_name(part))
+}
+
+/// Removes partial files of `out` left by downloads of another version of the file.
+fn drop_other_parts(out: &Path, keep: &Path) {
+    let (Some(dir), Some(name)) = (out.parent(), out.file_name()) else {
+        return;
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let prefix = format!("{}.", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let n = e.file_name().to_string_lossy().to_string();
+        if n.starts_with(&prefix) && n.ends_with(".cairn-part") && e.path() != keep {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 /// When the ETag is a blake3 (64 hex digits), the local file must hash to it.

@@ -425,15 +425,50 @@ impl Client {
         path: &str,
         range: Option<(u64, Option<u64>)>,
     ) -> Result<reqwest::Response> {
+        self.download_if(id, path, range, None).await
+    }
+
+    /// [`Client::download`] of a range that the server honours only while the file's ETag is
+    /// still `if_range`; otherwise the answer is the whole file, 200.
+    pub async fn download_if(
+        &self,
+        id: &str,
+        path: &str,
+        range: Option<(u64, Option<u64>)>,
+        if_range: Option<&str>,
+    ) -> Result<reqwest::Response> {
+        self.fetch(Method::GET, id, path, range, if_range).await
+    }
+
+    /// The file's ETag (without quotes), from a HEAD.
+    pub async fn file_etag(&self, id: &str, path: &str) -> Result<Option<String>> {
+        let r = self.fetch(Method::HEAD, id, path, None, None).await?;
+        Ok(r.headers()
+            .get("etag")
+            .and_then(|v| v.to_str().ok())
+            .map(|s| s.trim_matches('"').to_string()))
+    }
+
+    async fn fetch(
+        &self,
+        method: Method,
+        id: &str,
+        path: &str,
+        range: Option<(u64, Option<u64>)>,
+        if_range: Option<&str>,
+    ) -> Result<reqwest::Response> {
         let mut attempt = 0;
         loop {
             let mut req = self.request(
-                Method::GET,
+                method.clone(),
                 &format!("/q/{id}/files/{}", url_path(path.trim_start_matches('/'))),
             );
             if let Some((a, b)) = range {
                 let spec = b.map_or(format!("bytes={a}-"), |b| format!("bytes={a}-{}", b - 1));
                 req = req.header("Range", spec);
+            }
+            if let Some(tag) = if_range {
+                req = req.header("If-Range", format!("\"{tag}\""));
             }
             let result = match req.send().await {
                 Err(e) => Err(transport(e)),
@@ -478,7 +513,11 @@ fn api_error(status: StatusCode, body: &[u8]) -> ClientError {
         status: status.as_u16(),
         kind: e["kind"].as_str().unwrap_or("unknown").to_string(),
         reason: e["reason"].as_str().map_or_else(
-            || String::from_utf8_lossy(body).trim().to_string(),
+            // A HEAD's error has no body: its status says what there is to say.
+            || match String::from_utf8_lossy(body).trim() {
+                "" => status.canonical_reason().unwrap_or("error").to_string(),
+                text => text.to_string(),
+            },
             str::to_string,
         ),
     }

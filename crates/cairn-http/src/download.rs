@@ -206,12 +206,19 @@ async fn serve(
         header_list(headers, &header::IF_MATCH)?,
         header_list(headers, &header::IF_NONE_MATCH)?,
     );
+    // RFC 9110 §13.1.3-4: a date header that comes as a list is ignored. An `If-Range` that
+    // comes twice is taken as a validator that does not match: the whole file, never a range
+    // of what may be another version.
+    let if_range = match repeated(headers, &header::IF_RANGE) {
+        true => Some(""),
+        false => header_str(headers, &header::IF_RANGE)?,
+    };
     let pre = Preconditions {
         if_match: if_match.as_deref(),
-        if_unmodified_since: header_str(headers, &header::IF_UNMODIFIED_SINCE)?,
+        if_unmodified_since: unless_repeated(headers, &header::IF_UNMODIFIED_SINCE)?,
         if_none_match: if_none_match.as_deref(),
-        if_modified_since: header_str(headers, &header::IF_MODIFIED_SINCE)?,
-        if_range: header_str(headers, &header::IF_RANGE)?,
+        if_modified_since: unless_repeated(headers, &header::IF_MODIFIED_SINCE)?,
+        if_range,
     };
     let v = Validators {
         etag: &etag,
@@ -289,6 +296,21 @@ pub(crate) fn header_str<'h>(
     v.to_str()
         .map(Some)
         .map_err(|_| ApiError::bad_request(format!("{name} is not ASCII")))
+}
+
+fn repeated(headers: &HeaderMap, name: &header::HeaderName) -> bool {
+    headers.get_all(name).iter().nth(1).is_some()
+}
+
+/// [`header_str`] of a header that is ignored, rather than refused, when sent more than once.
+fn unless_repeated<'h>(
+    headers: &'h HeaderMap,
+    name: &header::HeaderName,
+) -> Result<Option<&'h str>, ApiError> {
+    match repeated(headers, name) {
+        true => Ok(None),
+        false => header_str(headers, name),
+    }
 }
 
 /// A list-valued request header (`If-Match`, `If-None-Match`) as one text: lines sent

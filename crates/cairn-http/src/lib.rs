@@ -195,12 +195,13 @@ pub fn router(state: AppState, cfg: &ServerConfig) -> Result<Router, String> {
         r = both(r, suffix, mr);
     }
     let max_json_body = cfg.max_json_body;
+    // The last layer added runs first: errors, head limits, auth, then the body's size.
     let mut r = r
-        .layer(middleware::from_fn_with_state(state.clone(), require_auth))
-        .layer(middleware::from_fn(limit::request_head))
         .layer(middleware::from_fn(move |req, next| {
             limit::declared_body(max_json_body, req, next)
         }))
+        .layer(middleware::from_fn_with_state(state.clone(), require_auth))
+        .layer(middleware::from_fn(limit::request_head))
         .layer(middleware::from_fn(error::render_errors));
     // Outside auth (preflights carry no token) and outside error rendering (a page must be
     // able to read the JSON error too), inside the request log.

@@ -4,10 +4,16 @@
 //! malformed request line or header, a non-numeric `Content-Length`), a head that does not fit
 //! the connection's read buffer or has too many fields, a target too long. It answers with a
 //! bare status, `connection: close` and `content-length: 0`, and has no hook to change that.
-//! So that every 4xx from Cairn has the protocol's error shape (`error.rs`), the connection's
-//! writer recognises exactly those heads and sends the same status with a JSON body instead.
-//! No handler's error looks like them: every error of ours has a JSON body, so its
-//! `content-length` is never 0. Like every reply, these carry an `X-Request-Id` (a fresh one:
+//! So that the 4xx a client gets for its first request has the protocol's error shape
+//! (`error.rs`), the connection's writer recognises exactly those heads and sends the same
+//! status with a JSON body instead.
+//!
+//! Only the connection's first write is looked at: it is the only one certain to start a
+//! response. A later write may be any slice of a file being downloaded, and a file can hold
+//! bytes that read like hyper's refusal; rewriting those would corrupt the body and desync the
+//! connection. So a refusal of a later request on a kept-alive connection stays hyper's bare
+//! one. No handler's own error looks like a refusal either: every error of ours has a JSON
+//! body, so its `content-length` is never 0. Like every reply, these carry an `X-Request-Id` (a fresh one:
 //! the request's own could not be read), which the warning logged for each also names.
 
 use std::io::{self, IoSlice};
@@ -21,6 +27,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 const MAX_HYPER_HEAD: usize = 512;
 
 const EMPTY: &[u8] = b"\r\ncontent-length: 0\r\n";
+
+/// Why hyper refused a head: it did not fit the read buffer (`READ_BUF_MAX` in `lib.rs`) or
+/// had more fields than [`crate::limit::HYPER_MAX_HEADER_FIELDS`] (a test checks both figures).
+const TOO_LARGE_HEAD: &str = "the request head is over 256 KiB or has more than 1000 header fields";
 const CLOSE: &[u8] = b"\r\nconnection: close\r\n";
 
 /// For a response head hyper wrote for a request it refused, the same response with a JSON
@@ -36,10 +46,7 @@ pub fn with_json_body(head: &[u8]) -> Option<Vec<u8>> {
             "the request is not valid HTTP/1.1: a malformed request line, header or Content-Length",
         ),
         b"414" => ("too_large", "the request target is too long"),
-        b"431" => (
-            "too_large",
-            "the request head is over 256 KiB or has more than 1000 header fields",
-        ),
+        b"431" => ("too_large", TOO_LARGE_HEAD),
         _ => return None,
     };
     let at = find(head, EMPTY)?;
@@ -48,7 +55,8 @@ pub fn with_json_body(head: &[u8]) -> Option<Vec<u8>> {
         serde_json::json!({"errors": [{"op": "http", "kind": kind, "reason": reason}]}).to_string();
     let id = format!("{:016x}", rand::random::<u64>());
     let status = String::from_utf8_lossy(status);
-    tracing::warn!(request_id = %id, %status, kind, reason, "request refused before routing");
+    // At the request log's level: one line per refused request, as for any other.
+    tracing::info!(request_id = %id, %status, kind, reason, "request refused before routing");
     let mut out = Vec::with_capacity(head.len() + body.len() + 96);
     out.extend_from_slice(&head[..at]);
     out.extend_from_slice(format!("\r\n{}: {id}", crate::REQUEST_ID).as_bytes());
@@ -63,9 +71,12 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-/// A connection's stream, with hyper's own refusals given JSON bodies ([`with_json_body`]).
+/// A connection's stream, with hyper's refusal of its first request given a JSON body
+/// ([`with_json_body`]).
 pub struct ErrorBodies<T> {
     inner: T,
+    /// Nothing has been written yet: the next write starts the first response.
+    first: bool,
     /// A replacement being written: its bytes, how many are out, and how many bytes of
     /// hyper's it stands for (reported once it is all out).
     pending: Option<(Bytes, usize, usize)>,
@@ -75,6 +86,7 @@ impl<T> ErrorBodies<T> {
     pub fn new(inner: T) -> ErrorBodies<T> {
         ErrorBodies {
             inner,
+            first: true,
             pending: None,
         }
     }
@@ -105,7 +117,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ErrorBodies<T> {
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let me = &mut *self;
-        if me.pending.is_none() {
+        if me.first && me.pending.is_none() {
             let mut full = bufs.iter().filter(|b| !b.is_empty());
             if let (Some(only), None) = (full.next(), full.next()) {
                 // Cheap first: a refusal starts with a 4xx status line.
@@ -117,7 +129,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ErrorBodies<T> {
             }
         }
         let Some((out, done, stands_for)) = &mut me.pending else {
-            return Pin::new(&mut me.inner).poll_write_vectored(cx, bufs);
+            let n = ready!(Pin::new(&mut me.inner).poll_write_vectored(cx, bufs))?;
+            me.first &= n == 0;
+            return Poll::Ready(Ok(n));
         };
         while *done < out.len() {
             let n = ready!(Pin::new(&mut me.inner).poll_write(cx, &out[*done..]))?;
@@ -128,6 +142,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ErrorBodies<T> {
         }
         let n = *stands_for;
         me.pending = None;
+        me.first = false;
         Poll::Ready(Ok(n))
     }
 
@@ -186,6 +201,14 @@ mod tests {
             assert_eq!(body["errors"][0]["kind"], kind);
             assert!(body["errors"][0]["reason"].as_str().unwrap().len() > 10);
         }
+    }
+
+    #[test]
+    fn the_reason_states_the_limits_hyper_is_given() {
+        let kib = crate::READ_BUF_MAX >> 10;
+        let fields = crate::limit::HYPER_MAX_HEADER_FIELDS;
+        assert!(TOO_LARGE_HEAD.contains(&format!("over {kib} KiB")));
+        assert!(TOO_LARGE_HEAD.contains(&format!("more than {fields} header")));
     }
 
     #[test]
@@ -249,5 +272,61 @@ mod tests {
         w.inner.out.clear();
         w.write_all(b"HTTP/1.1 200 OK\r\n").await.unwrap();
         assert_eq!(w.inner.out, b"HTTP/1.1 200 OK\r\n");
+    }
+
+    /// Bytes of a download that read like a refusal, written after the response's head, are
+    /// the file's own: they go out exactly as they are.
+    #[tokio::test]
+    async fn only_the_first_write_is_ever_rewritten() {
+        use tokio::io::AsyncWriteExt;
+        let mut w = ErrorBodies::new(Trickle {
+            out: Vec::new(),
+            step: usize::MAX,
+        });
+        let head = b"HTTP/1.1 200 OK\r\ncontent-length: 112\r\n\r\n";
+        w.write_all(head).await.unwrap();
+        w.write_all(HYPER_431).await.unwrap();
+        assert_eq!(w.inner.out, [&head[..], HYPER_431].concat());
+    }
+
+    /// A writer that is not ready on its first call, then takes everything.
+    struct Late {
+        out: Vec<u8>,
+        ready: bool,
+    }
+
+    impl AsyncWrite for Late {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            if !std::mem::replace(&mut self.ready, true) {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            self.out.extend_from_slice(buf);
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// A socket not ready at first: the replacement waits, then goes out whole, once.
+    #[tokio::test]
+    async fn a_replacement_survives_a_socket_that_is_not_ready() {
+        use tokio::io::AsyncWriteExt;
+        let mut w = ErrorBodies::new(Late {
+            out: Vec::new(),
+            ready: false,
+        });
+        assert_eq!(w.write(HYPER_431).await.unwrap(), HYPER_431.len());
+        let out = String::from_utf8(w.inner.out.clone()).unwrap();
+        assert_eq!(out.matches("HTTP/1.1 431").count(), 1, "{out}");
+        assert!(out.ends_with("}"), "{out}");
     }
 }

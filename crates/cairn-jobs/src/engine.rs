@@ -109,6 +109,8 @@ pub struct Engine {
     /// download only while one of its reads waits for the disk on a blocking thread. At most
     /// `STREAM_PERMITS`, far below tokio's 512 blocking threads.
     pub(crate) streams: Arc<tokio::sync::Semaphore>,
+    /// Files listings being walked (`read::LIST_WALKS`), apart from `streams`.
+    pub(crate) listings: Arc<tokio::sync::Semaphore>,
     /// Bytes of verified chunks queued for all streaming readers together.
     pub(crate) read_budget: Arc<tokio::sync::Semaphore>,
     /// Set when the server stops: uploads still receiving stop reading and commit what arrived.
@@ -151,6 +153,7 @@ impl Engine {
             stream_hashes: Mutex::new(HashMap::new()),
             opened: crate::read::OpenedFiles::new(),
             streams: Arc::new(tokio::sync::Semaphore::new(STREAM_PERMITS)),
+            listings: Arc::new(tokio::sync::Semaphore::new(crate::read::LIST_WALKS)),
             read_budget: Arc::new(tokio::sync::Semaphore::new(crate::read::READ_BUDGET)),
             stopping: tokio::sync::watch::Sender::new(false),
         };

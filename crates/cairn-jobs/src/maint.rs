@@ -261,14 +261,14 @@ impl Engine {
                 object: v.object,
             };
             let tree = Tree {
-                root: &v.root,
+                q: crate::engine::Qhit::Version(hash),
                 owner: &hash.to_string(),
             };
             self.damaged_in(&tree, &v.root, "", &damaged, &mut found)?;
         }
         for d in &drafts {
             let tree = Tree {
-                root: &d.root,
+                q: crate::engine::Qhit::Draft(d.token),
                 owner: &d.token.to_string(),
             };
             self.damaged_in(&tree, &d.root, "", &damaged, &mut found)?;
@@ -410,7 +410,7 @@ impl Engine {
                 Entry::Dir(d) => self.damaged_in(tree, d, &path, damaged, out)?,
                 Entry::File(f) => {
                     if let Content::Link(target) = &f.content {
-                        if let Some(why) = self.link_leads_nowhere(tree.root, target)? {
+                        if let Some(why) = self.link_leads_nowhere(&tree.q, &path) {
                             out.dangling_links
                                 .push(format!("{owner}:{path} -> {target} ({why})"));
                         }
@@ -438,32 +438,31 @@ impl Engine {
 }
 
 impl Engine {
-    /// Why the link `target` in the tree under `root` reads nothing, or `None` if it reads.
-    fn link_leads_nowhere(&self, root: &Digest, target: &str) -> Result<Option<&'static str>> {
-        let loader = |d: &Digest| self.load_node(d);
-        let (root, path) = match crate::files::parse_link(target) {
-            Err(_) => return Ok(Some("not a link target")),
-            Ok(crate::files::LinkTarget::Relative(p)) => (*root, p),
-            Ok(crate::files::LinkTarget::Absolute(h, p)) => match self.version(&h) {
-                Ok(v) => (v.root, p),
-                Err(e) if e.kind == ErrorKind::NotFound => return Ok(Some("no such version")),
-                Err(e) => return Err(e),
-            },
+    /// Why the link at `path` of `q` reads nothing, following it as a read does (chains,
+    /// cycles and the depth limit included), or `None` if it opens. A target that only cannot
+    /// be read yet (an unfinished upload) is not dangling.
+    fn link_leads_nowhere(&self, q: &crate::engine::Qhit, path: &str) -> Option<String> {
+        let path = match cairn_core::FilePath::parse(path) {
+            Ok(p) => p,
+            Err(e) => return Some(e.to_string()),
         };
-        Ok(match crate::tree::lookup(&root, &path, &loader) {
-            Ok(Some(Entry::File(_))) => None,
-            Ok(_) => Some("no such file"),
-            Err(e) if matches!(e.kind, ErrorKind::Corrupt | ErrorKind::NotFound) => {
-                Some("target unreadable")
+        match self.open_file_in(q, &path, None) {
+            Err(e)
+                if matches!(
+                    e.kind,
+                    ErrorKind::NotFound | ErrorKind::Invalid | ErrorKind::Corrupt
+                ) =>
+            {
+                Some(e.reason)
             }
-            Err(e) => return Err(e),
-        })
+            _ => None,
+        }
     }
 }
 
-/// A version's or draft's tree being checked: its root and how reports name it.
+/// A version's or draft's tree being checked: what names it for reads, and in reports.
 struct Tree<'a> {
-    root: &'a Digest,
+    q: crate::engine::Qhit,
     owner: &'a str,
 }
 

@@ -478,16 +478,18 @@ impl Engine {
     /// at most [`LIST_AHEAD`] waiting for the consumer. Memory holds the directories on the
     /// walk's current path and those pieces, never the whole listing. The walk stops when the
     /// stream is dropped, or ends with an error when the consumer takes nothing for
-    /// `idle_timeout`; it holds one of the streaming permits meanwhile. The same bytes as
-    /// `files_json(q)?.to_string()`.
+    /// `idle_timeout`. At most [`LIST_WALKS`] walks run at once (their own permits, so
+    /// listings never wait for uploads, nor uploads for listings). The same bytes as
+    /// `files_json(q)?.to_string()`; a walk that ends any other way than whole (an error, a
+    /// panic) ends the stream with an error, never as if the listing were complete.
     pub fn files_json_stream(
         self: &Arc<Self>,
         q: Qhit,
     ) -> impl Stream<Item = Result<Bytes>> + Send + 'static {
-        let (tx, rx) = tokio::sync::mpsc::channel(LIST_AHEAD);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Option<Bytes>>>(LIST_AHEAD);
         let me = self.clone();
         tokio::spawn(async move {
-            let Ok(permit) = me.streams.clone().acquire_owned().await else {
+            let Ok(permit) = me.listings.clone().acquire_owned().await else {
                 return;
             };
             let rt = tokio::runtime::Handle::current();
@@ -501,16 +503,24 @@ impl Engine {
                     idle,
                 };
                 let done = me.files_json_to(&q, &mut w).and_then(|()| w.send_piece());
-                if let Err(e) = done {
-                    // Nobody to tell if the consumer is gone.
-                    let _ = rt.block_on(tx.send(Err(e)));
-                }
+                // The end marker, or the error; both wait no longer than a piece would, and
+                // there is nobody to tell if the consumer is gone.
+                let last = match done {
+                    Ok(()) => Ok(None),
+                    Err(e) => Err(e),
+                };
+                let _ = rt.block_on(tokio::time::timeout(idle, tx.send(last)));
             });
             let _ = walk.await;
         });
-        futures::stream::unfold(rx, |mut rx| async move {
-            let piece = rx.recv().await?;
-            Some((piece, rx))
+        futures::stream::unfold(Some(rx), |rx| async move {
+            let mut rx = rx?;
+            match rx.recv().await {
+                Some(Ok(Some(piece))) => Some((Ok(piece), Some(rx))),
+                Some(Ok(None)) => None,
+                Some(Err(e)) => Some((Err(e), None)),
+                None => Some((Err(Error::internal("the files listing ended early")), None)),
+            }
         })
     }
 
@@ -536,11 +546,15 @@ const LIST_PIECE: usize = 64 << 10;
 /// Pieces of listing text that may wait for the consumer.
 const LIST_AHEAD: usize = 4;
 
+/// Listings walked at once; more wait for one to end (each ends within `idle_timeout` of its
+/// consumer stalling).
+pub const LIST_WALKS: usize = 32;
+
 /// Collects listing text and hands it to the stream's consumer a piece at a time, waiting (on
 /// its blocking thread) while the consumer is [`LIST_AHEAD`] pieces behind.
 struct PieceWriter<'a> {
     buf: Vec<u8>,
-    tx: &'a tokio::sync::mpsc::Sender<Result<Bytes>>,
+    tx: &'a tokio::sync::mpsc::Sender<Result<Option<Bytes>>>,
     rt: &'a tokio::runtime::Handle,
     idle: std::time::Duration,
 }
@@ -554,9 +568,10 @@ impl PieceWriter<'_> {
             &mut self.buf,
             Vec::with_capacity(LIST_PIECE),
         ));
-        let sent = self
-            .rt
-            .block_on(tokio::time::timeout(self.idle, self.tx.send(Ok(piece))));
+        let sent = self.rt.block_on(tokio::time::timeout(
+            self.idle,
+            self.tx.send(Ok(Some(piece))),
+        ));
         match sent {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(Error::invalid("the listing's reader went away")),
