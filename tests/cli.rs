@@ -798,3 +798,91 @@ fn get_replaces_a_file_only_when_whole_and_resumes_its_own_partial_file() {
     assert_eq!(get()["resumed_at"], 0);
     assert!(std::fs::read(&out).unwrap() == want);
 }
+
+/// Symbolic links inside an uploaded tree are reported and not followed: not one leading out
+/// of the tree, not a broken one (which used to stop the upload), not a loop.
+#[test]
+fn symlinks_in_a_tree_are_skipped_and_reported() {
+    let work = tempfile::tempdir().unwrap();
+    let tree = work.path().join("t");
+    fill(&tree.join("a.txt"), 1, 100);
+    fill(&tree.join("sub/b.txt"), 2, 200);
+    fill(&work.path().join("outside.txt"), 3, 300);
+    let link = |to: &Path, at: &str| std::os::unix::fs::symlink(to, tree.join(at)).unwrap();
+    link(&work.path().join("outside.txt"), "out");
+    link(Path::new("nowhere"), "broken");
+    link(&tree, "sub/loop");
+    let data = tempfile::tempdir().unwrap();
+    let s = Server::start(data.path(), common::free_port());
+    let state = work.path().join("state");
+    let obj = new_object(&s, &state);
+    let out = cairn(
+        &s,
+        &state,
+        &["--json", "upload", &obj, tree.to_str().unwrap()],
+    );
+    let v: serde_json::Value = serde_json::from_str(&ok(out)).unwrap();
+    assert_eq!(v["files"], 2, "{v}");
+    assert_eq!(v["skipped_symlinks"].as_array().unwrap().len(), 3, "{v}");
+    let ls = ok(cairn(&s, &state, &["ls", &obj]));
+    assert!(
+        !ls.contains("out") && !ls.contains("broken") && !ls.contains("loop"),
+        "{ls}"
+    );
+    // Text mode: only the version hash on stdout; the skips and the summary on stderr.
+    fill(&tree.join("c.txt"), 4, 50);
+    let text = cairn(&s, &state, &["upload", &obj, tree.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&text.stdout).trim().to_string();
+    assert!(
+        stdout.starts_with("hq__") && !stdout.contains('\n'),
+        "{stdout}"
+    );
+    let stderr = String::from_utf8_lossy(&text.stderr);
+    assert!(stderr.contains("skipped symbolic link"), "{stderr}");
+}
+
+/// `get -o` with a relative path resumes its partial file (it once compared `./x` with `x`
+/// and deleted its own partial file), and `--range A-` reads to the end.
+#[test]
+fn get_resumes_with_a_relative_output_and_reads_open_ranges() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    fill(&src.join("f.bin"), 9, 200_000);
+    let want = std::fs::read(src.join("f.bin")).unwrap();
+    let etag = blake3::hash(&want).to_hex().to_string();
+    let data = tempfile::tempdir().unwrap();
+    let s = Server::start(data.path(), common::free_port());
+    let state = work.path().join("state");
+    let obj = new_object(&s, &state);
+    ok(cairn(&s, &state, &["upload", &obj, src.to_str().unwrap()]));
+    let target = format!("{obj}:src/f.bin");
+    let part = work
+        .path()
+        .join(format!("rel.bin.{}.cairn-part", &etag[..16]));
+    std::fs::write(&part, &want[..50_000]).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["--json", "get", &target, "-o", "rel.bin"])
+        .current_dir(work.path())
+        .env("CAIRN_SERVER", s.url(""))
+        .env("CAIRN_TOKEN", TOKEN)
+        .env("CAIRN_STATE_DIR", &state)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&ok(out)).unwrap();
+    assert_eq!(v["resumed_at"], 50_000, "{v}");
+    assert!(std::fs::read(work.path().join("rel.bin")).unwrap() == want);
+    let tail = work.path().join("tail.bin");
+    let t = tail.to_str().unwrap();
+    ok(cairn(
+        &s,
+        &state,
+        &["get", &target, "--range", "199990-", "-o", t],
+    ));
+    assert_eq!(std::fs::read(&tail).unwrap(), &want[199_990..]);
+    let bad = cairn(&s, &state, &["get", &target, "--range", "-5", "-o", t]);
+    assert_eq!(
+        bad.status.code(),
+        Some(2),
+        "a malformed range is a usage error"
+    );
+}

@@ -139,12 +139,30 @@ pub struct UploadArgs {
 pub struct GetArgs {
     /// `<object|version>:<path>`.
     target: String,
-    /// Output file (default: stdout). An existing shorter file is resumed.
+    /// Output file (default: stdout). Written through `FILE.<etag>.cairn-part`, renamed onto
+    /// FILE once whole and checked; an interrupted get resumes from that partial file.
     #[arg(short, long)]
     output: Option<PathBuf>,
-    /// Only bytes A through B (inclusive), e.g. `0-1048575`.
-    #[arg(long)]
-    range: Option<String>,
+    /// Only bytes A through B (inclusive), e.g. `0-1048575`, or from A to the end: `A-`.
+    #[arg(long, value_parser = parse_range)]
+    range: Option<(u64, Option<u64>)>,
+}
+
+/// `A-B` (inclusive) or `A-` as `(start, end exclusive)`.
+fn parse_range(r: &str) -> std::result::Result<(u64, Option<u64>), String> {
+    let bad = || format!("{r:?} is not A-B or A- (byte offsets, B inclusive)");
+    let (a, b) = r.split_once('-').ok_or_else(bad)?;
+    let a: u64 = a.trim().parse().map_err(|_| bad())?;
+    match b.trim() {
+        "" => Ok((a, None)),
+        b => {
+            let b: u64 = b.parse().map_err(|_| bad())?;
+            if b < a {
+                return Err(format!("{r:?}: B is before A"));
+            }
+            Ok((a, Some(b.checked_add(1).ok_or_else(bad)?)))
+        }
+    }
 }
 
 pub async fn lib(ctx: &Ctx, cmd: LibCmd) -> Result<()> {
@@ -264,16 +282,27 @@ pub async fn upload(ctx: &Ctx, a: UploadArgs) -> Result<()> {
         let what = out
             .version
             .clone()
-            .unwrap_or_else(|| format!("draft {}", out.write_token));
-        format!(
-            "{what}\n{} files, {} bytes; sent {} bytes in {} upload jobs{} ({:.1} MiB/s)",
+            .unwrap_or_else(|| out.write_token.clone());
+        // Only the id on stdout, so `V=$(cairn upload …)` holds the version hash (or, with
+        // --no-finalize, the write token); the summary goes to stderr.
+        for l in &out.skipped_symlinks {
+            eprintln!("skipped symbolic link {l} (links are not followed)");
+        }
+        eprintln!(
+            "{} files, {} bytes; sent {} bytes in {} upload jobs{} ({:.1} MiB/s){}",
             out.files,
             out.bytes,
             out.bytes_sent,
             out.upload_jobs,
             if out.resumed { ", resumed" } else { "" },
-            out.bytes_sent as f64 / secs.max(1e-9) / 1048576.0
-        )
+            out.bytes_sent as f64 / secs.max(1e-9) / 1048576.0,
+            if out.version.is_none() {
+                "; draft not finalized"
+            } else {
+                ""
+            },
+        );
+        what
     });
     Ok(())
 }
@@ -353,17 +382,7 @@ pub async fn get(ctx: &Ctx, a: GetArgs) -> Result<()> {
     if path.is_empty() {
         bail!("give a file: <object|version>:<path>");
     }
-    let range = match &a.range {
-        Some(r) => {
-            let (x, y) = r.split_once('-').context("--range is A-B")?;
-            let (x, y): (u64, u64) = (x.parse()?, y.parse()?);
-            if y < x {
-                bail!("--range {r}: B is before A");
-            }
-            Some((x, Some(y + 1)))
-        }
-        None => None,
-    };
+    let range = a.range;
     match &a.output {
         None => {
             let resp = ctx.client.download(id, path, range).await?;
@@ -395,18 +414,22 @@ async fn download_to(
         ctx.print(&json!({"path": path, "output": out}), |_| String::new());
         return Ok(());
     }
-    let etag = ctx.client.file_etag(id, path).await?.unwrap_or_default();
+    // A HEAD's error has no body: on any error the GET below tells the server's reason.
+    let etag = match ctx.client.file_etag(id, path).await {
+        Ok(tag) => tag.unwrap_or_default(),
+        Err(cairn_client::ClientError::Api { .. }) => String::new(),
+        Err(e) => return Err(e.into()),
+    };
     let part = part_file(out, &etag)?;
     drop_other_parts(out, &part);
-    let have = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
+    let have = match etag.is_empty() {
+        true => 0,
+        false => std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0),
+    };
+    let resume = (have > 0).then_some((have, None));
     let resp = ctx
         .client
-        .download_if(
-            id,
-            path,
-            (have > 0).then_some((have, None)),
-            (!etag.is_empty()).then_some(etag.as_str()),
-        )
+        .download_if(id, path, resume, resume.and(Some(etag.as_str())))
         .await;
     let (resumed_at, etag) = match resp {
         // The partial file is already whole.
@@ -471,12 +494,14 @@ fn drop_other_parts(out: &Path, keep: &Path) {
         dir
     };
     let prefix = format!("{}.", name.to_string_lossy());
+    let keep = keep.file_name().map(|n| n.to_string_lossy().to_string());
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     for e in entries.flatten() {
+        // By name: `e.path()` is `./x` where `keep` may be `x`.
         let n = e.file_name().to_string_lossy().to_string();
-        if n.starts_with(&prefix) && n.ends_with(".cairn-part") && e.path() != keep {
+        if n.starts_with(&prefix) && n.ends_with(".cairn-part") && Some(&n) != keep.as_ref() {
             let _ = std::fs::remove_file(e.path());
         }
     }
@@ -622,8 +647,14 @@ impl Bars {
 /// Bytes of the regular files under `p` (for the overall progress bar).
 fn tree_bytes(p: &std::path::Path) -> u64 {
     match std::fs::metadata(p) {
+        // Links inside are not uploaded (nor followed: a loop would never end).
         Ok(m) if m.is_dir() => std::fs::read_dir(p)
-            .map(|d| d.flatten().map(|e| tree_bytes(&e.path())).sum())
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| !e.file_type().is_ok_and(|t| t.is_symlink()))
+                    .map(|e| tree_bytes(&e.path()))
+                    .sum()
+            })
             .unwrap_or(0),
         Ok(m) if m.is_file() => m.len(),
         _ => 0,

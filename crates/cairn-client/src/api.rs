@@ -176,8 +176,7 @@ impl Client {
         if bytes.is_empty() {
             return Ok(Value::Null);
         }
-        serde_json::from_slice(&bytes)
-            .map_err(|e| ClientError::Local(format!("the server's answer is not JSON: {e}")))
+        parse_answer(&bytes)
     }
 
     pub async fn create_library(&self, name: &str) -> Result<Value> {
@@ -490,6 +489,46 @@ impl Client {
     }
 }
 
+/// Deepest JSON nesting taken from a server. A files listing nests one level per directory
+/// (paths have at most 256 segments) plus three; serde_json's own limit, 128, is below that.
+const MAX_ANSWER_DEPTH: usize = 1024;
+
+/// A server's JSON answer, nested up to [`MAX_ANSWER_DEPTH`] (checked by a scan first, so
+/// parsing without serde_json's recursion limit cannot exhaust the stack).
+fn parse_answer(bytes: &[u8]) -> Result<Value> {
+    let not_json =
+        |why: String| ClientError::Local(format!("the server's answer is not JSON: {why}"));
+    if json_depth(bytes) > MAX_ANSWER_DEPTH {
+        return Err(not_json(format!("nested deeper than {MAX_ANSWER_DEPTH}")));
+    }
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    de.disable_recursion_limit();
+    let v = serde::Deserialize::deserialize(&mut de).map_err(|e| not_json(e.to_string()))?;
+    de.end().map_err(|e| not_json(e.to_string()))?;
+    Ok(v)
+}
+
+/// The deepest nesting of arrays and objects in JSON text (brackets inside strings ignored).
+fn json_depth(bytes: &[u8]) -> usize {
+    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &b in bytes {
+        match (in_string, escaped, b) {
+            (true, true, _) => escaped = false,
+            (true, false, b'\\') => escaped = true,
+            (true, false, b'"') => in_string = false,
+            (true, false, _) => {}
+            (false, _, b'"') => in_string = true,
+            (false, _, b'[' | b'{') => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            (false, _, b']' | b'}') => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
 /// A file or metadata path as it goes into a URL: each segment percent-encoded, so that a name
 /// with `%`, `?`, `#`, spaces or non-ASCII letters names that file and nothing else.
 fn url_path(path: &str) -> String {
@@ -532,6 +571,17 @@ fn string_field(v: &Value, name: &str) -> Result<String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn deep_answers_parse_and_too_deep_ones_are_refused() {
+        let deep = |n: usize| format!("{}1{}", "[".repeat(n), "]".repeat(n));
+        assert!(super::parse_answer(deep(300).as_bytes()).is_ok());
+        assert!(super::parse_answer(deep(2000).as_bytes()).is_err());
+        // Brackets inside strings do not count.
+        let s = format!(r#"{{"a":"{}"}}"#, "[".repeat(5000));
+        assert_eq!(super::json_depth(s.as_bytes()), 1);
+        assert_eq!(super::json_depth(br#"{"a\"[":[{}]}"#), 3);
+    }
+
     #[test]
     fn a_path_goes_into_a_url_segment_by_segment_encoded() {
         assert_eq!(super::url_path("d/x%41.txt"), "d/x%2541.txt");

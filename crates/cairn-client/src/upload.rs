@@ -47,6 +47,8 @@ pub struct UploadOutcome {
     pub bytes_sent: u64,
     pub upload_jobs: usize,
     pub resumed: bool,
+    /// Symbolic links met inside the directories uploaded, not followed (local paths).
+    pub skipped_symlinks: Vec<String>,
 }
 
 /// One local file and where it goes.
@@ -87,7 +89,7 @@ pub async fn upload_tree(
     opts: &UploadOptions,
     progress: Progress,
 ) -> Result<UploadOutcome> {
-    let files = collect(&opts.paths, &opts.dest)?;
+    let (files, skipped_symlinks) = collect(&opts.paths, &opts.dest)?;
     let record_path = record_path(opts, client, &files)?;
     let (record, resumed) = match load_record(&record_path, client, &files).await {
         Some(r) => (r, true),
@@ -151,21 +153,26 @@ pub async fn upload_tree(
         bytes_sent: sent.load(Ordering::Relaxed),
         upload_jobs: record.jobs.len(),
         resumed,
+        skipped_symlinks,
     })
 }
 
-/// Regular files under `paths`, named `dest/<name>` (a directory keeps its own name).
-fn collect(paths: &[PathBuf], dest: &str) -> Result<Vec<LocalFile>> {
-    let mut out = Vec::new();
+/// Regular files under `paths`, named `dest/<name>` (a directory keeps its own name), and the
+/// symbolic links met inside those directories. A link is not followed (as rsync without
+/// `-L`): it could lead out of the tree and upload what was never meant to be, or nowhere and
+/// stop the upload. A path named on the command line is followed, as the user asked for it.
+fn collect(paths: &[PathBuf], dest: &str) -> Result<(Vec<LocalFile>, Vec<String>)> {
+    let (mut out, mut links) = (Vec::new(), Vec::new());
     for p in paths {
         let base = p
             .file_name()
             .map(|n| n.to_string_lossy().to_string())
             .unwrap_or_default();
-        walk(p, &join(dest, &base), &mut out)?;
+        walk(p, &join(dest, &base), &mut out, &mut links)?;
     }
     out.sort_by(|a, b| a.rel.cmp(&b.rel));
-    Ok(out)
+    links.sort();
+    Ok((out, links))
 }
 
 fn join(a: &str, b: &str) -> String {
@@ -176,7 +183,7 @@ fn join(a: &str, b: &str) -> String {
     }
 }
 
-fn walk(p: &Path, rel: &str, out: &mut Vec<LocalFile>) -> Result<()> {
+fn walk(p: &Path, rel: &str, out: &mut Vec<LocalFile>, links: &mut Vec<String>) -> Result<()> {
     let meta =
         std::fs::metadata(p).map_err(|e| ClientError::Local(format!("{}: {e}", p.display())))?;
     if meta.is_dir() {
@@ -184,8 +191,12 @@ fn walk(p: &Path, rel: &str, out: &mut Vec<LocalFile>) -> Result<()> {
             .map_err(|e| ClientError::Local(format!("{}: {e}", p.display())))?;
         for entry in entries {
             let entry = entry.map_err(|e| ClientError::Local(e.to_string()))?;
+            if entry.file_type().is_ok_and(|t| t.is_symlink()) {
+                links.push(entry.path().display().to_string());
+                continue;
+            }
             let name = entry.file_name().to_string_lossy().to_string();
-            walk(&entry.path(), &join(rel, &name), out)?;
+            walk(&entry.path(), &join(rel, &name), out, links)?;
         }
     } else if meta.is_file() {
         cairn_core::FilePath::parse(rel)
