@@ -747,17 +747,15 @@ fn the_cli_works_through_a_tls_proxy_given_its_ca() {
 /// add up is thrown away rather than trusted.
 #[test]
 fn get_replaces_a_file_only_when_whole_and_resumes_its_own_partial_file() {
-    let work = tempfile::tempdir().unwrap();
-    let src = work.path().join("src");
-    fill(&src.join("f.bin"), 7, 300_000);
-    let want = std::fs::read(src.join("f.bin")).unwrap();
-    let etag = blake3::hash(&want).to_hex().to_string();
-    let data = tempfile::tempdir().unwrap();
-    let s = Server::start(data.path(), common::free_port());
-    let state = work.path().join("state");
-    let obj = new_object(&s, &state);
-    ok(cairn(&s, &state, &["upload", &obj, src.to_str().unwrap()]));
-    let target = format!("{obj}:src/f.bin");
+    let Served {
+        work,
+        _data,
+        s,
+        state,
+        want,
+        etag,
+        target,
+    } = served_file(7, 300_000);
     let out = work.path().join("out.bin");
     let part = work
         .path()
@@ -845,17 +843,15 @@ fn symlinks_in_a_tree_are_skipped_and_reported() {
 /// and deleted its own partial file), and `--range A-` reads to the end.
 #[test]
 fn get_resumes_with_a_relative_output_and_reads_open_ranges() {
-    let work = tempfile::tempdir().unwrap();
-    let src = work.path().join("src");
-    fill(&src.join("f.bin"), 9, 200_000);
-    let want = std::fs::read(src.join("f.bin")).unwrap();
-    let etag = blake3::hash(&want).to_hex().to_string();
-    let data = tempfile::tempdir().unwrap();
-    let s = Server::start(data.path(), common::free_port());
-    let state = work.path().join("state");
-    let obj = new_object(&s, &state);
-    ok(cairn(&s, &state, &["upload", &obj, src.to_str().unwrap()]));
-    let target = format!("{obj}:src/f.bin");
+    let Served {
+        work,
+        _data,
+        s,
+        state,
+        want,
+        etag,
+        target,
+    } = served_file(9, 200_000);
     let part = work
         .path()
         .join(format!("rel.bin.{}.cairn-part", &etag[..16]));
@@ -885,4 +881,37 @@ fn get_resumes_with_a_relative_output_and_reads_open_ranges() {
         Some(2),
         "a malformed range is a usage error"
     );
+}
+
+/// One file of `len` bytes uploaded as `src/f.bin` into a new object, for the `get` tests.
+struct Served {
+    work: tempfile::TempDir,
+    _data: tempfile::TempDir,
+    s: Server,
+    state: std::path::PathBuf,
+    want: Vec<u8>,
+    etag: String,
+    target: String,
+}
+
+fn served_file(seed: u64, len: usize) -> Served {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    fill(&src.join("f.bin"), seed, len);
+    let want = std::fs::read(src.join("f.bin")).unwrap();
+    let etag = blake3::hash(&want).to_hex().to_string();
+    let data = tempfile::tempdir().unwrap();
+    let s = Server::start(data.path(), common::free_port());
+    let state = work.path().join("state");
+    let obj = new_object(&s, &state);
+    ok(cairn(&s, &state, &["upload", &obj, src.to_str().unwrap()]));
+    Served {
+        work,
+        _data: data,
+        s,
+        state,
+        want,
+        etag,
+        target: format!("{obj}:src/f.bin"),
+    }
 }

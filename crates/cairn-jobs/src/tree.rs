@@ -493,18 +493,24 @@ mod tests {
         FilePath::parse(s).unwrap()
     }
 
+    /// A loader over nodes kept in memory.
+    fn load_from(
+        store: &Mutex<HashMap<Digest, DirNode>>,
+        d: &Digest,
+    ) -> Result<std::sync::Arc<DirNode>> {
+        store
+            .lock()
+            .unwrap()
+            .get(d)
+            .cloned()
+            .map(std::sync::Arc::new)
+            .ok_or_else(|| Error::not_found("node"))
+    }
+
     #[test]
     fn edits_share_unchanged_subtrees_and_render() {
         let store: Mutex<HashMap<Digest, DirNode>> = Mutex::new(HashMap::new());
-        let loader = |d: &Digest| {
-            store
-                .lock()
-                .unwrap()
-                .get(d)
-                .cloned()
-                .map(std::sync::Arc::new)
-                .ok_or_else(|| Error::not_found("node"))
-        };
+        let loader = |d: &Digest| load_from(&store, d);
         let mut t = MemDir::default();
         t.insert(&p("a/x"), file(1), &loader).unwrap();
         t.insert(&p("b/y"), file(2), &loader).unwrap();
@@ -550,15 +556,7 @@ mod tests {
     #[test]
     fn the_streamed_listing_is_byte_for_byte_the_rendered_one() {
         let store: Mutex<HashMap<Digest, DirNode>> = Mutex::new(HashMap::new());
-        let loader = |d: &Digest| {
-            store
-                .lock()
-                .unwrap()
-                .get(d)
-                .cloned()
-                .map(std::sync::Arc::new)
-                .ok_or_else(|| Error::not_found("node"))
-        };
+        let loader = |d: &Digest| load_from(&store, d);
         let mut t = MemDir::default();
         // Names that sort before "." ('!', ' ', '-', '+', '*'), need escaping, or are not ASCII.
         let names = [
