@@ -121,6 +121,11 @@ fn upload_a_thousand_files_and_get_each_back() {
     )))
     .unwrap();
     assert_eq!(out["files"], 1000);
+    let (requests, jobs) = (s.uploads().0, out["upload_jobs"].as_u64().unwrap());
+    assert!(
+        requests as u64 <= jobs,
+        "each upload job goes as one request: {requests} requests for {jobs} jobs"
+    );
     let version = out["version"].as_str().unwrap().to_string();
     let listing = ok(cairn(&s, &state, &["ls", &format!("{obj}:/tree/d1")]));
     assert_eq!(listing.lines().count(), 100, "{listing}");
@@ -914,4 +919,109 @@ fn served_file(seed: u64, len: usize) -> Served {
         etag,
         target: format!("{obj}:src/f.bin"),
     }
+}
+
+/// Every file path in a files tree, sorted.
+fn tree_files(tree: &serde_json::Value, at: &str, out: &mut Vec<String>) {
+    for (name, child) in tree.as_object().unwrap() {
+        if name == "." {
+            continue;
+        }
+        let path = if at.is_empty() {
+            name.clone()
+        } else {
+            format!("{at}/{name}")
+        };
+        match child["."]["type"] == "directory" {
+            true => tree_files(child, &path, out),
+            false => out.push(path),
+        }
+    }
+}
+
+fn files_of(s: &Server, id: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    tree_files(
+        &common::call(s, "GET", &format!("/q/{id}/files_list"), None, 200),
+        "",
+        &mut out,
+    );
+    out
+}
+
+/// `upload --delete` mirrors each uploaded directory: what is gone locally goes from the new
+/// version (a directory as one deletion, a path that changed kind is replaced), the rest of
+/// the object stays; without it an upload only adds and replaces.
+#[test]
+fn upload_with_delete_mirrors_the_uploaded_directories_only() {
+    let work = tempfile::tempdir().unwrap();
+    let tree = work.path().join("t");
+    for (i, rel) in ["a", "d/b", "d/c", "e/f", "e/g/h", "k"].iter().enumerate() {
+        fill(&tree.join(rel), i as u64, 10 + i);
+    }
+    fill(&work.path().join("other.txt"), 9, 30);
+    let data = tempfile::tempdir().unwrap();
+    let s = Server::start(data.path(), common::free_port());
+    let state = work.path().join("state");
+    let obj = new_object(&s, &state);
+    ok(cairn(
+        &s,
+        &state,
+        &[
+            "upload",
+            &obj,
+            work.path().join("other.txt").to_str().unwrap(),
+        ],
+    ));
+    ok(cairn(&s, &state, &["upload", &obj, tree.to_str().unwrap()]));
+    assert_eq!(
+        files_of(&s, &obj),
+        [
+            "other.txt",
+            "t/a",
+            "t/d/b",
+            "t/d/c",
+            "t/e/f",
+            "t/e/g/h",
+            "t/k"
+        ]
+    );
+
+    std::fs::remove_file(tree.join("d/c")).unwrap();
+    std::fs::remove_dir_all(tree.join("e")).unwrap();
+    std::fs::remove_file(tree.join("k")).unwrap();
+    fill(&tree.join("k/now_a_dir"), 7, 5);
+    fill(&tree.join("n"), 8, 6);
+    // Without --delete the files gone locally stay (and `k` cannot become a directory).
+    let plain = cairn(&s, &state, &["upload", &obj, tree.to_str().unwrap()]);
+    assert!(
+        !plain.status.success(),
+        "a file cannot become a directory without --delete"
+    );
+
+    let out = cairn(
+        &s,
+        &state,
+        &["--json", "upload", "--delete", &obj, tree.to_str().unwrap()],
+    );
+    let v: serde_json::Value = serde_json::from_str(&ok(out)).unwrap();
+    assert_eq!(
+        v["deleted"],
+        serde_json::json!(["t/d/c", "t/e", "t/k"]),
+        "{v}"
+    );
+    assert_eq!(
+        files_of(&s, &obj),
+        ["other.txt", "t/a", "t/d/b", "t/k/now_a_dir", "t/n"]
+    );
+    let text = cairn(
+        &s,
+        &state,
+        &["upload", "--delete", &obj, tree.to_str().unwrap()],
+    );
+    assert!(text.status.success());
+    assert!(
+        !String::from_utf8_lossy(&text.stderr).contains("deleted"),
+        "nothing left to delete"
+    );
 }

@@ -130,6 +130,11 @@ pub struct UploadArgs {
     /// Leave the draft open instead of finalizing (prints the write token).
     #[arg(long)]
     no_finalize: bool,
+    /// Mirror the local tree: also delete what each uploaded directory's place in the object
+    /// holds that the local directory no longer has (as `rsync --delete`; other paths of the
+    /// object are left alone).
+    #[arg(long)]
+    delete: bool,
     /// Directory for resume records (default: $XDG_STATE_HOME/cairn or ~/.local/state/cairn).
     #[arg(long, env = "CAIRN_STATE_DIR")]
     state_dir: Option<PathBuf>,
@@ -258,6 +263,7 @@ pub async fn upload(ctx: &Ctx, a: UploadArgs) -> Result<()> {
         dest: a.dest,
         parallel: a.parallel,
         finalize: !a.no_finalize,
+        delete: a.delete,
         message: a.message,
         state_dir: a.state_dir,
     };
@@ -287,6 +293,9 @@ pub async fn upload(ctx: &Ctx, a: UploadArgs) -> Result<()> {
         // --no-finalize, the write token); the summary goes to stderr.
         for l in &out.skipped_symlinks {
             eprintln!("skipped symbolic link {l} (links are not followed)");
+        }
+        for p in &out.deleted {
+            eprintln!("deleted {p} (gone locally)");
         }
         eprintln!(
             "{} files, {} bytes; sent {} bytes in {} upload jobs{} ({:.1} MiB/s){}",

@@ -6,6 +6,7 @@
 //! byte is sent, so the same command run again after Ctrl-C or `kill -9` continues them: it asks
 //! the server what arrived and sends only the rest.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -30,6 +31,9 @@ pub struct UploadOptions {
     pub dest: String,
     pub parallel: usize,
     pub finalize: bool,
+    /// Mirror: delete the files and directories under each uploaded directory's place in the
+    /// object that have no local counterpart (as `rsync --delete`).
+    pub delete: bool,
     /// Commit message stored in the version's metadata (`commit.message`).
     pub message: Option<String>,
     /// Where resume records live (default: `$XDG_STATE_HOME/cairn` or `~/.local/state/cairn`).
@@ -47,6 +51,8 @@ pub struct UploadOutcome {
     pub bytes_sent: u64,
     pub upload_jobs: usize,
     pub resumed: bool,
+    /// Paths in the object deleted because they are gone locally (`delete`).
+    pub deleted: Vec<String>,
     /// Symbolic links met inside the directories uploaded, not followed (local paths).
     pub skipped_symlinks: Vec<String>,
 }
@@ -72,6 +78,8 @@ struct ResumeRecord {
     files_job: String,
     jobs: Vec<String>,
     files: Vec<LocalFile>,
+    #[serde(default)]
+    deleted: Vec<String>,
     /// The version the draft was opened from, checked at finalize (records written before
     /// this field existed have `base_known: false` and finalize unconditionally).
     #[serde(default)]
@@ -89,11 +97,12 @@ pub async fn upload_tree(
     opts: &UploadOptions,
     progress: Progress,
 ) -> Result<UploadOutcome> {
-    let (files, skipped_symlinks) = collect(&opts.paths, &opts.dest)?;
-    let record_path = record_path(opts, client, &files)?;
-    let (record, resumed) = match load_record(&record_path, client, &files).await {
+    let local = collect(&opts.paths, &opts.dest)?;
+    let skipped_symlinks = local.links.clone();
+    let record_path = record_path(opts, client, &local.files)?;
+    let (record, resumed) = match load_record(&record_path, client, &local.files).await {
         Some(r) => (r, true),
-        None => (start(client, opts, files, &record_path).await?, false),
+        None => (start(client, opts, local, &record_path).await?, false),
     };
     let sent = Arc::new(AtomicU64::new(0));
     futures::stream::iter(record.jobs.iter().cloned())
@@ -154,25 +163,43 @@ pub async fn upload_tree(
         upload_jobs: record.jobs.len(),
         resumed,
         skipped_symlinks,
+        deleted: record.deleted.clone(),
     })
+}
+
+/// What the command line names, walked.
+#[derive(Debug, Default)]
+struct Local {
+    /// Regular files, by their path in the object.
+    files: Vec<LocalFile>,
+    /// Directories walked, by their path in the object (the uploaded directories included).
+    dirs: BTreeSet<String>,
+    /// What the command line names, by path in the object: where `delete` looks.
+    roots: Vec<String>,
+    /// Symbolic links met inside the directories (local paths), not followed.
+    links: Vec<String>,
+    /// The same links by their path in the object: `delete` leaves what is there alone.
+    link_rels: BTreeSet<String>,
 }
 
 /// Regular files under `paths`, named `dest/<name>` (a directory keeps its own name), and the
 /// symbolic links met inside those directories. A link is not followed (as rsync without
 /// `-L`): it could lead out of the tree and upload what was never meant to be, or nowhere and
 /// stop the upload. A path named on the command line is followed, as the user asked for it.
-fn collect(paths: &[PathBuf], dest: &str) -> Result<(Vec<LocalFile>, Vec<String>)> {
-    let (mut out, mut links) = (Vec::new(), Vec::new());
+fn collect(paths: &[PathBuf], dest: &str) -> Result<Local> {
+    let mut local = Local::default();
     for p in paths {
         let base = p
             .file_name()
             .map(|n| n.to_string_lossy().to_string())
             .unwrap_or_default();
-        walk(p, &join(dest, &base), &mut out, &mut links)?;
+        let rel = join(dest, &base);
+        local.roots.push(rel.clone());
+        walk(p, &rel, &mut local)?;
     }
-    out.sort_by(|a, b| a.rel.cmp(&b.rel));
-    links.sort();
-    Ok((out, links))
+    local.files.sort_by(|a, b| a.rel.cmp(&b.rel));
+    local.links.sort();
+    Ok(local)
 }
 
 fn join(a: &str, b: &str) -> String {
@@ -183,20 +210,22 @@ fn join(a: &str, b: &str) -> String {
     }
 }
 
-fn walk(p: &Path, rel: &str, out: &mut Vec<LocalFile>, links: &mut Vec<String>) -> Result<()> {
+fn walk(p: &Path, rel: &str, local: &mut Local) -> Result<()> {
     let meta =
         std::fs::metadata(p).map_err(|e| ClientError::Local(format!("{}: {e}", p.display())))?;
     if meta.is_dir() {
+        local.dirs.insert(rel.to_string());
         let entries = std::fs::read_dir(p)
             .map_err(|e| ClientError::Local(format!("{}: {e}", p.display())))?;
         for entry in entries {
             let entry = entry.map_err(|e| ClientError::Local(e.to_string()))?;
+            let name = entry.file_name().to_string_lossy().to_string();
             if entry.file_type().is_ok_and(|t| t.is_symlink()) {
-                links.push(entry.path().display().to_string());
+                local.links.push(entry.path().display().to_string());
+                local.link_rels.insert(join(rel, &name));
                 continue;
             }
-            let name = entry.file_name().to_string_lossy().to_string();
-            walk(&entry.path(), &join(rel, &name), out, links)?;
+            walk(&entry.path(), &join(rel, &name), local)?;
         }
     } else if meta.is_file() {
         cairn_core::FilePath::parse(rel)
@@ -215,7 +244,7 @@ fn walk(p: &Path, rel: &str, out: &mut Vec<LocalFile>, links: &mut Vec<String>) 
             .to_hex()
             .to_string();
         let abs = p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
-        out.push(LocalFile {
+        local.files.push(LocalFile {
             rel: rel.to_string(),
             abs,
             size: meta.len(),
@@ -224,6 +253,61 @@ fn walk(p: &Path, rel: &str, out: &mut Vec<LocalFile>, links: &mut Vec<String>) 
         });
     }
     Ok(())
+}
+
+/// Paths in the draft's tree, under the uploaded directories, that the local tree no longer
+/// has: each the highest such path (a directory gone locally is one deletion), plus those whose
+/// kind changed (a file where there is now a directory, or the reverse). Paths where a symbolic
+/// link was skipped are left alone.
+fn gone(tree: &Value, local: &Local) -> Vec<String> {
+    let files: BTreeSet<&str> = local.files.iter().map(|f| f.rel.as_str()).collect();
+    let mut out = Vec::new();
+    for root in &local.roots {
+        let node = match root.as_str() {
+            "" => Some(tree),
+            _ => root.split('/').try_fold(tree, |node, name| node.get(name)),
+        };
+        match node {
+            Some(n) if is_dir(n) && local.dirs.contains(root) => {
+                gone_under(n, root, &files, local, &mut out)
+            }
+            Some(n) if is_dir(n) == local.dirs.contains(root) => {}
+            Some(_) => out.push(root.clone()),
+            None => {}
+        }
+    }
+    out
+}
+
+fn gone_under(
+    node: &Value,
+    at: &str,
+    files: &BTreeSet<&str>,
+    local: &Local,
+    out: &mut Vec<String>,
+) {
+    let Some(entries) = node.as_object() else {
+        return;
+    };
+    for (name, child) in entries.iter().filter(|(name, _)| *name != ".") {
+        let path = join(at, name);
+        if local.link_rels.contains(&path) {
+            continue;
+        }
+        match (
+            is_dir(child),
+            local.dirs.contains(&path),
+            files.contains(path.as_str()),
+        ) {
+            (true, true, _) => gone_under(child, &path, files, local, out),
+            (false, _, true) => {}
+            _ => out.push(path),
+        }
+    }
+}
+
+fn is_dir(node: &Value) -> bool {
+    node["."]["type"] == "directory"
 }
 
 fn state_dir(opts: &UploadOptions) -> PathBuf {
@@ -244,6 +328,9 @@ fn record_path(opts: &UploadOptions, client: &Client, files: &[LocalFile]) -> Re
         .update(b"\0")
         .update(opts.object.as_bytes())
         .update(b"\0");
+    if opts.delete {
+        h.update(b"delete\0");
+    }
     for f in files {
         h.update(f.rel.as_bytes())
             .update(b"\0")
@@ -269,15 +356,25 @@ async fn load_record(path: &Path, client: &Client, files: &[LocalFile]) -> Optio
 async fn start(
     client: &Client,
     opts: &UploadOptions,
-    files: Vec<LocalFile>,
+    local: Local,
     path: &Path,
 ) -> Result<ResumeRecord> {
     let write_token = client.open_draft(&opts.object).await?;
     let base = client.draft_base(&write_token).await?;
-    let ops: Vec<Value> = files
+    let deleted = match opts.delete {
+        true => gone(&client.files(&write_token).await?, &local),
+        false => Vec::new(),
+    };
+    // Deletions first: a path that changed kind (a directory that is now a file) is deleted,
+    // then added anew.
+    let ops: Vec<Value> = deleted
         .iter()
-        .map(|f| json!({"op": "add", "type": "file", "path": f.rel, "size": f.size, "blake3": f.blake3}))
+        .map(|p| json!({"op": "del", "path": p}))
+        .chain(local.files.iter().map(|f| {
+            json!({"op": "add", "type": "file", "path": f.rel, "size": f.size, "blake3": f.blake3})
+        }))
         .collect();
+    let files = local.files;
     let (files_job, jobs) = client.create_files_job(&write_token, &ops).await?;
     let record = ResumeRecord {
         server: client.base().to_string(),
@@ -286,6 +383,7 @@ async fn start(
         files_job,
         jobs,
         files,
+        deleted,
         base,
         base_known: true,
     };
@@ -333,35 +431,81 @@ async fn send_job_once(
     let status = client
         .upload_status(&record.write_token, &record.files_job, uj)
         .await?;
-    let mut job_offset = 0u64;
-    for seg in status {
-        let (off, len, skip) = (num(&seg, "off")?, num(&seg, "len")?, num(&seg, "skip")?);
-        let rem = len - skip.min(len);
-        if rem > 0 {
-            let path = seg["path"].as_str().unwrap_or_default();
+    for run in runs(&status)? {
+        let mut pieces = Vec::with_capacity(run.pieces.len());
+        for (path, off, len) in run.pieces {
             let file = record.files.iter().find(|f| f.rel == path).ok_or_else(|| {
                 ClientError::Local(format!(
                     "the plan names {path}, which this upload does not have"
                 ))
             })?;
-            let (name, size, progress) = (file.rel.clone(), file.size, progress.clone());
-            let report: Arc<dyn Fn(u64) + Send + Sync> =
-                Arc::new(move |n| progress(&name, size, n));
-            let body = file_stream(file.abs.clone(), off + skip, rem, sent.clone(), report);
-            client
-                .upload_data(
-                    &record.write_token,
-                    &record.files_job,
-                    uj,
-                    job_offset + skip,
-                    rem,
-                    body,
-                )
-                .await?;
+            pieces.push((file.clone(), off, len));
         }
-        job_offset += len;
+        let (sent, progress) = (sent.clone(), progress.clone());
+        // One request for the whole run: the files are opened one after another as the body
+        // is pulled, so a job packing a thousand small files is one request and one commit,
+        // not a thousand.
+        let body = futures::stream::iter(pieces)
+            .map(move |(file, off, len)| {
+                let (name, size, progress) = (file.rel, file.size, progress.clone());
+                let report: Arc<dyn Fn(u64) + Send + Sync> =
+                    Arc::new(move |n| progress(&name, size, n));
+                file_stream(file.abs, off, len, sent.clone(), report)
+            })
+            .flatten();
+        client
+            .upload_data(
+                &record.write_token,
+                &record.files_job,
+                uj,
+                run.offset,
+                run.len,
+                body,
+            )
+            .await?;
     }
     Ok(())
+}
+
+/// Bytes of one upload job sent in one request: contiguous in the job, made of file pieces.
+#[derive(Debug, PartialEq)]
+struct Run {
+    /// Offset in the job of the first byte.
+    offset: u64,
+    len: u64,
+    /// (path in the object, offset in the file, length), in job order.
+    pieces: Vec<(String, u64, u64)>,
+}
+
+/// What an upload job still lacks, from its status: the segments' missing tails, joined into
+/// runs wherever one segment's missing bytes continue straight from the previous one's (a
+/// server that received bytes in order lacks one run: the rest of the job).
+fn runs(status: &[Value]) -> Result<Vec<Run>> {
+    let mut out: Vec<Run> = Vec::new();
+    let mut job_offset = 0u64;
+    let mut joins = false;
+    for seg in status {
+        let (off, len, skip) = (num(seg, "off")?, num(seg, "len")?, num(seg, "skip")?);
+        let skip = skip.min(len);
+        if skip < len {
+            let path = seg["path"].as_str().unwrap_or_default().to_string();
+            let piece = (path, off + skip, len - skip);
+            match out.last_mut() {
+                Some(run) if joins && skip == 0 => {
+                    run.len += len;
+                    run.pieces.push(piece);
+                }
+                _ => out.push(Run {
+                    offset: job_offset + skip,
+                    len: len - skip,
+                    pieces: vec![piece],
+                }),
+            }
+        }
+        joins = skip < len || len == 0 && joins;
+        job_offset += len;
+    }
+    Ok(out)
 }
 
 fn num(v: &Value, name: &str) -> Result<u64> {
@@ -404,4 +548,155 @@ fn file_stream(
     futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seg(path: &str, off: u64, len: u64, skip: u64) -> Value {
+        json!({"path": path, "off": off, "len": len, "skip": skip})
+    }
+
+    fn piece(path: &str, off: u64, len: u64) -> (String, u64, u64) {
+        (path.to_string(), off, len)
+    }
+
+    #[test]
+    fn a_fresh_job_is_one_request() {
+        let status = [seg("a", 0, 3, 0), seg("b", 0, 5, 0), seg("c", 8, 2, 0)];
+        let want = Run {
+            offset: 0,
+            len: 10,
+            pieces: vec![piece("a", 0, 3), piece("b", 0, 5), piece("c", 8, 2)],
+        };
+        assert_eq!(runs(&status).unwrap(), vec![want]);
+    }
+
+    #[test]
+    fn a_resumed_job_sends_from_the_first_missing_byte() {
+        let status = [seg("a", 0, 3, 3), seg("b", 0, 5, 2), seg("c", 0, 4, 0)];
+        let want = Run {
+            offset: 5,
+            len: 7,
+            pieces: vec![piece("b", 2, 3), piece("c", 0, 4)],
+        };
+        assert_eq!(runs(&status).unwrap(), vec![want]);
+        let done = [seg("a", 0, 3, 3), seg("b", 0, 5, 9)];
+        assert_eq!(runs(&done).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn bytes_already_held_between_gaps_split_the_runs() {
+        let status = [
+            seg("a", 0, 3, 1),
+            seg("b", 0, 5, 5),
+            seg("c", 0, 4, 0),
+            seg("d", 0, 1, 0),
+        ];
+        let want = vec![
+            Run {
+                offset: 1,
+                len: 2,
+                pieces: vec![piece("a", 1, 2)],
+            },
+            Run {
+                offset: 8,
+                len: 5,
+                pieces: vec![piece("c", 0, 4), piece("d", 0, 1)],
+            },
+        ];
+        assert_eq!(runs(&status).unwrap(), want);
+    }
+
+    fn local(roots: &[&str], dirs: &[&str], files: &[&str], links: &[&str]) -> Local {
+        Local {
+            files: files
+                .iter()
+                .map(|f| LocalFile {
+                    rel: f.to_string(),
+                    abs: PathBuf::new(),
+                    size: 1,
+                    mtime_ns: 0,
+                    blake3: String::new(),
+                })
+                .collect(),
+            dirs: dirs.iter().map(|d| d.to_string()).collect(),
+            roots: roots.iter().map(|r| r.to_string()).collect(),
+            links: Vec::new(),
+            link_rels: links.iter().map(|l| l.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn delete_names_the_highest_gone_path_under_the_uploaded_directories_only() {
+        let file = json!({".": {"size": 1}});
+        let dir = |entries: Value| {
+            let mut d = entries;
+            d["."] = json!({"type": "directory"});
+            d
+        };
+        let tree = dir(json!({
+            "other": file,
+            "t": dir(json!({
+                "kept": file,
+                "gone": file,
+                "old": dir(json!({"x": file, "y": file})),
+                "sub": dir(json!({"kept": file, "gone": file})),
+                "was_dir": dir(json!({"z": file})),
+                "was_file": file,
+                "link": file,
+            })),
+        }));
+        let l = local(
+            &["t"],
+            &["t", "t/sub", "t/was_file"],
+            &["t/kept", "t/sub/kept", "t/was_dir", "t/was_file/w"],
+            &["t/link"],
+        );
+        assert_eq!(
+            gone(&tree, &l),
+            ["t/gone", "t/old", "t/sub/gone", "t/was_dir", "t/was_file"]
+        );
+        // The whole object when the tree goes to its root.
+        let l = local(&[""], &["", "t"], &["t/kept"], &[]);
+        let want = [
+            "other",
+            "t/gone",
+            "t/link",
+            "t/old",
+            "t/sub",
+            "t/was_dir",
+            "t/was_file",
+        ];
+        assert_eq!(gone(&tree, &l), want);
+        // A file named on the command line replaces only itself, unless a directory is there.
+        assert_eq!(
+            gone(&tree, &local(&["other"], &[], &["other"], &[])),
+            Vec::<String>::new()
+        );
+        assert_eq!(gone(&tree, &local(&["t"], &[], &["t"], &[])), ["t"]);
+        assert_eq!(
+            gone(&tree, &local(&["new"], &["new"], &[], &[])),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn a_partly_held_segment_starts_a_run_of_its_own() {
+        let status = [seg("a", 0, 3, 0), seg("b", 0, 5, 2)];
+        let want = vec![
+            Run {
+                offset: 0,
+                len: 3,
+                pieces: vec![piece("a", 0, 3)],
+            },
+            Run {
+                offset: 5,
+                len: 3,
+                pieces: vec![piece("b", 2, 3)],
+            },
+        ];
+        assert_eq!(runs(&status).unwrap(), want);
+    }
 }
