@@ -27,10 +27,17 @@ impl std::fmt::Display for InUse {
 impl std::error::Error for InUse {}
 
 fn open_offline(data: &Path) -> Result<Engine> {
+    open_offline_with(data, false)
+}
+
+/// `allow_missing_packs`: fsck opens a store whose packs are missing, to name what they held.
+fn open_offline_with(data: &Path, allow_missing_packs: bool) -> Result<Engine> {
     if !data.join("index").exists() {
         bail!("{} holds no Cairn store", data.display());
     }
-    Engine::open(EngineConfig::new(data)).map_err(|e| {
+    let mut cfg = EngineConfig::new(data);
+    cfg.store.allow_missing_packs = allow_missing_packs;
+    Engine::open(cfg).map_err(|e| {
         if e.reason.to_ascii_lowercase().contains("lock") {
             anyhow::Error::new(InUse(data.display().to_string()))
         } else {
@@ -57,7 +64,7 @@ pub async fn stats(ctx: &Ctx, data: Option<&Path>) -> Result<()> {
 pub async fn fsck(ctx: &Ctx, data: Option<&Path>, repair: bool) -> Result<()> {
     let v = match data {
         Some(d) => {
-            let engine = open_offline(d)?;
+            let engine = open_offline_with(d, true)?;
             let r = if repair {
                 engine.fsck_repair()?
             } else {

@@ -375,7 +375,19 @@ async fn start(
         }))
         .collect();
     let files = local.files;
-    let (files_job, jobs) = client.create_files_job(&write_token, &ops).await?;
+    let mut attempt = 0;
+    let (files_job, jobs) = loop {
+        match client.create_files_job(&write_token, &ops).await {
+            // gc collected content an add linked by hash while the job was applied; the draft
+            // is unchanged and the same request now plans an upload instead.
+            Err(ClientError::Api {
+                status: 409,
+                reason,
+                ..
+            }) if reason.contains("send the files job again") && attempt < 2 => attempt += 1,
+            other => break other?,
+        }
+    };
     let record = ResumeRecord {
         server: client.base().to_string(),
         object: opts.object.clone(),

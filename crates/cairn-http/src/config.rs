@@ -39,6 +39,9 @@ pub struct ServerConfig {
     /// The URL clients should use, as `GET /config` advertises it (`fabric_api`), when it is not
     /// `http://` + the request's `Host`: behind a TLS-terminating proxy, `"https://cairn.example/"`.
     pub public_url: Option<String>,
+    /// Start even though pack files holding committed data are missing (restore them instead if
+    /// you can): their files then read as `corrupt` and `cairn fsck` names them.
+    pub allow_missing_packs: bool,
 }
 
 impl Default for ServerConfig {
@@ -57,6 +60,7 @@ impl Default for ServerConfig {
             rate_burst: 10_000,
             cors_origins: vec!["*".into()],
             public_url: None,
+            allow_missing_packs: false,
         }
     }
 }
@@ -64,7 +68,7 @@ impl Default for ServerConfig {
 impl ServerConfig {
     /// Defaults, overridden by the TOML file (if given) and then by `CAIRN_DATA`,
     /// `CAIRN_LISTEN`, `CAIRN_PART_SIZE`, `CAIRN_CORS_ORIGINS` (comma-separated; empty for
-    /// none) and `CAIRN_PUBLIC_URL` (empty for none).
+    /// none), `CAIRN_PUBLIC_URL` (empty for none) and `CAIRN_ALLOW_MISSING_PACKS` (`1`).
     pub fn load(file: Option<&Path>) -> Result<ServerConfig, String> {
         let mut cfg = match file {
             Some(f) => {
@@ -92,6 +96,9 @@ impl ServerConfig {
                 .collect();
         }
         crate::cors::Origins::parse(&cfg.cors_origins)?;
+        if let Ok(v) = std::env::var("CAIRN_ALLOW_MISSING_PACKS") {
+            cfg.allow_missing_packs = matches!(v.as_str(), "1" | "true" | "yes");
+        }
         if let Ok(v) = std::env::var("CAIRN_PUBLIC_URL") {
             cfg.public_url = Some(v).filter(|v| !v.is_empty());
         }

@@ -10,7 +10,7 @@ use axum::response::Response;
 use axum::{Extension, Json};
 use cairn_core::{FilePath, PartHash};
 use cairn_jobs::{FileHandle, Qhit};
-use futures::{Stream, StreamExt};
+use futures::{Stream, StreamExt, TryStreamExt};
 use serde_json::{json, Value};
 
 use crate::conditional::{self, Outcome, Preconditions, Validators};
@@ -367,8 +367,30 @@ async fn body_of(st: &AppState, h: &FileHandle, start: u64, len: u64) -> Result<
         Some(piece) => piece?,
     };
     Ok(Body::from_stream(
-        futures::stream::once(async move { Ok(first) }).chain(stream),
+        futures::stream::once(async move { Ok(first) }).chain(logged(stream, h, start)),
     ))
+}
+
+/// The rest of a download's body, with a warning logged (in the request's span, so with its
+/// request id) if it fails: the status line already went out as a success, and the client only
+/// sees the body cut short, so the log is where an operator learns that reads hit damage.
+fn logged(
+    stream: impl Stream<Item = cairn_core::Result<Bytes>> + Send + 'static,
+    h: &FileHandle,
+    start: u64,
+) -> impl Stream<Item = cairn_core::Result<Bytes>> + Send + 'static {
+    let (span, what, size) = (tracing::Span::current(), h.path.to_string(), h.size);
+    stream.inspect_err(move |e| {
+        let _in = span.enter();
+        tracing::warn!(
+            kind = e.kind.as_str(),
+            path = %what,
+            size,
+            range_start = start,
+            error = %e,
+            "a download was cut short after its status was sent"
+        );
+    })
 }
 
 async fn multipart(
@@ -407,9 +429,11 @@ async fn multipart(
         )))));
         // Lazy: each range's reader starts only when the previous one is done.
         let (engine, h) = (st.engine.clone(), h.clone());
-        pieces.push(Box::pin(
-            futures::stream::once(async move { engine.read_stream(h, start, len) }).flatten(),
-        ));
+        let rest = futures::stream::once(async move {
+            let stream = engine.read_stream(h.clone(), start, len);
+            logged(stream, &h, start)
+        });
+        pieces.push(Box::pin(rest.flatten()));
     }
     pieces.push(Box::pin(futures::stream::once(futures::future::ready(Ok(
         Bytes::from(closing),

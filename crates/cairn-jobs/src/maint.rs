@@ -237,14 +237,16 @@ impl Engine {
         let mut store = self.store.fsck_unlocked(&ext)?;
         self.compare_node_refs(&node_refs, &mut store)?;
         // Counting references through damaged records could lower a live chunk's count to zero
-        // and let gc delete it: repair only an index whose records all read back.
-        let damage =
-            !bad.is_empty() || !store.damaged_parts.is_empty() || !store.missing_chunks.is_empty();
+        // and let gc delete it: repair only an index whose records all read back. (Chunks whose
+        // bytes are corrupt do not stop it: their references are counted from sound records.)
+        let damage = !bad.is_empty()
+            || !store.unreadable_parts.is_empty()
+            || !store.missing_chunks.is_empty();
         let mut repair_skipped = None;
         if repair && damage {
             repair_skipped = Some(
-                "refcounts not repaired: the index has damaged records (see above); \
-                 restore it from a backup first"
+                "refcounts not repaired: index records are damaged or missing (corrupt_records, \
+                 missing_chunks or unreadable parts above); restore the index from a backup first"
                     .to_string(),
             );
         } else if repair {
@@ -252,7 +254,16 @@ impl Engine {
             // What remains cannot be fixed by counting (a referenced node that is missing).
             store.refcount_mismatches.retain(|m| m.ends_with("missing"));
         }
-        let damaged: HashSet<String> = store.damaged_parts.iter().cloned().collect();
+        let damaged = Damage {
+            parts: store.damaged_parts.iter().cloned().collect(),
+            whole: store
+                .unreadable_parts
+                .iter()
+                .cloned()
+                .chain(store.missing_chunks.iter().map(|(part, _)| part.clone()))
+                .collect(),
+            chunks: store.corrupt_chunks.iter().copied().collect(),
+        };
         let mut found = Found::default();
         for (k, v) in &versions {
             let hash = cairn_core::VersionHash {
@@ -285,6 +296,28 @@ impl Engine {
             library_index,
             dangling_links,
             repair_skipped,
+        })
+    }
+
+    /// Whether the bytes of `seg` (in the part whose key is `key`) are damaged: the part's record
+    /// is, or one of the chunks under the segment's own bytes. A part packs many small files,
+    /// and one corrupt chunk damages only the files whose bytes it holds.
+    fn segment_damaged(&self, seg: &crate::tree::PartSeg, key: &str, damaged: &Damage) -> bool {
+        if !damaged.parts.contains(key) {
+            return false;
+        }
+        if damaged.whole.contains(key) {
+            return true;
+        }
+        let Ok(Some(chunks)) = self.store.part_chunks(&seg.digest, seg.part_size) else {
+            return true;
+        };
+        let (from, to) = (seg.off, seg.off.saturating_add(seg.len));
+        let mut at = 0u64;
+        chunks.iter().any(|c| {
+            let (start, end) = (at, at + u64::from(c.len));
+            at = end;
+            start < to && from < end && damaged.chunks.contains(&c.hash)
         })
     }
 
@@ -385,7 +418,7 @@ impl Engine {
         tree: &Tree<'_>,
         node: &Digest,
         at: &str,
-        damaged: &HashSet<String>,
+        damaged: &Damage,
         out: &mut Found,
     ) -> Result<()> {
         let owner = tree.owner;
@@ -421,11 +454,11 @@ impl Engine {
                     let mut hit = false;
                     for s in segs {
                         let key = part_key(&s.digest, s.part_size);
-                        hit |= damaged.contains(&hex(&key))
-                            || !self
-                                .store
-                                .index()
-                                .exists(cairn_store::index::CF_PARTS, &key)?;
+                        hit |= !self
+                            .store
+                            .index()
+                            .exists(cairn_store::index::CF_PARTS, &key)?
+                            || self.segment_damaged(s, &hex(&key), damaged);
                     }
                     if hit {
                         out.damaged_files.push(format!("{owner}:{path}"));
@@ -467,6 +500,16 @@ struct Tree<'a> {
 }
 
 /// What the walk of the trees found.
+/// What the store check found damaged, as `damaged_in` asks about it.
+struct Damage {
+    /// Part keys (hex) with any damage.
+    parts: HashSet<String>,
+    /// Of those, the parts damaged as a whole: their record, or a chunk missing from the index.
+    whole: HashSet<String>,
+    /// Chunks whose bytes fail their check.
+    chunks: HashSet<Digest>,
+}
+
 #[derive(Default)]
 struct Found {
     damaged_files: Vec<String>,

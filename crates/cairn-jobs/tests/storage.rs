@@ -102,6 +102,35 @@ async fn a_flipped_byte_is_a_corrupt_error_and_fsck_names_it() {
     assert_eq!(e.fsck().unwrap().store.corrupt_chunks.len(), 1);
 }
 
+/// Small files share a part; a corrupt chunk damages only the files whose bytes it holds, and
+/// corrupt bytes (unlike damaged index records) do not stop `--repair` from counting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_chunk_names_only_the_files_it_holds_bytes_of() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = small_engine(dir.path());
+    let t = new_object(&e);
+    let files: BTreeMap<String, Vec<u8>> = ["a.bin", "b.bin", "c.bin"]
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.to_string(), data(10 + i as u64, 60_000)))
+        .collect();
+    add_and_upload(&e, t, &files).await;
+    let (v, _) = e.finalize(&t).unwrap();
+    let parts = e.parts(&Qhit::Version(v)).unwrap();
+    assert_eq!(parts.len(), 1, "the three files share one part");
+
+    flip_first_chunk_byte(dir.path(), 100, 0x40);
+
+    let report = e.fsck().unwrap();
+    assert_eq!(report.store.corrupt_chunks.len(), 1, "{report:?}");
+    assert_eq!(report.damaged_files, vec![format!("{v}:a.bin")]);
+    for n in ["b.bin", "c.bin"] {
+        assert_eq!(read_all(&e, &Qhit::Version(v), n).unwrap(), files[n]);
+    }
+    let repaired = e.fsck_repair().unwrap();
+    assert_eq!(repaired.repair_skipped, None, "{repaired:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gc_after_deleting_a_version_reclaims_its_unique_bytes() {
     let dir = tempfile::tempdir().unwrap();

@@ -24,6 +24,10 @@ pub struct FsckReport {
     pub missing_chunks: Vec<(String, Digest)>,
     /// Parts whose chunks are corrupt or missing, as part keys (hex).
     pub damaged_parts: Vec<String>,
+    /// The damaged parts whose own record is unreadable or disagrees with its key: damage to
+    /// the index itself, unlike a corrupt chunk's bytes.
+    #[serde(skip)]
+    pub unreadable_parts: Vec<String>,
     /// Human descriptions of refcounts that do not match the references found.
     pub refcount_mismatches: Vec<String>,
     /// Counter corrections (column family, key, correct value) that `--repair` applies.
@@ -131,12 +135,16 @@ impl Store {
             let part = match PartRecord::decode(&v) {
                 Ok(p) => p,
                 Err(_) => {
+                    report.unreadable_parts.push(key_hex.clone());
                     report.damaged_parts.push(key_hex);
                     continue;
                 }
             };
             let sum: u64 = part.chunks.iter().map(|c| u64::from(c.len)).sum();
             let mut damaged = k[..] != part_key(&part.digest, sum)[..];
+            if damaged {
+                report.unreadable_parts.push(key_hex.clone());
+            }
             for c in &part.chunks {
                 *chunk_refs.entry(c.hash).or_default() += 1;
                 if !self.index().exists(CF_CHUNKS, c.hash.as_bytes())? {

@@ -101,6 +101,11 @@ pub struct StoreConfig {
     /// A pack is sealed once it reaches this size.
     pub pack_target_size: u64,
     pub chunking: ChunkParams,
+    /// Open even when packs the index has data in are missing (their chunks then read as
+    /// `corrupt`), so that fsck can name what they held and the versions can be deleted. By
+    /// default such a store refuses to open: serving it would hide the loss, and appending to a
+    /// re-created pack would make it worse.
+    pub allow_missing_packs: bool,
 }
 
 impl StoreConfig {
@@ -109,6 +114,7 @@ impl StoreConfig {
             dir: dir.into(),
             pack_target_size: 256 << 20,
             chunking: ChunkParams::default(),
+            allow_missing_packs: false,
         }
     }
 }
@@ -205,9 +211,18 @@ impl Store {
         std::fs::create_dir_all(&pack_dir).map_err(|e| Error::io("create data dir", e))?;
         let cfs: Vec<_> = STORE_CFS.iter().chain(extra_cfs).copied().collect();
         let index = Index::open(&cfg.dir.join("index"), &cfs)?;
+        // Before anything is written to it: an index that has never been opened (no chunking
+        // settled, no chunk, no pack; a store from before the chunking record has chunks) must
+        // not meet packs holding data, or recovery would delete them all as never indexed.
+        let fresh = index.get(CF_STORE, CHUNKING_KEY)?.is_none()
+            && index.scan(CF_CHUNKS, &[]).next().is_none()
+            && index.scan(CF_PACK_LEN, &[]).next().is_none();
+        if fresh {
+            refuse_orphaned_packs(&cfg.dir, &pack_dir)?;
+        }
         let mut cfg = cfg;
         cfg.chunking = settle_chunking(&index, cfg.chunking)?;
-        let last = recover_packs(&index, &pack_dir)?;
+        let last = recover_packs(&index, &pack_dir, cfg.allow_missing_packs)?;
         let (pack, len) = open_writer(&index, &pack_dir, last, cfg.pack_target_size)?;
         let id = pack.id;
         Ok(Store {
@@ -254,6 +269,7 @@ impl Store {
             new: HashMap::new(),
             pinned: Vec::new(),
             refs: Vec::new(),
+            healed: Vec::new(),
             end: None,
             packs: Vec::new(),
         }
@@ -634,6 +650,9 @@ pub struct WriteSession<'s> {
     new: HashMap<Digest, ChunkLoc>,
     pinned: Vec<Digest>,
     refs: Vec<Digest>,
+    /// Chunks the index had, but whose stored copy failed its check: written again, and the
+    /// index moved to the new copy at commit.
+    healed: Vec<Digest>,
     end: Option<(PackId, u64)>,
     /// Packs this session appended to (registered in the store's `pack_users`).
     packs: Vec<PackId>,
@@ -652,7 +671,7 @@ impl WriteSession<'_> {
         let len = u32::try_from(len).map_err(|_| Error::too_large("chunk over 4 GiB"))?;
         // One pass yields the name and the outboard (wasted only when the chunk is a duplicate).
         let (hash, outboard) = crate::outboard::hash_with_outboard_pieces(data);
-        if !self.new.contains_key(&hash) && !self.pin_if_stored(&hash)? {
+        if !self.new.contains_key(&hash) && !self.stored_intact(&hash, len)? {
             let (loc, end) = self
                 .store
                 .append_as(&hash, &outboard, data, Some(&mut self.packs))?;
@@ -661,6 +680,25 @@ impl WriteSession<'_> {
         }
         self.refs.push(hash);
         Ok(ChunkRef { hash, len })
+    }
+
+    /// Whether the store holds `hash` intact, in which case this session references that copy
+    /// (pinned against gc). The copy is read back and verified first: bytes a client sent are
+    /// acknowledged, so they must never be deduplicated onto a copy that cannot be read (a
+    /// flipped bit on disk, a lost pack). A copy that fails is replaced by the new one, which
+    /// heals every file that shares the chunk.
+    fn stored_intact(&mut self, hash: &Digest, len: u32) -> Result<bool> {
+        if !self.pin_if_stored(hash)? {
+            return Ok(false);
+        }
+        match self.store.check_chunk(&ChunkRef { hash: *hash, len }) {
+            Ok(_) => Ok(true),
+            Err(e) => {
+                tracing::warn!(chunk = %hash.short(), error = %e, "a stored chunk failed its check; storing the copy just received");
+                self.healed.push(*hash);
+                Ok(false)
+            }
+        }
     }
 
     /// Pins `hash` and reports whether the index has it (atomically with respect to gc).
@@ -692,6 +730,9 @@ impl WriteSession<'_> {
             batch.add(CF_CHUNK_REFS, hash.as_bytes(), 1);
         }
         self.store.commit(batch)?;
+        for hash in &self.healed {
+            self.store.forget_location(hash);
+        }
         self.refs.clear();
         Ok(())
     }
@@ -721,11 +762,40 @@ impl Drop for WriteSession<'_> {
     }
 }
 
+const CHUNKING_KEY: &[u8] = b"chunking";
+
+/// A new, empty index next to pack files that hold data: the index was deleted, lost, or
+/// replaced by one from elsewhere. Refused, because recovery would delete every such pack as
+/// never indexed. (The record that settles the chunking is written on a store's first open,
+/// before its first pack exists, so a store's own first crash never gets here.)
+fn refuse_orphaned_packs(dir: &Path, pack_dir: &Path) -> Result<()> {
+    let mut held = (0usize, 0u64);
+    for id in pack_files(pack_dir)? {
+        let len = std::fs::metadata(pack_dir.join(id.file_name()))
+            .map_err(|e| Error::io("stat pack", e))?
+            .len();
+        if len > HEADER_LEN {
+            held = (held.0 + 1, held.1 + len);
+        }
+    }
+    match held {
+        (0, _) => Ok(()),
+        (n, bytes) => Err(Error::corrupt(format!(
+            "the index in {} is new or empty, but {} holds {n} pack files with data ({bytes} \
+             bytes): the index was lost or replaced. Cairn will not open this store (recovery \
+             would discard those packs as never indexed); restore the index from the backup \
+             the packs belong to",
+            dir.join("index").display(),
+            pack_dir.display()
+        ))),
+    }
+}
+
 /// The chunking parameters of this store: those it recorded; for a store that holds chunks but
 /// recorded none (created before they were recorded), [`ChunkParams::LEGACY`]; for a new store,
 /// `configured`. Whatever is chosen is recorded, so it never changes afterwards.
 fn settle_chunking(index: &Index, configured: ChunkParams) -> Result<ChunkParams> {
-    const KEY: &[u8] = b"chunking";
+    const KEY: &[u8] = CHUNKING_KEY;
     if let Some(p) = index.get_record::<ChunkParams>(CF_STORE, KEY)? {
         if p != configured {
             tracing::info!(
@@ -763,8 +833,8 @@ pub(crate) fn pack_files(dir: &Path) -> Result<Vec<PackId>> {
 
 /// Crash recovery: deletes retired and never-indexed packs, truncates unindexed tails.
 /// Returns the highest pack id still present.
-fn recover_packs(index: &Index, dir: &Path) -> Result<Option<PackId>> {
-    let mut last = None;
+fn recover_packs(index: &Index, dir: &Path, allow_missing: bool) -> Result<Option<PackId>> {
+    let mut last = missing_packs(index, dir, allow_missing)?;
     let mut removed = HashSet::new();
     for id in pack_files(dir)? {
         let key = id.0.to_be_bytes();
@@ -804,7 +874,15 @@ fn recover_packs(index: &Index, dir: &Path) -> Result<Option<PackId>> {
                 last = last.max(Some(id));
             }
             _ => {
-                tracing::info!(pack = id.0, retired, "removing pack with no indexed chunks");
+                let len = std::fs::metadata(&path).map_or(0, |m| m.len());
+                match retired || len <= HEADER_LEN {
+                    true => tracing::info!(pack = id.0, retired, "removing pack with no indexed chunks"),
+                    false => tracing::warn!(
+                        pack = id.0,
+                        len,
+                        "removing pack with no indexed chunks (appended before a crash, never acknowledged)"
+                    ),
+                }
                 std::fs::remove_file(&path).map_err(|e| Error::io("remove pack", e))?;
                 removed.insert(id);
                 if retired {
@@ -821,6 +899,46 @@ fn recover_packs(index: &Index, dir: &Path) -> Result<Option<PackId>> {
     }
     forget_vanished_retired_packs(index, dir)?;
     Ok(last)
+}
+
+/// Packs the index has committed data in whose files are gone: an error, unless `allow` (then a
+/// warning, and the highest such id, so that the next pack is created above it rather than
+/// re-created empty under its name).
+fn missing_packs(index: &Index, dir: &Path, allow: bool) -> Result<Option<PackId>> {
+    let mut missing = Vec::new();
+    for r in index.scan(CF_PACK_LEN, &[]) {
+        let (k, _) = r?;
+        let Ok(id) = k[..]
+            .try_into()
+            .map(|b: [u8; 8]| PackId(u64::from_be_bytes(b)))
+        else {
+            continue;
+        };
+        let retired = matches!(
+            index.get_record::<PackInfo>(CF_PACKS, &k)?,
+            Some(PackInfo {
+                state: PackState::Retired
+            })
+        );
+        if !retired && !dir.join(id.file_name()).exists() {
+            missing.push(id);
+        }
+    }
+    let Some(&highest) = missing.last() else {
+        return Ok(None);
+    };
+    let names: Vec<String> = missing.iter().map(|id| id.file_name()).collect();
+    if !allow {
+        return Err(Error::corrupt(format!(
+            "{} holds data the index has committed but is missing from {}: restore it from a \
+             backup, or start with allow_missing_packs (CAIRN_ALLOW_MISSING_PACKS=1) to serve \
+             the rest and let `cairn fsck` name the files it held",
+            names.join(", "),
+            dir.display()
+        )));
+    }
+    tracing::warn!(packs = %names.join(","), "packs are missing; their chunks read as corrupt");
+    Ok(Some(highest))
 }
 
 /// A crash after a repacked pack's file was deleted but before its index entries were: drop them.
@@ -1051,4 +1169,155 @@ fn located(chunk: &ChunkRef, loc: Option<ChunkLoc>) -> Result<ChunkLoc> {
         )));
     }
     Ok(loc)
+}
+
+#[cfg(test)]
+mod lost_file_tests {
+    use super::*;
+
+    fn open(dir: &Path, allow_missing_packs: bool) -> Result<Store> {
+        let mut cfg = StoreConfig::new(dir);
+        cfg.allow_missing_packs = allow_missing_packs;
+        Store::open(cfg, &[])
+    }
+
+    /// A store with one committed chunk; returns it and its pack's path and length.
+    fn one_chunk(dir: &Path) -> (ChunkRef, PathBuf, u64) {
+        let store = open(dir, false).unwrap();
+        let mut s = store.session();
+        let c = s.add_chunk(&[7u8; 5000]).unwrap();
+        s.commit(store.index().batch()).unwrap();
+        let pack = store.open_pack_id();
+        let path = dir.join("packs").join(pack.file_name());
+        (c, path.clone(), std::fs::metadata(path).unwrap().len())
+    }
+
+    #[test]
+    fn a_lost_index_is_refused_and_the_packs_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, pack, len) = one_chunk(dir.path());
+        std::fs::remove_dir_all(dir.path().join("index")).unwrap();
+        for _ in 0..2 {
+            let err = open(dir.path(), false).err().expect("refused");
+            assert_eq!(err.kind, cairn_core::ErrorKind::Corrupt, "{err}");
+            assert!(err.reason.contains("index"), "{err}");
+            assert_eq!(std::fs::metadata(&pack).unwrap().len(), len, "pack kept");
+        }
+    }
+
+    #[test]
+    fn a_new_store_and_one_whose_first_pack_holds_only_its_header_open() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(open(dir.path(), false).unwrap());
+        drop(open(dir.path(), false).unwrap());
+        // A crash after the first pack was created but before anything was committed to it.
+        let (_, pack, _) = one_chunk(dir.path());
+        std::fs::remove_dir_all(dir.path().join("index")).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&pack)
+            .unwrap()
+            .set_len(HEADER_LEN)
+            .unwrap();
+        drop(open(dir.path(), false).unwrap());
+    }
+
+    #[test]
+    fn a_missing_pack_is_refused_unless_allowed_and_never_recreated() {
+        let dir = tempfile::tempdir().unwrap();
+        let (c, pack, _) = one_chunk(dir.path());
+        std::fs::remove_file(&pack).unwrap();
+        let err = open(dir.path(), false).err().expect("refused");
+        assert_eq!(err.kind, cairn_core::ErrorKind::Corrupt, "{err}");
+        assert!(
+            err.reason
+                .contains(pack.file_name().unwrap().to_str().unwrap()),
+            "{err}"
+        );
+        assert!(!pack.exists(), "not recreated");
+
+        let store = open(dir.path(), true).unwrap();
+        assert!(!pack.exists(), "the next pack is a new one");
+        let read = store.read_chunk(&c).expect_err("a lost chunk is an error");
+        assert_eq!(read.kind, cairn_core::ErrorKind::Corrupt, "{read}");
+        let mut s = store.session();
+        let fresh = s.add_chunk(&[8u8; 3000]).unwrap();
+        s.commit(store.index().batch()).unwrap();
+        drop(store);
+        let store = open(dir.path(), true).unwrap();
+        assert_eq!(store.read_chunk(&fresh).unwrap(), vec![8u8; 3000]);
+        drop(store);
+        assert!(
+            open(dir.path(), false).is_err(),
+            "still missing, still refused"
+        );
+    }
+}
+
+#[cfg(test)]
+mod dedup_tests {
+    use super::*;
+    use std::os::unix::fs::FileExt;
+
+    fn store_chunk(store: &Store, data: &[u8]) -> ChunkRef {
+        let mut s = store.session();
+        let c = s.add_chunk(data).unwrap();
+        s.commit(store.index().batch()).unwrap();
+        c
+    }
+
+    fn pack_len(store: &Store, id: PackId) -> u64 {
+        std::fs::metadata(store.pack_dir().join(id.file_name()))
+            .unwrap()
+            .len()
+    }
+
+    #[test]
+    fn an_intact_duplicate_is_referenced_not_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(StoreConfig::new(dir.path()), &[]).unwrap();
+        let data = vec![3u8; 70_000];
+        let c = store_chunk(&store, &data);
+        let loc = store.locate(&c).unwrap();
+        let before = pack_len(&store, loc.pack);
+        assert_eq!(store_chunk(&store, &data), c);
+        assert_eq!(store.locate(&c).unwrap(), loc);
+        assert_eq!(pack_len(&store, loc.pack), before, "nothing appended");
+    }
+
+    /// Bytes received again are never deduplicated onto a stored copy that fails its check:
+    /// they are stored, and every reference to the chunk reads them from then on.
+    #[test]
+    fn a_duplicate_of_a_damaged_chunk_is_stored_again_and_heals_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..70_000u32).map(|i| (i * 31 % 251) as u8).collect();
+        let (c, loc) = {
+            let store = Store::open(StoreConfig::new(dir.path()), &[]).unwrap();
+            let c = store_chunk(&store, &data);
+            (c, store.locate(&c).unwrap())
+        };
+        let pack = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(dir.path().join("packs").join(loc.pack.file_name()))
+            .unwrap();
+        let at = loc.end() - 1000;
+        let mut byte = [0u8];
+        pack.read_exact_at(&mut byte, at).unwrap();
+        pack.write_all_at(&[byte[0] ^ 0xff], at).unwrap();
+
+        let store = Store::open(StoreConfig::new(dir.path()), &[]).unwrap();
+        let err = store.read_chunk(&c).expect_err("damaged");
+        assert_eq!(err.kind, cairn_core::ErrorKind::Corrupt, "{err}");
+        assert_eq!(store_chunk(&store, &data), c);
+        assert_ne!(
+            store.locate(&c).unwrap(),
+            loc,
+            "the index names the new copy"
+        );
+        assert_eq!(&store.read_chunk(&c).unwrap()[..], &data[..]);
+        drop(store);
+        let store = Store::open(StoreConfig::new(dir.path()), &[]).unwrap();
+        assert_eq!(&store.read_chunk(&c).unwrap()[..], &data[..], "durably");
+    }
 }
