@@ -121,9 +121,16 @@ fn upload_a_thousand_files_and_get_each_back() {
     )))
     .unwrap();
     assert_eq!(out["files"], 1000);
-    let (requests, jobs) = (s.uploads().0, out["upload_jobs"].as_u64().unwrap());
+    let jobs = out["upload_jobs"].as_u64().unwrap();
+    // The log is read by a thread of its own: wait until it has every upload's line.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let total: usize = sizes.iter().map(|(_, n)| n).sum();
+    while (s.uploads().1 as usize) < total && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let requests = s.uploads().0;
     assert!(
-        requests as u64 <= jobs,
+        requests >= 1 && requests as u64 <= jobs,
         "each upload job goes as one request: {requests} requests for {jobs} jobs"
     );
     let version = out["version"].as_str().unwrap().to_string();

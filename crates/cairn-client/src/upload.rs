@@ -178,7 +178,8 @@ struct Local {
     roots: Vec<String>,
     /// Symbolic links met inside the directories (local paths), not followed.
     links: Vec<String>,
-    /// The same links by their path in the object: `delete` leaves what is there alone.
+    /// The same links, and FIFOs, sockets and devices, by their path in the object: nothing
+    /// is uploaded from them, and `delete` leaves what is there alone.
     link_rels: BTreeSet<String>,
 }
 
@@ -251,6 +252,9 @@ fn walk(p: &Path, rel: &str, local: &mut Local) -> Result<()> {
             mtime_ns,
             blake3,
         });
+    } else {
+        // A FIFO, socket or device: not uploaded, and `delete` leaves what is there alone.
+        local.link_rels.insert(rel.to_string());
     }
     Ok(())
 }
@@ -258,7 +262,7 @@ fn walk(p: &Path, rel: &str, local: &mut Local) -> Result<()> {
 /// Paths in the draft's tree, under the uploaded directories, that the local tree no longer
 /// has: each the highest such path (a directory gone locally is one deletion), plus those whose
 /// kind changed (a file where there is now a directory, or the reverse). Paths where a symbolic
-/// link was skipped are left alone.
+/// link (or a FIFO, socket or device) was skipped are left alone.
 fn gone(tree: &Value, local: &Local) -> Vec<String> {
     let files: BTreeSet<&str> = local.files.iter().map(|f| f.rel.as_str()).collect();
     let mut out = Vec::new();

@@ -379,6 +379,8 @@ fn logged(
     h: &FileHandle,
     start: u64,
 ) -> impl Stream<Item = cairn_core::Result<Bytes>> + Send + 'static {
+    // `Span::current()` is the request's span: `body_of` runs in the handler, and `multipart`
+    // enters the handler's span around this call.
     let (span, what, size) = (tracing::Span::current(), h.path.to_string(), h.size);
     stream.inspect_err(move |e| {
         let _in = span.enter();
@@ -386,7 +388,7 @@ fn logged(
             kind = e.kind.as_str(),
             path = %what,
             size,
-            range_start = start,
+            range_start = start, // where the range began, not where the read failed
             error = %e,
             "a download was cut short after its status was sent"
         );
@@ -429,8 +431,11 @@ async fn multipart(
         )))));
         // Lazy: each range's reader starts only when the previous one is done.
         let (engine, h) = (st.engine.clone(), h.clone());
+        // The span is taken here, in the handler: the lazy reader starts after it has ended.
+        let span = tracing::Span::current();
         let rest = futures::stream::once(async move {
             let stream = engine.read_stream(h.clone(), start, len);
+            let _in = span.enter();
             logged(stream, &h, start)
         });
         pieces.push(Box::pin(rest.flatten()));

@@ -499,7 +499,6 @@ struct Tree<'a> {
     owner: &'a str,
 }
 
-/// What the walk of the trees found.
 /// What the store check found damaged, as `damaged_in` asks about it.
 struct Damage {
     /// Part keys (hex) with any damage.
@@ -510,6 +509,7 @@ struct Damage {
     chunks: HashSet<Digest>,
 }
 
+/// What the walk of the trees found.
 #[derive(Default)]
 struct Found {
     damaged_files: Vec<String>,

@@ -178,6 +178,9 @@ impl Store {
         // Packs with a write session's uncommitted chunks are skipped: those chunks are not in
         // the index yet and would look dead. Sealed packs get no new appends, so a pack not in
         // use now stays so, and the scan below (taken after this) sees all its live chunks.
+        // The open pack is read first: one that an upload fills and seals while the scan runs
+        // is at or above it, so it is never judged by a scan taken while it was still filling.
+        let mut open = self.open_pack_id();
         let mut in_use = self.packs_in_use();
         let mut live = self.live_by_pack(&dry.dead_chunks)?;
         // A mostly dead open pack is sealed first, so that deleting something and running gc
@@ -194,10 +197,10 @@ impl Store {
                 report.disk_bytes_freed += len.saturating_sub(live_bytes(&live, open));
             }
         } else if self.seal_open_pack_if(seal_open)? {
+            open = self.open_pack_id();
             in_use = self.packs_in_use();
             live = self.live_by_pack(&dry.dead_chunks)?;
         }
-        let open = self.open_pack_id();
         for id in pack_files(self.pack_dir())? {
             let sealed = matches!(
                 self.index()

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use cairn_core::record::Record;
-use cairn_core::{Digest, Error, Result};
+use cairn_core::{Digest, Error, ErrorKind, Result};
 use parking_lot::{Mutex, MutexGuard, RwLock};
 use serde::{Deserialize, Serialize};
 
@@ -270,6 +270,7 @@ impl Store {
             pinned: Vec::new(),
             refs: Vec::new(),
             healed: Vec::new(),
+            verified: HashSet::new(),
             end: None,
             packs: Vec::new(),
         }
@@ -653,6 +654,9 @@ pub struct WriteSession<'s> {
     /// Chunks the index had, but whose stored copy failed its check: written again, and the
     /// index moved to the new copy at commit.
     healed: Vec<Digest>,
+    /// Stored chunks this session found intact (and pinned): a chunk repeated within one
+    /// upload (zeros, a disk image) is read back once.
+    verified: HashSet<Digest>,
     end: Option<(PackId, u64)>,
     /// Packs this session appended to (registered in the store's `pack_users`).
     packs: Vec<PackId>,
@@ -687,17 +691,26 @@ impl WriteSession<'_> {
     /// acknowledged, so they must never be deduplicated onto a copy that cannot be read (a
     /// flipped bit on disk, a lost pack). A copy that fails is replaced by the new one, which
     /// heals every file that shares the chunk.
+    /// Only a copy that is `corrupt` (damaged, or in a lost pack) is replaced; any other error
+    /// (a failed read) fails the request, which the client retries.
     fn stored_intact(&mut self, hash: &Digest, len: u32) -> Result<bool> {
+        if self.verified.contains(hash) {
+            return Ok(true); // checked (and pinned) at its first occurrence in this session
+        }
         if !self.pin_if_stored(hash)? {
             return Ok(false);
         }
         match self.store.check_chunk(&ChunkRef { hash: *hash, len }) {
-            Ok(_) => Ok(true),
-            Err(e) => {
+            Ok(_) => {
+                self.verified.insert(*hash);
+                Ok(true)
+            }
+            Err(e) if e.kind == ErrorKind::Corrupt => {
                 tracing::warn!(chunk = %hash.short(), error = %e, "a stored chunk failed its check; storing the copy just received");
                 self.healed.push(*hash);
                 Ok(false)
             }
+            Err(e) => Err(e),
         }
     }
 
@@ -924,6 +937,9 @@ fn missing_packs(index: &Index, dir: &Path, allow: bool) -> Result<Option<PackId
             missing.push(id);
         }
     }
+    if !missing.is_empty() {
+        missing = still_indexed(index, missing)?;
+    }
     let Some(&highest) = missing.last() else {
         return Ok(None);
     };
@@ -939,6 +955,36 @@ fn missing_packs(index: &Index, dir: &Path, allow: bool) -> Result<Option<PackId
     }
     tracing::warn!(packs = %names.join(","), "packs are missing; their chunks read as corrupt");
     Ok(Some(highest))
+}
+
+/// Of the `missing` packs, those that some chunk location still points into. The others held
+/// only chunks since deleted (gc after the damaged versions went) or healed (stored again by a
+/// later upload): their entries are dropped, so the store opens normally again. An undecodable
+/// location could point anywhere: then nothing is dropped.
+fn still_indexed(index: &Index, missing: Vec<PackId>) -> Result<Vec<PackId>> {
+    let mut pointed = HashSet::new();
+    for r in index.scan(CF_CHUNKS, &[]) {
+        let (_, v) = r?;
+        match ChunkLoc::decode(&v) {
+            Ok(loc) => pointed.insert(loc.pack),
+            Err(_) => return Ok(missing),
+        };
+    }
+    let (kept, gone): (Vec<PackId>, Vec<PackId>) =
+        missing.into_iter().partition(|id| pointed.contains(id));
+    if !gone.is_empty() {
+        let mut b = index.batch();
+        for id in &gone {
+            tracing::info!(
+                pack = id.0,
+                "a lost pack no longer holds any indexed chunk: forgotten"
+            );
+            b.delete(CF_PACKS, &id.0.to_be_bytes());
+            b.delete(CF_PACK_LEN, &id.0.to_be_bytes());
+        }
+        index.write(b, true)?;
+    }
+    Ok(kept)
 }
 
 /// A crash after a repacked pack's file was deleted but before its index entries were: drop them.
@@ -1251,6 +1297,17 @@ mod lost_file_tests {
             open(dir.path(), false).is_err(),
             "still missing, still refused"
         );
+
+        // The lost chunk sent again is stored anew (healed): nothing points into the lost pack
+        // any more, its entries are dropped, and the store opens without the override.
+        let store = open(dir.path(), true).unwrap();
+        let mut s = store.session();
+        assert_eq!(s.add_chunk(&[7u8; 5000]).unwrap(), c);
+        s.commit(store.index().batch()).unwrap();
+        drop(store);
+        let store = open(dir.path(), false).expect("opens once nothing is lost");
+        assert_eq!(store.read_chunk(&c).unwrap(), vec![7u8; 5000]);
+        assert_eq!(store.read_chunk(&fresh).unwrap(), vec![8u8; 3000]);
     }
 }
 
