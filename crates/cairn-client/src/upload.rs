@@ -578,25 +578,29 @@ mod tests {
         (path.to_string(), off, len)
     }
 
+    fn run(offset: u64, len: u64, pieces: Vec<(String, u64, u64)>) -> Run {
+        Run {
+            offset,
+            len,
+            pieces,
+        }
+    }
+
     #[test]
     fn a_fresh_job_is_one_request() {
         let status = [seg("a", 0, 3, 0), seg("b", 0, 5, 0), seg("c", 8, 2, 0)];
-        let want = Run {
-            offset: 0,
-            len: 10,
-            pieces: vec![piece("a", 0, 3), piece("b", 0, 5), piece("c", 8, 2)],
-        };
+        let want = run(
+            0,
+            10,
+            vec![piece("a", 0, 3), piece("b", 0, 5), piece("c", 8, 2)],
+        );
         assert_eq!(runs(&status).unwrap(), vec![want]);
     }
 
     #[test]
     fn a_resumed_job_sends_from_the_first_missing_byte() {
         let status = [seg("a", 0, 3, 3), seg("b", 0, 5, 2), seg("c", 0, 4, 0)];
-        let want = Run {
-            offset: 5,
-            len: 7,
-            pieces: vec![piece("b", 2, 3), piece("c", 0, 4)],
-        };
+        let want = run(5, 7, vec![piece("b", 2, 3), piece("c", 0, 4)]);
         assert_eq!(runs(&status).unwrap(), vec![want]);
         let done = [seg("a", 0, 3, 3), seg("b", 0, 5, 9)];
         assert_eq!(runs(&done).unwrap(), vec![]);
@@ -611,16 +615,8 @@ mod tests {
             seg("d", 0, 1, 0),
         ];
         let want = vec![
-            Run {
-                offset: 1,
-                len: 2,
-                pieces: vec![piece("a", 1, 2)],
-            },
-            Run {
-                offset: 8,
-                len: 5,
-                pieces: vec![piece("c", 0, 4), piece("d", 0, 1)],
-            },
+            run(1, 2, vec![piece("a", 1, 2)]),
+            run(8, 5, vec![piece("c", 0, 4), piece("d", 0, 1)]),
         ];
         assert_eq!(runs(&status).unwrap(), want);
     }
@@ -702,16 +698,8 @@ mod tests {
     fn a_partly_held_segment_starts_a_run_of_its_own() {
         let status = [seg("a", 0, 3, 0), seg("b", 0, 5, 2)];
         let want = vec![
-            Run {
-                offset: 0,
-                len: 3,
-                pieces: vec![piece("a", 0, 3)],
-            },
-            Run {
-                offset: 5,
-                len: 3,
-                pieces: vec![piece("b", 2, 3)],
-            },
+            run(0, 3, vec![piece("a", 0, 3)]),
+            run(5, 3, vec![piece("b", 2, 3)]),
         ];
         assert_eq!(runs(&status).unwrap(), want);
     }
