@@ -105,11 +105,19 @@ pub async fn upload_tree(
         None => (start(client, opts, local, &record_path).await?, false),
     };
     let sent = Arc::new(AtomicU64::new(0));
+    // Looked up for every piece the plan names: a map, not a scan of a list that may hold
+    // millions of files.
+    let by_path: ByPath = record.files.iter().map(|f| (f.rel.as_str(), f)).collect();
     futures::stream::iter(record.jobs.iter().cloned())
         .map(|uj| {
-            let (client, record, sent, progress) =
-                (client.clone(), &record, sent.clone(), progress.clone());
-            async move { send_job(&client, record, &uj, sent, progress).await }
+            let (client, record, by_path, sent, progress) = (
+                client.clone(),
+                &record,
+                &by_path,
+                sent.clone(),
+                progress.clone(),
+            );
+            async move { send_job(&client, record, by_path, &uj, sent, progress).await }
         })
         .buffer_unordered(opts.parallel.max(1))
         .try_collect::<()>()
@@ -415,17 +423,21 @@ async fn start(
     Ok(record)
 }
 
+/// The files of an upload by their path in the object.
+type ByPath<'a> = std::collections::HashMap<&'a str, &'a LocalFile>;
+
 /// Sends what the server still lacks of one upload job, resuming from `skip` after any failure.
 async fn send_job(
     client: &Client,
     record: &ResumeRecord,
+    by_path: &ByPath<'_>,
     uj: &str,
     sent: Arc<AtomicU64>,
     progress: Progress,
 ) -> Result<()> {
     let mut attempt = 0;
     loop {
-        match send_job_once(client, record, uj, &sent, &progress).await {
+        match send_job_once(client, record, by_path, uj, &sent, &progress).await {
             Ok(()) => return Ok(()),
             Err(e) if (e.retryable() || e.status() == Some(409)) && attempt + 1 < JOB_ATTEMPTS => {
                 tracing::info!(upload_job = uj, error = %e, attempt, "resuming upload job");
@@ -440,6 +452,7 @@ async fn send_job(
 async fn send_job_once(
     client: &Client,
     record: &ResumeRecord,
+    by_path: &ByPath<'_>,
     uj: &str,
     sent: &Arc<AtomicU64>,
     progress: &Progress,
@@ -450,12 +463,12 @@ async fn send_job_once(
     for run in runs(&status)? {
         let mut pieces = Vec::with_capacity(run.pieces.len());
         for (path, off, len) in run.pieces {
-            let file = record.files.iter().find(|f| f.rel == path).ok_or_else(|| {
+            let file = by_path.get(path.as_str()).ok_or_else(|| {
                 ClientError::Local(format!(
                     "the plan names {path}, which this upload does not have"
                 ))
             })?;
-            pieces.push((file.clone(), off, len));
+            pieces.push(((*file).clone(), off, len));
         }
         let (sent, progress) = (sent.clone(), progress.clone());
         // One request for the whole run: the files are opened one after another as the body

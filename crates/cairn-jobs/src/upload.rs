@@ -40,6 +40,14 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
     }
 }
 
+/// A write session for request bodies: a chunk that arrived again is checked against its
+/// stored copy, and when that copy is not in the page cache the read runs as [`blocking`].
+fn ingest_session(engine: &Engine) -> cairn_store::WriteSession<'_> {
+    let mut session = engine.store.session();
+    session.wait_with(|read| blocking(read));
+    session
+}
+
 /// Per-segment progress of an upload job (the reference's upload-status entry).
 #[derive(Debug, Clone, Serialize)]
 pub struct SegmentStatus {
@@ -524,7 +532,7 @@ impl<'e> Ingest<'e> {
         let chunker = SegmentChunker::with_pending(engine.store.chunking(), tail, seg_end - pos);
         Ok(Ingest {
             engine,
-            session: engine.store.session(),
+            session: ingest_session(engine),
             chunker,
             pos,
             segment,
@@ -668,7 +676,7 @@ impl<'e> Ingest<'e> {
         rec.received = received;
         rec.tail_len = tail.len() as u64;
         b.put_record(CF_UPLOAD_JOBS, rec.id.as_bytes(), &rec);
-        let session = std::mem::replace(&mut self.session, engine.store.session());
+        let session = std::mem::replace(&mut self.session, ingest_session(engine));
         session.commit(b)?;
         // Only a committed batch changes what this request believes is durable.
         self.rec = rec;

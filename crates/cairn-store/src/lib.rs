@@ -27,5 +27,6 @@ pub use fsck::{ExternalRefs, FsckReport};
 pub use gc::{GcOptions, GcReport, Released};
 pub use index::{Batch, CfKind, Index};
 pub use store::{
-    part_digest, part_key, ChunkRef, PartRecord, Store, StoreConfig, StoreStats, WriteSession,
+    part_digest, part_key, ChunkRef, PartRecord, Store, StoreConfig, StoreStats, Waiter,
+    WriteSession,
 };

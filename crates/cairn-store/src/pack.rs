@@ -378,20 +378,40 @@ impl PackFile {
     /// Reads the whole record and checks its outboard as well as its data (for fsck: a
     /// damaged outboard only shows in partial reads otherwise).
     pub fn check_record(&self, loc: &ChunkLoc, expect: &Digest) -> Result<u64> {
-        let data = self.read_chunk(loc, expect)?;
-        if loc.outboard > 0 {
-            let mut ob = vec![0u8; loc.outboard as usize];
-            self.file
-                .read_exact_at(&mut ob, loc.offset + RECORD_HEADER_LEN)
-                .map_err(|e| read_error(e, loc, expect))?;
-            if outboard::hash_with_outboard(&data).1 != ob {
-                return Err(Error::corrupt(format!(
-                    "chunk {} in pack {} at offset {} has a damaged outboard",
-                    expect, loc.pack.0, loc.offset
-                )));
-            }
+        let checked = self.check_record_with(loc, expect, Wait::Yes);
+        checked.map(|n| n.expect("a waiting read is never skipped"))
+    }
+
+    /// [`PackFile::check_record`] from the page cache only: `Ok(None)` when any byte of the
+    /// record would have to come from the disk.
+    pub fn check_record_cached(&self, loc: &ChunkLoc, expect: &Digest) -> Result<Option<u64>> {
+        self.check_record_with(loc, expect, Wait::No)
+    }
+
+    fn check_record_with(
+        &self,
+        loc: &ChunkLoc,
+        expect: &Digest,
+        wait: Wait,
+    ) -> Result<Option<u64>> {
+        // One read: header, outboard and data are contiguous.
+        let buf = match self.read_pooled(loc.offset, loc.record_len(), wait) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(None),
+            Err(e) => return Err(read_error(e, loc, expect)),
+        };
+        let data = &buf[(loc.data_offset() - loc.offset) as usize..];
+        if !header_matches(&buf, loc, expect) || Digest::of(data) != *expect {
+            return Err(fails_check(loc, expect));
         }
-        Ok(data.len() as u64)
+        let ob = &buf[RECORD_HEADER_LEN as usize..(loc.data_offset() - loc.offset) as usize];
+        if loc.outboard > 0 && outboard::hash_with_outboard(data).1 != ob {
+            return Err(Error::corrupt(format!(
+                "chunk {} in pack {} at offset {} has a damaged outboard",
+                expect, loc.pack.0, loc.offset
+            )));
+        }
+        Ok(Some(data.len() as u64))
     }
 
     fn read_pooled(&self, at: u64, len: u64, wait: Wait) -> std::io::Result<bytes::Bytes> {

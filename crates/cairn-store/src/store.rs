@@ -273,6 +273,7 @@ impl Store {
             verified: HashSet::new(),
             end: None,
             packs: Vec::new(),
+            wait_with: None,
         }
     }
 
@@ -537,6 +538,13 @@ impl Store {
         self.read_located(chunk, loc, |p, l| p.check_record(l, &chunk.hash))
     }
 
+    /// [`Store::check_chunk`] if the record is in the page cache, `Ok(None)` if checking it
+    /// would wait for the disk.
+    pub fn check_chunk_cached(&self, chunk: &ChunkRef) -> Result<Option<u64>> {
+        let loc = self.locate(chunk)?;
+        self.read_located(chunk, loc, |p, l| p.check_record_cached(l, &chunk.hash))
+    }
+
     pub fn part(&self, digest: &Digest, size: u64) -> Result<Option<PartRecord>> {
         self.index.get_record(CF_PARTS, &part_key(digest, size))
     }
@@ -660,9 +668,22 @@ pub struct WriteSession<'s> {
     end: Option<(PackId, u64)>,
     /// Packs this session appended to (registered in the store's `pack_users`).
     packs: Vec<PackId>,
+    /// Runs a read that waits for the disk (see [`WriteSession::wait_with`]).
+    wait_with: Option<Waiter>,
 }
 
+/// Runs a closure that may wait for the disk where that stalls nothing else (an async caller
+/// hands its thread's other work over first).
+pub type Waiter = fn(&mut dyn FnMut());
+
 impl WriteSession<'_> {
+    /// Has every disk read this session needs that the page cache cannot serve (checking a
+    /// stored copy of a chunk that arrived again) run through `waiter`. Without one, such
+    /// reads run on the calling thread.
+    pub fn wait_with(&mut self, waiter: Waiter) {
+        self.wait_with = Some(waiter);
+    }
+
     /// Stores one chunk unless the store already has it; returns its reference.
     pub fn add_chunk(&mut self, data: &[u8]) -> Result<ChunkRef> {
         self.add_chunk_pieces(&[data])
@@ -700,7 +721,7 @@ impl WriteSession<'_> {
         if !self.pin_if_stored(hash)? {
             return Ok(false);
         }
-        match self.store.check_chunk(&ChunkRef { hash: *hash, len }) {
+        match self.check_stored(&ChunkRef { hash: *hash, len }) {
             Ok(_) => {
                 self.verified.insert(*hash);
                 Ok(true)
@@ -712,6 +733,20 @@ impl WriteSession<'_> {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Checks the stored copy of `chunk`: from the page cache where it can, else through the
+    /// session's waiter.
+    fn check_stored(&self, chunk: &ChunkRef) -> Result<u64> {
+        let Some(waiter) = self.wait_with else {
+            return self.store.check_chunk(chunk);
+        };
+        if let Some(n) = self.store.check_chunk_cached(chunk)? {
+            return Ok(n);
+        }
+        let mut checked = None;
+        waiter(&mut || checked = Some(self.store.check_chunk(chunk)));
+        checked.unwrap_or_else(|| Err(Error::internal("a waiter did not run its read")))
     }
 
     /// Pins `hash` and reports whether the index has it (atomically with respect to gc).
@@ -1340,6 +1375,50 @@ mod dedup_tests {
         assert_eq!(store_chunk(&store, &data), c);
         assert_eq!(store.locate(&c).unwrap(), loc);
         assert_eq!(pack_len(&store, loc.pack), before, "nothing appended");
+    }
+
+    static WAITS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+    fn counting_waiter(read: &mut dyn FnMut()) {
+        WAITS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        read();
+    }
+
+    /// The check of a stored copy reads the disk only through the session's waiter (an upload
+    /// hands its runtime thread over first), and only when the page cache cannot serve it.
+    #[test]
+    fn a_duplicate_not_in_the_page_cache_is_checked_through_the_waiter() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(StoreConfig::new(dir.path()), &[]).unwrap();
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 253) as u8).collect();
+        let c = store_chunk(&store, &data);
+        let loc = store.locate(&c).unwrap();
+        let path = store.pack_dir().join(loc.pack.file_name());
+        let pack = std::fs::File::open(&path).unwrap();
+        pack.sync_all().unwrap();
+        rustix::fs::fadvise(&pack, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+        // tmpfs keeps every page in memory: nothing there ever waits for a disk.
+        let in_memory = rustix::fs::fstatfs(&pack).unwrap().f_type == 0x0102_1994;
+        let add_again = || {
+            let mut s = store.session();
+            s.wait_with(counting_waiter);
+            assert_eq!(s.add_chunk(&data).unwrap(), c);
+            s.commit(store.index().batch()).unwrap();
+        };
+        add_again();
+        assert_eq!(
+            WAITS.load(SeqCst),
+            usize::from(!in_memory),
+            "evicted: one waiting read"
+        );
+        assert_eq!(store.locate(&c).unwrap(), loc, "deduplicated");
+        add_again();
+        assert_eq!(
+            WAITS.load(SeqCst),
+            usize::from(!in_memory),
+            "cached now: no wait"
+        );
     }
 
     /// Bytes received again are never deduplicated onto a stored copy that fails its check:
