@@ -146,10 +146,8 @@ impl Engine {
             epoch,
             state: RwLock::new(()),
             uj_locks: Mutex::new(HashMap::new()),
-            // Decoded nodes take roughly 200 bytes per entry.
-            nodes: cairn_store::cache::Cache::new(32 << 20, |n: &DirNode| {
-                256 + 200 * n.entries.len()
-            }),
+            // Decoded nodes take roughly 200 bytes per entry, plus their metadata.
+            nodes: cairn_store::cache::Cache::new(32 << 20, crate::tree::node_weight),
             stream_hashes: Mutex::new(HashMap::new()),
             opened: crate::read::OpenedFiles::new(),
             streams: Arc::new(tokio::sync::Semaphore::new(STREAM_PERMITS)),
@@ -377,7 +375,7 @@ impl Engine {
 
     fn ensure_empty_root(&self, b: &mut Batch<'_>) -> Result<Digest> {
         let mut nodes = Vec::new();
-        let root = MemDir::default().store(&mut nodes);
+        let (root, _) = MemDir::default().store(&mut nodes, &|d| self.load_node(d))?;
         let _g = self.store.ref_guard();
         self.put_nodes(b, nodes)?;
         Ok(root)

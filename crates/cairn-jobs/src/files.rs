@@ -15,7 +15,9 @@ use crate::engine::{Engine, Qhit};
 use crate::ops::{FilesJobRequest, Op};
 use crate::planner::plan;
 use crate::records::*;
-use crate::tree::{lookup, Content, Entry, FileEntry, MemDir, MemEntry, PartSeg, PendingSeg};
+use crate::tree::{
+    lookup, Content, Entry, FileEntry, Loader, MemDir, MemEntry, PartSeg, PendingSeg,
+};
 
 /// Reply to a files-job creation: its id and the upload jobs to send.
 #[derive(Debug, Clone, Serialize)]
@@ -79,6 +81,7 @@ impl Engine {
             library: draft.library,
             confined,
             linked: Vec::new(),
+            copied: 0,
         };
         for (i, op) in ops.iter().enumerate() {
             self.apply_op(&mut tree, op, &mut cx).map_err(|mut e| {
@@ -153,7 +156,13 @@ impl Engine {
         linked: &[PartSeg],
     ) -> Result<()> {
         let mut nodes = Vec::new();
-        let root = tree.store(&mut nodes);
+        let (root, stats) = tree.store(&mut nodes, &|d| self.load_node(d))?;
+        if stats.files > MAX_TREE_FILES {
+            return Err(Error::too_large(format!(
+                "the draft would hold {} files; the limit is {MAX_TREE_FILES}",
+                stats.files
+            )));
+        }
         let guard = self.store.ref_guard();
         for p in linked {
             if !self.store.index().exists(
@@ -239,8 +248,19 @@ impl Engine {
                 // the same part slices); a copy of one added by this job is uploaded on its own.
                 let entry = tree
                     .get(from, &loader)?
-                    .ok_or_else(|| Error::not_found(format!("{from} does not exist")))?
-                    .clone();
+                    .ok_or_else(|| Error::not_found(format!("{from} does not exist")))?;
+                // A copy of a directory edited by this job is a deep copy: what copies may
+                // take in memory is bounded per job (copies of stored directories are a
+                // digest each; the files they add count against the tree's limit instead).
+                cx.copied = cx.copied.saturating_add(crate::tree::entry_weight(entry));
+                if cx.copied > MAX_COPY_WEIGHT {
+                    return Err(Error::too_large(format!(
+                        "the copies of this files job would take over {} MiB; copy stored \
+                         directories (finalized, or from an earlier files job) instead",
+                        MAX_COPY_WEIGHT >> 20
+                    )));
+                }
+                let entry = entry.clone();
                 tree.insert(to, entry, &loader)
             }
             Op::Link { path, target, meta } => {
@@ -498,6 +518,8 @@ impl Engine {
             let path = at.join(&name)?;
             let entry = dir.entry_mut(&name).expect("listed");
             let segs = match entry {
+                // A stored directory with nothing uploading is left as it is, unread.
+                MemEntry::Stored(d) if out.stats(d, &loader)?.pending == 0 => continue,
                 MemEntry::Stored(d) => {
                     let mut sub = MemDir::load(d, &loader)?;
                     if self.resolve_dir(&mut sub, &path, strict, out)? {
@@ -646,15 +668,8 @@ impl Engine {
 
     /// Logical bytes of all files under `root`.
     pub fn tree_size(&self, root: &Digest) -> Result<u64> {
-        let node = self.load_node(root)?;
-        let mut total = 0u64;
-        for e in node.entries.values() {
-            total = total.saturating_add(match e {
-                Entry::Dir(d) => self.tree_size(d)?,
-                Entry::File(f) => f.size,
-            });
-        }
-        Ok(total)
+        let stats = crate::tree::stats_of(root, &|d| self.load_node(d), &mut HashMap::new())?;
+        Ok(stats.bytes)
     }
 
     /// The version or draft tree root for reading.
@@ -671,7 +686,17 @@ struct OpContext {
     confined: bool,
     /// Part slices linked from the known-file index (re-checked before commit).
     linked: Vec<PartSeg>,
+    /// What this job's copies have cloned ([`crate::tree::entry_weight`]).
+    copied: usize,
 }
+
+/// Most files a draft's tree may hold, at any depth (copies of a directory included: a copy of
+/// a stored directory is one digest, however many files it holds).
+pub const MAX_TREE_FILES: u64 = 10_000_000;
+
+/// Most memory one files job's copies may clone (a copy of a directory this job edited is
+/// deep).
+const MAX_COPY_WEIGHT: usize = 256 << 20;
 
 /// What resolving a draft's pending files produced.
 #[derive(Default)]
@@ -681,6 +706,14 @@ struct Resolution {
     known: Vec<(Digest, u64, Vec<PartSeg>)>,
     /// Upload-job records read so far (see `resolve_pending`).
     jobs: HashMap<UploadJobId, UploadJobRecord>,
+    /// Totals of the stored directories met (see [`crate::tree::stats_of`]).
+    stats: HashMap<Digest, crate::tree::TreeStats>,
+}
+
+impl Resolution {
+    fn stats(&mut self, d: &Digest, loader: &Loader<'_>) -> Result<crate::tree::TreeStats> {
+        crate::tree::stats_of(d, loader, &mut self.stats)
+    }
 }
 
 enum Resolved {

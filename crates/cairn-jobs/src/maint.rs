@@ -188,6 +188,26 @@ impl Engine {
         self.fsck_with(true)
     }
 
+    /// Whether a node's kept totals (`stats`) disagree with its entries and its children's
+    /// totals: a description if they do.
+    fn check_node_stats(
+        &self,
+        node: &DirNode,
+        memo: &mut HashMap<Digest, crate::tree::TreeStats>,
+    ) -> Option<String> {
+        let kept = node.stats?;
+        let loader = |d: &Digest| self.load_node(d);
+        let mut total = crate::tree::TreeStats::default();
+        for e in node.entries.values() {
+            total = total.plus(match e {
+                // A child that cannot be read is listed on its own.
+                Entry::Dir(d) => crate::tree::stats_of(d, &loader, memo).ok()?,
+                Entry::File(f) => crate::tree::TreeStats::of_file(f),
+            });
+        }
+        (total != kept).then(|| format!("its totals say {kept:?}, its entries add up to {total:?}"))
+    }
+
     fn fsck_with(&self, repair: bool) -> Result<EngineFsckReport> {
         let _w = self.state.write();
         let _no_gc = self.store.gc_guard();
@@ -195,11 +215,15 @@ impl Engine {
         let mut node_refs: HashMap<Vec<u8>, i64> = HashMap::new();
         let mut nodes_checked = 0;
         let mut bad = Vec::new();
+        let mut stats_memo = HashMap::new();
         for (k, node) in self.scan_tolerant::<DirNode>(CF_NODES, &mut bad)? {
             nodes_checked += 1;
             if Digest::of(&node.encode()).as_bytes()[..] != k[..] {
                 bad.push(format!("{CF_NODES}/{}: fails its blake3 check", hex(&k)));
                 continue;
+            }
+            if let Some(bad_totals) = self.check_node_stats(&node, &mut stats_memo) {
+                bad.push(format!("{CF_NODES}/{}: {bad_totals}", hex(&k)));
             }
             let (dirs, parts) = node_children(&node);
             for d in dirs {

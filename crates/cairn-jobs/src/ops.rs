@@ -12,6 +12,10 @@ pub const MAX_FILE_SIZE: u64 = 1 << 40;
 pub const MAX_OPS: usize = 100_000;
 /// Longest mime type or link target accepted.
 const MAX_STRING: usize = 4096;
+/// Most metadata on one file or directory, as JSON text. It lives in its directory's node,
+/// which is rewritten whole by every edit of that directory and copied by every `copy`;
+/// larger metadata belongs in the object's own (`…/meta`, up to 16 MiB).
+pub const MAX_ENTRY_META: usize = 64 << 10;
 
 /// The request body of `POST /q/{wt}/file_jobs`.
 #[derive(Debug, Clone, Deserialize)]
@@ -184,13 +188,12 @@ impl RawOp {
                 Ok(Op::Link {
                     path: required(&self.path, "path")?,
                     target,
-                    meta: self.meta.clone(),
+                    meta: self.entry_meta()?,
                 })
             }
             "meta" | "metadata" => {
                 let meta = self
-                    .meta
-                    .clone()
+                    .entry_meta()?
                     .ok_or_else(|| Error::invalid("meta op needs a meta object"))?;
                 Ok(Op::Meta {
                     path: required(&self.path, "path")?,
@@ -201,12 +204,28 @@ impl RawOp {
         }
     }
 
+    /// The op's `meta`, if within [`MAX_ENTRY_META`].
+    fn entry_meta(&self) -> Result<Option<Value>> {
+        let Some(meta) = &self.meta else {
+            return Ok(None);
+        };
+        let mut len = Counted(0);
+        serde_json::to_writer(&mut len, meta).map_err(|e| Error::invalid(e.to_string()))?;
+        if len.0 > MAX_ENTRY_META {
+            return Err(Error::too_large(format!(
+                "meta is {} bytes of JSON; a file or directory may hold {MAX_ENTRY_META}",
+                len.0
+            )));
+        }
+        Ok(Some(meta.clone()))
+    }
+
     fn validate_add(&self) -> Result<Op> {
         let path = required(&self.path, "path")?;
         match self.kind.as_deref().unwrap_or("file") {
             "directory" | "dir" => Ok(Op::AddDir {
                 path,
-                meta: self.meta.clone(),
+                meta: self.entry_meta()?,
             }),
             "file" => {
                 let size = self
@@ -228,12 +247,26 @@ impl RawOp {
                     path,
                     size,
                     mime_type,
-                    meta: self.meta.clone(),
+                    meta: self.entry_meta()?,
                     hash,
                 })
             }
             other => Err(Error::invalid(format!("{path}: unknown type {other:?}"))),
         }
+    }
+}
+
+/// A writer that only counts.
+struct Counted(usize);
+
+impl std::io::Write for Counted {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

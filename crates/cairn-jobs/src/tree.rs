@@ -17,6 +17,104 @@ use serde_json::{json, Map, Value};
 pub struct DirNode {
     pub entries: BTreeMap<String, Entry>,
     pub meta: Option<Value>,
+    /// Totals of the tree under this node. Absent in nodes written before they were kept
+    /// ([`stats_of`] then counts them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats: Option<TreeStats>,
+}
+
+/// Totals of the tree under a directory, kept in its node: a copy of a stored directory is
+/// one digest however many files it holds, so these are what limits and sizes are checked
+/// against without walking the tree (which copies can make exponentially large).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TreeStats {
+    /// Files (links included), at any depth.
+    pub files: u64,
+    /// Of those, files still uploading (`Pending`).
+    pub pending: u64,
+    /// Their logical bytes.
+    pub bytes: u64,
+}
+
+impl TreeStats {
+    pub fn of_file(f: &FileEntry) -> TreeStats {
+        TreeStats {
+            files: 1,
+            pending: u64::from(matches!(f.content, Content::Pending(_))),
+            bytes: f.size,
+        }
+    }
+
+    pub fn plus(self, o: TreeStats) -> TreeStats {
+        TreeStats {
+            files: self.files.saturating_add(o.files),
+            pending: self.pending.saturating_add(o.pending),
+            bytes: self.bytes.saturating_add(o.bytes),
+        }
+    }
+}
+
+/// Roughly the memory a clone of `e` takes: a stored directory is a digest, a directory being
+/// edited everything loaded under it.
+pub fn entry_weight(e: &MemEntry) -> usize {
+    match e {
+        MemEntry::Stored(_) => 64,
+        MemEntry::File(f) => 200 + f.meta.as_ref().map_or(0, value_weight),
+        MemEntry::Dir(d) => {
+            let entries = d.entries.iter().map(|(k, e)| k.len() + entry_weight(e));
+            256 + d.meta.as_ref().map_or(0, value_weight) + entries.sum::<usize>()
+        }
+    }
+}
+
+/// Roughly the memory a decoded node takes (the node cache's weight).
+pub fn node_weight(n: &DirNode) -> usize {
+    let entries = n.entries.iter().map(|(k, e)| {
+        let meta = match e {
+            Entry::File(f) => f.meta.as_ref().map_or(0, value_weight),
+            Entry::Dir(_) => 0,
+        };
+        200 + k.len() + meta
+    });
+    256 + n.meta.as_ref().map_or(0, value_weight) + entries.sum::<usize>()
+}
+
+/// Roughly the memory a JSON value takes.
+pub fn value_weight(v: &Value) -> usize {
+    32 + match v {
+        Value::String(s) => s.len(),
+        Value::Array(a) => a.iter().map(value_weight).sum(),
+        Value::Object(o) => o.iter().map(|(k, v)| k.len() + value_weight(v)).sum(),
+        _ => 0,
+    }
+}
+
+/// Totals of the stored tree under `digest`: read from its node, or counted (once per distinct
+/// node, through `memo`) for nodes written before nodes kept them.
+pub fn stats_of(
+    digest: &Digest,
+    loader: &Loader<'_>,
+    memo: &mut std::collections::HashMap<Digest, TreeStats>,
+) -> Result<TreeStats> {
+    if let Some(s) = memo.get(digest) {
+        return Ok(*s);
+    }
+    let node = loader(digest)?;
+    let stats = match node.stats {
+        Some(s) => s,
+        None => {
+            let mut total = TreeStats::default();
+            for e in node.entries.values() {
+                total = total.plus(match e {
+                    Entry::Dir(d) => stats_of(d, loader, memo)?,
+                    Entry::File(f) => TreeStats::of_file(f),
+                });
+            }
+            total
+        }
+    };
+    memo.insert(*digest, stats);
+    Ok(stats)
 }
 
 impl Record for DirNode {
@@ -239,28 +337,49 @@ impl MemDir {
         self.meta = meta;
     }
 
-    /// Writes the edited tree as nodes (children before parents); returns the root digest.
-    /// Unchanged subtrees keep their digest and are not re-emitted.
-    pub fn store(self, out: &mut Vec<(Digest, DirNode)>) -> Digest {
-        let entries = self
-            .entries
-            .into_iter()
-            .map(|(k, e)| {
-                let e = match e {
-                    MemEntry::Stored(d) => Entry::Dir(d),
-                    MemEntry::Dir(d) => Entry::Dir(d.store(out)),
-                    MemEntry::File(f) => Entry::File(f),
-                };
-                (k, e)
-            })
-            .collect();
+    /// Writes the edited tree as nodes (children before parents); returns the root digest and
+    /// the tree's totals. Unchanged subtrees keep their digest and are not re-emitted (their
+    /// totals are read from their nodes).
+    pub fn store(
+        self,
+        out: &mut Vec<(Digest, DirNode)>,
+        loader: &Loader<'_>,
+    ) -> Result<(Digest, TreeStats)> {
+        self.store_with(out, loader, &mut Default::default())
+    }
+
+    fn store_with(
+        self,
+        out: &mut Vec<(Digest, DirNode)>,
+        loader: &Loader<'_>,
+        memo: &mut std::collections::HashMap<Digest, TreeStats>,
+    ) -> Result<(Digest, TreeStats)> {
+        let mut stats = TreeStats::default();
+        let mut entries = BTreeMap::new();
+        for (k, e) in self.entries {
+            let (e, s) = match e {
+                MemEntry::Stored(d) => (Entry::Dir(d), stats_of(&d, loader, memo)?),
+                MemEntry::Dir(d) => {
+                    let (d, s) = d.store_with(out, loader, memo)?;
+                    (Entry::Dir(d), s)
+                }
+                MemEntry::File(f) => {
+                    let s = TreeStats::of_file(&f);
+                    (Entry::File(f), s)
+                }
+            };
+            stats = stats.plus(s);
+            entries.insert(k, e);
+        }
         let node = DirNode {
             entries,
             meta: self.meta,
+            stats: Some(stats),
         };
         let digest = node.digest();
+        memo.insert(digest, stats);
         out.push((digest, node));
-        digest
+        Ok((digest, stats))
     }
 }
 
@@ -330,8 +449,18 @@ pub fn render_entry(root: &Digest, path: &[String], loader: &Loader<'_>) -> Resu
             _ => return Ok(None),
         }
     }
+    let files = stats_of(&dir, loader, &mut Default::default())?.files;
+    if files > MAX_RENDERED_FILES {
+        return Err(Error::too_large(format!(
+            "this directory holds {files} files, more than {MAX_RENDERED_FILES} rendered as one \
+             metadata value; list it with files_list, which streams"
+        )));
+    }
     render_dir(&dir, loader, &mut next, path.len()).map(Some)
 }
+
+/// Most files a directory's metadata rendering ([`render_entry`]) holds in memory.
+pub const MAX_RENDERED_FILES: u64 = 100_000;
 
 /// How many `parts` indices an entry takes in walk order.
 fn count_segments(entry: &Entry, loader: &Loader<'_>, depth: usize) -> Result<u64> {
@@ -515,14 +644,14 @@ mod tests {
         t.insert(&p("a/x"), file(1), &loader).unwrap();
         t.insert(&p("b/y"), file(2), &loader).unwrap();
         let mut out = Vec::new();
-        let root1 = t.store(&mut out);
+        let (root1, _) = t.store(&mut out, &loader).unwrap();
         assert_eq!(out.len(), 3);
         store.lock().unwrap().extend(out);
 
         let mut t2 = MemDir::load(&root1, &loader).unwrap();
         t2.insert(&p("b/z"), file(3), &loader).unwrap();
         let mut out2 = Vec::new();
-        let root2 = t2.store(&mut out2);
+        let (root2, _) = t2.store(&mut out2, &loader).unwrap();
         assert_eq!(
             out2.len(),
             2,
@@ -573,7 +702,7 @@ mod tests {
             t.insert(&p(n), f, &loader).unwrap();
         }
         let mut out = Vec::new();
-        let root = t.store(&mut out);
+        let (root, _) = t.store(&mut out, &loader).unwrap();
         store.lock().unwrap().extend(out);
         let whole = render(&root, &loader).unwrap().to_string();
         let mut streamed = Vec::new();

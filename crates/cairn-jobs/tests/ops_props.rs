@@ -15,7 +15,7 @@ use cairn_jobs::records::{
     DraftRecord, FilesJobRecord, JobStatus, KnownFile, LibraryRecord, ObjectRecord, SealedPart,
     SegmentHashes, SegmentRecord, UjChunk, UploadJobRecord, VersionRecord,
 };
-use cairn_jobs::tree::{Content, DirNode, Entry, FileEntry, PartSeg, PendingSeg};
+use cairn_jobs::tree::{Content, DirNode, Entry, FileEntry, PartSeg, PendingSeg, TreeStats};
 use cairn_jobs::FilesJobRequest;
 use cairn_store::pack::{ChunkLoc, PackId};
 use cairn_store::store::{PackInfo, PackState};
@@ -421,8 +421,17 @@ fn dir_node() -> impl Strategy<Value = DirNode> {
     (
         prop::collection::btree_map("[a-zé .]{1,6}", entry, 0..4),
         meta(),
+        prop::option::of((0..1u64 << 40, 0..1u64 << 40, any::<u64>())),
     )
-        .prop_map(|(entries, meta)| DirNode { entries, meta })
+        .prop_map(|(entries, meta, stats)| DirNode {
+            entries,
+            meta,
+            stats: stats.map(|(files, pending, bytes)| TreeStats {
+                files,
+                pending,
+                bytes,
+            }),
+        })
 }
 
 fn part_record() -> impl Strategy<Value = PartRecord> {
@@ -768,7 +777,8 @@ fn hostile_cbor_shapes_are_corrupt() {
         node,
         DirNode {
             entries: BTreeMap::new(),
-            meta: None
+            meta: None,
+            stats: None,
         }
     );
 }
@@ -858,6 +868,11 @@ fn write_fuzz_seed_corpus() {
     let node = DirNode {
         entries,
         meta: Some(json!({"dir": "meta"})),
+        stats: Some(TreeStats {
+            files: 3,
+            pending: 1,
+            bytes: 12,
+        }),
     };
     write("record", "dir_node", &node.encode());
     write("record", "dir_node_empty", &DirNode::default().encode());

@@ -174,3 +174,109 @@ async fn a_corrupt_unsealed_job_does_not_stop_the_store_from_opening() {
         JobStatus::Failed
     );
 }
+
+/// Copies of a stored directory are one digest each, so a few small files jobs could double a
+/// tree again and again: the draft's file count is kept in its nodes and bounded, and a
+/// finalize does not walk stored directories with nothing uploading.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_cannot_multiply_a_tree_past_its_file_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = small_engine(dir.path());
+    let t = new_object(&e);
+    let job = e
+        .create_files_job(&t, &request(vec![add_file("d0/f", 3)]))
+        .unwrap();
+    upload_all(&e, t, &job, &files(&[("d0/f", b"abc")])).await;
+    e.finalize(&t).unwrap();
+    let t = e.open_draft(&t.object).unwrap().token;
+    let mut k = 1;
+    let refused = loop {
+        let ops = [("x", k), ("y", k)].map(|(name, k)| {
+            let (from, to) = (format!("d{}", k - 1), format!("d{k}/{name}"));
+            op(json!({"op":"copy","copy_move_source_path":from,"path":to}))
+        });
+        let before = e.draft(&t).unwrap().root;
+        match e.create_files_job(&t, &request(ops.to_vec())) {
+            Ok(_) => k += 1,
+            Err(err) => {
+                assert_eq!(
+                    e.draft(&t).unwrap().root,
+                    before,
+                    "a refused job changes nothing"
+                );
+                break err;
+            }
+        }
+        assert!(k < 40, "2^{k} files accepted");
+    };
+    assert!(refused.is(ErrorKind::TooLarge), "{refused}");
+    // d0 … d(k-1) hold 2^k − 1 files; the job that failed would have made it 2^(k+1) − 1.
+    assert!(
+        (1u64 << k) - 1 <= cairn_jobs::files::MAX_TREE_FILES,
+        "refused at {k}"
+    );
+    assert!(
+        (1u64 << (k + 1)) - 1 > cairn_jobs::files::MAX_TREE_FILES,
+        "refused at {k}"
+    );
+    let (v, rec) = e.finalize(&t).unwrap();
+    assert_eq!(rec.size, 3 * ((1u64 << k) - 1));
+    // Rendered as one metadata value only while small; files_list streams.
+    let q = Qhit::Version(v);
+    assert!(matches!(e.meta_get(&q, "files/d17"), Err(e) if e.is(ErrorKind::TooLarge)));
+    let small = e.meta_get(&q, "files/d3").unwrap();
+    assert_eq!(small["x"]["y"]["x"]["f"]["."]["size"], 3, "{small}");
+    let deep = format!("d{}/{}f", k - 1, "x/".repeat(k - 1));
+    assert_eq!(read_all(&e, &Qhit::Version(v), &deep).unwrap(), b"abc");
+}
+
+/// A copy of a directory the same job edited is a deep copy: doubling one in a single request
+/// is refused before it takes the memory, and the draft is unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_within_one_job_are_bounded_in_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = small_engine(dir.path());
+    let t = new_object(&e);
+    let mut ops = vec![op(
+        json!({"path":"d0/f","size":0,"meta":{"k":"v".repeat(60_000)}}),
+    )];
+    for k in 1..40 {
+        for name in ["x", "y"] {
+            let (from, to) = (format!("d{}", k - 1), format!("d{k}/{name}"));
+            ops.push(op(
+                json!({"op":"copy","copy_move_source_path":from,"path":to}),
+            ));
+        }
+    }
+    let before = e.draft(&t).unwrap().root;
+    let err = e.create_files_job(&t, &request(ops)).unwrap_err();
+    assert!(err.is(ErrorKind::TooLarge), "{err}");
+    assert!(err.reason.contains("copies"), "{err}");
+    assert_eq!(e.draft(&t).unwrap().root, before);
+}
+
+/// Metadata on one file or directory is bounded (it is rewritten with its directory's node).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_of_one_entry_is_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = small_engine(dir.path());
+    let t = new_object(&e);
+    let big = json!({"k": "v".repeat(cairn_jobs::ops::MAX_ENTRY_META)});
+    for o in [
+        json!({"path":"f","size":1,"meta":big}),
+        json!({"path":"d","type":"directory","meta":big}),
+        json!({"op":"meta","path":"f","meta":big}),
+        json!({"op":"link","path":"l","target":"./files/f","meta":big}),
+    ] {
+        let err = e
+            .create_files_job(&t, &request(vec![op(o.clone())]))
+            .unwrap_err();
+        assert!(err.is(ErrorKind::TooLarge), "{o}: {err}");
+    }
+    let fits = json!({"k": "v".repeat(cairn_jobs::ops::MAX_ENTRY_META - 100)});
+    e.create_files_job(
+        &t,
+        &request(vec![op(json!({"path":"f","size":1,"meta":fits}))]),
+    )
+    .unwrap();
+}

@@ -386,3 +386,42 @@ async fn fsck_repair_corrects_refcounts() {
     assert_eq!(repaired.store.repaired, 1);
     assert!(e.fsck().unwrap().is_clean());
 }
+
+/// A directory node's kept totals are what limits and version sizes trust: fsck checks them
+/// against the node's entries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fsck_names_a_node_whose_totals_are_wrong() {
+    use cairn_core::record::Record;
+    use cairn_jobs::tree::{DirNode, TreeStats};
+    let dir = tempfile::tempdir().unwrap();
+    let e = small_engine(dir.path());
+    store_file(&e, new_object(&e), "f", &data(8, 5_000)).await;
+    assert!(e.fsck().unwrap().corrupt_records.is_empty());
+    let wrong = TreeStats {
+        files: 7,
+        pending: 0,
+        bytes: 70,
+    };
+    let node = DirNode {
+        entries: BTreeMap::new(),
+        meta: None,
+        stats: Some(wrong),
+    };
+    let mut b = e.store().index().batch();
+    let key = node.digest();
+    b.put(
+        cairn_jobs::records::CF_NODES,
+        key.as_bytes(),
+        &node.encode(),
+    );
+    e.store().commit(b).unwrap();
+    let report = e.fsck().unwrap();
+    assert!(
+        report
+            .corrupt_records
+            .iter()
+            .any(|r| r.contains("its totals say")),
+        "{:?}",
+        report.corrupt_records
+    );
+}

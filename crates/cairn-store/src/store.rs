@@ -1397,27 +1397,31 @@ mod dedup_tests {
         let path = store.pack_dir().join(loc.pack.file_name());
         let pack = std::fs::File::open(&path).unwrap();
         pack.sync_all().unwrap();
-        rustix::fs::fadvise(&pack, 0, None, rustix::fs::Advice::DontNeed).unwrap();
         // tmpfs keeps every page in memory: nothing there ever waits for a disk.
         let in_memory = rustix::fs::fstatfs(&pack).unwrap().f_type == 0x0102_1994;
         let add_again = || {
+            let before = WAITS.load(SeqCst);
             let mut s = store.session();
             s.wait_with(counting_waiter);
             assert_eq!(s.add_chunk(&data).unwrap(), c);
             s.commit(store.index().batch()).unwrap();
+            assert_eq!(store.locate(&c).unwrap(), loc, "deduplicated");
+            WAITS.load(SeqCst) - before
         };
-        add_again();
+        // A read the kernel starts for a refused `RWF_NOWAIT` read can finish before it looks
+        // again, so an evicted record is not always a wait: try a few times.
+        let mut waited = 0;
+        for _ in 0..5 {
+            rustix::fs::fadvise(&pack, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+            let w = add_again();
+            assert!(w <= 1, "{w} waits for one chunk");
+            waited += w;
+            assert_eq!(add_again(), 0, "cached now: no wait");
+        }
         assert_eq!(
-            WAITS.load(SeqCst),
-            usize::from(!in_memory),
-            "evicted: one waiting read"
-        );
-        assert_eq!(store.locate(&c).unwrap(), loc, "deduplicated");
-        add_again();
-        assert_eq!(
-            WAITS.load(SeqCst),
-            usize::from(!in_memory),
-            "cached now: no wait"
+            waited > 0,
+            !in_memory,
+            "an evicted record is read through the waiter"
         );
     }
 
