@@ -920,6 +920,83 @@ fn a_stalled_upload_is_cut_off_and_keeps_what_arrived() {
     drop(sock);
 }
 
+/// A JSON body that stops arriving is answered 408 after the idle time, and changes nothing.
+#[test]
+fn a_stalled_json_body_gets_408() {
+    use std::io::{Read, Write};
+    let data = tempfile::tempdir().unwrap();
+    let cfg = data.path().join("cairn.toml");
+    std::fs::write(&cfg, "idle_timeout_secs = 1\n").unwrap();
+    let s = Server::start_args(
+        &data.path().join("d"),
+        common::free_port(),
+        &["--config", cfg.to_str().unwrap()],
+    );
+    let before = call(&s, "GET", "/qlibs", None, 200);
+    let mut sock = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        sock,
+        "POST /qlibs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Length: 1000\r\n\r\n{{\"name\":",
+        common::TOKEN
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let mut reply = Vec::new();
+    let _ = sock.read_to_end(&mut reply);
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    assert!(reply.contains(r#""kind":"invalid""#), "{reply}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    assert_eq!(call(&s, "GET", "/qlibs", None, 200), before);
+}
+
+/// A download whose client stops reading is dropped after the idle time: the server does not
+/// hold the connection (and its read budget) for as long as the client likes.
+#[test]
+fn a_download_whose_client_reads_nothing_is_dropped() {
+    use std::io::{Read, Write};
+    let data = tempfile::tempdir().unwrap();
+    let cfg = data.path().join("cairn.toml");
+    std::fs::write(&cfg, "idle_timeout_secs = 1\n").unwrap();
+    let s = Server::start_args(
+        &data.path().join("d"),
+        common::free_port(),
+        &["--config", cfg.to_str().unwrap()],
+    );
+    let (_, _, wt) = new_object(&s);
+    let src = tempfile::NamedTempFile::new().unwrap();
+    let size = 64usize << 20;
+    std::fs::write(src.path(), common::pattern(5, size)).unwrap();
+    let hash = common::upload_files(&s, &wt, &[("big.bin", src.path())]);
+    let mut sock = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    write!(
+        sock,
+        "GET /q/{hash}/files/big.bin HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
+        common::TOKEN
+    )
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 1 << 20];
+    while let Ok(n) = sock.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    assert!(got > 0, "the response started");
+    assert!(
+        got < size,
+        "the connection was dropped: {got} bytes of {size} came"
+    );
+    // The server serves others meanwhile and after.
+    assert_eq!(curl(&s.url("/config"), &["--no-token"]).status, 200);
+}
+
 #[test]
 fn slow_headers_are_cut_off_and_connections_are_capped() {
     use std::io::{Read, Write};
@@ -955,6 +1032,17 @@ fn slow_headers_are_cut_off_and_connections_are_capped() {
         n == 0 || String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 408"),
         "{:?}",
         String::from_utf8_lossy(&buf[..n])
+    );
+
+    // A connection that never sends a byte is closed at the same deadline.
+    let mut silent = connect();
+    let started = Instant::now();
+    let n = silent.read(&mut buf).unwrap_or(0);
+    let waited = started.elapsed();
+    assert_eq!(n, 0, "closed without a reply");
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
+        "the silent connection was closed after {waited:?}"
     );
 
     // Three idle connections fill the cap; a fourth is closed at once, before any request.

@@ -10,10 +10,12 @@
 //! and downloads stream through the engine's bounded channels.
 
 pub mod auth;
+mod body;
 mod conditional;
 pub mod config;
 mod content;
 pub mod cors;
+mod deadline;
 mod download;
 pub mod error;
 mod jobs;
@@ -194,11 +196,14 @@ pub fn router(state: AppState, cfg: &ServerConfig) -> Result<Router, String> {
     for (suffix, mr) in routes {
         r = both(r, suffix, mr);
     }
-    let max_json_body = cfg.max_json_body;
-    // The last layer added runs first: errors, head limits, auth, then the body's size.
+    let bodies = body::JsonBodies::new(
+        cfg.max_json_body,
+        std::time::Duration::from_secs(cfg.idle_timeout_secs.max(1)),
+    );
+    // The last layer added runs first: errors, head limits, auth, then the body.
     let mut r = r
         .layer(middleware::from_fn(move |req, next| {
-            limit::declared_body(max_json_body, req, next)
+            bodies.clone().read(req, next)
         }))
         .layer(middleware::from_fn_with_state(state.clone(), require_auth))
         .layer(middleware::from_fn(limit::request_head))
@@ -422,6 +427,8 @@ async fn accept_loop(
         .header_read_timeout(std::time::Duration::from_secs(
             cfg.header_timeout_secs.max(1),
         ));
+    let first_byte = std::time::Duration::from_secs(cfg.header_timeout_secs.max(1));
+    let write_idle = std::time::Duration::from_secs(cfg.idle_timeout_secs.max(1));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let slots = Arc::new(tokio::sync::Semaphore::new(cfg.max_connections.max(1)));
     let mut shutdown = std::pin::pin!(shutdown);
@@ -443,8 +450,9 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let io = deadline::Deadlines::new(wire::ErrorBodies::new(stream), first_byte, write_idle);
         let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(wire::ErrorBodies::new(stream)), service)
+            .serve_connection_with_upgrades(TokioIo::new(io), service)
             .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {

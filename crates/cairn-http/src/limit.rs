@@ -83,30 +83,6 @@ pub const MAX_HEADER_FIELDS: usize = 100;
 /// [`MAX_HEADER_FIELDS`], so that a head with too many fields gets the JSON error).
 pub const HYPER_MAX_HEADER_FIELDS: usize = 1000;
 
-/// Refuses, before reading any of it, a JSON body whose `Content-Length` is over `max`: the
-/// framework's limit only stops the read at `max` bytes, after hyper has answered a client's
-/// `Expect: 100-continue` and the client has sent that much. Upload data (streamed, never
-/// subject to this limit) passes.
-pub async fn declared_body(max: usize, req: Request, next: Next) -> Response {
-    let upload = req
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .is_some_and(|m| m.as_str().ends_with("/file_jobs/{fj}/{uj}"));
-    let declared = req
-        .headers()
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    match declared {
-        Some(n) if !upload && n > max as u64 => ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
-            format!("the body is {n} bytes; at most {max}"),
-        )
-        .into_response(),
-        _ => next.run(req).await,
-    }
-}
-
 /// Middleware: refuses request heads over the limits above with the JSON error body.
 ///
 /// hyper refuses heads that do not fit its 256 KiB read buffer (or carry more than

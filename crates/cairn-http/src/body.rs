@@ -1,0 +1,204 @@
+//! JSON request bodies: read here, before any handler, within a size limit, an idle deadline and
+//! a memory budget shared by every request.
+//!
+//! A JSON body is parsed whole, and a parsed value takes many times its text (an array of
+//! small numbers about twenty times). So the bytes of JSON bodies being read or handled at once
+//! are bounded ([`JsonBodies::budget`], as large as one body at the limit): a request whose
+//! body does not fit waits for others to finish instead of adding to the server's memory. A
+//! body that stops arriving is answered 408 after `idle_timeout_secs`, so a stalled client
+//! holds neither its connection nor its share of the budget for longer. Upload data (streamed
+//! into the store, never buffered) passes untouched.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
+use tokio::sync::Semaphore;
+
+use crate::error::ApiError;
+
+/// The budget counts bodies in units of this many bytes.
+const UNIT: usize = 1024;
+
+#[derive(Clone)]
+pub struct JsonBodies {
+    max: usize,
+    idle: Duration,
+    /// Units of [`UNIT`] bytes of JSON bodies being read or handled.
+    budget: Arc<Semaphore>,
+}
+
+impl JsonBodies {
+    /// Bodies of at most `max` bytes, each frame arriving within `idle` of the previous one.
+    pub fn new(max: usize, idle: Duration) -> JsonBodies {
+        JsonBodies {
+            max,
+            idle,
+            budget: Arc::new(Semaphore::new(units(max))),
+        }
+    }
+
+    /// Middleware: reads a JSON request's body (refusing one declared over the limit before
+    /// reading any of it) and hands the handler the bytes, holding the body's share of the
+    /// budget until the response is made.
+    pub async fn read(self, req: Request, next: Next) -> Response {
+        if is_upload(&req) || !has_body(&req) {
+            return next.run(req).await;
+        }
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if let Some(n) = declared.filter(|n| *n > self.max as u64) {
+            return too_large(format!("the body is {n} bytes; at most {}", self.max));
+        }
+        // A body of unknown length may be as long as the limit.
+        let expect = declared.map_or(self.max, |n| n as usize);
+        let Ok(_held) = self.budget.acquire_many(units(expect) as u32).await else {
+            return internal();
+        };
+        let (parts, body) = req.into_parts();
+        let bytes = match self.collect(body, expect).await {
+            Ok(b) => b,
+            Err(e) => return e.into_response(),
+        };
+        next.run(Request::from_parts(parts, Body::from(bytes)))
+            .await
+    }
+
+    async fn collect(&self, mut body: Body, expect: usize) -> Result<Bytes, ApiError> {
+        let mut out = BytesMut::with_capacity(expect.min(self.max));
+        loop {
+            let frame = match tokio::time::timeout(self.idle, body.frame()).await {
+                Err(_) => {
+                    return Err(ApiError::new(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "invalid",
+                        format!(
+                            "the request body stalled: nothing arrived for {} s",
+                            self.idle.as_secs()
+                        ),
+                    ))
+                }
+                Ok(None) => return Ok(out.freeze()),
+                Ok(Some(Err(e))) => {
+                    return Err(ApiError::bad_request(format!(
+                        "the request body could not be read: {e}"
+                    )))
+                }
+                Ok(Some(Ok(frame))) => frame,
+            };
+            let Ok(data) = frame.into_data() else {
+                continue; // trailers
+            };
+            if out.len() + data.len() > self.max {
+                return Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too_large",
+                    format!("the body is over {} bytes", self.max),
+                ));
+            }
+            out.extend_from_slice(&data);
+        }
+    }
+}
+
+fn units(bytes: usize) -> usize {
+    bytes.div_ceil(UNIT).clamp(1, u32::MAX as usize)
+}
+
+fn is_upload(req: &Request) -> bool {
+    req.extensions()
+        .get::<axum::extract::MatchedPath>()
+        .is_some_and(|m| m.as_str().ends_with("/file_jobs/{fj}/{uj}"))
+}
+
+/// Whether the request carries a body (hyper knows when it has none: a length of 0, or an
+/// HTTP/1 request with neither length nor chunking, or an HTTP/2 head that ended the stream).
+fn has_body(req: &Request) -> bool {
+    !axum::body::HttpBody::is_end_stream(req.body())
+}
+
+fn too_large(reason: String) -> Response {
+    ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", reason).into_response()
+}
+
+fn internal() -> Response {
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "the body budget is closed",
+    )
+    .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::routing::post;
+    use axum::Router;
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    use tower::ServiceExt;
+
+    fn app(bodies: JsonBodies, inside: Arc<AtomicUsize>, most: Arc<AtomicUsize>) -> Router {
+        Router::new()
+            .route(
+                "/x",
+                post(move |body: Bytes| async move {
+                    let now = inside.fetch_add(1, SeqCst) + 1;
+                    most.fetch_max(now, SeqCst);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    inside.fetch_sub(1, SeqCst);
+                    body.len().to_string()
+                }),
+            )
+            .layer(axum::middleware::from_fn(move |req, next| {
+                bodies.clone().read(req, next)
+            }))
+    }
+
+    fn request(len: usize) -> Request {
+        Request::post("/x")
+            .header(header::CONTENT_LENGTH, len)
+            .body(Body::from(vec![b' '; len]))
+            .unwrap()
+    }
+
+    /// Bodies that would together pass the budget are handled one after another; small ones
+    /// side by side.
+    #[tokio::test]
+    async fn bodies_over_the_budget_wait_for_each_other() {
+        let bodies = JsonBodies::new(8 << 10, Duration::from_secs(5));
+        for (len, want_most) in [(8 << 10, 1), (1 << 10, 4)] {
+            let (inside, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+            let app = app(bodies.clone(), inside, most.clone());
+            let replies =
+                futures::future::join_all((0..4).map(|_| app.clone().oneshot(request(len)))).await;
+            for r in replies {
+                assert_eq!(r.unwrap().status(), StatusCode::OK);
+            }
+            assert_eq!(most.load(SeqCst), want_most, "bodies of {len} bytes");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_limit_is_refused() {
+        let bodies = JsonBodies::new(1 << 10, Duration::from_secs(5));
+        let app = app(bodies, Default::default(), Default::default());
+        let declared = app.clone().oneshot(request(2 << 10)).await.unwrap();
+        assert_eq!(declared.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        let chunked = Request::post("/x")
+            .body(Body::from_stream(futures::stream::iter((0..3).map(|_| {
+                Ok::<_, std::io::Error>(Bytes::from(vec![b' '; 512]))
+            }))))
+            .unwrap();
+        let r = app.oneshot(chunked).await.unwrap();
+        assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    }
+}

@@ -1,0 +1,193 @@
+//! Deadlines a connection's socket enforces where hyper has none.
+//!
+//! - **The first byte.** hyper's `header_read_timeout` runs while it reads a request head, but
+//!   a connection that never sends a byte is not yet reading one (the HTTP/1-or-2 detection
+//!   waits for the first bytes first): without this, silent connections would be kept forever
+//!   and enough of them would take every connection slot. A connection that sends nothing
+//!   within `header_timeout_secs` of being accepted is closed.
+//! - **A stalled write.** A response body is produced only as the socket takes it, so a client
+//!   that stops reading stops the body where it is, and nothing on the server's side would
+//!   ever time out. A write the socket has not taken any of for `idle_timeout_secs` fails,
+//!   which ends the connection.
+
+use std::future::Future;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Sleep;
+
+pub struct Deadlines<S> {
+    inner: S,
+    /// Until the first byte arrives: how long to wait for it, and the timer once started.
+    first_byte: Option<(Duration, Option<Pin<Box<Sleep>>>)>,
+    write_idle: Duration,
+    /// Started when a write finds the socket full; cleared by any write that goes through.
+    stalled: Option<Pin<Box<Sleep>>>,
+}
+
+impl<S> Deadlines<S> {
+    pub fn new(inner: S, first_byte: Duration, write_idle: Duration) -> Deadlines<S> {
+        Deadlines {
+            inner,
+            first_byte: Some((first_byte, None)),
+            write_idle,
+            stalled: None,
+        }
+    }
+
+    /// `Ready(Err)` once the socket has refused writes for `write_idle`.
+    fn poll_stalled(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let idle = self.write_idle;
+        let timer = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the client read nothing for {} s", idle.as_secs()),
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn wrote<T>(&mut self, r: Poll<io::Result<T>>, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        match r {
+            Poll::Ready(r) => {
+                self.stalled = None;
+                Poll::Ready(r)
+            }
+            Poll::Pending => match self.poll_stalled(cx) {
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                _ => Poll::Pending,
+            },
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Deadlines<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let me = &mut *self;
+        match Pin::new(&mut me.inner).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                me.first_byte = None;
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                let Some((wait, timer)) = &mut me.first_byte else {
+                    return Poll::Pending;
+                };
+                let wait = *wait;
+                let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(wait)));
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("no request within {} s of connecting", wait.as_secs()),
+                    ))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Deadlines<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.wrote(r, cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.wrote(r, cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let r = Pin::new(&mut self.inner).poll_flush(cx);
+        self.wrote(r, cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_connection_fails_its_first_read_at_the_deadline() {
+        let (client, server) = tokio::io::duplex(64);
+        let mut s = Deadlines::new(server, Duration::from_secs(3), Duration::from_secs(9));
+        let started = tokio::time::Instant::now();
+        let err = s.read(&mut [0u8; 8]).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), Duration::from_secs(3));
+        drop(client);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_the_first_byte_reads_wait_as_long_as_they_need() {
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut s = Deadlines::new(server, Duration::from_secs(3), Duration::from_secs(9));
+        client.write_all(b"G").await.unwrap();
+        assert_eq!(s.read(&mut [0u8; 8]).await.unwrap(), 1);
+        let later = async {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            client.write_all(b"ET").await.unwrap();
+            client
+        };
+        let mut buf = [0u8; 8];
+        let (read, _client) = tokio::join!(s.read(&mut buf), later);
+        assert_eq!(read.unwrap(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_the_client_never_takes_fails_after_the_idle_time() {
+        let (client, server) = tokio::io::duplex(16);
+        let mut s = Deadlines::new(server, Duration::from_secs(3), Duration::from_secs(9));
+        let started = tokio::time::Instant::now();
+        let err = s.write_all(&[7u8; 64]).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), Duration::from_secs(9));
+        drop(client);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_reader_that_keeps_reading_is_never_cut_off() {
+        let (mut client, server) = tokio::io::duplex(16);
+        let mut s = Deadlines::new(server, Duration::from_secs(3), Duration::from_secs(9));
+        let reader = async {
+            let mut got = 0;
+            let mut buf = [0u8; 16];
+            while got < 256 {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                got += client.read(&mut buf).await.unwrap();
+            }
+            got
+        };
+        let (wrote, got) = tokio::join!(s.write_all(&[7u8; 256]), reader);
+        wrote.unwrap();
+        assert_eq!(got, 256);
+    }
+}
