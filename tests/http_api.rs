@@ -228,6 +228,22 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
             400,
             "invalid",
         ),
+        // A chunked body (no Content-Length) longer than its Content-Range: refused, none kept.
+        (
+            format!("/q/{wt}/file_jobs/{fj}/{uj}"),
+            vec![
+                "-X",
+                "POST",
+                "--data-binary",
+                "0123456789abcdefghij",
+                "-H",
+                "Transfer-Encoding: chunked",
+                "-H",
+                "Content-Range: bytes 0-9/100",
+            ],
+            413,
+            "too_large",
+        ),
         (format!("/q/{wt}"), vec!["-X", "POST"], 409, "incomplete"),
     ];
     for (path, args, status, kind) in &cases {

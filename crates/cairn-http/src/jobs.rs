@@ -155,7 +155,8 @@ pub async fn handle_upload(
         ),
         None => None,
     };
-    let stated = content_range(&headers, declared)?;
+    let (stated, range_len) = content_range(&headers, declared)?;
+    let declared = declared.or(range_len);
     let reply = st
         .engine
         .upload_at(t, fj, uj, declared, stated, body.into_data_stream())
@@ -199,14 +200,13 @@ pub async fn handle_finalize_files(
 }
 
 /// The start offset and total of an upload body from `Content-Range: bytes a-b/total` (or
-/// `/*`), its length checked against the body's when both are given. Absent header: the job's
-/// current offset, and no total.
-fn content_range(
-    headers: &HeaderMap,
-    declared: Option<u64>,
-) -> Result<(Option<u64>, Option<u64>), ApiError> {
+/// `/*`), and the length it states, checked against the body's when both are given. Absent
+/// header: the job's current offset, and no total or length.
+type StatedRange = ((Option<u64>, Option<u64>), Option<u64>);
+
+fn content_range(headers: &HeaderMap, declared: Option<u64>) -> Result<StatedRange, ApiError> {
     let Some(v) = headers.get(header::CONTENT_RANGE) else {
-        return Ok((None, None));
+        return Ok(((None, None), None));
     };
     let bad = || ApiError::bad_request("Content-Range must be `bytes <first>-<last>/<total or *>`");
     let spec = v
@@ -235,5 +235,5 @@ fn content_range(
             "Content-Range {a}-{b} ends past its total"
         )));
     }
-    Ok((Some(a), total))
+    Ok(((Some(a), total), Some(len)))
 }

@@ -104,11 +104,14 @@ pub struct Engine {
     /// Hashes of upload jobs whose requests stopped short of the end, keyed with the offset
     /// they cover, so the next request continues them instead of sealing by re-reading.
     pub(crate) stream_hashes: Mutex<HashMap<UploadJobId, (u64, crate::upload::StreamHashes)>>,
-    /// Permits for streaming: an upload holds one for its whole life (it may hold a blocking
-    /// thread while a commit waits for its fsync, and up to a max-size chunk of frames), a
-    /// download only while one of its reads waits for the disk on a blocking thread. At most
-    /// `STREAM_PERMITS`, far below tokio's 512 blocking threads.
+    /// Permits for downloads' reads that wait for the disk on a blocking thread (held only
+    /// while one does). At most `STREAM_PERMITS`.
     pub(crate) streams: Arc<tokio::sync::Semaphore>,
+    /// Permits for uploads: one held for an upload's whole life (it may hold a blocking thread
+    /// while a commit waits for its fsync, and up to a max-size chunk of frames). Apart from
+    /// `streams`, so that uploads, however slow their clients, never keep downloads from the
+    /// disk. Together far below tokio's 512 blocking threads.
+    pub(crate) uploads: Arc<tokio::sync::Semaphore>,
     /// Files listings being walked (`read::LIST_WALKS`), apart from `streams`.
     pub(crate) listings: Arc<tokio::sync::Semaphore>,
     /// Bytes of verified chunks queued for all streaming readers together.
@@ -117,8 +120,11 @@ pub struct Engine {
     pub(crate) stopping: tokio::sync::watch::Sender<bool>,
 }
 
-/// Blocking threads for streaming (uploads, and downloads' disk reads); more wait for a permit.
-pub const STREAM_PERMITS: usize = 256;
+/// Blocking threads for downloads' disk reads; more wait for a permit.
+pub const STREAM_PERMITS: usize = 128;
+
+/// Uploads receiving at once; more wait for a permit.
+pub const UPLOAD_PERMITS: usize = 192;
 
 impl Engine {
     pub fn open(cfg: EngineConfig) -> Result<Engine> {
@@ -151,6 +157,7 @@ impl Engine {
             stream_hashes: Mutex::new(HashMap::new()),
             opened: crate::read::OpenedFiles::new(),
             streams: Arc::new(tokio::sync::Semaphore::new(STREAM_PERMITS)),
+            uploads: Arc::new(tokio::sync::Semaphore::new(UPLOAD_PERMITS)),
             listings: Arc::new(tokio::sync::Semaphore::new(crate::read::LIST_WALKS)),
             read_budget: Arc::new(tokio::sync::Semaphore::new(crate::read::READ_BUDGET)),
             stopping: tokio::sync::watch::Sender::new(false),

@@ -398,6 +398,7 @@ impl Engine {
         if status.status == JobStatus::Completed {
             return Err(Error::gone(format!("files job {fj} is already complete")));
         }
+        self.seal_received(token, Some(fj))?;
         let _w = self.state.write();
         let mut job = self.files_job(token, fj)?;
         job.error = None;
@@ -407,6 +408,26 @@ impl Engine {
         b.put_record(CF_FILES_JOBS, fj.as_bytes(), &job);
         self.store.commit(b)?;
         self.files_job_status(token, fj)
+    }
+
+    /// Seals the upload jobs of the draft (or of its files job `only`) that received all their
+    /// bytes but are not sealed: the seal after their last commit failed (a full disk, a read
+    /// error), and nothing else would try again before a restart. Errors are the seal's own.
+    fn seal_received(&self, token: &WriteToken, only: Option<&FilesJobId>) -> Result<()> {
+        let jobs = match only {
+            Some(fj) => vec![*fj],
+            None => self.draft(token)?.files_jobs,
+        };
+        for fj in jobs {
+            for uj in self.files_job(token, &fj)?.upload_jobs {
+                let rec = self.upload_job(&uj)?;
+                if rec.sealed.is_none() && rec.received == rec.size {
+                    tracing::info!(upload_job = %uj, "sealing an upload job whose seal failed");
+                    self.seal(&rec, rec.segment_count)?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Marks a job FAILED with a reason (after an I/O error during upload).
@@ -460,6 +481,7 @@ impl Engine {
     /// Finalize files: every upload job must be complete; pending files become part references
     /// and no more files jobs are accepted.
     pub fn finalize_files(&self, token: &WriteToken) -> Result<()> {
+        self.seal_received(token, None)?;
         let _w = self.state.write();
         if self.draft(token)?.files_finalized {
             return Err(Error::not_found(format!(
@@ -554,8 +576,11 @@ impl Engine {
                     out.dropped.push(path.to_string());
                 }
                 Resolved::Waiting(uj) if strict => {
+                    // A file whose own bytes all arrived still waits for the rest of its job.
+                    let (got, of) = out.jobs.get(&uj).map_or((0, 0), |r| (r.received, r.size));
                     return Err(Error::incomplete(format!(
-                        "{path} is still uploading (upload job {uj})"
+                        "{path} is not complete until its upload job {uj} is: {got} of {of} \
+                         bytes received"
                     )));
                 }
                 Resolved::Waiting(_) => continue,
@@ -623,6 +648,7 @@ impl Engine {
         token: &WriteToken,
         cond: &HeadCondition,
     ) -> Result<(VersionHash, VersionRecord)> {
+        self.seal_received(token, None)?;
         // One critical section from resolution to commit: no files job can slip in between.
         let _w = self.state.write();
         self.draft(token)?;

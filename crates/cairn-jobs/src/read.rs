@@ -526,7 +526,7 @@ impl Engine {
 
     /// Runs a read that may wait for the disk on a blocking thread; a permit bounds how many
     /// such threads streaming can hold, so `Engine::run` always has threads left.
-    async fn blocking_read<T: Send + 'static>(
+    pub(crate) async fn blocking_read<T: Send + 'static>(
         self: &Arc<Self>,
         f: impl FnOnce(&Engine) -> Result<T> + Send + 'static,
     ) -> Result<T> {

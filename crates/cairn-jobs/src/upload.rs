@@ -197,13 +197,15 @@ impl Engine {
                 job.size
             )));
         }
+        // The job's lock first: a request waiting behind another on the same job holds no
+        // permit meanwhile.
+        let guard = self.uj_lock(&uj).lock_owned().await;
         let permit = self
-            .streams
+            .uploads
             .clone()
             .acquire_owned()
             .await
             .map_err(|_| Error::internal("engine closed"))?;
-        let guard = self.uj_lock(&uj).lock_owned().await;
         let me = self.clone();
         let task = tokio::spawn(async move {
             let _held = (guard, permit);
@@ -234,13 +236,19 @@ impl Engine {
         S: Stream<Item = std::result::Result<Bytes, E>> + Send,
         E: std::fmt::Display,
     {
-        let rec = self.upload_job_in(token, fj, uj)?;
+        let mut rec = self.upload_job_in(token, fj, uj)?;
+        if rec.sealed.is_none() && rec.received == rec.size {
+            // Every byte arrived but the seal after the last commit failed: seal it now.
+            blocking(|| self.seal(&rec, rec.segment_count))?;
+            rec = self.upload_job_in(token, fj, uj)?;
+        }
         check_room(&rec, declared, offset)?;
         blocking(|| self.touch_job(fj))?;
         let mut ing = Ingest::start(self, rec)?;
         let mut body = std::pin::pin!(body);
         let idle = self.cfg.idle_timeout;
         let mut stopping = self.stopping.subscribe();
+        let mut body_len = 0u64;
         // Ok(true): the body ended normally; Ok(false): it was cut off.
         let outcome = loop {
             // A client that stops sending is cut off after `idle_timeout`, and every upload
@@ -268,6 +276,18 @@ impl Engine {
                     break Ok(false);
                 }
             };
+            // A length stated only by `Content-Range` (a chunked body) binds like a
+            // `Content-Length`: bytes past it are not the range the client named.
+            body_len = body_len.saturating_add(bytes.len() as u64);
+            match declared {
+                Some(n) if body_len > n => {
+                    ing.poisoned = true;
+                    break Err(Error::too_large(format!(
+                        "the body is longer than the {n} bytes its headers state"
+                    )));
+                }
+                _ => {}
+            }
             if self.store.write_backlog() > WRITE_BACKLOG {
                 blocking(|| self.store.wait_write_backlog(WRITE_BACKLOG));
             }
@@ -315,8 +335,8 @@ impl Engine {
     /// Called by the server once it has stopped accepting and its grace period has run out.
     pub async fn stop_uploads(&self, within: std::time::Duration) {
         self.stopping.send_replace(true);
-        let all = crate::engine::STREAM_PERMITS as u32;
-        if tokio::time::timeout(within, self.streams.acquire_many(all))
+        let all = crate::engine::UPLOAD_PERMITS as u32;
+        if tokio::time::timeout(within, self.uploads.acquire_many(all))
             .await
             .is_err()
         {
@@ -813,5 +833,22 @@ mod tests {
         // The held lock is still the one handed out for its job.
         assert!(e.uj_lock(&held).try_lock().is_err());
         drop(guard);
+    }
+
+    /// Uploads holding every upload permit (slow clients trickling bytes) do not keep a
+    /// download's read from the disk.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn uploads_holding_every_permit_do_not_stop_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = Arc::new(Engine::open(crate::EngineConfig::new(dir.path())).unwrap());
+        let _all = e
+            .uploads
+            .clone()
+            .acquire_many_owned(crate::engine::UPLOAD_PERMITS as u32)
+            .await
+            .unwrap();
+        let read = e.blocking_read(|_| Ok(7));
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), read).await;
+        assert_eq!(got.expect("the read was not kept waiting").unwrap(), 7);
     }
 }

@@ -175,6 +175,44 @@ async fn a_corrupt_unsealed_job_does_not_stop_the_store_from_opening() {
     );
 }
 
+/// An upload job that received every byte but whose seal failed (here: a chunk read back
+/// damaged) is sealed again by the next finalize, instead of blocking it as "still uploading"
+/// until a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_seal_failed_is_sealed_by_the_next_finalize() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = data(3, 100_000);
+    let (t, job) = {
+        let e = small_engine(dir.path());
+        let t = new_object(&e);
+        let job = e
+            .create_files_job(&t, &request(vec![add_file("x", 100_000)]))
+            .unwrap();
+        post(&e, t, &job, 0, src[..99_999].to_vec(), 4096)
+            .await
+            .unwrap();
+        (t, job)
+    };
+    // A restart loses the hashes computed while streaming, so sealing reads the part back.
+    flip_first_chunk_byte(dir.path(), 10, 1);
+    let e = small_engine(dir.path());
+    let err = post(&e, t, &job, 0, src[99_999..].to_vec(), 4096)
+        .await
+        .unwrap_err();
+    assert!(err.is(ErrorKind::Corrupt), "{err}");
+    // Still damaged: the finalize says why, rather than "still uploading".
+    let err = e.finalize(&t).unwrap_err();
+    assert!(err.is(ErrorKind::Corrupt), "{err}");
+    // The same bytes uploaded elsewhere heal the stored chunk; the next finalize seals the job.
+    let other = new_object(&e);
+    let job2 = e
+        .create_files_job(&other, &request(vec![add_file("y", 100_000)]))
+        .unwrap();
+    upload_all(&e, other, &job2, &files(&[("y", &src)])).await;
+    let (v, _) = e.finalize(&t).unwrap();
+    assert_eq!(read_all(&e, &Qhit::Version(v), "x").unwrap(), src);
+}
+
 /// Copies of a stored directory are one digest each, so a few small files jobs could double a
 /// tree again and again: the draft's file count is kept in its nodes and bounded, and a
 /// finalize does not walk stored directories with nothing uploading.
