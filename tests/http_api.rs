@@ -1564,3 +1564,31 @@ fn every_listing_url_gives_the_same_tree() {
         }
     }
 }
+
+/// `meta/` is the metadata root, as `meta` and `meta//` are.
+#[test]
+fn the_metadata_root_answers_with_a_trailing_slash() {
+    let data = tempfile::tempdir().unwrap();
+    let s = Server::start(data.path(), common::free_port());
+    let (_, _, wt) = new_object(&s);
+    call(
+        &s,
+        "PUT",
+        &format!("/q/{wt}/meta/"),
+        Some(r#"{"a":[1,2]}"#),
+        200,
+    );
+    assert_eq!(
+        call(&s, "GET", &format!("/q/{wt}/meta"), None, 200),
+        serde_json::json!({"a":[1,2]})
+    );
+    assert_eq!(
+        call(&s, "GET", &format!("/q/{wt}/meta/"), None, 200),
+        serde_json::json!({"a":[1,2]})
+    );
+    call(&s, "DELETE", &format!("/q/{wt}/meta/"), None, 200);
+    assert_eq!(
+        call(&s, "GET", &format!("/q/{wt}/meta//"), None, 200),
+        serde_json::json!({})
+    );
+}

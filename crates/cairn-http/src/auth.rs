@@ -169,17 +169,22 @@ impl Auth {
                 .map_or(0, |d| d.as_secs()),
             hash: blake3::hash(token.as_bytes()),
         };
-        if self.libs.by_hash.read().len() >= MAX_LIBRARY_TOKENS {
+        let mut full = false;
+        self.libs
+            .change(|all| {
+                // Counted under the change lock: concurrent creations cannot pass the limit.
+                full = all.len() >= MAX_LIBRARY_TOKENS;
+                if !full {
+                    all.push(rec.clone());
+                }
+                Ok(())
+            })
+            .map_err(|e| cairn_core::Error::io("store library tokens", e))?;
+        if full {
             return Err(cairn_core::Error::too_large(format!(
                 "at most {MAX_LIBRARY_TOKENS} library tokens; revoke some first"
             )));
         }
-        self.libs
-            .change(|all| {
-                all.push(rec.clone());
-                Ok(())
-            })
-            .map_err(|e| cairn_core::Error::io("store library tokens", e))?;
         Ok((rec, token))
     }
 
@@ -309,13 +314,9 @@ fn admin_hash(
     }
     let token = format!("cairn_{}", bs58_token());
     std::fs::create_dir_all(data)?;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)?;
-    f.write_all(blake3::hash(token.as_bytes()).to_hex().as_bytes())?;
-    f.sync_all()?;
+    // Whole or not at all, and durable (directory entry included) before the token is shown:
+    // a power cut must not leave an empty file, or lose the one a user was just given.
+    write_atomically(&path, blake3::hash(token.as_bytes()).to_hex().as_bytes())?;
     Ok((blake3::hash(token.as_bytes()), Some(token)))
 }
 

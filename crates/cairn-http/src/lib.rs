@@ -150,6 +150,14 @@ pub fn router(state: AppState, cfg: &ServerConfig) -> Result<Router, String> {
                 .post(content::handle_meta_merge)
                 .delete(content::handle_meta_delete),
         ),
+        // `{*path}` does not match an empty path: `meta/` is the root, as `meta//` is.
+        (
+            "/meta/",
+            get(content::handle_meta_get)
+                .put(content::handle_meta_put)
+                .post(content::handle_meta_merge)
+                .delete(content::handle_meta_delete),
+        ),
         (
             "/meta/{*path}",
             get(content::handle_meta_get)

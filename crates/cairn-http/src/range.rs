@@ -36,7 +36,13 @@ pub fn plan(header: Option<&str>, size: u64) -> Result<Plan, ApiError> {
     else {
         return Ok(Plan::Full);
     };
-    let items: Vec<String> = specs.split(',').map(|i| normalize(i.trim())).collect();
+    // A list may hold empty elements, which a recipient must accept (RFC 9110 §5.6.1).
+    let items: Vec<String> = specs
+        .split(',')
+        .map(str::trim)
+        .filter(|i| !i.is_empty())
+        .map(normalize)
+        .collect();
     http_range_header::parse_range_header(&format!("bytes={}", items.join(",")))
         .map_err(|_| bad("not a valid bytes range"))?;
     if items.len() > MAX_RANGES {
@@ -133,6 +139,10 @@ mod tests {
             (Some("bytes=900-9999999"), Some(Plan::Single(900, 100))),
             (Some("bytes=0-9999999"), Some(Plan::Single(0, 1000))),
             (Some("bytes=999-999"), Some(Plan::Single(999, 1))),
+            // Empty list elements are accepted (RFC 9110 §5.6.1); a list of only those is not.
+            (Some("bytes=,,0-1, ,"), Some(Plan::Single(0, 2))),
+            (Some("bytes=,"), None),
+            (Some("bytes="), None),
             (
                 Some("bytes=0-1,10-19"),
                 Some(Plan::Multi(vec![(0, 2), (10, 10)])),

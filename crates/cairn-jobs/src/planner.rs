@@ -93,6 +93,11 @@ pub fn plan(files: &[PlanFile], limits: PlanLimits) -> Result<Vec<PlannedJob>> {
     if !small.segments.is_empty() {
         jobs.push(small);
     }
+    // The checks above bound the work as the plan grows; this one also counts a small-files
+    // job still open when large files filled the rest.
+    if jobs.len() > limits.max_jobs {
+        return Err(too_many(limits));
+    }
     Ok(jobs)
 }
 
@@ -258,6 +263,16 @@ mod tests {
             plan(&tiny, one_each).is_err(),
             "10 files of 60 bytes need 10 jobs of 100"
         );
+        // A small file's job still open when large files take every other job.
+        let mixed = [file("small", 1), file("large", 200)];
+        let two = PlanLimits {
+            part_size: 100,
+            max_segments: 10,
+            max_jobs: 2,
+        };
+        assert!(plan(&mixed, two).is_err(), "1 + 2 jobs over a limit of 2");
+        let three = PlanLimits { max_jobs: 3, ..two };
+        assert_eq!(plan(&mixed, three).unwrap().len(), 3);
     }
 
     #[test]

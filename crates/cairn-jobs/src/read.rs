@@ -306,6 +306,12 @@ impl Engine {
             .filter(|(_, c)| c.segment == s.segment)
             .map(|(_, c)| c.chunk)
             .collect();
+        let held: u64 = chunks.iter().map(|c| u64::from(c.len)).sum();
+        if held != s.len && self.upload_job(&s.upload_job)?.sealed.is_some() {
+            // Sealed between the two reads (the seal moves the chunks into a part): read it
+            // as sealed.
+            return self.pending_piece(path, s);
+        }
         let source =
             *Digest::of(&[&uj.id.as_bytes()[..], &s.segment.to_le_bytes()].concat()).as_bytes();
         Ok(FilePiece {

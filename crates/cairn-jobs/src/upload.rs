@@ -22,6 +22,9 @@ use serde::Serialize;
 use crate::engine::Engine;
 use crate::records::*;
 
+/// Unfinished upload jobs whose streamed hashes are kept (each at most a few tens of KiB).
+const MAX_STREAM_HASHES: usize = 1024;
+
 /// Upload-job locks kept before unused ones are pruned (see `Engine::uj_lock`).
 const UJ_LOCKS_PRUNE_AT: usize = 1024;
 
@@ -718,10 +721,15 @@ impl<'e> Ingest<'e> {
                 .seal_with(&self.rec, self.rec.segment_count, known)?;
         } else if let Some(h) = self.hashes.take() {
             // Everything pushed is now durable: the next request can continue these hashes.
-            self.engine
-                .stream_hashes
-                .lock()
-                .insert(self.rec.id, (self.rec.received, h));
+            // Jobs left unfinished must not pile up: past a bound, one is forgotten (its seal
+            // then reads its bytes back instead).
+            let mut kept = self.engine.stream_hashes.lock();
+            if kept.len() >= MAX_STREAM_HASHES && !kept.contains_key(&self.rec.id) {
+                if let Some(old) = kept.keys().next().copied() {
+                    kept.remove(&old);
+                }
+            }
+            kept.insert(self.rec.id, (self.rec.received, h));
         }
         Ok(UploadReply {
             id: self.rec.id,
