@@ -1592,3 +1592,18 @@ fn the_metadata_root_answers_with_a_trailing_slash() {
         serde_json::json!({})
     );
 }
+
+/// The server speaks HTTP/1.1 only: a cleartext HTTP/2 client gets no HTTP/2 reply (h2c flow
+/// control would let a client pause responses where no deadline could see it).
+#[test]
+fn cleartext_http2_is_not_served() {
+    let data = tempfile::tempdir().unwrap();
+    let s = Server::start(data.path(), common::free_port());
+    let h2 = common::try_curl(&s.url("/config"), &["--http2-prior-knowledge", "-m", "5"]);
+    assert!(
+        h2.as_ref().map_or(true, |r| r.status != 200),
+        "an HTTP/2 reply: {:?}",
+        h2.map(|r| r.status)
+    );
+    assert_eq!(curl(&s.url("/config"), &["--no-token"]).status, 200);
+}

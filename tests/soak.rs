@@ -115,7 +115,8 @@ fn idle_and_slow_clients_and_heavy_load_cause_no_errors_and_bounded_memory() {
         })
         .collect();
 
-    // 500 idle connections, and a slowloris client trickling one header byte a second.
+    // 500 idle connections (silent: the server closes them after its header deadline, 30 s),
+    // and a slowloris client trickling one header byte a second.
     let idle: Vec<std::net::TcpStream> = (0..IDLE)
         .map(|_| std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap())
         .collect();
@@ -271,7 +272,7 @@ fn idle_and_slow_clients_and_heavy_load_cause_no_errors_and_bounded_memory() {
     let peak = peak_rss.load(SeqCst) / 1024;
     println!(
         "soak {secs}s: {} range reads ({} MiB), {} uploads ({} MiB, {verified} bytes verified \
-         after finalize), {} errors; {IDLE} idle connections held; slowloris cut: {slow_cut}; \
+         after finalize), {} errors; {IDLE} idle connections opened; slowloris cut: {slow_cut}; \
          server (RSS MiB, threads) every 5 s {series:?}, peak sampled {peak} MiB, VmHWM {hwm} MiB",
         counts.reads.load(SeqCst),
         counts.read_bytes.load(SeqCst) >> 20,

@@ -28,6 +28,8 @@ pub enum ErrorKind {
     Corrupt,
     /// The store is out of space.
     NoSpace,
+    /// Shared resources (memory budgets) stayed taken by other requests; retry shortly.
+    Busy,
     /// Any other I/O or engine failure.
     Internal,
 }
@@ -45,6 +47,7 @@ impl ErrorKind {
             ErrorKind::TooLarge => "too_large",
             ErrorKind::Corrupt => "corrupt",
             ErrorKind::NoSpace => "no_space",
+            ErrorKind::Busy => "busy",
             ErrorKind::Internal => "internal",
         }
     }
@@ -94,6 +97,7 @@ impl Error {
         too_large => TooLarge,
         corrupt => Corrupt,
         internal => Internal,
+        busy => Busy,
     }
 
     /// An I/O failure with context; `ENOSPC` becomes [`ErrorKind::NoSpace`].

@@ -307,17 +307,41 @@ fn admin_hash(
         return Ok((blake3::hash(t.as_bytes()), None));
     }
     let path = data.join(HASH_FILE);
-    if let Ok(text) = std::fs::read_to_string(&path) {
-        let hash = blake3::Hash::from_hex(text.trim())
-            .map_err(|e| std::io::Error::other(format!("{}: {e}", path.display())))?;
-        return Ok((hash, None));
+    let read = |path: &Path| -> std::io::Result<blake3::Hash> {
+        let text = std::fs::read_to_string(path)?;
+        blake3::Hash::from_hex(text.trim())
+            .map_err(|e| std::io::Error::other(format!("{}: {e}", path.display())))
+    };
+    // Only a file that is not there is made anew: any other failure to read it (permissions,
+    // an I/O error) must not replace the token its owner holds.
+    match read(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        other => return other.map(|h| (h, None)),
     }
     let token = format!("cairn_{}", bs58_token());
     std::fs::create_dir_all(data)?;
-    // Whole or not at all, and durable (directory entry included) before the token is shown:
-    // a power cut must not leave an empty file, or lose the one a user was just given.
-    write_atomically(&path, blake3::hash(token.as_bytes()).to_hex().as_bytes())?;
-    Ok((blake3::hash(token.as_bytes()), Some(token)))
+    // Whole or not at all, durable (directory entry included) before the token is shown, and
+    // never over a file another start made meanwhile: written aside, then linked into place.
+    let tmp = path.with_extension(format!("tmp{:016x}", rand::random::<u64>()));
+    let hash = blake3::hash(token.as_bytes());
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(hash.to_hex().as_bytes())?;
+    f.sync_all()?;
+    let linked = std::fs::hard_link(&tmp, &path);
+    std::fs::remove_file(&tmp)?;
+    match linked {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return read(&path).map(|h| (h, None));
+        }
+        Err(e) => return Err(e),
+    }
+    std::fs::File::open(data)?.sync_all()?;
+    Ok((hash, Some(token)))
 }
 
 /// The token in an offered value: without a leading `Bearer ` scheme, in any case (RFC 9110
@@ -338,6 +362,18 @@ fn bs58_token() -> String {
 mod tests {
     use super::*;
 
+    /// A token file that cannot be read is an error, never replaced by a new token; and
+    /// nothing is left beside it.
+    #[test]
+    fn an_unreadable_token_file_is_an_error_not_a_new_token() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join(HASH_FILE)).unwrap(); // reads fail: a directory
+        assert!(Auth::load_or_create(dir.path(), None).is_err());
+        assert!(dir.path().join(HASH_FILE).is_dir(), "left as it was");
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1, "no temporary file left: {names:?}");
+    }
+
     #[test]
     fn token_is_generated_once_and_stored_hashed() {
         let dir = tempfile::tempdir().unwrap();
@@ -353,6 +389,8 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
         let (again, none) = Auth::load_or_create(dir.path(), None).unwrap();
         assert!(none.is_none());
+        let files = std::fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(files, 1, "only the hash file");
         let mut h = HeaderMap::new();
         h.insert(
             header::AUTHORIZATION,

@@ -3,11 +3,12 @@
 //!
 //! A JSON body is parsed whole, and a parsed value takes many times its text (an array of
 //! small numbers about twenty times). So the bytes of JSON bodies being read or handled at once
-//! are bounded ([`JsonBodies::budget`], as large as one body at the limit): a request whose
-//! body does not fit waits for others to finish instead of adding to the server's memory. A
-//! body that stops arriving is answered 408 after `idle_timeout_secs`, so a stalled client
-//! holds neither its connection nor its share of the budget for longer. Upload data (streamed
-//! into the store, never buffered) passes untouched.
+//! are bounded ([`JsonBodies::budget`], as large as one body at the limit). A body takes its
+//! share as its bytes arrive (a body trickling in holds only what it sent) and keeps it until
+//! its response is made; one that cannot get more within `idle_timeout_secs` is answered 503
+//! `busy` with `Retry-After`. Bodies of at most 64 KiB take no budget: they are most requests,
+//! and must not queue behind a large body waiting for its share. A body that stops arriving is answered 408 after
+//! `idle_timeout_secs`. Upload data (streamed into the store, never buffered) passes untouched.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +20,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::error::ApiError;
 
@@ -44,6 +45,12 @@ impl JsonBodies {
         }
     }
 
+    /// Bodies up to this length take nothing from the budget (64 KiB, or a sixteenth of the
+    /// limit if that is less).
+    fn small(&self) -> usize {
+        (64 << 10).min(self.max / 16)
+    }
+
     /// Middleware: reads a JSON request's body (refusing one declared over the limit before
     /// reading any of it) and hands the handler the bytes, holding the body's share of the
     /// budget until the response is made.
@@ -58,22 +65,23 @@ impl JsonBodies {
         if let Some(n) = declared.filter(|n| *n > self.max as u64) {
             return too_large(format!("the body is {n} bytes; at most {}", self.max));
         }
-        // A body of unknown length may be as long as the limit.
-        let expect = declared.map_or(self.max, |n| n as usize);
-        let Ok(_held) = self.budget.acquire_many(units(expect) as u32).await else {
-            return internal();
-        };
         let (parts, body) = req.into_parts();
-        let bytes = match self.collect(body, expect).await {
-            Ok(b) => b,
+        let (bytes, _held) = match self.collect(body).await {
+            Ok(read) => read,
             Err(e) => return e.into_response(),
         };
         next.run(Request::from_parts(parts, Body::from(bytes)))
             .await
     }
 
-    async fn collect(&self, mut body: Body, expect: usize) -> Result<Bytes, ApiError> {
-        let mut out = BytesMut::with_capacity(expect.min(self.max));
+    /// Reads the body, taking its share of the budget as its bytes arrive (so a body trickling
+    /// in holds only what it sent), and waiting at most `idle` for either a frame or budget.
+    async fn collect(
+        &self,
+        mut body: Body,
+    ) -> Result<(Bytes, Option<OwnedSemaphorePermit>), ApiError> {
+        let mut out = BytesMut::new();
+        let mut held: Option<OwnedSemaphorePermit> = None;
         loop {
             let frame = match tokio::time::timeout(self.idle, body.frame()).await {
                 Err(_) => {
@@ -86,7 +94,7 @@ impl JsonBodies {
                         ),
                     ))
                 }
-                Ok(None) => return Ok(out.freeze()),
+                Ok(None) => return Ok((out.freeze(), held)),
                 Ok(Some(Err(e))) => {
                     return Err(ApiError::bad_request(format!(
                         "the request body could not be read: {e}"
@@ -97,12 +105,29 @@ impl JsonBodies {
             let Ok(data) = frame.into_data() else {
                 continue; // trailers
             };
-            if out.len() + data.len() > self.max {
+            let len = out.len() + data.len();
+            if len > self.max {
                 return Err(ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "too_large",
                     format!("the body is over {} bytes", self.max),
                 ));
+            }
+            let have = held.as_ref().map_or(0, |p| p.num_permits());
+            // Small bodies (most requests) take no budget, so they never queue behind a large
+            // one waiting for its share.
+            if len > self.small() && units(len) > have {
+                let more = (units(len) - have) as u32;
+                let wait = self.budget.clone().acquire_many_owned(more);
+                let permit = match tokio::time::timeout(self.idle, wait).await {
+                    Ok(Ok(p)) => p,
+                    Ok(Err(_)) => return Err(internal_error()),
+                    Err(_) => return Err(busy(self.idle)),
+                };
+                match held.as_mut() {
+                    Some(h) => h.merge(permit),
+                    None => held = Some(permit),
+                }
             }
             out.extend_from_slice(&data);
         }
@@ -129,13 +154,27 @@ fn too_large(reason: String) -> Response {
     ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", reason).into_response()
 }
 
-fn internal() -> Response {
+fn internal_error() -> ApiError {
     ApiError::new(
         StatusCode::INTERNAL_SERVER_ERROR,
         "internal",
         "the body budget is closed",
     )
-    .into_response()
+}
+
+/// Other requests' bodies took the whole budget for as long as this one may wait.
+fn busy(waited: Duration) -> ApiError {
+    ApiError {
+        retry_after: Some(1),
+        ..ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            format!(
+                "other requests' JSON bodies filled the server's budget for {} s; retry",
+                waited.as_secs()
+            ),
+        )
+    }
 }
 
 #[cfg(test)]
@@ -185,6 +224,68 @@ mod tests {
             }
             assert_eq!(most.load(SeqCst), want_most, "bodies of {len} bytes");
         }
+    }
+
+    /// A body trickling in holds only the budget for what it sent: it does not keep others out.
+    #[tokio::test(start_paused = true)]
+    async fn a_trickling_body_holds_only_what_it_sent() {
+        let bodies = JsonBodies::new(8 << 10, Duration::from_secs(5));
+        let app = app(bodies, Default::default(), Default::default());
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
+        tx.send(Ok(Bytes::from(vec![b' '; 1 << 10]))).await.unwrap();
+        let trickle = Request::post("/x")
+            .body(Body::from_stream(tokio_stream(rx)))
+            .unwrap();
+        let slow = tokio::spawn(app.clone().oneshot(trickle));
+        tokio::task::yield_now().await;
+        let started = tokio::time::Instant::now();
+        let r = app.clone().oneshot(request(6 << 10)).await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        assert!(started.elapsed() < Duration::from_secs(1));
+        drop(tx);
+        assert_eq!(slow.await.unwrap().unwrap().status(), StatusCode::OK);
+    }
+
+    /// A body that cannot get its share within the idle time is told to come back.
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_cannot_get_budget_is_busy() {
+        let bodies = JsonBodies::new(8 << 10, Duration::from_secs(1));
+        let app = app(bodies.clone(), Default::default(), Default::default());
+        // Every unit taken elsewhere for 3 s.
+        let all = bodies.budget.clone().acquire_many_owned(8).await.unwrap();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            drop(all);
+        });
+        let r = app.clone().oneshot(request(4 << 10)).await.unwrap();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let err = r.extensions().get::<ApiError>().unwrap();
+        assert_eq!((err.kind, err.retry_after), ("busy", Some(1)));
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let r = app.oneshot(request(4 << 10)).await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "the budget is back");
+    }
+
+    /// A small body never queues behind a large one waiting for the budget.
+    #[tokio::test(start_paused = true)]
+    async fn small_bodies_pass_a_full_budget() {
+        let bodies = JsonBodies::new(8 << 10, Duration::from_secs(5));
+        let app = app(bodies.clone(), Default::default(), Default::default());
+        let all = bodies.budget.clone().acquire_many_owned(8).await.unwrap();
+        let large = tokio::spawn(app.clone().oneshot(request(4 << 10)));
+        tokio::task::yield_now().await;
+        let started = tokio::time::Instant::now();
+        let r = app.oneshot(request(256)).await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        assert!(started.elapsed() < Duration::from_secs(1));
+        drop(all);
+        assert_eq!(large.await.unwrap().unwrap().status(), StatusCode::OK);
+    }
+
+    fn tokio_stream(
+        mut rx: tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>,
+    ) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> {
+        futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
     }
 
     #[tokio::test]

@@ -45,10 +45,16 @@ impl<S> Deadlines<S> {
             .stalled
             .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
         match timer.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("the client read nothing for {} s", idle.as_secs()),
-            ))),
+            Poll::Ready(()) => {
+                tracing::info!(
+                    secs = idle.as_secs(),
+                    "dropping a connection whose client read nothing"
+                );
+                Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("the client read nothing for {} s", idle.as_secs()),
+                )))
+            }
             Poll::Pending => Poll::Pending,
         }
     }
@@ -86,10 +92,16 @@ impl<S: AsyncRead + Unpin> AsyncRead for Deadlines<S> {
                 let wait = *wait;
                 let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(wait)));
                 match timer.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("no request within {} s of connecting", wait.as_secs()),
-                    ))),
+                    Poll::Ready(()) => {
+                        tracing::debug!(
+                            secs = wait.as_secs(),
+                            "closing a connection that sent nothing"
+                        );
+                        Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!("no request within {} s of connecting", wait.as_secs()),
+                        )))
+                    }
                     Poll::Pending => Poll::Pending,
                 }
             }

@@ -70,13 +70,17 @@ pub fn status_of(kind: ErrorKind) -> StatusCode {
         ErrorKind::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
         ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorKind::NoSpace => StatusCode::INSUFFICIENT_STORAGE,
+        ErrorKind::Busy => StatusCode::SERVICE_UNAVAILABLE,
         ErrorKind::Corrupt | ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
 impl From<cairn_core::Error> for ApiError {
     fn from(e: cairn_core::Error) -> ApiError {
-        ApiError::new(status_of(e.kind), e.kind.as_str(), e.reason)
+        ApiError {
+            retry_after: (e.kind == ErrorKind::Busy).then_some(1),
+            ..ApiError::new(status_of(e.kind), e.kind.as_str(), e.reason)
+        }
     }
 }
 

@@ -423,7 +423,11 @@ async fn accept_loop(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // HTTP/1.1 only. Cleartext HTTP/2 (h2c) is not something browsers or the Files API
+    // clients speak, and its flow control lets a client pause a response without filling the
+    // socket, which no deadline here could see (paused streams held the shared read budget).
+    let mut builder =
+        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http1_only();
     builder
         .http1()
         // Each connection's read buffer grows up to this and keeps it while the connection
@@ -460,11 +464,12 @@ async fn accept_loop(
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
         let io = deadline::Deadlines::new(wire::ErrorBodies::new(stream), first_byte, write_idle);
         let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(io), service)
+            .serve_connection(TokioIo::new(io), service)
             .into_owned();
         let conn = graceful.watch(conn);
+        let span = tracing::info_span!("conn", %peer);
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            if let Err(e) = tracing::Instrument::instrument(conn, span).await {
                 tracing::debug!(%peer, error = %e, "connection ended");
             }
             drop(slot);

@@ -112,6 +112,9 @@ pub struct Engine {
     /// `streams`, so that uploads, however slow their clients, never keep downloads from the
     /// disk. Together far below tokio's 512 blocking threads.
     pub(crate) uploads: Arc<tokio::sync::Semaphore>,
+    /// Renderings of `meta/files/…` running (each may take up to `tree::MAX_RENDER_WEIGHT`);
+    /// one more is `busy`.
+    renders: tokio::sync::Semaphore,
     /// Files listings being walked (`read::LIST_WALKS`), apart from `streams`.
     pub(crate) listings: Arc<tokio::sync::Semaphore>,
     /// Bytes of verified chunks queued for all streaming readers together.
@@ -122,6 +125,9 @@ pub struct Engine {
 
 /// Blocking threads for downloads' disk reads; more wait for a permit.
 pub const STREAM_PERMITS: usize = 128;
+
+/// `meta/files/…` renderings at once.
+const RENDERS: usize = 4;
 
 /// Uploads receiving at once; more wait for a permit.
 pub const UPLOAD_PERMITS: usize = 192;
@@ -158,6 +164,7 @@ impl Engine {
             opened: crate::read::OpenedFiles::new(),
             streams: Arc::new(tokio::sync::Semaphore::new(STREAM_PERMITS)),
             uploads: Arc::new(tokio::sync::Semaphore::new(UPLOAD_PERMITS)),
+            renders: tokio::sync::Semaphore::new(RENDERS),
             listings: Arc::new(tokio::sync::Semaphore::new(crate::read::LIST_WALKS)),
             read_budget: Arc::new(tokio::sync::Semaphore::new(crate::read::READ_BUDGET)),
             stopping: tokio::sync::watch::Sender::new(false),
@@ -703,7 +710,14 @@ impl Engine {
             // Tree names up to the first "." key, then keys inside the rendered entry.
             let split = keys.iter().position(|k| k == ".").unwrap_or(keys.len());
             let (root, _) = self.resolve(q)?;
-            let entry = crate::tree::render_entry(&root, &keys[1..split], &|d| self.load_node(d))?;
+            // A path into the attributes needs only the entry's own: never its children.
+            let attributes_only = split < keys.len();
+            let _one = self.renders.try_acquire().map_err(|_| {
+                Error::busy("other metadata renderings of files trees are running; retry")
+            })?;
+            let loader = |d: &Digest| self.load_node(d);
+            let entry =
+                crate::tree::render_entry(&root, &keys[1..split], &loader, attributes_only)?;
             return entry
                 .and_then(|v| walk(&v, &keys[split..]).cloned())
                 .ok_or_else(|| Error::not_found(format!("metadata {path} not found")));

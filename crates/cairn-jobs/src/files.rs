@@ -150,13 +150,25 @@ impl Engine {
     /// index: checked again under the ref guard, so gc cannot have collected them meanwhile.
     fn replace_root(
         &self,
-        mut b: Batch<'_>,
+        b: Batch<'_>,
         draft: &mut DraftRecord,
         tree: MemDir,
         linked: &[PartSeg],
     ) -> Result<()> {
-        let mut nodes = Vec::new();
-        let (root, stats) = tree.store(&mut nodes, &|d| self.load_node(d))?;
+        self.replace_root_with(b, draft, tree, linked, Default::default())
+    }
+
+    /// [`Engine::replace_root`] with nodes already written for it (and their totals), which
+    /// `tree` may name.
+    fn replace_root_with(
+        &self,
+        mut b: Batch<'_>,
+        draft: &mut DraftRecord,
+        tree: MemDir,
+        linked: &[PartSeg],
+        (mut nodes, mut memo): StoredNodes,
+    ) -> Result<()> {
+        let (root, stats) = tree.store_with(&mut nodes, &|d| self.load_node(d), &mut memo)?;
         if stats.files > MAX_TREE_FILES {
             return Err(Error::too_large(format!(
                 "the draft would hold {} files; the limit is {MAX_TREE_FILES}",
@@ -522,7 +534,8 @@ impl Engine {
                     },
                 );
             }
-            self.replace_root(b, &mut draft, tree, &[])?;
+            let stored = (out.nodes, out.stats);
+            self.replace_root_with(b, &mut draft, tree, &[], stored)?;
         }
         Ok(out.dropped)
     }
@@ -542,10 +555,24 @@ impl Engine {
             let segs = match entry {
                 // A stored directory with nothing uploading is left as it is, unread.
                 MemEntry::Stored(d) if out.stats(d, &loader)?.pending == 0 => continue,
+                // Resolved once per distinct directory, however many copies of it the tree
+                // holds: the result is stored right away and shared by digest.
                 MemEntry::Stored(d) => {
-                    let mut sub = MemDir::load(d, &loader)?;
-                    if self.resolve_dir(&mut sub, &path, strict, out)? {
-                        *entry = MemEntry::Dir(sub);
+                    let was = *d;
+                    let now = match out.resolved.get(&was) {
+                        Some(now) => *now,
+                        None => {
+                            let mut sub = MemDir::load(&was, &loader)?;
+                            let now = match self.resolve_dir(&mut sub, &path, strict, out)? {
+                                true => sub.store_with(&mut out.nodes, &loader, &mut out.stats)?.0,
+                                false => was,
+                            };
+                            out.resolved.insert(was, now);
+                            now
+                        }
+                    };
+                    if now != was {
+                        *entry = MemEntry::Stored(now);
                         changed = true;
                     }
                     continue;
@@ -716,6 +743,12 @@ struct OpContext {
     copied: usize,
 }
 
+/// Directory nodes written but not yet in the index, with the totals of every node met.
+type StoredNodes = (
+    Vec<(Digest, crate::tree::DirNode)>,
+    HashMap<Digest, crate::tree::TreeStats>,
+);
+
 /// Most files a draft's tree may hold, at any depth (copies of a directory included: a copy of
 /// a stored directory is one digest, however many files it holds).
 pub const MAX_TREE_FILES: u64 = 10_000_000;
@@ -732,8 +765,12 @@ struct Resolution {
     known: Vec<(Digest, u64, Vec<PartSeg>)>,
     /// Upload-job records read so far (see `resolve_pending`).
     jobs: HashMap<UploadJobId, UploadJobRecord>,
-    /// Totals of the stored directories met (see [`crate::tree::stats_of`]).
+    /// Totals of the stored directories met and written (see [`crate::tree::stats_of`]).
     stats: HashMap<Digest, crate::tree::TreeStats>,
+    /// Stored directories resolved so far: what each became (itself when nothing changed).
+    resolved: HashMap<Digest, Digest>,
+    /// Nodes of the directories resolved so far, not yet in the index.
+    nodes: Vec<(Digest, crate::tree::DirNode)>,
 }
 
 impl Resolution {

@@ -459,10 +459,17 @@ impl Engine {
             .unwrap_or(u32::MAX)
             .clamp(1, STREAM_BUDGET);
         let idle = self.cfg.idle_timeout;
-        let held = [
-            take_budget(budget, n, idle).await?,
-            take_budget(&self.read_budget, n, idle).await?,
-        ];
+        // Waiting on this stream's own budget means its client stopped reading; waiting on the
+        // shared one means other readers hold it all.
+        let own = take_budget(budget, n, idle)
+            .await?
+            .map_err(|_| Error::invalid("reader stalled"))?;
+        let shared = take_budget(&self.read_budget, n, idle)
+            .await?
+            .map_err(|_| {
+                Error::busy("other downloads hold the server's whole read budget; retry")
+            })?;
+        let held = [own, shared];
         let data = match self.store.read_piece_cached(&chunk, loc, start, len) {
             Some(data) => data,
             None => {
@@ -607,11 +614,12 @@ async fn take_budget(
     budget: &Arc<Semaphore>,
     n: u32,
     idle: std::time::Duration,
-) -> Result<OwnedSemaphorePermit> {
-    tokio::time::timeout(idle, budget.clone().acquire_many_owned(n))
-        .await
-        .map_err(|_| Error::invalid("reader stalled"))?
-        .map_err(|_| Error::internal("stream budget closed"))
+) -> Result<std::result::Result<OwnedSemaphorePermit, tokio::time::error::Elapsed>> {
+    match tokio::time::timeout(idle, budget.clone().acquire_many_owned(n)).await {
+        Ok(Ok(p)) => Ok(Ok(p)),
+        Ok(Err(_)) => Err(Error::internal("stream budget closed")),
+        Err(elapsed) => Ok(Err(elapsed)),
+    }
 }
 
 /// One chunk's share of a read: bytes `[start, start+len)` of `chunk`.

@@ -59,7 +59,7 @@ impl TreeStats {
 pub fn entry_weight(e: &MemEntry) -> usize {
     match e {
         MemEntry::Stored(_) => 64,
-        MemEntry::File(f) => 200 + f.meta.as_ref().map_or(0, value_weight),
+        MemEntry::File(f) => file_weight(f),
         MemEntry::Dir(d) => {
             let entries = d.entries.iter().map(|(k, e)| k.len() + entry_weight(e));
             256 + d.meta.as_ref().map_or(0, value_weight) + entries.sum::<usize>()
@@ -70,13 +70,24 @@ pub fn entry_weight(e: &MemEntry) -> usize {
 /// Roughly the memory a decoded node takes (the node cache's weight).
 pub fn node_weight(n: &DirNode) -> usize {
     let entries = n.entries.iter().map(|(k, e)| {
-        let meta = match e {
-            Entry::File(f) => f.meta.as_ref().map_or(0, value_weight),
-            Entry::Dir(_) => 0,
+        let file = match e {
+            Entry::File(f) => file_weight(f),
+            Entry::Dir(_) => 200,
         };
-        200 + k.len() + meta
+        k.len() + file
     });
     256 + n.meta.as_ref().map_or(0, value_weight) + entries.sum::<usize>()
+}
+
+/// Roughly the memory a file entry takes: its metadata and its content's list (a 1 TiB file
+/// still uploading lists 32,768 segments).
+fn file_weight(f: &FileEntry) -> usize {
+    let content = match &f.content {
+        Content::Parts(p) => p.len() * std::mem::size_of::<PartSeg>(),
+        Content::Pending(p) => p.len() * std::mem::size_of::<PendingSeg>(),
+        Content::Link(t) => t.len(),
+    };
+    200 + content + f.meta.as_ref().map_or(0, value_weight)
 }
 
 /// Roughly the memory a JSON value takes.
@@ -348,7 +359,9 @@ impl MemDir {
         self.store_with(out, loader, &mut Default::default())
     }
 
-    fn store_with(
+    /// [`MemDir::store`] with the totals of nodes already met (or written, and not yet in the
+    /// index) in `memo`, which this adds to.
+    pub fn store_with(
         self,
         out: &mut Vec<(Digest, DirNode)>,
         loader: &Loader<'_>,
@@ -421,15 +434,26 @@ pub fn lookup(root: &Digest, path: &FilePath, loader: &Loader<'_>) -> Result<Opt
 /// in walk order (names sorted).
 pub fn render(root: &Digest, loader: &Loader<'_>) -> Result<Value> {
     let mut next_segment = 0u64;
-    render_dir(root, loader, &mut next_segment, 0)
+    let mut unbounded = usize::MAX;
+    render_dir(root, loader, &mut next_segment, 0, &mut unbounded)
 }
 
 const MAX_RENDER_DEPTH: usize = 300;
 
 /// Renders the entry at `path` (the root when empty) exactly as it appears inside [`render`],
 /// `parts` numbering included, without rendering the rest of the tree: only the segments of
-/// the entries before it are counted. `None` if there is no such entry.
-pub fn render_entry(root: &Digest, path: &[String], loader: &Loader<'_>) -> Result<Option<Value>> {
+/// the entries before it are counted. With `attributes_only`, a directory is rendered with its
+/// `"."` attributes and none of its entries. `None` if there is no such entry.
+///
+/// The value is built in memory, so a directory's rendering is bounded: more than
+/// [`MAX_RENDERED_FILES`] files, or more than [`MAX_RENDER_WEIGHT`] of rendered values (its
+/// files' metadata counts), is `too_large`.
+pub fn render_entry(
+    root: &Digest,
+    path: &[String],
+    loader: &Loader<'_>,
+    attributes_only: bool,
+) -> Result<Option<Value>> {
     let mut next = 0u64;
     let mut dir = *root;
     for (depth, name) in path.iter().enumerate() {
@@ -449,18 +473,39 @@ pub fn render_entry(root: &Digest, path: &[String], loader: &Loader<'_>) -> Resu
             _ => return Ok(None),
         }
     }
+    if attributes_only {
+        let node = loader(&dir)?;
+        return Ok(Some(json!({".": dir_attributes(&node)})));
+    }
     let files = stats_of(&dir, loader, &mut Default::default())?.files;
     if files > MAX_RENDERED_FILES {
-        return Err(Error::too_large(format!(
-            "this directory holds {files} files, more than {MAX_RENDERED_FILES} rendered as one \
-             metadata value; list it with files_list, which streams"
-        )));
+        return Err(too_large_to_render(format!("holds {files} files")));
     }
-    render_dir(&dir, loader, &mut next, path.len()).map(Some)
+    let mut budget = MAX_RENDER_WEIGHT;
+    render_dir(&dir, loader, &mut next, path.len(), &mut budget).map(Some)
 }
 
 /// Most files a directory's metadata rendering ([`render_entry`]) holds in memory.
 pub const MAX_RENDERED_FILES: u64 = 100_000;
+
+/// Most memory (estimated) one metadata rendering ([`render_entry`]) may take.
+pub const MAX_RENDER_WEIGHT: usize = 64 << 20;
+
+fn too_large_to_render(what: String) -> Error {
+    Error::too_large(format!(
+        "this directory {what}, too much to render as one metadata value; list it with \
+         files_list, which streams, or read its attributes (…/./…)"
+    ))
+}
+
+/// A directory's `"."` attributes.
+fn dir_attributes(node: &DirNode) -> Value {
+    let mut dot = json!({"type": "directory"});
+    if let Some(m) = &node.meta {
+        dot["meta"] = m.clone();
+    }
+    dot
+}
 
 /// How many `parts` indices an entry takes in walk order.
 fn count_segments(entry: &Entry, loader: &Loader<'_>, depth: usize) -> Result<u64> {
@@ -480,24 +525,33 @@ fn count_segments(entry: &Entry, loader: &Loader<'_>, depth: usize) -> Result<u6
     }
 }
 
-fn render_dir(digest: &Digest, loader: &Loader<'_>, next: &mut u64, depth: usize) -> Result<Value> {
+/// Renders a directory; `budget` is the memory (estimated) the rendering may still take.
+fn render_dir(
+    digest: &Digest,
+    loader: &Loader<'_>,
+    next: &mut u64,
+    depth: usize,
+    budget: &mut usize,
+) -> Result<Value> {
     if depth > MAX_RENDER_DEPTH {
         return Err(Error::corrupt(
             "directory nesting exceeds the path depth limit",
         ));
     }
     let node = loader(digest)?;
-    let mut dot = json!({"type": "directory"});
-    if let Some(m) = &node.meta {
-        dot["meta"] = m.clone();
-    }
     let mut map = Map::new();
-    map.insert(".".into(), dot);
+    map.insert(".".into(), dir_attributes(&node));
     for (name, entry) in &node.entries {
         let v = match entry {
-            Entry::Dir(d) => render_dir(d, loader, next, depth + 1)?,
+            Entry::Dir(d) => render_dir(d, loader, next, depth + 1, budget)?,
             Entry::File(f) => json!({".": render_file(f, next)}),
         };
+        // A rendered value takes several times what `value_weight` counts (maps, keys and
+        // allocations: about 3.5 KiB for a file with no metadata).
+        let took = 4 * (value_weight(&v) + name.len()) + 1024;
+        *budget = budget
+            .checked_sub(took)
+            .ok_or_else(|| too_large_to_render("takes too much memory".into()))?;
         map.insert(name.clone(), v);
     }
     Ok(Value::Object(map))
@@ -670,13 +724,15 @@ mod tests {
             let keys: Vec<String> = path.iter().map(|s| s.to_string()).collect();
             let whole = path.iter().fold(&v, |v, k| &v[*k]);
             assert_eq!(
-                render_entry(&root2, &keys, &loader).unwrap().as_ref(),
+                render_entry(&root2, &keys, &loader, false)
+                    .unwrap()
+                    .as_ref(),
                 Some(whole),
                 "{path:?}"
             );
         }
         assert_eq!(
-            render_entry(&root2, &["nope".to_string()], &loader).unwrap(),
+            render_entry(&root2, &["nope".to_string()], &loader, false).unwrap(),
             None
         );
         assert!(lookup(&root2, &p("a/x/q"), &loader).unwrap().is_none());

@@ -266,7 +266,9 @@ impl Engine {
             };
             let item = match next {
                 Ok(Some(item)) => item,
-                Ok(None) => break Ok(true),
+                // A body that ends before its stated length was cut off (hyper reports this
+                // for a `Content-Length`; a length stated by `Content-Range` is checked here).
+                Ok(None) => break Ok(declared.is_none_or(|n| body_len >= n)),
                 Err(_) => {
                     tracing::info!(upload_job = %uj, "upload body idle too long");
                     break Ok(false);

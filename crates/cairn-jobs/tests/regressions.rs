@@ -262,10 +262,46 @@ async fn copies_cannot_multiply_a_tree_past_its_file_limit() {
     // Rendered as one metadata value only while small; files_list streams.
     let q = Qhit::Version(v);
     assert!(matches!(e.meta_get(&q, "files/d17"), Err(e) if e.is(ErrorKind::TooLarge)));
+    let attrs = e.meta_get(&q, "files/d17/./type").unwrap();
+    assert_eq!(
+        attrs, "directory",
+        "a large directory's own attributes stay readable"
+    );
     let small = e.meta_get(&q, "files/d3").unwrap();
     assert_eq!(small["x"]["y"]["x"]["f"]["."]["size"], 3, "{small}");
     let deep = format!("d{}/{}f", k - 1, "x/".repeat(k - 1));
     assert_eq!(read_all(&e, &Qhit::Version(v), &deep).unwrap(), b"abc");
+}
+
+/// Copies of a stored directory that holds a file still uploading all resolve to the uploaded
+/// bytes at finalize (each distinct directory is resolved once and shared by digest).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_of_a_directory_with_a_pending_file_resolve_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = small_engine(dir.path());
+    let t = new_object(&e);
+    let job = e
+        .create_files_job(&t, &request(vec![add_file("d0/f", 3)]))
+        .unwrap();
+    for k in 1..=12 {
+        let ops = ["x", "y"].map(|name| {
+            let (from, to) = (format!("d{}", k - 1), format!("d{k}/{name}"));
+            op(json!({"op":"copy","copy_move_source_path":from,"path":to}))
+        });
+        e.create_files_job(&t, &request(ops.to_vec())).unwrap();
+    }
+    upload_all(&e, t, &job, &files(&[("d0/f", b"abc")])).await;
+    let (v, rec) = e.finalize(&t).unwrap();
+    assert_eq!(rec.size, 3 * ((1u64 << 13) - 1));
+    let q = Qhit::Version(v);
+    for path in [
+        "d0/f",
+        "d12/x/y/x/y/x/y/x/y/x/y/x/y/f",
+        "d7/y/y/y/y/y/y/y/f",
+    ] {
+        assert_eq!(read_all(&e, &q, path).unwrap(), b"abc", "{path}");
+    }
+    assert!(e.fsck().unwrap().corrupt_records.is_empty());
 }
 
 /// A copy of a directory the same job edited is a deep copy: doubling one in a single request
@@ -291,6 +327,75 @@ async fn copies_within_one_job_are_bounded_in_memory() {
     assert!(err.is(ErrorKind::TooLarge), "{err}");
     assert!(err.reason.contains("copies"), "{err}");
     assert_eq!(e.draft(&t).unwrap().root, before);
+}
+
+/// A file still uploading lists one segment per part: copies of a huge one count its list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_of_a_file_with_many_segments_are_bounded_in_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = small_engine(dir.path());
+    let t = new_object(&e);
+    let huge = 60_000 * (256u64 << 10);
+    e.create_files_job(&t, &request(vec![add_file("d0/f", huge)]))
+        .unwrap();
+    let copies = (0..200)
+        .map(|i| op(json!({"op":"copy","copy_move_source_path":"d0/f","path":format!("e/{i}")})))
+        .collect();
+    let before = e.draft(&t).unwrap().root;
+    let err = e.create_files_job(&t, &request(copies)).unwrap_err();
+    assert!(
+        err.is(ErrorKind::TooLarge) && err.reason.contains("copies"),
+        "{err}"
+    );
+    assert_eq!(e.draft(&t).unwrap().root, before);
+}
+
+/// A length stated by `Content-Range` binds a chunked body both ways: longer is refused with
+/// nothing kept, shorter is a cut-off body (what arrived is kept, the request fails).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stated_length_binds_a_body_both_ways() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = small_engine(dir.path());
+    let t = new_object(&e);
+    let job = e
+        .create_files_job(&t, &request(vec![add_file("f", 100)]))
+        .unwrap();
+    let send = |bytes: &'static [u8]| {
+        let e = e.clone();
+        let (fj, uj) = (job.id, job.jobs[0]);
+        async move {
+            let body =
+                futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from_static(bytes))]);
+            e.upload_at(t, fj, uj, Some(10), (Some(0), None), body)
+                .await
+        }
+    };
+    let long = send(b"0123456789abc").await.unwrap_err();
+    assert!(long.is(ErrorKind::TooLarge), "{long}");
+    assert_eq!(e.upload_job(&job.jobs[0]).unwrap().received, 0);
+    let short = send(b"0123").await.unwrap_err();
+    assert!(short.is(ErrorKind::Invalid), "{short}");
+    assert_eq!(e.upload_job(&job.jobs[0]).unwrap().received, 4);
+}
+
+/// A directory's metadata rendering is bounded by the memory it would take, not only by its
+/// file count: a few hundred files with large metadata are refused too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rendering_of_files_with_large_metadata_is_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = small_engine(dir.path());
+    let t = new_object(&e);
+    let meta = json!({"k": "v".repeat(60_000)});
+    let ops = (0..300)
+        .map(|i| op(json!({"path": format!("m/{i}"), "size": 0, "meta": meta})))
+        .collect();
+    e.create_files_job(&t, &request(ops)).unwrap();
+    let (v, _) = e.finalize(&t).unwrap();
+    let q = Qhit::Version(v);
+    let err = e.meta_get(&q, "files/m").unwrap_err();
+    assert!(err.is(ErrorKind::TooLarge), "{err}");
+    assert_eq!(e.meta_get(&q, "files/m/./type").unwrap(), "directory");
+    assert_eq!(e.meta_get(&q, "files/m/7/./meta").unwrap(), meta);
 }
 
 /// Metadata on one file or directory is bounded (it is rewritten with its directory's node).

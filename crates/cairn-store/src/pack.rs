@@ -566,6 +566,12 @@ enum Wait {
 static NOWAIT_UNSUPPORTED: std::sync::atomic::AtomicBool =
     std::sync::atomic::AtomicBool::new(false);
 
+/// Whether cached reads work here (false once the kernel or file system refused one).
+#[cfg(test)]
+pub(crate) fn nowait_supported() -> bool {
+    !NOWAIT_UNSUPPORTED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Fills `buf` from `offset`; with [`Wait::No`], through `preadv2(RWF_NOWAIT)`, which fails
 /// with `EAGAIN` rather than wait for the disk. A short cached read (part of the range not in
 /// the page cache, or the end of the file) is reported as `WouldBlock` too: the waiting read

@@ -1416,7 +1416,14 @@ mod dedup_tests {
             let w = add_again();
             assert!(w <= 1, "{w} waits for one chunk");
             waited += w;
-            assert_eq!(add_again(), 0, "cached now: no wait");
+            let again = add_again();
+            if !crate::pack::nowait_supported() {
+                // No cached reads here (some overlay and network file systems): every check
+                // goes through the waiter, which is all this test can see.
+                assert_eq!((w, again), (1, 1));
+                return;
+            }
+            assert_eq!(again, 0, "cached now: no wait");
         }
         assert_eq!(
             waited > 0,
