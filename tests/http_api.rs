@@ -813,13 +813,7 @@ fn sigterm_stops_the_server_cleanly_and_data_survives() {
 #[test]
 fn oversized_json_bodies_are_refused() {
     let data = tempfile::tempdir().unwrap();
-    let cfg = data.path().join("cairn.toml");
-    std::fs::write(&cfg, "max_json_body = 4096\n").unwrap();
-    let s = Server::start_args(
-        &data.path().join("d"),
-        common::free_port(),
-        &["--config", cfg.to_str().unwrap()],
-    );
+    let s = Server::start_config(data.path(), "max_json_body = 4096\n");
     let (_, _, wt) = new_object(&s);
     let ops: Vec<_> = (0..200)
         .map(|i| json!({"path": format!("f{i}"), "size": 1}))
@@ -893,13 +887,7 @@ fn serve_help_and_typos_never_start_a_server() {
 fn a_stalled_upload_is_cut_off_and_keeps_what_arrived() {
     use std::io::Write;
     let data = tempfile::tempdir().unwrap();
-    let cfg = data.path().join("cairn.toml");
-    std::fs::write(&cfg, "idle_timeout_secs = 1\n").unwrap();
-    let s = Server::start_args(
-        &data.path().join("d"),
-        common::free_port(),
-        &["--config", cfg.to_str().unwrap()],
-    );
+    let s = Server::start_config(data.path(), "idle_timeout_secs = 1\n");
     let (_, _, wt) = new_object(&s);
     let job = call(
         &s,
@@ -941,13 +929,7 @@ fn a_stalled_upload_is_cut_off_and_keeps_what_arrived() {
 fn a_stalled_json_body_gets_408() {
     use std::io::{Read, Write};
     let data = tempfile::tempdir().unwrap();
-    let cfg = data.path().join("cairn.toml");
-    std::fs::write(&cfg, "idle_timeout_secs = 1\n").unwrap();
-    let s = Server::start_args(
-        &data.path().join("d"),
-        common::free_port(),
-        &["--config", cfg.to_str().unwrap()],
-    );
+    let s = Server::start_config(data.path(), "idle_timeout_secs = 1\n");
     let before = call(&s, "GET", "/qlibs", None, 200);
     let mut sock = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
     sock.set_read_timeout(Some(std::time::Duration::from_secs(10)))
@@ -974,13 +956,7 @@ fn a_stalled_json_body_gets_408() {
 fn a_download_whose_client_reads_nothing_is_dropped() {
     use std::io::{Read, Write};
     let data = tempfile::tempdir().unwrap();
-    let cfg = data.path().join("cairn.toml");
-    std::fs::write(&cfg, "idle_timeout_secs = 1\n").unwrap();
-    let s = Server::start_args(
-        &data.path().join("d"),
-        common::free_port(),
-        &["--config", cfg.to_str().unwrap()],
-    );
+    let s = Server::start_config(data.path(), "idle_timeout_secs = 1\n");
     let (_, _, wt) = new_object(&s);
     let src = tempfile::NamedTempFile::new().unwrap();
     let size = 64usize << 20;
@@ -1018,12 +994,9 @@ fn slow_headers_are_cut_off_and_connections_are_capped() {
     use std::io::{Read, Write};
     use std::time::{Duration, Instant};
     let data = tempfile::tempdir().unwrap();
-    let cfg = data.path().join("cairn.toml");
-    std::fs::write(&cfg, "header_timeout_secs = 1\nmax_connections = 3\n").unwrap();
-    let s = Server::start_args(
-        &data.path().join("d"),
-        common::free_port(),
-        &["--config", cfg.to_str().unwrap()],
+    let s = Server::start_config(
+        data.path(),
+        "header_timeout_secs = 1\nmax_connections = 3\n",
     );
     let connect = || {
         let c = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
@@ -1075,13 +1048,7 @@ fn slow_headers_are_cut_off_and_connections_are_capped() {
 #[test]
 fn a_token_over_its_request_rate_gets_429_with_retry_after() {
     let data = tempfile::tempdir().unwrap();
-    let cfg = data.path().join("cairn.toml");
-    std::fs::write(&cfg, "rate_limit = 1\nrate_burst = 5\n").unwrap();
-    let s = Server::start_args(
-        &data.path().join("d"),
-        common::free_port(),
-        &["--config", cfg.to_str().unwrap()],
-    );
+    let s = Server::start_config(data.path(), "rate_limit = 1\nrate_burst = 5\n");
     let statuses: Vec<u16> = (0..8).map(|_| curl(&s.url("/qlibs"), &[]).status).collect();
     assert_eq!(&statuses[..5], &[200; 5], "the burst passes: {statuses:?}");
     let r = curl(&s.url("/qlibs"), &[]);

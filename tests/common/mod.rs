@@ -42,6 +42,15 @@ impl Server {
         Server::start_with(data, port, extra, &[])
     }
 
+    /// Starts on `dir/d` with `toml` as its config file (written to `dir/cairn.toml`).
+    #[allow(dead_code)] // not every test binary configures its server
+    pub fn start_config(dir: &Path, toml: &str) -> Server {
+        let cfg = dir.join("cairn.toml");
+        std::fs::write(&cfg, toml).unwrap();
+        let args = ["--config", cfg.to_str().unwrap()];
+        Server::start_args(&dir.join("d"), free_port(), &args)
+    }
+
     /// Starts with extra arguments and environment variables.
     pub fn start_with(data: &Path, port: u16, extra: &[&str], envs: &[(&str, &str)]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))

@@ -38,39 +38,29 @@ impl<S> Deadlines<S> {
         }
     }
 
-    /// `Ready(Err)` once the socket has refused writes for `write_idle`.
-    fn poll_stalled(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        let idle = self.write_idle;
-        let timer = self
-            .stalled
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
-        match timer.as_mut().poll(cx) {
-            Poll::Ready(()) => {
-                tracing::info!(
-                    secs = idle.as_secs(),
-                    "dropping a connection whose client read nothing"
-                );
-                Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("the client read nothing for {} s", idle.as_secs()),
-                )))
-            }
-            Poll::Pending => Poll::Pending,
-        }
-    }
-
     fn wrote<T>(&mut self, r: Poll<io::Result<T>>, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
-        match r {
-            Poll::Ready(r) => {
-                self.stalled = None;
-                Poll::Ready(r)
-            }
-            Poll::Pending => match self.poll_stalled(cx) {
-                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-                _ => Poll::Pending,
-            },
+        if r.is_ready() {
+            self.stalled = None;
+            return r;
         }
+        let idle = self.write_idle;
+        if !expired(&mut self.stalled, idle, cx) {
+            return Poll::Pending;
+        }
+        tracing::info!(
+            secs = idle.as_secs(),
+            "dropping a connection whose client read nothing"
+        );
+        let why = format!("the client read nothing for {} s", idle.as_secs());
+        Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, why)))
     }
+}
+
+/// Whether `timer` (started now, to end `after` from now, if not running) has ended; if not,
+/// `cx` is woken when it does.
+fn expired(timer: &mut Option<Pin<Box<Sleep>>>, after: Duration, cx: &mut Context<'_>) -> bool {
+    let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(after)));
+    timer.as_mut().poll(cx).is_ready()
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Deadlines<S> {
@@ -80,32 +70,24 @@ impl<S: AsyncRead + Unpin> AsyncRead for Deadlines<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let me = &mut *self;
-        match Pin::new(&mut me.inner).poll_read(cx, buf) {
-            Poll::Ready(r) => {
-                me.first_byte = None;
-                Poll::Ready(r)
-            }
-            Poll::Pending => {
-                let Some((wait, timer)) = &mut me.first_byte else {
-                    return Poll::Pending;
-                };
-                let wait = *wait;
-                let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(wait)));
-                match timer.as_mut().poll(cx) {
-                    Poll::Ready(()) => {
-                        tracing::debug!(
-                            secs = wait.as_secs(),
-                            "closing a connection that sent nothing"
-                        );
-                        Poll::Ready(Err(io::Error::new(
-                            io::ErrorKind::TimedOut,
-                            format!("no request within {} s of connecting", wait.as_secs()),
-                        )))
-                    }
-                    Poll::Pending => Poll::Pending,
-                }
-            }
+        let r = Pin::new(&mut me.inner).poll_read(cx, buf);
+        if r.is_ready() {
+            me.first_byte = None;
+            return r;
         }
+        let Some((wait, timer)) = &mut me.first_byte else {
+            return Poll::Pending;
+        };
+        let wait = *wait;
+        if !expired(timer, wait, cx) {
+            return Poll::Pending;
+        }
+        tracing::debug!(
+            secs = wait.as_secs(),
+            "closing a connection that sent nothing"
+        );
+        let why = format!("no request within {} s of connecting", wait.as_secs());
+        Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, why)))
     }
 }
 

@@ -3,10 +3,11 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
-use cairn_core::{ErrorKind, VersionHash};
+use cairn_core::{ErrorKind, VersionHash, WriteToken};
 use cairn_jobs::records::JobStatus;
-use cairn_jobs::Qhit;
+use cairn_jobs::{Engine, FilesJobCreated, Qhit};
 use common::*;
 use serde_json::json;
 
@@ -141,33 +142,40 @@ async fn a_version_hash_with_a_wrong_size_is_not_found() {
     e.open_draft(&t.object).unwrap();
 }
 
+/// An upload job whose every byte arrived but whose seal failed: all of `x` (100,000 bytes)
+/// but its last byte is sent, the stored chunk is damaged, and a new engine (which lost the
+/// hashes computed while streaming, so sealing reads the part back) receives the last byte.
+async fn a_failed_seal(
+    dir: &std::path::Path,
+) -> (Arc<Engine>, WriteToken, FilesJobCreated, Vec<u8>) {
+    let src = data(3, 100_000);
+    let (t, job) = {
+        let e = small_engine(dir);
+        let t = new_object(&e);
+        let job = e
+            .create_files_job(&t, &request(vec![add_file("x", 100_000)]))
+            .unwrap();
+        post(&e, t, &job, 0, src[..99_999].to_vec(), 4096)
+            .await
+            .unwrap();
+        (t, job)
+    };
+    flip_first_chunk_byte(dir, 10, 1);
+    let e = small_engine(dir);
+    let err = post(&e, t, &job, 0, src[99_999..].to_vec(), 4096)
+        .await
+        .unwrap_err();
+    assert!(err.is(ErrorKind::Corrupt), "{err}");
+    assert_eq!(e.upload_job(&job.jobs[0]).unwrap().received, 100_000);
+    (e, t, job, src)
+}
+
 /// A fully received job whose chunk is corrupt fails its files job; the store still opens.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_unsealed_job_does_not_stop_the_store_from_opening() {
     let dir = tempfile::tempdir().unwrap();
-    let src = data(3, 100_000);
-    let (t, job) = {
-        let (t, job) = {
-            let e = small_engine(dir.path());
-            let t = new_object(&e);
-            let job = e
-                .create_files_job(&t, &request(vec![add_file("x", 100_000)]))
-                .unwrap();
-            post(&e, t, &job, 0, src[..99_999].to_vec(), 4096)
-                .await
-                .unwrap();
-            (t, job)
-        };
-        // A restart loses the hashes computed while streaming, so sealing reads the part back.
-        flip_first_chunk_byte(dir.path(), 10, 1);
-        let e = small_engine(dir.path());
-        let err = post(&e, t, &job, 0, src[99_999..].to_vec(), 4096)
-            .await
-            .unwrap_err();
-        assert!(err.is(ErrorKind::Corrupt), "{err}");
-        assert_eq!(e.upload_job(&job.jobs[0]).unwrap().received, 100_000);
-        (t, job)
-    };
+    let (e, t, job, _) = a_failed_seal(dir.path()).await;
+    drop(e);
     let e = small_engine(dir.path());
     assert_eq!(
         e.files_job_status(&t, &job.id).unwrap().status,
@@ -181,25 +189,7 @@ async fn a_corrupt_unsealed_job_does_not_stop_the_store_from_opening() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_whose_seal_failed_is_sealed_by_the_next_finalize() {
     let dir = tempfile::tempdir().unwrap();
-    let src = data(3, 100_000);
-    let (t, job) = {
-        let e = small_engine(dir.path());
-        let t = new_object(&e);
-        let job = e
-            .create_files_job(&t, &request(vec![add_file("x", 100_000)]))
-            .unwrap();
-        post(&e, t, &job, 0, src[..99_999].to_vec(), 4096)
-            .await
-            .unwrap();
-        (t, job)
-    };
-    // A restart loses the hashes computed while streaming, so sealing reads the part back.
-    flip_first_chunk_byte(dir.path(), 10, 1);
-    let e = small_engine(dir.path());
-    let err = post(&e, t, &job, 0, src[99_999..].to_vec(), 4096)
-        .await
-        .unwrap_err();
-    assert!(err.is(ErrorKind::Corrupt), "{err}");
+    let (e, t, _, src) = a_failed_seal(dir.path()).await;
     // Still damaged: the finalize says why, rather than "still uploading".
     let err = e.finalize(&t).unwrap_err();
     assert!(err.is(ErrorKind::Corrupt), "{err}");
