@@ -194,11 +194,7 @@ async fn a_job_whose_seal_failed_is_sealed_by_the_next_finalize() {
     let err = e.finalize(&t).unwrap_err();
     assert!(err.is(ErrorKind::Corrupt), "{err}");
     // The same bytes uploaded elsewhere heal the stored chunk; the next finalize seals the job.
-    let other = new_object(&e);
-    let job2 = e
-        .create_files_job(&other, &request(vec![add_file("y", 100_000)]))
-        .unwrap();
-    upload_all(&e, other, &job2, &files(&[("y", &src)])).await;
+    add_and_upload(&e, new_object(&e), &files(&[("y", &src)])).await;
     let (v, _) = e.finalize(&t).unwrap();
     assert_eq!(read_all(&e, &Qhit::Version(v), "x").unwrap(), src);
 }
@@ -211,10 +207,7 @@ async fn copies_cannot_multiply_a_tree_past_its_file_limit() {
     let dir = tempfile::tempdir().unwrap();
     let e = small_engine(dir.path());
     let t = new_object(&e);
-    let job = e
-        .create_files_job(&t, &request(vec![add_file("d0/f", 3)]))
-        .unwrap();
-    upload_all(&e, t, &job, &files(&[("d0/f", b"abc")])).await;
+    add_and_upload(&e, t, &files(&[("d0/f", b"abc")])).await;
     e.finalize(&t).unwrap();
     let t = e.open_draft(&t.object).unwrap().token;
     let mut k = 1;
