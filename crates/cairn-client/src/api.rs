@@ -128,9 +128,13 @@ impl Client {
     }
 
     fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
-        self.http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
+        let req = self.http.request(method, format!("{}{path}", self.base));
+        // No token configured: send none, so the server says one is required.
+        if self.token.is_empty() {
+            req
+        } else {
+            req.bearer_auth(&self.token)
+        }
     }
 
     /// A JSON call, retried when the server is unreachable or answers 5xx.

@@ -127,6 +127,9 @@ impl Auth {
                     .map(|(_, v)| v),
             );
         }
+        // `Authorization: Bearer ` with nothing after it offers no token (a client whose token
+        // setting is empty sends that): say one is needed rather than that it is wrong.
+        offered.retain(|t| !strip_bearer(t).trim().is_empty());
         if offered.is_empty() {
             return Err(ApiError::unauthorized(
                 "a token is required: Authorization: Bearer <token>",
@@ -303,7 +306,9 @@ fn admin_hash(
     data: &Path,
     env_token: Option<&str>,
 ) -> std::io::Result<(blake3::Hash, Option<String>)> {
-    if let Some(t) = env_token.filter(|t| !t.is_empty()) {
+    // Normalized as offered tokens are (`check`), so that `CAIRN_TOKEN="Bearer x"` or a
+    // stray space still matches what a client sends; one that is empty after it is unset.
+    if let Some(t) = env_token.map(strip_bearer).filter(|t| !t.is_empty()) {
         return Ok((blake3::hash(t.as_bytes()), None));
     }
     let path = data.join(HASH_FILE);
@@ -348,6 +353,9 @@ fn admin_hash(
 /// §11.1: schemes are case-insensitive).
 fn strip_bearer(t: &str) -> &str {
     let t = t.trim();
+    if t.eq_ignore_ascii_case("bearer") {
+        return "";
+    }
     match t.get(..7) {
         Some(scheme) if scheme.eq_ignore_ascii_case("bearer ") => t[7..].trim(),
         _ => t,
@@ -372,6 +380,27 @@ mod tests {
         assert!(dir.path().join(HASH_FILE).is_dir(), "left as it was");
         let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(names.len(), 1, "no temporary file left: {names:?}");
+    }
+
+    /// An empty token (`Bearer` and nothing, or an empty `?authorization=`) is no token: the
+    /// 401 says one is required, not that the one given is wrong.
+    #[test]
+    fn an_empty_token_is_reported_as_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (auth, _) = Auth::load_or_create(dir.path(), None).unwrap();
+        let reason = |h: &HeaderMap, q: Option<&str>| auth.check(h, q).unwrap_err().reason;
+        for value in ["Bearer", "Bearer ", "bearer   ", ""] {
+            let mut h = HeaderMap::new();
+            h.insert(header::AUTHORIZATION, value.parse().unwrap());
+            assert!(reason(&h, None).contains("required"), "{value:?}");
+        }
+        assert!(reason(&HeaderMap::new(), Some("authorization=")).contains("required"));
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, "Bearer nope".parse().unwrap());
+        assert!(reason(&h, None).contains("not valid"));
+        // CAIRN_TOKEN is normalized the same way as what clients offer.
+        let (auth, _) = Auth::load_or_create(dir.path(), Some(" Bearer admin ")).unwrap();
+        assert!(auth.check(&bearer("admin"), None).is_ok());
     }
 
     #[test]
@@ -413,7 +442,11 @@ mod tests {
             assert!(auth.check(&h, None).is_ok(), "{scheme}");
         }
         // Only the scheme is dropped, never part of the token.
-        assert_eq!(strip_bearer("Bearer"), "Bearer");
+        assert_eq!(
+            strip_bearer("Bearer"),
+            "",
+            "the scheme alone offers no token"
+        );
         assert_eq!(strip_bearer("bearerx"), "bearerx");
         assert_eq!(strip_bearer(" BEARER  tok "), "tok");
         assert!(auth.check(&HeaderMap::new(), None).is_err());

@@ -2,8 +2,10 @@
 //! a memory budget shared by every request.
 //!
 //! A JSON body is parsed whole, and a parsed value takes many times its text (an array of
-//! small numbers about twenty times). So the bytes of JSON bodies being read or handled at once
-//! are bounded ([`JsonBodies::budget`], as large as one body at the limit). A body takes its
+//! small numbers about twenty times). So the JSON bodies being read or handled at once are
+//! bounded ([`JsonBodies::budget`], as large as one body at the limit), each weighing its bytes
+//! or 64 bytes per JSON value in it, whichever is more (a body heavier than the whole budget is
+//! 413). A body takes its
 //! share as its bytes arrive (a body trickling in holds only what it sent) and keeps it until
 //! its response is made; one that cannot get more within `idle_timeout_secs` is answered 503
 //! `busy` with `Retry-After`. Bodies of at most 64 KiB take no budget: they are most requests,
@@ -66,8 +68,12 @@ impl JsonBodies {
             return too_large(format!("the body is {n} bytes; at most {}", self.max));
         }
         let (parts, body) = req.into_parts();
-        let (bytes, _held) = match self.collect(body).await {
+        let (bytes, held) = match self.collect(body).await {
             Ok(read) => read,
+            Err(e) => return e.into_response(),
+        };
+        let _held = match self.weigh(&bytes, held).await {
+            Ok(held) => held,
             Err(e) => return e.into_response(),
         };
         next.run(Request::from_parts(parts, Body::from(bytes)))
@@ -132,6 +138,72 @@ impl JsonBodies {
             out.extend_from_slice(&data);
         }
     }
+}
+
+impl JsonBodies {
+    /// Takes the rest of a read body's share: a body weighs its bytes or [`VALUE_BYTES`] per
+    /// JSON value in it, whichever is more, because what a handler parses it into grows with
+    /// the values, not the text (`[0,0,…]` is two bytes a value as text and 32 or more
+    /// parsed). A body heavier than the whole budget is 413.
+    async fn weigh(
+        &self,
+        bytes: &[u8],
+        mut held: Option<OwnedSemaphorePermit>,
+    ) -> Result<Option<OwnedSemaphorePermit>, ApiError> {
+        let values = json_values(bytes);
+        let weight = bytes.len().max(values.saturating_mul(VALUE_BYTES));
+        if weight <= self.small() {
+            return Ok(held);
+        }
+        if weight > self.max {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!(
+                    "the body holds too many JSON values: about {values}, at most {}",
+                    self.max / VALUE_BYTES
+                ),
+            ));
+        }
+        let have = held.as_ref().map_or(0, |p| p.num_permits());
+        if units(weight) > have {
+            let more = (units(weight) - have) as u32;
+            let wait = self.budget.clone().acquire_many_owned(more);
+            let permit = match tokio::time::timeout(self.idle, wait).await {
+                Ok(Ok(p)) => p,
+                Ok(Err(_)) => return Err(internal_error()),
+                Err(_) => return Err(busy(self.idle)),
+            };
+            match held.as_mut() {
+                Some(h) => h.merge(permit),
+                None => held = Some(permit),
+            }
+        }
+        Ok(held)
+    }
+}
+
+/// What one JSON value weighs in the budget, about what it takes parsed (a `serde_json`
+/// value is 32 bytes, an object entry more with its key).
+const VALUE_BYTES: usize = 64;
+
+/// An upper bound on the number of values in a JSON text, counted without parsing it: one,
+/// plus one for each `[`, `{` and `,` outside strings. Not JSON, it counts the same way; the
+/// handler's parse refuses it.
+fn json_values(text: &[u8]) -> usize {
+    let (mut n, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in text {
+        match (in_string, escaped, b) {
+            (true, true, _) => escaped = false,
+            (true, false, b'\\') => escaped = true,
+            (true, false, b'"') => in_string = false,
+            (true, false, _) => {}
+            (false, _, b'"') => in_string = true,
+            (false, _, b'[' | b'{' | b',') => n += 1,
+            _ => {}
+        }
+    }
+    n + usize::from(!text.iter().all(u8::is_ascii_whitespace))
 }
 
 fn units(bytes: usize) -> usize {
@@ -224,6 +296,51 @@ mod tests {
             }
             assert_eq!(most.load(SeqCst), want_most, "bodies of {len} bytes");
         }
+    }
+
+    #[test]
+    fn json_values_are_counted_outside_strings() {
+        for (text, n) in [
+            ("", 0),
+            ("  ", 0),
+            ("0", 1),
+            ("[]", 2),
+            ("[0,0,0]", 4),
+            (r#"{"a":[1,2],"b":{}}"#, 6),
+            (r#"{"a,[{":"\",[{"}"#, 2),
+            (r#"["\\",1]"#, 3),
+        ] {
+            assert_eq!(json_values(text.as_bytes()), n, "{text}");
+        }
+    }
+
+    fn json(text: String) -> Request {
+        Request::post("/x")
+            .header(header::CONTENT_LENGTH, text.len())
+            .body(Body::from(text))
+            .unwrap()
+    }
+
+    /// A body of many small values weighs its values, not its text: past the budget it is 413,
+    /// and within it, it holds its weight (a second such body waits for the first).
+    #[tokio::test]
+    async fn bodies_weigh_their_values() {
+        let bodies = JsonBodies::new(64 << 10, Duration::from_secs(5));
+        let (inside, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let app = app(bodies, inside, most.clone());
+        let array = |n: usize| format!("[{}]", vec!["0"; n].join(","));
+        // 2 KiB of text, 1025 values: over a 64 KiB budget at 64 bytes a value.
+        let r = app.clone().oneshot(json(array(1024))).await.unwrap();
+        assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        let reason = &r.extensions().get::<ApiError>().unwrap().reason;
+        assert!(reason.contains("about 1025, at most 1024"), "{reason}");
+        // 600 values (~38 KiB) each: two cannot be inside at once, though their texts could.
+        let replies =
+            futures::future::join_all((0..2).map(|_| app.clone().oneshot(json(array(599))))).await;
+        for r in replies {
+            assert_eq!(r.unwrap().status(), StatusCode::OK);
+        }
+        assert_eq!(most.load(SeqCst), 1);
     }
 
     /// A body trickling in holds only the budget for what it sent: it does not keep others out.

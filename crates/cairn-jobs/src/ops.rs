@@ -26,8 +26,39 @@ pub struct FilesJobRequest {
     pub seq_complete: Option<bool>,
     #[serde(default)]
     pub defaults: Option<Value>,
-    #[serde(default)]
+    /// At most `MAX_OPS + 1` are kept (see [`at_most_ops`]).
+    #[serde(default, deserialize_with = "at_most_ops")]
     pub ops: Vec<RawOp>,
+}
+
+/// Deserializes the ops array keeping at most `MAX_OPS + 1` of them and skipping the rest
+/// unparsed, so that a body of millions of tiny ops (`{},{},…`: 3 bytes each, an op struct
+/// hundreds) cannot take gigabytes before the count is checked; `validate` then refuses it.
+fn at_most_ops<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Vec<RawOp>, D::Error> {
+    struct Bounded;
+    impl<'de> serde::de::Visitor<'de> for Bounded {
+        type Value = Vec<RawOp>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an array of ops")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> std::result::Result<Vec<RawOp>, A::Error> {
+            let mut ops = Vec::new();
+            while ops.len() <= MAX_OPS {
+                match seq.next_element()? {
+                    Some(op) => ops.push(op),
+                    None => return Ok(ops),
+                }
+            }
+            while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+            Ok(ops)
+        }
+    }
+    d.deserialize_seq(Bounded)
 }
 
 /// One op as sent. Unknown fields are ignored (clients send extras such as `encryption`).
@@ -108,8 +139,7 @@ impl FilesJobRequest {
     pub fn validate(&self) -> Result<Vec<Op>> {
         if self.ops.len() > MAX_OPS {
             return Err(Error::too_large(format!(
-                "{} ops in one files job; the limit is {MAX_OPS}",
-                self.ops.len()
+                "more than {MAX_OPS} ops in one files job"
             )));
         }
         check_encryption(self.defaults.as_ref().and_then(|d| d.get("encryption")))?;

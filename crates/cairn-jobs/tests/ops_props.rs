@@ -335,6 +335,13 @@ fn op_count_limit_is_exact() {
     assert_eq!(req.validate().unwrap().len(), MAX_OPS);
     let req: FilesJobRequest = serde_json::from_str(&body(MAX_OPS + 1)).unwrap();
     assert_eq!(req.validate().unwrap_err().kind, ErrorKind::TooLarge);
+    // Past the limit, ops are skipped unparsed rather than kept: memory stays that of the limit.
+    let req: FilesJobRequest = serde_json::from_str(&body(3 * MAX_OPS)).unwrap();
+    assert_eq!(req.ops.len(), MAX_OPS + 1);
+    assert_eq!(req.validate().unwrap_err().kind, ErrorKind::TooLarge);
+    // Skipped ops must still be JSON.
+    let broken = body(MAX_OPS + 5).replace("]}", ",{]}");
+    assert!(serde_json::from_str::<FilesJobRequest>(&broken).is_err());
 }
 
 // ---------------------------------------------------------------------------------------------
