@@ -23,6 +23,13 @@ pub trait Record: Serialize + DeserializeOwned {
     }
 
     fn decode(bytes: &[u8]) -> Result<Self> {
+        Self::decode_view(bytes)
+    }
+
+    /// Decodes a stored record of this type as `T`, a view holding some of its fields: serde
+    /// skips the others without building them, so a read that needs a record's small fields
+    /// does not pay for a large one (a version's metadata). Checked like [`Record::decode`].
+    fn decode_view<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
         let (&version, body) = bytes
             .split_first()
             .ok_or_else(|| Error::corrupt(format!("empty {} record", Self::NAME)))?;

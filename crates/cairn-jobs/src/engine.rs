@@ -401,6 +401,14 @@ impl Engine {
         })
     }
 
+    /// The draft without its metadata ([`DraftHead`]).
+    pub fn draft_head(&self, token: &WriteToken) -> Result<DraftHead> {
+        self.store
+            .index()
+            .get_view::<DraftRecord, DraftHead>(CF_DRAFTS, &token.to_bytes())?
+            .ok_or_else(|| Error::not_found(format!("write token {token} not found")))
+    }
+
     /// Discards a draft: its upload jobs, received chunks and tree references are released.
     pub fn delete_draft(&self, token: &WriteToken) -> Result<()> {
         let _w = self.state.write();
@@ -558,6 +566,17 @@ impl Engine {
         Ok(v)
     }
 
+    /// The version without its metadata ([`VersionHead`]), checked like [`Engine::version`].
+    pub fn version_head(&self, h: &VersionHash) -> Result<VersionHead> {
+        let v = self
+            .store
+            .index()
+            .get_view::<VersionRecord, VersionHead>(CF_VERSIONS, h.digest.as_bytes())?
+            .filter(|v| v.object == h.object && v.size == h.size)
+            .ok_or_else(|| Error::not_found(format!("version {h} not found")))?;
+        Ok(v)
+    }
+
     /// The object's versions, newest first.
     pub fn versions(&self, object: &ObjectId) -> Result<Vec<VersionHash>> {
         self.object(object)?;
@@ -566,7 +585,11 @@ impl Engine {
             let (_, v) = r?;
             let digest = Digest::from_slice(&v)
                 .ok_or_else(|| Error::corrupt("history entry is not a digest"))?;
-            let rec: VersionRecord = self.get(CF_VERSIONS, &v, || format!("version {digest}"))?;
+            let rec = self
+                .store
+                .index()
+                .get_view::<VersionRecord, VersionHead>(CF_VERSIONS, &v)?
+                .ok_or_else(|| Error::not_found(format!("version {digest} not found")))?;
             out.push(VersionHash {
                 digest,
                 size: rec.size,
@@ -580,7 +603,7 @@ impl Engine {
     /// newest remaining version becomes the head.
     pub fn delete_version(&self, h: &VersionHash) -> Result<()> {
         let _w = self.state.write();
-        let v = self.version(h)?;
+        let v = self.version_head(h)?;
         let mut obj = self.object(&v.object)?;
         let mut b = self.store.index().batch();
         b.delete(CF_VERSIONS, h.digest.as_bytes());
@@ -602,7 +625,11 @@ impl Engine {
         let mut b = self.store.index().batch();
         for r in self.store.index().scan(CF_HISTORY, id.as_bytes()) {
             let (k, digest) = r?;
-            let v: VersionRecord = self.get(CF_VERSIONS, &digest, || format!("version of {id}"))?;
+            let v = self
+                .store
+                .index()
+                .get_view::<VersionRecord, VersionHead>(CF_VERSIONS, &digest)?
+                .ok_or_else(|| Error::not_found(format!("version of {id} not found")))?;
             b.delete(CF_VERSIONS, &digest);
             b.delete(CF_HISTORY, &k);
             b.add(CF_NODE_REFS, v.root.as_bytes(), -1);
@@ -639,13 +666,25 @@ impl Engine {
         }
     }
 
+    /// The root of `q`'s files tree; unlike [`Engine::resolve`], its metadata is not decoded.
+    pub fn resolve_root(&self, q: &Qhit) -> Result<Digest> {
+        match q {
+            Qhit::Draft(t) => Ok(self.draft_head(t)?.root),
+            Qhit::Version(h) => Ok(self.version_head(h)?.root),
+            Qhit::Object(o) => Ok(self.version_head(&self.head_hash(o)?)?.root),
+        }
+    }
+
     /// The object's newest version (`not_found` before its first finalize).
     fn head(&self, o: &ObjectId) -> Result<(VersionHash, VersionRecord)> {
-        let h = self
-            .object(o)?
-            .head
-            .ok_or_else(|| Error::not_found(format!("object {o} has no finalized version")))?;
+        let h = self.head_hash(o)?;
         Ok((h, self.version(&h)?))
+    }
+
+    fn head_hash(&self, o: &ObjectId) -> Result<VersionHash> {
+        self.object(o)?
+            .head
+            .ok_or_else(|| Error::not_found(format!("object {o} has no finalized version")))
     }
 
     /// What `q` is: its object, library, version (if finalized), write token (if a draft), and
@@ -653,7 +692,7 @@ impl Engine {
     pub fn info(&self, q: &Qhit) -> Result<QInfo> {
         match q {
             Qhit::Draft(t) => {
-                let d = self.draft(t)?;
+                let d = self.draft_head(t)?;
                 Ok(QInfo {
                     object: t.object,
                     library: d.library,
@@ -664,7 +703,7 @@ impl Engine {
                 })
             }
             Qhit::Version(h) => {
-                let v = self.version(h)?;
+                let v = self.version_head(h)?;
                 Ok(QInfo {
                     object: v.object,
                     library: v.library,
@@ -675,7 +714,8 @@ impl Engine {
                 })
             }
             Qhit::Object(o) => {
-                let (h, v) = self.head(o)?;
+                let h = self.head_hash(o)?;
+                let v = self.version_head(&h)?;
                 Ok(QInfo {
                     object: *o,
                     library: v.library,
@@ -690,14 +730,14 @@ impl Engine {
 
     /// The `files` tree as JSON (reference §3.5).
     pub fn files_json(&self, q: &Qhit) -> Result<Value> {
-        let (root, _) = self.resolve(q)?;
+        let root = self.resolve_root(q)?;
         crate::tree::render(&root, &|d| self.load_node(d))
     }
 
     /// [`Engine::files_json`] written to `out` as JSON text while the tree is walked
     /// ([`crate::tree::render_to`]).
     pub fn files_json_to(&self, q: &Qhit, out: &mut dyn std::io::Write) -> Result<()> {
-        let (root, _) = self.resolve(q)?;
+        let root = self.resolve_root(q)?;
         crate::tree::render_to(&root, &|d| self.load_node(d), out)
     }
 
@@ -709,7 +749,7 @@ impl Engine {
         if keys.first().map(String::as_str) == Some("files") {
             // Tree names up to the first "." key, then keys inside the rendered entry.
             let split = keys.iter().position(|k| k == ".").unwrap_or(keys.len());
-            let (root, _) = self.resolve(q)?;
+            let root = self.resolve_root(q)?;
             // A path into the attributes needs only the entry's own: never its children.
             let attributes_only = split < keys.len();
             let _one = self.renders.try_acquire().map_err(|_| {

@@ -339,7 +339,7 @@ impl Engine {
             },
             LinkTarget::Absolute(h, p) => {
                 let v = self
-                    .version(&h)
+                    .version_head(&h)
                     .ok()
                     .filter(|v| only.is_none_or(|lib| v.library == lib))
                     .ok_or_else(missing)?;
@@ -727,7 +727,7 @@ impl Engine {
 
     /// The version or draft tree root for reading.
     pub fn tree_root(&self, q: &Qhit) -> Result<Digest> {
-        Ok(self.resolve(q)?.0)
+        self.resolve_root(q)
     }
 }
 

@@ -110,6 +110,27 @@ impl Record for VersionRecord {
     const NAME: &'static str = "version";
 }
 
+/// A [`VersionRecord`] without its metadata, for reads that need only the tree or who owns
+/// it: the metadata (up to 16 MiB, many times that decoded) is skipped, not built.
+#[derive(Debug, Clone, Deserialize)]
+pub struct VersionHead {
+    pub object: ObjectId,
+    pub library: LibraryId,
+    pub seq: u64,
+    pub root: Digest,
+    pub size: u64,
+    pub created: u64,
+}
+
+/// A [`DraftRecord`] without its metadata (see [`VersionHead`]).
+#[derive(Debug, Clone, Deserialize)]
+pub struct DraftHead {
+    pub library: LibraryId,
+    pub base: Option<VersionHash>,
+    pub root: Digest,
+    pub created: u64,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DraftRecord {
     pub token: WriteToken,

@@ -12,8 +12,8 @@ use cairn_core::{
 use cairn_jobs::ops::{Op, MAX_FILE_SIZE, MAX_OPS};
 use cairn_jobs::planner::Segment;
 use cairn_jobs::records::{
-    DraftRecord, FilesJobRecord, JobStatus, KnownFile, LibraryRecord, ObjectRecord, SealedPart,
-    SegmentHashes, SegmentRecord, UjChunk, UploadJobRecord, VersionRecord,
+    DraftHead, DraftRecord, FilesJobRecord, JobStatus, KnownFile, LibraryRecord, ObjectRecord,
+    SealedPart, SegmentHashes, SegmentRecord, UjChunk, UploadJobRecord, VersionHead, VersionRecord,
 };
 use cairn_jobs::tree::{Content, DirNode, Entry, FileEntry, PartSeg, PendingSeg, TreeStats};
 use cairn_jobs::FilesJobRequest;
@@ -685,6 +685,24 @@ fn apply(mut bytes: Vec<u8>, edits: &[(prop::sample::Index, u8, u8)]) -> Vec<u8>
         }
     }
     bytes
+}
+
+proptest! {
+    /// The views that reads decode instead of whole records (skipping the metadata) see the
+    /// fields the records hold.
+    #[test]
+    fn record_views_read_the_records_fields(v in version_record(), d in draft_record()) {
+        let head = VersionRecord::decode_view::<VersionHead>(&v.encode()).unwrap();
+        prop_assert_eq!(
+            (head.object, head.library, head.seq, head.root, head.size, head.created),
+            (v.object, v.library, v.seq, v.root, v.size, v.created)
+        );
+        let head = DraftRecord::decode_view::<DraftHead>(&d.encode()).unwrap();
+        prop_assert_eq!(
+            (head.library, head.base, head.root, head.created),
+            (d.library, d.base, d.root, d.created)
+        );
+    }
 }
 
 proptest! {

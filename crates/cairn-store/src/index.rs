@@ -133,6 +133,17 @@ impl Index {
         self.get(cf, key)?.map(|v| T::decode(&v)).transpose()
     }
 
+    /// A record of type `R` read as `T`, a view of some of its fields ([`Record::decode_view`]).
+    pub fn get_view<R: Record, T: serde::de::DeserializeOwned>(
+        &self,
+        cf: &str,
+        key: &[u8],
+    ) -> Result<Option<T>> {
+        self.get(cf, key)?
+            .map(|v| R::decode_view::<T>(&v))
+            .transpose()
+    }
+
     pub fn exists(&self, cf: &str, key: &[u8]) -> Result<bool> {
         Ok(self.get(cf, key)?.is_some())
     }
