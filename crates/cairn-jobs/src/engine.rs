@@ -115,6 +115,8 @@ pub struct Engine {
     /// Renderings of `meta/files/…` running (each may take up to `tree::MAX_RENDER_WEIGHT`);
     /// one more is `busy`.
     renders: tokio::sync::Semaphore,
+    /// Decodes of large metadata documents running ([`LARGE_META_READS`]); one more is `busy`.
+    large_meta_reads: tokio::sync::Semaphore,
     /// Files listings being walked (`read::LIST_WALKS`), apart from `streams`.
     pub(crate) listings: Arc<tokio::sync::Semaphore>,
     /// Bytes of verified chunks queued for all streaming readers together.
@@ -128,6 +130,14 @@ pub const STREAM_PERMITS: usize = 128;
 
 /// `meta/files/…` renderings at once.
 const RENDERS: usize = 4;
+
+/// A metadata document stored in more bytes than this is a large one (see [`Engine::meta_of`]);
+/// a smaller one decodes to a few tens of MB at most.
+const LARGE_META: usize = 256 << 10;
+/// Large metadata documents decoded at once. Reading a document of a million object entries
+/// (10 MB of JSON) took about 310 MB, so [`MAX_META_VALUES`] keeps one read to about a quarter
+/// of that, and two at once to about 160 MB.
+const LARGE_META_READS: usize = 2;
 
 /// Uploads receiving at once; more wait for a permit.
 pub const UPLOAD_PERMITS: usize = 192;
@@ -165,6 +175,7 @@ impl Engine {
             streams: Arc::new(tokio::sync::Semaphore::new(STREAM_PERMITS)),
             uploads: Arc::new(tokio::sync::Semaphore::new(UPLOAD_PERMITS)),
             renders: tokio::sync::Semaphore::new(RENDERS),
+            large_meta_reads: tokio::sync::Semaphore::new(LARGE_META_READS),
             listings: Arc::new(tokio::sync::Semaphore::new(crate::read::LIST_WALKS)),
             read_budget: Arc::new(tokio::sync::Semaphore::new(crate::read::READ_BUDGET)),
             stopping: tokio::sync::watch::Sender::new(false),
@@ -648,20 +659,52 @@ impl Engine {
         Ok(())
     }
 
-    /// The root node and metadata that `qhit` names.
-    pub fn resolve(&self, q: &Qhit) -> Result<(Digest, Value)> {
-        match q {
-            Qhit::Draft(t) => {
-                let d = self.draft(t)?;
-                Ok((d.root, d.meta))
-            }
-            Qhit::Version(h) => {
-                let v = self.version(h)?;
-                Ok((v.root, v.meta))
-            }
+    /// The metadata that `qhit` names. A document stored in more than [`LARGE_META`] bytes is
+    /// decoded only with one of the [`LARGE_META_READS`] permits (else `busy`): decoded, it
+    /// takes tens of times its stored size.
+    pub fn meta_of(&self, q: &Qhit) -> Result<Value> {
+        let (cf, key, version, name) = match q {
+            Qhit::Draft(t) => (
+                CF_DRAFTS,
+                t.to_bytes().to_vec(),
+                None,
+                format!("write token {t}"),
+            ),
+            Qhit::Version(h) => (
+                CF_VERSIONS,
+                h.digest.as_bytes().to_vec(),
+                Some(*h),
+                format!("version {h}"),
+            ),
             Qhit::Object(o) => {
-                let (_, v) = self.head(o)?;
-                Ok((v.root, v.meta))
+                let h = self.head_hash(o)?;
+                (
+                    CF_VERSIONS,
+                    h.digest.as_bytes().to_vec(),
+                    Some(h),
+                    format!("version {h}"),
+                )
+            }
+        };
+        let bytes = self
+            .store
+            .index()
+            .get(cf, &key)?
+            .ok_or_else(|| Error::not_found(format!("{name} not found")))?;
+        let _large = match bytes.len() > LARGE_META {
+            true => Some(self.large_meta_reads.try_acquire().map_err(|_| {
+                Error::busy("other reads of large metadata documents are running; retry")
+            })?),
+            false => None,
+        };
+        match version {
+            None => Ok(DraftRecord::decode(&bytes)?.meta),
+            Some(h) => {
+                let v = VersionRecord::decode(&bytes)?;
+                if v.object != h.object || v.size != h.size {
+                    return Err(Error::not_found(format!("version {h} not found")));
+                }
+                Ok(v.meta)
             }
         }
     }
@@ -676,11 +719,6 @@ impl Engine {
     }
 
     /// The object's newest version (`not_found` before its first finalize).
-    fn head(&self, o: &ObjectId) -> Result<(VersionHash, VersionRecord)> {
-        let h = self.head_hash(o)?;
-        Ok((h, self.version(&h)?))
-    }
-
     fn head_hash(&self, o: &ObjectId) -> Result<VersionHash> {
         self.object(o)?
             .head
@@ -762,7 +800,7 @@ impl Engine {
                 .and_then(|v| walk(&v, &keys[split..]).cloned())
                 .ok_or_else(|| Error::not_found(format!("metadata {path} not found")));
         }
-        let (_, meta) = self.resolve(q)?;
+        let meta = self.meta_of(q)?;
         walk(&meta, &keys)
             .cloned()
             .ok_or_else(|| Error::not_found(format!("metadata {path} not found")))
@@ -828,6 +866,11 @@ impl Engine {
                 "metadata over {MAX_META_BYTES} bytes"
             )));
         }
+        if count_values(&draft.meta, MAX_META_VALUES) > MAX_META_VALUES {
+            return Err(Error::too_large(format!(
+                "metadata of more than {MAX_META_VALUES} JSON values"
+            )));
+        }
         let mut b = self.store.index().batch();
         b.put_record(CF_DRAFTS, &token.to_bytes(), &draft);
         self.store.commit(b)
@@ -836,6 +879,29 @@ impl Engine {
 
 /// Largest metadata document per object (16 MiB).
 pub const MAX_META_BYTES: usize = 16 << 20;
+
+/// Most JSON values in a metadata document: what a document takes decoded grows with its
+/// values (7 million numbers are 14 MB of text and took a read 460 MB), and every read of the
+/// metadata decodes it whole.
+pub const MAX_META_VALUES: usize = 1 << 18;
+
+/// The values in `v` (itself included), counting stops once past `limit`.
+fn count_values(v: &Value, limit: usize) -> usize {
+    let mut n = 0;
+    let mut stack = vec![v];
+    while let Some(v) = stack.pop() {
+        n += 1;
+        if n > limit {
+            break;
+        }
+        match v {
+            Value::Array(a) => stack.extend(a),
+            Value::Object(o) => stack.extend(o.values()),
+            _ => {}
+        }
+    }
+    n
+}
 
 const FILES_GUARD: &str = "the files tree changes only through files jobs";
 

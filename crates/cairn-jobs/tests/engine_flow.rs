@@ -671,3 +671,21 @@ async fn fsck_names_links_that_lead_nowhere() {
         "{err}"
     );
 }
+
+/// A metadata document holds at most `MAX_META_VALUES` JSON values, however it is built up
+/// (here by two writes under the limit each), and a write past it changes nothing.
+#[test]
+fn metadata_is_bounded_in_values() {
+    use cairn_jobs::engine::MAX_META_VALUES;
+    let dir = tempfile::tempdir().unwrap();
+    let e = small_engine(dir.path());
+    let t = new_object(&e);
+    let half = serde_json::Value::Array(vec![json!(0); MAX_META_VALUES / 2 + 1]);
+    e.meta_set(&t, "a", half.clone(), false).unwrap();
+    let err = e.meta_set(&t, "b", half, false).unwrap_err();
+    assert!(err.is(ErrorKind::TooLarge), "{err}");
+    let q = Qhit::Draft(t);
+    assert!(e.meta_get(&q, "b").unwrap_err().is(ErrorKind::NotFound));
+    let a = e.meta_get(&q, "a").unwrap();
+    assert_eq!(a.as_array().unwrap().len(), MAX_META_VALUES / 2 + 1);
+}
