@@ -81,7 +81,7 @@ impl Engine {
             library: draft.library,
             confined,
             linked: Vec::new(),
-            copied: 0,
+            weight: 0,
         };
         for (i, op) in ops.iter().enumerate() {
             self.apply_op(&mut tree, op, &mut cx).map_err(|mut e| {
@@ -196,8 +196,30 @@ impl Engine {
         Ok(())
     }
 
+    /// Applies one op. Every directory node the op loads (to edit inside it, or to look a path
+    /// up) is charged to the job's memory budget with its copies: a node loaded to be edited
+    /// is cloned, and a stored directory copied N times is cloned N times when edited in each.
     fn apply_op(&self, tree: &mut MemDir, op: &Op, cx: &mut OpContext) -> Result<()> {
-        let loader = |d: &Digest| self.load_node(d);
+        let start = cx.weight;
+        let weight = std::cell::Cell::new(start);
+        let loader = |d: &Digest| {
+            let node = self.load_node(d)?;
+            weight.set(charge(weight.get(), crate::tree::node_weight(&node))?);
+            Ok(node)
+        };
+        self.apply_op_with(tree, op, cx, &loader)?;
+        // The op's copy (if any) charged `cx.weight` itself.
+        cx.weight = charge(cx.weight, weight.get() - start)?;
+        Ok(())
+    }
+
+    fn apply_op_with(
+        &self,
+        tree: &mut MemDir,
+        op: &Op,
+        cx: &mut OpContext,
+        loader: &crate::tree::Loader<'_>,
+    ) -> Result<()> {
         match op {
             Op::AddFile {
                 path,
@@ -264,14 +286,7 @@ impl Engine {
                 // A copy of a directory edited by this job is a deep copy: what copies may
                 // take in memory is bounded per job (copies of stored directories are a
                 // digest each; the files they add count against the tree's limit instead).
-                cx.copied = cx.copied.saturating_add(crate::tree::entry_weight(entry));
-                if cx.copied > MAX_COPY_WEIGHT {
-                    return Err(Error::too_large(format!(
-                        "the copies of this files job would take over {} MiB; copy stored \
-                         directories (finalized, or from an earlier files job) instead",
-                        MAX_COPY_WEIGHT >> 20
-                    )));
-                }
+                cx.weight = charge(cx.weight, crate::tree::entry_weight(entry))?;
                 let entry = entry.clone();
                 tree.insert(to, entry, &loader)
             }
@@ -739,8 +754,22 @@ struct OpContext {
     confined: bool,
     /// Part slices linked from the known-file index (re-checked before commit).
     linked: Vec<PartSeg>,
-    /// What this job's copies have cloned ([`crate::tree::entry_weight`]).
-    copied: usize,
+    /// What this job's copies cloned and its ops loaded ([`MAX_JOB_WEIGHT`]).
+    weight: usize,
+}
+
+/// `weight` plus `more`, or `too_large` past [`MAX_JOB_WEIGHT`].
+fn charge(weight: usize, more: usize) -> Result<usize> {
+    let w = weight.saturating_add(more);
+    if w > MAX_JOB_WEIGHT {
+        return Err(Error::too_large(format!(
+            "this files job would load or copy over {} MiB of directory entries (a copy of \
+             a directory the job edited is deep, and editing inside N copies of a directory \
+             loads it N times); split it into several files jobs",
+            MAX_JOB_WEIGHT >> 20
+        )));
+    }
+    Ok(w)
 }
 
 /// Directory nodes written but not yet in the index, with the totals of every node met.
@@ -753,9 +782,9 @@ type StoredNodes = (
 /// a stored directory is one digest, however many files it holds).
 pub const MAX_TREE_FILES: u64 = 10_000_000;
 
-/// Most memory one files job's copies may clone (a copy of a directory this job edited is
-/// deep).
-const MAX_COPY_WEIGHT: usize = 256 << 20;
+/// Most memory one files job's ops may load and clone: directory nodes loaded to look up or
+/// edit paths, and copies (a copy of a directory this job edited is deep).
+const MAX_JOB_WEIGHT: usize = 256 << 20;
 
 /// What resolving a draft's pending files produced.
 #[derive(Default)]

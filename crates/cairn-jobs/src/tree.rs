@@ -299,9 +299,10 @@ impl MemDir {
             .ok_or_else(|| Error::invalid("cannot remove the root"))?;
         let name = path.file_name().expect("non-root path has a name");
         let missing = || Error::not_found(format!("{path} does not exist"));
-        let dir = self
-            .dir_mut(&parent, false, loader)
-            .map_err(|_| missing())?;
+        let dir = match self.dir_mut(&parent, false, loader) {
+            Err(e) if e.is(cairn_core::ErrorKind::NotFound) => return Err(missing()),
+            other => other?,
+        };
         dir.entries.remove(name).ok_or_else(missing)
     }
 

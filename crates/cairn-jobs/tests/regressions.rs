@@ -308,8 +308,43 @@ async fn copies_within_one_job_are_bounded_in_memory() {
     let before = e.draft(&t).unwrap().root;
     let err = e.create_files_job(&t, &request(ops)).unwrap_err();
     assert!(err.is(ErrorKind::TooLarge), "{err}");
-    assert!(err.reason.contains("copies"), "{err}");
+    assert!(err.reason.contains("load or copy"), "{err}");
     assert_eq!(e.draft(&t).unwrap().root, before);
+}
+
+/// Editing inside copies of a stored directory loads (clones) the directory once per copy:
+/// those loads count against the same per-job budget as copies, so a job editing inside
+/// thousands of copies of a large directory is refused, not cloned without bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_inside_many_copies_are_bounded_in_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = small_engine(dir.path());
+    let t = new_object(&e);
+    // A directory node of about 3 MB: 50 files with 60 KB of metadata each.
+    let adds = (0..50)
+        .map(|i| op(json!({"path":format!("d/f{i}"),"size":0,"meta":{"k":"v".repeat(60_000)}})))
+        .collect();
+    e.create_files_job(&t, &request(adds)).unwrap();
+    let copies = (0..120)
+        .map(|i| op(json!({"op":"copy","copy_move_source_path":"d","path":format!("c{i}")})))
+        .collect();
+    e.create_files_job(&t, &request(copies)).unwrap();
+    let before = e.draft(&t).unwrap().root;
+    // Each delete loads one copy: 120 of them would clone about 360 MB.
+    let dels = (0..120)
+        .map(|i| op(json!({"op":"del","path":format!("c{i}/f0")})))
+        .collect();
+    let err = e.create_files_job(&t, &request(dels)).unwrap_err();
+    assert!(
+        err.is(ErrorKind::TooLarge) && err.reason.contains("load or copy"),
+        "{err}"
+    );
+    assert_eq!(e.draft(&t).unwrap().root, before);
+    // Fewer edits at once go through.
+    let dels = (0..20)
+        .map(|i| op(json!({"op":"del","path":format!("c{i}/f0")})))
+        .collect();
+    e.create_files_job(&t, &request(dels)).unwrap();
 }
 
 /// A file still uploading lists one segment per part: copies of a huge one count its list.
@@ -327,7 +362,7 @@ async fn copies_of_a_file_with_many_segments_are_bounded_in_memory() {
     let before = e.draft(&t).unwrap().root;
     let err = e.create_files_job(&t, &request(copies)).unwrap_err();
     assert!(
-        err.is(ErrorKind::TooLarge) && err.reason.contains("copies"),
+        err.is(ErrorKind::TooLarge) && err.reason.contains("load or copy"),
         "{err}"
     );
     assert_eq!(e.draft(&t).unwrap().root, before);
