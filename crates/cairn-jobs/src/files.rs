@@ -425,7 +425,9 @@ impl Engine {
         if status.status == JobStatus::Completed {
             return Err(Error::gone(format!("files job {fj} is already complete")));
         }
-        self.seal_received(token, Some(fj))?;
+        if let Some((_, (kind, reason))) = self.seal_received(token, Some(fj))?.into_iter().next() {
+            return Err(Error::new(kind, reason));
+        }
         let _w = self.state.write();
         let mut job = self.files_job(token, fj)?;
         job.error = None;
@@ -439,22 +441,28 @@ impl Engine {
 
     /// Seals the upload jobs of the draft (or of its files job `only`) that received all their
     /// bytes but are not sealed: the seal after their last commit failed (a full disk, a read
-    /// error), and nothing else would try again before a restart. Errors are the seal's own.
-    fn seal_received(&self, token: &WriteToken, only: Option<&FilesJobId>) -> Result<()> {
+    /// error), and nothing else would try again before a restart. A seal that fails again is
+    /// returned, not raised: it matters only if a file still waits on that job (the file may
+    /// have been deleted since), which resolution reports with the seal's error.
+    fn seal_received(&self, token: &WriteToken, only: Option<&FilesJobId>) -> Result<FailedSeals> {
         let jobs = match only {
             Some(fj) => vec![*fj],
             None => self.draft(token)?.files_jobs,
         };
+        let mut failed = FailedSeals::new();
         for fj in jobs {
             for uj in self.files_job(token, &fj)?.upload_jobs {
                 let rec = self.upload_job(&uj)?;
                 if rec.sealed.is_none() && rec.received == rec.size {
                     tracing::info!(upload_job = %uj, "sealing an upload job whose seal failed");
-                    self.seal(&rec, rec.segment_count)?;
+                    if let Err(e) = self.seal(&rec, rec.segment_count) {
+                        tracing::warn!(upload_job = %uj, error = %e, "the seal failed again");
+                        failed.insert(uj, (e.kind, e.reason));
+                    }
                 }
             }
         }
-        Ok(())
+        Ok(failed)
     }
 
     /// Marks a job FAILED with a reason (after an I/O error during upload).
@@ -508,14 +516,14 @@ impl Engine {
     /// Finalize files: every upload job must be complete; pending files become part references
     /// and no more files jobs are accepted.
     pub fn finalize_files(&self, token: &WriteToken) -> Result<()> {
-        self.seal_received(token, None)?;
+        let failed = self.seal_received(token, None)?;
         let _w = self.state.write();
         if self.draft(token)?.files_finalized {
             return Err(Error::not_found(format!(
                 "files of {token} are already finalized"
             )));
         }
-        self.resolve_draft_locked(token, true)?;
+        self.resolve_draft_locked(token, true, failed)?;
         let mut draft = self.draft(token)?;
         draft.files_finalized = true;
         let mut b = self.store.index().batch();
@@ -528,15 +536,25 @@ impl Engine {
     /// file still uploading is an `incomplete` error and nothing changes.
     fn resolve_draft(&self, token: &WriteToken, strict: bool) -> Result<Vec<String>> {
         let _w = self.state.write();
-        self.resolve_draft_locked(token, strict)
+        self.resolve_draft_locked(token, strict, FailedSeals::new())
     }
 
     /// [`Self::resolve_draft`] for a caller that holds the state lock for writing.
-    fn resolve_draft_locked(&self, token: &WriteToken, strict: bool) -> Result<Vec<String>> {
+    /// `failed`: upload jobs whose seal just failed ([`Self::seal_received`]); a file waiting
+    /// on one gets that error instead of `incomplete`.
+    fn resolve_draft_locked(
+        &self,
+        token: &WriteToken,
+        strict: bool,
+        failed: FailedSeals,
+    ) -> Result<Vec<String>> {
         let mut draft = self.draft(token)?;
         let loader = |d: &Digest| self.load_node(d);
         let mut tree = MemDir::load(&draft.root, &loader)?;
-        let mut out = Resolution::default();
+        let mut out = Resolution {
+            failed,
+            ..Resolution::default()
+        };
         let changed = self.resolve_dir(&mut tree, &FilePath::root(), strict, &mut out)?;
         if changed {
             let mut b = self.store.index().batch();
@@ -572,17 +590,31 @@ impl Engine {
                 MemEntry::Stored(d) if out.stats(d, &loader)?.pending == 0 => continue,
                 // Resolved once per distinct directory, however many copies of it the tree
                 // holds: the result is stored right away and shared by digest.
+                // The files it drops are remembered relative to it, and reported under each
+                // copy.
                 MemEntry::Stored(d) => {
                     let was = *d;
+                    let prefix = format!("{path}/");
                     let now = match out.resolved.get(&was) {
-                        Some(now) => *now,
+                        Some((now, dropped)) => {
+                            let now = *now;
+                            let here = dropped.iter().map(|rel| format!("{prefix}{rel}"));
+                            let here: Vec<String> = here.collect();
+                            out.dropped.extend(here);
+                            now
+                        }
                         None => {
+                            let first = out.dropped.len();
                             let mut sub = MemDir::load(&was, &loader)?;
                             let now = match self.resolve_dir(&mut sub, &path, strict, out)? {
                                 true => sub.store_with(&mut out.nodes, &loader, &mut out.stats)?.0,
                                 false => was,
                             };
-                            out.resolved.insert(was, now);
+                            let rel = out.dropped[first..]
+                                .iter()
+                                .map(|p| p.strip_prefix(&prefix).unwrap_or(p).to_string())
+                                .collect();
+                            out.resolved.insert(was, (now, rel));
                             now
                         }
                     };
@@ -618,6 +650,12 @@ impl Engine {
                     out.dropped.push(path.to_string());
                 }
                 Resolved::Waiting(uj) if strict => {
+                    if let Some((kind, reason)) = out.failed.get(&uj) {
+                        return Err(Error::new(
+                            *kind,
+                            format!("{path}: its upload job {uj} could not be sealed: {reason}"),
+                        ));
+                    }
                     // A file whose own bytes all arrived still waits for the rest of its job.
                     let (got, of) = out.jobs.get(&uj).map_or((0, 0), |r| (r.received, r.size));
                     return Err(Error::incomplete(format!(
@@ -690,12 +728,12 @@ impl Engine {
         token: &WriteToken,
         cond: &HeadCondition,
     ) -> Result<(VersionHash, VersionRecord)> {
-        self.seal_received(token, None)?;
+        let failed = self.seal_received(token, None)?;
         // One critical section from resolution to commit: no files job can slip in between.
         let _w = self.state.write();
         self.draft(token)?;
         cond.check(self.object(&token.object)?.head)?;
-        self.resolve_draft_locked(token, true)?;
+        self.resolve_draft_locked(token, true, failed)?;
         let draft = self.draft(token)?;
         let mut obj = self.object(&token.object)?;
         let seq = obj.last_seq + 1;
@@ -786,18 +824,24 @@ pub const MAX_TREE_FILES: u64 = 10_000_000;
 /// edit paths, and copies (a copy of a directory this job edited is deep).
 const MAX_JOB_WEIGHT: usize = 256 << 20;
 
+/// Upload jobs whose seal failed: the error's kind and reason.
+type FailedSeals = HashMap<UploadJobId, (cairn_core::ErrorKind, String)>;
+
 /// What resolving a draft's pending files produced.
 #[derive(Default)]
 struct Resolution {
     dropped: Vec<String>,
+    /// See [`Engine::resolve_draft_locked`].
+    failed: FailedSeals,
     /// Files whose hash is now known: (hash, size, part slices) for the known-file index.
     known: Vec<(Digest, u64, Vec<PartSeg>)>,
     /// Upload-job records read so far (see `resolve_pending`).
     jobs: HashMap<UploadJobId, UploadJobRecord>,
     /// Totals of the stored directories met and written (see [`crate::tree::stats_of`]).
     stats: HashMap<Digest, crate::tree::TreeStats>,
-    /// Stored directories resolved so far: what each became (itself when nothing changed).
-    resolved: HashMap<Digest, Digest>,
+    /// Stored directories resolved so far: what each became (itself when nothing changed),
+    /// and the paths of the files it dropped, relative to it.
+    resolved: HashMap<Digest, (Digest, Vec<String>)>,
     /// Nodes of the directories resolved so far, not yet in the index.
     nodes: Vec<(Digest, crate::tree::DirNode)>,
 }

@@ -199,6 +199,44 @@ async fn a_job_whose_seal_failed_is_sealed_by_the_next_finalize() {
     assert_eq!(read_all(&e, &Qhit::Version(v), "x").unwrap(), src);
 }
 
+/// A job whose seal keeps failing blocks only the files that wait on it: once its file is
+/// deleted, the draft finalizes (before, every finalize re-ran the seal and failed with it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_seal_no_file_waits_on_does_not_block_finalize() {
+    let dir = tempfile::tempdir().unwrap();
+    let (e, t, _, _) = a_failed_seal(dir.path()).await;
+    add_and_upload(&e, t, &files(&[("y", b"kept")])).await;
+    let err = e.finalize(&t).unwrap_err();
+    assert!(
+        err.is(ErrorKind::Corrupt) && err.reason.contains("could not be sealed"),
+        "{err}"
+    );
+    let del = op(json!({"op":"del","path":"x"}));
+    e.create_files_job(&t, &request(vec![del])).unwrap();
+    let (v, _) = e.finalize(&t).unwrap();
+    let q = Qhit::Version(v);
+    assert_eq!(read_all(&e, &q, "y").unwrap(), b"kept");
+    assert!(read_all(&e, &q, "x").is_err());
+}
+
+/// Force completion reports every file it drops, under every copy of a stored directory that
+/// held it (each distinct directory is resolved once and shared by digest).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn force_completion_reports_drops_under_every_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = small_engine(dir.path());
+    let t = new_object(&e);
+    let job = e
+        .create_files_job(&t, &request(vec![add_file("a/x", 10)]))
+        .unwrap();
+    let copies =
+        ["b", "c/d"].map(|to| op(json!({"op":"copy","copy_move_source_path":"a","path":to})));
+    e.create_files_job(&t, &request(copies.to_vec())).unwrap();
+    let mut dropped = e.force_completion(&t, &job.id).unwrap().files_dropped;
+    dropped.sort();
+    assert_eq!(dropped, vec!["a/x", "b/x", "c/d/x"]);
+}
+
 /// Copies of a stored directory are one digest each, so a few small files jobs could double a
 /// tree again and again: the draft's file count is kept in its nodes and bounded, and a
 /// finalize does not walk stored directories with nothing uploading.
