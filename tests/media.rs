@@ -349,6 +349,12 @@ fn range_and_conditional_requests() {
         curl(&url, &["-H", &format!("If-None-Match: {etag}")]).status,
         304
     );
+    // A HEAD 304 carries the 200's length, never another (RFC 9110 §8.6).
+    let head_304 = curl(&url, &["-I", "-H", &format!("If-None-Match: {etag}")]);
+    assert_eq!(
+        (head_304.status, head_304.header("content-length")),
+        (304, Some("1000"))
+    );
     assert_eq!(curl(&url, &["-H", "If-None-Match: \"other\""]).status, 200);
     // The other preconditions (RFC 9110 §13): If-Match and If-Unmodified-Since fail with a JSON
     // 412 before anything is read; If-Modified-Since gives a 304 like If-None-Match.

@@ -123,9 +123,25 @@ impl ServerConfig {
                 cfg.commit_every
             ));
         }
+        for (name, secs) in [
+            ("idle_timeout_secs", cfg.idle_timeout_secs),
+            ("header_timeout_secs", cfg.header_timeout_secs),
+        ] {
+            if !(1..=MAX_TIMEOUT_SECS).contains(&secs) {
+                return Err(format!(
+                    "{name} {secs} must be between 1 and {MAX_TIMEOUT_SECS} (a day)"
+                ));
+            }
+        }
+        if cfg.max_connections == 0 {
+            return Err("max_connections must be at least 1".into());
+        }
         Ok(cfg)
     }
 }
+
+/// Longest configurable timeout: a day.
+const MAX_TIMEOUT_SECS: u64 = 24 * 3600;
 
 /// The parts of a configured `http(s)://host[:port][/path]` URL.
 pub(crate) struct HttpUrl<'a> {
@@ -214,5 +230,25 @@ mod tests {
         std::fs::write(&f, "cors_origins = [\"https://app.example/\"]\n").unwrap();
         let e = ServerConfig::load(Some(&f)).unwrap_err();
         assert!(e.contains("not an origin"), "{e}");
+    }
+
+    /// Timeouts and the connection cap out of their bounds stop the server before it opens
+    /// anything (as operations.md says of every setting).
+    #[test]
+    fn timeouts_and_connection_cap_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("cairn.toml");
+        for (bad, says) in [
+            ("idle_timeout_secs = 0", "idle_timeout_secs"),
+            ("header_timeout_secs = 0", "header_timeout_secs"),
+            ("idle_timeout_secs = 86401", "idle_timeout_secs"),
+            ("max_connections = 0", "max_connections"),
+        ] {
+            std::fs::write(&f, format!("{bad}\n")).unwrap();
+            let e = ServerConfig::load(Some(&f)).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        std::fs::write(&f, "idle_timeout_secs = 1\nmax_connections = 1\n").unwrap();
+        assert!(ServerConfig::load(Some(&f)).is_ok());
     }
 }

@@ -226,8 +226,15 @@ async fn serve(
     };
     let honour_range = match conditional::evaluate(&v, pre, SystemTime::now()) {
         Outcome::Content { honour_range } => honour_range,
+        // The 200's length (RFC 9110 §8.6 allows no other), so that GET and HEAD agree: left
+        // unset, a HEAD answer went out with the length of its empty body, 0.
         Outcome::NotModified => {
-            return response(StatusCode::NOT_MODIFIED, &validators, None, Body::empty())
+            return response(
+                StatusCode::NOT_MODIFIED,
+                &validators,
+                Some(h.size),
+                Body::empty(),
+            )
         }
         Outcome::PreconditionFailed(which) => {
             return Err(ApiError::new(
