@@ -6,8 +6,9 @@
 //! bounded ([`JsonBodies::budget`], as large as one body at the limit), each weighing its bytes
 //! or 64 bytes per JSON value in it, whichever is more (a body heavier than the whole budget is
 //! 413). A body takes its
-//! share as its bytes arrive (a body trickling in holds only what it sent) and keeps it until
-//! its response is made; one that cannot get more within `idle_timeout_secs` is answered 503
+//! share as its bytes arrive (a body trickling in holds only what it sent; to grow it, it lets
+//! go of what it holds and waits for the whole, so bodies never hold part while waiting for
+//! each other) and keeps it until its response is made; one that cannot get more within `idle_timeout_secs` is answered 503
 //! `busy` with `Retry-After`. Bodies of at most 64 KiB take no budget: they are most requests,
 //! and must not queue behind a large body waiting for its share. A body that stops arriving is answered 408 after
 //! `idle_timeout_secs`. Upload data (streamed into the store, never buffered) passes untouched.
@@ -119,21 +120,10 @@ impl JsonBodies {
                     format!("the body is over {} bytes", self.max),
                 ));
             }
-            let have = held.as_ref().map_or(0, |p| p.num_permits());
             // Small bodies (most requests) take no budget, so they never queue behind a large
             // one waiting for its share.
-            if len > self.small() && units(len) > have {
-                let more = (units(len) - have) as u32;
-                let wait = self.budget.clone().acquire_many_owned(more);
-                let permit = match tokio::time::timeout(self.idle, wait).await {
-                    Ok(Ok(p)) => p,
-                    Ok(Err(_)) => return Err(internal_error()),
-                    Err(_) => return Err(busy(self.idle)),
-                };
-                match held.as_mut() {
-                    Some(h) => h.merge(permit),
-                    None => held = Some(permit),
-                }
+            if len > self.small() {
+                self.hold(&mut held, units(len)).await?;
             }
             out.extend_from_slice(&data);
         }
@@ -165,21 +155,29 @@ impl JsonBodies {
                 ),
             ));
         }
-        let have = held.as_ref().map_or(0, |p| p.num_permits());
-        if units(weight) > have {
-            let more = (units(weight) - have) as u32;
-            let wait = self.budget.clone().acquire_many_owned(more);
-            let permit = match tokio::time::timeout(self.idle, wait).await {
-                Ok(Ok(p)) => p,
-                Ok(Err(_)) => return Err(internal_error()),
-                Err(_) => return Err(busy(self.idle)),
-            };
-            match held.as_mut() {
-                Some(h) => h.merge(permit),
-                None => held = Some(permit),
-            }
-        }
+        self.hold(&mut held, units(weight)).await?;
         Ok(held)
+    }
+
+    /// Makes `held` at least `want` units. What is held is let go first and the whole amount
+    /// taken in one wait: two bodies that each held part of the budget while waiting for more
+    /// would wait for each other until both timed out.
+    async fn hold(
+        &self,
+        held: &mut Option<OwnedSemaphorePermit>,
+        want: usize,
+    ) -> Result<(), ApiError> {
+        if held.as_ref().map_or(0, |p| p.num_permits()) >= want {
+            return Ok(());
+        }
+        *held = None;
+        let wait = self.budget.clone().acquire_many_owned(want as u32);
+        match tokio::time::timeout(self.idle, wait).await {
+            Ok(Ok(p)) => *held = Some(p),
+            Ok(Err(_)) => return Err(internal_error()),
+            Err(_) => return Err(busy(self.idle)),
+        }
+        Ok(())
     }
 }
 
@@ -341,6 +339,36 @@ mod tests {
             assert_eq!(r.unwrap().status(), StatusCode::OK);
         }
         assert_eq!(most.load(SeqCst), 1);
+    }
+
+    /// Two bodies that each hold part of the budget and then need more do not wait for each
+    /// other: a body lets go of its share while it waits for a larger one.
+    #[tokio::test(start_paused = true)]
+    async fn bodies_growing_together_do_not_wait_for_each_other() {
+        let bodies = JsonBodies::new(64 << 10, Duration::from_secs(5));
+        let (inside, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let app = app(bodies, inside, most);
+        let (mut senders, mut replies) = (Vec::new(), Vec::new());
+        for _ in 0..2 {
+            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+            let frames = futures::stream::unfold(rx, |mut rx| async {
+                rx.recv().await.map(|frame| (frame, rx))
+            });
+            let req = Request::post("/x").body(Body::from_stream(frames)).unwrap();
+            replies.push(tokio::spawn(app.clone().oneshot(req)));
+            senders.push(tx);
+        }
+        // 30 KiB each (60 of 64 KiB taken), then 10 KiB more each.
+        for size in [30 << 10, 10 << 10] {
+            for tx in &senders {
+                tx.send(Ok(Bytes::from(vec![b' '; size]))).await.unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        drop(senders);
+        for r in replies {
+            assert_eq!(r.await.unwrap().unwrap().status(), StatusCode::OK);
+        }
     }
 
     /// A body trickling in holds only the budget for what it sent: it does not keep others out.
