@@ -5,7 +5,7 @@
 //! node, so unchanged subtrees are shared between versions and an edit rewrites only the nodes on
 //! the edited paths. A node's digest is the blake3 of its record encoding.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use cairn_core::record::Record;
 use cairn_core::{Digest, Error, FilePath, Result, UploadJobId};
@@ -457,14 +457,18 @@ pub fn render_entry(
 ) -> Result<Option<Value>> {
     let mut next = 0u64;
     let mut dir = *root;
+    // A directory's own attributes hold no `parts` numbers: nothing before it needs counting.
+    let numbered = !attributes_only || names_a_file(root, path, loader)?;
+    let mut counted = HashMap::new();
     for (depth, name) in path.iter().enumerate() {
         let node = loader(&dir)?;
         for entry in node
             .entries
             .range::<String, _>(..name.clone())
             .map(|(_, e)| e)
+            .filter(|_| numbered)
         {
-            next += count_segments(entry, loader, depth)?;
+            next += count_segments(entry, loader, depth, &mut counted)?;
         }
         match node.entries.get(name) {
             Some(Entry::Dir(d)) => dir = *d,
@@ -484,6 +488,19 @@ pub fn render_entry(
     }
     let mut budget = MAX_RENDER_WEIGHT;
     render_dir(&dir, loader, &mut next, path.len(), &mut budget).map(Some)
+}
+
+/// Whether `path` (names under `root`) is a file.
+fn names_a_file(root: &Digest, path: &[String], loader: &Loader<'_>) -> Result<bool> {
+    let mut dir = *root;
+    for (depth, name) in path.iter().enumerate() {
+        match loader(&dir)?.entries.get(name) {
+            Some(Entry::Dir(d)) => dir = *d,
+            Some(Entry::File(_)) => return Ok(depth + 1 == path.len()),
+            None => return Ok(false),
+        }
+    }
+    Ok(false)
 }
 
 /// Most files a directory's metadata rendering ([`render_entry`]) holds in memory.
@@ -508,8 +525,15 @@ fn dir_attributes(node: &DirNode) -> Value {
     dot
 }
 
-/// How many `parts` indices an entry takes in walk order.
-fn count_segments(entry: &Entry, loader: &Loader<'_>, depth: usize) -> Result<u64> {
+/// How many `parts` indices an entry takes in walk order. `counted` remembers each directory's
+/// count by digest, so copies of one directory (cheap to make, many files each) are walked
+/// once.
+fn count_segments(
+    entry: &Entry,
+    loader: &Loader<'_>,
+    depth: usize,
+    counted: &mut HashMap<Digest, u64>,
+) -> Result<u64> {
     match entry {
         Entry::File(FileEntry {
             content: Content::Parts(segs),
@@ -519,10 +543,17 @@ fn count_segments(entry: &Entry, loader: &Loader<'_>, depth: usize) -> Result<u6
         Entry::Dir(_) if depth > MAX_RENDER_DEPTH => Err(Error::corrupt(
             "directory nesting exceeds the path depth limit",
         )),
-        Entry::Dir(d) => loader(d)?
-            .entries
-            .values()
-            .try_fold(0, |n, e| Ok(n + count_segments(e, loader, depth + 1)?)),
+        Entry::Dir(d) => {
+            if let Some(n) = counted.get(d) {
+                return Ok(*n);
+            }
+            let mut n = 0;
+            for e in loader(d)?.entries.values() {
+                n += count_segments(e, loader, depth + 1, counted)?;
+            }
+            counted.insert(*d, n);
+            Ok(n)
+        }
     }
 }
 
@@ -548,8 +579,12 @@ fn render_dir(
             Entry::File(f) => json!({".": render_file(f, next)}),
         };
         // A rendered value takes several times what `value_weight` counts (maps, keys and
-        // allocations: about 3.5 KiB for a file with no metadata).
-        let took = 4 * (value_weight(&v) + name.len()) + 1024;
+        // allocations: about 3.5 KiB for a file with no metadata). A directory's entries were
+        // charged inside it: only its name and map count here.
+        let took = match entry {
+            Entry::Dir(_) => 4 * name.len() + 1024,
+            Entry::File(_) => 4 * (value_weight(&v) + name.len()) + 1024,
+        };
         *budget = budget
             .checked_sub(took)
             .ok_or_else(|| too_large_to_render("takes too much memory".into()))?;
@@ -731,6 +766,13 @@ mod tests {
                 Some(whole),
                 "{path:?}"
             );
+            // Attributes only: a file's are its whole rendering, `parts` numbers included; a
+            // directory's are its "." alone.
+            let attrs = render_entry(&root2, &keys, &loader, true).unwrap().unwrap();
+            match whole["."]["type"].as_str() {
+                Some("directory") => assert_eq!(attrs, json!({".": whole["."]}), "{path:?}"),
+                _ => assert_eq!(&attrs, whole, "{path:?}"),
+            }
         }
         assert_eq!(
             render_entry(&root2, &["nope".to_string()], &loader, false).unwrap(),

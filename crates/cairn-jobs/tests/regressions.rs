@@ -454,6 +454,28 @@ async fn a_rendering_of_files_with_large_metadata_is_bounded() {
     assert_eq!(e.meta_get(&q, "files/m/7/./meta").unwrap(), meta);
 }
 
+/// A rendering charges each file once, however deep: 6,000 files ten directories down render
+/// (charged at every level they were refused as too much memory).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rendering_of_deep_files_counts_each_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = small_engine(dir.path());
+    let t = new_object(&e);
+    let deep = "a/b/c/d/e/f/g/h/i/j";
+    let ops = (0..6000)
+        .map(|i| op(json!({"path": format!("{deep}/{i}"), "size": 0})))
+        .collect();
+    e.create_files_job(&t, &request(ops)).unwrap();
+    let (v, _) = e.finalize(&t).unwrap();
+    let rendered = e.meta_get(&Qhit::Version(v), "files/a").unwrap();
+    let leaf = deep.split('/').skip(1).fold(&rendered, |v, k| &v[k]);
+    assert_eq!(
+        leaf.as_object().unwrap().len(),
+        6001,
+        "6000 files and \".\""
+    );
+}
+
 /// Metadata on one file or directory is bounded (it is rewritten with its directory's node).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metadata_of_one_entry_is_bounded() {
