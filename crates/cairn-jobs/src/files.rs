@@ -82,6 +82,7 @@ impl Engine {
             confined,
             linked: Vec::new(),
             weight: 0,
+            placed_links: Vec::new(),
         };
         for (i, op) in ops.iter().enumerate() {
             self.apply_op(&mut tree, op, &mut cx).map_err(|mut e| {
@@ -89,6 +90,7 @@ impl Engine {
                 e
             })?;
         }
+        check_placed_links(&mut tree, &cx.placed_links, &loader)?;
         // The plan comes from the tree as the ops left it: every file still waiting for its
         // first byte (added by this job, or a copy of one) is uploaded, wherever it ended up.
         let mut new_files = Vec::new();
@@ -273,6 +275,7 @@ impl Engine {
                 check_not_into_itself(from, to)?;
                 check_not_over_directory(tree, to, &loader)?;
                 let entry = tree.remove(from, &loader)?;
+                collect_links(&entry, to, &mut cx.placed_links);
                 tree.insert(to, entry, &loader)
             }
             Op::Copy { from, to } => {
@@ -288,6 +291,7 @@ impl Engine {
                 // digest each; the files they add count against the tree's limit instead).
                 cx.weight = charge(cx.weight, crate::tree::entry_weight(entry))?;
                 let entry = entry.clone();
+                collect_links(&entry, to, &mut cx.placed_links);
                 tree.insert(to, entry, &loader)
             }
             Op::Link { path, target, meta } => {
@@ -299,6 +303,7 @@ impl Engine {
                     content: Content::Link(target.clone()),
                     hash: None,
                 };
+                cx.placed_links.push(path.clone());
                 tree.insert(path, MemEntry::File(entry), &loader)
             }
             Op::Meta { path, meta } => match tree.get(path, &loader)? {
@@ -794,6 +799,63 @@ struct OpContext {
     linked: Vec<PartSeg>,
     /// What this job's copies cloned and its ops loaded ([`MAX_JOB_WEIGHT`]).
     weight: usize,
+    /// Where this job's ops put links (made, moved or copied): see [`check_placed_links`].
+    placed_links: Vec<FilePath>,
+}
+
+/// The paths of the links in `entry`, placed at `at`: a link file, or those in a directory
+/// being edited. A stored directory's links are not walked (it may hold millions of files).
+fn collect_links(entry: &MemEntry, at: &FilePath, out: &mut Vec<FilePath>) {
+    match entry {
+        MemEntry::File(FileEntry {
+            content: Content::Link(_),
+            ..
+        }) => out.push(at.clone()),
+        MemEntry::Dir(d) => {
+            for name in d.names() {
+                if let (Some(e), Ok(path)) = (d.entry(&name), at.join(&name)) {
+                    collect_links(e, &path, out);
+                }
+            }
+        }
+        MemEntry::File(_) | MemEntry::Stored(_) => {}
+    }
+}
+
+/// Refuses a files job that leaves a link leading back to itself, or through more links than
+/// a read follows: a `link` op checks its target is a file and not a link, but a `move` or
+/// `copy` of a link onto its own target (or onto a file other links point at) can still close
+/// a loop, which would finalize into files that can never be read. Each link this job placed
+/// is followed through relative targets.
+fn check_placed_links(tree: &mut MemDir, placed: &[FilePath], loader: &Loader<'_>) -> Result<()> {
+    for start in placed {
+        let mut chain = vec![start.clone()];
+        let mut cur = start.clone();
+        while let Ok(Some(MemEntry::File(FileEntry {
+            content: Content::Link(target),
+            ..
+        }))) = tree.get(&cur, loader)
+        {
+            let LinkTarget::Relative(next) = parse_link(target)? else {
+                break;
+            };
+            let looped = chain.contains(&next);
+            chain.push(next.clone());
+            if looped || chain.len() > crate::read::MAX_LINK_DEPTH + 1 {
+                let chain: Vec<String> = chain.iter().map(ToString::to_string).collect();
+                return Err(Error::invalid(format!(
+                    "{start} would be a link that {} ({})",
+                    match looped {
+                        true => "leads back to itself",
+                        false => "goes through too many links",
+                    },
+                    chain.join(" → ")
+                )));
+            }
+            cur = next;
+        }
+    }
+    Ok(())
 }
 
 /// `weight` plus `more`, or `too_large` past [`MAX_JOB_WEIGHT`].

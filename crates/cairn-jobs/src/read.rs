@@ -22,7 +22,7 @@ const STREAM_BUDGET: u32 = 2 << 20;
 pub(crate) const READ_BUDGET: usize = 64 << 20;
 
 /// How many links a read follows before giving up (loops, long chains).
-const MAX_LINK_DEPTH: usize = 8;
+pub(crate) const MAX_LINK_DEPTH: usize = 8;
 
 /// An opened file: its size, type, and where each slice of its bytes lives.
 #[derive(Debug, Clone)]

@@ -311,6 +311,10 @@ impl MemDir {
         self.entries.keys().cloned().collect()
     }
 
+    pub fn entry(&self, name: &str) -> Option<&MemEntry> {
+        self.entries.get(name)
+    }
+
     pub fn entry_mut(&mut self, name: &str) -> Option<&mut MemEntry> {
         self.entries.get_mut(name)
     }

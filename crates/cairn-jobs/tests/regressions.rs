@@ -476,6 +476,44 @@ async fn a_rendering_of_deep_files_counts_each_once() {
     );
 }
 
+/// A move or copy of a link onto its own target (or two moves closing a ring) would finalize
+/// into files no read can follow: the files job is refused and the draft unchanged. A chain
+/// that ends at a file stays allowed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_cannot_be_moved_or_copied_into_loops() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = small_engine(dir.path());
+    let t = new_object(&e);
+    add_and_upload(&e, t, &files(&[("t", b"tt"), ("u", b"uu")])).await;
+    let link = |path: &str, to: &str| {
+        op(json!({"op":"link","path":path,"target":format!("./files/{to}")}))
+    };
+    let mv = |from: &str, to: &str| op(json!({"op":"move","copy_move_source_path":from,"path":to}));
+    let cp = |from: &str, to: &str| op(json!({"op":"copy","copy_move_source_path":from,"path":to}));
+    e.create_files_job(&t, &request(vec![link("l", "t"), link("m", "u")]))
+        .unwrap();
+    for ops in [
+        vec![cp("l", "t")],
+        vec![mv("l", "t")],
+        vec![mv("l", "u"), mv("m", "t")],
+        // A link inside a directory this job copies.
+        vec![link("d/x", "t"), cp("d", "e"), mv("e/x", "t")],
+    ] {
+        let before = e.draft(&t).unwrap().root;
+        let err = e.create_files_job(&t, &request(ops.clone())).unwrap_err();
+        assert!(
+            err.is(ErrorKind::Invalid) && err.reason.contains("leads back to itself"),
+            "{ops:?}: {err}"
+        );
+        assert_eq!(e.draft(&t).unwrap().root, before, "{ops:?}");
+    }
+    // l → t, and t becomes a link to u: a chain of two, readable.
+    e.create_files_job(&t, &request(vec![mv("m", "t")]))
+        .unwrap();
+    let (v, _) = e.finalize(&t).unwrap();
+    assert_eq!(read_all(&e, &Qhit::Version(v), "l").unwrap(), b"uu");
+}
+
 /// Metadata on one file or directory is bounded (it is rewritten with its directory's node).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metadata_of_one_entry_is_bounded() {
