@@ -895,6 +895,40 @@ fn get_resumes_with_a_relative_output_and_reads_open_ranges() {
     );
 }
 
+/// A path with `..` or `.` segments is refused (exit 2, naming the path), as the server refuses
+/// it: it used to be resolved by the URL parser, so `src/../src/f.bin` downloaded `src/f.bin`
+/// (and `tree/../etc/passwd` some other file than the one named).
+#[test]
+fn get_refuses_a_path_with_dot_segments() {
+    let Served {
+        work,
+        _data,
+        s,
+        state,
+        target,
+        ..
+    } = served_file(10, 1000);
+    let obj = target.split(':').next().unwrap();
+    let out = work.path().join("out.bin");
+    for path in ["src/../src/f.bin", "src/./f.bin", "../src/f.bin"] {
+        let t = format!("{obj}:{path}");
+        for args in [
+            vec!["get", &t, "-o", out.to_str().unwrap()],
+            vec!["get", &t],
+            vec!["cat", &t],
+        ] {
+            let res = cairn(&s, &state, &args);
+            let err = String::from_utf8_lossy(&res.stderr);
+            assert_eq!(res.status.code(), Some(2), "{args:?}: {err}");
+            assert!(err.contains(path) && err.contains("not allowed"), "{err}");
+            assert!(res.stdout.is_empty(), "{args:?} printed a file");
+        }
+    }
+    assert!(!out.exists(), "nothing was downloaded");
+    let ls = cairn(&s, &state, &["ls", &format!("{obj}:src/..")]);
+    assert_eq!(ls.status.code(), Some(2));
+}
+
 /// One file of `len` bytes uploaded as `src/f.bin` into a new object, for the `get` tests.
 struct Served {
     work: tempfile::TempDir,

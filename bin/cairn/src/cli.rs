@@ -326,6 +326,9 @@ fn split_target(t: &str) -> (&str, &str) {
 
 pub async fn ls(ctx: &Ctx, target: &str) -> Result<()> {
     let (id, dir) = split_target(target);
+    // The same rules as a download's path: `..` names no directory of the tree.
+    cairn_core::FilePath::parse_dir(dir)
+        .map_err(|e| ClientError::Invalid(format!("{dir:?}: {e}")))?;
     let tree = ctx.client.files(id).await?;
     let mut node = &tree;
     for seg in dir.split('/').filter(|s| !s.is_empty()) {

@@ -255,12 +255,14 @@ async fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// 3 not found, 4 conflict/gone/precondition failed, 5 unreachable, 1 anything else (clap itself exits 2 on usage).
+/// 2 invalid, 3 not found, 4 conflict/gone/precondition failed, 5 unreachable, 1 anything else
+/// (clap itself exits 2 on usage).
 fn exit_code(e: &anyhow::Error) -> i32 {
     if e.downcast_ref::<ops::InUse>().is_some() {
         return 4;
     }
     match e.downcast_ref::<cairn_client::ClientError>() {
+        Some(cairn_client::ClientError::Invalid(_)) => 2,
         Some(cairn_client::ClientError::Api { status: 404, .. }) => 3,
         Some(cairn_client::ClientError::Api {
             status: 409 | 410 | 412,
