@@ -263,6 +263,103 @@ fn an_upload_killed_mid_way_resumes_without_resending() {
     );
 }
 
+/// The write token of the one resume record in `state`.
+fn recorded_draft(state: &Path) -> String {
+    let mut records = std::fs::read_dir(state.join("uploads")).unwrap();
+    let record = records.next().unwrap().unwrap().path();
+    assert!(records.next().is_none(), "one record");
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(record).unwrap()).unwrap();
+    v["write_token"].as_str().unwrap().to_string()
+}
+
+/// A draft's status code on `GET /q/{wt}` (200 open, 404 discarded).
+fn draft_status(s: &Server, wt: &str) -> u16 {
+    common::curl(
+        &s.url(&format!("/q/{wt}")),
+        &["-H", &format!("Authorization: Bearer {TOKEN}")],
+    )
+    .status
+}
+
+/// An upload killed mid-way and run again after its file changed cannot continue its draft: it
+/// discards that draft (with the bytes it received) before opening a new one. It used to leave
+/// it open, named nowhere once the record was replaced, so it could never be discarded and gc
+/// kept its data. The same for a same-size, same-mtime change of a draft left by --no-finalize.
+#[test]
+fn a_rerun_after_the_files_changed_discards_the_draft_it_cannot_continue() {
+    let work = tempfile::tempdir().unwrap();
+    let big = work.path().join("d/big.bin");
+    fill(&big, 7, 100 << 20);
+    let data = tempfile::tempdir().unwrap();
+    let s = Server::start(data.path(), common::free_port());
+    let state = work.path().join("state");
+    let obj = new_object(&s, &state);
+    let dir = work.path().join("d");
+    let args = ["upload", &obj, dir.to_str().unwrap(), "--parallel", "1"];
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(args)
+        .env("CAIRN_SERVER", s.url(""))
+        .env("CAIRN_TOKEN", TOKEN)
+        .env("CAIRN_STATE_DIR", &state)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while s.uploads().1 == 0 {
+        assert!(Instant::now() < deadline, "the upload did not progress");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let old = recorded_draft(&state);
+    assert_eq!(
+        draft_status(&s, &old),
+        200,
+        "the killed run's draft is open"
+    );
+
+    let mut f = std::fs::OpenOptions::new().append(true).open(&big).unwrap();
+    std::io::Write::write_all(&mut f, b"more").unwrap();
+    drop(f);
+    let out = json_out(cairn(&s, &state, &[&args[..], &["--json"][..]].concat()));
+    assert_eq!(out["resumed"], false, "{out}");
+    assert_eq!(out["discarded_draft"], old.as_str(), "{out}");
+    assert_eq!(draft_status(&s, &old), 404, "the old draft is discarded");
+    assert_eq!(out["bytes"], (100u64 << 20) + 4, "{out}");
+
+    // A draft left open by --no-finalize, then a change that keeps size and mtime.
+    let small = dir.join("small.txt");
+    std::fs::write(&small, b"version one").unwrap();
+    let open = json_out(cairn(
+        &s,
+        &state,
+        &[
+            "upload",
+            &obj,
+            small.to_str().unwrap(),
+            "--no-finalize",
+            "--json",
+        ],
+    ));
+    let first = open["write_token"].as_str().unwrap().to_string();
+    let mtime = std::fs::metadata(&small).unwrap().modified().unwrap();
+    std::fs::write(&small, b"version two").unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&small)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    let text = cairn(&s, &state, &["upload", &obj, small.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&text.stderr).to_string();
+    let version = ok(text);
+    assert!(err.contains(&format!("discarded draft {first}")), "{err}");
+    assert_eq!(draft_status(&s, &first), 404);
+    let cat = ok(cairn(&s, &state, &["cat", &format!("{version}:small.txt")]));
+    assert_eq!(cat, "version two");
+}
+
 /// Uploads `path` into `obj` and returns the new version hash.
 fn upload_version(s: &Server, state: &Path, obj: &str, path: &str) -> String {
     let out = json_out(cairn(s, state, &["upload", obj, path, "--json"]));

@@ -291,6 +291,9 @@ pub async fn upload(ctx: &Ctx, a: UploadArgs) -> Result<()> {
             .unwrap_or_else(|| out.write_token.clone());
         // Only the id on stdout, so `V=$(cairn upload …)` holds the version hash (or, with
         // --no-finalize, the write token); the summary goes to stderr.
+        if let Some(wt) = &out.discarded_draft {
+            eprintln!("discarded draft {wt} of an earlier run (the local files changed since)");
+        }
         for l in &out.skipped_symlinks {
             eprintln!("skipped symbolic link {l} (links are not followed)");
         }

@@ -51,6 +51,9 @@ pub struct UploadOutcome {
     pub bytes_sent: u64,
     pub upload_jobs: usize,
     pub resumed: bool,
+    /// The draft of an earlier run of the same command that this run could not continue (its
+    /// local files changed), discarded before this run opened its own.
+    pub discarded_draft: Option<String>,
     /// Paths in the object deleted because they are gone locally (`delete`).
     pub deleted: Vec<String>,
     /// Symbolic links met inside the directories uploaded, not followed (local paths).
@@ -100,9 +103,15 @@ pub async fn upload_tree(
     let local = collect(&opts.paths, &opts.dest)?;
     let skipped_symlinks = local.links.clone();
     let record_path = record_path(opts, client, &local.files)?;
-    let (record, resumed) = match load_record(&record_path, client, &local.files).await {
-        Some(r) => (r, true),
-        None => (start(client, opts, local, &record_path).await?, false),
+    let mut discarded_draft = None;
+    let (record, resumed) = match previous(&record_path, client, &local.files).await? {
+        Previous::Resume(r) => (r, true),
+        Previous::Nothing => (start(client, opts, local, &record_path).await?, false),
+        Previous::Stale(wt) => {
+            discard(client, &wt).await;
+            discarded_draft = Some(wt);
+            (start(client, opts, local, &record_path).await?, false)
+        }
     };
     let sent = Arc::new(AtomicU64::new(0));
     // Looked up for every piece the plan names: a map, not a scan of a list that may hold
@@ -170,6 +179,7 @@ pub async fn upload_tree(
         bytes_sent: sent.load(Ordering::Relaxed),
         upload_jobs: record.jobs.len(),
         resumed,
+        discarded_draft,
         skipped_symlinks,
         deleted: record.deleted.clone(),
     })
@@ -355,14 +365,55 @@ fn record_path(opts: &UploadOptions, client: &Client, files: &[LocalFile]) -> Re
     Ok(dir.join(format!("{}.json", &h.finalize().to_hex()[..32])))
 }
 
-/// A previous run's record, if its files are unchanged and its draft still exists.
-async fn load_record(path: &Path, client: &Client, files: &[LocalFile]) -> Option<ResumeRecord> {
-    let r: ResumeRecord = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
-    if r.files != files || r.server != client.base() {
-        return None;
+/// What the resume record of an earlier run of the same command leaves to this one.
+enum Previous {
+    /// No record, or its draft is gone: start afresh.
+    Nothing,
+    /// Same files, draft still open: continue it.
+    Resume(ResumeRecord),
+    /// A draft this run cannot continue (the local files changed since, or the record is of a
+    /// form this client does not read). It holds whatever bytes it received, and nothing but
+    /// the record names it: no API lists an object's drafts, so once the record is replaced it
+    /// could never be discarded and gc would keep its data.
+    Stale(String),
+}
+
+/// Reads the record at `path`; a draft it names that the server no longer has (404) leaves
+/// nothing to do, any other failure to ask is this run's error.
+async fn previous(path: &Path, client: &Client, files: &[LocalFile]) -> Result<Previous> {
+    let Some(v) = std::fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+    else {
+        return Ok(Previous::Nothing);
+    };
+    // The record's name includes the server: one of another server names no draft of this one.
+    let (Some(wt), true) = (v["write_token"].as_str(), v["server"] == client.base()) else {
+        return Ok(Previous::Nothing);
+    };
+    let wt = wt.to_string();
+    let record = match serde_json::from_value::<ResumeRecord>(v) {
+        Ok(r) if r.files == files => r,
+        _ => return Ok(Previous::Stale(wt)),
+    };
+    match client.files_jobs(&record.write_token).await {
+        Ok(_) => Ok(Previous::Resume(record)),
+        Err(e) if e.status() == Some(404) => Ok(Previous::Nothing),
+        Err(e) => Err(e),
     }
-    client.files_jobs(&r.write_token).await.ok()?;
-    Some(r)
+}
+
+/// Discards an earlier run's draft (`DELETE /q/{wt}`) before a new one is opened. One already
+/// gone (404) is what was wanted. Any other failure does not stop the upload, but the token is
+/// printed, since nothing else will ever name that draft again.
+async fn discard(client: &Client, wt: &str) {
+    match client.delete(wt).await {
+        Err(e) if e.status() != Some(404) => tracing::warn!(
+            "could not discard {wt}, the draft of an earlier run of this upload whose local \
+             files changed since ({e}); `cairn object rm {wt}` discards it"
+        ),
+        _ => tracing::info!(write_token = wt, "discarded the earlier run's draft"),
+    }
 }
 
 async fn start(
