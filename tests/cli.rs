@@ -948,6 +948,76 @@ fn symlinks_in_a_tree_are_skipped_and_reported() {
     assert!(stderr.contains("skipped symbolic link"), "{stderr}");
 }
 
+/// A name the server cannot store (a backslash, a tab, a newline, bytes that are not UTF-8, or
+/// a directory so named) is skipped and reported, the rest is uploaded and published, and the
+/// exit code is 6 (a partial upload, as rsync's 23); it used to stop the whole upload (exit 1,
+/// nothing sent). An invalid --dest is a usage error (exit 2), not a skip.
+#[test]
+fn names_the_server_cannot_store_are_skipped_and_the_rest_uploaded() {
+    use std::os::unix::ffi::OsStrExt;
+    let work = tempfile::tempdir().unwrap();
+    let tree = work.path().join("t");
+    fill(&tree.join("ok.txt"), 1, 100);
+    fill(&tree.join("sub/fine.txt"), 2, 100);
+    for (i, bad) in [
+        "back\\slash",
+        "tab\there",
+        "new\nline",
+        "bad\\dir/inner.txt",
+    ]
+    .iter()
+    .enumerate()
+    {
+        fill(&tree.join(bad), 10 + i as u64, 50);
+    }
+    let latin1 = std::ffi::OsStr::from_bytes(b"caf\xe9.txt");
+    fill(&tree.join("sub").join(latin1), 20, 50);
+    let data = tempfile::tempdir().unwrap();
+    let s = Server::start(data.path(), common::free_port());
+    let state = work.path().join("state");
+    let obj = new_object(&s, &state);
+    let t = tree.to_str().unwrap();
+
+    let out = cairn(&s, &state, &["--json", "upload", &obj, t]);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(6), "{err}");
+    assert!(err.contains("partial upload"), "{err}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["files"], 2, "{v}");
+    let skipped = v["skipped_invalid_names"].as_array().unwrap();
+    assert_eq!(skipped.len(), 5, "{v}");
+    assert!(
+        skipped
+            .iter()
+            .any(|n| n["path"].as_str().unwrap().ends_with("back\\slash")
+                && n["reason"].as_str().unwrap().contains("backslash")),
+        "{v}"
+    );
+    let version = v["version"].as_str().unwrap();
+    assert_eq!(files_of(&s, version), ["t/ok.txt", "t/sub/fine.txt"]);
+
+    // Text mode: the version hash alone on stdout, each skipped name on stderr.
+    let text = cairn(&s, &state, &["upload", &obj, t]);
+    assert_eq!(text.status.code(), Some(6));
+    let stdout = String::from_utf8_lossy(&text.stdout).trim().to_string();
+    assert!(
+        stdout.starts_with("hq__") && !stdout.contains('\n'),
+        "{stdout}"
+    );
+    let err = String::from_utf8_lossy(&text.stderr);
+    assert!(err.contains("contains a backslash"), "{err}");
+    assert!(err.contains("not UTF-8"), "{err}");
+    assert!(err.contains("control character"), "{err}");
+
+    let bad_dest = cairn(&s, &state, &["upload", &obj, t, "--dest", "../x"]);
+    let err = String::from_utf8_lossy(&bad_dest.stderr);
+    assert_eq!(bad_dest.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--dest \"../x\"") && err.contains("not allowed"),
+        "{err}"
+    );
+}
+
 /// `get -o` with a relative path resumes its partial file (it once compared `./x` with `x`
 /// and deleted its own partial file), and `--range A-` reads to the end.
 #[test]

@@ -297,6 +297,9 @@ pub async fn upload(ctx: &Ctx, a: UploadArgs) -> Result<()> {
         for l in &out.skipped_symlinks {
             eprintln!("skipped symbolic link {l} (links are not followed)");
         }
+        for n in &out.skipped_invalid_names {
+            eprintln!("skipped {:?}: {} (not uploaded)", n.path, n.reason);
+        }
         for p in &out.deleted {
             eprintln!("deleted {p} (gone locally)");
         }
@@ -316,8 +319,30 @@ pub async fn upload(ctx: &Ctx, a: UploadArgs) -> Result<()> {
         );
         what
     });
-    Ok(())
+    match out.skipped_invalid_names.len() {
+        0 => Ok(()),
+        n => Err(Partial(n).into()),
+    }
 }
+
+/// An upload that went through without some files whose names the server cannot store: the
+/// version is published (or the draft left open), yet it is not what was asked for, so the
+/// exit code says so (6), as rsync's 23 "partial transfer" does.
+#[derive(Debug)]
+pub struct Partial(pub usize);
+
+impl std::fmt::Display for Partial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "partial upload: {} path(s) skipped, as the server cannot store their names (listed \
+             above); rename them and upload again",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for Partial {}
 
 /// Splits `id:path` (the path may be empty or start with `/`).
 fn split_target(t: &str) -> (&str, &str) {

@@ -58,6 +58,10 @@ pub struct UploadOutcome {
     pub deleted: Vec<String>,
     /// Symbolic links met inside the directories uploaded, not followed (local paths).
     pub skipped_symlinks: Vec<String>,
+    /// Files and directories not uploaded because the server cannot store their path (a
+    /// backslash, a control character, not UTF-8, too long): the rest is uploaded, and the
+    /// CLI exits 6 (a partial upload).
+    pub skipped_invalid_names: Vec<SkippedName>,
 }
 
 /// One local file and where it goes.
@@ -102,6 +106,7 @@ pub async fn upload_tree(
 ) -> Result<UploadOutcome> {
     let local = collect(&opts.paths, &opts.dest)?;
     let skipped_symlinks = local.links.clone();
+    let skipped_invalid_names = local.invalid.clone();
     let record_path = record_path(opts, client, &local.files)?;
     let mut discarded_draft = None;
     let (record, resumed) = match previous(&record_path, client, &local.files).await? {
@@ -181,6 +186,7 @@ pub async fn upload_tree(
         resumed,
         discarded_draft,
         skipped_symlinks,
+        skipped_invalid_names,
         deleted: record.deleted.clone(),
     })
 }
@@ -196,23 +202,47 @@ struct Local {
     roots: Vec<String>,
     /// Symbolic links met inside the directories (local paths), not followed.
     links: Vec<String>,
-    /// The same links, and FIFOs, sockets and devices, by their path in the object: nothing
-    /// is uploaded from them, and `delete` leaves what is there alone.
+    /// Files and directories whose path the server cannot store, not uploaded.
+    invalid: Vec<SkippedName>,
+    /// The links, FIFOs, sockets and devices by their path in the object: nothing is uploaded
+    /// from them, and `delete` leaves what is there alone.
     link_rels: BTreeSet<String>,
+}
+
+/// A file or directory left out of an upload because the server cannot store its path.
+#[derive(Debug, Clone, Serialize)]
+pub struct SkippedName {
+    /// Local path.
+    pub path: String,
+    /// Which rule it breaks, as the server would say.
+    pub reason: String,
 }
 
 /// Regular files under `paths`, named `dest/<name>` (a directory keeps its own name), and the
 /// symbolic links met inside those directories. A link is not followed (as rsync without
 /// `-L`): it could lead out of the tree and upload what was never meant to be, or nowhere and
 /// stop the upload. A path named on the command line is followed, as the user asked for it.
+///
+/// A name the server cannot store (a backslash, a control character, not UTF-8, too long) is
+/// skipped and reported rather than failing the whole upload, as rsync goes on past a file it
+/// cannot send: checked here by the server's own rules, before anything is asked of it. An
+/// invalid `dest` is the user's to fix, not something to skip: [`ClientError::Invalid`].
 fn collect(paths: &[PathBuf], dest: &str) -> Result<Local> {
+    let dest = cairn_core::FilePath::parse_dir(dest)
+        .map_err(|e| ClientError::Invalid(format!("--dest {dest:?}: {e}")))?;
     let mut local = Local::default();
     for p in paths {
-        let base = p
-            .file_name()
-            .map(|n| n.to_string_lossy().to_string())
-            .unwrap_or_default();
-        let rel = join(dest, &base);
+        let rel = match p.file_name() {
+            // `.`, `..` or `/`: the directory's contents go to `dest` itself.
+            None => dest.as_str().to_string(),
+            Some(name) => match child_path(dest.as_str(), name) {
+                Ok(rel) => rel,
+                Err(reason) => {
+                    local.skip_name(p, reason);
+                    continue;
+                }
+            },
+        };
         local.roots.push(rel.clone());
         walk(p, &rel, &mut local)?;
     }
@@ -229,52 +259,88 @@ fn join(a: &str, b: &str) -> String {
     }
 }
 
-fn walk(p: &Path, rel: &str, local: &mut Local) -> Result<()> {
-    let meta =
-        std::fs::metadata(p).map_err(|e| ClientError::Local(format!("{}: {e}", p.display())))?;
-    if meta.is_dir() {
-        local.dirs.insert(rel.to_string());
-        let entries = std::fs::read_dir(p)
-            .map_err(|e| ClientError::Local(format!("{}: {e}", p.display())))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| ClientError::Local(e.to_string()))?;
-            let name = entry.file_name().to_string_lossy().to_string();
-            if entry.file_type().is_ok_and(|t| t.is_symlink()) {
-                local.links.push(entry.path().display().to_string());
-                local.link_rels.insert(join(rel, &name));
-                continue;
-            }
-            walk(&entry.path(), &join(rel, &name), local)?;
-        }
-    } else if meta.is_file() {
-        cairn_core::FilePath::parse(rel)
-            .map_err(|e| ClientError::Local(format!("{}: {e}", p.display())))?;
-        let mtime_ns = meta
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_nanos() as i128);
-        let file = std::fs::File::open(p)
-            .map_err(|e| ClientError::Local(format!("{}: {e}", p.display())))?;
-        let blake3 = blake3::Hasher::new()
-            .update_reader(file)
-            .map_err(|e| ClientError::Local(format!("{}: {e}", p.display())))?
-            .finalize()
-            .to_hex()
-            .to_string();
-        let abs = p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
-        local.files.push(LocalFile {
-            rel: rel.to_string(),
-            abs,
-            size: meta.len(),
-            mtime_ns,
-            blake3,
+/// `name` under `rel` as a path in the object, or why the server could not store it. A name
+/// that is not UTF-8 is refused too: any stand-in for its bytes would name another file.
+fn child_path(rel: &str, name: &std::ffi::OsStr) -> Result<String, String> {
+    let name = name
+        .to_str()
+        .ok_or_else(|| "the name is not UTF-8, and paths in an object are".to_string())?;
+    let path = join(rel, name);
+    cairn_core::FilePath::parse(&path).map_err(|e| e.to_string())?;
+    Ok(path)
+}
+
+impl Local {
+    fn skip_name(&mut self, p: &Path, reason: String) {
+        self.invalid.push(SkippedName {
+            path: p.display().to_string(),
+            reason,
         });
+    }
+}
+
+fn local_err(p: &Path, e: impl std::fmt::Display) -> ClientError {
+    ClientError::Local(format!("{}: {e}", p.display()))
+}
+
+fn walk(p: &Path, rel: &str, local: &mut Local) -> Result<()> {
+    let meta = std::fs::metadata(p).map_err(|e| local_err(p, e))?;
+    let t = meta.file_type();
+    if t.is_dir() {
+        walk_dir(p, rel, local)
+    } else if t.is_file() {
+        local.files.push(local_file(p, rel, &meta)?);
+        Ok(())
     } else {
         // A FIFO, socket or device: not uploaded, and `delete` leaves what is there alone.
         local.link_rels.insert(rel.to_string());
+        Ok(())
+    }
+}
+
+fn walk_dir(p: &Path, rel: &str, local: &mut Local) -> Result<()> {
+    local.dirs.insert(rel.to_string());
+    for entry in std::fs::read_dir(p).map_err(|e| local_err(p, e))? {
+        let entry = entry.map_err(|e| local_err(p, e))?;
+        let path = entry.path();
+        if entry.file_type().is_ok_and(|t| t.is_symlink()) {
+            local.links.push(path.display().to_string());
+            let name = entry.file_name().to_string_lossy().to_string();
+            local.link_rels.insert(join(rel, &name));
+            continue;
+        }
+        match child_path(rel, &entry.file_name()) {
+            Ok(child) => walk(&path, &child, local)?,
+            Err(reason) => local.skip_name(&path, reason),
+        }
     }
     Ok(())
+}
+
+/// A regular file, hashed.
+fn local_file(p: &Path, rel: &str, meta: &std::fs::Metadata) -> Result<LocalFile> {
+    // Only a file named on the command line with no name of its own can get here invalid.
+    cairn_core::FilePath::parse(rel)
+        .map_err(|e| ClientError::Invalid(format!("{}: {e}", p.display())))?;
+    let mtime_ns = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos() as i128);
+    let file = std::fs::File::open(p).map_err(|e| local_err(p, e))?;
+    let blake3 = blake3::Hasher::new()
+        .update_reader(file)
+        .map_err(|e| local_err(p, e))?
+        .finalize()
+        .to_hex()
+        .to_string();
+    Ok(LocalFile {
+        rel: rel.to_string(),
+        abs: p.canonicalize().unwrap_or_else(|_| p.to_path_buf()),
+        size: meta.len(),
+        mtime_ns,
+        blake3,
+    })
 }
 
 /// Paths in the draft's tree, under the uploaded directories, that the local tree no longer
@@ -700,6 +766,7 @@ mod tests {
             dirs: dirs.iter().map(|d| d.to_string()).collect(),
             roots: roots.iter().map(|r| r.to_string()).collect(),
             links: Vec::new(),
+            invalid: Vec::new(),
             link_rels: links.iter().map(|l| l.to_string()).collect(),
         }
     }
