@@ -1157,6 +1157,84 @@ fn files_of(s: &Server, id: &str) -> Vec<String> {
     out
 }
 
+/// Every directory path in a files tree, sorted.
+fn dirs_of(s: &Server, id: &str) -> Vec<String> {
+    let tree = common::call(s, "GET", &format!("/q/{id}/files_list"), None, 200);
+    let mut rows = Vec::new();
+    collect_dirs(&tree, "", &mut rows);
+    rows.sort();
+    rows
+}
+
+fn collect_dirs(tree: &serde_json::Value, at: &str, out: &mut Vec<String>) {
+    for (name, child) in tree.as_object().unwrap() {
+        if name != "." && child["."]["type"] == "directory" {
+            let path = format!("{at}{name}");
+            out.push(path.clone());
+            collect_dirs(child, &format!("{path}/"), out);
+        }
+    }
+}
+
+/// Empty directories are created in the version (an `add` of type directory), as is one that
+/// holds only what was skipped; FIFOs and sockets are skipped and reported (stderr, and
+/// `skipped_special_files` in --json), and `--delete` leaves their place alone. Both used to be
+/// dropped silently.
+#[test]
+fn empty_directories_are_created_and_fifos_and_sockets_reported() {
+    let work = tempfile::tempdir().unwrap();
+    let tree = work.path().join("ff");
+    fill(&tree.join("a.txt"), 1, 100);
+    fill(&tree.join("p"), 2, 10);
+    std::fs::create_dir_all(tree.join("e1/e2")).unwrap();
+    std::fs::create_dir_all(tree.join("only_special")).unwrap();
+    let mkfifo = |at: &Path| {
+        let st = Command::new("mkfifo").arg(at).status().unwrap();
+        assert!(st.success());
+    };
+    mkfifo(&tree.join("only_special/q"));
+    let _sock = std::os::unix::net::UnixListener::bind(tree.join("sock")).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let s = Server::start(data.path(), common::free_port());
+    let state = work.path().join("state");
+    let obj = new_object(&s, &state);
+    let t = tree.to_str().unwrap();
+
+    let v = json_out(cairn(&s, &state, &["--json", "upload", &obj, t]));
+    assert_eq!(v["files"], 2, "{v}");
+    assert_eq!(v["empty_dirs"], 2, "{v}");
+    let mut kinds: Vec<&str> = v["skipped_special_files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["kind"].as_str().unwrap())
+        .collect();
+    kinds.sort();
+    assert_eq!(kinds, ["fifo", "socket"], "{v}");
+    let version = v["version"].as_str().unwrap();
+    assert_eq!(
+        dirs_of(&s, version),
+        ["ff", "ff/e1", "ff/e1/e2", "ff/only_special"]
+    );
+    assert_eq!(files_of(&s, version), ["ff/a.txt", "ff/p"]);
+
+    // A file that became a FIFO stays in the object under --delete (the FIFO says nothing
+    // about what should be there); an empty directory gone locally goes.
+    std::fs::remove_file(tree.join("p")).unwrap();
+    mkfifo(&tree.join("p"));
+    std::fs::remove_dir(tree.join("e1/e2")).unwrap();
+    let text = cairn(&s, &state, &["upload", "--delete", &obj, t]);
+    let err = String::from_utf8_lossy(&text.stderr).to_string();
+    let version = ok(text);
+    assert!(
+        err.contains("skipped fifo") && err.contains("skipped socket"),
+        "{err}"
+    );
+    assert!(err.contains("deleted ff/e1/e2"), "{err}");
+    assert_eq!(dirs_of(&s, &version), ["ff", "ff/e1", "ff/only_special"]);
+    assert_eq!(files_of(&s, &version), ["ff/a.txt", "ff/p"]);
+}
+
 /// `upload --delete` mirrors each uploaded directory: what is gone locally goes from the new
 /// version (a directory as one deletion, a path that changed kind is replaced), the rest of
 /// the object stays; without it an upload only adds and replaces.

@@ -297,6 +297,13 @@ pub async fn upload(ctx: &Ctx, a: UploadArgs) -> Result<()> {
         for l in &out.skipped_symlinks {
             eprintln!("skipped symbolic link {l} (links are not followed)");
         }
+        for f in &out.skipped_special_files {
+            let kind = f.kind.replace('_', " ");
+            eprintln!(
+                "skipped {kind} {} (only regular files and directories are uploaded)",
+                f.path
+            );
+        }
         for n in &out.skipped_invalid_names {
             eprintln!("skipped {:?}: {} (not uploaded)", n.path, n.reason);
         }

@@ -46,6 +46,9 @@ pub struct UploadOutcome {
     pub files_job: String,
     pub version: Option<String>,
     pub files: usize,
+    /// Directories created with nothing uploaded under them (empty locally, or holding only
+    /// what was skipped).
+    pub empty_dirs: usize,
     pub bytes: u64,
     /// Bytes this run put on the wire (less than `bytes` when it resumed).
     pub bytes_sent: u64,
@@ -62,6 +65,8 @@ pub struct UploadOutcome {
     /// backslash, a control character, not UTF-8, too long): the rest is uploaded, and the
     /// CLI exits 6 (a partial upload).
     pub skipped_invalid_names: Vec<SkippedName>,
+    /// FIFOs, sockets and devices met, not uploaded (only regular files and directories are).
+    pub skipped_special_files: Vec<SkippedSpecial>,
 }
 
 /// One local file and where it goes.
@@ -87,6 +92,10 @@ struct ResumeRecord {
     files: Vec<LocalFile>,
     #[serde(default)]
     deleted: Vec<String>,
+    /// Directories created by their own `add` op (records written before this field existed
+    /// created none, so a tree with empty directories does not resume them).
+    #[serde(default)]
+    empty_dirs: Vec<String>,
     /// The version the draft was opened from, checked at finalize (records written before
     /// this field existed have `base_known: false` and finalize unconditionally).
     #[serde(default)]
@@ -107,9 +116,10 @@ pub async fn upload_tree(
     let local = collect(&opts.paths, &opts.dest)?;
     let skipped_symlinks = local.links.clone();
     let skipped_invalid_names = local.invalid.clone();
+    let skipped_special_files = local.special.clone();
     let record_path = record_path(opts, client, &local.files)?;
     let mut discarded_draft = None;
-    let (record, resumed) = match previous(&record_path, client, &local.files).await? {
+    let (record, resumed) = match previous(&record_path, client, &local).await? {
         Previous::Resume(r) => (r, true),
         Previous::Nothing => (start(client, opts, local, &record_path).await?, false),
         Previous::Stale(wt) => {
@@ -180,6 +190,7 @@ pub async fn upload_tree(
         files_job: record.files_job.clone(),
         version,
         files: record.files.len(),
+        empty_dirs: record.empty_dirs.len(),
         bytes: record.files.iter().map(|f| f.size).sum(),
         bytes_sent: sent.load(Ordering::Relaxed),
         upload_jobs: record.jobs.len(),
@@ -187,6 +198,7 @@ pub async fn upload_tree(
         discarded_draft,
         skipped_symlinks,
         skipped_invalid_names,
+        skipped_special_files,
         deleted: record.deleted.clone(),
     })
 }
@@ -204,9 +216,22 @@ struct Local {
     links: Vec<String>,
     /// Files and directories whose path the server cannot store, not uploaded.
     invalid: Vec<SkippedName>,
+    /// FIFOs, sockets and devices met, not uploaded.
+    special: Vec<SkippedSpecial>,
+    /// The directories with nothing uploaded under them (see [`Local::leaf_dirs`]).
+    empty_dirs: Vec<String>,
     /// The links, FIFOs, sockets and devices by their path in the object: nothing is uploaded
     /// from them, and `delete` leaves what is there alone.
     link_rels: BTreeSet<String>,
+}
+
+/// A FIFO, socket or device left out of an upload: only regular files and directories are.
+#[derive(Debug, Clone, Serialize)]
+pub struct SkippedSpecial {
+    /// Local path.
+    pub path: String,
+    /// `fifo`, `socket`, `char_device` or `block_device`.
+    pub kind: &'static str,
 }
 
 /// A file or directory left out of an upload because the server cannot store its path.
@@ -248,6 +273,7 @@ fn collect(paths: &[PathBuf], dest: &str) -> Result<Local> {
     }
     local.files.sort_by(|a, b| a.rel.cmp(&b.rel));
     local.links.sort();
+    local.empty_dirs = local.leaf_dirs();
     Ok(local)
 }
 
@@ -277,6 +303,31 @@ impl Local {
             reason,
         });
     }
+
+    fn skip_special(&mut self, p: &Path, rel: &str, kind: &'static str) {
+        self.special.push(SkippedSpecial {
+            path: p.display().to_string(),
+            kind,
+        });
+        self.link_rels.insert(rel.to_string());
+    }
+
+    /// Directories with nothing uploaded under them: empty, or holding only what was skipped.
+    /// Each needs its own `add` op; the others come with the files and directories inside.
+    fn leaf_dirs(&self) -> Vec<String> {
+        let mut covered = BTreeSet::new();
+        let paths = self.files.iter().map(|f| f.rel.as_str());
+        for mut p in paths.chain(self.dirs.iter().map(String::as_str)) {
+            while let Some((parent, _)) = p.rsplit_once('/') {
+                if !covered.insert(parent) {
+                    break; // and so are its ancestors
+                }
+                p = parent;
+            }
+        }
+        let leaf = |d: &&String| !d.is_empty() && !covered.contains(d.as_str());
+        self.dirs.iter().filter(leaf).cloned().collect()
+    }
 }
 
 fn local_err(p: &Path, e: impl std::fmt::Display) -> ClientError {
@@ -292,10 +343,21 @@ fn walk(p: &Path, rel: &str, local: &mut Local) -> Result<()> {
         local.files.push(local_file(p, rel, &meta)?);
         Ok(())
     } else {
-        // A FIFO, socket or device: not uploaded, and `delete` leaves what is there alone.
-        local.link_rels.insert(rel.to_string());
+        local.skip_special(p, rel, special_kind(t));
         Ok(())
     }
+}
+
+/// What a file that is neither a regular file nor a directory is, for the report.
+fn special_kind(t: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let kinds = [
+        (t.is_fifo(), "fifo"),
+        (t.is_socket(), "socket"),
+        (t.is_char_device(), "char_device"),
+        (t.is_block_device(), "block_device"),
+    ];
+    kinds.iter().find(|(is, _)| *is).map_or("other", |(_, k)| k)
 }
 
 fn walk_dir(p: &Path, rel: &str, local: &mut Local) -> Result<()> {
@@ -446,7 +508,7 @@ enum Previous {
 
 /// Reads the record at `path`; a draft it names that the server no longer has (404) leaves
 /// nothing to do, any other failure to ask is this run's error.
-async fn previous(path: &Path, client: &Client, files: &[LocalFile]) -> Result<Previous> {
+async fn previous(path: &Path, client: &Client, local: &Local) -> Result<Previous> {
     let Some(v) = std::fs::read(path)
         .ok()
         .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
@@ -459,7 +521,7 @@ async fn previous(path: &Path, client: &Client, files: &[LocalFile]) -> Result<P
     };
     let wt = wt.to_string();
     let record = match serde_json::from_value::<ResumeRecord>(v) {
-        Ok(r) if r.files == files => r,
+        Ok(r) if r.files == local.files && r.empty_dirs == local.empty_dirs => r,
         _ => return Ok(Previous::Stale(wt)),
     };
     match client.files_jobs(&record.write_token).await {
@@ -495,10 +557,17 @@ async fn start(
         false => Vec::new(),
     };
     // Deletions first: a path that changed kind (a directory that is now a file) is deleted,
-    // then added anew.
+    // then added anew. The adds of the files create their directories; those with nothing
+    // uploaded under them get their own.
     let ops: Vec<Value> = deleted
         .iter()
         .map(|p| json!({"op": "del", "path": p}))
+        .chain(
+            local
+                .empty_dirs
+                .iter()
+                .map(|d| json!({"op": "add", "type": "directory", "path": d})),
+        )
         .chain(local.files.iter().map(|f| {
             json!({"op": "add", "type": "file", "path": f.rel, "size": f.size, "blake3": f.blake3})
         }))
@@ -525,6 +594,7 @@ async fn start(
         jobs,
         files,
         deleted,
+        empty_dirs: local.empty_dirs,
         base,
         base_known: true,
     };
@@ -767,6 +837,8 @@ mod tests {
             roots: roots.iter().map(|r| r.to_string()).collect(),
             links: Vec::new(),
             invalid: Vec::new(),
+            special: Vec::new(),
+            empty_dirs: Vec::new(),
             link_rels: links.iter().map(|l| l.to_string()).collect(),
         }
     }
@@ -823,6 +895,19 @@ mod tests {
             gone(&tree, &local(&["new"], &["new"], &[], &[])),
             Vec::<String>::new()
         );
+    }
+
+    #[test]
+    fn only_directories_with_nothing_uploaded_under_them_need_their_own_add() {
+        let l = local(
+            &["t"],
+            &["", "t", "t/a", "t/a/b", "t/e", "t/e/f", "t/g"],
+            &["t/a/b/x", "t/g/y"],
+            &[],
+        );
+        assert_eq!(l.leaf_dirs(), ["t/e/f"]);
+        assert_eq!(local(&["t"], &["t"], &[], &[]).leaf_dirs(), ["t"]);
+        assert!(local(&[""], &[""], &[], &[]).leaf_dirs().is_empty());
     }
 
     #[test]
