@@ -273,6 +273,10 @@ fn collect(paths: &[PathBuf], dest: &str) -> Result<Local> {
     }
     local.files.sort_by(|a, b| a.rel.cmp(&b.rel));
     local.links.sort();
+    // In path order, not in the directories' own (arbitrary) order: the same tree reports the
+    // same way each time.
+    local.invalid.sort_by(|a, b| a.path.cmp(&b.path));
+    local.special.sort_by(|a, b| a.path.cmp(&b.path));
     local.empty_dirs = local.leaf_dirs();
     Ok(local)
 }
