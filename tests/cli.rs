@@ -263,6 +263,103 @@ fn an_upload_killed_mid_way_resumes_without_resending() {
     );
 }
 
+/// The write token of the one resume record in `state`.
+fn recorded_draft(state: &Path) -> String {
+    let mut records = std::fs::read_dir(state.join("uploads")).unwrap();
+    let record = records.next().unwrap().unwrap().path();
+    assert!(records.next().is_none(), "one record");
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(record).unwrap()).unwrap();
+    v["write_token"].as_str().unwrap().to_string()
+}
+
+/// A draft's status code on `GET /q/{wt}` (200 open, 404 discarded).
+fn draft_status(s: &Server, wt: &str) -> u16 {
+    common::curl(
+        &s.url(&format!("/q/{wt}")),
+        &["-H", &format!("Authorization: Bearer {TOKEN}")],
+    )
+    .status
+}
+
+/// An upload killed mid-way and run again after its file changed cannot continue its draft: it
+/// discards that draft (with the bytes it received) before opening a new one. It used to leave
+/// it open, named nowhere once the record was replaced, so it could never be discarded and gc
+/// kept its data. The same for a same-size, same-mtime change of a draft left by --no-finalize.
+#[test]
+fn a_rerun_after_the_files_changed_discards_the_draft_it_cannot_continue() {
+    let work = tempfile::tempdir().unwrap();
+    let big = work.path().join("d/big.bin");
+    fill(&big, 7, 100 << 20);
+    let data = tempfile::tempdir().unwrap();
+    let s = Server::start(data.path(), common::free_port());
+    let state = work.path().join("state");
+    let obj = new_object(&s, &state);
+    let dir = work.path().join("d");
+    let args = ["upload", &obj, dir.to_str().unwrap(), "--parallel", "1"];
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(args)
+        .env("CAIRN_SERVER", s.url(""))
+        .env("CAIRN_TOKEN", TOKEN)
+        .env("CAIRN_STATE_DIR", &state)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while s.uploads().1 == 0 {
+        assert!(Instant::now() < deadline, "the upload did not progress");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let old = recorded_draft(&state);
+    assert_eq!(
+        draft_status(&s, &old),
+        200,
+        "the killed run's draft is open"
+    );
+
+    let mut f = std::fs::OpenOptions::new().append(true).open(&big).unwrap();
+    std::io::Write::write_all(&mut f, b"more").unwrap();
+    drop(f);
+    let out = json_out(cairn(&s, &state, &[&args[..], &["--json"][..]].concat()));
+    assert_eq!(out["resumed"], false, "{out}");
+    assert_eq!(out["discarded_draft"], old.as_str(), "{out}");
+    assert_eq!(draft_status(&s, &old), 404, "the old draft is discarded");
+    assert_eq!(out["bytes"], (100u64 << 20) + 4, "{out}");
+
+    // A draft left open by --no-finalize, then a change that keeps size and mtime.
+    let small = dir.join("small.txt");
+    std::fs::write(&small, b"version one").unwrap();
+    let open = json_out(cairn(
+        &s,
+        &state,
+        &[
+            "upload",
+            &obj,
+            small.to_str().unwrap(),
+            "--no-finalize",
+            "--json",
+        ],
+    ));
+    let first = open["write_token"].as_str().unwrap().to_string();
+    let mtime = std::fs::metadata(&small).unwrap().modified().unwrap();
+    std::fs::write(&small, b"version two").unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&small)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    let text = cairn(&s, &state, &["upload", &obj, small.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&text.stderr).to_string();
+    let version = ok(text);
+    assert!(err.contains(&format!("discarded draft {first}")), "{err}");
+    assert_eq!(draft_status(&s, &first), 404);
+    let cat = ok(cairn(&s, &state, &["cat", &format!("{version}:small.txt")]));
+    assert_eq!(cat, "version two");
+}
+
 /// Uploads `path` into `obj` and returns the new version hash.
 fn upload_version(s: &Server, state: &Path, obj: &str, path: &str) -> String {
     let out = json_out(cairn(s, state, &["upload", obj, path, "--json"]));
@@ -851,6 +948,76 @@ fn symlinks_in_a_tree_are_skipped_and_reported() {
     assert!(stderr.contains("skipped symbolic link"), "{stderr}");
 }
 
+/// A name the server cannot store (a backslash, a tab, a newline, bytes that are not UTF-8, or
+/// a directory so named) is skipped and reported, the rest is uploaded and published, and the
+/// exit code is 6 (a partial upload, as rsync's 23); it used to stop the whole upload (exit 1,
+/// nothing sent). An invalid --dest is a usage error (exit 2), not a skip.
+#[test]
+fn names_the_server_cannot_store_are_skipped_and_the_rest_uploaded() {
+    use std::os::unix::ffi::OsStrExt;
+    let work = tempfile::tempdir().unwrap();
+    let tree = work.path().join("t");
+    fill(&tree.join("ok.txt"), 1, 100);
+    fill(&tree.join("sub/fine.txt"), 2, 100);
+    for (i, bad) in [
+        "back\\slash",
+        "tab\there",
+        "new\nline",
+        "bad\\dir/inner.txt",
+    ]
+    .iter()
+    .enumerate()
+    {
+        fill(&tree.join(bad), 10 + i as u64, 50);
+    }
+    let latin1 = std::ffi::OsStr::from_bytes(b"caf\xe9.txt");
+    fill(&tree.join("sub").join(latin1), 20, 50);
+    let data = tempfile::tempdir().unwrap();
+    let s = Server::start(data.path(), common::free_port());
+    let state = work.path().join("state");
+    let obj = new_object(&s, &state);
+    let t = tree.to_str().unwrap();
+
+    let out = cairn(&s, &state, &["--json", "upload", &obj, t]);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(6), "{err}");
+    assert!(err.contains("partial upload"), "{err}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["files"], 2, "{v}");
+    let skipped = v["skipped_invalid_names"].as_array().unwrap();
+    assert_eq!(skipped.len(), 5, "{v}");
+    assert!(
+        skipped
+            .iter()
+            .any(|n| n["path"].as_str().unwrap().ends_with("back\\slash")
+                && n["reason"].as_str().unwrap().contains("backslash")),
+        "{v}"
+    );
+    let version = v["version"].as_str().unwrap();
+    assert_eq!(files_of(&s, version), ["t/ok.txt", "t/sub/fine.txt"]);
+
+    // Text mode: the version hash alone on stdout, each skipped name on stderr.
+    let text = cairn(&s, &state, &["upload", &obj, t]);
+    assert_eq!(text.status.code(), Some(6));
+    let stdout = String::from_utf8_lossy(&text.stdout).trim().to_string();
+    assert!(
+        stdout.starts_with("hq__") && !stdout.contains('\n'),
+        "{stdout}"
+    );
+    let err = String::from_utf8_lossy(&text.stderr);
+    assert!(err.contains("contains a backslash"), "{err}");
+    assert!(err.contains("not UTF-8"), "{err}");
+    assert!(err.contains("control character"), "{err}");
+
+    let bad_dest = cairn(&s, &state, &["upload", &obj, t, "--dest", "../x"]);
+    let err = String::from_utf8_lossy(&bad_dest.stderr);
+    assert_eq!(bad_dest.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--dest \"../x\"") && err.contains("not allowed"),
+        "{err}"
+    );
+}
+
 /// `get -o` with a relative path resumes its partial file (it once compared `./x` with `x`
 /// and deleted its own partial file), and `--range A-` reads to the end.
 #[test]
@@ -893,6 +1060,40 @@ fn get_resumes_with_a_relative_output_and_reads_open_ranges() {
         Some(2),
         "a malformed range is a usage error"
     );
+}
+
+/// A path with `..` or `.` segments is refused (exit 2, naming the path), as the server refuses
+/// it: it used to be resolved by the URL parser, so `src/../src/f.bin` downloaded `src/f.bin`
+/// (and `tree/../etc/passwd` some other file than the one named).
+#[test]
+fn get_refuses_a_path_with_dot_segments() {
+    let Served {
+        work,
+        _data,
+        s,
+        state,
+        target,
+        ..
+    } = served_file(10, 1000);
+    let obj = target.split(':').next().unwrap();
+    let out = work.path().join("out.bin");
+    for path in ["src/../src/f.bin", "src/./f.bin", "../src/f.bin"] {
+        let t = format!("{obj}:{path}");
+        for args in [
+            vec!["get", &t, "-o", out.to_str().unwrap()],
+            vec!["get", &t],
+            vec!["cat", &t],
+        ] {
+            let res = cairn(&s, &state, &args);
+            let err = String::from_utf8_lossy(&res.stderr);
+            assert_eq!(res.status.code(), Some(2), "{args:?}: {err}");
+            assert!(err.contains(path) && err.contains("not allowed"), "{err}");
+            assert!(res.stdout.is_empty(), "{args:?} printed a file");
+        }
+    }
+    assert!(!out.exists(), "nothing was downloaded");
+    let ls = cairn(&s, &state, &["ls", &format!("{obj}:src/..")]);
+    assert_eq!(ls.status.code(), Some(2));
 }
 
 /// One file of `len` bytes uploaded as `src/f.bin` into a new object, for the `get` tests.
@@ -954,6 +1155,84 @@ fn files_of(s: &Server, id: &str) -> Vec<String> {
         &mut out,
     );
     out
+}
+
+/// Every directory path in a files tree, sorted.
+fn dirs_of(s: &Server, id: &str) -> Vec<String> {
+    let tree = common::call(s, "GET", &format!("/q/{id}/files_list"), None, 200);
+    let mut rows = Vec::new();
+    collect_dirs(&tree, "", &mut rows);
+    rows.sort();
+    rows
+}
+
+fn collect_dirs(tree: &serde_json::Value, at: &str, out: &mut Vec<String>) {
+    for (name, child) in tree.as_object().unwrap() {
+        if name != "." && child["."]["type"] == "directory" {
+            let path = format!("{at}{name}");
+            out.push(path.clone());
+            collect_dirs(child, &format!("{path}/"), out);
+        }
+    }
+}
+
+/// Empty directories are created in the version (an `add` of type directory), as is one that
+/// holds only what was skipped; FIFOs and sockets are skipped and reported (stderr, and
+/// `skipped_special_files` in --json), and `--delete` leaves their place alone. Both used to be
+/// dropped silently.
+#[test]
+fn empty_directories_are_created_and_fifos_and_sockets_reported() {
+    let work = tempfile::tempdir().unwrap();
+    let tree = work.path().join("ff");
+    fill(&tree.join("a.txt"), 1, 100);
+    fill(&tree.join("p"), 2, 10);
+    std::fs::create_dir_all(tree.join("e1/e2")).unwrap();
+    std::fs::create_dir_all(tree.join("only_special")).unwrap();
+    let mkfifo = |at: &Path| {
+        let st = Command::new("mkfifo").arg(at).status().unwrap();
+        assert!(st.success());
+    };
+    mkfifo(&tree.join("only_special/q"));
+    let _sock = std::os::unix::net::UnixListener::bind(tree.join("sock")).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let s = Server::start(data.path(), common::free_port());
+    let state = work.path().join("state");
+    let obj = new_object(&s, &state);
+    let t = tree.to_str().unwrap();
+
+    let v = json_out(cairn(&s, &state, &["--json", "upload", &obj, t]));
+    assert_eq!(v["files"], 2, "{v}");
+    assert_eq!(v["empty_dirs"], 2, "{v}");
+    let mut kinds: Vec<&str> = v["skipped_special_files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["kind"].as_str().unwrap())
+        .collect();
+    kinds.sort();
+    assert_eq!(kinds, ["fifo", "socket"], "{v}");
+    let version = v["version"].as_str().unwrap();
+    assert_eq!(
+        dirs_of(&s, version),
+        ["ff", "ff/e1", "ff/e1/e2", "ff/only_special"]
+    );
+    assert_eq!(files_of(&s, version), ["ff/a.txt", "ff/p"]);
+
+    // A file that became a FIFO stays in the object under --delete (the FIFO says nothing
+    // about what should be there); an empty directory gone locally goes.
+    std::fs::remove_file(tree.join("p")).unwrap();
+    mkfifo(&tree.join("p"));
+    std::fs::remove_dir(tree.join("e1/e2")).unwrap();
+    let text = cairn(&s, &state, &["upload", "--delete", &obj, t]);
+    let err = String::from_utf8_lossy(&text.stderr).to_string();
+    let version = ok(text);
+    assert!(
+        err.contains("skipped fifo") && err.contains("skipped socket"),
+        "{err}"
+    );
+    assert!(err.contains("deleted ff/e1/e2"), "{err}");
+    assert_eq!(dirs_of(&s, &version), ["ff", "ff/e1", "ff/only_special"]);
+    assert_eq!(files_of(&s, &version), ["ff/a.txt", "ff/p"]);
 }
 
 /// `upload --delete` mirrors each uploaded directory: what is gone locally goes from the new

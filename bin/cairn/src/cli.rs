@@ -291,8 +291,21 @@ pub async fn upload(ctx: &Ctx, a: UploadArgs) -> Result<()> {
             .unwrap_or_else(|| out.write_token.clone());
         // Only the id on stdout, so `V=$(cairn upload …)` holds the version hash (or, with
         // --no-finalize, the write token); the summary goes to stderr.
+        if let Some(wt) = &out.discarded_draft {
+            eprintln!("discarded draft {wt} of an earlier run (the local files changed since)");
+        }
         for l in &out.skipped_symlinks {
             eprintln!("skipped symbolic link {l} (links are not followed)");
+        }
+        for f in &out.skipped_special_files {
+            let kind = f.kind.replace('_', " ");
+            eprintln!(
+                "skipped {kind} {} (only regular files and directories are uploaded)",
+                f.path
+            );
+        }
+        for n in &out.skipped_invalid_names {
+            eprintln!("skipped {:?}: {} (not uploaded)", n.path, n.reason);
         }
         for p in &out.deleted {
             eprintln!("deleted {p} (gone locally)");
@@ -313,8 +326,30 @@ pub async fn upload(ctx: &Ctx, a: UploadArgs) -> Result<()> {
         );
         what
     });
-    Ok(())
+    match out.skipped_invalid_names.len() {
+        0 => Ok(()),
+        n => Err(Partial(n).into()),
+    }
 }
+
+/// An upload that went through without some files whose names the server cannot store: the
+/// version is published (or the draft left open), yet it is not what was asked for, so the
+/// exit code says so (6), as rsync's 23 "partial transfer" does.
+#[derive(Debug)]
+pub struct Partial(pub usize);
+
+impl std::fmt::Display for Partial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "partial upload: {} path(s) skipped, as the server cannot store their names (listed \
+             above); rename them and upload again",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for Partial {}
 
 /// Splits `id:path` (the path may be empty or start with `/`).
 fn split_target(t: &str) -> (&str, &str) {
@@ -326,6 +361,9 @@ fn split_target(t: &str) -> (&str, &str) {
 
 pub async fn ls(ctx: &Ctx, target: &str) -> Result<()> {
     let (id, dir) = split_target(target);
+    // The same rules as a download's path: `..` names no directory of the tree.
+    cairn_core::FilePath::parse_dir(dir)
+        .map_err(|e| ClientError::Invalid(format!("{dir:?}: {e}")))?;
     let tree = ctx.client.files(id).await?;
     let mut node = &tree;
     for seg in dir.split('/').filter(|s| !s.is_empty()) {

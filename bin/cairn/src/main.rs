@@ -23,7 +23,8 @@ const EXAMPLES: &str = "Examples:
   cairn get hq__…:masters/film.mov -o film.mov  # download (resumes a partial film.mov)
   cairn get iq__…:masters/film.mov --range 0-1048575 -o head.bin
 
-Exit codes: 0 ok, 1 failure, 2 usage, 3 not found, 4 conflict (state forbids it), 5 server unreachable.";
+Exit codes: 0 ok, 1 failure, 2 usage, 3 not found, 4 conflict (state forbids it), 5 server unreachable,
+6 partial upload (names the server cannot store were skipped).";
 
 #[derive(Parser)]
 #[command(name = "cairn", version, about = "Cairn: a content-addressed object store with resumable Files Jobs", after_help = EXAMPLES)]
@@ -255,12 +256,17 @@ async fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// 3 not found, 4 conflict/gone/precondition failed, 5 unreachable, 1 anything else (clap itself exits 2 on usage).
+/// 2 invalid, 3 not found, 4 conflict/gone/precondition failed, 5 unreachable, 6 partial upload,
+/// 1 anything else (clap itself exits 2 on usage).
 fn exit_code(e: &anyhow::Error) -> i32 {
     if e.downcast_ref::<ops::InUse>().is_some() {
         return 4;
     }
+    if e.downcast_ref::<cli::Partial>().is_some() {
+        return 6;
+    }
     match e.downcast_ref::<cairn_client::ClientError>() {
+        Some(cairn_client::ClientError::Invalid(_)) => 2,
         Some(cairn_client::ClientError::Api { status: 404, .. }) => 3,
         Some(cairn_client::ClientError::Api {
             status: 409 | 410 | 412,

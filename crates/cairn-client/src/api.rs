@@ -24,6 +24,10 @@ pub enum ClientError {
     Tls(String),
     #[error("{0}")]
     Local(String),
+    /// The request is invalid before it is sent (a file path the server would refuse, a bad
+    /// `--dest`): nothing was asked of the server, and asking again changes nothing.
+    #[error("{0}")]
+    Invalid(String),
 }
 
 impl ClientError {
@@ -39,7 +43,7 @@ impl ClientError {
         match self {
             ClientError::Transport(_) => true,
             ClientError::Api { status, .. } => *status >= 500,
-            ClientError::Local(_) | ClientError::Tls(_) => false,
+            ClientError::Local(_) | ClientError::Tls(_) | ClientError::Invalid(_) => false,
         }
     }
 }
@@ -460,11 +464,12 @@ impl Client {
         range: Option<(u64, Option<u64>)>,
         if_range: Option<&str>,
     ) -> Result<reqwest::Response> {
+        let path = file_path(path)?;
         let mut attempt = 0;
         loop {
             let mut req = self.request(
                 method.clone(),
-                &format!("/q/{id}/files/{}", url_path(path.trim_start_matches('/'))),
+                &format!("/q/{id}/files/{}", url_path(&path)),
             );
             if let Some((a, b)) = range {
                 let spec = b.map_or(format!("bytes={a}-"), |b| format!("bytes={a}-{}", b - 1));
@@ -531,6 +536,15 @@ fn json_depth(bytes: &[u8]) -> usize {
         }
     }
     max
+}
+
+/// `path` checked by the server's own rules. A path is sent only when valid: the URL parser
+/// resolves `..` and `.` segments, so `tree/../etc/passwd` would otherwise reach the server as
+/// `etc/passwd` and download another file than the one named, where the server refuses it.
+pub fn file_path(path: &str) -> Result<String> {
+    cairn_core::FilePath::parse(path)
+        .map(|p| p.as_str().to_string())
+        .map_err(|e| ClientError::Invalid(format!("{path:?}: {e}")))
 }
 
 /// A file or metadata path as it goes into a URL: each segment percent-encoded, so that a name

@@ -8,4 +8,6 @@ pub mod api;
 pub mod upload;
 
 pub use api::{Client, ClientError, Result};
-pub use upload::{upload_tree, Progress, UploadOptions, UploadOutcome};
+pub use upload::{
+    upload_tree, Progress, SkippedName, SkippedSpecial, UploadOptions, UploadOutcome,
+};

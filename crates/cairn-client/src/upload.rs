@@ -46,15 +46,27 @@ pub struct UploadOutcome {
     pub files_job: String,
     pub version: Option<String>,
     pub files: usize,
+    /// Directories created with nothing uploaded under them (empty locally, or holding only
+    /// what was skipped).
+    pub empty_dirs: usize,
     pub bytes: u64,
     /// Bytes this run put on the wire (less than `bytes` when it resumed).
     pub bytes_sent: u64,
     pub upload_jobs: usize,
     pub resumed: bool,
+    /// The draft of an earlier run of the same command that this run could not continue (its
+    /// local files changed), discarded before this run opened its own.
+    pub discarded_draft: Option<String>,
     /// Paths in the object deleted because they are gone locally (`delete`).
     pub deleted: Vec<String>,
     /// Symbolic links met inside the directories uploaded, not followed (local paths).
     pub skipped_symlinks: Vec<String>,
+    /// Files and directories not uploaded because the server cannot store their path (a
+    /// backslash, a control character, not UTF-8, too long): the rest is uploaded, and the
+    /// CLI exits 6 (a partial upload).
+    pub skipped_invalid_names: Vec<SkippedName>,
+    /// FIFOs, sockets and devices met, not uploaded (only regular files and directories are).
+    pub skipped_special_files: Vec<SkippedSpecial>,
 }
 
 /// One local file and where it goes.
@@ -80,6 +92,10 @@ struct ResumeRecord {
     files: Vec<LocalFile>,
     #[serde(default)]
     deleted: Vec<String>,
+    /// Directories created by their own `add` op (records written before this field existed
+    /// created none, so a tree with empty directories does not resume them).
+    #[serde(default)]
+    empty_dirs: Vec<String>,
     /// The version the draft was opened from, checked at finalize (records written before
     /// this field existed have `base_known: false` and finalize unconditionally).
     #[serde(default)]
@@ -99,10 +115,18 @@ pub async fn upload_tree(
 ) -> Result<UploadOutcome> {
     let local = collect(&opts.paths, &opts.dest)?;
     let skipped_symlinks = local.links.clone();
+    let skipped_invalid_names = local.invalid.clone();
+    let skipped_special_files = local.special.clone();
     let record_path = record_path(opts, client, &local.files)?;
-    let (record, resumed) = match load_record(&record_path, client, &local.files).await {
-        Some(r) => (r, true),
-        None => (start(client, opts, local, &record_path).await?, false),
+    let mut discarded_draft = None;
+    let (record, resumed) = match previous(&record_path, client, &local).await? {
+        Previous::Resume(r) => (r, true),
+        Previous::Nothing => (start(client, opts, local, &record_path).await?, false),
+        Previous::Stale(wt) => {
+            discard(client, &wt).await;
+            discarded_draft = Some(wt);
+            (start(client, opts, local, &record_path).await?, false)
+        }
     };
     let sent = Arc::new(AtomicU64::new(0));
     // Looked up for every piece the plan names: a map, not a scan of a list that may hold
@@ -166,11 +190,15 @@ pub async fn upload_tree(
         files_job: record.files_job.clone(),
         version,
         files: record.files.len(),
+        empty_dirs: record.empty_dirs.len(),
         bytes: record.files.iter().map(|f| f.size).sum(),
         bytes_sent: sent.load(Ordering::Relaxed),
         upload_jobs: record.jobs.len(),
         resumed,
+        discarded_draft,
         skipped_symlinks,
+        skipped_invalid_names,
+        skipped_special_files,
         deleted: record.deleted.clone(),
     })
 }
@@ -186,28 +214,70 @@ struct Local {
     roots: Vec<String>,
     /// Symbolic links met inside the directories (local paths), not followed.
     links: Vec<String>,
-    /// The same links, and FIFOs, sockets and devices, by their path in the object: nothing
-    /// is uploaded from them, and `delete` leaves what is there alone.
+    /// Files and directories whose path the server cannot store, not uploaded.
+    invalid: Vec<SkippedName>,
+    /// FIFOs, sockets and devices met, not uploaded.
+    special: Vec<SkippedSpecial>,
+    /// The directories with nothing uploaded under them (see [`Local::leaf_dirs`]).
+    empty_dirs: Vec<String>,
+    /// The links, FIFOs, sockets and devices by their path in the object: nothing is uploaded
+    /// from them, and `delete` leaves what is there alone.
     link_rels: BTreeSet<String>,
+}
+
+/// A FIFO, socket or device left out of an upload: only regular files and directories are.
+#[derive(Debug, Clone, Serialize)]
+pub struct SkippedSpecial {
+    /// Local path.
+    pub path: String,
+    /// `fifo`, `socket`, `char_device` or `block_device`.
+    pub kind: &'static str,
+}
+
+/// A file or directory left out of an upload because the server cannot store its path.
+#[derive(Debug, Clone, Serialize)]
+pub struct SkippedName {
+    /// Local path.
+    pub path: String,
+    /// Which rule it breaks, as the server would say.
+    pub reason: String,
 }
 
 /// Regular files under `paths`, named `dest/<name>` (a directory keeps its own name), and the
 /// symbolic links met inside those directories. A link is not followed (as rsync without
 /// `-L`): it could lead out of the tree and upload what was never meant to be, or nowhere and
 /// stop the upload. A path named on the command line is followed, as the user asked for it.
+///
+/// A name the server cannot store (a backslash, a control character, not UTF-8, too long) is
+/// skipped and reported rather than failing the whole upload, as rsync goes on past a file it
+/// cannot send: checked here by the server's own rules, before anything is asked of it. An
+/// invalid `dest` is the user's to fix, not something to skip: [`ClientError::Invalid`].
 fn collect(paths: &[PathBuf], dest: &str) -> Result<Local> {
+    let dest = cairn_core::FilePath::parse_dir(dest)
+        .map_err(|e| ClientError::Invalid(format!("--dest {dest:?}: {e}")))?;
     let mut local = Local::default();
     for p in paths {
-        let base = p
-            .file_name()
-            .map(|n| n.to_string_lossy().to_string())
-            .unwrap_or_default();
-        let rel = join(dest, &base);
+        let rel = match p.file_name() {
+            // `.`, `..` or `/`: the directory's contents go to `dest` itself.
+            None => dest.as_str().to_string(),
+            Some(name) => match child_path(dest.as_str(), name) {
+                Ok(rel) => rel,
+                Err(reason) => {
+                    local.skip_name(p, reason);
+                    continue;
+                }
+            },
+        };
         local.roots.push(rel.clone());
         walk(p, &rel, &mut local)?;
     }
     local.files.sort_by(|a, b| a.rel.cmp(&b.rel));
     local.links.sort();
+    // In path order, not in the directories' own (arbitrary) order: the same tree reports the
+    // same way each time.
+    local.invalid.sort_by(|a, b| a.path.cmp(&b.path));
+    local.special.sort_by(|a, b| a.path.cmp(&b.path));
+    local.empty_dirs = local.leaf_dirs();
     Ok(local)
 }
 
@@ -219,52 +289,124 @@ fn join(a: &str, b: &str) -> String {
     }
 }
 
-fn walk(p: &Path, rel: &str, local: &mut Local) -> Result<()> {
-    let meta =
-        std::fs::metadata(p).map_err(|e| ClientError::Local(format!("{}: {e}", p.display())))?;
-    if meta.is_dir() {
-        local.dirs.insert(rel.to_string());
-        let entries = std::fs::read_dir(p)
-            .map_err(|e| ClientError::Local(format!("{}: {e}", p.display())))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| ClientError::Local(e.to_string()))?;
-            let name = entry.file_name().to_string_lossy().to_string();
-            if entry.file_type().is_ok_and(|t| t.is_symlink()) {
-                local.links.push(entry.path().display().to_string());
-                local.link_rels.insert(join(rel, &name));
-                continue;
-            }
-            walk(&entry.path(), &join(rel, &name), local)?;
-        }
-    } else if meta.is_file() {
-        cairn_core::FilePath::parse(rel)
-            .map_err(|e| ClientError::Local(format!("{}: {e}", p.display())))?;
-        let mtime_ns = meta
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_nanos() as i128);
-        let file = std::fs::File::open(p)
-            .map_err(|e| ClientError::Local(format!("{}: {e}", p.display())))?;
-        let blake3 = blake3::Hasher::new()
-            .update_reader(file)
-            .map_err(|e| ClientError::Local(format!("{}: {e}", p.display())))?
-            .finalize()
-            .to_hex()
-            .to_string();
-        let abs = p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
-        local.files.push(LocalFile {
-            rel: rel.to_string(),
-            abs,
-            size: meta.len(),
-            mtime_ns,
-            blake3,
+/// `name` under `rel` as a path in the object, or why the server could not store it. A name
+/// that is not UTF-8 is refused too: any stand-in for its bytes would name another file.
+fn child_path(rel: &str, name: &std::ffi::OsStr) -> Result<String, String> {
+    let name = name
+        .to_str()
+        .ok_or_else(|| "the name is not UTF-8, and paths in an object are".to_string())?;
+    let path = join(rel, name);
+    cairn_core::FilePath::parse(&path).map_err(|e| e.to_string())?;
+    Ok(path)
+}
+
+impl Local {
+    fn skip_name(&mut self, p: &Path, reason: String) {
+        self.invalid.push(SkippedName {
+            path: p.display().to_string(),
+            reason,
         });
+    }
+
+    fn skip_special(&mut self, p: &Path, rel: &str, kind: &'static str) {
+        self.special.push(SkippedSpecial {
+            path: p.display().to_string(),
+            kind,
+        });
+        self.link_rels.insert(rel.to_string());
+    }
+
+    /// Directories with nothing uploaded under them: empty, or holding only what was skipped.
+    /// Each needs its own `add` op; the others come with the files and directories inside.
+    fn leaf_dirs(&self) -> Vec<String> {
+        let mut covered = BTreeSet::new();
+        let paths = self.files.iter().map(|f| f.rel.as_str());
+        for mut p in paths.chain(self.dirs.iter().map(String::as_str)) {
+            while let Some((parent, _)) = p.rsplit_once('/') {
+                if !covered.insert(parent) {
+                    break; // and so are its ancestors
+                }
+                p = parent;
+            }
+        }
+        let leaf = |d: &&String| !d.is_empty() && !covered.contains(d.as_str());
+        self.dirs.iter().filter(leaf).cloned().collect()
+    }
+}
+
+fn local_err(p: &Path, e: impl std::fmt::Display) -> ClientError {
+    ClientError::Local(format!("{}: {e}", p.display()))
+}
+
+fn walk(p: &Path, rel: &str, local: &mut Local) -> Result<()> {
+    let meta = std::fs::metadata(p).map_err(|e| local_err(p, e))?;
+    let t = meta.file_type();
+    if t.is_dir() {
+        walk_dir(p, rel, local)
+    } else if t.is_file() {
+        local.files.push(local_file(p, rel, &meta)?);
+        Ok(())
     } else {
-        // A FIFO, socket or device: not uploaded, and `delete` leaves what is there alone.
-        local.link_rels.insert(rel.to_string());
+        local.skip_special(p, rel, special_kind(t));
+        Ok(())
+    }
+}
+
+/// What a file that is neither a regular file nor a directory is, for the report.
+fn special_kind(t: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let kinds = [
+        (t.is_fifo(), "fifo"),
+        (t.is_socket(), "socket"),
+        (t.is_char_device(), "char_device"),
+        (t.is_block_device(), "block_device"),
+    ];
+    kinds.iter().find(|(is, _)| *is).map_or("other", |(_, k)| k)
+}
+
+fn walk_dir(p: &Path, rel: &str, local: &mut Local) -> Result<()> {
+    local.dirs.insert(rel.to_string());
+    for entry in std::fs::read_dir(p).map_err(|e| local_err(p, e))? {
+        let entry = entry.map_err(|e| local_err(p, e))?;
+        let path = entry.path();
+        if entry.file_type().is_ok_and(|t| t.is_symlink()) {
+            local.links.push(path.display().to_string());
+            let name = entry.file_name().to_string_lossy().to_string();
+            local.link_rels.insert(join(rel, &name));
+            continue;
+        }
+        match child_path(rel, &entry.file_name()) {
+            Ok(child) => walk(&path, &child, local)?,
+            Err(reason) => local.skip_name(&path, reason),
+        }
     }
     Ok(())
+}
+
+/// A regular file, hashed.
+fn local_file(p: &Path, rel: &str, meta: &std::fs::Metadata) -> Result<LocalFile> {
+    // Only a file named on the command line with no name of its own can get here invalid.
+    cairn_core::FilePath::parse(rel)
+        .map_err(|e| ClientError::Invalid(format!("{}: {e}", p.display())))?;
+    let mtime_ns = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos() as i128);
+    let file = std::fs::File::open(p).map_err(|e| local_err(p, e))?;
+    let blake3 = blake3::Hasher::new()
+        .update_reader(file)
+        .map_err(|e| local_err(p, e))?
+        .finalize()
+        .to_hex()
+        .to_string();
+    Ok(LocalFile {
+        rel: rel.to_string(),
+        abs: p.canonicalize().unwrap_or_else(|_| p.to_path_buf()),
+        size: meta.len(),
+        mtime_ns,
+        blake3,
+    })
 }
 
 /// Paths in the draft's tree, under the uploaded directories, that the local tree no longer
@@ -355,14 +497,55 @@ fn record_path(opts: &UploadOptions, client: &Client, files: &[LocalFile]) -> Re
     Ok(dir.join(format!("{}.json", &h.finalize().to_hex()[..32])))
 }
 
-/// A previous run's record, if its files are unchanged and its draft still exists.
-async fn load_record(path: &Path, client: &Client, files: &[LocalFile]) -> Option<ResumeRecord> {
-    let r: ResumeRecord = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
-    if r.files != files || r.server != client.base() {
-        return None;
+/// What the resume record of an earlier run of the same command leaves to this one.
+enum Previous {
+    /// No record, or its draft is gone: start afresh.
+    Nothing,
+    /// Same files, draft still open: continue it.
+    Resume(ResumeRecord),
+    /// A draft this run cannot continue (the local files changed since, or the record is of a
+    /// form this client does not read). It holds whatever bytes it received, and nothing but
+    /// the record names it: no API lists an object's drafts, so once the record is replaced it
+    /// could never be discarded and gc would keep its data.
+    Stale(String),
+}
+
+/// Reads the record at `path`; a draft it names that the server no longer has (404) leaves
+/// nothing to do, any other failure to ask is this run's error.
+async fn previous(path: &Path, client: &Client, local: &Local) -> Result<Previous> {
+    let Some(v) = std::fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+    else {
+        return Ok(Previous::Nothing);
+    };
+    // The record's name includes the server: one of another server names no draft of this one.
+    let (Some(wt), true) = (v["write_token"].as_str(), v["server"] == client.base()) else {
+        return Ok(Previous::Nothing);
+    };
+    let wt = wt.to_string();
+    let record = match serde_json::from_value::<ResumeRecord>(v) {
+        Ok(r) if r.files == local.files && r.empty_dirs == local.empty_dirs => r,
+        _ => return Ok(Previous::Stale(wt)),
+    };
+    match client.files_jobs(&record.write_token).await {
+        Ok(_) => Ok(Previous::Resume(record)),
+        Err(e) if e.status() == Some(404) => Ok(Previous::Nothing),
+        Err(e) => Err(e),
     }
-    client.files_jobs(&r.write_token).await.ok()?;
-    Some(r)
+}
+
+/// Discards an earlier run's draft (`DELETE /q/{wt}`) before a new one is opened. One already
+/// gone (404) is what was wanted. Any other failure does not stop the upload, but the token is
+/// printed, since nothing else will ever name that draft again.
+async fn discard(client: &Client, wt: &str) {
+    match client.delete(wt).await {
+        Err(e) if e.status() != Some(404) => tracing::warn!(
+            "could not discard {wt}, the draft of an earlier run of this upload whose local \
+             files changed since ({e}); `cairn object rm {wt}` discards it"
+        ),
+        _ => tracing::info!(write_token = wt, "discarded the earlier run's draft"),
+    }
 }
 
 async fn start(
@@ -378,10 +561,17 @@ async fn start(
         false => Vec::new(),
     };
     // Deletions first: a path that changed kind (a directory that is now a file) is deleted,
-    // then added anew.
+    // then added anew. The adds of the files create their directories; those with nothing
+    // uploaded under them get their own.
     let ops: Vec<Value> = deleted
         .iter()
         .map(|p| json!({"op": "del", "path": p}))
+        .chain(
+            local
+                .empty_dirs
+                .iter()
+                .map(|d| json!({"op": "add", "type": "directory", "path": d})),
+        )
         .chain(local.files.iter().map(|f| {
             json!({"op": "add", "type": "file", "path": f.rel, "size": f.size, "blake3": f.blake3})
         }))
@@ -408,6 +598,7 @@ async fn start(
         jobs,
         files,
         deleted,
+        empty_dirs: local.empty_dirs,
         base,
         base_known: true,
     };
@@ -649,6 +840,9 @@ mod tests {
             dirs: dirs.iter().map(|d| d.to_string()).collect(),
             roots: roots.iter().map(|r| r.to_string()).collect(),
             links: Vec::new(),
+            invalid: Vec::new(),
+            special: Vec::new(),
+            empty_dirs: Vec::new(),
             link_rels: links.iter().map(|l| l.to_string()).collect(),
         }
     }
@@ -705,6 +899,19 @@ mod tests {
             gone(&tree, &local(&["new"], &["new"], &[], &[])),
             Vec::<String>::new()
         );
+    }
+
+    #[test]
+    fn only_directories_with_nothing_uploaded_under_them_need_their_own_add() {
+        let l = local(
+            &["t"],
+            &["", "t", "t/a", "t/a/b", "t/e", "t/e/f", "t/g"],
+            &["t/a/b/x", "t/g/y"],
+            &[],
+        );
+        assert_eq!(l.leaf_dirs(), ["t/e/f"]);
+        assert_eq!(local(&["t"], &["t"], &[], &[]).leaf_dirs(), ["t"]);
+        assert!(local(&[""], &[""], &[], &[]).leaf_dirs().is_empty());
     }
 
     #[test]
