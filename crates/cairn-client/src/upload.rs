@@ -82,7 +82,7 @@ struct LocalFile {
 }
 
 /// What is needed to continue an interrupted upload.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct ResumeRecord {
     server: String,
     object: String,
@@ -102,6 +102,10 @@ struct ResumeRecord {
     base: Option<String>,
     #[serde(default)]
     base_known: bool,
+    /// Set once a `--no-finalize` run finished and printed the write token: the user holds the
+    /// draft now (and may have edited it), so a later run never discards it.
+    #[serde(default)]
+    handed_out: bool,
 }
 
 /// Called as bytes go out: (file path in the object, file size, bytes just sent).
@@ -184,6 +188,13 @@ pub async fn upload_tree(
             other => other?,
         });
         let _ = std::fs::remove_file(&record_path);
+    } else if !record.handed_out {
+        // The token is printed now: from here on the draft is the user's.
+        let handed = ResumeRecord {
+            handed_out: true,
+            ..record.clone()
+        };
+        save_record(&record_path, &handed)?;
     }
     Ok(UploadOutcome {
         write_token: record.write_token.clone(),
@@ -524,8 +535,17 @@ async fn previous(path: &Path, client: &Client, local: &Local) -> Result<Previou
         return Ok(Previous::Nothing);
     };
     let wt = wt.to_string();
+    let handed_out = v["handed_out"] == true;
     let record = match serde_json::from_value::<ResumeRecord>(v) {
         Ok(r) if r.files == local.files && r.empty_dirs == local.empty_dirs => r,
+        // A finished `--no-finalize` run printed this token: the draft is the user's to keep.
+        _ if handed_out => {
+            tracing::warn!(
+                "the draft {wt} of an earlier --no-finalize run of this upload is left open (its \
+                 files changed since); `cairn object rm {wt}` discards it"
+            );
+            return Ok(Previous::Nothing);
+        }
         _ => return Ok(Previous::Stale(wt)),
     };
     match client.files_jobs(&record.write_token).await {
@@ -601,17 +621,23 @@ async fn start(
         empty_dirs: local.empty_dirs,
         base,
         base_known: true,
+        handed_out: false,
     };
     // Durable before the first byte is sent: a killed run must find it.
+    save_record(path, &record)?;
+    Ok(record)
+}
+
+/// Writes the resume record whole (aside, synced, renamed into place).
+fn save_record(path: &Path, record: &ResumeRecord) -> Result<()> {
     let tmp = path.with_extension("tmp");
-    let bytes = serde_json::to_vec(&record).map_err(|e| ClientError::Local(e.to_string()))?;
+    let bytes = serde_json::to_vec(record).map_err(|e| ClientError::Local(e.to_string()))?;
     let write = || -> std::io::Result<()> {
         std::fs::write(&tmp, &bytes)?;
         std::fs::File::open(&tmp)?.sync_all()?;
         std::fs::rename(&tmp, path)
     };
-    write().map_err(|e| ClientError::Local(format!("{}: {e}", path.display())))?;
-    Ok(record)
+    write().map_err(|e| ClientError::Local(format!("{}: {e}", path.display())))
 }
 
 /// The files of an upload by their path in the object.
