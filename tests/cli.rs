@@ -10,13 +10,26 @@ use std::time::{Duration, Instant};
 
 use common::{Server, TOKEN};
 
-fn cairn(s: &Server, state: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cairn"))
-        .args(args)
+/// `cairn args…` against `s`, with its token and `state` as the CLI's state directory.
+fn cairn_cmd(s: &Server, state: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_cairn"));
+    c.args(args)
         .env("CAIRN_SERVER", s.url(""))
         .env("CAIRN_TOKEN", TOKEN)
-        .env("CAIRN_STATE_DIR", state)
-        .output()
+        .env("CAIRN_STATE_DIR", state);
+    c
+}
+
+fn cairn(s: &Server, state: &Path, args: &[&str]) -> Output {
+    cairn_cmd(s, state, args).output().unwrap()
+}
+
+/// [`cairn`] started in the background, its output discarded.
+fn spawn_cairn(s: &Server, state: &Path, args: &[&str]) -> std::process::Child {
+    cairn_cmd(s, state, args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
         .unwrap()
 }
 
@@ -181,15 +194,7 @@ fn an_upload_killed_mid_way_resumes_without_resending() {
         "2",
         "--json",
     ];
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
-        .args(args)
-        .env("CAIRN_SERVER", s.url(""))
-        .env("CAIRN_TOKEN", TOKEN)
-        .env("CAIRN_STATE_DIR", &state)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_cairn(&s, &state, &args);
     let deadline = Instant::now() + Duration::from_secs(60);
     while s.uploads().1 < 40 << 20 {
         assert!(Instant::now() < deadline, "the upload did not progress");
@@ -296,15 +301,7 @@ fn a_rerun_after_the_files_changed_discards_the_draft_it_cannot_continue() {
     let obj = new_object(&s, &state);
     let dir = work.path().join("d");
     let args = ["upload", &obj, dir.to_str().unwrap(), "--parallel", "1"];
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
-        .args(args)
-        .env("CAIRN_SERVER", s.url(""))
-        .env("CAIRN_TOKEN", TOKEN)
-        .env("CAIRN_STATE_DIR", &state)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_cairn(&s, &state, &args);
     let deadline = Instant::now() + Duration::from_secs(60);
     while s.uploads().1 == 0 {
         assert!(Instant::now() < deadline, "the upload did not progress");
@@ -1040,12 +1037,8 @@ fn get_resumes_with_a_relative_output_and_reads_open_ranges() {
         .path()
         .join(format!("rel.bin.{}.cairn-part", &etag[..16]));
     std::fs::write(&part, &want[..50_000]).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
-        .args(["--json", "get", &target, "-o", "rel.bin"])
+    let out = cairn_cmd(&s, &state, &["--json", "get", &target, "-o", "rel.bin"])
         .current_dir(work.path())
-        .env("CAIRN_SERVER", s.url(""))
-        .env("CAIRN_TOKEN", TOKEN)
-        .env("CAIRN_STATE_DIR", &state)
         .output()
         .unwrap();
     let v: serde_json::Value = serde_json::from_str(&ok(out)).unwrap();

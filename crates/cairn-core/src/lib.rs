@@ -7,6 +7,7 @@
 pub mod error;
 pub mod hash;
 pub mod id;
+pub mod json_scan;
 pub mod path;
 pub mod record;
 

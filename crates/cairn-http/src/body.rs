@@ -140,7 +140,7 @@ impl JsonBodies {
         bytes: &[u8],
         mut held: Option<OwnedSemaphorePermit>,
     ) -> Result<Option<OwnedSemaphorePermit>, ApiError> {
-        let values = json_values(bytes);
+        let values = cairn_core::json_scan::scan(bytes).values;
         let weight = bytes.len().max(values.saturating_mul(VALUE_BYTES));
         if weight <= self.small() {
             return Ok(held);
@@ -184,25 +184,6 @@ impl JsonBodies {
 /// What one JSON value weighs in the budget, about what it takes parsed (a `serde_json`
 /// value is 32 bytes, an object entry more with its key).
 const VALUE_BYTES: usize = 64;
-
-/// An upper bound on the number of values in a JSON text, counted without parsing it: one,
-/// plus one for each `[`, `{` and `,` outside strings. Not JSON, it counts the same way; the
-/// handler's parse refuses it.
-fn json_values(text: &[u8]) -> usize {
-    let (mut n, mut in_string, mut escaped) = (0usize, false, false);
-    for &b in text {
-        match (in_string, escaped, b) {
-            (true, true, _) => escaped = false,
-            (true, false, b'\\') => escaped = true,
-            (true, false, b'"') => in_string = false,
-            (true, false, _) => {}
-            (false, _, b'"') => in_string = true,
-            (false, _, b'[' | b'{' | b',') => n += 1,
-            _ => {}
-        }
-    }
-    n + usize::from(!text.iter().all(u8::is_ascii_whitespace))
-}
 
 fn units(bytes: usize) -> usize {
     bytes.div_ceil(UNIT).clamp(1, u32::MAX as usize)
@@ -293,22 +274,6 @@ mod tests {
                 assert_eq!(r.unwrap().status(), StatusCode::OK);
             }
             assert_eq!(most.load(SeqCst), want_most, "bodies of {len} bytes");
-        }
-    }
-
-    #[test]
-    fn json_values_are_counted_outside_strings() {
-        for (text, n) in [
-            ("", 0),
-            ("  ", 0),
-            ("0", 1),
-            ("[]", 2),
-            ("[0,0,0]", 4),
-            (r#"{"a":[1,2],"b":{}}"#, 6),
-            (r#"{"a,[{":"\",[{"}"#, 2),
-            (r#"["\\",1]"#, 3),
-        ] {
-            assert_eq!(json_values(text.as_bytes()), n, "{text}");
         }
     }
 
