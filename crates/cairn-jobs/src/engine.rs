@@ -97,6 +97,9 @@ pub struct Engine {
     pub(crate) epoch: u64,
     pub(crate) state: RwLock<()>,
     pub(crate) uj_locks: Mutex<HashMap<UploadJobId, Arc<tokio::sync::Mutex<()>>>>,
+    /// Drafts a force completion is running on: their upload jobs are being sealed one by one,
+    /// so a finalize meanwhile would see files half dropped; it is refused instead.
+    pub(crate) completing: Mutex<HashSet<WriteToken>>,
     /// Recently read directory nodes.
     nodes: cairn_store::cache::Cache<Digest, DirNode>,
     /// Recently opened files of finalized content (see [`crate::read::OpenedFiles`]).
@@ -168,6 +171,7 @@ impl Engine {
             epoch,
             state: RwLock::new(()),
             uj_locks: Mutex::new(HashMap::new()),
+            completing: Mutex::new(HashSet::new()),
             // Decoded nodes take roughly 200 bytes per entry, plus their metadata.
             nodes: cairn_store::cache::Cache::new(32 << 20, crate::tree::node_weight),
             stream_hashes: Mutex::new(HashMap::new()),

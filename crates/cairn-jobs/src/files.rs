@@ -505,6 +505,13 @@ impl Engine {
         {
             return Err(Error::gone(format!("files job {fj} is already complete")));
         }
+        // From the first seal to the tree's update, a finalize of this draft is refused.
+        if !self.completing.lock().insert(*token) {
+            return Err(Error::conflict(format!(
+                "another force completion of {token} is running"
+            )));
+        }
+        let _completing = Completing(self, *token);
         for uj in &job.upload_jobs {
             let rec = self.upload_job(uj)?;
             if !rec.is_complete() {
@@ -518,11 +525,24 @@ impl Engine {
         Ok(report)
     }
 
+    /// A finalize must not run while a force completion seals the draft's jobs (checked under
+    /// the state lock, which every seal takes: a seal it could see was made with the draft
+    /// marked).
+    fn check_not_completing(&self, token: &WriteToken) -> Result<()> {
+        match self.completing.lock().contains(token) {
+            true => Err(Error::conflict(format!(
+                "a force completion of {token} is running; finalize once it has answered"
+            ))),
+            false => Ok(()),
+        }
+    }
+
     /// Finalize files: every upload job must be complete; pending files become part references
     /// and no more files jobs are accepted.
     pub fn finalize_files(&self, token: &WriteToken) -> Result<()> {
         let failed = self.seal_received(token, None)?;
         let _w = self.state.write();
+        self.check_not_completing(token)?;
         if self.draft(token)?.files_finalized {
             return Err(Error::not_found(format!(
                 "files of {token} are already finalized"
@@ -683,6 +703,17 @@ impl Engine {
         file_size: u64,
         jobs: &mut HashMap<UploadJobId, UploadJobRecord>,
     ) -> Result<Resolved> {
+        // A segment still uploading outweighs one dropped: while a force completion seals a
+        // file's jobs one by one, the file is still waiting, not gone.
+        for s in segs {
+            let uj = match jobs.entry(s.upload_job) {
+                MapEntry::Occupied(e) => e.into_mut(),
+                MapEntry::Vacant(e) => e.insert(self.upload_job(&s.upload_job)?),
+            };
+            if uj.sealed.is_none() {
+                return Ok(Resolved::Waiting(s.upload_job));
+            }
+        }
         let mut parts = Vec::new();
         let mut hashes = Vec::new();
         for s in segs {
@@ -737,6 +768,7 @@ impl Engine {
         // One critical section from resolution to commit: no files job can slip in between.
         let _w = self.state.write();
         self.draft(token)?;
+        self.check_not_completing(token)?;
         cond.check(self.object(&token.object)?.head)?;
         self.resolve_draft_locked(token, true, failed)?;
         let draft = self.draft(token)?;
@@ -885,6 +917,15 @@ pub const MAX_TREE_FILES: u64 = 10_000_000;
 /// Most memory one files job's ops may load and clone: directory nodes loaded to look up or
 /// edit paths, and copies (a copy of a directory this job edited is deep).
 const MAX_JOB_WEIGHT: usize = 256 << 20;
+
+/// Marks a draft as being force-completed ([`Engine::force_completion`]) until dropped.
+struct Completing<'a>(&'a Engine, WriteToken);
+
+impl Drop for Completing<'_> {
+    fn drop(&mut self) {
+        self.0.completing.lock().remove(&self.1);
+    }
+}
 
 /// Upload jobs whose seal failed: the error's kind and reason.
 type FailedSeals = HashMap<UploadJobId, (cairn_core::ErrorKind, String)>;

@@ -237,6 +237,37 @@ async fn force_completion_reports_drops_under_every_copy() {
     assert_eq!(dropped, vec!["a/x", "b/x", "c/d/x"]);
 }
 
+/// A finalize while a force completion seals a file's upload jobs one by one is refused (the
+/// file is neither done nor dropped yet), instead of dropping the file unreported; once the
+/// force completion has answered, with the file in `files_dropped`, the finalize goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finalize_during_a_force_completion_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = small_engine(dir.path());
+    let t = new_object(&e);
+    // 2048 parts of 256 KiB: one upload job each, none of them sent.
+    let job = e
+        .create_files_job(&t, &request(vec![add_file("big", 2048 * (256 << 10))]))
+        .unwrap();
+    assert!(job.jobs.len() >= 1024, "{} jobs", job.jobs.len());
+    let forcing = {
+        let (e, fj) = (e.clone(), job.id);
+        std::thread::spawn(move || e.force_completion(&t, &fj))
+    };
+    while e.upload_job(&job.jobs[0]).unwrap().sealed.is_none() {
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    }
+    let during = e.finalize(&t).unwrap_err();
+    assert!(
+        during.is(ErrorKind::Conflict) || during.is(ErrorKind::Incomplete),
+        "{during}"
+    );
+    let report = forcing.join().unwrap().unwrap();
+    assert_eq!(report.files_dropped, vec!["big"]);
+    let (v, _) = e.finalize(&t).unwrap();
+    assert!(read_all(&e, &Qhit::Version(v), "big").is_err());
+}
+
 /// Copies of a stored directory are one digest each, so a few small files jobs could double a
 /// tree again and again: the draft's file count is kept in its nodes and bounded, and a
 /// finalize does not walk stored directories with nothing uploading.
