@@ -415,7 +415,14 @@ impl Engine {
     }
 
     pub(crate) fn seal(&self, rec: &UploadJobRecord, complete: u32) -> Result<()> {
-        self.seal_with(rec, complete, None)
+        self.seal_with(rec, complete, None, true)
+    }
+
+    /// [`Engine::seal`] whose batch is written without waiting for its fsync: for a caller
+    /// that seals many jobs and makes the last write synced (RocksDB's log keeps its order, so
+    /// that fsync covers every earlier batch) before it answers.
+    pub(crate) fn seal_unsynced(&self, rec: &UploadJobRecord, complete: u32) -> Result<()> {
+        self.seal_with(rec, complete, None, false)
     }
 
     /// [`Engine::seal`] with the segment hashes already computed while the bytes streamed in
@@ -426,6 +433,7 @@ impl Engine {
         rec: &UploadJobRecord,
         complete: u32,
         known: Option<SegmentHashes>,
+        sync: bool,
     ) -> Result<()> {
         let chunks = self.uj_chunks(&rec.id)?;
         let kept: Vec<ChunkRef> = chunks
@@ -478,7 +486,7 @@ impl Engine {
         fresh.segment_hashes = hashes;
         fresh.tail_len = 0;
         b.put_record(CF_UPLOAD_JOBS, rec.id.as_bytes(), &fresh);
-        self.store.commit(b)?;
+        self.store.index().write(b, sync)?;
         drop(guard);
         self.uj_locks.lock().remove(&rec.id);
         self.stream_hashes.lock().remove(&rec.id);
@@ -720,7 +728,7 @@ impl<'e> Ingest<'e> {
                 .take()
                 .and_then(|h| h.finish(self.rec.segment_count));
             self.engine
-                .seal_with(&self.rec, self.rec.segment_count, known)?;
+                .seal_with(&self.rec, self.rec.segment_count, known, true)?;
         } else if let Some(h) = self.hashes.take() {
             // Everything pushed is now durable: the next request can continue these hashes.
             // Jobs left unfinished must not pile up: past a bound, one is forgotten (its seal
