@@ -188,6 +188,20 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
             400,
             "invalid",
         ),
+        // Numbers are digits only (Rust's parse would take a `+`).
+        (
+            format!("/q/{wt}/file_jobs/{fj}/{uj}"),
+            vec![
+                "-X",
+                "POST",
+                "--data-binary",
+                "x",
+                "-H",
+                "Content-Range: bytes +0-0/100",
+            ],
+            400,
+            "invalid",
+        ),
         (
             format!("/q/{wt}/file_jobs/{fj}/{uj}"),
             vec![

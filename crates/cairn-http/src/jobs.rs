@@ -209,19 +209,24 @@ fn content_range(headers: &HeaderMap, declared: Option<u64>) -> Result<StatedRan
         return Ok(((None, None), None));
     };
     let bad = || ApiError::bad_request("Content-Range must be `bytes <first>-<last>/<total or *>`");
-    let spec = v
-        .to_str()
-        .map_err(|_| bad())?
-        .trim()
-        .strip_prefix("bytes ")
-        .ok_or_else(bad)?;
+    let value = v.to_str().map_err(|_| bad())?.trim();
+    // The range unit is case-insensitive (RFC 9110 §14.1).
+    let spec = match value.get(..6) {
+        Some(unit) if unit.eq_ignore_ascii_case("bytes ") => &value[6..],
+        _ => return Err(bad()),
+    };
+    // Digits only: Rust's integer parse would also take a leading `+`.
+    let number = |s: &str| match !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit()) {
+        true => s.parse::<u64>().map_err(|_| bad()),
+        false => Err(bad()),
+    };
     let (range, total) = spec.split_once('/').ok_or_else(bad)?;
     let total = match total {
         "*" => None,
-        n => Some(n.parse::<u64>().map_err(|_| bad())?),
+        n => Some(number(n)?),
     };
     let (a, b) = range.split_once('-').ok_or_else(bad)?;
-    let (a, b): (u64, u64) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+    let (a, b) = (number(a)?, number(b)?);
     let len = (b.checked_sub(a))
         .and_then(|d| d.checked_add(1))
         .ok_or_else(bad)?;
@@ -236,4 +241,44 @@ fn content_range(headers: &HeaderMap, declared: Option<u64>) -> Result<StatedRan
         )));
     }
     Ok(((Some(a), total), Some(len)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(v: &str, declared: Option<u64>) -> Result<StatedRange, ApiError> {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_RANGE, v.parse().unwrap());
+        content_range(&h, declared)
+    }
+
+    /// `Content-Range` of an upload: the unit in any case, digits only, a range within its
+    /// total and as long as the body's stated length.
+    #[test]
+    fn content_ranges_parse_strictly() {
+        for (v, want) in [
+            ("bytes 0-4/20", ((Some(0), Some(20)), Some(5))),
+            ("BYTES 5-9/*", ((Some(5), None), Some(5))),
+            (" Bytes 0-0/1 ", ((Some(0), Some(1)), Some(1))),
+        ] {
+            assert_eq!(parse(v, None).unwrap(), want, "{v}");
+        }
+        for v in [
+            "bytes +0-4/20",
+            "bytes 0-+4/20",
+            "bytes 0-4/+20",
+            "bytes -0-4/20",
+            "bytes 0-4",
+            "bytes 4-0/20",
+            "bytes 0-20/20",
+            "bytes= 0-4/20",
+            "bits 0-4/20",
+            "bytes 0x1-4/20",
+            "bytes  0-4/20",
+        ] {
+            assert!(parse(v, None).is_err(), "{v}");
+        }
+        assert!(parse("bytes 0-4/20", Some(4)).is_err(), "length disagrees");
+    }
 }
