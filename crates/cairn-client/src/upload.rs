@@ -535,14 +535,19 @@ async fn previous(path: &Path, client: &Client, local: &Local) -> Result<Previou
         return Ok(Previous::Nothing);
     };
     let wt = wt.to_string();
-    let handed_out = v["handed_out"] == true;
+    // Records written before `handed_out` existed may be of a finished `--no-finalize` run:
+    // only one that says `false` is known to be this command's alone. Nor did they record
+    // empty directories.
+    let handed_out = v["handed_out"] != false;
+    let dirs_known = v.get("empty_dirs").is_some();
     let record = match serde_json::from_value::<ResumeRecord>(v) {
-        Ok(r) if r.files == local.files && r.empty_dirs == local.empty_dirs => r,
+        Ok(r) if r.files == local.files && (!dirs_known || r.empty_dirs == local.empty_dirs) => r,
         // A finished `--no-finalize` run printed this token: the draft is the user's to keep.
         _ if handed_out => {
             tracing::warn!(
-                "the draft {wt} of an earlier --no-finalize run of this upload is left open (its \
-                 files changed since); `cairn object rm {wt}` discards it"
+                "the draft {wt} of an earlier run of this upload is left open (that run printed \
+                 its token, or predates this client's record of it; its files changed since); \
+                 `cairn object rm {wt}` discards it"
             );
             return Ok(Previous::Nothing);
         }

@@ -83,6 +83,7 @@ impl Engine {
             linked: Vec::new(),
             weight: 0,
             placed_links: Vec::new(),
+            loaded: Default::default(),
         };
         for (i, op) in ops.iter().enumerate() {
             self.apply_op(&mut tree, op, &mut cx).map_err(|mut e| {
@@ -90,7 +91,12 @@ impl Engine {
                 e
             })?;
         }
-        check_placed_links(&mut tree, &cx.placed_links, &loader)?;
+        {
+            let weight = std::cell::Cell::new(cx.weight);
+            let loaded = std::cell::RefCell::new(std::mem::take(&mut cx.loaded));
+            let loader = charging_loader(self, &weight, &loaded);
+            check_placed_links(&mut tree, &cx.placed_links, &loader)?;
+        }
         // The plan comes from the tree as the ops left it: every file still waiting for its
         // first byte (added by this job, or a copy of one) is uploaded, wherever it ended up.
         let mut new_files = Vec::new();
@@ -204,12 +210,13 @@ impl Engine {
     fn apply_op(&self, tree: &mut MemDir, op: &Op, cx: &mut OpContext) -> Result<()> {
         let start = cx.weight;
         let weight = std::cell::Cell::new(start);
-        let loader = |d: &Digest| {
-            let node = self.load_node(d)?;
-            weight.set(charge(weight.get(), crate::tree::node_weight(&node))?);
-            Ok(node)
+        let loaded = std::cell::RefCell::new(std::mem::take(&mut cx.loaded));
+        let applied = {
+            let loader = charging_loader(self, &weight, &loaded);
+            self.apply_op_with(tree, op, cx, &loader)
         };
-        self.apply_op_with(tree, op, cx, &loader)?;
+        cx.loaded = loaded.into_inner();
+        applied?;
         // The op's copy (if any) charged `cx.weight` itself.
         cx.weight = charge(cx.weight, weight.get() - start)?;
         Ok(())
@@ -295,7 +302,8 @@ impl Engine {
                 tree.insert(to, entry, &loader)
             }
             Op::Link { path, target, meta } => {
-                let size = self.link_size(tree, target, cx.confined.then_some(cx.library))?;
+                let only = cx.confined.then_some(cx.library);
+                let size = self.link_size(tree, target, only, loader)?;
                 let entry = FileEntry {
                     size,
                     mime_type: None,
@@ -349,11 +357,11 @@ impl Engine {
         tree: &mut MemDir,
         target: &str,
         only: Option<cairn_core::LibraryId>,
+        loader: &Loader<'_>,
     ) -> Result<u64> {
-        let loader = |d: &Digest| self.load_node(d);
         let missing = || Error::not_found(format!("link target {target} does not exist"));
         match parse_link(target)? {
-            LinkTarget::Relative(p) => match tree.get(&p, &loader)? {
+            LinkTarget::Relative(p) => match tree.get(&p, loader)? {
                 Some(MemEntry::File(f)) if !matches!(f.content, Content::Link(_)) => Ok(f.size),
                 _ => Err(missing()),
             },
@@ -839,6 +847,25 @@ struct OpContext {
     weight: usize,
     /// Where this job's ops put links (made, moved or copied): see [`check_placed_links`].
     placed_links: Vec<FilePath>,
+    /// Directory nodes this job loaded: loading one again (each copy of a stored directory
+    /// edited inside is a clone of its own) is what is charged.
+    loaded: std::collections::HashSet<Digest>,
+}
+
+/// A loader that charges `weight` ([`MAX_JOB_WEIGHT`]) for every node loaded a second time or
+/// more: the first load of a node holds what the tree already is, each further one a clone.
+fn charging_loader<'a>(
+    e: &'a Engine,
+    weight: &'a std::cell::Cell<usize>,
+    loaded: &'a std::cell::RefCell<std::collections::HashSet<Digest>>,
+) -> impl Fn(&Digest) -> Result<std::sync::Arc<crate::tree::DirNode>> + 'a {
+    move |d: &Digest| {
+        let node = e.load_node(d)?;
+        if !loaded.borrow_mut().insert(*d) {
+            weight.set(charge(weight.get(), crate::tree::node_weight(&node))?);
+        }
+        Ok(node)
+    }
 }
 
 /// The paths of the links in `entry`, placed at `at`: a link file, or those in a directory

@@ -576,6 +576,11 @@ fn render_dir(
     }
     let node = loader(digest)?;
     let mut map = Map::new();
+    // The directory's own attributes (its metadata cloned); its entries are charged below.
+    let took = 4 * node.meta.as_ref().map_or(0, value_weight) + 1024;
+    *budget = budget
+        .checked_sub(took)
+        .ok_or_else(|| too_large_to_render("takes too much memory".into()))?;
     map.insert(".".into(), dir_attributes(&node));
     for (name, entry) in &node.entries {
         let v = match entry {
@@ -583,10 +588,10 @@ fn render_dir(
             Entry::File(f) => json!({".": render_file(f, next)}),
         };
         // A rendered value takes several times what `value_weight` counts (maps, keys and
-        // allocations: about 3.5 KiB for a file with no metadata). A directory's entries were
-        // charged inside it: only its name and map count here.
+        // allocations: about 3.5 KiB for a file with no metadata). A directory charged itself
+        // and its entries inside: only its name counts here.
         let took = match entry {
-            Entry::Dir(_) => 4 * name.len() + 1024,
+            Entry::Dir(_) => 4 * name.len(),
             Entry::File(_) => 4 * (value_weight(&v) + name.len()) + 1024,
         };
         *budget = budget

@@ -409,11 +409,43 @@ async fn edits_inside_many_copies_are_bounded_in_memory() {
         "{err}"
     );
     assert_eq!(e.draft(&t).unwrap().root, before);
+    // Links into the copies load them the same way.
+    let links = (0..120)
+        .map(|i| {
+            op(json!({"op":"link","path":format!("l{i}"),"target":format!("./files/c{i}/f1")}))
+        })
+        .collect();
+    let err = e.create_files_job(&t, &request(links)).unwrap_err();
+    assert!(
+        err.is(ErrorKind::TooLarge) && err.reason.contains("load or copy"),
+        "{err}"
+    );
+    assert_eq!(e.draft(&t).unwrap().root, before);
     // Fewer edits at once go through.
     let dels = (0..20)
         .map(|i| op(json!({"op":"del","path":format!("c{i}/f0")})))
         .collect();
     e.create_files_job(&t, &request(dels)).unwrap();
+}
+
+/// A rendering charges each directory's own metadata: thousands of copies of a directory with
+/// large metadata (cheap to make: a digest each, no files) are refused, not cloned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rendering_charges_directory_metadata() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = small_engine(dir.path());
+    let t = new_object(&e);
+    let meta = json!({"k": "v".repeat(60_000)});
+    let mkdir = op(json!({"path":"d","type":"directory","meta":meta}));
+    e.create_files_job(&t, &request(vec![mkdir])).unwrap();
+    let copies = (0..600)
+        .map(|i| op(json!({"op":"copy","copy_move_source_path":"d","path":format!("c{i}")})))
+        .collect();
+    e.create_files_job(&t, &request(copies)).unwrap();
+    let q = Qhit::Draft(t);
+    let err = e.meta_get(&q, "files").unwrap_err();
+    assert!(err.is(ErrorKind::TooLarge), "{err}");
+    assert_eq!(e.meta_get(&q, "files/c7/./meta").unwrap(), meta);
 }
 
 /// A file still uploading lists one segment per part: copies of a huge one count its list.
