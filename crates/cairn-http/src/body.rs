@@ -9,8 +9,8 @@
 //! share as its bytes arrive (a body trickling in holds only what it sent; to grow it, it lets
 //! go of what it holds and waits for the whole, so bodies never hold part while waiting for
 //! each other) and keeps it until its response is made; one that cannot get more within `idle_timeout_secs` is answered 503
-//! `busy` with `Retry-After`. Bodies of at most 64 KiB take no budget: they are most requests,
-//! and must not queue behind a large body waiting for its share. A body that stops arriving is answered 408 after
+//! `busy` with `Retry-After`. Bodies weighing at most 64 KiB take no budget: they are most
+//! requests, and must not queue behind a large body waiting for its share. A body that stops arriving is answered 408 after
 //! `idle_timeout_secs`. Upload data (streamed into the store, never buffered) passes untouched.
 
 use std::sync::Arc;

@@ -391,7 +391,7 @@ impl Engine {
     }
 
     pub fn files_jobs(&self, token: &WriteToken) -> Result<Vec<FilesJobStatus>> {
-        let draft = self.draft(token)?;
+        let draft = self.draft_head(token)?;
         draft
             .files_jobs
             .iter()
@@ -460,7 +460,7 @@ impl Engine {
     fn seal_received(&self, token: &WriteToken, only: Option<&FilesJobId>) -> Result<FailedSeals> {
         let jobs = match only {
             Some(fj) => vec![*fj],
-            None => self.draft(token)?.files_jobs,
+            None => self.draft_head(token)?.files_jobs,
         };
         let mut failed = FailedSeals::new();
         for fj in jobs {
@@ -506,13 +506,10 @@ impl Engine {
                 .map_err(|_| Error::conflict(format!("upload job {uj} is receiving data")))?;
             guards.push(guard);
         }
-        if job
+        let all_complete = job
             .upload_jobs
             .iter()
-            .all(|u| self.upload_job(u).is_ok_and(|r| r.is_complete()))
-        {
-            return Err(Error::gone(format!("files job {fj} is already complete")));
-        }
+            .all(|u| self.upload_job(u).is_ok_and(|r| r.is_complete()));
         // From the first seal to the tree's update, a finalize of this draft is refused.
         if !self.completing.lock().insert(*token) {
             return Err(Error::conflict(format!(
@@ -520,23 +517,49 @@ impl Engine {
             )));
         }
         let _completing = Completing(self, *token);
+        if all_complete {
+            // Every job sealed: either the uploads finished, or a force completion sealed
+            // them and then failed (or the server stopped) before the tree dropped the files
+            // cut short. That one is finished now, and what it drops reported.
+            report.files_dropped = self.resolve_draft(token, false)?;
+            return match report.files_dropped.is_empty() {
+                true => Err(Error::gone(format!("files job {fj} is already complete"))),
+                false => Ok(report),
+            };
+        }
         // Each seal's batch goes to the index's log unsynced (a synced write per job made
         // a force completion of 65,536 jobs take minutes); one fsync of the log then covers
         // them all before the tree changes and the client hears of it. After a crash in
         // between, the jobs whose seals were lost are unsealed, and a force completion seals
-        // them again.
+        // them again. A job whose seal fails (a damaged chunk read back) is left unsealed and
+        // the others go on, so that deleting the file waiting on it unblocks the draft.
+        let mut failed = Vec::new();
         for uj in &job.upload_jobs {
             let rec = self.upload_job(uj)?;
             if !rec.is_complete() {
-                let complete = self.received_prefix(&rec)?;
-                self.seal_unsynced(&rec, complete)?;
-                report.sealed_partial += 1;
+                let sealed = self
+                    .received_prefix(&rec)
+                    .and_then(|complete| self.seal_unsynced(&rec, complete));
+                match sealed {
+                    Ok(()) => report.sealed_partial += 1,
+                    Err(e) => failed.push((*uj, e)),
+                }
             }
         }
         self.store.index().sync_log()?;
         report.files_dropped = self.resolve_draft(token, false)?;
         drop(guards);
-        Ok(report)
+        match failed.into_iter().next() {
+            None => Ok(report),
+            Some((uj, e)) => Err(Error::new(
+                e.kind,
+                format!(
+                    "upload job {uj} could not be sealed: {}; the other jobs were (files \
+                     dropped: {:?})",
+                    e.reason, report.files_dropped
+                ),
+            )),
+        }
     }
 
     /// A finalize must not run while a force completion seals the draft's jobs (checked under
@@ -557,7 +580,7 @@ impl Engine {
         let failed = self.seal_received(token, None)?;
         let _w = self.state.write();
         self.check_not_completing(token)?;
-        if self.draft(token)?.files_finalized {
+        if self.draft_head(token)?.files_finalized {
             return Err(Error::not_found(format!(
                 "files of {token} are already finalized"
             )));
@@ -684,6 +707,14 @@ impl Engine {
                         f.hash = hash;
                     }
                 }
+                // Only a force completion's seals cut a file short; one that has not updated the
+                // tree yet (it failed, or the server stopped) must finish and report it first.
+                Resolved::Dropped if strict => {
+                    return Err(Error::incomplete(format!(
+                        "{path} was cut short by a force completion that did not finish; run \
+                         force_completion of its files job again, which drops and reports it"
+                    )))
+                }
                 Resolved::Dropped => {
                     dir.remove_name(&name);
                     out.dropped.push(path.to_string());
@@ -781,7 +812,7 @@ impl Engine {
         let failed = self.seal_received(token, None)?;
         // One critical section from resolution to commit: no files job can slip in between.
         let _w = self.state.write();
-        self.draft(token)?;
+        self.draft_head(token)?;
         self.check_not_completing(token)?;
         cond.check(self.object(&token.object)?.head)?;
         self.resolve_draft_locked(token, true, failed)?;

@@ -128,6 +128,8 @@ pub struct DraftHead {
     pub library: LibraryId,
     pub base: Option<VersionHash>,
     pub root: Digest,
+    pub files_jobs: Vec<FilesJobId>,
+    pub files_finalized: bool,
     pub created: u64,
 }
 

@@ -688,4 +688,6 @@ fn metadata_is_bounded_in_values() {
     assert!(e.meta_get(&q, "b").unwrap_err().is(ErrorKind::NotFound));
     let a = e.meta_get(&q, "a").unwrap();
     assert_eq!(a.as_array().unwrap().len(), MAX_META_VALUES / 2 + 1);
+    // Replacing a value by another adds none.
+    e.meta_set(&t, "a/0", json!(1), false).unwrap();
 }

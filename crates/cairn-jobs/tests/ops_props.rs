@@ -702,6 +702,7 @@ proptest! {
             (head.library, head.base, head.root, head.created),
             (d.library, d.base, d.root, d.created)
         );
+        prop_assert_eq!((head.files_jobs, head.files_finalized), (d.files_jobs, d.files_finalized));
     }
 }
 

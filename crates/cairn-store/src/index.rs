@@ -185,14 +185,14 @@ impl Index {
         }
     }
 
-    /// Applies a batch atomically; with `sync` the WAL is fsynced before returning.
-    /// RocksDB groups concurrent synced writers into one fsync.
     /// Makes every batch written so far durable (the log flushed and fsynced): one fsync for
     /// many batches written with `sync: false`.
     pub fn sync_log(&self) -> Result<()> {
         self.db.flush_wal(true).map_err(db_err)
     }
 
+    /// Applies a batch atomically; with `sync` the WAL is fsynced before returning.
+    /// RocksDB groups concurrent synced writers into one fsync.
     pub fn write(&self, batch: Batch<'_>, sync: bool) -> Result<()> {
         let mut wo = WriteOptions::default();
         wo.set_sync(sync);
