@@ -26,6 +26,10 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// A pack file is sealed (and becomes a candidate for repacking by gc) at this size.
     pub pack_size: u64,
+    /// How pack bytes reach the disk: `"cached"` (through the page cache, the default) or
+    /// `"direct"` (`O_DIRECT`); both fsync before anything is acknowledged. See
+    /// `cairn_store::StoreConfig::direct_writes`.
+    pub pack_writes: String,
     /// Bytes an upload request receives between the durable commits made while it is still
     /// sending (its end always commits). A crash costs each stream at most this much resending.
     pub commit_every: u64,
@@ -55,6 +59,7 @@ impl Default for ServerConfig {
             header_timeout_secs: 30,
             max_connections: 4096,
             pack_size: 256 << 20,
+            pack_writes: "cached".into(),
             commit_every: 32 << 20,
             rate_limit: 10_000,
             rate_burst: 10_000,
@@ -135,6 +140,12 @@ impl ServerConfig {
         }
         if cfg.max_connections == 0 {
             return Err("max_connections must be at least 1".into());
+        }
+        if !["cached", "direct"].contains(&cfg.pack_writes.as_str()) {
+            return Err(format!(
+                "pack_writes {:?} must be \"cached\" or \"direct\"",
+                cfg.pack_writes
+            ));
         }
         Ok(cfg)
     }
@@ -243,6 +254,7 @@ mod tests {
             ("header_timeout_secs = 0", "header_timeout_secs"),
             ("idle_timeout_secs = 86401", "idle_timeout_secs"),
             ("max_connections = 0", "max_connections"),
+            ("pack_writes = \"fast\"", "pack_writes"),
         ] {
             std::fs::write(&f, format!("{bad}\n")).unwrap();
             let e = ServerConfig::load(Some(&f)).unwrap_err();
@@ -250,5 +262,7 @@ mod tests {
         }
         std::fs::write(&f, "idle_timeout_secs = 1\nmax_connections = 1\n").unwrap();
         assert!(ServerConfig::load(Some(&f)).is_ok());
+        std::fs::write(&f, "pack_writes = \"direct\"\n").unwrap();
+        assert_eq!(ServerConfig::load(Some(&f)).unwrap().pack_writes, "direct");
     }
 }

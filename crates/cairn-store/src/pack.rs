@@ -201,6 +201,17 @@ impl PackFile {
         }
     }
 
+    /// This pack written through the page cache instead of with `O_DIRECT`
+    /// ([`crate::store::StoreConfig::direct_writes`]), in whole 4 KiB blocks: a later write then
+    /// never rewrites, in the page cache, a page that holds acknowledged bytes.
+    pub fn cached(self) -> PackFile {
+        PackFile {
+            direct: parking_lot::Mutex::new(None),
+            block: crate::staging::BLOCK,
+            ..self
+        }
+    }
+
     pub fn open(dir: &Path, id: PackId, writable: bool) -> Result<PackFile> {
         let path = dir.join(id.file_name());
         let file = OpenOptions::new()

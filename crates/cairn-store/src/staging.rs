@@ -1,10 +1,12 @@
 //! The open pack's write buffer: records are gathered here and reach the file only as whole,
-//! aligned blocks, so the file can be written with `O_DIRECT`.
+//! aligned blocks, so the file can be written with `O_DIRECT` (`StoreConfig::direct_writes`),
+//! and so that, either way, no write touches a block that holds committed bytes.
 //!
-//! Why: writing chunk bytes through the page cache cost the server more CPU than hashing them
-//! (the kernel's copy into freshly allocated page-cache folios, measured at 1–3 s of system time
-//! per 2 GiB on the benchmark machine, against 0.1 s for the same bytes written direct). A
-//! direct write needs its offset, length and memory aligned; this buffer provides all three.
+//! Why direct can pay: writing chunk bytes through the page cache cost the server more CPU
+//! than hashing them on the earlier benchmark host (1–3 s of system time per 2 GiB, against
+//! 0.1 s written direct); on a disk that charges per request, the page cache's larger writeback
+//! requests win instead (docs/performance.md). A direct write needs its offset, length and
+//! memory aligned; this buffer provides all three.
 //!
 //! The rules, all pure bookkeeping (the caller does the I/O: it writes the windows handed out and
 //! the bytes `flush` passes to its `write` callback):
