@@ -41,6 +41,10 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
     };
 
     // (method + path, curl args, status, kind)
+    // An upload POST of `body` with a `Content-Range` header line.
+    let ranged = |body: &'static str, range: &'static str| {
+        vec!["-X", "POST", "--data-binary", body, "-H", range]
+    };
     let cases: Vec<(String, Vec<&str>, u16, &str)> = vec![
         (
             format!("/q/{unknown_obj}/files/x"),
@@ -191,54 +195,26 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
         // Numbers are digits only (Rust's parse would take a `+`).
         (
             format!("/q/{wt}/file_jobs/{fj}/{uj}"),
-            vec![
-                "-X",
-                "POST",
-                "--data-binary",
-                "x",
-                "-H",
-                "Content-Range: bytes +0-0/100",
-            ],
+            ranged("x", "Content-Range: bytes +0-0/100"),
             400,
             "invalid",
         ),
         (
             format!("/q/{wt}/file_jobs/{fj}/{uj}"),
-            vec![
-                "-X",
-                "POST",
-                "--data-binary",
-                "x",
-                "-H",
-                "Content-Range: bytes 0-18446744073709551615/*",
-            ],
+            ranged("x", "Content-Range: bytes 0-18446744073709551615/*"),
             400,
             "invalid",
         ),
         // The job is 100 bytes: a Content-Range of another total is some other upload.
         (
             format!("/q/{wt}/file_jobs/{fj}/{uj}"),
-            vec![
-                "-X",
-                "POST",
-                "--data-binary",
-                "x",
-                "-H",
-                "Content-Range: bytes 0-0/99",
-            ],
+            ranged("x", "Content-Range: bytes 0-0/99"),
             400,
             "invalid",
         ),
         (
             format!("/q/{wt}/file_jobs/{fj}/{uj}"),
-            vec![
-                "-X",
-                "POST",
-                "--data-binary",
-                "xy",
-                "-H",
-                "Content-Range: bytes 0-0/100",
-            ],
+            ranged("xy", "Content-Range: bytes 0-0/100"),
             400,
             "invalid",
         ),
