@@ -26,8 +26,8 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// A pack file is sealed (and becomes a candidate for repacking by gc) at this size.
     pub pack_size: u64,
-    /// How pack bytes reach the disk: `"cached"` (through the page cache, the default) or
-    /// `"direct"` (`O_DIRECT`); both fsync before anything is acknowledged. See
+    /// How pack bytes reach the disk: `"direct"` (`O_DIRECT`, the default) or `"cached"`
+    /// (through the page cache); both fsync before anything is acknowledged. See
     /// `cairn_store::StoreConfig::direct_writes`.
     pub pack_writes: String,
     /// Bytes an upload request receives between the durable commits made while it is still
@@ -59,7 +59,7 @@ impl Default for ServerConfig {
             header_timeout_secs: 30,
             max_connections: 4096,
             pack_size: 256 << 20,
-            pack_writes: "cached".into(),
+            pack_writes: "direct".into(),
             commit_every: 32 << 20,
             rate_limit: 10_000,
             rate_burst: 10_000,
@@ -73,7 +73,7 @@ impl Default for ServerConfig {
 impl ServerConfig {
     /// Defaults, overridden by the TOML file (if given) and then by `CAIRN_DATA`,
     /// `CAIRN_LISTEN`, `CAIRN_PART_SIZE`, `CAIRN_CORS_ORIGINS` (comma-separated; empty for
-    /// none), `CAIRN_PUBLIC_URL` (empty for none) and `CAIRN_ALLOW_MISSING_PACKS` (`1`).
+    /// none), `CAIRN_PUBLIC_URL` (empty for none), `CAIRN_PACK_WRITES` and `CAIRN_ALLOW_MISSING_PACKS` (`1`).
     pub fn load(file: Option<&Path>) -> Result<ServerConfig, String> {
         let mut cfg = match file {
             Some(f) => {
@@ -103,6 +103,9 @@ impl ServerConfig {
         crate::cors::Origins::parse(&cfg.cors_origins)?;
         if let Ok(v) = std::env::var("CAIRN_ALLOW_MISSING_PACKS") {
             cfg.allow_missing_packs = matches!(v.as_str(), "1" | "true" | "yes");
+        }
+        if let Ok(v) = std::env::var("CAIRN_PACK_WRITES") {
+            cfg.pack_writes = v;
         }
         if let Ok(v) = std::env::var("CAIRN_PUBLIC_URL") {
             cfg.public_url = Some(v).filter(|v| !v.is_empty());

@@ -22,7 +22,7 @@ use crate::pack::PackFile;
 use crate::staging::Window;
 
 /// Window memory written and ready for reuse (at most [`SPARE`] are kept).
-pub(crate) type Spare = Mutex<Vec<Vec<u8>>>;
+pub(crate) type Spare = Mutex<Vec<crate::staging::WindowMem>>;
 
 /// Window memories kept for reuse: enough for the windows a sync takes out besides the full ones,
 /// so that steady uploading allocates none.

@@ -106,11 +106,12 @@ pub struct StoreConfig {
     /// default such a store refuses to open: serving it would hide the loss, and appending to a
     /// re-created pack would make it worse.
     pub allow_missing_packs: bool,
-    /// Write packs with `O_DIRECT` (true) or through the page cache (false, the default).
+    /// Write packs with `O_DIRECT` (true, the default) or through the page cache (false).
     /// Both fsync before anything is acknowledged. Direct writes spare the kernel's copy into
-    /// the page cache (less CPU where the disk is fast); cached ones reach the disk in the
-    /// kernel's larger requests (about 3× the ingest on a virtual disk that costs ~5 ms per
-    /// request: docs/performance.md, fourteenth session).
+    /// the page cache: the same ingest for about a quarter less server CPU on the benchmark VM
+    /// once the write windows sit on huge pages (docs/performance.md, fifteenth session).
+    /// Cached writes can win on a disk that direct requests serve badly; they also leave fresh
+    /// uploads in the page cache.
     pub direct_writes: bool,
 }
 
@@ -121,7 +122,7 @@ impl StoreConfig {
             pack_target_size: 256 << 20,
             chunking: ChunkParams::default(),
             allow_missing_packs: false,
-            direct_writes: false,
+            direct_writes: true,
         }
     }
 }
