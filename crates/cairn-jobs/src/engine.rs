@@ -967,3 +967,40 @@ fn index_library_objects(idx: &cairn_store::Index, b: &mut Batch<'_>) -> Result<
     b.put(CF_ENGINE, ENGINE_KEY_LIB_OBJECTS, &[1]);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reads of documents stored in more than `LARGE_META` bytes decode at most
+    /// `LARGE_META_READS` at a time: one more is `busy` at once and changes nothing; small
+    /// documents are never held back; a permit given back serves the next read.
+    #[test]
+    fn large_metadata_reads_are_limited_and_small_ones_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = Engine::open(EngineConfig::new(dir.path())).unwrap();
+        let lib = e.create_library("t").unwrap();
+        let (_, large) = e.create_object(&lib.id).unwrap();
+        let (_, small) = e.create_object(&lib.id).unwrap();
+        let text = "x".repeat(LARGE_META + 1);
+        e.meta_set(&large.token, "big", serde_json::json!(text), false)
+            .unwrap();
+        e.meta_set(&small.token, "a", serde_json::json!(1), false)
+            .unwrap();
+        let (large, small) = (Qhit::Draft(large.token), Qhit::Draft(small.token));
+
+        let held: Vec<_> = (0..LARGE_META_READS)
+            .map(|_| e.large_meta_reads.try_acquire().unwrap())
+            .collect();
+        let err = e.meta_of(&large).unwrap_err();
+        assert!(err.is(cairn_core::ErrorKind::Busy), "{err}");
+        assert_eq!(e.meta_of(&small).unwrap()["a"], 1);
+        drop(held);
+        assert_eq!(e.meta_of(&large).unwrap()["big"], serde_json::json!(text));
+        assert_eq!(
+            e.large_meta_reads.available_permits(),
+            LARGE_META_READS,
+            "every read gives its permit back"
+        );
+    }
+}
