@@ -227,6 +227,8 @@ impl Store {
             && index.scan(CF_PACK_LEN, &[]).next().is_none();
         if fresh {
             refuse_orphaned_packs(&cfg.dir, &pack_dir)?;
+        } else {
+            refuse_packs_newer_than_index(&cfg.dir, &index, &pack_dir)?;
         }
         let mut cfg = cfg;
         cfg.chunking = settle_chunking(&index, cfg.chunking)?;
@@ -395,6 +397,7 @@ impl Store {
                 state: PackState::Sealed,
             },
         );
+        b.put(CF_STORE, PACK_HIGH_KEY, &next.id.0.to_be_bytes());
         if let Err(e) = self.index.write(b, true) {
             // Leave no half-made pack behind, or every later roll would fail on it.
             let _ = std::fs::remove_file(&next.path);
@@ -851,6 +854,63 @@ fn refuse_orphaned_packs(dir: &Path, pack_dir: &Path) -> Result<()> {
     }
 }
 
+/// The highest pack id this store has created (`CF_STORE`), recorded in the batch that starts
+/// using a new pack; a pack is created just before, so a crash can leave at most the next id on
+/// disk unrecorded.
+const PACK_HIGH_KEY: &[u8] = b"pack_high";
+
+/// The highest pack id the index knows of: its record of created packs, or (for a store from
+/// before that record) the packs it has sealed, retired or committed data in.
+fn known_pack_high(index: &Index) -> Result<u64> {
+    let recorded = index
+        .get(CF_STORE, PACK_HIGH_KEY)?
+        .and_then(|v| <[u8; 8]>::try_from(&v[..]).ok())
+        .map(u64::from_be_bytes);
+    let mut high = recorded.unwrap_or(0);
+    for cf in [CF_PACKS, CF_PACK_LEN] {
+        for r in index.scan(cf, &[]) {
+            let (k, _) = r?;
+            if let Ok(id) = <[u8; 8]>::try_from(&k[..]) {
+                high = high.max(u64::from_be_bytes(id));
+            }
+        }
+    }
+    Ok(high)
+}
+
+/// Packs holding data above the next id the index could have created: the index is older than
+/// the packs (restored from an earlier backup, or copied without them). Refused, because
+/// recovery would delete those packs as never indexed and truncate the older ones to the lengths
+/// the old index knew, destroying what the right index still needs.
+fn refuse_packs_newer_than_index(dir: &Path, index: &Index, pack_dir: &Path) -> Result<()> {
+    let high = known_pack_high(index)?;
+    let mut newer = Vec::new();
+    for id in pack_files(pack_dir)? {
+        if id.0 <= high.saturating_add(1) {
+            continue;
+        }
+        let len = std::fs::metadata(pack_dir.join(id.file_name()))
+            .map_err(|e| Error::io("stat pack", e))?
+            .len();
+        if len > HEADER_LEN {
+            newer.push(id.file_name());
+        }
+    }
+    if newer.is_empty() {
+        return Ok(());
+    }
+    Err(Error::corrupt(format!(
+        "the index in {} knows packs up to number {high}, but {} also holds {} with data: the \
+         index is older than the packs (restored from an earlier backup?). Cairn will not open \
+         this store (recovery would discard data the right index needs); restore the index from \
+         the backup the packs belong to, or, to keep this index and lose what those packs hold, \
+         move them out of the directory",
+        dir.join("index").display(),
+        pack_dir.display(),
+        newer.join(", ")
+    )))
+}
+
 /// The chunking parameters of this store: those it recorded; for a store that holds chunks but
 /// recorded none (created before they were recorded), [`ChunkParams::LEGACY`]; for a new store,
 /// `configured`. Whatever is chosen is recorded, so it never changes afterwards.
@@ -1101,7 +1161,11 @@ fn open_writer(
         .filter_map(|(k, _)| k[..].try_into().ok().map(u64::from_be_bytes))
         .max();
     let next = PackId(next.0.max(max_known.map_or(0, |m| m + 1)));
-    Ok((PackFile::create(dir, next)?, HEADER_LEN))
+    let pack = PackFile::create(dir, next)?;
+    let mut b = index.batch();
+    b.put(CF_STORE, PACK_HIGH_KEY, &next.0.to_be_bytes());
+    index.write(b, true)?;
+    Ok((pack, HEADER_LEN))
 }
 
 #[cfg(test)]
@@ -1324,6 +1388,70 @@ mod lost_file_tests {
             assert_eq!(err.kind, cairn_core::ErrorKind::Corrupt, "{err}");
             assert!(err.reason.contains("index"), "{err}");
             assert_eq!(std::fs::metadata(&pack).unwrap().len(), len, "pack kept");
+        }
+    }
+
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+
+    fn pack_lengths(dir: &Path) -> Vec<(PackId, u64)> {
+        let packs = dir.join("packs");
+        let ids = pack_files(&packs).unwrap();
+        let len = |id: &PackId| std::fs::metadata(packs.join(id.file_name())).unwrap().len();
+        ids.iter().map(|id| (*id, len(id))).collect()
+    }
+
+    /// An index restored from a backup taken before later packs were written is refused, and
+    /// nothing is deleted or truncated; with its own index back, the store opens and reads all.
+    #[test]
+    fn an_index_older_than_its_packs_is_refused_and_the_packs_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let open_small = || {
+            let mut cfg = StoreConfig::new(dir.path());
+            cfg.pack_target_size = 64 << 10;
+            Store::open(cfg, &[])
+        };
+        let (first, _, _) = one_chunk(dir.path());
+        let (index, old, new) = (
+            dir.path().join("index"),
+            dir.path().join("index-old"),
+            dir.path().join("index-new"),
+        );
+        copy_dir(&index, &old);
+        let store = open_small().unwrap();
+        let mut later = Vec::new();
+        for i in 0..6u8 {
+            let mut s = store.session();
+            later.push(s.add_chunk(&vec![i; 40 << 10]).unwrap());
+            s.commit(store.index().batch()).unwrap();
+        }
+        drop(store);
+        let packs = pack_lengths(dir.path());
+        assert!(packs.len() >= 3, "the later chunks rolled packs: {packs:?}");
+
+        std::fs::rename(&index, &new).unwrap();
+        copy_dir(&old, &index);
+        for _ in 0..2 {
+            let err = open_small().err().expect("refused");
+            assert_eq!(err.kind, cairn_core::ErrorKind::Corrupt, "{err}");
+            assert!(err.reason.contains("older than the packs"), "{err}");
+            assert_eq!(
+                pack_lengths(dir.path()),
+                packs,
+                "nothing deleted or truncated"
+            );
+        }
+
+        std::fs::remove_dir_all(&index).unwrap();
+        std::fs::rename(&new, &index).unwrap();
+        let store = open_small().unwrap();
+        for c in std::iter::once(&first).chain(&later) {
+            store.read_chunk(c).unwrap();
         }
     }
 
