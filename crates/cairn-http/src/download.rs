@@ -34,8 +34,9 @@ pub async fn handle_file(
         // Listings are rooted at the top, but a named directory must be valid and exist.
         if !raw.trim_matches('/').is_empty() {
             let dir = FilePath::parse_dir(&raw)?;
+            let named = dir.to_string();
             if !st.engine.run(move |e| e.entry_exists(&q, &dir)).await? {
-                return Err(ApiError::not_found("no such directory"));
+                return Err(ApiError::not_found(format!("nothing at {named}")));
             }
         }
         return list_response(&st, q).await;
@@ -111,9 +112,10 @@ pub async fn handle_list(
     if let Some(dir) = p.get("path").filter(|d| !d.trim_matches('/').is_empty()) {
         // The listing stays rooted at the top (clients walk into it), but the directory must exist.
         let dir = FilePath::parse(dir)?;
+        let named = dir.to_string();
         let found = st.engine.run(move |e| e.entry_exists(&q, &dir)).await?;
         if !found {
-            return Err(ApiError::not_found("no such directory"));
+            return Err(ApiError::not_found(format!("nothing at {named}")));
         }
     }
     list_response(&st, q).await
