@@ -33,6 +33,9 @@ pub struct EngineConfig {
     /// An upload body that sends nothing for this long is cut off (what arrived is kept), and a
     /// download whose client reads nothing for this long is stopped.
     pub idle_timeout: std::time::Duration,
+    /// Pending files a finalize or force completion resolves per committed pass (about 1.4 KB
+    /// of memory each while it runs). Small values are for tests.
+    pub resolve_batch: usize,
 }
 
 impl EngineConfig {
@@ -42,6 +45,7 @@ impl EngineConfig {
             plan: PlanLimits::default(),
             commit_every: 32 << 20,
             idle_timeout: std::time::Duration::from_secs(60),
+            resolve_batch: 50_000,
         }
     }
 }

@@ -604,35 +604,48 @@ impl Engine {
     /// [`Self::resolve_draft`] for a caller that holds the state lock for writing.
     /// `failed`: upload jobs whose seal just failed ([`Self::seal_received`]); a file waiting
     /// on one gets that error instead of `incomplete`.
+    ///
+    /// Resolution runs in passes of at most `resolve_batch` files ([`crate::EngineConfig`]),
+    /// each committed before the next, so its memory does not grow with the draft (a pending file costs about 1.4 KB
+    /// while it is resolved). A pass that stops early leaves a tree whose files are the same,
+    /// some still pending and some already parts: nothing a client can tell apart, so a later
+    /// pass that fails (a strict one meeting a file still uploading) leaves nothing visible
+    /// changed either.
     fn resolve_draft_locked(
         &self,
         token: &WriteToken,
         strict: bool,
         failed: FailedSeals,
     ) -> Result<Vec<String>> {
-        let mut draft = self.draft(token)?;
-        let loader = |d: &Digest| self.load_node(d);
-        let mut tree = MemDir::load(&draft.root, &loader)?;
-        let mut out = Resolution {
-            failed,
-            ..Resolution::default()
-        };
-        let changed = self.resolve_dir(&mut tree, &FilePath::root(), strict, &mut out)?;
-        if changed {
-            let mut b = self.store.index().batch();
-            for (hash, size, parts) in &out.known {
-                b.put_record(
-                    CF_FILE_INDEX,
-                    &file_index_key(&draft.library, hash, *size),
-                    &KnownFile {
-                        parts: parts.clone(),
-                    },
-                );
+        let mut dropped = Vec::new();
+        loop {
+            let mut out = Resolution {
+                failed: failed.clone(),
+                ..Resolution::default()
+            };
+            let mut draft = self.draft(token)?;
+            let loader = |d: &Digest| self.load_node(d);
+            let mut tree = MemDir::load(&draft.root, &loader)?;
+            let changed = self.resolve_dir(&mut tree, &FilePath::root(), strict, &mut out)?;
+            if changed {
+                let mut b = self.store.index().batch();
+                for (hash, size, parts) in &out.known {
+                    b.put_record(
+                        CF_FILE_INDEX,
+                        &file_index_key(&draft.library, hash, *size),
+                        &KnownFile {
+                            parts: parts.clone(),
+                        },
+                    );
+                }
+                let stored = (out.nodes, out.stats);
+                self.replace_root_with(b, &mut draft, tree, &[], stored)?;
             }
-            let stored = (out.nodes, out.stats);
-            self.replace_root_with(b, &mut draft, tree, &[], stored)?;
+            dropped.append(&mut out.dropped);
+            if !out.cut_short {
+                return Ok(dropped);
+            }
         }
-        Ok(out.dropped)
     }
 
     fn resolve_dir(
@@ -645,6 +658,10 @@ impl Engine {
         let loader = |d: &Digest| self.load_node(d);
         let mut changed = false;
         for name in dir.names() {
+            if out.files >= self.cfg.resolve_batch.max(1) {
+                out.cut_short = true;
+                break;
+            }
             let path = at.join(&name)?;
             let entry = dir.entry_mut(&name).expect("listed");
             let segs = match entry {
@@ -706,6 +723,7 @@ impl Engine {
                         f.content = Content::Parts(parts);
                         f.hash = hash;
                     }
+                    out.files += 1;
                 }
                 // Only a force completion's seals cut a file short; one that has not updated the
                 // tree yet (it failed, or the server stopped) must finish and report it first.
@@ -718,6 +736,7 @@ impl Engine {
                 Resolved::Dropped => {
                     dir.remove_name(&name);
                     out.dropped.push(path.to_string());
+                    out.files += 1;
                 }
                 Resolved::Waiting(uj) if strict => {
                     if let Some((kind, reason)) = out.failed.get(&uj) {
@@ -1011,6 +1030,10 @@ struct Resolution {
     resolved: HashMap<Digest, (Digest, Vec<String>)>,
     /// Nodes of the directories resolved so far, not yet in the index.
     nodes: Vec<(Digest, crate::tree::DirNode)>,
+    /// Files resolved (made parts or dropped) in this pass.
+    files: usize,
+    /// The pass stopped at `resolve_batch` files ([`crate::EngineConfig`]); another follows.
+    cut_short: bool,
 }
 
 impl Resolution {

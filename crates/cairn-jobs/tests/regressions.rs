@@ -602,3 +602,67 @@ async fn metadata_of_one_entry_is_bounded() {
     )
     .unwrap();
 }
+
+/// A finalize resolves pending files in committed passes of `resolve_batch` files, so its memory
+/// does not grow with the draft. With passes of two: every file of a tree of eight (three in
+/// copies of a directory) reads back; a strict finalize that meets a file still uploading after
+/// earlier passes committed leaves the same files readable, and succeeds once it is uploaded;
+/// a force completion reports each dropped file once, under every copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_files_resolve_in_committed_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 256 << 10, SMALL_CHUNKS);
+    cfg.resolve_batch = 2;
+    let e = Arc::new(Engine::open(cfg).unwrap());
+    let t = new_object(&e);
+    let first = files(&[
+        ("a/1", b"one"),
+        ("a/2", b"two"),
+        ("a/3", b"three"),
+        ("b/c/4", b"four"),
+    ]);
+    let last = files(&[("zz", b"last")]);
+    let add = |f: &BTreeMap<String, Vec<u8>>| {
+        let ops = f.iter().map(|(p, d)| add_file(p, d.len() as u64)).collect();
+        e.create_files_job(&t, &request(ops)).unwrap()
+    };
+    let (job, late) = (add(&first), add(&last));
+    let copy = op(json!({"op":"copy","copy_move_source_path":"a","path":"z/a"}));
+    e.create_files_job(&t, &request(vec![copy])).unwrap();
+    // "zz", resolved last, is still uploading when the finalize first runs.
+    upload_all(&e, t, &job, &first).await;
+    let err = e.finalize(&t).unwrap_err();
+    assert!(err.is(ErrorKind::Incomplete), "{err}");
+    let draft = Qhit::Draft(t);
+    for (p, d) in &first {
+        assert_eq!(&read_all(&e, &draft, p).unwrap(), d, "{p}");
+    }
+    upload_all(&e, t, &late, &last).await;
+    let (v, _) = e.finalize(&t).unwrap();
+    let mut expect = first.clone();
+    expect.extend(last);
+    for n in ["1", "2", "3"] {
+        expect.insert(format!("z/a/{n}"), first[&format!("a/{n}")].clone());
+    }
+    for (p, d) in &expect {
+        assert_eq!(&read_all(&e, &Qhit::Version(v), p).unwrap(), d, "{p}");
+    }
+
+    let t = e.open_draft(&t.object).unwrap().token;
+    let more = ["x/1", "x/2", "x/3"].map(|p| add_file(p, 10));
+    let job = e.create_files_job(&t, &request(more.to_vec())).unwrap();
+    let copies =
+        ["y", "w/x"].map(|to| op(json!({"op":"copy","copy_move_source_path":"x","path":to})));
+    e.create_files_job(&t, &request(copies.to_vec())).unwrap();
+    let mut dropped = e.force_completion(&t, &job.id).unwrap().files_dropped;
+    dropped.sort();
+    let mut want: Vec<String> = ["x", "y", "w/x"]
+        .iter()
+        .flat_map(|d| ["1", "2", "3"].map(|n| format!("{d}/{n}")))
+        .collect();
+    want.sort();
+    assert_eq!(dropped, want);
+    let (v, _) = e.finalize(&t).unwrap();
+    assert!(read_all(&e, &Qhit::Version(v), "x/1").is_err());
+    assert_eq!(read_all(&e, &Qhit::Version(v), "z/a/3").unwrap(), b"three");
+}
