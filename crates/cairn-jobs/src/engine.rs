@@ -19,7 +19,7 @@ use serde_json::Value;
 
 use crate::planner::PlanLimits;
 use crate::records::*;
-use crate::tree::{node_children, DirNode, MemDir};
+use crate::tree::{node_children, DirNode, Entry, MemDir};
 
 /// Engine settings.
 #[derive(Debug, Clone)]
@@ -106,6 +106,11 @@ pub struct Engine {
     pub(crate) completing: Mutex<HashSet<WriteToken>>,
     /// Recently read directory nodes.
     nodes: cairn_store::cache::Cache<Digest, DirNode>,
+    /// Recently read large directory nodes, indexed for lookups ([`crate::bignode`]).
+    large_nodes: cairn_store::cache::Cache<Digest, crate::bignode::NodeIndex>,
+    /// Held while a lookup reads a node neither cache has: concurrent lookups in one large
+    /// directory read and index it once, and at most one node beyond the caches is in memory.
+    node_loading: Mutex<()>,
     /// Recently opened files of finalized content (see [`crate::read::OpenedFiles`]).
     pub(crate) opened: crate::read::OpenedFiles,
     /// Hashes of upload jobs whose requests stopped short of the end, keyed with the offset
@@ -178,6 +183,9 @@ impl Engine {
             completing: Mutex::new(HashSet::new()),
             // Decoded nodes take roughly 200 bytes per entry, plus their metadata.
             nodes: cairn_store::cache::Cache::new(32 << 20, crate::tree::node_weight),
+            // Keeps indexed nodes of up to 64 MiB (about 300,000 files of one part each).
+            large_nodes: cairn_store::cache::Cache::new(128 << 20, |n| n.weight()),
+            node_loading: Mutex::new(()),
             stream_hashes: Mutex::new(HashMap::new()),
             opened: crate::read::OpenedFiles::new(),
             streams: Arc::new(tokio::sync::Semaphore::new(STREAM_PERMITS)),
@@ -257,20 +265,55 @@ impl Engine {
 
     /// A directory node, decoded once and shared (nodes are content-addressed, so immutable).
     pub(crate) fn load_node(&self, d: &Digest) -> Result<Arc<DirNode>> {
-        self.nodes
-            .get_or_load(d, || {
-                let Some(raw) = self.store.index().get(CF_NODES, d.as_bytes())? else {
-                    return Ok(None);
-                };
-                // Nodes are named by the blake3 of their encoding: check it, like a chunk.
-                if Digest::of(&raw) != *d {
-                    return Err(Error::corrupt(format!(
-                        "directory node {d} fails its blake3 check"
-                    )));
-                }
-                DirNode::decode(&raw).map(Some)
-            })?
-            .ok_or_else(|| Error::not_found(format!("directory node {d} not found")))
+        if let Some(n) = self.nodes.get(d) {
+            return Ok(n);
+        }
+        let node = DirNode::decode(&self.raw_node(d)?)?;
+        Ok(self.nodes.insert(d, node))
+    }
+
+    /// A directory node's stored bytes, checked against its name.
+    fn raw_node(&self, d: &Digest) -> Result<Vec<u8>> {
+        let Some(raw) = self.store.index().get(CF_NODES, d.as_bytes())? else {
+            return Err(Error::not_found(format!("directory node {d} not found")));
+        };
+        // Nodes are named by the blake3 of their encoding: check it, like a chunk.
+        if Digest::of(&raw) != *d {
+            return Err(Error::corrupt(format!(
+                "directory node {d} fails its blake3 check"
+            )));
+        }
+        Ok(raw)
+    }
+
+    /// The entry `name` of directory node `d`, for a lookup along a path. A node stored in
+    /// more than [`crate::bignode::LARGE_NODE`] bytes is not decoded: its index finds the one
+    /// entry (see [`crate::bignode`]); smaller ones are decoded and cached as for
+    /// [`Engine::load_node`].
+    pub(crate) fn node_entry(&self, d: &Digest, name: &str) -> Result<Option<Entry>> {
+        let cached = |name: &str| -> Result<Option<Option<Entry>>> {
+            if let Some(n) = self.nodes.get(d) {
+                return Ok(Some(n.entries.get(name).cloned()));
+            }
+            match self.large_nodes.get(d) {
+                Some(ix) => ix.get(name, d).map(Some),
+                None => Ok(None),
+            }
+        };
+        if let Some(found) = cached(name)? {
+            return Ok(found);
+        }
+        let _one = self.node_loading.lock();
+        if let Some(found) = cached(name)? {
+            return Ok(found);
+        }
+        let raw = self.raw_node(d)?;
+        if raw.len() <= crate::bignode::LARGE_NODE {
+            let node = self.nodes.insert(d, DirNode::decode(&raw)?);
+            return Ok(node.entries.get(name).cloned());
+        }
+        let ix = crate::bignode::NodeIndex::build(raw, d)?;
+        self.large_nodes.insert(d, ix).get(name, d)
     }
 
     // ---- libraries -------------------------------------------------------------------------
@@ -1006,5 +1049,43 @@ mod tests {
             LARGE_META_READS,
             "every read gives its permit back"
         );
+    }
+
+    /// Lookups in a directory stored in more than `LARGE_NODE` bytes go through its index and
+    /// find every file, decoding no node of it; a name it lacks is not found.
+    #[test]
+    fn files_in_a_large_directory_are_found_through_its_index() {
+        use crate::ops::{FilesJobRequest, RawOp};
+        use cairn_core::FilePath;
+        let dir = tempfile::tempdir().unwrap();
+        let e = Engine::open(EngineConfig::new(dir.path())).unwrap();
+        let lib = e.create_library("t").unwrap();
+        let (_, draft) = e.create_object(&lib.id).unwrap();
+        let ops = (0..12_000)
+            .map(|i| RawOp {
+                path: Some(format!("big/file-{i:05}")),
+                size: Some(0),
+                ..RawOp::default()
+            })
+            .collect();
+        e.create_files_job(&draft.token, &FilesJobRequest::from_ops(ops))
+            .unwrap();
+        let (v, _) = e.finalize(&draft.token).unwrap();
+        let q = Qhit::Version(v);
+        let root = e.tree_root(&q).unwrap();
+        let Some(Entry::Dir(big)) = e.load_node(&root).unwrap().entries.get("big").cloned() else {
+            panic!("no directory big");
+        };
+        assert!(e.raw_node(&big).unwrap().len() > crate::bignode::LARGE_NODE);
+        e.nodes.clear();
+        for i in [0, 1, 5_999, 11_999] {
+            let path = FilePath::parse(&format!("big/file-{i:05}")).unwrap();
+            assert_eq!(e.open_file(&q, &path).unwrap().size, 0, "{path}");
+        }
+        assert!(e.nodes.get(&big).is_none(), "not decoded");
+        assert!(e.large_nodes.get(&big).is_some(), "indexed");
+        let missing = FilePath::parse("big/file-12000").unwrap();
+        let err = e.open_file(&q, &missing).expect_err("no such file");
+        assert!(err.is(cairn_core::ErrorKind::NotFound), "{err}");
     }
 }

@@ -11,6 +11,7 @@
 //! the `files` JSON), [`engine`] (objects, drafts, versions, metadata), `files` (files jobs,
 //! finalize), `upload` (ingest and seal), `read` (file reads), `maint` (gc, fsck).
 
+pub mod bignode;
 pub mod engine;
 pub mod files;
 pub mod maint;

@@ -12,7 +12,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::engine::{Engine, QInfo, Qhit};
 use crate::files::{parse_link, LinkTarget};
-use crate::tree::{lookup, Content, Entry, FileEntry, PartSeg, PendingSeg};
+use crate::tree::{lookup_by, Content, Entry, FileEntry, PartSeg, PendingSeg};
 
 /// Bytes of chunks one streaming read may hold that the client has not yet been sent.
 const STREAM_BUDGET: u32 = 2 << 20;
@@ -192,7 +192,7 @@ impl Engine {
         let root = self.tree_root(q)?;
         let entry = match path.is_root() {
             true => None,
-            false => lookup(&root, path, &|d: &Digest| self.load_node(d))?,
+            false => lookup_by(&root, path, &|d, name| self.node_entry(d, name))?,
         };
         let file = match entry {
             Some(Entry::File(f)) => f,
@@ -325,7 +325,10 @@ impl Engine {
     /// Whether `path` names a file or directory in what `q` names.
     pub fn entry_exists(&self, q: &Qhit, path: &FilePath) -> Result<bool> {
         let root = self.tree_root(q)?;
-        Ok(path.is_root() || lookup(&root, path, &|d: &Digest| self.load_node(d))?.is_some())
+        Ok(
+            path.is_root()
+                || lookup_by(&root, path, &|d, name| self.node_entry(d, name))?.is_some(),
+        )
     }
 
     /// Opens a part that the content `q` references, for reading like a file.

@@ -421,13 +421,25 @@ pub fn node_children(node: &DirNode) -> (Vec<Digest>, Vec<PartSeg>) {
 /// Finds the entry at `path` under `root` (the root itself is a directory, returned as `None`
 /// inside `Ok(Some(..))` is not possible, so callers check `path.is_root()` first).
 pub fn lookup(root: &Digest, path: &FilePath, loader: &Loader<'_>) -> Result<Option<Entry>> {
+    lookup_by(root, path, &|d, name| {
+        Ok(loader(d)?.entries.get(name).cloned())
+    })
+}
+
+/// [`lookup`] with `entry` giving one entry of a node (by digest and name), so that a node
+/// need not be decoded whole to find it ([`crate::bignode`]).
+pub fn lookup_by(
+    root: &Digest,
+    path: &FilePath,
+    entry: &dyn Fn(&Digest, &str) -> Result<Option<Entry>>,
+) -> Result<Option<Entry>> {
     let mut current = Entry::Dir(*root);
     for seg in path.segments() {
         let Entry::Dir(d) = current else {
             return Ok(None);
         };
-        match loader(&d)?.entries.get(seg) {
-            Some(e) => current = e.clone(),
+        match entry(&d, seg)? {
+            Some(e) => current = e,
             None => return Ok(None),
         }
     }
