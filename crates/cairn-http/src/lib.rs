@@ -436,6 +436,13 @@ async fn accept_loop(
         // (before upload frames were kept by the chunker instead of copied).
         .max_buf_size(READ_BUF_MAX)
         .max_headers(limit::HYPER_MAX_HEADER_FIELDS)
+        // Without it, hyper ends a connection the moment a read finds the client gone, and
+        // drops the request being handled: an upload whose whole body had arrived before the
+        // client closed was then cut off before its commit, while the same body one byte short
+        // was kept (its handler sees the body fail and commits what arrived). With it, the
+        // handler finishes (the body is committed) and only the reply is lost, and a client
+        // that half-closes after its body gets its reply.
+        .half_close(true)
         .timer(TokioTimer::new())
         .header_read_timeout(std::time::Duration::from_secs(
             cfg.header_timeout_secs.max(1),
