@@ -1000,6 +1000,67 @@ fn a_whole_body_is_kept_when_the_client_closes_before_the_reply() {
     );
 }
 
+/// A status read right after a client dropped an upload request counts the bytes that request
+/// saved (it waits for the request to end), so a client resuming from it without
+/// `Content-Range` sends the right bytes. Before, the first read said 0, and a resume from 0
+/// put the file's start after the dropped request's 2 MB: a finalized version with wrong bytes.
+#[test]
+fn an_upload_status_right_after_a_dropped_request_counts_its_bytes() {
+    use std::io::Write;
+    let data = tempfile::tempdir().unwrap();
+    let s = Server::start(data.path(), common::free_port());
+    let (_, _, wt) = new_object(&s);
+    let n = 3_000_000usize;
+    let body = common::pattern(7, n);
+    let job = call(
+        &s,
+        "POST",
+        &format!("/q/{wt}/file_jobs"),
+        Some(&format!(r#"{{"ops":[{{"path":"f","size":{n}}}]}}"#)),
+        201,
+    );
+    let (fj, uj) = (
+        job["id"].as_str().unwrap(),
+        job["jobs"][0].as_str().unwrap(),
+    );
+    let url = format!("/q/{wt}/file_jobs/{fj}/{uj}");
+    let mut sock = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    let head = format!(
+        "POST {url} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Length: {n}\r\n\r\n",
+        common::TOKEN
+    );
+    sock.write_all(&[head.as_bytes(), &body[..2_000_000]].concat())
+        .unwrap();
+    drop(sock);
+    let st = call(
+        &s,
+        "GET",
+        &format!("/q/{wt}/file_jobs/{fj}/uploads/{uj}"),
+        None,
+        200,
+    );
+    let skip = st["files"][0]["skip"].as_u64().unwrap() as usize;
+    assert_eq!(skip, 2_000_000, "{st}");
+    // Resumed as the official client does: the rest, from `skip`, without Content-Range.
+    let rest = data.path().join("rest");
+    std::fs::write(&rest, &body[skip..]).unwrap();
+    let upload = format!("@{}", rest.display());
+    let reply = curl(&s.url(&url), &["-X", "POST", "--data-binary", &upload]);
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let hq = call(&s, "POST", &format!("/q/{wt}"), None, 200)["hash"].clone();
+    let got = curl(&s.url(&format!("/q/{}/files/f", hq.as_str().unwrap())), &[]);
+    assert_eq!(got.status, 200);
+    assert!(
+        got.body == body,
+        "the finalized file has exactly the bytes sent"
+    );
+}
+
 /// A JSON body that stops arriving is answered 408 after the idle time, and changes nothing.
 #[test]
 fn a_stalled_json_body_gets_408() {

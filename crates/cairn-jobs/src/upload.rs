@@ -98,6 +98,18 @@ impl Engine {
         locks.entry(*uj).or_default().clone()
     }
 
+    /// Waits, for at most `max`, until no request for upload job `uj` is being received; false
+    /// if one still is. A client that drops a request and reads the status at once would
+    /// otherwise be told the offset from before that request, whose bytes the server is still
+    /// saving (it notices the drop a few milliseconds later): resumed from there without
+    /// `Content-Range`, the retry's bytes would land after the dropped request's ones.
+    pub async fn settle_upload(&self, uj: &UploadJobId, max: std::time::Duration) -> bool {
+        let Some(lock) = self.uj_locks.lock().get(uj).cloned() else {
+            return true;
+        };
+        tokio::time::timeout(max, lock.lock_owned()).await.is_ok()
+    }
+
     /// Finds an upload job and checks it belongs to `token` and `fj`.
     pub fn upload_job_in(
         &self,
@@ -188,8 +200,12 @@ impl Engine {
         S: Stream<Item = std::result::Result<Bytes, E>> + Send + 'static,
         E: std::fmt::Display + Send + 'static,
     {
-        // Only what cannot change is checked before the lock: offsets and room are checked by
+        // The job's lock first, before anything is read: an upload status waits for it
+        // ([`Engine::settle_upload`]), so the earlier it is taken the smaller the window in which
+        // a status read misses a request its client just dropped. A request waiting behind
+        // another on the same job holds no permit meanwhile. Offsets and room are checked by
         // `ingest` under it, after any interrupted request on this job has saved its bytes.
+        let guard = self.uj_lock(&uj).lock_owned().await;
         let job = self.upload_job_in(&token, &fj, &uj)?;
         if job.is_complete() {
             return Err(Error::gone(format!("upload job {uj} is already complete")));
@@ -200,9 +216,6 @@ impl Engine {
                 job.size
             )));
         }
-        // The job's lock first: a request waiting behind another on the same job holds no
-        // permit meanwhile.
-        let guard = self.uj_lock(&uj).lock_owned().await;
         let permit = self
             .uploads
             .clone()
