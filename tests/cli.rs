@@ -1309,3 +1309,34 @@ fn upload_with_delete_mirrors_the_uploaded_directories_only() {
         "nothing left to delete"
     );
 }
+
+/// Output whose reader has gone (`cairn ls … | head`) ends a command quietly with exit 0, for
+/// every command that prints; before, `ls` and `versions` panicked (exit 101).
+#[test]
+fn commands_whose_output_reader_is_gone_exit_quietly() {
+    let work = tempfile::tempdir().unwrap();
+    fill(&work.path().join("tree/a.bin"), 1, 100_000);
+    let data = tempfile::tempdir().unwrap();
+    let s = Server::start(data.path(), common::free_port());
+    let state = work.path().join("state");
+    let obj = new_object(&s, &state);
+    upload_version(&s, &state, &obj, work.path().join("tree").to_str().unwrap());
+    let file = format!("{obj}:tree/a.bin");
+    for args in [
+        vec!["ls", &obj],
+        vec!["versions", &obj],
+        vec!["cat", &file],
+        vec!["--json", "ls", &obj],
+    ] {
+        let mut child = cairn_cmd(&s, &state, &args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take()); // the reader is gone before anything is written
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+    }
+}

@@ -63,14 +63,27 @@ pub struct Ctx {
 impl Ctx {
     /// Prints `v` as JSON with `--json`, else the text `text(v)` gives.
     pub fn print(&self, v: &Value, text: impl FnOnce(&Value) -> String) {
-        if self.json {
-            println!("{v}");
-        } else {
-            let t = text(v);
-            if !t.is_empty() {
-                println!("{t}");
-            }
+        let out = match self.json {
+            true => v.to_string(),
+            false => text(v),
+        };
+        if !out.is_empty() {
+            stdout_line(&out);
         }
+    }
+}
+
+/// Writes a line to stdout. Output cut off by its reader (`cairn ls | head`) ends the command
+/// quietly, as it does for `cat`; any other failure to write is reported (exit 1).
+pub fn stdout_line(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = writeln!(out, "{line}").and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("cairn: writing to stdout: {e}");
+        std::process::exit(1);
     }
 }
 

@@ -184,6 +184,10 @@ fn main() {
         .build()
         .expect("tokio runtime");
     if let Err(e) = rt.block_on(run(cli)) {
+        if broken_pipe(&e) {
+            // The reader of our output went away (`cairn cat … | head`): nothing to report.
+            std::process::exit(0);
+        }
         eprintln!("cairn: {e:#}");
         std::process::exit(exit_code(&e));
     }
@@ -258,6 +262,13 @@ async fn run(cli: Cli) -> Result<()> {
 
 /// 2 invalid, 3 not found, 4 conflict/gone/precondition failed, 5 unreachable, 6 partial upload,
 /// 1 anything else (clap itself exits 2 on usage).
+fn broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
 fn exit_code(e: &anyhow::Error) -> i32 {
     if e.downcast_ref::<ops::InUse>().is_some() {
         return 4;
