@@ -104,6 +104,9 @@ impl Index {
         let descriptors = cfs.iter().map(|&(name, kind)| {
             let mut o = Options::default();
             o.set_block_based_table_factory(&table);
+            // Each column family switches to a new memtable at 8 MiB (RocksDB's default, 64
+            // MiB, let one family hold twice the whole budget between flushes).
+            o.set_write_buffer_size(MEMTABLE_BUDGET / 4);
             match kind {
                 CfKind::Plain => {}
                 CfKind::Add => o.set_merge_operator_associative("cairn_add", merge_add),
