@@ -24,13 +24,13 @@ pub async fn run(args: &[String]) -> Result<()> {
     let files = walk(&src)?;
     let engine = Arc::new(Engine::open(EngineConfig::new(&data))?);
     let total: u64 = files.iter().map(|(_, _, s)| s).sum();
-    println!(
+    crate::cli::stdout_line(&format!(
         "ingesting {} files, {} bytes, from {} into {}",
         files.len(),
         total,
         src.display(),
         data.display()
-    );
+    ));
 
     let started = std::time::Instant::now();
     let lib = engine.create_library("demo")?;
@@ -48,22 +48,22 @@ pub async fn run(args: &[String]) -> Result<()> {
     upload_jobs(&engine, draft.token, &job, &src).await?;
     let (hash, _) = engine.finalize(&draft.token)?;
     let secs = started.elapsed().as_secs_f64();
-    println!(
+    crate::cli::stdout_line(&format!(
         "version {hash} ({} upload jobs, {:.1} MiB/s)",
         job.jobs.len(),
         total as f64 / secs / 1048576.0
-    );
+    ));
 
     verify(&engine, &Qhit::Version(hash), &files).await?;
     let stats = engine.store().stats()?;
-    println!(
+    crate::cli::stdout_line(&format!(
         "read back {} files byte-exact; stored {} chunk bytes in {} packs (logical {} bytes, dedup ratio {:.2})",
         files.len(),
         stats.chunk_bytes,
         stats.packs,
         total,
         total as f64 / stats.chunk_bytes.max(1) as f64
-    );
+    ));
     Ok(())
 }
 

@@ -65,7 +65,7 @@ pub async fn run(args: &[String]) -> Result<()> {
         "upload_jobs": job.jobs.len(),
         "version": hash.to_string(),
     });
-    println!("{report}");
+    crate::cli::stdout_line(&format!("{report}"));
     drop(engine);
     if crate::flag(args, "--data").is_none() {
         std::fs::remove_dir_all(&data)?;

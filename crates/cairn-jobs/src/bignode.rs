@@ -45,14 +45,18 @@ impl NodeIndex {
         let mut r = Reader { raw: &raw, pos: 1 };
         let mut entries = Vec::new();
         let fields = r.map_len().map_err(|e| bad(&e))?;
+        let mut seen = false;
         for _ in 0..fields {
             let key = r.text().map_err(|e| bad(&e))?;
             if key != "entries" {
                 r.skip().map_err(|e| bad(&e))?;
                 continue;
             }
+            if std::mem::replace(&mut seen, true) {
+                return Err(bad("two entries maps"));
+            }
             let n = r.map_len().map_err(|e| bad(&e))?;
-            entries.reserve(n.min(raw.len() / 2));
+            entries.reserve(n.min(raw.len() / 64));
             let mut last: Option<&[u8]> = None;
             for _ in 0..n {
                 let name = r.text().map_err(|e| bad(&e))?;

@@ -108,9 +108,13 @@ pub struct Engine {
     nodes: cairn_store::cache::Cache<Digest, DirNode>,
     /// Recently read large directory nodes, indexed for lookups ([`crate::bignode`]).
     large_nodes: cairn_store::cache::Cache<Digest, crate::bignode::NodeIndex>,
-    /// Held while a lookup reads a node neither cache has: concurrent lookups in one large
-    /// directory read and index it once, and at most one node beyond the caches is in memory.
+    /// Held while a lookup reads or indexes a node known to be large that the cache does not
+    /// hold: concurrent lookups in one large directory read and index it once, and at most one
+    /// such node beyond the cache is in memory. Small nodes are read without it.
     node_loading: Mutex<()>,
+    /// Digests of nodes found larger than [`crate::bignode::LARGE_NODE`] (at most
+    /// [`LARGE_SEEN_MAX`], then forgotten all at once).
+    large_seen: Mutex<HashSet<Digest>>,
     /// Recently opened files of finalized content (see [`crate::read::OpenedFiles`]).
     pub(crate) opened: crate::read::OpenedFiles,
     /// Hashes of upload jobs whose requests stopped short of the end, keyed with the offset
@@ -146,6 +150,9 @@ const RENDERS: usize = 4;
 /// A metadata document stored in more bytes than this is a large one (see [`Engine::meta_of`]);
 /// a smaller one decodes to a few tens of MB at most.
 const LARGE_META: usize = 256 << 10;
+
+/// Large nodes remembered as such (`Engine::large_seen`).
+const LARGE_SEEN_MAX: usize = 4096;
 /// Large metadata documents decoded at once. Reading a document of a million object entries
 /// (10 MB of JSON) took about 310 MB, so [`MAX_META_VALUES`] keeps one read to about a quarter
 /// of that, and two at once to about 160 MB.
@@ -186,6 +193,7 @@ impl Engine {
             // Keeps indexed nodes of up to 64 MiB (about 300,000 files of one part each).
             large_nodes: cairn_store::cache::Cache::new(128 << 20, |n| n.weight()),
             node_loading: Mutex::new(()),
+            large_seen: Mutex::new(HashSet::new()),
             stream_hashes: Mutex::new(HashMap::new()),
             opened: crate::read::OpenedFiles::new(),
             streams: Arc::new(tokio::sync::Semaphore::new(STREAM_PERMITS)),
@@ -303,15 +311,35 @@ impl Engine {
         if let Some(found) = cached(name)? {
             return Ok(found);
         }
-        let _one = self.node_loading.lock();
-        if let Some(found) = cached(name)? {
-            return Ok(found);
+        // Small nodes are read without the lock; a node found large is remembered, and its
+        // later reads (and index builds) take the lock, so concurrent lookups in it hold one
+        // copy of its bytes, not one each.
+        let known_large = self.large_seen.lock().contains(d);
+        let mut one = None;
+        if known_large {
+            one = Some(self.node_loading.lock());
+            if let Some(found) = cached(name)? {
+                return Ok(found);
+            }
         }
         let raw = self.raw_node(d)?;
         if raw.len() <= crate::bignode::LARGE_NODE {
             let node = self.nodes.insert(d, DirNode::decode(&raw)?);
             return Ok(node.entries.get(name).cloned());
         }
+        if !known_large {
+            let mut seen = self.large_seen.lock();
+            if seen.len() >= LARGE_SEEN_MAX {
+                seen.clear();
+            }
+            seen.insert(*d);
+            drop(seen);
+            one = Some(self.node_loading.lock());
+            if let Some(ix) = self.large_nodes.get(d) {
+                return ix.get(name, d);
+            }
+        }
+        let _one = one;
         let ix = crate::bignode::NodeIndex::build(raw, d)?;
         self.large_nodes.insert(d, ix).get(name, d)
     }

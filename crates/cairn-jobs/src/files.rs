@@ -605,22 +605,32 @@ impl Engine {
     /// `failed`: upload jobs whose seal just failed ([`Self::seal_received`]); a file waiting
     /// on one gets that error instead of `incomplete`.
     ///
-    /// Resolution runs in passes of at most `resolve_batch` files ([`crate::EngineConfig`]),
-    /// each committed before the next, so its memory does not grow with the draft (a pending file costs about 1.4 KB
-    /// while it is resolved). A pass that stops early leaves a tree whose files are the same,
-    /// some still pending and some already parts: nothing a client can tell apart, so a later
-    /// pass that fails (a strict one meeting a file still uploading) leaves nothing visible
-    /// changed either.
+    /// A strict resolution (finalize) runs in passes of at most `resolve_batch` files
+    /// ([`crate::EngineConfig`]), each committed before the next, so its memory does not grow
+    /// with the draft (a pending file costs about 1.4 KB while it is resolved). It first checks,
+    /// reading only, that every pending file can be resolved ([`Self::check_resolvable`]), so a
+    /// finalize that must fail (a file still uploading) does so before any pass has changed
+    /// the draft. A force completion (not strict) resolves in one pass: the files it drops are
+    /// reported from that pass's result, and a pass that failed after an earlier one had
+    /// dropped files would lose their report.
     fn resolve_draft_locked(
         &self,
         token: &WriteToken,
         strict: bool,
         failed: FailedSeals,
     ) -> Result<Vec<String>> {
+        let limit = match strict {
+            true => {
+                self.check_resolvable(&self.draft_head(token)?.root, &failed)?;
+                self.cfg.resolve_batch.max(1)
+            }
+            false => usize::MAX,
+        };
         let mut dropped = Vec::new();
         loop {
             let mut out = Resolution {
                 failed: failed.clone(),
+                limit,
                 ..Resolution::default()
             };
             let mut draft = self.draft(token)?;
@@ -648,6 +658,48 @@ impl Engine {
         }
     }
 
+    /// Walks the stored tree under `root` (each distinct directory with files pending once),
+    /// reading only, and fails as a strict [`Self::resolve_dir`] would on the first pending
+    /// file that cannot be resolved now.
+    fn check_resolvable(&self, root: &Digest, failed: &FailedSeals) -> Result<()> {
+        let loader = |d: &Digest| self.load_node(d);
+        let mut stats = HashMap::new();
+        let mut jobs = HashMap::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut todo = vec![(*root, FilePath::root())];
+        while let Some((d, at)) = todo.pop() {
+            if !seen.insert(d) || crate::tree::stats_of(&d, &loader, &mut stats)?.pending == 0 {
+                continue;
+            }
+            let node = self.load_node(&d)?;
+            for (name, entry) in &node.entries {
+                let path = at.join(name)?;
+                let segs = match entry {
+                    Entry::Dir(sub) => {
+                        todo.push((*sub, path));
+                        continue;
+                    }
+                    Entry::File(FileEntry {
+                        content: Content::Pending(segs),
+                        size,
+                        ..
+                    }) => (segs, *size),
+                    Entry::File(_) => continue,
+                };
+                match self.resolve_pending(segs.0, segs.1, &mut jobs)? {
+                    Resolved::Parts(..) => {}
+                    Resolved::Dropped => return Err(cut_short(&path)),
+                    Resolved::Waiting(uj) => return Err(waiting(&path, uj, failed, &jobs)),
+                }
+            }
+            // Upload-job records can be large (one value per segment): keep few at a time.
+            if jobs.len() > 64 {
+                jobs.clear();
+            }
+        }
+        Ok(())
+    }
+
     fn resolve_dir(
         &self,
         dir: &mut MemDir,
@@ -658,7 +710,7 @@ impl Engine {
         let loader = |d: &Digest| self.load_node(d);
         let mut changed = false;
         for name in dir.names() {
-            if out.files >= self.cfg.resolve_batch.max(1) {
+            if out.files >= out.limit {
                 out.cut_short = true;
                 break;
             }
@@ -727,30 +779,14 @@ impl Engine {
                 }
                 // Only a force completion's seals cut a file short; one that has not updated the
                 // tree yet (it failed, or the server stopped) must finish and report it first.
-                Resolved::Dropped if strict => {
-                    return Err(Error::incomplete(format!(
-                        "{path} was cut short by a force completion that did not finish; run \
-                         force_completion of its files job again, which drops and reports it"
-                    )))
-                }
+                Resolved::Dropped if strict => return Err(cut_short(&path)),
                 Resolved::Dropped => {
                     dir.remove_name(&name);
                     out.dropped.push(path.to_string());
                     out.files += 1;
                 }
                 Resolved::Waiting(uj) if strict => {
-                    if let Some((kind, reason)) = out.failed.get(&uj) {
-                        return Err(Error::new(
-                            *kind,
-                            format!("{path}: its upload job {uj} could not be sealed: {reason}"),
-                        ));
-                    }
-                    // A file whose own bytes all arrived still waits for the rest of its job.
-                    let (got, of) = out.jobs.get(&uj).map_or((0, 0), |r| (r.received, r.size));
-                    return Err(Error::incomplete(format!(
-                        "{path} is not complete until its upload job {uj} is: {got} of {of} \
-                         bytes received"
-                    )));
+                    return Err(waiting(&path, uj, &out.failed, &out.jobs))
                 }
                 Resolved::Waiting(_) => continue,
             }
@@ -1030,8 +1066,9 @@ struct Resolution {
     resolved: HashMap<Digest, (Digest, Vec<String>)>,
     /// Nodes of the directories resolved so far, not yet in the index.
     nodes: Vec<(Digest, crate::tree::DirNode)>,
-    /// Files resolved (made parts or dropped) in this pass.
+    /// Files resolved (made parts or dropped) in this pass, and how many it may resolve.
     files: usize,
+    limit: usize,
     /// The pass stopped at `resolve_batch` files ([`crate::EngineConfig`]); another follows.
     cut_short: bool,
 }
@@ -1040,6 +1077,34 @@ impl Resolution {
     fn stats(&mut self, d: &Digest, loader: &Loader<'_>) -> Result<crate::tree::TreeStats> {
         crate::tree::stats_of(d, loader, &mut self.stats)
     }
+}
+
+/// The error of a strict resolution for a file a force completion cut short without finishing.
+fn cut_short(path: &FilePath) -> Error {
+    Error::incomplete(format!(
+        "{path} was cut short by a force completion that did not finish; run force_completion \
+         of its files job again, which drops and reports it"
+    ))
+}
+
+/// The error of a strict resolution for a file waiting on upload job `uj`.
+fn waiting(
+    path: &FilePath,
+    uj: UploadJobId,
+    failed: &FailedSeals,
+    jobs: &HashMap<UploadJobId, UploadJobRecord>,
+) -> Error {
+    if let Some((kind, reason)) = failed.get(&uj) {
+        return Error::new(
+            *kind,
+            format!("{path}: its upload job {uj} could not be sealed: {reason}"),
+        );
+    }
+    // A file whose own bytes all arrived still waits for the rest of its job.
+    let (got, of) = jobs.get(&uj).map_or((0, 0), |r| (r.received, r.size));
+    Error::incomplete(format!(
+        "{path} is not complete until its upload job {uj} is: {got} of {of} bytes received"
+    ))
 }
 
 enum Resolved {

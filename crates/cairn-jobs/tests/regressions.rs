@@ -605,9 +605,9 @@ async fn metadata_of_one_entry_is_bounded() {
 
 /// A finalize resolves pending files in committed passes of `resolve_batch` files, so its memory
 /// does not grow with the draft. With passes of two: every file of a tree of eight (three in
-/// copies of a directory) reads back; a strict finalize that meets a file still uploading after
-/// earlier passes committed leaves the same files readable, and succeeds once it is uploaded;
-/// a force completion reports each dropped file once, under every copy.
+/// copies of a directory) reads back; a finalize that would meet a file still uploading in a
+/// later pass fails before the first one (the draft's tree is unchanged), and succeeds once the
+/// file is uploaded; a force completion reports each dropped file once, under every copy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pending_files_resolve_in_committed_passes() {
     let dir = tempfile::tempdir().unwrap();
@@ -631,8 +631,14 @@ async fn pending_files_resolve_in_committed_passes() {
     e.create_files_job(&t, &request(vec![copy])).unwrap();
     // "zz", resolved last, is still uploading when the finalize first runs.
     upload_all(&e, t, &job, &first).await;
+    let before = e.tree_root(&Qhit::Draft(t)).unwrap();
     let err = e.finalize(&t).unwrap_err();
     assert!(err.is(ErrorKind::Incomplete), "{err}");
+    assert_eq!(
+        e.tree_root(&Qhit::Draft(t)).unwrap(),
+        before,
+        "a finalize that fails changes nothing, not even in its first passes"
+    );
     let draft = Qhit::Draft(t);
     for (p, d) in &first {
         assert_eq!(&read_all(&e, &draft, p).unwrap(), d, "{p}");

@@ -1140,6 +1140,13 @@ fn open_writer(
             let pack = PackFile::open(dir, id, true)?;
             let len = pack.len()?;
             if len < target {
+                // Recorded for stores from before `pack_high`: a pack reopened with nothing
+                // committed yet must not look newer than the index after the next crash.
+                if known_pack_high(index)? < id.0 {
+                    let mut b = index.batch();
+                    b.put(CF_STORE, PACK_HIGH_KEY, &id.0.to_be_bytes());
+                    index.write(b, true)?;
+                }
                 return Ok((pack, len));
             }
             pack.sync_data()?;
