@@ -6,22 +6,20 @@ mod common;
 use common::{call, curl, new_object, Server};
 use serde_json::json;
 
+/// A files job adding one file of `size` bytes to draft `wt`: its id and its upload job's.
+fn one_file_job(s: &Server, wt: &str, path: &str, size: usize) -> (String, String) {
+    let ops = json!({"ops": [{"path": path, "size": size}]}).to_string();
+    let job = call(s, "POST", &format!("/q/{wt}/file_jobs"), Some(&ops), 201);
+    let id = |v: &serde_json::Value| v.as_str().unwrap().to_string();
+    (id(&job["id"]), id(&job["jobs"][0]))
+}
+
 #[test]
 fn bad_requests_get_clear_errors_and_change_nothing() {
     let data = tempfile::tempdir().unwrap();
     let s = Server::start(data.path(), common::free_port());
     let (lib, obj, wt) = new_object(&s);
-    let job = call(
-        &s,
-        "POST",
-        &format!("/q/{wt}/file_jobs"),
-        Some(r#"{"ops":[{"path":"a.bin","size":100}]}"#),
-        201,
-    );
-    let (fj, uj) = (
-        job["id"].as_str().unwrap().to_string(),
-        job["jobs"][0].as_str().unwrap().to_string(),
-    );
+    let (fj, uj) = one_file_job(&s, &wt, "a.bin", 100);
     let status_path = format!("/q/{wt}/file_jobs/{fj}/uploads/{uj}");
     let unknown_obj = "iq__2Fb9vA6XoKhKjQzCjUe6ZcmBe3S5";
     let unknown_uj = "iqfuSNFv8xddhFCK6xB5g5mY8y";
@@ -904,17 +902,7 @@ fn a_stalled_upload_is_cut_off_and_keeps_what_arrived() {
     let data = tempfile::tempdir().unwrap();
     let s = Server::start_config(data.path(), "idle_timeout_secs = 1\n");
     let (_, _, wt) = new_object(&s);
-    let job = call(
-        &s,
-        "POST",
-        &format!("/q/{wt}/file_jobs"),
-        Some(r#"{"ops":[{"path":"slow.bin","size":100}]}"#),
-        201,
-    );
-    let (fj, uj) = (
-        job["id"].as_str().unwrap(),
-        job["jobs"][0].as_str().unwrap(),
-    );
+    let (fj, uj) = one_file_job(&s, &wt, "slow.bin", 100);
     // Send headers announcing 100 bytes, then 7 bytes, then nothing.
     let mut sock = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
     write!(
@@ -950,19 +938,7 @@ fn a_whole_body_is_kept_when_the_client_closes_before_the_reply() {
     let s = Server::start(data.path(), common::free_port());
     let (_, _, wt) = new_object(&s);
     let send = |n: usize, half_close: bool| {
-        let job = call(
-            &s,
-            "POST",
-            &format!("/q/{wt}/file_jobs"),
-            Some(&format!(
-                r#"{{"ops":[{{"path":"f{n}-{half_close}","size":{n}}}]}}"#
-            )),
-            201,
-        );
-        let (fj, uj) = (
-            job["id"].as_str().unwrap(),
-            job["jobs"][0].as_str().unwrap(),
-        );
+        let (fj, uj) = one_file_job(&s, &wt, &format!("f{n}-{half_close}"), n);
         let mut sock = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
         let head = format!(
             "POST /q/{wt}/file_jobs/{fj}/{uj} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Length: {n}\r\n\r\n",
@@ -1012,17 +988,7 @@ fn an_upload_status_right_after_a_dropped_request_counts_its_bytes() {
     let (_, _, wt) = new_object(&s);
     let n = 3_000_000usize;
     let body = common::pattern(7, n);
-    let job = call(
-        &s,
-        "POST",
-        &format!("/q/{wt}/file_jobs"),
-        Some(&format!(r#"{{"ops":[{{"path":"f","size":{n}}}]}}"#)),
-        201,
-    );
-    let (fj, uj) = (
-        job["id"].as_str().unwrap(),
-        job["jobs"][0].as_str().unwrap(),
-    );
+    let (fj, uj) = one_file_job(&s, &wt, "f", n);
     let url = format!("/q/{wt}/file_jobs/{fj}/{uj}");
     let mut sock = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
     let head = format!(
