@@ -1092,6 +1092,51 @@ fn a_download_whose_client_reads_nothing_is_dropped() {
     assert_eq!(curl(&s.url("/config"), &["--no-token"]).status, 200);
 }
 
+/// A client that reads a download slowly but steadily is not taken for one that stopped: at
+/// 192 KiB/s against a 2 s idle deadline it gets the whole file. Without `TCP_NOTSENT_LOWAT`
+/// the socket woke the writer only after megabytes had drained, and this client was dropped.
+#[test]
+fn a_download_read_slowly_but_steadily_is_not_dropped() {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+    let data = tempfile::tempdir().unwrap();
+    let s = Server::start_config(data.path(), "idle_timeout_secs = 2\n");
+    let (_, _, wt) = new_object(&s);
+    let src = tempfile::NamedTempFile::new().unwrap();
+    let body = common::pattern(6, 8 << 20);
+    std::fs::write(src.path(), &body).unwrap();
+    let hash = common::upload_files(&s, &wt, &[("big.bin", src.path())]);
+    let mut sock = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    write!(
+        sock,
+        "GET /q/{hash}/files/big.bin HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        common::TOKEN
+    )
+    .unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 24 << 10];
+    let slow_until = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < slow_until {
+        let n = sock.read(&mut buf).unwrap();
+        assert!(
+            n > 0,
+            "dropped while reading slowly, after {} bytes",
+            got.len()
+        );
+        got.extend_from_slice(&buf[..n]);
+        std::thread::sleep(Duration::from_millis(125));
+    }
+    sock.read_to_end(&mut got).unwrap();
+    let at = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert!(got.starts_with(b"HTTP/1.1 200"));
+    assert_eq!(got.len() - at, body.len(), "the whole file came");
+    assert!(got[at..] == body[..], "exactly the file's bytes");
+    let dropped = s.log_lines().iter().any(|l| l.contains("read nothing"));
+    assert!(!dropped, "the server logged the client as idle");
+}
+
 #[test]
 fn slow_headers_are_cut_off_and_connections_are_capped() {
     use std::io::{Read, Write};

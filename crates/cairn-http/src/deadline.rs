@@ -9,6 +9,16 @@
 //!   that stops reading stops the body where it is, and nothing on the server's side would
 //!   ever time out. A write the socket has not taken any of for `idle_timeout_secs` fails,
 //!   which ends the connection.
+//!
+//!   A client that reads slowly must not look like one that stopped. Without help from the
+//!   socket it would: Linux reports a TCP socket writable again only once half of what it has
+//!   queued is free, and its send buffer grows to megabytes, so a player reading an audio
+//!   file at its bitrate (16 KiB/s) woke the writer once a minute or less and was cut off as
+//!   idle. Accepted sockets therefore get [`NOTSENT_LOWAT`]: a write stops once the bytes not
+//!   yet sent reach it, and the writer is woken when they fall below half of it, which takes a
+//!   few of the client's window updates (measured: about 190 KiB between wake-ups, so at the
+//!   default 60 s a client reading over about 4 KiB/s is never cut off). It also caps what a
+//!   connection holds unsent in kernel memory.
 
 use std::future::Future;
 use std::io::{self, IoSlice};
@@ -18,6 +28,10 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
+
+/// `TCP_NOTSENT_LOWAT` of accepted sockets (see above): one read piece, so a client that
+/// reads at full speed is written to in the same steps as before.
+pub const NOTSENT_LOWAT: u32 = 256 << 10;
 
 pub struct Deadlines<S> {
     inner: S,
