@@ -134,7 +134,7 @@ pub async fn handle_upload_status(
     let limit = page.limit.clamp(1, STATUS_PAGE_MAX);
     // A request for this job still being received (perhaps one its client just dropped, to
     // resume from this status) ends first, so `skip` counts what it saved.
-    st.engine.settle_upload(&uj, SETTLE_WAIT).await;
+    st.engine.settle_upload(&t, &fj, &uj, SETTLE_WAIT).await?;
     let s = st
         .engine
         .run(move |e| e.upload_status(&t, &fj, &uj, page.start, limit))

@@ -103,11 +103,22 @@ impl Engine {
     /// otherwise be told the offset from before that request, whose bytes the server is still
     /// saving (it notices the drop a few milliseconds later): resumed from there without
     /// `Content-Range`, the retry's bytes would land after the dropped request's ones.
-    pub async fn settle_upload(&self, uj: &UploadJobId, max: std::time::Duration) -> bool {
+    ///
+    /// The job is checked against `token` and `fj` first (not found otherwise): a request that
+    /// names another draft's job neither waits for its lock nor learns from the wait whether
+    /// that job is receiving data.
+    pub async fn settle_upload(
+        &self,
+        token: &WriteToken,
+        fj: &FilesJobId,
+        uj: &UploadJobId,
+        max: std::time::Duration,
+    ) -> Result<bool> {
+        self.upload_job_in(token, fj, uj)?;
         let Some(lock) = self.uj_locks.lock().get(uj).cloned() else {
-            return true;
+            return Ok(true);
         };
-        tokio::time::timeout(max, lock.lock_owned()).await.is_ok()
+        Ok(tokio::time::timeout(max, lock.lock_owned()).await.is_ok())
     }
 
     /// Finds an upload job and checks it belongs to `token` and `fj`.
@@ -205,6 +216,9 @@ impl Engine {
         // a status read misses a request its client just dropped. A request waiting behind
         // another on the same job holds no permit meanwhile. Offsets and room are checked by
         // `ingest` under it, after any interrupted request on this job has saved its bytes.
+        // Only a job of this draft is locked, though: a request naming another draft's job
+        // must not hold that job's lock (making its force completion answer 409) or time it.
+        self.upload_job_in(&token, &fj, &uj)?;
         let guard = self.uj_lock(&uj).lock_owned().await;
         let job = self.upload_job_in(&token, &fj, &uj)?;
         if job.is_complete() {

@@ -691,3 +691,51 @@ fn metadata_is_bounded_in_values() {
     // Replacing a value by another adds none.
     e.meta_set(&t, "a/0", json!(1), false).unwrap();
 }
+
+/// A request that names another draft's upload job is refused at once: it neither waits for
+/// that job's lock (held here by an upload still receiving) nor holds it, so it cannot time
+/// whether the job is receiving data or make its force completion answer 409.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_for_another_drafts_upload_job_never_waits_for_its_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = small_engine(dir.path());
+    let (t, other) = (new_object(&e), new_object(&e));
+    let job = e
+        .create_files_job(&t, &request(vec![add_file("f", 300_000)]))
+        .unwrap();
+    let (fj, uj) = (job.id, job.jobs[0]);
+    let first: Result<bytes::Bytes, std::io::Error> = Ok(bytes::Bytes::from(data(3, 1000)));
+    let body = futures::StreamExt::chain(
+        futures::stream::iter(vec![first]),
+        futures::stream::pending(),
+    );
+    let receiving = tokio::spawn({
+        let e = e.clone();
+        async move { e.upload(t, fj, uj, None, body).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!receiving.is_finished(), "the real upload holds the lock");
+    let quick = std::time::Duration::from_secs(1);
+    let empty = futures::stream::iter(Vec::<Result<bytes::Bytes, std::io::Error>>::new());
+    let bogus = tokio::time::timeout(quick, e.upload(other, fj, uj, None, empty))
+        .await
+        .expect("refused without waiting for the job's lock");
+    assert_eq!(bogus.unwrap_err().kind, ErrorKind::NotFound);
+    let settle = tokio::time::timeout(
+        quick,
+        e.settle_upload(&other, &fj, &uj, std::time::Duration::from_secs(5)),
+    )
+    .await
+    .expect("a status for another draft does not wait either");
+    assert_eq!(settle.unwrap_err().kind, ErrorKind::NotFound);
+    // The owner's own status still waits for the request being received.
+    let own = e
+        .settle_upload(&t, &fj, &uj, std::time::Duration::from_millis(200))
+        .await
+        .unwrap();
+    assert!(
+        !own,
+        "the owner's status waited for the upload still receiving"
+    );
+    receiving.abort();
+}
