@@ -63,9 +63,9 @@ impl<S> Deadlines<S> {
         }
         tracing::info!(
             secs = idle.as_secs(),
-            "dropping a connection whose client read nothing"
+            "dropping a connection whose client took none of its response"
         );
-        let why = format!("the client read nothing for {} s", idle.as_secs());
+        let why = format!("the client took nothing for {} s", idle.as_secs());
         Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, why)))
     }
 }

@@ -957,18 +957,39 @@ pub(crate) fn pack_files(dir: &Path) -> Result<Vec<PackId>> {
     Ok(ids)
 }
 
+/// What recovery does to one pack file, decided before anything is done.
+enum PackFix {
+    /// Bytes past the index's committed length: appended before a crash, never acknowledged.
+    Truncate { id: PackId, actual: u64, len: u64 },
+    /// A retired pack, or one the index has nothing in.
+    Remove { id: PackId, retired: bool, len: u64 },
+    /// A pack with data the index has nothing in, while packs the index does name are missing:
+    /// the index and the packs are not of one moment (a copy taken file by file), and this
+    /// pack may hold the only copy of chunks the missing ones had. Moved aside, never deleted.
+    Keep { id: PackId, len: u64 },
+}
+
+/// Where [`PackFix::Keep`] moves packs, inside the pack directory.
+pub const LOST_AND_FOUND: &str = "lost+found";
+
 /// Crash recovery: deletes retired and never-indexed packs, truncates unindexed tails.
 /// Returns the highest pack id still present.
+///
+/// Plan, then apply: every pack is checked first, so a store that is refused (a pack shorter
+/// than the index says) is refused before any file has changed.
 fn recover_packs(index: &Index, dir: &Path, allow_missing: bool) -> Result<Option<PackId>> {
-    let mut last = missing_packs(index, dir, allow_missing)?;
-    let mut removed = HashSet::new();
+    let missing = missing_packs(index, dir, allow_missing)?;
+    let mut last = missing;
+    let mut plan = Vec::new();
     for id in pack_files(dir)? {
         let key = id.0.to_be_bytes();
         let info: Option<PackInfo> = index.get_record(CF_PACKS, &key)?;
         let committed = index
             .get(CF_PACK_LEN, &key)?
             .map(|v| u64::from_le_bytes(v[..8].try_into().unwrap_or([0; 8])));
-        let path = dir.join(id.file_name());
+        let actual = std::fs::metadata(dir.join(id.file_name()))
+            .map_err(|e| Error::io("stat pack", e))?
+            .len();
         let retired = matches!(
             info,
             Some(PackInfo {
@@ -977,54 +998,94 @@ fn recover_packs(index: &Index, dir: &Path, allow_missing: bool) -> Result<Optio
         );
         match committed {
             Some(len) if !retired => {
-                let pack = PackFile::open(dir, id, true)?;
-                let actual = pack.len()?;
-                if actual > len {
-                    // Padding after the last commit (less than a block) is routine.
-                    match actual - len < BLOCK {
-                        true => tracing::debug!(pack = id.0, actual, len, "dropping pack padding"),
-                        false => tracing::warn!(
-                            pack = id.0,
-                            actual,
-                            len,
-                            "truncating unindexed pack tail"
-                        ),
-                    }
-                    pack.truncate(len)?;
-                } else if actual < len {
+                if actual < len {
                     return Err(Error::corrupt(format!(
-                        "pack {} is {actual} bytes, the index says {len}",
+                        "pack {} is {actual} bytes, the index says {len}: bytes it acknowledged \
+                         are gone (a damaged disk, or packs copied before the index; restore the \
+                         index and packs of one moment). Nothing was changed",
                         id.0
                     )));
                 }
+                if actual > len {
+                    plan.push(PackFix::Truncate { id, actual, len });
+                }
                 last = last.max(Some(id));
             }
-            _ => {
-                let len = std::fs::metadata(&path).map_or(0, |m| m.len());
-                match retired || len <= HEADER_LEN {
-                    true => tracing::info!(pack = id.0, retired, "removing pack with no indexed chunks"),
-                    false => tracing::warn!(
-                        pack = id.0,
-                        len,
-                        "removing pack with no indexed chunks (appended before a crash, never acknowledged)"
-                    ),
-                }
-                std::fs::remove_file(&path).map_err(|e| Error::io("remove pack", e))?;
-                removed.insert(id);
-                if retired {
-                    let mut b = index.batch();
-                    b.delete(CF_PACKS, &key);
-                    b.delete(CF_PACK_LEN, &key);
-                    index.write(b, true)?;
-                }
+            _ if !retired && actual > HEADER_LEN && missing.is_some() => {
+                plan.push(PackFix::Keep { id, len: actual })
             }
+            _ => plan.push(PackFix::Remove {
+                id,
+                retired,
+                len: actual,
+            }),
         }
     }
-    if !removed.is_empty() {
+    let mut changed = false;
+    for fix in plan {
+        changed |= apply_pack_fix(index, dir, fix)?;
+    }
+    if changed {
         sync_dir(dir)?;
     }
     forget_vanished_retired_packs(index, dir)?;
     Ok(last)
+}
+
+/// Applies one [`PackFix`]; true if the directory changed.
+fn apply_pack_fix(index: &Index, dir: &Path, fix: PackFix) -> Result<bool> {
+    match fix {
+        PackFix::Truncate { id, actual, len } => {
+            // Padding after the last commit (less than a block) is routine.
+            match actual - len < BLOCK {
+                true => tracing::debug!(pack = id.0, actual, len, "dropping pack padding"),
+                false => tracing::warn!(pack = id.0, actual, len, "truncating unindexed pack tail"),
+            }
+            PackFile::open(dir, id, true)?.truncate(len)?;
+            Ok(false)
+        }
+        PackFix::Remove { id, retired, len } => {
+            match retired || len <= HEADER_LEN {
+                true => tracing::info!(pack = id.0, retired, "removing pack with no indexed chunks"),
+                false => tracing::warn!(
+                    pack = id.0,
+                    len,
+                    "removing pack with no indexed chunks (appended before a crash, never acknowledged)"
+                ),
+            }
+            std::fs::remove_file(dir.join(id.file_name()))
+                .map_err(|e| Error::io("remove pack", e))?;
+            if retired {
+                let key = id.0.to_be_bytes();
+                let mut b = index.batch();
+                b.delete(CF_PACKS, &key);
+                b.delete(CF_PACK_LEN, &key);
+                index.write(b, true)?;
+            }
+            Ok(true)
+        }
+        PackFix::Keep { id, len } => {
+            let aside = dir.join(LOST_AND_FOUND);
+            std::fs::create_dir_all(&aside).map_err(|e| Error::io("create lost+found", e))?;
+            let mut to = aside.join(id.file_name());
+            let mut n = 1;
+            while to.exists() {
+                n += 1;
+                to = aside.join(format!("{}.{n}", id.file_name()));
+            }
+            tracing::warn!(
+                pack = id.0,
+                len,
+                to = %to.display(),
+                "a pack holds data the index has nothing in while packs the index names are \
+                 missing (index and packs not copied at one moment?): moved aside, not deleted"
+            );
+            std::fs::rename(dir.join(id.file_name()), &to)
+                .map_err(|e| Error::io("move pack to lost+found", e))?;
+            sync_dir(&aside)?;
+            Ok(true)
+        }
+    }
 }
 
 /// Packs the index has committed data in whose files are gone: an error, unless `allow` (then a
@@ -1474,6 +1535,71 @@ mod lost_file_tests {
         for c in std::iter::once(&first).chain(&later) {
             store.read_chunk(c).unwrap();
         }
+    }
+
+    /// Packs and an index not of one moment (QA: a copy that took `packs/` before `index/`,
+    /// checked with `fsck --data`): the index names a pack that is missing, and has nothing
+    /// in an older pack that holds data (gc had moved its chunks into the missing one). That
+    /// pack may hold the only copy of those chunks, so it is moved to `lost+found`, never
+    /// deleted; and a store refused for a short pack is refused before any file changes.
+    #[test]
+    fn packs_not_of_their_index_s_moment_are_kept_or_left_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let open_small = |allow: bool| {
+            let mut cfg = StoreConfig::new(dir.path());
+            cfg.pack_target_size = 64 << 10;
+            cfg.allow_missing_packs = allow;
+            Store::open(cfg, &[])
+        };
+        let store = open_small(false).unwrap();
+        for i in 0..5u8 {
+            let mut s = store.session();
+            s.add_chunk(&vec![i; 40 << 10]).unwrap();
+            s.commit(store.index().batch()).unwrap();
+        }
+        drop(store);
+        let packs = pack_lengths(dir.path());
+        assert!(packs.len() >= 4, "{packs:?}");
+        let (first, second, last) = (packs[0], packs[1], packs[packs.len() - 1]);
+        let path = |id: PackId| dir.path().join("packs").join(id.file_name());
+        // The index forgets the first pack (as if repacked), the newest pack file is gone, and
+        // the second is shorter than the index says.
+        let store = open_small(false).unwrap();
+        let mut b = store.index().batch();
+        b.delete(CF_PACKS, &first.0 .0.to_be_bytes());
+        b.delete(CF_PACK_LEN, &first.0 .0.to_be_bytes());
+        store.index().write(b, true).unwrap();
+        drop(store);
+        std::fs::remove_file(path(last.0)).unwrap();
+        let short = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path(second.0))
+            .unwrap();
+        short.set_len(second.1 - 4096).unwrap();
+        let before = pack_lengths(dir.path());
+        let first_len = before[0].1;
+
+        let err = open_small(true).err().expect("a short pack is refused");
+        assert_eq!(err.kind, cairn_core::ErrorKind::Corrupt, "{err}");
+        assert_eq!(pack_lengths(dir.path()), before, "nothing deleted first");
+
+        short.set_len(second.1).unwrap();
+        drop(open_small(true).expect("opens with the missing pack allowed"));
+        let kept = dir
+            .path()
+            .join("packs")
+            .join(LOST_AND_FOUND)
+            .join(first.0.file_name());
+        assert_eq!(
+            std::fs::metadata(&kept).map(|m| m.len()).ok(),
+            Some(first_len),
+            "the pack the index forgot is kept whole in lost+found"
+        );
+        assert!(!path(first.0).exists());
+        assert!(
+            open_small(false).is_err(),
+            "the missing pack is still refused"
+        );
     }
 
     #[test]
