@@ -941,7 +941,16 @@ impl Engine {
         let mut draft = self.draft(token)?;
         // A document over the value limit (written before it existed) may still shrink.
         let before = count_values(&draft.meta, usize::MAX);
+        let depth_before = nesting(&draft.meta);
         f(&mut draft.meta)?;
+        let depth = nesting(&draft.meta);
+        if depth > MAX_META_DEPTH && depth > depth_before {
+            return Err(Error::invalid(format!(
+                "the metadata would be nested {depth} levels deep, over {MAX_META_DEPTH}: the \
+                 deepest one JSON body can carry, so that the whole document can always be \
+                 written back"
+            )));
+        }
         if draft.meta.to_string().len() > MAX_META_BYTES {
             return Err(Error::too_large(format!(
                 "metadata over {MAX_META_BYTES} bytes"
@@ -967,6 +976,28 @@ pub const MAX_META_BYTES: usize = 16 << 20;
 /// values (7 million numbers are 14 MB of text and took a read 460 MB), and every read of the
 /// metadata decodes it whole.
 pub const MAX_META_VALUES: usize = 1 << 18;
+
+/// Deepest nesting of a metadata document: a request body is parsed with serde_json's
+/// recursion limit (128 arrays or objects deep, so 127 at most), and a value stored at a path of
+/// keys is that many levels deeper; without this bound, `GET …/meta` could return a document
+/// that `PUT …/meta` refuses.
+pub const MAX_META_DEPTH: usize = 127;
+
+/// How many arrays and objects deep `v` is (a scalar is 0).
+fn nesting(v: &Value) -> usize {
+    let mut deepest = 0;
+    let mut stack = vec![(v, 0usize)];
+    while let Some((v, d)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &Value>> = match v {
+            Value::Array(a) => Box::new(a.iter()),
+            Value::Object(o) => Box::new(o.values()),
+            _ => continue,
+        };
+        deepest = deepest.max(d + 1);
+        stack.extend(children.map(|c| (c, d + 1)));
+    }
+    deepest
+}
 
 /// The values in `v` (itself included), counting stops once past `limit`.
 fn count_values(v: &Value, limit: usize) -> usize {

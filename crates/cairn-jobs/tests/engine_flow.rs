@@ -692,6 +692,31 @@ fn metadata_is_bounded_in_values() {
     e.meta_set(&t, "a/0", json!(1), false).unwrap();
 }
 
+/// Metadata is at most `MAX_META_DEPTH` deep, where a value's path counts too (QA: a 127-deep
+/// value put at a path made a document `GET …/meta` returned and `PUT …/meta` refused).
+#[test]
+fn metadata_is_bounded_in_depth_so_it_can_be_written_back_whole() {
+    use cairn_jobs::engine::MAX_META_DEPTH;
+    let dir = tempfile::tempdir().unwrap();
+    let e = small_engine(dir.path());
+    let t = new_object(&e);
+    let q = Qhit::Draft(t);
+    let nested = |n: usize| (0..n).fold(json!(1), |v, _| json!({ "a": v }));
+    let err = e
+        .meta_set(&t, "k", nested(MAX_META_DEPTH), false)
+        .unwrap_err();
+    assert!(err.is(ErrorKind::Invalid), "{err}");
+    assert!(e.meta_get(&q, "k").unwrap_err().is(ErrorKind::NotFound));
+    e.meta_set(&t, "k", nested(MAX_META_DEPTH - 1), false)
+        .unwrap();
+    let whole = e.meta_get(&q, "").unwrap().to_string();
+    // What a client reads parses as a request body does (serde_json's default limit), and
+    // goes back whole; one level more would not parse.
+    let parsed: serde_json::Value = serde_json::from_str(&whole).unwrap();
+    e.meta_set(&t, "", parsed, false).unwrap();
+    assert!(serde_json::from_str::<serde_json::Value>(&format!("[{whole}]")).is_err());
+}
+
 /// A request that names another draft's upload job is refused at once: it neither waits for
 /// that job's lock (held here by an upload still receiving) nor holds it, so it cannot time
 /// whether the job is receiving data or make its force completion answer 409.
