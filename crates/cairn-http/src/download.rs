@@ -181,6 +181,29 @@ pub async fn handle_part_data(
     serve(&st, h, Some(info.modified), IMMUTABLE, &method, &headers).await
 }
 
+/// Streaming formats whose segment names `mime_guess` gets wrong or does not know; players
+/// (hls.js, dash.js, Safari) go by these types. `.ts` is an MPEG transport stream here, not
+/// TypeScript or the DLNA name `mime_guess` gives it.
+const MEDIA_TYPES: &[(&str, &str)] = &[
+    ("ts", "video/mp2t"),
+    ("m4s", "video/iso.segment"),
+    ("m3u8", "application/vnd.apple.mpegurl"),
+    ("mpd", "application/dash+xml"),
+];
+
+/// `Content-Type` for a file uploaded without a `mime_type`: from its name.
+fn guess_type(path: &str) -> std::borrow::Cow<'static, str> {
+    let ext = path.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase());
+    let known = MEDIA_TYPES.iter().find(|(e, _)| Some(*e) == ext.as_deref());
+    match known {
+        Some((_, t)) => (*t).into(),
+        None => mime_guess::from_path(path)
+            .first_or_octet_stream()
+            .to_string()
+            .into(),
+    }
+}
+
 /// Serves an opened file (or part) honouring Range and the preconditions (`conditional.rs`).
 async fn serve(
     st: &AppState,
@@ -191,11 +214,10 @@ async fn serve(
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     let etag = format!("\"{}\"", h.etag.to_hex());
-    let mime = h.mime_type.clone().unwrap_or_else(|| {
-        mime_guess::from_path(h.path.as_str())
-            .first_or_octet_stream()
-            .to_string()
-    });
+    let mime = h
+        .mime_type
+        .clone()
+        .unwrap_or_else(|| guess_type(h.path.as_str()).to_string());
     let mut validators = vec![
         (header::ETAG, etag.clone()),
         (header::CACHE_CONTROL, cache.to_string()),
@@ -459,4 +481,26 @@ async fn multipart(
         Some(total),
         body,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::guess_type;
+
+    #[test]
+    fn media_segments_get_the_types_players_expect() {
+        for (path, want) in [
+            ("hls/seg-001.ts", "video/mp2t"),
+            ("hls/SEG.TS", "video/mp2t"),
+            ("dash/chunk-1.m4s", "video/iso.segment"),
+            ("hls/index.m3u8", "application/vnd.apple.mpegurl"),
+            ("dash/manifest.mpd", "application/dash+xml"),
+            ("movie.mp4", "video/mp4"),
+            ("notes.txt", "text/plain"),
+            ("dir.ts/blob", "application/octet-stream"),
+            ("no-extension", "application/octet-stream"),
+        ] {
+            assert_eq!(guess_type(path), want, "{path}");
+        }
+    }
 }
