@@ -131,6 +131,7 @@ enum Cmd {
         after_help = "Examples:\n  cairn gc --dry-run\n  cairn object rm iq__… && cairn gc && cairn stats"
     )]
     Gc {
+        /// Collect in this data dir directly (the server must be stopped); else ask the server.
         #[arg(long)]
         data: Option<std::path::PathBuf>,
         /// Report what would be freed, change nothing.
@@ -139,6 +140,7 @@ enum Cmd {
     },
     /// Logical and stored bytes, dedup ratio, packs, live ratio.
     Stats {
+        /// Read this data dir directly (the server must be stopped); else ask the server.
         #[arg(long)]
         data: Option<std::path::PathBuf>,
     },
