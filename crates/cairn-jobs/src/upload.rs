@@ -19,7 +19,7 @@ use cairn_store::{ChunkRef, PartRecord, SegmentChunker, WriteSession};
 use futures::{Stream, StreamExt};
 use serde::Serialize;
 
-use crate::engine::Engine;
+use crate::engine::{Engine, UPLOAD_PERMITS};
 use crate::records::*;
 
 /// Unfinished upload jobs whose streamed hashes are kept (each at most a few tens of KiB).
@@ -230,12 +230,20 @@ impl Engine {
                 job.size
             )));
         }
-        let permit = self
-            .uploads
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| Error::internal("engine closed"))?;
+        // All permits held (by as many uploads whose clients send slowly, say): wait at most
+        // the idle time, as a download waits for read budget, rather than queue for as long
+        // as they last. Nothing was read, so the client retries the same request.
+        let permit =
+            tokio::time::timeout(self.cfg.idle_timeout, self.uploads.clone().acquire_owned())
+                .await
+                .map_err(|_| {
+                    Error::busy(format!(
+                    "all {UPLOAD_PERMITS} upload slots stayed taken by other uploads for {} s; \
+                     nothing of this request was read, send it again",
+                    self.cfg.idle_timeout.as_secs()
+                ))
+                })?
+                .map_err(|_| Error::internal("engine closed"))?;
         let me = self.clone();
         let task = tokio::spawn(async move {
             let _held = (guard, permit);
@@ -857,6 +865,51 @@ impl StreamHashes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An upload that finds every upload permit taken waits the idle time, then is `busy`
+    /// (503 with `Retry-After`) having read nothing; once a permit frees, the same request goes
+    /// through.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_upload_waits_for_a_permit_at_most_the_idle_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = crate::EngineConfig::new(dir.path());
+        cfg.idle_timeout = std::time::Duration::from_millis(500);
+        let e = Arc::new(Engine::open(cfg).unwrap());
+        let lib = e.create_library("t").unwrap();
+        let (_, draft) = e.create_object(&lib.id).unwrap();
+        let t = draft.token;
+        let ops = vec![crate::ops::RawOp {
+            path: Some("f".into()),
+            size: Some(3),
+            ..Default::default()
+        }];
+        let job = e
+            .create_files_job(&t, &crate::ops::FilesJobRequest::from_ops(ops))
+            .unwrap();
+        let body =
+            || futures::stream::iter(vec![Ok::<_, std::io::Error>(Bytes::from_static(b"abc"))]);
+        let all = e
+            .uploads
+            .clone()
+            .acquire_many_owned(UPLOAD_PERMITS as u32)
+            .await
+            .unwrap();
+        let started = std::time::Instant::now();
+        let err = e
+            .upload(t, job.id, job.jobs[0], Some(3), body())
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind, cairn_core::ErrorKind::Busy, "{err}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        let st = e.upload_status(&t, &job.id, &job.jobs[0], 0, 10).unwrap();
+        assert_eq!(st.files[0].skip, 0, "nothing was read");
+        drop(all);
+        let ok = e
+            .upload(t, job.id, job.jobs[0], Some(3), body())
+            .await
+            .unwrap();
+        assert!(ok.complete);
+    }
 
     #[tokio::test]
     async fn unused_upload_job_locks_do_not_pile_up() {
