@@ -1093,14 +1093,14 @@ fn a_download_whose_client_reads_nothing_is_dropped() {
 }
 
 /// A client that reads a download slowly but steadily is not taken for one that stopped: at
-/// 192 KiB/s against a 2 s idle deadline it gets the whole file. Without `TCP_NOTSENT_LOWAT`
+/// 192 KiB/s against a 3 s idle deadline it gets the whole file. Without `TCP_NOTSENT_LOWAT`
 /// the socket woke the writer only after megabytes had drained, and this client was dropped.
 #[test]
 fn a_download_read_slowly_but_steadily_is_not_dropped() {
     use std::io::{Read, Write};
     use std::time::{Duration, Instant};
     let data = tempfile::tempdir().unwrap();
-    let s = Server::start_config(data.path(), "idle_timeout_secs = 2\n");
+    let s = Server::start_config(data.path(), "idle_timeout_secs = 3\n");
     let (_, _, wt) = new_object(&s);
     let src = tempfile::NamedTempFile::new().unwrap();
     let body = common::pattern(6, 8 << 20);

@@ -469,6 +469,7 @@ async fn accept_loop(
             continue;
         };
         let _ = stream.set_nodelay(true);
+        #[cfg(any(target_os = "linux", target_os = "android"))]
         let _ = socket2::SockRef::from(&stream).set_tcp_notsent_lowat(deadline::NOTSENT_LOWAT);
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
         let io = deadline::Deadlines::new(wire::ErrorBodies::new(stream), first_byte, write_idle);

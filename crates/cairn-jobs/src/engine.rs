@@ -524,6 +524,7 @@ impl Engine {
                 self.drop_upload_job(b, uj)?;
             }
             b.delete(CF_FILES_JOBS, fj.as_bytes());
+            b.delete(CF_FILES_JOBS, &crate::files::dropped_key(fj));
         }
         b.delete(CF_DRAFTS, &draft.token.to_bytes());
         Ok(())
@@ -905,6 +906,16 @@ impl Engine {
                 return Err(Error::invalid(FILES_GUARD));
             }
         }
+        // Only what is written can deepen the document (a merge adds members at the value's
+        // own depth), so only it is measured.
+        let depth = keys.len() + nesting(&value);
+        if depth > MAX_META_DEPTH {
+            return Err(Error::invalid(format!(
+                "the metadata would be nested {depth} levels deep, over {MAX_META_DEPTH}: the \
+                 deepest one JSON body can carry, so that the whole document can always be \
+                 written back"
+            )));
+        }
         self.edit_meta(token, |meta| {
             let slot = slot_mut(meta, &keys)?;
             match (merge, &mut *slot, value) {
@@ -941,16 +952,7 @@ impl Engine {
         let mut draft = self.draft(token)?;
         // A document over the value limit (written before it existed) may still shrink.
         let before = count_values(&draft.meta, usize::MAX);
-        let depth_before = nesting(&draft.meta);
         f(&mut draft.meta)?;
-        let depth = nesting(&draft.meta);
-        if depth > MAX_META_DEPTH && depth > depth_before {
-            return Err(Error::invalid(format!(
-                "the metadata would be nested {depth} levels deep, over {MAX_META_DEPTH}: the \
-                 deepest one JSON body can carry, so that the whole document can always be \
-                 written back"
-            )));
-        }
         if draft.meta.to_string().len() > MAX_META_BYTES {
             return Err(Error::too_large(format!(
                 "metadata over {MAX_META_BYTES} bytes"
@@ -988,13 +990,12 @@ fn nesting(v: &Value) -> usize {
     let mut deepest = 0;
     let mut stack = vec![(v, 0usize)];
     while let Some((v, d)) = stack.pop() {
-        let children: Box<dyn Iterator<Item = &Value>> = match v {
-            Value::Array(a) => Box::new(a.iter()),
-            Value::Object(o) => Box::new(o.values()),
+        match v {
+            Value::Array(a) => stack.extend(a.iter().map(|c| (c, d + 1))),
+            Value::Object(o) => stack.extend(o.values().map(|c| (c, d + 1))),
             _ => continue,
-        };
+        }
         deepest = deepest.max(d + 1);
-        stack.extend(children.map(|c| (c, d + 1)));
     }
     deepest
 }

@@ -521,7 +521,7 @@ impl Engine {
             // Every job sealed: either the uploads finished, or a force completion sealed
             // them and then failed (or the server stopped) before the tree dropped the files
             // cut short. That one is finished now, and what it drops reported.
-            report.files_dropped = self.resolve_draft(token, false)?;
+            report.files_dropped = self.force_resolve(token, fj)?;
             return match report.files_dropped.is_empty() {
                 true => Err(Error::gone(format!("files job {fj} is already complete"))),
                 false => Ok(report),
@@ -547,7 +547,7 @@ impl Engine {
             }
         }
         self.store.index().sync_log()?;
-        report.files_dropped = self.resolve_draft(token, false)?;
+        report.files_dropped = self.force_resolve(token, fj)?;
         drop(guards);
         match failed.into_iter().next() {
             None => Ok(report),
@@ -593,40 +593,67 @@ impl Engine {
         self.store.commit(b)
     }
 
-    /// Rewrites the draft tree with sealed parts in place of pending uploads. Files whose upload
-    /// was force-completed without them are dropped (their paths returned). With `strict`, any
-    /// file still uploading is an `incomplete` error and nothing changes.
-    fn resolve_draft(&self, token: &WriteToken, strict: bool) -> Result<Vec<String>> {
+    /// Force completion's resolution of the draft `fj` belongs to: sealed parts replace pending
+    /// uploads, and files whose upload was sealed without them are dropped (their paths
+    /// returned, also those an earlier, failed force completion of `fj` dropped).
+    ///
+    /// It runs in committed passes like a finalize's ([`Self::resolve_draft_locked`]), so its
+    /// memory does not grow with the files pending. Each pass's dropped paths are saved with
+    /// the pass (under [`dropped_key`]), so a pass that fails after earlier ones dropped files
+    /// cannot lose their report: the next force completion reports them. The record goes once
+    /// the whole resolution has succeeded.
+    fn force_resolve(&self, token: &WriteToken, fj: &FilesJobId) -> Result<Vec<String>> {
         let _w = self.state.write();
-        self.resolve_draft_locked(token, strict, FailedSeals::new())
+        let key = dropped_key(fj);
+        let index = self.store.index();
+        let earlier = index.get_record::<DroppedPaths>(CF_FILES_JOBS, &key)?;
+        let had_record = earlier.is_some();
+        let mut dropped = earlier.unwrap_or_default();
+        let saved =
+            self.resolve_passes(token, false, FailedSeals::new(), &mut dropped, Some(&key))?;
+        if had_record || saved {
+            let mut b = index.batch();
+            b.delete(CF_FILES_JOBS, &key);
+            self.store.commit(b)?;
+        }
+        Ok(dropped.paths)
     }
 
-    /// [`Self::resolve_draft`] for a caller that holds the state lock for writing.
-    /// `failed`: upload jobs whose seal just failed ([`Self::seal_received`]); a file waiting
-    /// on one gets that error instead of `incomplete`.
+    /// Rewrites the draft tree with sealed parts in place of pending uploads; any file still
+    /// uploading, or cut short, is an error (`incomplete`) and nothing changes. The caller holds
+    /// the state lock for writing. `failed`: upload jobs whose seal just failed
+    /// ([`Self::seal_received`]); a file waiting on one gets that error instead.
     ///
-    /// A strict resolution (finalize) runs in passes of at most `resolve_batch` files
-    /// ([`crate::EngineConfig`]), each committed before the next, so its memory does not grow
-    /// with the draft (a pending file costs about 1.4 KB while it is resolved). It first checks,
-    /// reading only, that every pending file can be resolved ([`Self::check_resolvable`]), so a
-    /// finalize that must fail (a file still uploading) does so before any pass has changed
-    /// the draft. A force completion (not strict) resolves in one pass: the files it drops are
-    /// reported from that pass's result, and a pass that failed after an earlier one had
-    /// dropped files would lose their report.
+    /// It runs in passes of at most `resolve_batch` files ([`crate::EngineConfig`]), each
+    /// committed before the next, so its memory does not grow with the draft (a pending file
+    /// costs about 1.4 KB while it is resolved). It first checks, reading only, that every
+    /// pending file can be resolved ([`Self::check_resolvable`]), so a finalize that must fail
+    /// (a file still uploading) does so before any pass has changed the draft.
     fn resolve_draft_locked(
         &self,
         token: &WriteToken,
         strict: bool,
         failed: FailedSeals,
     ) -> Result<Vec<String>> {
-        let limit = match strict {
-            true => {
-                self.check_resolvable(&self.draft_head(token)?.root, &failed)?;
-                self.cfg.resolve_batch.max(1)
-            }
-            false => usize::MAX,
-        };
-        let mut dropped = Vec::new();
+        debug_assert!(strict, "force completion resolves through force_resolve");
+        self.check_resolvable(&self.draft_head(token)?.root, &failed)?;
+        let mut dropped = DroppedPaths::default();
+        self.resolve_passes(token, strict, failed, &mut dropped, None)?;
+        Ok(dropped.paths)
+    }
+
+    /// The passes of a resolution; the paths dropped are added to `dropped`, and, when `save`
+    /// names a key, written under it with each pass that dropped any. True if one was written.
+    fn resolve_passes(
+        &self,
+        token: &WriteToken,
+        strict: bool,
+        failed: FailedSeals,
+        dropped: &mut DroppedPaths,
+        save: Option<&[u8]>,
+    ) -> Result<bool> {
+        let limit = self.cfg.resolve_batch.max(1);
+        let mut saved = false;
         loop {
             let mut out = Resolution {
                 failed: failed.clone(),
@@ -648,12 +675,18 @@ impl Engine {
                         },
                     );
                 }
+                let fresh = !out.dropped.is_empty();
+                dropped.paths.append(&mut out.dropped);
+                if let (Some(key), true) = (save, fresh) {
+                    b.put_record(CF_FILES_JOBS, key, &*dropped);
+                    saved = true;
+                }
                 let stored = (out.nodes, out.stats);
                 self.replace_root_with(b, &mut draft, tree, &[], stored)?;
             }
-            dropped.append(&mut out.dropped);
+            dropped.paths.append(&mut out.dropped);
             if !out.cut_short {
-                return Ok(dropped);
+                return Ok(saved);
             }
         }
     }
@@ -1007,6 +1040,14 @@ fn check_placed_links(tree: &mut MemDir, placed: &[FilePath], loader: &Loader<'_
         }
     }
     Ok(())
+}
+
+/// Where the [`DroppedPaths`] of files job `fj` are kept: beside its record, in the same column
+/// family (never scanned), under the job's id and a suffix no job id has.
+pub fn dropped_key(fj: &FilesJobId) -> Vec<u8> {
+    let mut k = fj.as_bytes().to_vec();
+    k.extend_from_slice(b"/dropped");
+    k
 }
 
 /// `weight` plus `more`, or `too_large` past [`MAX_JOB_WEIGHT`].

@@ -177,6 +177,17 @@ impl Record for FilesJobRecord {
     const NAME: &'static str = "files job";
 }
 
+/// The paths a force completion of a files job dropped in the passes it has committed so far,
+/// kept beside the job's record until the whole force completion has succeeded
+/// (`Engine::force_resolve`).
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct DroppedPaths {
+    pub paths: Vec<String>,
+}
+impl Record for DroppedPaths {
+    const NAME: &'static str = "dropped paths";
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct UploadJobRecord {
     pub id: UploadJobId,

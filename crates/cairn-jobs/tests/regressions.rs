@@ -672,3 +672,51 @@ async fn pending_files_resolve_in_committed_passes() {
     assert!(read_all(&e, &Qhit::Version(v), "x/1").is_err());
     assert_eq!(read_all(&e, &Qhit::Version(v), "z/a/3").unwrap(), b"three");
 }
+
+/// A force completion resolves in committed passes too, and one that fails in a later pass
+/// keeps the report of what its earlier passes dropped: the next force completion reports
+/// those paths, each once, and after that success the report is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_force_completion_that_fails_part_way_loses_no_dropped_path() {
+    use cairn_jobs::records::CF_UPLOAD_JOBS;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 256 << 10, SMALL_CHUNKS);
+    cfg.resolve_batch = 2;
+    let e = Arc::new(Engine::open(cfg).unwrap());
+    let t = new_object(&e);
+    let cut: Vec<String> = (1..=4).map(|n| format!("a/{n}")).collect();
+    let ops = cut.iter().map(|p| add_file(p, 10)).collect();
+    let job = e.create_files_job(&t, &request(ops)).unwrap();
+    let late = e
+        .create_files_job(&t, &request(vec![add_file("z", 10)]))
+        .unwrap();
+    // The third pass, after two have dropped a/1..a/4, fails on "z": its upload job's record
+    // cannot be read.
+    let idx = e.store().index();
+    let key = late.jobs[0].as_bytes().to_vec();
+    let record = idx.get(CF_UPLOAD_JOBS, &key).unwrap().unwrap().to_vec();
+    let mut b = idx.batch();
+    b.delete(CF_UPLOAD_JOBS, &key);
+    idx.write(b, true).unwrap();
+    let err = e.force_completion(&t, &job.id).unwrap_err();
+    assert!(err.is(ErrorKind::NotFound), "{err}");
+    let draft = Qhit::Draft(t);
+    assert!(
+        read_all(&e, &draft, "a/1").is_err(),
+        "the first passes were committed"
+    );
+
+    let mut b = idx.batch();
+    b.put(CF_UPLOAD_JOBS, &key, &record);
+    idx.write(b, true).unwrap();
+    let mut dropped = e.force_completion(&t, &job.id).unwrap().files_dropped;
+    dropped.sort();
+    assert_eq!(dropped, cut, "reported by the next force completion");
+    let again = e.force_completion(&t, &job.id).unwrap_err();
+    assert!(again.is(ErrorKind::Gone), "reported once: {again}");
+    let key = cairn_jobs::files::dropped_key(&job.id);
+    assert!(idx
+        .get(cairn_jobs::records::CF_FILES_JOBS, &key)
+        .unwrap()
+        .is_none());
+}

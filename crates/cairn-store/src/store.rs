@@ -960,17 +960,25 @@ pub(crate) fn pack_files(dir: &Path) -> Result<Vec<PackId>> {
 /// What recovery does to one pack file, decided before anything is done.
 enum PackFix {
     /// Bytes past the index's committed length: appended before a crash, never acknowledged.
-    Truncate { id: PackId, actual: u64, len: u64 },
+    /// With `keep`, copied aside first (see [`PackFix::Keep`]).
+    Truncate {
+        id: PackId,
+        actual: u64,
+        len: u64,
+        keep: bool,
+    },
     /// A retired pack, or one the index has nothing in.
     Remove { id: PackId, retired: bool, len: u64 },
-    /// A pack with data the index has nothing in, while packs the index does name are missing:
-    /// the index and the packs are not of one moment (a copy taken file by file), and this
-    /// pack may hold the only copy of chunks the missing ones had. Moved aside, never deleted.
+    /// A pack with data that the index has nothing in (or has retired), while packs the index
+    /// does name are missing: the index and the packs are not of one moment (a copy taken file
+    /// by file), and this pack may hold the only copy of chunks gc had moved into a missing
+    /// one. Moved aside, never deleted.
     Keep { id: PackId, len: u64 },
 }
 
-/// Where [`PackFix::Keep`] moves packs, inside the pack directory.
-pub const LOST_AND_FOUND: &str = "lost+found";
+/// Where recovery sets aside what it must not delete ([`PackFix::Keep`]), inside the pack
+/// directory. Not `lost+found`: that name is e2fsck's when `packs/` is a mount point.
+pub const KEPT_DIR: &str = "kept";
 
 /// Crash recovery: deletes retired and never-indexed packs, truncates unindexed tails.
 /// Returns the highest pack id still present.
@@ -1002,16 +1010,26 @@ fn recover_packs(index: &Index, dir: &Path, allow_missing: bool) -> Result<Optio
                     return Err(Error::corrupt(format!(
                         "pack {} is {actual} bytes, the index says {len}: bytes it acknowledged \
                          are gone (a damaged disk, or packs copied before the index; restore the \
-                         index and packs of one moment). Nothing was changed",
+                         index and packs of one moment). No pack file was changed",
                         id.0
                     )));
                 }
                 if actual > len {
-                    plan.push(PackFix::Truncate { id, actual, len });
+                    // With packs missing, a long tail may be chunks gc moved here after the
+                    // index was copied: kept. Padding (under a block) never holds a record.
+                    let keep = missing.is_some() && actual - len >= BLOCK;
+                    plan.push(PackFix::Truncate {
+                        id,
+                        actual,
+                        len,
+                        keep,
+                    });
                 }
                 last = last.max(Some(id));
             }
-            _ if !retired && actual > HEADER_LEN && missing.is_some() => {
+            _ if actual > HEADER_LEN && missing.is_some() => {
+                // Counted, so that no new pack takes its number while it is set aside.
+                last = last.max(Some(id));
                 plan.push(PackFix::Keep { id, len: actual })
             }
             _ => plan.push(PackFix::Remove {
@@ -1029,13 +1047,81 @@ fn recover_packs(index: &Index, dir: &Path, allow_missing: bool) -> Result<Optio
         sync_dir(dir)?;
     }
     forget_vanished_retired_packs(index, dir)?;
+    report_kept(dir);
     Ok(last)
+}
+
+/// Warns, at every open, while recovery's set-aside files are there: nothing else looks at
+/// them, and they are the operator's to restore or delete (operations.md).
+fn report_kept(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir.join(KEPT_DIR)) else {
+        return;
+    };
+    let sizes: Vec<u64> = entries
+        .filter_map(|e| e.ok()?.metadata().ok())
+        .map(|m| m.len())
+        .collect();
+    if !sizes.is_empty() {
+        tracing::warn!(
+            files = sizes.len(),
+            bytes = sizes.iter().sum::<u64>(),
+            dir = %dir.join(KEPT_DIR).display(),
+            "recovery set pack data aside here (index and packs not of one moment); restore \
+             the index of their moment to use it, or delete it"
+        );
+    }
+}
+
+/// A path in [`KEPT_DIR`] (created, and made durable, if needed) named `name`, or `name.2`,
+/// `name.3`… if taken.
+fn kept_path(dir: &Path, name: &str) -> Result<PathBuf> {
+    let aside = dir.join(KEPT_DIR);
+    if !aside.exists() {
+        std::fs::create_dir_all(&aside).map_err(|e| Error::io("create packs/kept", e))?;
+        sync_dir(dir)?;
+    }
+    let mut to = aside.join(name);
+    let mut n = 1;
+    while to.exists() {
+        n += 1;
+        to = aside.join(format!("{name}.{n}"));
+    }
+    Ok(to)
+}
+
+/// Copies `pack`'s bytes from `from` to its end into a new file `to`, synced.
+fn copy_tail(pack: &Path, from: u64, to: &Path) -> Result<()> {
+    use std::io::{Seek, SeekFrom};
+    let io = |e| Error::io("copy a pack tail to packs/kept", e);
+    let mut src = std::fs::File::open(pack).map_err(io)?;
+    src.seek(SeekFrom::Start(from)).map_err(io)?;
+    let mut dst = std::fs::File::create_new(to).map_err(io)?;
+    std::io::copy(&mut src, &mut dst).map_err(io)?;
+    dst.sync_all().map_err(io)?;
+    sync_dir(to.parent().unwrap_or(pack))
 }
 
 /// Applies one [`PackFix`]; true if the directory changed.
 fn apply_pack_fix(index: &Index, dir: &Path, fix: PackFix) -> Result<bool> {
     match fix {
-        PackFix::Truncate { id, actual, len } => {
+        PackFix::Truncate {
+            id,
+            actual,
+            len,
+            keep,
+        } => {
+            if keep {
+                let to = kept_path(dir, &format!("{}.tail-{len}", id.file_name()))?;
+                tracing::warn!(
+                    pack = id.0,
+                    actual,
+                    len,
+                    to = %to.display(),
+                    "packs the index names are missing: this pack's unindexed tail is copied \
+                     aside before it is truncated"
+                );
+                copy_tail(&dir.join(id.file_name()), len, &to)?;
+            }
             // Padding after the last commit (less than a block) is routine.
             match actual - len < BLOCK {
                 true => tracing::debug!(pack = id.0, actual, len, "dropping pack padding"),
@@ -1065,14 +1151,7 @@ fn apply_pack_fix(index: &Index, dir: &Path, fix: PackFix) -> Result<bool> {
             Ok(true)
         }
         PackFix::Keep { id, len } => {
-            let aside = dir.join(LOST_AND_FOUND);
-            std::fs::create_dir_all(&aside).map_err(|e| Error::io("create lost+found", e))?;
-            let mut to = aside.join(id.file_name());
-            let mut n = 1;
-            while to.exists() {
-                n += 1;
-                to = aside.join(format!("{}.{n}", id.file_name()));
-            }
+            let to = kept_path(dir, &id.file_name())?;
             tracing::warn!(
                 pack = id.0,
                 len,
@@ -1081,8 +1160,8 @@ fn apply_pack_fix(index: &Index, dir: &Path, fix: PackFix) -> Result<bool> {
                  missing (index and packs not copied at one moment?): moved aside, not deleted"
             );
             std::fs::rename(dir.join(id.file_name()), &to)
-                .map_err(|e| Error::io("move pack to lost+found", e))?;
-            sync_dir(&aside)?;
+                .map_err(|e| Error::io("move pack to packs/kept", e))?;
+            sync_dir(&dir.join(KEPT_DIR))?;
             Ok(true)
         }
     }
@@ -1434,6 +1513,7 @@ fn located(chunk: &ChunkRef, loc: Option<ChunkLoc>) -> Result<ChunkLoc> {
 #[cfg(test)]
 mod lost_file_tests {
     use super::*;
+    use std::io::Write;
 
     fn open(dir: &Path, allow_missing_packs: bool) -> Result<Store> {
         let mut cfg = StoreConfig::new(dir);
@@ -1540,7 +1620,7 @@ mod lost_file_tests {
     /// Packs and an index not of one moment (QA: a copy that took `packs/` before `index/`,
     /// checked with `fsck --data`): the index names a pack that is missing, and has nothing
     /// in an older pack that holds data (gc had moved its chunks into the missing one). That
-    /// pack may hold the only copy of those chunks, so it is moved to `lost+found`, never
+    /// pack may hold the only copy of those chunks, so it is moved to `packs/kept`, never
     /// deleted; and a store refused for a short pack is refused before any file changes.
     #[test]
     fn packs_not_of_their_index_s_moment_are_kept_or_left_untouched() {
@@ -1584,16 +1664,33 @@ mod lost_file_tests {
         assert_eq!(pack_lengths(dir.path()), before, "nothing deleted first");
 
         short.set_len(second.1).unwrap();
+        // And past what the index committed, the second pack holds more (chunks gc moved there
+        // after the index was copied, say): copied aside before the tail is truncated.
+        let tail = vec![0xABu8; 8192];
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(path(second.0))
+            .unwrap()
+            .write_all(&tail)
+            .unwrap();
         drop(open_small(true).expect("opens with the missing pack allowed"));
+        let kept_dir = dir.path().join("packs").join(KEPT_DIR);
+        let kept_tail: Vec<_> = std::fs::read_dir(&kept_dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.to_string_lossy().contains(".tail-"))
+            .collect();
+        assert_eq!(kept_tail.len(), 1, "{kept_tail:?}");
+        assert!(std::fs::read(&kept_tail[0]).unwrap().ends_with(&tail));
         let kept = dir
             .path()
             .join("packs")
-            .join(LOST_AND_FOUND)
+            .join(KEPT_DIR)
             .join(first.0.file_name());
         assert_eq!(
             std::fs::metadata(&kept).map(|m| m.len()).ok(),
             Some(first_len),
-            "the pack the index forgot is kept whole in lost+found"
+            "the pack the index forgot is kept whole in packs/kept"
         );
         assert!(!path(first.0).exists());
         assert!(
