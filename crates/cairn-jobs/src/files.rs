@@ -654,10 +654,14 @@ impl Engine {
     ) -> Result<bool> {
         let limit = self.cfg.resolve_batch.max(1);
         let mut saved = false;
+        // What each stored directory became, kept from pass to pass (see `resolve_dir`): the
+        // tree cannot change in between, as the caller holds the state lock throughout.
+        let mut resolved = HashMap::new();
         loop {
             let mut out = Resolution {
                 failed: failed.clone(),
                 limit,
+                resolved: std::mem::take(&mut resolved),
                 ..Resolution::default()
             };
             let mut draft = self.draft(token)?;
@@ -688,6 +692,7 @@ impl Engine {
             if !out.cut_short {
                 return Ok(saved);
             }
+            resolved = out.resolved;
         }
     }
 
@@ -753,35 +758,41 @@ impl Engine {
                 // A stored directory with nothing uploading is left as it is, unread.
                 MemEntry::Stored(d) if out.stats(d, &loader)?.pending == 0 => continue,
                 // Resolved once per distinct directory, however many copies of it the tree
-                // holds: the result is stored right away and shared by digest.
-                // The files it drops are remembered relative to it, and reported under each
-                // copy.
+                // holds, and across passes: the result is stored right away and shared by
+                // digest. A copy met later follows what its digest became (a pass cut short
+                // inside a directory leaves a partly resolved one, which the next pass takes
+                // further), and is resolved from where that chain ends. The files dropped are
+                // remembered relative to the directory, and reported under each copy.
                 MemEntry::Stored(d) => {
                     let was = *d;
                     let prefix = format!("{path}/");
-                    let now = match out.resolved.get(&was) {
-                        Some((now, dropped)) => {
-                            let now = *now;
-                            let here = dropped.iter().map(|rel| format!("{prefix}{rel}"));
-                            let here: Vec<String> = here.collect();
-                            out.dropped.extend(here);
-                            now
+                    let mut now = was;
+                    while let Some((next, dropped)) = out.resolved.get(&now) {
+                        let here = dropped.iter().map(|rel| format!("{prefix}{rel}"));
+                        out.dropped.extend(here.collect::<Vec<_>>());
+                        if *next == now {
+                            break;
                         }
-                        None => {
-                            let first = out.dropped.len();
-                            let mut sub = MemDir::load(&was, &loader)?;
-                            let now = match self.resolve_dir(&mut sub, &path, strict, out)? {
-                                true => sub.store_with(&mut out.nodes, &loader, &mut out.stats)?.0,
-                                false => was,
-                            };
-                            let rel = out.dropped[first..]
-                                .iter()
-                                .map(|p| p.strip_prefix(&prefix).unwrap_or(p).to_string())
-                                .collect();
-                            out.resolved.insert(was, (now, rel));
-                            now
+                        now = *next;
+                    }
+                    let settled = out.resolved.get(&now).is_some_and(|(next, _)| *next == now);
+                    if !settled && out.stats(&now, &loader)?.pending > 0 {
+                        let first = out.dropped.len();
+                        let mut sub = MemDir::load(&now, &loader)?;
+                        let from = now;
+                        if self.resolve_dir(&mut sub, &path, strict, out)? {
+                            now = sub.store_with(&mut out.nodes, &loader, &mut out.stats)?.0;
                         }
-                    };
+                        let rel = out.dropped[first..]
+                            .iter()
+                            .map(|p| p.strip_prefix(&prefix).unwrap_or(p).to_string())
+                            .collect();
+                        // A pass that ended inside it before changing anything says nothing
+                        // about it: it must not read as settled.
+                        if now != from || !out.cut_short {
+                            out.resolved.insert(from, (now, rel));
+                        }
+                    }
                     if now != was {
                         *entry = MemEntry::Stored(now);
                         changed = true;
