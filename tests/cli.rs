@@ -316,14 +316,17 @@ fn a_rerun_after_the_files_changed_discards_the_draft_it_cannot_continue() {
         "the killed run's draft is open"
     );
 
+    // A file changed and one added (QA: an added or deleted file lost the record, and with
+    // it the only name of the old draft).
     let mut f = std::fs::OpenOptions::new().append(true).open(&big).unwrap();
     std::io::Write::write_all(&mut f, b"more").unwrap();
     drop(f);
+    std::fs::write(dir.join("added.txt"), b"new").unwrap();
     let out = json_out(cairn(&s, &state, &[&args[..], &["--json"][..]].concat()));
     assert_eq!(out["resumed"], false, "{out}");
     assert_eq!(out["discarded_draft"], old.as_str(), "{out}");
     assert_eq!(draft_status(&s, &old), 404, "the old draft is discarded");
-    assert_eq!(out["bytes"], (100u64 << 20) + 4, "{out}");
+    assert_eq!(out["bytes"], (100u64 << 20) + 4 + 3, "{out}");
 
     // A draft left open by --no-finalize, then a change that keeps size and mtime.
     let small = dir.join("small.txt");
@@ -643,6 +646,22 @@ fn server_and_token_come_from_the_config_file_unless_overridden() {
         Some(1),
         "the flag overrides the file (401)"
     );
+    // Empty variables say nothing: the file's values stand (QA: `CAIRN_TOKEN=` gave 401).
+    let empty = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["lib", "create", "c", "--cli-config", cfg.to_str().unwrap()])
+        .env("CAIRN_SERVER", "")
+        .env("CAIRN_TOKEN", "")
+        .env("CAIRN_CACERT", "")
+        .output()
+        .unwrap();
+    assert!(ok(empty).starts_with("ilib"));
+    // A server that is not an http(s) URL is a usage error at once, not retried as unreachable.
+    for bad in ["127.0.0.1:8008", "ftp://127.0.0.1/"] {
+        let t = Instant::now();
+        let out = run(&["--server", bad]);
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        assert!(t.elapsed() < Duration::from_secs(3), "{bad}");
+    }
     std::fs::write(&cfg, "sever = 1\n").unwrap();
     assert!(!run(&[]).status.success(), "unknown keys are refused");
 }
@@ -1339,4 +1358,22 @@ fn commands_whose_output_reader_is_gone_exit_quietly() {
         assert!(!err.contains("panicked"), "{args:?}: {err}");
         assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
     }
+}
+
+/// A server's rate limit is waited out, not reported as a failure (QA: `ls` twice in a row
+/// exited 1 with 429 against `rate_limit = 5`): 429 is retried with the same backoff as 5xx.
+#[test]
+fn the_cli_waits_out_a_rate_limit() {
+    let work = tempfile::tempdir().unwrap();
+    let s = Server::start_config(work.path(), "rate_limit = 1\nrate_burst = 0\n");
+    let state = work.path().join("state");
+    let started = Instant::now();
+    let obj = new_object(&s, &state);
+    for _ in 0..3 {
+        ok(cairn(&s, &state, &["versions", &obj]));
+    }
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "five requests at one a second were spread out, not all served at once"
+    );
 }

@@ -37,12 +37,14 @@ struct Cli {
     token: Option<String>,
     /// PEM file of CA certificates to trust for an https:// server, beside the system's
     /// [default: from the config file].
+    // A string, not a path: an empty `CAIRN_CACERT=` must mean "not set", which a path
+    // argument refuses as a missing value (so does `cli_config`).
     #[arg(long, env = "CAIRN_CACERT", global = true)]
-    cacert: Option<std::path::PathBuf>,
+    cacert: Option<String>,
     /// Client config file (TOML with `server`, `token` and `cacert`)
     /// [default: $XDG_CONFIG_HOME/cairn/config.toml or ~/.config/cairn/config.toml].
     #[arg(long, env = "CAIRN_CLI_CONFIG", global = true)]
-    cli_config: Option<std::path::PathBuf>,
+    cli_config: Option<String>,
     /// Print results as JSON.
     #[arg(long, global = true)]
     json: bool,
@@ -196,12 +198,15 @@ fn main() {
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    let file = cli::ClientConfig::load(cli.cli_config.as_deref())?;
-    let server = cli
-        .server
+    let cli_config = cli.cli_config.filter(|v| !v.is_empty());
+    let file = cli::ClientConfig::load(cli_config.as_deref().map(std::path::Path::new))?;
+    // An empty `CAIRN_*` variable (or flag) says nothing: the config file's value stands (QA:
+    // `CAIRN_TOKEN=` hid the file's token).
+    let given = |v: Option<String>| v.filter(|v| !v.is_empty());
+    let server = given(cli.server)
         .or(file.server)
         .unwrap_or_else(|| "http://127.0.0.1:8008".into());
-    let token = cli.token.or(file.token).unwrap_or_default();
+    let token = given(cli.token).or(file.token).unwrap_or_default();
     // Only commands that talk to a server read the CA file: a missing one must not stop
     // `serve`, `completions` or an offline `fsck --data`.
     let offline = matches!(
@@ -215,7 +220,11 @@ async fn run(cli: Cli) -> Result<()> {
             | Cmd::Gc { data: Some(_), .. }
             | Cmd::Stats { data: Some(_) }
     );
-    let ca = match cli.cacert.or(file.cacert).filter(|_| !offline) {
+    if !offline {
+        cairn_client::check_server_url(&server)?;
+    }
+    let cacert = given(cli.cacert).map(std::path::PathBuf::from);
+    let ca = match cacert.or(file.cacert).filter(|_| !offline) {
         Some(f) => Some(std::fs::read(&f).with_context(|| format!("--cacert {}", f.display()))?),
         None => None,
     };

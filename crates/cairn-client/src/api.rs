@@ -38,11 +38,12 @@ impl ClientError {
         }
     }
 
-    /// Worth trying again: the server was unreachable or answered 5xx.
+    /// Worth trying again: the server was unreachable, answered 5xx, or refused the request
+    /// for its rate (429: nothing was done, and the backoff waits it out).
     pub fn retryable(&self) -> bool {
         match self {
             ClientError::Transport(_) => true,
-            ClientError::Api { status, .. } => *status >= 500,
+            ClientError::Api { status, .. } => *status >= 500 || *status == 429,
             ClientError::Local(_) | ClientError::Tls(_) | ClientError::Invalid(_) => false,
         }
     }
@@ -87,6 +88,24 @@ pub async fn backoff(attempt: u32) {
         .min(MAX_BACKOFF);
     let jitter = rand::random::<f64>() + 0.5;
     tokio::time::sleep(base.mul_f64(jitter)).await;
+}
+
+/// Checks that `base` is an `http://` or `https://` URL with a host: anything else is a usage
+/// error at once, not retries that end in "cannot reach the server" (QA: `--server
+/// 127.0.0.1:8008` was retried for 15 s).
+pub fn check_server_url(base: &str) -> Result<()> {
+    let url = reqwest::Url::parse(base).map_err(|e| {
+        ClientError::Invalid(format!(
+            "server {base:?} is not a URL ({e}); e.g. http://127.0.0.1:8008"
+        ))
+    })?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(ClientError::Invalid(format!(
+            "server {base:?} must be an http:// or https:// URL with a host, e.g. \
+             http://127.0.0.1:8008"
+        )));
+    }
+    Ok(())
 }
 
 #[derive(Clone)]

@@ -7,7 +7,7 @@
 pub mod api;
 pub mod upload;
 
-pub use api::{Client, ClientError, Result};
+pub use api::{check_server_url, Client, ClientError, Result};
 pub use upload::{
     upload_tree, Progress, SkippedName, SkippedSpecial, UploadOptions, UploadOutcome,
 };

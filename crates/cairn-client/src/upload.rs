@@ -121,7 +121,7 @@ pub async fn upload_tree(
     let skipped_symlinks = local.links.clone();
     let skipped_invalid_names = local.invalid.clone();
     let skipped_special_files = local.special.clone();
-    let record_path = record_path(opts, client, &local.files)?;
+    let record_path = record_path(opts, client)?;
     let mut discarded_draft = None;
     let (record, resumed) = match previous(&record_path, client, &local).await? {
         Previous::Resume(r) => (r, true),
@@ -394,23 +394,35 @@ fn walk_dir(p: &Path, rel: &str, local: &mut Local) -> Result<()> {
     Ok(())
 }
 
+/// A file's modification time in nanoseconds since the epoch (0 if unknown).
+fn mtime_of(meta: &std::fs::Metadata) -> i128 {
+    meta.modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos() as i128)
+}
+
 /// A regular file, hashed.
 fn local_file(p: &Path, rel: &str, meta: &std::fs::Metadata) -> Result<LocalFile> {
     // Only a file named on the command line with no name of its own can get here invalid.
     cairn_core::FilePath::parse(rel)
         .map_err(|e| ClientError::Invalid(format!("{}: {e}", p.display())))?;
-    let mtime_ns = meta
-        .modified()
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_nanos() as i128);
+    let mtime_ns = mtime_of(meta);
     let file = std::fs::File::open(p).map_err(|e| local_err(p, e))?;
     let blake3 = blake3::Hasher::new()
-        .update_reader(file)
+        .update_reader(&file)
         .map_err(|e| local_err(p, e))?
         .finalize()
         .to_hex()
         .to_string();
+    // Written to while it was hashed: the hash names no state the file was ever in.
+    let after = file.metadata().map_err(|e| local_err(p, e))?;
+    if (after.len(), mtime_of(&after)) != (meta.len(), mtime_ns) {
+        return Err(ClientError::Local(format!(
+            "{}: changed while it was being read; run the command again once it is settled",
+            p.display()
+        )));
+    }
     Ok(LocalFile {
         rel: rel.to_string(),
         abs: p.canonicalize().unwrap_or_else(|_| p.to_path_buf()),
@@ -486,21 +498,24 @@ fn state_dir(opts: &UploadOptions) -> PathBuf {
     }
 }
 
-/// The record is named by what the command uploads where, so the same command finds it again.
-fn record_path(opts: &UploadOptions, client: &Client, files: &[LocalFile]) -> Result<PathBuf> {
+/// The record is named by the command: the server, the object, the local paths named (made
+/// absolute) and where they go, so the same command finds it again however the files under
+/// those paths changed since. Naming it by the files themselves lost the record (and stranded
+/// its draft) whenever a file was added or deleted between two runs (QA).
+fn record_path(opts: &UploadOptions, client: &Client) -> Result<PathBuf> {
     let mut h = blake3::Hasher::new();
     h.update(client.base().as_bytes())
         .update(b"\0")
         .update(opts.object.as_bytes())
+        .update(b"\0")
+        .update(opts.dest.as_bytes())
         .update(b"\0");
     if opts.delete {
         h.update(b"delete\0");
     }
-    for f in files {
-        h.update(f.rel.as_bytes())
-            .update(b"\0")
-            .update(f.abs.to_string_lossy().as_bytes())
-            .update(b"\0");
+    for p in &opts.paths {
+        let abs = p.canonicalize().unwrap_or_else(|_| p.clone());
+        h.update(abs.to_string_lossy().as_bytes()).update(b"\0");
     }
     let dir = state_dir(opts).join("uploads");
     std::fs::create_dir_all(&dir)
@@ -693,6 +708,11 @@ async fn send_job_once(
             pieces.push(((*file).clone(), off, len));
         }
         let (sent, progress) = (sent.clone(), progress.clone());
+        // A local file that cannot be read, or changed since it was planned, fails the request
+        // (the server keeps what arrived, which a later run discards with this draft) and is
+        // reported as what it is: a local problem, not the server's, and not worth retrying.
+        let failure = Arc::new(std::sync::Mutex::new(None::<String>));
+        let fail = failure.clone();
         // One request for the whole run: the files are opened one after another as the body
         // is pulled, so a job packing a thousand small files is one request and one commit,
         // not a thousand.
@@ -701,10 +721,17 @@ async fn send_job_once(
                 let (name, size, progress) = (file.rel, file.size, progress.clone());
                 let report: Arc<dyn Fn(u64) + Send + Sync> =
                     Arc::new(move |n| progress(&name, size, n));
-                file_stream(file.abs, off, len, sent.clone(), report)
+                let planned = (file.size, file.mtime_ns);
+                let piece = Piece {
+                    path: file.abs,
+                    off,
+                    len,
+                    planned,
+                };
+                file_stream(piece, sent.clone(), report, fail.clone())
             })
             .flatten();
-        client
+        let sent = client
             .upload_data(
                 &record.write_token,
                 &record.files_job,
@@ -713,7 +740,11 @@ async fn send_job_once(
                 run.len,
                 body,
             )
-            .await?;
+            .await;
+        if let Some(why) = failure.lock().map_or(None, |mut f| f.take()) {
+            return Err(ClientError::Local(why));
+        }
+        sent?;
     }
     Ok(())
 }
@@ -765,28 +796,61 @@ fn num(v: &Value, name: &str) -> Result<u64> {
         .ok_or_else(|| ClientError::Local(format!("upload status has no {name}")))
 }
 
-/// `len` bytes of `path` from `off`, read with `pread` in 1 MiB frames by a blocking task and
-/// handed over a two-slot channel (the network pulls; memory stays at two frames).
-fn file_stream(
+/// A piece of a local file to send: `len` bytes from `off`, of a file planned with
+/// `planned` (size, modification time in ns).
+struct Piece {
     path: PathBuf,
     off: u64,
     len: u64,
+    planned: (u64, i128),
+}
+
+/// The piece's bytes, read with `pread` in 1 MiB frames by a blocking task and handed over a
+/// two-slot channel (the network pulls; memory stays at two frames).
+///
+/// Each frame is sent only if the file still has the size and modification time it was planned
+/// (and hashed) with, checked after the frame was read: a file written to during the upload
+/// would otherwise be published torn, a mix of its old and new bytes (QA). A failure is also
+/// put in `failure`, so the caller reports it for what it is.
+fn file_stream(
+    piece: Piece,
     sent: Arc<AtomicU64>,
     progress: Arc<dyn Fn(u64) + Send + Sync>,
+    failure: Arc<std::sync::Mutex<Option<String>>>,
 ) -> impl futures::Stream<Item = std::io::Result<Bytes>> + Send + Sync + 'static {
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(2);
     tokio::task::spawn_blocking(move || {
         use std::os::unix::fs::FileExt;
+        let Piece {
+            path,
+            off,
+            len,
+            planned,
+        } = piece;
+        let fail = |why: String| {
+            if let Ok(mut f) = failure.lock() {
+                f.get_or_insert(why.clone());
+            }
+            drop(tx.blocking_send(Err(std::io::Error::other(why))));
+        };
         let file = match std::fs::File::open(&path) {
             Ok(f) => f,
-            Err(e) => return drop(tx.blocking_send(Err(e))),
+            Err(e) => return fail(format!("{}: {e}", path.display())),
         };
         let mut pos = 0u64;
         while pos < len {
             let n = (len - pos).min(FRAME as u64) as usize;
             let mut buf = vec![0u8; n];
             if let Err(e) = file.read_exact_at(&mut buf, off + pos) {
-                return drop(tx.blocking_send(Err(e)));
+                return fail(format!("{}: {e}", path.display()));
+            }
+            let now = file.metadata().map(|m| (m.len(), mtime_of(&m)));
+            if now.as_ref().ok() != Some(&planned) {
+                return fail(format!(
+                    "{}: changed since it was planned (size or modification time); nothing \
+                     was finalized, run the command again once it is settled",
+                    path.display()
+                ));
             }
             if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
                 return; // the request was dropped
@@ -953,5 +1017,71 @@ mod tests {
             run(5, 3, vec![piece("b", 2, 3)]),
         ];
         assert_eq!(runs(&status).unwrap(), want);
+    }
+
+    /// Reads a piece through `file_stream`: the bytes sent, and the failure it reported.
+    async fn send_piece(piece: Piece, between: impl FnOnce()) -> (Vec<u8>, Option<String>) {
+        let failure = Arc::new(std::sync::Mutex::new(None));
+        let report: Arc<dyn Fn(u64) + Send + Sync> = Arc::new(|_| {});
+        let sent = Arc::new(AtomicU64::new(0));
+        let mut stream = Box::pin(file_stream(piece, sent, report, failure.clone()));
+        let mut got = Vec::new();
+        let mut between = Some(between);
+        while let Some(frame) = stream.next().await {
+            match frame {
+                Ok(b) => got.extend_from_slice(&b),
+                Err(_) => break,
+            }
+            if let Some(f) = between.take() {
+                f();
+            }
+        }
+        let why = failure.lock().unwrap().take();
+        (got, why)
+    }
+
+    fn planned(path: &Path) -> (u64, i128) {
+        let m = std::fs::metadata(path).unwrap();
+        (m.len(), mtime_of(&m))
+    }
+
+    /// QA: a file overwritten while it was uploaded was published torn. Each frame is sent only
+    /// while the file is as planned, so the stream fails before any byte read after the write
+    /// (or a file gone, or shorter) goes out, and says why.
+    #[tokio::test]
+    async fn a_file_changed_or_gone_during_its_upload_fails_its_stream() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let len = 8 * FRAME as u64;
+        std::fs::write(&path, vec![1u8; len as usize]).unwrap();
+        let piece = |p: &Path| Piece {
+            path: p.to_path_buf(),
+            off: 0,
+            len,
+            planned: planned(p),
+        };
+        let (whole, why) = send_piece(piece(&path), || {}).await;
+        assert_eq!((whole.len() as u64, why), (len, None));
+
+        let changed = piece(&path);
+        let (got, why) = send_piece(changed, || {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            use std::os::unix::fs::FileExt;
+            let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+            f.write_all_at(&vec![2u8; FRAME], 6 * FRAME as u64).unwrap();
+        })
+        .await;
+        assert!(got.len() < len as usize, "stopped: {} bytes", got.len());
+        assert!(
+            got.iter().all(|&b| b == 1),
+            "no byte written later was sent"
+        );
+        assert!(why.unwrap().contains("changed since it was planned"));
+
+        let gone = piece(&path);
+        std::fs::remove_file(&path).unwrap();
+        let (got, why) = send_piece(gone, || {}).await;
+        assert!(got.is_empty());
+        assert!(why.unwrap().contains(&path.display().to_string()));
     }
 }

@@ -102,7 +102,15 @@ impl ServerConfig {
         }
         crate::cors::Origins::parse(&cfg.cors_origins)?;
         if let Ok(v) = std::env::var("CAIRN_ALLOW_MISSING_PACKS") {
-            cfg.allow_missing_packs = matches!(v.as_str(), "1" | "true" | "yes");
+            cfg.allow_missing_packs = match v.trim().to_ascii_lowercase().as_str() {
+                "1" | "true" | "yes" | "on" => true,
+                "" | "0" | "false" | "no" | "off" => false,
+                _ => {
+                    return Err(format!(
+                        "CAIRN_ALLOW_MISSING_PACKS={v:?} must be 1/true/yes/on or 0/false/no/off"
+                    ))
+                }
+            };
         }
         if let Ok(v) = std::env::var("CAIRN_PACK_WRITES") {
             cfg.pack_writes = v;
@@ -141,6 +149,13 @@ impl ServerConfig {
                 ));
             }
         }
+        if !(MIN_JSON_BODY..=1 << 30).contains(&cfg.max_json_body) {
+            return Err(format!(
+                "max_json_body {} must be between {MIN_JSON_BODY} bytes and 1 GiB (smaller \
+                 refuses ordinary requests)",
+                cfg.max_json_body
+            ));
+        }
         if cfg.max_connections == 0 {
             return Err("max_connections must be at least 1".into());
         }
@@ -153,6 +168,9 @@ impl ServerConfig {
         Ok(cfg)
     }
 }
+
+/// Smallest `max_json_body`: a files job of a few ops, a library's name, metadata of a few keys.
+const MIN_JSON_BODY: usize = 4096;
 
 /// Longest configurable timeout: a day.
 const MAX_TIMEOUT_SECS: u64 = 24 * 3600;
@@ -258,6 +276,8 @@ mod tests {
             ("idle_timeout_secs = 86401", "idle_timeout_secs"),
             ("max_connections = 0", "max_connections"),
             ("pack_writes = \"fast\"", "pack_writes"),
+            ("max_json_body = 0", "max_json_body"),
+            ("max_json_body = 4095", "max_json_body"),
         ] {
             std::fs::write(&f, format!("{bad}\n")).unwrap();
             let e = ServerConfig::load(Some(&f)).unwrap_err();

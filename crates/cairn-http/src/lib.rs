@@ -485,6 +485,10 @@ async fn accept_loop(
             drop(slot);
         });
     }
+    // Stop accepting now: a listener kept open through the grace period would queue new
+    // clients in its backlog, unanswered, until the process exits (QA: 11–29 s hangs, then a
+    // reset). Closed, they are refused at once and can go elsewhere or retry.
+    drop(listener);
     if tokio::time::timeout(std::time::Duration::from_secs(30), graceful.shutdown())
         .await
         .is_err()

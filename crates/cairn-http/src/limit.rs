@@ -30,12 +30,15 @@ struct Inner {
 }
 
 impl RateLimit {
-    /// `per_sec` requests a second per token with bursts of `burst`; 0 turns limiting off.
+    /// `per_sec` requests a second per token, and `burst` more at once above that rate (so a
+    /// fresh token may make `per_sec + burst` requests at once, as api.md says); `per_sec` 0
+    /// turns limiting off. (The bucket was `burst` alone, with 0 meaning `per_sec`: `rate_burst
+    /// = 0` then allowed more than `rate_burst = 1`, QA.)
     pub fn new(per_sec: u32, burst: u32) -> RateLimit {
         let Some(rate) = NonZeroU32::new(per_sec) else {
             return RateLimit::default();
         };
-        let burst = NonZeroU32::new(burst).unwrap_or(rate);
+        let burst = rate.saturating_add(burst);
         RateLimit {
             inner: Some(Arc::new(Inner {
                 limiter: RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst)),
@@ -144,13 +147,19 @@ mod tests {
     fn a_burst_passes_then_the_token_waits_and_others_do_not() {
         let limit = RateLimit::new(1, 3);
         let (a, b) = (blake3::hash(b"a"), blake3::hash(b"b"));
-        for _ in 0..3 {
+        // The rate and the burst above it: 1 + 3 at once.
+        for _ in 0..4 {
             limit.check(&a).unwrap();
         }
         let e = limit.check(&a).unwrap_err();
         assert_eq!((e.status.as_u16(), e.kind), (429, "rate_limited"));
         assert!(e.retry_after.unwrap() >= 1);
         limit.check(&b).unwrap();
+        // No burst: the rate's own second's worth at once, no more (and not more than with a
+        // burst of 1, as before).
+        let (none, one) = (RateLimit::new(5, 0), RateLimit::new(5, 1));
+        let at_once = |l: &RateLimit| (0..100).take_while(|_| l.check(&a).is_ok()).count();
+        assert_eq!((at_once(&none), at_once(&one)), (5, 6));
         let off = RateLimit::new(0, 0);
         for _ in 0..1000 {
             off.check(&a).unwrap();

@@ -287,6 +287,8 @@ impl Engine {
         let idle = self.cfg.idle_timeout;
         let mut stopping = self.stopping.subscribe();
         let mut body_len = 0u64;
+        // Set when the server's own stop cut the body off, not its client.
+        let mut stopped = false;
         // Ok(true): the body ended normally; Ok(false): it was cut off.
         let outcome = loop {
             // A client that stops sending is cut off after `idle_timeout`, and every upload
@@ -295,6 +297,7 @@ impl Engine {
                 biased;
                 _ = stopping.wait_for(|s| *s) => {
                     tracing::info!(upload_job = %uj, "server stopping: upload cut off");
+                    stopped = true;
                     break Ok(false);
                 }
                 next = tokio::time::timeout(idle, body.next()) => next,
@@ -363,9 +366,17 @@ impl Engine {
             }
         }
         if !outcome? && saved.is_ok() {
-            return Err(Error::invalid(
-                "the request body was cut off; what arrived is kept (see skip)",
-            ));
+            // The server stopping is not the client's fault: 503, which clients retry (after
+            // reading `skip`), rather than the 400 of a body its client cut short.
+            return Err(match stopped {
+                true => Error::busy(
+                    "the server is stopping: this upload was cut off and what arrived is kept; \
+                     resume from the upload status's skip once the server is back",
+                ),
+                false => {
+                    Error::invalid("the request body was cut off; what arrived is kept (see skip)")
+                }
+            });
         }
         saved
     }
