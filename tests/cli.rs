@@ -1377,3 +1377,35 @@ fn the_cli_waits_out_a_rate_limit() {
         "five requests at one a second were spread out, not all served at once"
     );
 }
+
+/// A second server on a data dir in use exits 4 saying so (not 1 with RocksDB's lock error),
+/// and a `listen` that cannot be used fails before the data dir is created (QA).
+#[test]
+fn serve_refuses_a_data_dir_in_use_and_a_bad_listen_creates_nothing() {
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("d");
+    let _s = Server::start(&data, common::free_port());
+    let serve = |data: &Path, listen: &str| {
+        Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .args([
+                "serve",
+                "--data",
+                data.to_str().unwrap(),
+                "--listen",
+                listen,
+            ])
+            .env("CAIRN_TOKEN", TOKEN)
+            .output()
+            .unwrap()
+    };
+    let second = serve(&data, &format!("127.0.0.1:{}", common::free_port()));
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(4), "{err}");
+    assert!(err.contains("in use by a running server"), "{err}");
+    for bad in ["not-an-address", "127.0.0.1:99999"] {
+        let fresh = work.path().join("fresh");
+        let out = serve(&fresh, bad);
+        assert!(!out.status.success(), "{bad}");
+        assert!(!fresh.exists(), "{bad}: the data dir was created");
+    }
+}

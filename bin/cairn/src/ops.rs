@@ -18,7 +18,8 @@ impl std::fmt::Display for InUse {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} is in use by a running server: stop it, or leave out --data to ask the server",
+            "{} is in use by a running server: stop it first (commands other than serve can \
+             ask that server instead: leave out --data)",
             self.0
         )
     }

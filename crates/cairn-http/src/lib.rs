@@ -504,11 +504,27 @@ pub async fn serve(
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
+    let listener = bind(&cfg).await?;
+    serve_on(listener, cfg, state, shutdown).await
+}
+
+/// The listening socket of `cfg.listen`. `cairn serve` binds it before it opens the data dir, so
+/// that a `listen` it cannot use (malformed, or its port taken) fails before anything is created.
+pub async fn bind(cfg: &ServerConfig) -> Result<tokio::net::TcpListener, String> {
+    tokio::net::TcpListener::bind(&cfg.listen)
+        .await
+        .map_err(|e| format!("listen on {}: {e}", cfg.listen))
+}
+
+/// [`serve`] on a socket already bound ([`bind`]).
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    cfg: ServerConfig,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), String> {
     let engine = state.engine.clone();
     let app = router(state, &cfg)?;
-    let listener = tokio::net::TcpListener::bind(&cfg.listen)
-        .await
-        .map_err(|e| format!("listen on {}: {e}", cfg.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(%addr, data = %cfg.data.display(), "cairn serving");
     eprintln!("cairn: serving http://{addr}/ from {}", cfg.data.display());
