@@ -1003,6 +1003,8 @@ fn names_the_server_cannot_store_are_skipped_and_the_rest_uploaded() {
     let err = String::from_utf8_lossy(&out.stderr).to_string();
     assert_eq!(out.status.code(), Some(6), "{err}");
     assert!(err.contains("partial upload"), "{err}");
+    // With --json too, the paths the message says are "listed above" are (QA).
+    assert_eq!(err.matches("(not uploaded)").count(), 5, "{err}");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["files"], 2, "{v}");
     let skipped = v["skipped_invalid_names"].as_array().unwrap();

@@ -297,13 +297,10 @@ pub async fn upload(ctx: &Ctx, a: UploadArgs) -> Result<()> {
     }
     let secs = started.elapsed().as_secs_f64();
     let v = serde_json::to_value(&out)?;
-    ctx.print(&v, |_| {
-        let what = out
-            .version
-            .clone()
-            .unwrap_or_else(|| out.write_token.clone());
-        // Only the id on stdout, so `V=$(cairn upload …)` holds the version hash (or, with
-        // --no-finalize, the write token); the summary goes to stderr.
+    // What was skipped, deleted or discarded goes to stderr also with --json (where stdout is
+    // the JSON, which holds it too): a script's log then shows it, and the exit code 6 message
+    // that refers to it is not left pointing at nothing (QA).
+    {
         if let Some(wt) = &out.discarded_draft {
             eprintln!("discarded draft {wt} of an earlier run (the local files changed since)");
         }
@@ -323,6 +320,14 @@ pub async fn upload(ctx: &Ctx, a: UploadArgs) -> Result<()> {
         for p in &out.deleted {
             eprintln!("deleted {p} (gone locally)");
         }
+    }
+    ctx.print(&v, |_| {
+        let what = out
+            .version
+            .clone()
+            .unwrap_or_else(|| out.write_token.clone());
+        // Only the id on stdout, so `V=$(cairn upload …)` holds the version hash (or, with
+        // --no-finalize, the write token); the summary goes to stderr.
         eprintln!(
             "{} files, {} bytes; sent {} bytes in {} upload jobs{} ({:.1} MiB/s){}",
             out.files,
