@@ -204,12 +204,7 @@ fn an_upload_killed_mid_way_resumes_without_resending() {
     child.wait().unwrap();
 
     // What the server holds now, read through the resume record the client left.
-    let record_file = std::fs::read_dir(state.join("uploads"))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let record_file = records(&state).pop().expect("a resume record");
     let record: serde_json::Value =
         serde_json::from_slice(&std::fs::read(record_file).unwrap()).unwrap();
     let (wt, fj) = (
@@ -237,8 +232,16 @@ fn an_upload_killed_mid_way_resumes_without_resending() {
         "killed mid-way ({received} bytes in)"
     );
 
+    // Touched meanwhile (its bytes as they were): the run still continues.
+    let later = std::time::SystemTime::now() + Duration::from_secs(5);
+    std::fs::File::options()
+        .write(true)
+        .open(&big)
+        .unwrap()
+        .set_modified(later)
+        .unwrap();
     let out: serde_json::Value = serde_json::from_str(&ok(cairn(&s, &state, &args))).unwrap();
-    assert_eq!(out["resumed"], true);
+    assert_eq!(out["resumed"], true, "{out}");
     let sent = out["bytes_sent"].as_u64().unwrap();
     let lacking = (200u64 << 20) - received;
     println!(
@@ -262,17 +265,26 @@ fn an_upload_killed_mid_way_resumes_without_resending() {
     ));
     assert!(std::fs::read(&dest).unwrap() == std::fs::read(&big).unwrap());
     assert_eq!(
-        std::fs::read_dir(state.join("uploads")).unwrap().count(),
+        records(&state).len(),
         0,
         "the record is removed once finalized"
     );
 }
 
+/// The resume records in `state` (not the lock files beside them).
+fn records(state: &Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(state.join("uploads"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect()
+}
+
 /// The write token of the one resume record in `state`.
 fn recorded_draft(state: &Path) -> String {
-    let mut records = std::fs::read_dir(state.join("uploads")).unwrap();
-    let record = records.next().unwrap().unwrap().path();
-    assert!(records.next().is_none(), "one record");
+    let mut records = records(state);
+    let record = records.pop().unwrap();
+    assert!(records.is_empty(), "one record");
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(record).unwrap()).unwrap();
     v["write_token"].as_str().unwrap().to_string()
 }
@@ -1410,4 +1422,41 @@ fn serve_refuses_a_data_dir_in_use_and_a_bad_listen_creates_nothing() {
         assert!(!out.status.success(), "{bad}");
         assert!(!fresh.exists(), "{bad}: the data dir was created");
     }
+}
+
+/// One run of an upload command at a time: while another run of the same command holds its
+/// record, a second one exits 4 instead of taking that run's draft for stale and discarding it
+/// under it (review: a cron job whose runs overlap). `flock(1)` stands in for the first run.
+#[test]
+fn a_second_run_of_the_same_upload_waits_its_turn() {
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("d");
+    fill(&dir.join("a.txt"), 1, 1000);
+    let data = tempfile::tempdir().unwrap();
+    let s = Server::start(data.path(), common::free_port());
+    let state = work.path().join("state");
+    let obj = new_object(&s, &state);
+    let args = ["upload", &obj, dir.to_str().unwrap()];
+    ok(cairn(&s, &state, &args));
+    let lock = std::fs::read_dir(state.join("uploads"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "lock"))
+        .expect("the run's lock file");
+    // `-o`: the lock stays with `flock` itself, so killing it releases the lock.
+    let mut holder = Command::new("flock")
+        .arg("-o")
+        .arg(&lock)
+        .args(["sleep", "30"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    fill(&dir.join("b.txt"), 2, 1000);
+    let second = cairn(&s, &state, &args);
+    let err = String::from_utf8_lossy(&second.stderr).to_string();
+    assert_eq!(second.status.code(), Some(4), "{err}");
+    assert!(err.contains("another run of this upload"), "{err}");
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    ok(cairn(&s, &state, &args));
 }

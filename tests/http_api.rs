@@ -791,7 +791,14 @@ fn a_stopping_server_refuses_new_connections_at_once() {
         .status()
         .unwrap()
         .success());
-    std::thread::sleep(Duration::from_millis(500));
+    // The signal is handled within moments (the log says so); from then on a new client is
+    // refused at once, not left waiting, while the process still runs its grace period.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !s.log_lines().iter().any(|l| l.contains("shutting down")) {
+        assert!(Instant::now() < deadline, "{:?}", s.log_lines());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
     assert!(
         s.child.try_wait().unwrap().is_none(),
         "still in its grace period"

@@ -39,7 +39,7 @@ fn open_offline_with(data: &Path, allow_missing_packs: bool) -> Result<Engine> {
     let mut cfg = EngineConfig::new(data);
     cfg.store.allow_missing_packs = allow_missing_packs;
     Engine::open(cfg).map_err(|e| {
-        if e.reason.to_ascii_lowercase().contains("lock") {
+        if cairn_store::index::is_in_use(&e.reason) {
             anyhow::Error::new(InUse(data.display().to_string()))
         } else {
             anyhow::Error::new(e)

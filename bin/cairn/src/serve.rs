@@ -29,10 +29,10 @@ pub async fn run(
         Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
     }
     // The socket first: a `listen` that cannot be used must not leave a new data dir behind.
-    let listener = cairn_http::bind(&cfg).await.map_err(|e| anyhow!(e))?;
+    let socket = cairn_http::bind(&cfg).await.map_err(|e| anyhow!(e))?;
     let (state, generated) = cairn_http::open(&cfg).map_err(|e| {
         // RocksDB's lock: another server has this data dir (exit 4, as for `--data` commands).
-        match e.to_ascii_lowercase().contains("lock") {
+        match cairn_store::index::is_in_use(&e) {
             true => anyhow::Error::new(crate::ops::InUse(cfg.data.display().to_string())),
             false => anyhow!(e),
         }
@@ -44,7 +44,7 @@ pub async fn run(
         );
         println!("{token}");
     }
-    cairn_http::serve_on(listener, cfg, state, shutdown_signal())
+    cairn_http::serve_on(socket, cfg, state, shutdown_signal())
         .await
         .map_err(|e| anyhow!(e))
 }

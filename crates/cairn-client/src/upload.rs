@@ -122,6 +122,10 @@ pub async fn upload_tree(
     let skipped_invalid_names = local.invalid.clone();
     let skipped_special_files = local.special.clone();
     let record_path = record_path(opts, client)?;
+    // One run of a command at a time: a second one (a cron job whose last run is still going)
+    // would take the first's draft for stale and discard it under it. Held until this returns.
+    let _running = lock_record(&record_path)?;
+    adopt_legacy_record(opts, client, &local.files, &record_path);
     let mut discarded_draft = None;
     let (record, resumed) = match previous(&record_path, client, &local).await? {
         Previous::Resume(r) => (r, true),
@@ -523,6 +527,59 @@ fn record_path(opts: &UploadOptions, client: &Client) -> Result<PathBuf> {
     Ok(dir.join(format!("{}.json", &h.finalize().to_hex()[..32])))
 }
 
+/// A record written by a client that named records by their files (before 2026-11-24) is
+/// moved to this command's name, so its draft is continued or discarded rather than stranded.
+/// Found only while the files are those it was written for (its name depends on them).
+fn adopt_legacy_record(opts: &UploadOptions, client: &Client, files: &[LocalFile], to: &Path) {
+    if to.exists() {
+        return;
+    }
+    let mut h = blake3::Hasher::new();
+    h.update(client.base().as_bytes())
+        .update(b"\0")
+        .update(opts.object.as_bytes())
+        .update(b"\0");
+    if opts.delete {
+        h.update(b"delete\0");
+    }
+    for f in files {
+        h.update(f.rel.as_bytes())
+            .update(b"\0")
+            .update(f.abs.to_string_lossy().as_bytes())
+            .update(b"\0");
+    }
+    let legacy = to.with_file_name(format!("{}.json", &h.finalize().to_hex()[..32]));
+    if legacy.exists() && std::fs::rename(&legacy, to).is_ok() {
+        tracing::info!(from = %legacy.display(), "took over an older client's resume record");
+    }
+}
+
+/// Takes the exclusive lock of the record at `record` (`flock` on `<record>.lock`, released when
+/// the file is closed, also if the process dies); a run of the same command holding it is a
+/// `conflict` (exit 4).
+fn lock_record(record: &Path) -> Result<std::fs::File> {
+    let path = record.with_extension("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| ClientError::Local(format!("{}: {e}", path.display())))?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(file),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(ClientError::Api {
+            status: 409,
+            kind: "conflict".into(),
+            reason: format!(
+                "another run of this upload (the same paths into the same object) is still \
+                 going (it holds {}); wait for it to finish",
+                path.display()
+            ),
+        }),
+        Err(e) => Err(ClientError::Local(format!("{}: {e}", path.display()))),
+    }
+}
+
 /// What the resume record of an earlier run of the same command leaves to this one.
 enum Previous {
     /// No record, or its draft is gone: start afresh.
@@ -556,7 +613,19 @@ async fn previous(path: &Path, client: &Client, local: &Local) -> Result<Previou
     let handed_out = v["handed_out"] != false;
     let dirs_known = v.get("empty_dirs").is_some();
     let record = match serde_json::from_value::<ResumeRecord>(v) {
-        Ok(r) if r.files == local.files && (!dirs_known || r.empty_dirs == local.empty_dirs) => r,
+        Ok(mut r)
+            if same_contents(&r.files, &local.files)
+                && (!dirs_known || r.empty_dirs == local.empty_dirs) =>
+        {
+            // Only modification times moved (a `touch`, a checkout that left the bytes as they
+            // were): the bytes planned are the bytes there, so the run continues, checking the
+            // files against their times now.
+            if r.files != local.files {
+                r.files = local.files.clone();
+                save_record(path, &r)?;
+            }
+            r
+        }
         // A finished `--no-finalize` run printed this token: the draft is the user's to keep.
         _ if handed_out => {
             tracing::warn!(
@@ -573,6 +642,13 @@ async fn previous(path: &Path, client: &Client, local: &Local) -> Result<Previou
         Err(e) if e.status() == Some(404) => Ok(Previous::Nothing),
         Err(e) => Err(e),
     }
+}
+
+/// The same files with the same contents (path, size, blake3), whatever their modification
+/// times.
+fn same_contents(a: &[LocalFile], b: &[LocalFile]) -> bool {
+    let key = |f: &LocalFile| (f.rel.clone(), f.abs.clone(), f.size, f.blake3.clone());
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| key(x) == key(y))
 }
 
 /// Discards an earlier run's draft (`DELETE /q/{wt}`) before a new one is opened. One already
@@ -842,7 +918,16 @@ fn file_stream(
             let n = (len - pos).min(FRAME as u64) as usize;
             let mut buf = vec![0u8; n];
             if let Err(e) = file.read_exact_at(&mut buf, off + pos) {
-                return fail(format!("{}: {e}", path.display()));
+                // A file cut shorter than planned says "failed to fill whole buffer": say why.
+                let shrunk = file.metadata().is_ok_and(|m| m.len() < planned.0);
+                return fail(match shrunk {
+                    true => format!(
+                        "{}: changed since it was planned (it is shorter now); nothing was \
+                         finalized, run the command again once it is settled",
+                        path.display()
+                    ),
+                    false => format!("{}: {e}", path.display()),
+                });
             }
             let now = file.metadata().map(|m| (m.len(), mtime_of(&m)));
             if now.as_ref().ok() != Some(&planned) {
@@ -1065,10 +1150,12 @@ mod tests {
 
         let changed = piece(&path);
         let (got, why) = send_piece(changed, || {
-            std::thread::sleep(std::time::Duration::from_millis(50));
             use std::os::unix::fs::FileExt;
             let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
             f.write_all_at(&vec![2u8; FRAME], 6 * FRAME as u64).unwrap();
+            // Whatever the file system's timestamp granularity: a later mtime.
+            let later = std::time::SystemTime::now() + std::time::Duration::from_secs(5);
+            f.set_modified(later).unwrap();
         })
         .await;
         assert!(got.len() < len as usize, "stopped: {} bytes", got.len());

@@ -101,10 +101,14 @@ impl ServerConfig {
                 .collect();
         }
         crate::cors::Origins::parse(&cfg.cors_origins)?;
-        if let Ok(v) = std::env::var("CAIRN_ALLOW_MISSING_PACKS") {
+        // Empty counts as unset, as for the CLI's variables.
+        if let Some(v) = std::env::var("CAIRN_ALLOW_MISSING_PACKS")
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+        {
             cfg.allow_missing_packs = match v.trim().to_ascii_lowercase().as_str() {
                 "1" | "true" | "yes" | "on" => true,
-                "" | "0" | "false" | "no" | "off" => false,
+                "0" | "false" | "no" | "off" => false,
                 _ => {
                     return Err(format!(
                         "CAIRN_ALLOW_MISSING_PACKS={v:?} must be 1/true/yes/on or 0/false/no/off"

@@ -504,27 +504,44 @@ pub async fn serve(
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
-    let listener = bind(&cfg).await?;
-    serve_on(listener, cfg, state, shutdown).await
+    let socket = bind(&cfg).await?;
+    serve_on(socket, cfg, state, shutdown).await
 }
 
-/// The listening socket of `cfg.listen`. `cairn serve` binds it before it opens the data dir, so
-/// that a `listen` it cannot use (malformed, or its port taken) fails before anything is created.
-pub async fn bind(cfg: &ServerConfig) -> Result<tokio::net::TcpListener, String> {
-    tokio::net::TcpListener::bind(&cfg.listen)
+/// A socket bound to `cfg.listen`, not yet listening. `cairn serve` binds it before it opens the
+/// data dir, so that a `listen` it cannot use (malformed, or its port taken) fails before
+/// anything is created, and listens only once the store is open: meanwhile (recovery can take a
+/// while) clients are refused rather than queued where nothing answers them.
+pub async fn bind(cfg: &ServerConfig) -> Result<tokio::net::TcpSocket, String> {
+    let fail = |e: std::io::Error| format!("listen on {}: {e}", cfg.listen);
+    let addr = tokio::net::lookup_host(&cfg.listen)
         .await
-        .map_err(|e| format!("listen on {}: {e}", cfg.listen))
+        .map_err(fail)?
+        .next()
+        .ok_or_else(|| format!("listen on {}: no address", cfg.listen))?;
+    let socket = match addr {
+        std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+        std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+    }
+    .map_err(fail)?;
+    // As `TcpListener::bind` does: a restarted server can bind while old connections linger.
+    socket.set_reuseaddr(true).map_err(fail)?;
+    socket.bind(addr).map_err(fail)?;
+    Ok(socket)
 }
 
 /// [`serve`] on a socket already bound ([`bind`]).
 pub async fn serve_on(
-    listener: tokio::net::TcpListener,
+    socket: tokio::net::TcpSocket,
     cfg: ServerConfig,
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
     let engine = state.engine.clone();
     let app = router(state, &cfg)?;
+    let listener = socket
+        .listen(1024)
+        .map_err(|e| format!("listen on {}: {e}", cfg.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(%addr, data = %cfg.data.display(), "cairn serving");
     eprintln!("cairn: serving http://{addr}/ from {}", cfg.data.display());

@@ -82,6 +82,23 @@ pub struct Index {
 /// Bytes of memtables the whole index may hold before RocksDB flushes.
 const MEMTABLE_BUDGET: usize = 32 << 20;
 
+/// How an error opening the index says another process holds it (RocksDB's `LOCK` file).
+pub const IN_USE: &str = "the index is in use by another process";
+
+/// Whether RocksDB's message says its lock is held: by another process ("While lock file",
+/// from `flock`) or by this one. Matched on RocksDB's own phrases, never on a path, which may
+/// say anything ("…/blockstorage/…").
+fn is_held(rocksdb_message: &str) -> bool {
+    ["While lock file", "lock hold by current process"]
+        .iter()
+        .any(|p| rocksdb_message.contains(p))
+}
+
+/// Whether an error (as text) from opening a store is [`IN_USE`].
+pub fn is_in_use(message: &str) -> bool {
+    message.contains(IN_USE)
+}
+
 /// One block cache for every column family. Left to its defaults, RocksDB gives each column
 /// family its own 8 MiB cache: with fifteen of them, the server's memory crept up by ~100 MiB
 /// under a long upload soak as each filled.
@@ -114,8 +131,14 @@ impl Index {
             }
             ColumnFamilyDescriptor::new(name, o)
         });
-        let db = DB::open_cf_descriptors(&opts, path, descriptors)
-            .map_err(|e| Error::internal(format!("open index {}: {e}", path.display())))?;
+        let db = DB::open_cf_descriptors(&opts, path, descriptors).map_err(|e| {
+            let held = is_held(e.as_ref());
+            let e = format!("open index {}: {e}", path.display());
+            match held {
+                true => Error::conflict(format!("{IN_USE}: {e}")),
+                false => Error::internal(e),
+            }
+        })?;
         Ok(Index {
             db,
             cf_names: cfs.iter().map(|&(n, _)| n).collect(),
