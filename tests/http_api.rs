@@ -1106,25 +1106,39 @@ fn a_stalled_json_body_gets_408() {
     assert_eq!(call(&s, "GET", "/qlibs", None, 200), before);
 }
 
-/// A download whose client stops reading is dropped after the idle time: the server does not
-/// hold the connection (and its read budget) for as long as the client likes.
-#[test]
-fn a_download_whose_client_reads_nothing_is_dropped() {
-    use std::io::{Read, Write};
+/// A server with `idle_timeout_secs = idle` holding a version with one file of `size` bytes,
+/// and a connection that has asked for all of it: the server (and its data dir), the file's
+/// bytes and the socket.
+fn a_download_under_way(
+    idle: u64,
+    seed: u64,
+    size: usize,
+) -> (Server, tempfile::TempDir, Vec<u8>, std::net::TcpStream) {
+    use std::io::Write;
     let data = tempfile::tempdir().unwrap();
-    let s = Server::start_config(data.path(), "idle_timeout_secs = 1\n");
+    let s = Server::start_config(data.path(), &format!("idle_timeout_secs = {idle}\n"));
     let (_, _, wt) = new_object(&s);
     let src = tempfile::NamedTempFile::new().unwrap();
-    let size = 64usize << 20;
-    std::fs::write(src.path(), common::pattern(5, size)).unwrap();
+    let body = common::pattern(seed, size);
+    std::fs::write(src.path(), &body).unwrap();
     let hash = common::upload_files(&s, &wt, &[("big.bin", src.path())]);
     let mut sock = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
     write!(
         sock,
-        "GET /q/{hash}/files/big.bin HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
+        "GET /q/{hash}/files/big.bin HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
         common::TOKEN
     )
     .unwrap();
+    (s, data, body, sock)
+}
+
+/// A download whose client stops reading is dropped after the idle time: the server does not
+/// hold the connection (and its read budget) for as long as the client likes.
+#[test]
+fn a_download_whose_client_reads_nothing_is_dropped() {
+    use std::io::Read;
+    let size = 64usize << 20;
+    let (s, _data, _, mut sock) = a_download_under_way(1, 5, size);
     std::thread::sleep(std::time::Duration::from_secs(4));
     sock.set_read_timeout(Some(std::time::Duration::from_secs(10)))
         .unwrap();
@@ -1150,22 +1164,9 @@ fn a_download_whose_client_reads_nothing_is_dropped() {
 /// the socket woke the writer only after megabytes had drained, and this client was dropped.
 #[test]
 fn a_download_read_slowly_but_steadily_is_not_dropped() {
-    use std::io::{Read, Write};
+    use std::io::Read;
     use std::time::{Duration, Instant};
-    let data = tempfile::tempdir().unwrap();
-    let s = Server::start_config(data.path(), "idle_timeout_secs = 3\n");
-    let (_, _, wt) = new_object(&s);
-    let src = tempfile::NamedTempFile::new().unwrap();
-    let body = common::pattern(6, 8 << 20);
-    std::fs::write(src.path(), &body).unwrap();
-    let hash = common::upload_files(&s, &wt, &[("big.bin", src.path())]);
-    let mut sock = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
-    write!(
-        sock,
-        "GET /q/{hash}/files/big.bin HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
-        common::TOKEN
-    )
-    .unwrap();
+    let (s, _data, body, mut sock) = a_download_under_way(3, 6, 8 << 20);
     sock.set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
     let mut got = Vec::new();
