@@ -507,19 +507,32 @@ fn state_dir(opts: &UploadOptions) -> PathBuf {
 /// those paths changed since. Naming it by the files themselves lost the record (and stranded
 /// its draft) whenever a file was added or deleted between two runs (QA).
 fn record_path(opts: &UploadOptions, client: &Client) -> Result<PathBuf> {
+    // `--dest a/` and `--dest a` are one place; the paths count in any order, each with where
+    // it goes (`.` puts a directory's contents at the destination, `$PWD` the directory itself).
+    let dest = cairn_core::FilePath::parse_dir(&opts.dest)
+        .map_or_else(|_| opts.dest.clone(), |d| d.as_str().to_string());
+    let mut roots: Vec<(String, bool)> = opts
+        .paths
+        .iter()
+        .map(|p| {
+            let abs = p.canonicalize().unwrap_or_else(|_| p.clone());
+            (abs.to_string_lossy().into_owned(), p.file_name().is_none())
+        })
+        .collect();
+    roots.sort();
     let mut h = blake3::Hasher::new();
     h.update(client.base().as_bytes())
         .update(b"\0")
         .update(opts.object.as_bytes())
         .update(b"\0")
-        .update(opts.dest.as_bytes())
+        .update(dest.as_bytes())
         .update(b"\0");
     if opts.delete {
         h.update(b"delete\0");
     }
-    for p in &opts.paths {
-        let abs = p.canonicalize().unwrap_or_else(|_| p.clone());
-        h.update(abs.to_string_lossy().as_bytes()).update(b"\0");
+    for (abs, contents) in &roots {
+        h.update(abs.as_bytes())
+            .update(if *contents { b"/.\0" } else { b"\0" });
     }
     let dir = state_dir(opts).join("uploads");
     std::fs::create_dir_all(&dir)
@@ -1170,5 +1183,35 @@ mod tests {
         let (got, why) = send_piece(gone, || {}).await;
         assert!(got.is_empty());
         assert!(why.unwrap().contains(&path.display().to_string()));
+    }
+
+    /// The record is the command's: the same paths in any order and the same destination
+    /// however spelled find it; a directory and its contents (`.`) are different commands.
+    #[test]
+    fn a_record_is_named_by_the_command() {
+        let state = tempfile::tempdir().unwrap();
+        let a = state.path().join("a");
+        let b = state.path().join("b");
+        std::fs::create_dir_all(&a).unwrap();
+        std::fs::create_dir_all(&b).unwrap();
+        let client = Client::new("http://127.0.0.1:8008", "");
+        let name = |paths: Vec<PathBuf>, dest: &str| {
+            let opts = UploadOptions {
+                object: "iq__x".into(),
+                paths,
+                dest: dest.into(),
+                parallel: 1,
+                finalize: true,
+                delete: false,
+                message: None,
+                state_dir: Some(state.path().to_path_buf()),
+            };
+            record_path(&opts, &client).unwrap()
+        };
+        let ab = name(vec![a.clone(), b.clone()], "d");
+        assert_eq!(ab, name(vec![b.clone(), a.clone()], "d/"));
+        assert_ne!(ab, name(vec![a.clone()], "d"));
+        let here = std::env::current_dir().unwrap();
+        assert_ne!(name(vec![PathBuf::from(".")], ""), name(vec![here], ""));
     }
 }
