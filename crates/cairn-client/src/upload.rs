@@ -641,11 +641,23 @@ async fn previous(path: &Path, client: &Client, local: &Local) -> Result<Previou
         }
         // A finished `--no-finalize` run printed this token: the draft is the user's to keep.
         _ if handed_out => {
-            tracing::warn!(
-                "the draft {wt} of an earlier run of this upload is left open (that run printed \
-                 its token, or predates this client's record of it; its files changed since); \
-                 `cairn object rm {wt}` discards it"
-            );
+            // Named only while it is open: one already finalized or removed needs no word.
+            let open =
+                client
+                    .files_jobs(&wt)
+                    .await
+                    .map(|_| true)
+                    .or_else(|e| match e.status() {
+                        Some(404) => Ok(false),
+                        _ => Err(e),
+                    })?;
+            if open {
+                tracing::warn!(
+                    "the draft {wt} of an earlier run of this upload is left open (that run \
+                     printed its token, or predates this client's record of it; its files \
+                     changed since); `cairn object rm {wt}` discards it"
+                );
+            }
             return Ok(Previous::Nothing);
         }
         _ => return Ok(Previous::Stale(wt)),
