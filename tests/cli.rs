@@ -1460,3 +1460,26 @@ fn a_second_run_of_the_same_upload_waits_its_turn() {
     holder.wait().unwrap();
     ok(cairn(&s, &state, &args));
 }
+
+/// An empty `CAIRN_STATE_DIR=` counts as unset, as the other variables do: the records go to
+/// the default place (it was a usage error).
+#[test]
+fn an_empty_state_dir_variable_means_the_default() {
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("f.txt");
+    fill(&file, 3, 100);
+    let data = tempfile::tempdir().unwrap();
+    let s = Server::start(data.path(), common::free_port());
+    let obj = new_object(&s, &work.path().join("state"));
+    let xdg = work.path().join("xdg");
+    let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["upload", &obj, file.to_str().unwrap()])
+        .env("CAIRN_SERVER", s.url(""))
+        .env("CAIRN_TOKEN", TOKEN)
+        .env("CAIRN_STATE_DIR", "")
+        .env("XDG_STATE_HOME", &xdg)
+        .output()
+        .unwrap();
+    ok(out);
+    assert!(xdg.join("cairn/uploads").is_dir(), "the default state dir");
+}

@@ -149,8 +149,9 @@ pub struct UploadArgs {
     #[arg(long)]
     delete: bool,
     /// Directory for resume records (default: $XDG_STATE_HOME/cairn or ~/.local/state/cairn).
+    // A string, not a path: an empty `CAIRN_STATE_DIR=` means "not set" (see `Cli::cacert`).
     #[arg(long, env = "CAIRN_STATE_DIR")]
-    state_dir: Option<PathBuf>,
+    state_dir: Option<String>,
 }
 
 #[derive(Args)]
@@ -278,7 +279,7 @@ pub async fn upload(ctx: &Ctx, a: UploadArgs) -> Result<()> {
         finalize: !a.no_finalize,
         delete: a.delete,
         message: a.message,
-        state_dir: a.state_dir,
+        state_dir: a.state_dir.filter(|d| !d.is_empty()).map(PathBuf::from),
     };
     let started = std::time::Instant::now();
     let total: u64 = opts.paths.iter().map(|p| tree_bytes(p)).sum();
