@@ -585,7 +585,7 @@ impl Engine {
                 "files of {token} are already finalized"
             )));
         }
-        self.resolve_draft_locked(token, true, failed)?;
+        self.resolve_strict(token, failed)?;
         let mut draft = self.draft(token)?;
         draft.files_finalized = true;
         let mut b = self.store.index().batch();
@@ -597,7 +597,7 @@ impl Engine {
     /// uploads, and files whose upload was sealed without them are dropped (their paths
     /// returned, also those an earlier, failed force completion of `fj` dropped).
     ///
-    /// It runs in committed passes like a finalize's ([`Self::resolve_draft_locked`]), so its
+    /// It runs in committed passes like a finalize's ([`Self::resolve_strict`]), so its
     /// memory does not grow with the files pending. Each pass's dropped paths are saved with
     /// the pass (under [`dropped_key`]), so a pass that fails after earlier ones dropped files
     /// cannot lose their report: the next force completion reports them. The record goes once
@@ -629,17 +629,12 @@ impl Engine {
     /// costs about 1.4 KB while it is resolved). It first checks, reading only, that every
     /// pending file can be resolved ([`Self::check_resolvable`]), so a finalize that must fail
     /// (a file still uploading) does so before any pass has changed the draft.
-    fn resolve_draft_locked(
-        &self,
-        token: &WriteToken,
-        strict: bool,
-        failed: FailedSeals,
-    ) -> Result<Vec<String>> {
-        debug_assert!(strict, "force completion resolves through force_resolve");
+    fn resolve_strict(&self, token: &WriteToken, failed: FailedSeals) -> Result<()> {
         self.check_resolvable(&self.draft_head(token)?.root, &failed)?;
-        let mut dropped = DroppedPaths::default();
-        self.resolve_passes(token, strict, failed, &mut dropped, None)?;
-        Ok(dropped.paths)
+        // A strict resolution drops nothing: a file cut short is an error.
+        let mut none = DroppedPaths::default();
+        self.resolve_passes(token, true, failed, &mut none, None)?;
+        Ok(())
     }
 
     /// The passes of a resolution; the paths dropped are added to `dropped`, and, when `save`
@@ -914,7 +909,7 @@ impl Engine {
         self.draft_head(token)?;
         self.check_not_completing(token)?;
         cond.check(self.object(&token.object)?.head)?;
-        self.resolve_draft_locked(token, true, failed)?;
+        self.resolve_strict(token, failed)?;
         let draft = self.draft(token)?;
         let mut obj = self.object(&token.object)?;
         let seq = obj.last_seq + 1;
@@ -1105,7 +1100,7 @@ type FailedSeals = HashMap<UploadJobId, (cairn_core::ErrorKind, String)>;
 #[derive(Default)]
 struct Resolution {
     dropped: Vec<String>,
-    /// See [`Engine::resolve_draft_locked`].
+    /// See [`Engine::resolve_strict`].
     failed: FailedSeals,
     /// Files whose hash is now known: (hash, size, part slices) for the known-file index.
     known: Vec<(Digest, u64, Vec<PartSeg>)>,
