@@ -377,6 +377,77 @@ fn a_rerun_after_the_files_changed_discards_the_draft_it_cannot_continue() {
     assert_eq!(cat, "version two");
 }
 
+/// A file rewritten during `cairn upload` in a way its size and mtime do not show (same size,
+/// mtime put back, as `cp -p` over it leaves them) is caught by the server, which hashes what
+/// arrived and compares it with the blake3 the run declared: the run exits 1 naming the file,
+/// nothing is published, and a rerun publishes the file as it is now.
+#[test]
+fn a_file_rewritten_unseen_during_an_upload_is_not_published() {
+    const SIZE: usize = 200 << 20;
+    let work = tempfile::tempdir().unwrap();
+    let big = work.path().join("big.bin");
+    let data = tempfile::tempdir().unwrap();
+    let s = Server::start(data.path(), common::free_port());
+    let state = work.path().join("state");
+    let obj = new_object(&s, &state);
+    let args = ["upload", &obj, big.to_str().unwrap(), "--parallel", "1"];
+    // The client re-checks size and mtime after each frame it reads: it sees the change if it
+    // reads in the microseconds between the write and the mtime put back. Then it reports the
+    // change itself, and the case is tried again.
+    let mut caught_by_server = None;
+    for seed in 0..3 {
+        fill(&big, seed, SIZE);
+        let mtime = std::fs::metadata(&big).unwrap().modified().unwrap();
+        let before = s.uploads().0;
+        let child = cairn_cmd(&s, &state, &args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while s.uploads().0 == before {
+            assert!(Instant::now() < deadline, "the upload did not progress");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let f = std::fs::File::options().write(true).open(&big).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, &[0x5a; 4096], (SIZE - (1 << 20)) as u64)
+            .unwrap();
+        f.set_modified(mtime).unwrap();
+        drop(f);
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        if err.contains("changed since it was planned") {
+            continue;
+        }
+        caught_by_server = Some(err);
+        break;
+    }
+    let err = caught_by_server.expect("the server's check was reached once in three tries");
+    println!("{err}");
+    assert!(
+        err.contains("big.bin: changed while it was uploaded"),
+        "{err}"
+    );
+    assert!(err.contains("Nothing was published"), "{err}");
+    let versions = ok(cairn(&s, &state, &["versions", &obj]));
+    assert!(!versions.contains("hq__"), "nothing published: {versions}");
+
+    let version = ok(cairn(&s, &state, &args));
+    let back = work.path().join("back.bin");
+    ok(cairn(
+        &s,
+        &state,
+        &[
+            "get",
+            &format!("{version}:big.bin"),
+            "-o",
+            back.to_str().unwrap(),
+        ],
+    ));
+    assert!(std::fs::read(&back).unwrap() == std::fs::read(&big).unwrap());
+}
+
 /// Uploads `path` into `obj` and returns the new version hash.
 fn upload_version(s: &Server, state: &Path, obj: &str, path: &str) -> String {
     let out = json_out(cairn(s, state, &["upload", obj, path, "--json"]));

@@ -189,6 +189,27 @@ pub async fn upload_tree(
                     ),
                 });
             }
+            // The server hashed what arrived and it is not what this run hashed while
+            // planning: the file changed in between, unseen by the size and mtime checks (a
+            // rewrite of the same size, `cp -p` over it). Nothing is published; the next run
+            // hashes the files again and starts a new draft, as after any other change.
+            Err(ClientError::Api {
+                status: 409,
+                kind,
+                reason,
+            }) if kind == "bad_digest" => {
+                let what = match reason.split_once(": the bytes received") {
+                    Some((path, _)) => format!(
+                        "{path}: changed while it was uploaded (the server received bytes with \
+                         another blake3 than this run hashed)"
+                    ),
+                    None => reason,
+                };
+                return Err(ClientError::Local(format!(
+                    "{what}. Nothing was published; run the command again once the file is \
+                     settled"
+                )));
+            }
             other => other?,
         });
         let _ = std::fs::remove_file(&record_path);

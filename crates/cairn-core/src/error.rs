@@ -20,6 +20,9 @@ pub enum ErrorKind {
     Gone,
     /// The file or job is not complete yet, so its bytes cannot be read or sealed.
     Incomplete,
+    /// A file's bytes, as received, do not hash to the blake3 its add op declared (it changed
+    /// while it was uploaded); S3's `BadDigest`.
+    BadDigest,
     /// A condition the caller attached (`If-Match` on finalize…) does not hold; nothing changed.
     PreconditionFailed,
     /// More bytes, entries or nesting than allowed.
@@ -43,6 +46,7 @@ impl ErrorKind {
             ErrorKind::Conflict => "conflict",
             ErrorKind::Gone => "gone",
             ErrorKind::Incomplete => "incomplete",
+            ErrorKind::BadDigest => "bad_digest",
             ErrorKind::PreconditionFailed => "precondition_failed",
             ErrorKind::TooLarge => "too_large",
             ErrorKind::Corrupt => "corrupt",
@@ -93,6 +97,7 @@ impl Error {
         conflict => Conflict,
         gone => Gone,
         incomplete => Incomplete,
+        bad_digest => BadDigest,
         precondition_failed => PreconditionFailed,
         too_large => TooLarge,
         corrupt => Corrupt,

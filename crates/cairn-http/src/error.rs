@@ -65,7 +65,7 @@ pub fn status_of(kind: ErrorKind) -> StatusCode {
         ErrorKind::Invalid => StatusCode::BAD_REQUEST,
         ErrorKind::NotFound => StatusCode::NOT_FOUND,
         ErrorKind::Forbidden => StatusCode::FORBIDDEN,
-        ErrorKind::Conflict | ErrorKind::Incomplete => StatusCode::CONFLICT,
+        ErrorKind::Conflict | ErrorKind::Incomplete | ErrorKind::BadDigest => StatusCode::CONFLICT,
         ErrorKind::Gone => StatusCode::GONE,
         ErrorKind::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
         ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,

@@ -194,6 +194,7 @@ mod tests {
                 len: size,
             }]),
             hash: Some(Digest::of(b"h")),
+            declared: None,
         })
     }
 

@@ -267,6 +267,7 @@ impl Engine {
                     } else {
                         None
                     },
+                    declared: if linked { None } else { *hash },
                 };
                 tree.insert(path, MemEntry::File(entry), &loader)
             }
@@ -310,6 +311,7 @@ impl Engine {
                     meta: meta.clone(),
                     content: Content::Link(target.clone()),
                     hash: None,
+                    declared: None,
                 };
                 cx.placed_links.push(path.clone());
                 tree.insert(path, MemEntry::File(entry), &loader)
@@ -715,11 +717,15 @@ impl Engine {
                     Entry::File(FileEntry {
                         content: Content::Pending(segs),
                         size,
+                        declared,
                         ..
-                    }) => (segs, *size),
+                    }) => (segs, *size, *declared),
                     Entry::File(_) => continue,
                 };
                 match self.resolve_pending(segs.0, segs.1, &mut jobs)? {
+                    Resolved::Parts(_, hash) if mismatch(segs.2, hash).is_some() => {
+                        return Err(not_as_declared(&path, segs.2, hash));
+                    }
                     Resolved::Parts(..) => {}
                     Resolved::Dropped => return Err(cut_short(&path)),
                     Resolved::Waiting(uj) => return Err(waiting(&path, uj, failed, &jobs)),
@@ -801,25 +807,32 @@ impl Engine {
                 MemEntry::File(FileEntry {
                     content: Content::Pending(segs),
                     size,
+                    declared,
                     ..
-                }) => (segs.clone(), *size),
+                }) => (segs.clone(), *size, *declared),
                 MemEntry::File(_) => continue,
             };
             match self.resolve_pending(&segs.0, segs.1, &mut out.jobs)? {
-                Resolved::Parts(parts, hash) => {
+                Resolved::Parts(_, hash) if mismatch(segs.2, hash).is_some() && strict => {
+                    return Err(not_as_declared(&path, segs.2, hash));
+                }
+                Resolved::Parts(parts, hash) if mismatch(segs.2, hash).is_none() => {
                     if let MemEntry::File(f) = entry {
                         if let Some(h) = hash {
                             out.known.push((h, f.size, parts.clone()));
                         }
                         f.content = Content::Parts(parts);
                         f.hash = hash;
+                        f.declared = None;
                     }
                     out.files += 1;
                 }
                 // Only a force completion's seals cut a file short; one that has not updated the
                 // tree yet (it failed, or the server stopped) must finish and report it first.
                 Resolved::Dropped if strict => return Err(cut_short(&path)),
-                Resolved::Dropped => {
+                // A force completion drops a file whose bytes are not the ones its add op
+                // declared, as it drops one cut short, and reports it.
+                Resolved::Dropped | Resolved::Parts(..) => {
                     dir.remove_name(&name);
                     out.dropped.push(path.to_string());
                     out.files += 1;
@@ -1131,6 +1144,26 @@ fn cut_short(path: &FilePath) -> Error {
     Error::incomplete(format!(
         "{path} was cut short by a force completion that did not finish; run force_completion \
          of its files job again, which drops and reports it"
+    ))
+}
+
+/// The blake3 computed from a file's bytes, when its add op declared another. Files whose
+/// hash the part layout cannot give (a `part_size` that is not a power of two) are not checked.
+fn mismatch(declared: Option<Digest>, computed: Option<Digest>) -> Option<Digest> {
+    match (declared, computed) {
+        (Some(d), Some(c)) if d != c => Some(c),
+        _ => None,
+    }
+}
+
+/// The error of a strict resolution for a file whose bytes are not the ones declared.
+fn not_as_declared(path: &FilePath, declared: Option<Digest>, computed: Option<Digest>) -> Error {
+    let hex = |d: Option<Digest>| d.map(|d| d.to_hex()).unwrap_or_default();
+    Error::bad_digest(format!(
+        "{path}: the bytes received hash to blake3 {}, not the {} its add op declared (was the \
+         file changed while it was uploaded?); delete it and add it again in a new files job",
+        hex(computed),
+        hex(declared)
     ))
 }
 

@@ -154,6 +154,13 @@ pub struct FileEntry {
     /// links, and when the part layout cannot give it without re-reading).
     #[serde(default)]
     pub hash: Option<Digest>,
+    /// The blake3 the add op declared for a file still uploading (`Pending`). A resolution
+    /// that computes another one from the bytes received refuses the file (see
+    /// `Engine::resolve_dir`): what was uploaded is not the file the client planned, for
+    /// instance one rewritten while it was being sent. Dropped once the file is resolved, and
+    /// absent from stored nodes that never had one, so their encoding (and digest) is unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub declared: Option<Digest>,
 }
 
 /// Where a file's bytes are.
@@ -726,6 +733,7 @@ mod tests {
             meta: None,
             content: Content::Parts(vec![seg]),
             hash: None,
+            declared: None,
         })
     }
 

@@ -292,6 +292,74 @@ async fn force_completion_keeps_whole_files_and_drops_incomplete_ones() {
     assert!(fsck.is_clean(), "{fsck:?}");
 }
 
+/// A file whose add op declared a blake3 (as `cairn upload` does) but whose bytes hash to
+/// another (the file was rewritten while it was sent) is never published: a finalize refuses
+/// it and changes nothing, and a force completion drops and reports it. Files whose bytes match
+/// their declaration, one of several parts among them, and files declaring nothing resolve as
+/// usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_whose_bytes_are_not_the_ones_declared_is_never_published() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = small_engine(dir.path());
+    let t = new_object(&e);
+    let planned: BTreeMap<String, Vec<u8>> = [
+        ("big", 2 * P as usize + 100),
+        ("ok", 5000),
+        ("plain", 3000),
+        ("torn", 4000),
+        ("torn-big", P as usize + 7),
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(i, (n, s))| (n.to_string(), data(i as u64, s)))
+    .collect();
+    let ops = planned
+        .iter()
+        .map(|(path, bytes)| {
+            let mut o = add_file(path, bytes.len() as u64);
+            if path != "plain" {
+                o.blake3 = Some(cairn_core::Digest::of(bytes).to_hex());
+            }
+            o
+        })
+        .collect();
+    let job = e.create_files_job(&t, &request(ops)).unwrap();
+    // What arrives: the planned bytes, except that the torn files changed after planning
+    // (one byte of the small one, the second part of the big one).
+    let mut sent = planned.clone();
+    sent.get_mut("torn").unwrap()[1234] ^= 1;
+    sent.get_mut("torn-big").unwrap()[P as usize + 3] ^= 0x80;
+    upload_all(&e, t, &job, &sent).await;
+
+    let root = e.draft(&t).unwrap().root;
+    let err = e.finalize(&t).unwrap_err();
+    assert!(err.is(ErrorKind::BadDigest), "{err}");
+    assert!(err.to_string().contains("torn"), "{err}");
+    assert_eq!(
+        e.draft(&t).unwrap().root,
+        root,
+        "a refused finalize changes nothing"
+    );
+
+    let report = e.force_completion(&t, &job.id).unwrap();
+    let mut dropped = report.files_dropped.clone();
+    dropped.sort();
+    assert_eq!(dropped, vec!["torn", "torn-big"]);
+    let (v, _) = e.finalize(&t).unwrap();
+    let q = Qhit::Version(v);
+    for path in ["big", "ok", "plain"] {
+        assert_eq!(read_all(&e, &q, path).unwrap(), planned[path], "{path}");
+    }
+    for gone in ["torn", "torn-big"] {
+        assert!(
+            read_all(&e, &q, gone).unwrap_err().is(ErrorKind::NotFound),
+            "{gone}"
+        );
+    }
+    let fsck = e.fsck().unwrap();
+    assert!(fsck.is_clean(), "{fsck:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_rejected_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();

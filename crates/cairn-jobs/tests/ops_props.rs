@@ -417,6 +417,7 @@ fn file_entry() -> impl Strategy<Value = FileEntry> {
             meta,
             content,
             hash,
+            declared: None,
         })
 }
 
@@ -865,6 +866,7 @@ fn write_fuzz_seed_corpus() {
             meta: Some(json!({"title": "A", "tags": [1, 2.5, null, true]})),
             content: Content::Parts(vec![part_seg]),
             hash: Some(d(4)),
+            declared: None,
         }),
     );
     entries.insert(
@@ -879,6 +881,7 @@ fn write_fuzz_seed_corpus() {
                 len: 10,
             }]),
             hash: None,
+            declared: None,
         }),
     );
     entries.insert(
@@ -889,6 +892,7 @@ fn write_fuzz_seed_corpus() {
             meta: None,
             content: Content::Link("./files/a.mp4".into()),
             hash: None,
+            declared: None,
         }),
     );
     let node = DirNode {
