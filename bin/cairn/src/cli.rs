@@ -389,6 +389,7 @@ pub async fn ls(ctx: &Ctx, target: &str) -> Result<()> {
         node = node.get(seg).ok_or_else(|| {
             anyhow!(cairn_client::ClientError::Api {
                 status: 404,
+                retry_after: None,
                 kind: "not_found".into(),
                 reason: format!("{dir} not found")
             })
@@ -626,9 +627,11 @@ pub async fn finalize(ctx: &Ctx, wt: &str, force: bool) -> Result<()> {
                 status: 412,
                 kind,
                 reason,
+                ..
             }) => {
                 return Err(ClientError::Api {
                     status: 412,
+                    retry_after: None,
                     kind,
                     reason: format!(
                         "{reason}. Nothing was published: a version was published after this \

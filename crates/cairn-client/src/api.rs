@@ -16,6 +16,8 @@ pub enum ClientError {
         status: u16,
         kind: String,
         reason: String,
+        /// The answer's `Retry-After` (429, 503): how long the server asked to be left alone.
+        retry_after: Option<Duration>,
     },
     #[error("cannot reach the server: {0}")]
     Transport(String),
@@ -82,12 +84,26 @@ const ATTEMPTS: u32 = 8;
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-pub async fn backoff(attempt: u32) {
+/// The longest `Retry-After` waited out: a server asking for more is answered by giving up
+/// once the attempts are spent, not by a client that seems to hang.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+
+/// Waits before attempt `attempt + 1` after error `e`: the backoff, or as long as the server's
+/// `Retry-After` asked if that is longer (a rate limit's refill time, which the backoff's
+/// early attempts would only waste).
+pub async fn backoff(attempt: u32, e: &ClientError) {
     let base = FIRST_BACKOFF
         .saturating_mul(1 << attempt.min(8))
         .min(MAX_BACKOFF);
     let jitter = rand::random::<f64>() + 0.5;
-    tokio::time::sleep(base.mul_f64(jitter)).await;
+    let asked = match e {
+        ClientError::Api {
+            retry_after: Some(d),
+            ..
+        } => (*d).min(MAX_RETRY_AFTER),
+        _ => Duration::ZERO,
+    };
+    tokio::time::sleep(base.mul_f64(jitter).max(asked)).await;
 }
 
 /// Checks that `base` is an `http://` or `https://` URL with a host: anything else is a usage
@@ -185,7 +201,7 @@ impl Client {
             match self.send_json(req).await {
                 Err(e) if e.retryable() && attempt + 1 < ATTEMPTS => {
                     tracing::debug!(%path, error = %e, attempt, "retrying");
-                    backoff(attempt).await;
+                    backoff(attempt, &e).await;
                     attempt += 1;
                 }
                 other => return other,
@@ -196,9 +212,10 @@ impl Client {
     async fn send_json(&self, req: reqwest::RequestBuilder) -> Result<Value> {
         let resp = req.send().await.map_err(transport)?;
         let status = resp.status();
+        let retry_after = retry_after(resp.headers());
         let bytes = resp.bytes().await.map_err(transport)?;
         if !status.is_success() {
-            return Err(api_error(status, &bytes));
+            return Err(api_error(status, retry_after, &bytes));
         }
         if bytes.is_empty() {
             return Ok(Value::Null);
@@ -501,13 +518,17 @@ impl Client {
                 Err(e) => Err(transport(e)),
                 Ok(r) if r.status().is_success() => return Ok(r),
                 Ok(r) => {
-                    let status = r.status();
-                    Err(api_error(status, &r.bytes().await.unwrap_or_default()))
+                    let (status, wait) = (r.status(), retry_after(r.headers()));
+                    Err(api_error(
+                        status,
+                        wait,
+                        &r.bytes().await.unwrap_or_default(),
+                    ))
                 }
             };
             match result {
                 Err(e) if e.retryable() && attempt + 1 < ATTEMPTS => {
-                    backoff(attempt).await;
+                    backoff(attempt, &e).await;
                     attempt += 1;
                 }
                 Err(e) => return Err(e),
@@ -561,7 +582,13 @@ fn url_path(path: &str) -> String {
         .join("/")
 }
 
-fn api_error(status: StatusCode, body: &[u8]) -> ClientError {
+/// A `Retry-After` in seconds (the form Cairn sends; an HTTP date is ignored).
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let v = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
+    v.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+fn api_error(status: StatusCode, retry_after: Option<Duration>, body: &[u8]) -> ClientError {
     let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
     let e = &v["errors"][0];
     ClientError::Api {
@@ -575,6 +602,7 @@ fn api_error(status: StatusCode, body: &[u8]) -> ClientError {
             },
             str::to_string,
         ),
+        retry_after,
     }
 }
 
@@ -595,6 +623,44 @@ mod tests {
         // Brackets inside strings do not count.
         let s = format!(r#"{{"a":"{}"}}"#, "[".repeat(5000));
         assert!(super::parse_answer(s.as_bytes()).is_ok());
+    }
+
+    /// A 429's `Retry-After` is waited out in full before the one retry it takes; the backoff
+    /// alone (200 ms first) would have spent several refused attempts in that time.
+    #[tokio::test]
+    async fn a_rate_limited_call_waits_as_long_as_retry_after_asks() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            let limited = r#"{"errors":[{"kind":"rate_limited","reason":"x"}]}"#;
+            for (status, extra, body) in [
+                ("429 Too Many Requests", "retry-after: 2\r\n", limited),
+                ("200 OK", "", "[]"),
+            ] {
+                let (mut c, _) = listener.accept().await.unwrap();
+                let mut buf = vec![0u8; 4096];
+                let _ = c.read(&mut buf).await.unwrap();
+                seen.push(std::time::Instant::now());
+                let answer = format!(
+                    "HTTP/1.1 {status}\r\n{extra}content-type: application/json\r\n\
+                     content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                c.write_all(answer.as_bytes()).await.unwrap();
+                c.shutdown().await.unwrap();
+            }
+            seen
+        });
+        let client = super::Client::new(&base, "t");
+        client.libraries().await.unwrap();
+        let seen = server.await.unwrap();
+        let waited = seen[1] - seen[0];
+        assert!(
+            waited >= std::time::Duration::from_millis(1900),
+            "{waited:?}"
+        );
     }
 
     #[test]

@@ -171,6 +171,7 @@ pub async fn upload_tree(
                 status: 412,
                 kind,
                 reason,
+                ..
             }) => {
                 // Someone published since this draft was opened. A new run starts a new draft
                 // from the new head; resolving this draft's files first lets the server know
@@ -179,6 +180,7 @@ pub async fn upload_tree(
                 let _ = std::fs::remove_file(&record_path);
                 return Err(ClientError::Api {
                     status: 412,
+                    retry_after: None,
                     kind,
                     reason: format!(
                         "{reason}. Nothing was published: the object has a newer version than \
@@ -197,6 +199,7 @@ pub async fn upload_tree(
                 status: 409,
                 kind,
                 reason,
+                ..
             }) if kind == "bad_digest" => {
                 let what = match reason.split_once(": the bytes received") {
                     Some((path, _)) => format!(
@@ -603,6 +606,7 @@ fn lock_record(record: &Path) -> Result<std::fs::File> {
         Ok(()) => Ok(file),
         Err(rustix::io::Errno::WOULDBLOCK) => Err(ClientError::Api {
             status: 409,
+            retry_after: None,
             kind: "conflict".into(),
             reason: format!(
                 "another run of this upload (the same paths into the same object) is still \
@@ -800,7 +804,7 @@ async fn send_job(
             Ok(()) => return Ok(()),
             Err(e) if (e.retryable() || e.status() == Some(409)) && attempt + 1 < JOB_ATTEMPTS => {
                 tracing::info!(upload_job = uj, error = %e, attempt, "resuming upload job");
-                backoff(attempt).await;
+                backoff(attempt, &e).await;
                 attempt += 1;
             }
             Err(e) => return Err(e),
