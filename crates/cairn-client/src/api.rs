@@ -582,10 +582,21 @@ fn url_path(path: &str) -> String {
         .join("/")
 }
 
-/// A `Retry-After` in seconds (the form Cairn sends; an HTTP date is ignored).
+/// A `Retry-After`: seconds (the form Cairn sends) or an HTTP date (a proxy's), as the time
+/// from now. Anything else, or a date past, asks for nothing.
 fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let v = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
-    v.trim().parse::<u64>().ok().map(Duration::from_secs)
+    let v = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    match v.parse::<u64>() {
+        Ok(secs) => Some(Duration::from_secs(secs)),
+        Err(_) => httpdate::parse_http_date(v)
+            .ok()?
+            .duration_since(std::time::SystemTime::now())
+            .ok(),
+    }
 }
 
 fn api_error(status: StatusCode, retry_after: Option<Duration>, body: &[u8]) -> ClientError {
@@ -661,6 +672,22 @@ mod tests {
             waited >= std::time::Duration::from_millis(1900),
             "{waited:?}"
         );
+    }
+
+    #[test]
+    fn retry_after_is_read_in_seconds_or_as_a_date() {
+        let of = |v: &str| {
+            let mut h = reqwest::header::HeaderMap::new();
+            h.insert(reqwest::header::RETRY_AFTER, v.parse().unwrap());
+            super::retry_after(&h)
+        };
+        assert_eq!(of("7"), Some(std::time::Duration::from_secs(7)));
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(30);
+        let d = of(&httpdate::fmt_http_date(later)).unwrap();
+        assert!(d > std::time::Duration::from_secs(25) && d <= std::time::Duration::from_secs(30));
+        assert_eq!(of("Wed, 21 Oct 2015 07:28:00 GMT"), None, "a date past");
+        assert_eq!(of("soon"), None);
+        assert_eq!(of("-3"), None);
     }
 
     #[test]

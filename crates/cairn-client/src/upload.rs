@@ -193,14 +193,18 @@ pub async fn upload_tree(
             }
             // The server hashed what arrived and it is not what this run hashed while
             // planning: the file changed in between, unseen by the size and mtime checks (a
-            // rewrite of the same size, `cp -p` over it). Nothing is published; the next run
-            // hashes the files again and starts a new draft, as after any other change.
+            // rewrite of the same size, `cp -p` over it). Nothing is published, and the draft
+            // and its record go: a next run whose files hash as planned again (the change
+            // undone) would otherwise resume this draft and be refused the same way forever.
             Err(ClientError::Api {
                 status: 409,
                 kind,
                 reason,
                 ..
             }) if kind == "bad_digest" => {
+                if client.delete(wt).await.is_ok() {
+                    let _ = std::fs::remove_file(&record_path);
+                }
                 let what = match reason.split_once(": the bytes received") {
                     Some((path, _)) => format!(
                         "{path}: changed while it was uploaded (the server received bytes with \

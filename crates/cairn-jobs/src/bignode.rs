@@ -194,7 +194,7 @@ mod tests {
                 len: size,
             }]),
             hash: Some(Digest::of(b"h")),
-            declared: None,
+            declared: size.is_multiple_of(3).then(|| Digest::of(b"declared")),
         })
     }
 

@@ -272,6 +272,11 @@ impl RawOp {
                         Error::invalid(format!("{path}: blake3 must be 64 hex digits"))
                     })?),
                 };
+                if size == 0 && hash.is_some_and(|h| h != cairn_core::Digest::empty()) {
+                    return Err(Error::invalid(format!(
+                        "{path}: blake3 is not that of an empty file, which size 0 says it is"
+                    )));
+                }
                 let mime_type = media_type(&path, bounded(&self.mime_type, "mime_type")?)?;
                 Ok(Op::AddFile {
                     path,
@@ -341,9 +346,13 @@ mod tests {
             r#"{"ops":[{"path":"a","size":1,"mime_type":"tëxt/plain"}]}"#,
             r#"{"ops":[{"path":"a","size":1,"mime_type":"text"}]}"#,
             r#"{"ops":[{"path":"a","size":1,"mime_type":"x\u2028y/z"}]}"#,
+            // An empty file declared with another file's hash: nothing could check it later.
+            r#"{"ops":[{"path":"a","size":0,"blake3":"09d2aa4fa5f31e0fc8bd4a0cc6c1a94e3e6f2b7d0a3c9e3d4b7c6a5f0e1d2c3b"}]}"#,
         ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
+        let empty = r#"{"ops":[{"path":"a","size":0,"blake3":"af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"}]}"#;
+        assert!(parse(empty).is_ok());
     }
 
     #[test]

@@ -300,7 +300,10 @@ async fn force_completion_keeps_whole_files_and_drops_incomplete_ones() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_whose_bytes_are_not_the_ones_declared_is_never_published() {
     let dir = tempfile::tempdir().unwrap();
-    let e = small_engine(dir.path());
+    // Passes of one file: a refused finalize must fail before any pass commits.
+    let mut cfg = config(dir.path(), P, SMALL_CHUNKS);
+    cfg.resolve_batch = 1;
+    let e = std::sync::Arc::new(cairn_jobs::Engine::open(cfg).unwrap());
     let t = new_object(&e);
     let planned: BTreeMap<String, Vec<u8>> = [
         ("big", 2 * P as usize + 100),
@@ -308,6 +311,8 @@ async fn a_file_whose_bytes_are_not_the_ones_declared_is_never_published() {
         ("plain", 3000),
         ("torn", 4000),
         ("torn-big", P as usize + 7),
+        ("d/fine", 700),
+        ("d/torn", 900),
     ]
     .into_iter()
     .enumerate()
@@ -329,12 +334,20 @@ async fn a_file_whose_bytes_are_not_the_ones_declared_is_never_published() {
     let mut sent = planned.clone();
     sent.get_mut("torn").unwrap()[1234] ^= 1;
     sent.get_mut("torn-big").unwrap()[P as usize + 3] ^= 0x80;
+    sent.get_mut("d/torn").unwrap()[0] ^= 2;
     upload_all(&e, t, &job, &sent).await;
+    // A copy of the stored directory holding a torn file: resolved once, refused in both places.
+    let copy = op(json!({"op": "copy", "copy_move_source_path": "d", "path": "e"}));
+    e.create_files_job(&t, &request(vec![copy])).unwrap();
 
     let root = e.draft(&t).unwrap().root;
-    let err = e.finalize(&t).unwrap_err();
-    assert!(err.is(ErrorKind::BadDigest), "{err}");
-    assert!(err.to_string().contains("torn"), "{err}");
+    for err in [
+        e.finalize(&t).unwrap_err(),
+        e.finalize_files(&t).unwrap_err(),
+    ] {
+        assert!(err.is(ErrorKind::BadDigest), "{err}");
+        assert!(err.to_string().contains("torn"), "{err}");
+    }
     assert_eq!(
         e.draft(&t).unwrap().root,
         root,
@@ -344,13 +357,14 @@ async fn a_file_whose_bytes_are_not_the_ones_declared_is_never_published() {
     let report = e.force_completion(&t, &job.id).unwrap();
     let mut dropped = report.files_dropped.clone();
     dropped.sort();
-    assert_eq!(dropped, vec!["torn", "torn-big"]);
+    assert_eq!(dropped, vec!["d/torn", "e/torn", "torn", "torn-big"]);
     let (v, _) = e.finalize(&t).unwrap();
     let q = Qhit::Version(v);
-    for path in ["big", "ok", "plain"] {
+    for path in ["big", "ok", "plain", "d/fine"] {
         assert_eq!(read_all(&e, &q, path).unwrap(), planned[path], "{path}");
     }
-    for gone in ["torn", "torn-big"] {
+    assert_eq!(read_all(&e, &q, "e/fine").unwrap(), planned["d/fine"]);
+    for gone in ["torn", "torn-big", "d/torn", "e/torn"] {
         assert!(
             read_all(&e, &q, gone).unwrap_err().is(ErrorKind::NotFound),
             "{gone}"

@@ -410,15 +410,18 @@ fn file_entry() -> impl Strategy<Value = FileEntry> {
         meta(),
         content,
         prop::option::of(digest()),
+        prop::option::of(digest()),
     )
-        .prop_map(|(size, mime_type, meta, content, hash)| FileEntry {
-            size,
-            mime_type,
-            meta,
-            content,
-            hash,
-            declared: None,
-        })
+        .prop_map(
+            |(size, mime_type, meta, content, hash, declared)| FileEntry {
+                size,
+                mime_type,
+                meta,
+                content,
+                hash,
+                declared,
+            },
+        )
 }
 
 fn dir_node() -> impl Strategy<Value = DirNode> {
