@@ -980,6 +980,62 @@ fn a_stalled_upload_is_cut_off_and_keeps_what_arrived() {
     drop(sock);
 }
 
+/// One token's uploads hold at most `max_uploads_per_token` upload slots: another upload of the
+/// same token waits `idle_timeout_secs` for one, then is 503 `busy` with nothing read, while
+/// another token's upload goes through at once (the engine's upload permits are shared by all
+/// tokens, so a token trickling uploads must not hold them all).
+#[test]
+fn a_token_s_uploads_are_capped_and_other_tokens_are_not_held_up() {
+    use std::io::Write;
+    let data = tempfile::tempdir().unwrap();
+    let s = Server::start_config(
+        data.path(),
+        "idle_timeout_secs = 2\nmax_uploads_per_token = 1\n",
+    );
+    let (lib, _, wt) = new_object(&s);
+    let (fj1, uj1) = one_file_job(&s, &wt, "trickle.bin", 100);
+    let (fj2, uj2) = one_file_job(&s, &wt, "other.bin", 5);
+    // The admin token's one slot, held by a body that trickles a byte every 300 ms.
+    let mut sock = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    write!(
+        sock,
+        "POST /q/{wt}/file_jobs/{fj1}/{uj1} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Length: 100\r\n\r\na",
+        common::TOKEN
+    )
+    .unwrap();
+    let trickle = std::thread::spawn(move || {
+        for _ in 0..20 {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            if sock.write_all(b"b").is_err() {
+                break;
+            }
+        }
+        sock
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let url = s.url(&format!("/q/{wt}/file_jobs/{fj2}/{uj2}"));
+    let started = std::time::Instant::now();
+    let r = curl(&url, &["-X", "POST", "--data-binary", "12345"]);
+    let body = String::from_utf8_lossy(&r.body).to_string();
+    assert_eq!((r.status, r.kind().as_str()), (503, "busy"), "{body}");
+    assert!(body.contains("max_uploads_per_token"), "{body}");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(1900));
+    assert_eq!(r.header("Retry-After"), Some("1"));
+    let status = format!("/q/{wt}/file_jobs/{fj2}/uploads/{uj2}");
+    assert_eq!(call(&s, "GET", &status, None, 200)["files"][0]["skip"], 0);
+    // A library token is not held up by the admin token's uploads.
+    let token = call(&s, "POST", &format!("/qlibs/{lib}/tokens"), None, 201)["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let auth = format!("Authorization: Bearer {token}");
+    let started = std::time::Instant::now();
+    let r = curl(&url, &["-X", "POST", "--data-binary", "12345", "-H", &auth]);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert!(started.elapsed() < std::time::Duration::from_millis(1500));
+    drop(trickle.join().unwrap());
+}
+
 /// A client that sends a whole upload body and closes its connection without reading the reply
 /// still has it kept (hyper used to drop the request when it saw the close, before the commit,
 /// in about half of such tries for small bodies); one that half-closes after its body gets its

@@ -37,6 +37,10 @@ pub struct ServerConfig {
     pub rate_limit: u32,
     /// Requests a token may make at once above its rate.
     pub rate_burst: u32,
+    /// Uploads one token may have receiving at once (0: no limit of its own); more wait up to
+    /// `idle_timeout_secs` for one to end, then get 503 `busy`. The engine's 192 upload permits
+    /// are shared by all tokens: this keeps one token's slow uploads from holding them all.
+    pub max_uploads_per_token: usize,
     /// Origins whose pages may call the API from a browser (CORS): `["*"]` (the default) for
     /// any, `[]` for none, or exact origins such as `"https://app.example"`. See `cors.rs`.
     pub cors_origins: Vec<String>,
@@ -63,6 +67,7 @@ impl Default for ServerConfig {
             commit_every: 32 << 20,
             rate_limit: 10_000,
             rate_burst: 10_000,
+            max_uploads_per_token: 64,
             cors_origins: vec!["*".into()],
             public_url: None,
             allow_missing_packs: false,

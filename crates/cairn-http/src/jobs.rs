@@ -150,6 +150,7 @@ pub async fn handle_upload_status(
 pub async fn handle_upload(
     State(st): State<AppState>,
     Path(p): Path<Params>,
+    key: Option<Extension<crate::limit::TokenKey>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
@@ -165,6 +166,10 @@ pub async fn handle_upload(
     };
     let (stated, range_len) = content_range(&headers, declared)?;
     let declared = declared.or(range_len);
+    let _slot = st
+        .upload_slots
+        .take(key.map(|Extension(k)| k), st.upload_wait)
+        .await?;
     let reply = st
         .engine
         .upload_at(t, fj, uj, declared, stated, body.into_data_stream())

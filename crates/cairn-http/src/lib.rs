@@ -46,6 +46,10 @@ pub struct AppState {
     pub engine: Arc<Engine>,
     pub auth: Auth,
     pub limit: limit::RateLimit,
+    /// Uploads receiving at once per token (`ServerConfig::max_uploads_per_token`), and how long
+    /// one waits for a slot (`idle_timeout_secs`).
+    pub upload_slots: limit::UploadSlots,
+    pub upload_wait: std::time::Duration,
     /// What `GET /config` advertises instead of `http://{Host}/` (`ServerConfig::public_url`).
     pub public_url: Option<Arc<str>>,
 }
@@ -235,9 +239,9 @@ async fn require_auth(State(st): State<AppState>, req: Request, next: Next) -> R
     let checked = st
         .auth
         .check(req.headers(), req.uri().query())
-        .and_then(|(token, who)| st.limit.check(&token).map(|()| who));
-    let who = match checked {
-        Ok(who) => who,
+        .and_then(|(token, who)| st.limit.check(&token).map(|()| (token, who)));
+    let (token, who) = match checked {
+        Ok(checked) => checked,
         Err(e) => return e.into_response(),
     };
     let mut req = match who {
@@ -250,6 +254,8 @@ async fn require_auth(State(st): State<AppState>, req: Request, next: Next) -> R
         }
     };
     req.extensions_mut().insert(who);
+    req.extensions_mut()
+        .insert(limit::TokenKey(*token.as_bytes()));
     next.run(req).await
 }
 
@@ -398,6 +404,8 @@ pub fn open(cfg: &ServerConfig) -> Result<(AppState, Option<String>), String> {
             engine: Arc::new(engine),
             auth,
             limit: limit::RateLimit::new(cfg.rate_limit, cfg.rate_burst),
+            upload_slots: limit::UploadSlots::new(cfg.max_uploads_per_token),
+            upload_wait: std::time::Duration::from_secs(cfg.idle_timeout_secs.max(1)),
             public_url: cfg.public_url.as_deref().map(Arc::from),
         },
         generated,

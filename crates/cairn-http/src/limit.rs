@@ -16,6 +16,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use governor::clock::Clock;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::error::ApiError;
 
@@ -71,6 +73,111 @@ impl RateLimit {
                     )
                 }
             })
+    }
+}
+
+/// The token a request was authenticated with, by its blake3 (never the token itself): put in
+/// the request's extensions by the auth middleware, for limits kept per token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TokenKey(pub [u8; 32]);
+
+/// At most `per_token` uploads receiving at once per token, so that one client (or one leaked
+/// token) whose uploads trickle cannot hold every one of the engine's upload permits, which all
+/// tokens share. A token's semaphore exists only while it has uploads running or waiting.
+#[derive(Clone, Default)]
+pub struct UploadSlots {
+    inner: Option<Arc<SlotsInner>>,
+}
+
+struct SlotsInner {
+    per_token: usize,
+    by_token: std::sync::Mutex<std::collections::HashMap<TokenKey, Arc<Semaphore>>>,
+}
+
+/// One of a token's upload slots, given back (and the token's semaphore dropped once it is
+/// idle) when this goes.
+pub struct UploadSlot {
+    permit: Option<OwnedSemaphorePermit>,
+    token: TokenKey,
+    slots: Arc<SlotsInner>,
+}
+
+impl Drop for UploadSlot {
+    fn drop(&mut self) {
+        drop(self.permit.take());
+        let mut map = self
+            .slots
+            .by_token
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        // Only the map's own reference left, and no permit out: nobody holds or waits on it.
+        // Clones are taken under this lock, so none can appear meanwhile.
+        if map.get(&self.token).is_some_and(|s| {
+            Arc::strong_count(s) == 1 && s.available_permits() == self.slots.per_token
+        }) {
+            map.remove(&self.token);
+        }
+    }
+}
+
+impl UploadSlots {
+    /// `per_token` 0: no limit of this kind.
+    pub fn new(per_token: usize) -> UploadSlots {
+        UploadSlots {
+            inner: (per_token > 0).then(|| {
+                Arc::new(SlotsInner {
+                    per_token,
+                    by_token: Default::default(),
+                })
+            }),
+        }
+    }
+
+    /// Takes one of `token`'s upload slots, waiting at most `wait` (then 503 `busy`, nothing of
+    /// the request read, as when the engine's own upload permits stay taken). `None` without a
+    /// limit or a token.
+    pub async fn take(
+        &self,
+        token: Option<TokenKey>,
+        wait: Duration,
+    ) -> Result<Option<UploadSlot>, ApiError> {
+        let (Some(slots), Some(token)) = (&self.inner, token) else {
+            return Ok(None);
+        };
+        let sem = {
+            let mut map = slots.by_token.lock().unwrap_or_else(|p| p.into_inner());
+            map.entry(token)
+                .or_insert_with(|| Arc::new(Semaphore::new(slots.per_token)))
+                .clone()
+        };
+        // From here the slot's drop tidies the map, whether a permit comes or not.
+        let mut slot = UploadSlot {
+            permit: None,
+            token,
+            slots: slots.clone(),
+        };
+        let permit = tokio::time::timeout(wait, sem.clone().acquire_owned()).await;
+        drop(sem);
+        match permit {
+            Ok(Ok(p)) => {
+                slot.permit = Some(p);
+                Ok(Some(slot))
+            }
+            _ => Err(ApiError {
+                retry_after: Some(1),
+                ..ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "busy",
+                    format!(
+                        "this token already has {} uploads receiving (max_uploads_per_token), \
+                         and none ended within {} s; nothing of this request was read, send it \
+                         again",
+                        slots.per_token,
+                        wait.as_secs()
+                    ),
+                )
+            }),
+        }
     }
 }
 
@@ -142,6 +249,36 @@ fn check_head(uri: &Uri, headers: &HeaderMap) -> Result<(), ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A token's slots: taken up to the limit, then a wait that ends in `busy`; given back on
+    /// drop, to a waiter first; and the token's entry gone once nothing holds or waits on it.
+    #[tokio::test]
+    async fn upload_slots_are_per_token_and_tidied_once_idle() {
+        let slots = UploadSlots::new(2);
+        let (a, b) = (TokenKey([1; 32]), TokenKey([2; 32]));
+        let short = Duration::from_millis(50);
+        let a1 = slots.take(Some(a), short).await.unwrap();
+        let a2 = slots.take(Some(a), short).await.unwrap();
+        let refused = slots.take(Some(a), short).await.err().unwrap();
+        assert_eq!((refused.status.as_u16(), refused.kind), (503, "busy"));
+        let b1 = slots.take(Some(b), short).await.unwrap();
+        let waiter = {
+            let slots = slots.clone();
+            tokio::spawn(async move { slots.take(Some(a), Duration::from_secs(5)).await })
+        };
+        tokio::time::sleep(short).await;
+        drop(a1);
+        let a3 = waiter.await.unwrap().unwrap();
+        let entries = || slots.inner.as_ref().unwrap().by_token.lock().unwrap().len();
+        assert_eq!(entries(), 2);
+        drop((a2, a3, b1));
+        assert_eq!(entries(), 0, "idle tokens leave no entry");
+        assert!(UploadSlots::new(0)
+            .take(Some(a), short)
+            .await
+            .unwrap()
+            .is_none());
+    }
 
     #[test]
     fn a_burst_passes_then_the_token_waits_and_others_do_not() {
