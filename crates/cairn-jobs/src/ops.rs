@@ -222,9 +222,12 @@ impl RawOp {
                 })
             }
             "meta" | "metadata" => {
-                let meta = self
-                    .entry_meta()?
-                    .ok_or_else(|| Error::invalid("meta op needs a meta object"))?;
+                let meta = self.entry_meta()?.ok_or_else(|| {
+                    Error::invalid(
+                        "a meta op needs `meta`: the JSON value to keep on the entry (any \
+                             value but null)",
+                    )
+                })?;
                 Ok(Op::Meta {
                     path: required(&self.path, "path")?,
                     meta,

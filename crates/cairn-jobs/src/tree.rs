@@ -459,7 +459,45 @@ pub fn lookup_by(
 pub fn render(root: &Digest, loader: &Loader<'_>) -> Result<Value> {
     let mut next_segment = 0u64;
     let mut unbounded = usize::MAX;
-    render_dir(root, loader, &mut next_segment, 0, &mut unbounded)
+    let at = Walk { root, loader };
+    render_dir(root, &at, &mut next_segment, 0, &mut unbounded)
+}
+
+/// What a rendering walks: the tree's root (for the links that lead within it) and its nodes.
+struct Walk<'a, 'b> {
+    root: &'a Digest,
+    loader: &'a Loader<'b>,
+}
+
+impl Walk<'_, '_> {
+    /// The size a listing shows for `f`. A link made with `./files/…` records its target's
+    /// size when it is made, but the target can be replaced afterwards (in the same draft, or
+    /// in a later version, which keeps the link), and a download serves what the link leads
+    /// to now: a listing follows the link the same way, so a client that plans its ranged
+    /// reads from the listing (the official JS client does) asks for the bytes it will be
+    /// served. A link to a version (`/qfab/hq__…`) names immutable bytes, so its recorded
+    /// size stays right; a link that leads nowhere (or round, or too far) keeps its own.
+    fn shown_size(&self, f: &FileEntry) -> Result<u64> {
+        let Content::Link(first) = &f.content else {
+            return Ok(f.size);
+        };
+        let mut target = first.clone();
+        let mut size = f.size;
+        for _ in 0..=crate::read::MAX_LINK_DEPTH {
+            let Ok(crate::files::LinkTarget::Relative(path)) = crate::files::parse_link(&target)
+            else {
+                return Ok(size);
+            };
+            match lookup(self.root, &path, self.loader)? {
+                Some(Entry::File(g)) => match g.content {
+                    Content::Link(next) => (target, size) = (next, g.size),
+                    _ => return Ok(g.size),
+                },
+                _ => return Ok(f.size),
+            }
+        }
+        Ok(f.size)
+    }
 }
 
 const MAX_RENDER_DEPTH: usize = 300;
@@ -496,7 +534,8 @@ pub fn render_entry(
         match node.entries.get(name) {
             Some(Entry::Dir(d)) => dir = *d,
             Some(Entry::File(f)) if depth + 1 == path.len() => {
-                return Ok(Some(json!({".": render_file(f, &mut next)})))
+                let size = Walk { root, loader }.shown_size(f)?;
+                return Ok(Some(json!({".": render_file(f, size, &mut next)})));
             }
             _ => return Ok(None),
         }
@@ -510,7 +549,8 @@ pub fn render_entry(
         return Err(too_large_to_render(format!("holds {files} files")));
     }
     let mut budget = MAX_RENDER_WEIGHT;
-    render_dir(&dir, loader, &mut next, path.len(), &mut budget).map(Some)
+    let at = Walk { root, loader };
+    render_dir(&dir, &at, &mut next, path.len(), &mut budget).map(Some)
 }
 
 /// Whether `path` (names under `root`) is a file.
@@ -583,7 +623,7 @@ fn count_segments(
 /// Renders a directory; `budget` is the memory (estimated) the rendering may still take.
 fn render_dir(
     digest: &Digest,
-    loader: &Loader<'_>,
+    at: &Walk<'_, '_>,
     next: &mut u64,
     depth: usize,
     budget: &mut usize,
@@ -593,7 +633,7 @@ fn render_dir(
             "directory nesting exceeds the path depth limit",
         ));
     }
-    let node = loader(digest)?;
+    let node = (at.loader)(digest)?;
     let mut map = Map::new();
     // The directory's own attributes (its metadata cloned); its entries are charged below.
     let took = 4 * node.meta.as_ref().map_or(0, value_weight) + 1024;
@@ -603,8 +643,8 @@ fn render_dir(
     map.insert(".".into(), dir_attributes(&node));
     for (name, entry) in &node.entries {
         let v = match entry {
-            Entry::Dir(d) => render_dir(d, loader, next, depth + 1, budget)?,
-            Entry::File(f) => json!({".": render_file(f, next)}),
+            Entry::Dir(d) => render_dir(d, at, next, depth + 1, budget)?,
+            Entry::File(f) => json!({".": render_file(f, at.shown_size(f)?, next)}),
         };
         // A rendered value takes several times what `value_weight` counts (maps, keys and
         // allocations: about 3.5 KiB for a file with no metadata). A directory charged itself
@@ -626,12 +666,12 @@ fn render_dir(
 /// the listing of a million files never exists in memory whole.
 pub fn render_to(root: &Digest, loader: &Loader<'_>, out: &mut dyn std::io::Write) -> Result<()> {
     let mut next = 0u64;
-    write_dir(root, loader, &mut next, 0, out)
+    write_dir(root, &Walk { root, loader }, &mut next, 0, out)
 }
 
 fn write_dir(
     digest: &Digest,
-    loader: &Loader<'_>,
+    at: &Walk<'_, '_>,
     next: &mut u64,
     depth: usize,
     out: &mut dyn std::io::Write,
@@ -641,7 +681,7 @@ fn write_dir(
             "directory nesting exceeds the path depth limit",
         ));
     }
-    let node = loader(digest)?;
+    let node = (at.loader)(digest)?;
     let mut dot = json!({"type": "directory"});
     if let Some(m) = &node.meta {
         dot["meta"] = m.clone();
@@ -668,9 +708,11 @@ fn write_dir(
         }
         key(out, name)?;
         match entry {
-            Entry::Dir(d) => write_dir(d, loader, next, depth + 1, out)?,
-            Entry::File(f) => serde_json::to_writer(&mut *out, &json!({".": render_file(f, next)}))
-                .map_err(json_error)?,
+            Entry::Dir(d) => write_dir(d, at, next, depth + 1, out)?,
+            Entry::File(f) => {
+                let dot = render_file(f, at.shown_size(f)?, next);
+                serde_json::to_writer(&mut *out, &json!({ ".": dot })).map_err(json_error)?
+            }
         }
     }
     if let Some(d) = dot.take() {
@@ -691,8 +733,9 @@ fn json_error(e: serde_json::Error) -> Error {
     }
 }
 
-fn render_file(f: &FileEntry, next: &mut u64) -> Value {
-    let mut dot = json!({"size": f.size, "encryption": {"scheme": "none"}});
+/// A file's `"."` attributes; `size` is the one to show ([`Walk::shown_size`]).
+fn render_file(f: &FileEntry, size: u64, next: &mut u64) -> Value {
+    let mut dot = json!({"size": size, "encryption": {"scheme": "none"}});
     if let Some(m) = &f.mime_type {
         dot["mime_type"] = json!(m);
     }

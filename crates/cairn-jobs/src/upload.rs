@@ -249,8 +249,22 @@ impl Engine {
             let _held = (guard, permit);
             me.ingest(&token, &fj, &uj, declared, offset, body).await
         });
-        task.await
-            .map_err(|e| Error::internal(format!("ingest task failed: {e}")))?
+        let result = task
+            .await
+            .map_err(|e| Error::internal(format!("ingest task failed: {e}")))?;
+        // A draft deleted while its upload streamed takes the job's records with it, and the
+        // ingest fails on whichever record it missed first ("segment 0 of upload job … not
+        // found"): say what happened instead (QA).
+        match result {
+            Err(e) if e.is(ErrorKind::NotFound) && self.draft(&token).is_err() => {
+                Err(Error::not_found(format!(
+                    "write token {token} not found: the draft was deleted while this upload \
+                     was being received ({})",
+                    e.reason
+                )))
+            }
+            other => other,
+        }
     }
 
     /// The body of [`Engine::upload_at`]; the caller holds the upload job's lock.

@@ -33,6 +33,34 @@ async fn copy_of_a_file_added_in_the_same_job_gets_its_bytes() {
     assert_eq!(read_all(&e, &Qhit::Version(v), "x").unwrap(), x);
 }
 
+/// An upload whose draft is deleted while its body streams fails saying so, not with the name
+/// of whichever record of its job it missed first (QA: "segment 0 of upload job … not found").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_whose_draft_is_deleted_mid_body_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = small_engine(dir.path());
+    let t = new_object(&e);
+    let job = e
+        .create_files_job(&t, &request(vec![add_file("x", 200_000)]))
+        .unwrap();
+    let (tx, rx) = futures::channel::mpsc::unbounded::<Result<bytes::Bytes, std::io::Error>>();
+    let upload = {
+        let e = e.clone();
+        let (fj, uj) = (job.id, job.jobs[0]);
+        tokio::spawn(async move { e.upload(t, fj, uj, Some(200_000), rx).await })
+    };
+    tx.unbounded_send(Ok(bytes::Bytes::from(data(1, 100_000))))
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    e.delete_draft(&t).unwrap();
+    // The upload may have ended already (its receiver gone).
+    let _ = tx.unbounded_send(Ok(bytes::Bytes::from(data(2, 100_000))));
+    drop(tx);
+    let err = upload.await.unwrap().unwrap_err();
+    assert!(err.is(ErrorKind::NotFound), "{err}");
+    assert!(err.to_string().contains("the draft was deleted"), "{err}");
+}
+
 /// Copy then delete of a new file still uploads the copy (no byte-less file in a version).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copy_then_delete_of_a_new_file_uploads_the_copy() {
