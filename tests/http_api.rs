@@ -1004,7 +1004,7 @@ fn a_token_s_uploads_are_capped_and_other_tokens_are_not_held_up() {
     )
     .unwrap();
     let trickle = std::thread::spawn(move || {
-        for _ in 0..20 {
+        for _ in 0..24 {
             std::thread::sleep(std::time::Duration::from_millis(300));
             if sock.write_all(b"b").is_err() {
                 break;
@@ -1012,7 +1012,8 @@ fn a_token_s_uploads_are_capped_and_other_tokens_are_not_held_up() {
         }
         sock
     });
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    // Time for the trickling request to reach its slot (microseconds when the machine is idle).
+    std::thread::sleep(std::time::Duration::from_millis(1000));
     let url = s.url(&format!("/q/{wt}/file_jobs/{fj2}/{uj2}"));
     let started = std::time::Instant::now();
     let r = curl(&url, &["-X", "POST", "--data-binary", "12345"]);

@@ -168,6 +168,13 @@ impl ServerConfig {
         if cfg.max_connections == 0 {
             return Err("max_connections must be at least 1".into());
         }
+        let most = crate::limit::MAX_UPLOADS_PER_TOKEN;
+        if cfg.max_uploads_per_token > most {
+            return Err(format!(
+                "max_uploads_per_token {} must be at most {most} (0 for no limit of its own)",
+                cfg.max_uploads_per_token
+            ));
+        }
         if !["cached", "direct"].contains(&cfg.pack_writes.as_str()) {
             return Err(format!(
                 "pack_writes {:?} must be \"cached\" or \"direct\"",
@@ -287,6 +294,7 @@ mod tests {
             ("pack_writes = \"fast\"", "pack_writes"),
             ("max_json_body = 0", "max_json_body"),
             ("max_json_body = 4095", "max_json_body"),
+            ("max_uploads_per_token = 65537", "max_uploads_per_token"),
         ] {
             std::fs::write(&f, format!("{bad}\n")).unwrap();
             let e = ServerConfig::load(Some(&f)).unwrap_err();

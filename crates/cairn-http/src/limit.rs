@@ -146,6 +146,12 @@ impl UploadSlots {
         };
         let sem = {
             let mut map = slots.by_token.lock().unwrap_or_else(|p| p.into_inner());
+            // A request cancelled while it waited can leave its token's entry behind (its
+            // semaphore still referenced when its slot went): sweep idle entries now and then.
+            if map.len() >= SWEEP_AT {
+                let per = slots.per_token;
+                map.retain(|_, s| Arc::strong_count(s) > 1 || s.available_permits() < per);
+            }
             map.entry(token)
                 .or_insert_with(|| Arc::new(Semaphore::new(slots.per_token)))
                 .clone()
@@ -163,23 +169,22 @@ impl UploadSlots {
                 slot.permit = Some(p);
                 Ok(Some(slot))
             }
-            _ => Err(ApiError {
-                retry_after: Some(1),
-                ..ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "busy",
-                    format!(
-                        "this token already has {} uploads receiving (max_uploads_per_token), \
-                         and none ended within {} s; nothing of this request was read, send it \
-                         again",
-                        slots.per_token,
-                        wait.as_secs()
-                    ),
-                )
-            }),
+            _ => Err(cairn_core::Error::busy(format!(
+                "this token already has {} uploads receiving (max_uploads_per_token), and none \
+                 ended within {} s; nothing of this request was read, send it again",
+                slots.per_token,
+                wait.as_secs()
+            ))
+            .into()),
         }
     }
 }
+
+/// Tokens with an entry in [`UploadSlots`] past which idle entries are swept.
+const SWEEP_AT: usize = 256;
+
+/// Largest `max_uploads_per_token` (a semaphore has a ceiling, and no server runs more).
+pub const MAX_UPLOADS_PER_TOKEN: usize = 1 << 16;
 
 /// Longest request target (path and query) answered normally; longer is 414 `too_large`.
 pub const MAX_URI_BYTES: usize = 8 << 10;

@@ -849,14 +849,15 @@ impl Engine {
     /// The `files` tree as JSON (reference §3.5).
     pub fn files_json(&self, q: &Qhit) -> Result<Value> {
         let root = self.resolve_root(q)?;
-        crate::tree::render(&root, &|d| self.load_node(d))
+        crate::tree::render(&root, &|d| self.load_node(d), &|d, n| self.node_entry(d, n))
     }
 
     /// [`Engine::files_json`] written to `out` as JSON text while the tree is walked
     /// ([`crate::tree::render_to`]).
     pub fn files_json_to(&self, q: &Qhit, out: &mut dyn std::io::Write) -> Result<()> {
         let root = self.resolve_root(q)?;
-        crate::tree::render_to(&root, &|d| self.load_node(d), out)
+        let entry = |d: &Digest, n: &str| self.node_entry(d, n);
+        crate::tree::render_to(&root, (&|d| self.load_node(d), &entry), out)
     }
 
     // ---- metadata ---------------------------------------------------------------------------
@@ -874,8 +875,13 @@ impl Engine {
                 Error::busy("other metadata renderings of files trees are running; retry")
             })?;
             let loader = |d: &Digest| self.load_node(d);
-            let entry =
-                crate::tree::render_entry(&root, &keys[1..split], &loader, attributes_only)?;
+            let one = |d: &Digest, n: &str| self.node_entry(d, n);
+            let entry = crate::tree::render_entry(
+                &root,
+                &keys[1..split],
+                (&loader, &one),
+                attributes_only,
+            )?;
             return entry
                 .and_then(|v| walk(&v, &keys[split..]).cloned())
                 .ok_or_else(|| Error::not_found(format!("metadata {path} not found")));

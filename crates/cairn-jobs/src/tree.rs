@@ -456,20 +456,41 @@ pub fn lookup_by(
 /// Renders the tree under `root` as the reference's `files` JSON: every node has a `"."` key
 /// with its attributes; a file's `parts` are indices into the version's segment list, numbered
 /// in walk order (names sorted).
-pub fn render(root: &Digest, loader: &Loader<'_>) -> Result<Value> {
+pub fn render(root: &Digest, loader: &Loader<'_>, entry: &EntryOf<'_>) -> Result<Value> {
     let mut next_segment = 0u64;
     let mut unbounded = usize::MAX;
-    let at = Walk { root, loader };
+    let at = Walk::new(root, loader, entry);
     render_dir(root, &at, &mut next_segment, 0, &mut unbounded)
 }
 
-/// What a rendering walks: the tree's root (for the links that lead within it) and its nodes.
+/// One entry of a node, by the node's digest and the entry's name, without decoding a large
+/// node whole (`Engine::node_entry`, [`crate::bignode`]).
+pub type EntryOf<'a> = dyn Fn(&Digest, &str) -> Result<Option<Entry>> + 'a;
+
+/// What a rendering walks: the tree's root (for the links that lead within it), its nodes, and
+/// the sizes of the link targets already followed.
 struct Walk<'a, 'b> {
     root: &'a Digest,
     loader: &'a Loader<'b>,
+    entry: &'a EntryOf<'b>,
+    /// Shown size by link target: links to one file (many copies of a directory of links)
+    /// are followed once. Bounded: cleared when full.
+    sizes: std::cell::RefCell<HashMap<String, u64>>,
 }
 
-impl Walk<'_, '_> {
+/// Link targets a rendering remembers the size of (about 100 bytes each).
+const LINK_MEMO: usize = 1 << 16;
+
+impl<'a, 'b> Walk<'a, 'b> {
+    fn new(root: &'a Digest, loader: &'a Loader<'b>, entry: &'a EntryOf<'b>) -> Self {
+        Walk {
+            root,
+            loader,
+            entry,
+            sizes: Default::default(),
+        }
+    }
+
     /// The size a listing shows for `f`. A link made with `./files/…` records its target's
     /// size when it is made, but the target can be replaced afterwards (in the same draft, or
     /// in a later version, which keeps the link), and a download serves what the link leads
@@ -481,22 +502,38 @@ impl Walk<'_, '_> {
         let Content::Link(first) = &f.content else {
             return Ok(f.size);
         };
-        let mut target = first.clone();
-        let mut size = f.size;
-        for _ in 0..=crate::read::MAX_LINK_DEPTH {
+        if let Some(size) = self.sizes.borrow().get(first) {
+            return Ok(*size);
+        }
+        let size = self.follow(f.size, first)?;
+        let mut sizes = self.sizes.borrow_mut();
+        if sizes.len() >= LINK_MEMO {
+            sizes.clear();
+        }
+        sizes.insert(first.clone(), size);
+        Ok(size)
+    }
+
+    /// [`Self::shown_size`] of a link recorded with `recorded` bytes and leading to `first`,
+    /// hop by hop, as many hops as a download follows (`read::MAX_LINK_DEPTH`: the entry
+    /// reached by the last hop must be a file).
+    fn follow(&self, recorded: u64, first: &str) -> Result<u64> {
+        let mut target = first.to_string();
+        let mut size = recorded;
+        for _ in 0..crate::read::MAX_LINK_DEPTH {
             let Ok(crate::files::LinkTarget::Relative(path)) = crate::files::parse_link(&target)
             else {
                 return Ok(size);
             };
-            match lookup(self.root, &path, self.loader)? {
+            match lookup_by(self.root, &path, self.entry)? {
                 Some(Entry::File(g)) => match g.content {
                     Content::Link(next) => (target, size) = (next, g.size),
                     _ => return Ok(g.size),
                 },
-                _ => return Ok(f.size),
+                _ => return Ok(recorded),
             }
         }
-        Ok(f.size)
+        Ok(recorded)
     }
 }
 
@@ -513,7 +550,7 @@ const MAX_RENDER_DEPTH: usize = 300;
 pub fn render_entry(
     root: &Digest,
     path: &[String],
-    loader: &Loader<'_>,
+    (loader, entry): (&Loader<'_>, &EntryOf<'_>),
     attributes_only: bool,
 ) -> Result<Option<Value>> {
     let mut next = 0u64;
@@ -534,7 +571,7 @@ pub fn render_entry(
         match node.entries.get(name) {
             Some(Entry::Dir(d)) => dir = *d,
             Some(Entry::File(f)) if depth + 1 == path.len() => {
-                let size = Walk { root, loader }.shown_size(f)?;
+                let size = Walk::new(root, loader, entry).shown_size(f)?;
                 return Ok(Some(json!({".": render_file(f, size, &mut next)})));
             }
             _ => return Ok(None),
@@ -549,7 +586,7 @@ pub fn render_entry(
         return Err(too_large_to_render(format!("holds {files} files")));
     }
     let mut budget = MAX_RENDER_WEIGHT;
-    let at = Walk { root, loader };
+    let at = Walk::new(root, loader, entry);
     render_dir(&dir, &at, &mut next, path.len(), &mut budget).map(Some)
 }
 
@@ -664,9 +701,13 @@ fn render_dir(
 /// [`render`] written out as JSON text while the walk goes, byte for byte what
 /// `render(..)?.to_string()` gives, holding only the directories on the walk's current path:
 /// the listing of a million files never exists in memory whole.
-pub fn render_to(root: &Digest, loader: &Loader<'_>, out: &mut dyn std::io::Write) -> Result<()> {
+pub fn render_to(
+    root: &Digest,
+    (loader, entry): (&Loader<'_>, &EntryOf<'_>),
+    out: &mut dyn std::io::Write,
+) -> Result<()> {
     let mut next = 0u64;
-    write_dir(root, &Walk { root, loader }, &mut next, 0, out)
+    write_dir(root, &Walk::new(root, loader, entry), &mut next, 0, out)
 }
 
 fn write_dir(
@@ -760,6 +801,13 @@ fn render_file(f: &FileEntry, size: u64, next: &mut u64) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Entries found through `loader`, as the engine's node lookups find them.
+    fn entry_of<'a>(
+        loader: &'a impl Fn(&Digest) -> Result<std::sync::Arc<DirNode>>,
+    ) -> impl Fn(&Digest, &str) -> Result<Option<Entry>> + 'a {
+        move |d, n| Ok(loader(d)?.entries.get(n).cloned())
+    }
     use std::collections::HashMap;
     use std::sync::Mutex;
 
@@ -821,7 +869,7 @@ mod tests {
         );
         store.lock().unwrap().extend(out2);
 
-        let v = render(&root2, &loader).unwrap();
+        let v = render(&root2, &loader, &entry_of(&loader)).unwrap();
         assert_eq!(v["."]["type"], "directory");
         assert_eq!(v["a"]["x"]["."]["parts"], json!([0]));
         assert_eq!(v["b"]["z"]["."]["parts"], json!([2]));
@@ -832,7 +880,7 @@ mod tests {
             let keys: Vec<String> = path.iter().map(|s| s.to_string()).collect();
             let whole = path.iter().fold(&v, |v, k| &v[*k]);
             assert_eq!(
-                render_entry(&root2, &keys, &loader, false)
+                render_entry(&root2, &keys, (&loader, &entry_of(&loader)), false)
                     .unwrap()
                     .as_ref(),
                 Some(whole),
@@ -840,14 +888,22 @@ mod tests {
             );
             // Attributes only: a file's are its whole rendering, `parts` numbers included; a
             // directory's are its "." alone.
-            let attrs = render_entry(&root2, &keys, &loader, true).unwrap().unwrap();
+            let attrs = render_entry(&root2, &keys, (&loader, &entry_of(&loader)), true)
+                .unwrap()
+                .unwrap();
             match whole["."]["type"].as_str() {
                 Some("directory") => assert_eq!(attrs, json!({".": whole["."]}), "{path:?}"),
                 _ => assert_eq!(&attrs, whole, "{path:?}"),
             }
         }
         assert_eq!(
-            render_entry(&root2, &["nope".to_string()], &loader, false).unwrap(),
+            render_entry(
+                &root2,
+                &["nope".to_string()],
+                (&loader, &entry_of(&loader)),
+                false
+            )
+            .unwrap(),
             None
         );
         assert!(lookup(&root2, &p("a/x/q"), &loader).unwrap().is_none());
@@ -875,15 +931,17 @@ mod tests {
         let mut out = Vec::new();
         let (root, _) = t.store(&mut out, &loader).unwrap();
         store.lock().unwrap().extend(out);
-        let whole = render(&root, &loader).unwrap().to_string();
+        let whole = render(&root, &loader, &entry_of(&loader))
+            .unwrap()
+            .to_string();
         let mut streamed = Vec::new();
-        render_to(&root, &loader, &mut streamed).unwrap();
+        render_to(&root, (&loader, &entry_of(&loader)), &mut streamed).unwrap();
         assert_eq!(String::from_utf8(streamed).unwrap(), whole);
         assert!(whole.starts_with(r#"{" c":"#), "{whole}");
 
         // A writer that fails (the client went away) ends the walk with an error.
         let mut short = [0u8; 40];
-        let err = render_to(&root, &loader, &mut &mut short[..]).unwrap_err();
+        let err = render_to(&root, (&loader, &entry_of(&loader)), &mut &mut short[..]).unwrap_err();
         assert!(err.reason.contains("files listing"), "{err}");
     }
 

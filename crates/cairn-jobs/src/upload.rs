@@ -256,7 +256,10 @@ impl Engine {
         // ingest fails on whichever record it missed first ("segment 0 of upload job … not
         // found"): say what happened instead (QA).
         match result {
-            Err(e) if e.is(ErrorKind::NotFound) && self.draft(&token).is_err() => {
+            Err(e)
+                if e.is(ErrorKind::NotFound)
+                    && matches!(self.draft_head(&token), Err(d) if d.is(ErrorKind::NotFound)) =>
+            {
                 Err(Error::not_found(format!(
                     "write token {token} not found: the draft was deleted while this upload \
                      was being received ({})",

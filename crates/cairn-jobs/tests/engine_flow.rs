@@ -201,6 +201,60 @@ async fn a_link_lists_the_size_of_what_it_leads_to_now() {
     );
 }
 
+/// A listing follows a link as far as a download does and no further: through a chain of 8
+/// links it shows the size served; through 9, which a download refuses, the link's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_follows_link_chains_exactly_as_far_as_a_download() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = small_engine(dir.path());
+    let t = new_object(&e);
+    let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    for case in ["8", "9"] {
+        files.insert(format!("{case}/F"), data(1, 1000));
+        files.insert(format!("{case}/head-target"), data(2, 5));
+        for k in 2..=8 {
+            files.insert(format!("{case}/X{k}"), data(3, 7));
+        }
+    }
+    add_and_upload(&e, t, &files).await;
+    let job = |ops: Vec<serde_json::Value>| {
+        e.create_files_job(&t, &request(ops.into_iter().map(op).collect()))
+            .unwrap();
+    };
+    for (case, hops) in [("8", 7), ("9", 8)] {
+        // The head first, one hop to a file; then a chain of `hops` links, built one hop per
+        // job (each job's placed links stay within the limit), is moved onto that file.
+        job(vec![
+            json!({"op":"link","path":format!("{case}/H"),"target":format!("./files/{case}/head-target")}),
+        ]);
+        job(vec![
+            json!({"op":"link","path":format!("{case}/c1"),"target":format!("./files/{case}/F")}),
+        ]);
+        for k in 2..=hops {
+            job(vec![
+                json!({"op":"link","path":format!("{case}/c{k}"),"target":format!("./files/{case}/X{k}")}),
+                json!({"op":"move","copy_move_source_path":format!("{case}/c{}", k - 1),"path":format!("{case}/X{k}")}),
+            ]);
+        }
+        job(vec![
+            json!({"op":"move","copy_move_source_path":format!("{case}/c{hops}"),"path":format!("{case}/head-target")}),
+        ]);
+    }
+    let (v, _) = e.finalize(&t).unwrap();
+    let q = Qhit::Version(v);
+    let tree = e.files_json(&q).unwrap();
+    let listed = |case: &str| tree[case]["H"]["."]["size"].as_u64().unwrap();
+    assert_eq!(
+        read_all(&e, &q, "8/H").unwrap(),
+        files["8/F"],
+        "8 links are followed"
+    );
+    assert_eq!(listed("8"), 1000);
+    let err = read_all(&e, &q, "9/H").unwrap_err();
+    assert!(err.to_string().contains("links to follow"), "{err}");
+    assert_eq!(listed("9"), 5, "9 links are not: the link's own size");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cut_off_requests_keep_every_byte_that_arrived() {
     let dir = tempfile::tempdir().unwrap();

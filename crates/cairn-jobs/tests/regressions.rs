@@ -51,7 +51,21 @@ async fn an_upload_whose_draft_is_deleted_mid_body_says_so() {
     };
     tx.unbounded_send(Ok(bytes::Bytes::from(data(1, 100_000))))
         .unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // Deleted once the upload is under way (some of its bytes committed).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while e
+        .upload_status(&t, &job.id, &job.jobs[0], 0, 1)
+        .unwrap()
+        .files[0]
+        .skip
+        == 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the upload did not start"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     e.delete_draft(&t).unwrap();
     // The upload may have ended already (its receiver gone).
     let _ = tx.unbounded_send(Ok(bytes::Bytes::from(data(2, 100_000))));
