@@ -149,6 +149,12 @@ fn upload_a_thousand_files_and_get_each_back() {
     let version = out["version"].as_str().unwrap().to_string();
     let listing = ok(cairn(&s, &state, &["ls", &format!("{obj}:/tree/d1")]));
     assert_eq!(listing.lines().count(), 100, "{listing}");
+    // A trailing slash names the same directory; a file lists itself (QA).
+    let slashed = ok(cairn(&s, &state, &["ls", &format!("{obj}:tree/d1/")]));
+    assert_eq!(slashed, listing);
+    let (rel, size) = &sizes[0];
+    let one = ok(cairn(&s, &state, &["ls", &format!("{obj}:tree/{rel}")]));
+    assert_eq!(one, format!("{size}  tree/{rel}"), "one row for the file");
     for (i, (rel, size)) in sizes.iter().enumerate() {
         let target = if i % 2 == 0 {
             format!("{version}:tree/{rel}")
@@ -1494,6 +1500,25 @@ fn the_cli_waits_out_a_rate_limit() {
         started.elapsed() >= Duration::from_secs(3),
         "five requests at one a second were spread out, not all served at once"
     );
+    // An upload at one request a second (QA: each retry's status read spent the second its
+    // upload waited for, so every upload request was refused until the attempts ran out), and
+    // the bodies refused unread are not counted as sent.
+    let files = work.path().join("files");
+    fill(&files.join("a.txt"), 1, 6);
+    fill(&files.join("b.txt"), 2, 7);
+    let out = json_out(cairn(
+        &s,
+        &state,
+        &[
+            "upload",
+            &obj,
+            files.to_str().unwrap(),
+            "--json",
+            "--parallel",
+            "2",
+        ],
+    ));
+    assert_eq!(out["bytes_sent"], 13, "{out}");
 }
 
 /// A second server on a data dir in use exits 4 saying so (not 1 with RocksDB's lock error),

@@ -380,9 +380,11 @@ fn split_target(t: &str) -> (&str, &str) {
 
 pub async fn ls(ctx: &Ctx, target: &str) -> Result<()> {
     let (id, dir) = split_target(target);
-    // The same rules as a download's path: `..` names no directory of the tree.
+    // The same rules as a download's path: `..` names no directory of the tree. Leading and
+    // trailing slashes name the same directory (QA: `dir/` printed `dir//a.txt`).
     cairn_core::FilePath::parse_dir(dir)
         .map_err(|e| ClientError::Invalid(format!("{dir:?}: {e}")))?;
+    let dir = dir.trim_matches('/');
     let tree = ctx.client.files(id).await?;
     let mut node = &tree;
     for seg in dir.split('/').filter(|s| !s.is_empty()) {
@@ -396,7 +398,16 @@ pub async fn ls(ctx: &Ctx, target: &str) -> Result<()> {
         })?;
     }
     let mut rows = Vec::new();
-    walk_tree(node, dir, &mut rows);
+    match &node["."] {
+        // A file lists itself, as `ls FILE` does (QA: it listed nothing, exit 0).
+        dot if !dir.is_empty() && dot["type"] != "directory" => rows.push(TreeEntry {
+            path: dir.to_string(),
+            size: dot["size"].as_u64().unwrap_or(0),
+            directory: false,
+            hash: dot["hash"].as_str().map(str::to_string),
+        }),
+        _ => walk_tree(node, dir, &mut rows),
+    }
     let v = json!(rows
         .iter()
         .map(|e| json!({"path": e.path, "size": e.size, "directory": e.directory}))

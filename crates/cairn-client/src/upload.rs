@@ -829,54 +829,93 @@ async fn send_job_once(
         .await?;
     for run in runs(&status)? {
         let mut pieces = Vec::with_capacity(run.pieces.len());
-        for (path, off, len) in run.pieces {
+        for (path, off, len) in &run.pieces {
             let file = by_path.get(path.as_str()).ok_or_else(|| {
                 ClientError::Local(format!(
                     "the plan names {path}, which this upload does not have"
                 ))
             })?;
-            pieces.push(((*file).clone(), off, len));
+            pieces.push(((*file).clone(), *off, *len));
         }
-        let (sent, progress) = (sent.clone(), progress.clone());
-        // A local file that cannot be read, or changed since it was planned, fails the request
-        // (the server keeps what arrived, which a later run discards with this draft) and is
-        // reported as what it is: a local problem, not the server's, and not worth retrying.
-        let failure = Arc::new(std::sync::Mutex::new(None::<String>));
-        let fail = failure.clone();
-        // One request for the whole run: the files are opened one after another as the body
-        // is pulled, so a job packing a thousand small files is one request and one commit,
-        // not a thousand.
-        let body = futures::stream::iter(pieces)
-            .map(move |(file, off, len)| {
-                let (name, size, progress) = (file.rel, file.size, progress.clone());
-                let report: Arc<dyn Fn(u64) + Send + Sync> =
-                    Arc::new(move |n| progress(&name, size, n));
-                let planned = (file.size, file.mtime_ns);
-                let piece = Piece {
-                    path: file.abs,
-                    off,
-                    len,
-                    planned,
-                };
-                file_stream(piece, sent.clone(), report, fail.clone())
-            })
-            .flatten();
-        let sent = client
-            .upload_data(
-                &record.write_token,
-                &record.files_job,
-                uj,
-                run.offset,
-                run.len,
-                body,
-            )
-            .await;
-        if let Some(why) = failure.lock().map_or(None, |mut f| f.take()) {
-            return Err(ClientError::Local(why));
+        // Refused unread (429: the token's rate; 503: no upload slot free): the same request
+        // again once the server's Retry-After has passed, not a fresh status read first, which
+        // would spend the rate the retry waited for (QA: at one request a second, every
+        // retry's status read left its upload refused, until the attempts ran out). An offset
+        // the server has moved past meanwhile is 409, and the job's retry reads the status.
+        let mut attempt = 0;
+        loop {
+            match send_run(client, record, uj, &run, &pieces, sent, progress).await {
+                Err(e) if unread(&e) && attempt + 1 < JOB_ATTEMPTS => {
+                    tracing::info!(upload_job = uj, error = %e, attempt, "sending again");
+                    backoff(attempt, &e).await;
+                    attempt += 1;
+                }
+                other => break other?,
+            }
         }
-        sent?;
     }
     Ok(())
+}
+
+/// A refusal that read nothing of the request's body: 429, or 503 `busy`.
+fn unread(e: &ClientError) -> bool {
+    matches!(e.status(), Some(429 | 503))
+}
+
+/// One request sending `run` of upload job `uj` from `pieces` (its files, in job order).
+/// `sent` counts the bytes of requests the server did not refuse unread: a refused request's
+/// body was pulled from the files (some of it), but none of it counts as sent.
+async fn send_run(
+    client: &Client,
+    record: &ResumeRecord,
+    uj: &str,
+    run: &Run,
+    pieces: &[(LocalFile, u64, u64)],
+    sent: &Arc<AtomicU64>,
+    progress: &Progress,
+) -> Result<()> {
+    let this = Arc::new(AtomicU64::new(0));
+    let (pulled, progress) = (this.clone(), progress.clone());
+    // A local file that cannot be read, or changed since it was planned, fails the request
+    // (the server keeps what arrived, which a later run discards with this draft) and is
+    // reported as what it is: a local problem, not the server's, and not worth retrying.
+    let failure = Arc::new(std::sync::Mutex::new(None::<String>));
+    let fail = failure.clone();
+    // One request for the whole run: the files are opened one after another as the body is
+    // pulled, so a job packing a thousand small files is one request and one commit, not a
+    // thousand.
+    let body = futures::stream::iter(pieces.to_vec())
+        .map(move |(file, off, len)| {
+            let (name, size, progress) = (file.rel, file.size, progress.clone());
+            let report: Arc<dyn Fn(u64) + Send + Sync> =
+                Arc::new(move |n| progress(&name, size, n));
+            let planned = (file.size, file.mtime_ns);
+            let piece = Piece {
+                path: file.abs,
+                off,
+                len,
+                planned,
+            };
+            file_stream(piece, pulled.clone(), report, fail.clone())
+        })
+        .flatten();
+    let reply = client
+        .upload_data(
+            &record.write_token,
+            &record.files_job,
+            uj,
+            run.offset,
+            run.len,
+            body,
+        )
+        .await;
+    if !matches!(&reply, Err(e) if unread(e)) {
+        sent.fetch_add(this.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+    if let Some(why) = failure.lock().map_or(None, |mut f| f.take()) {
+        return Err(ClientError::Local(why));
+    }
+    reply.map(drop)
 }
 
 /// Bytes of one upload job sent in one request: contiguous in the job, made of file pieces.

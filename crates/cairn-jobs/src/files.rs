@@ -362,10 +362,21 @@ impl Engine {
         loader: &Loader<'_>,
     ) -> Result<u64> {
         let missing = || Error::not_found(format!("link target {target} does not exist"));
+        // A target that exists but is not a file says so (QA: "does not exist" misled).
+        let not_a_file = |what: &str| {
+            Error::invalid(format!(
+                "link target {target} is {what}; a link leads to a file (link to the file it \
+                 leads to)"
+            ))
+        };
         match parse_link(target)? {
             LinkTarget::Relative(p) => match tree.get(&p, loader)? {
-                Some(MemEntry::File(f)) if !matches!(f.content, Content::Link(_)) => Ok(f.size),
-                _ => Err(missing()),
+                Some(MemEntry::File(f)) if matches!(f.content, Content::Link(_)) => {
+                    Err(not_a_file("itself a link"))
+                }
+                Some(MemEntry::File(f)) => Ok(f.size),
+                Some(_) => Err(not_a_file("a directory")),
+                None => Err(missing()),
             },
             LinkTarget::Absolute(h, p) => {
                 let v = self
@@ -374,8 +385,12 @@ impl Engine {
                     .filter(|v| only.is_none_or(|lib| v.library == lib))
                     .ok_or_else(missing)?;
                 match lookup(&v.root, &p, &loader)? {
-                    Some(Entry::File(f)) if !matches!(f.content, Content::Link(_)) => Ok(f.size),
-                    _ => Err(missing()),
+                    Some(Entry::File(f)) if matches!(f.content, Content::Link(_)) => {
+                        Err(not_a_file("itself a link"))
+                    }
+                    Some(Entry::File(f)) => Ok(f.size),
+                    Some(Entry::Dir(_)) => Err(not_a_file("a directory")),
+                    None => Err(missing()),
                 }
             }
         }

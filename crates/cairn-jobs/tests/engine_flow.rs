@@ -499,6 +499,7 @@ async fn bad_input_is_rejected_and_changes_nothing() {
     let e = small_engine(dir.path());
     let t = new_object(&e);
     let root_before = e.draft(&t).unwrap().root;
+    let mut not_files = 0;
     for bad in [
         vec![add_file("../x", 1)],
         vec![add_file("a\0b", 1)],
@@ -511,12 +512,28 @@ async fn bad_input_is_rejected_and_changes_nothing() {
         )],
         vec![add_file("dup", 1), add_file("dup", 2)],
         vec![add_file("f", 1), add_file("f/g", 1)],
+        // A target that is a directory, or itself a link: invalid, and said so.
+        vec![
+            add_file("d/x", 1),
+            op(json!({"op":"link","path":"l","target":"./files/d"})),
+        ],
+        vec![
+            add_file("x", 1),
+            op(json!({"op":"link","path":"l1","target":"./files/x"})),
+            op(json!({"op":"link","path":"l2","target":"./files/l1"})),
+        ],
     ] {
-        assert!(e.create_files_job(&t, &request(bad)).is_err());
+        let err = e.create_files_job(&t, &request(bad)).unwrap_err();
+        if err.reason.contains("./files/d ") || err.reason.contains("./files/l1 ") {
+            assert!(err.is(ErrorKind::Invalid), "{err}");
+            assert!(err.reason.contains("a link leads to a file"), "{err}");
+            not_files += 1;
+        }
         let d = e.draft(&t).unwrap();
         assert_eq!(d.root, root_before, "the draft tree is unchanged");
         assert!(d.files_jobs.is_empty(), "no files job was recorded");
     }
+    assert_eq!(not_files, 2, "links to a directory and to a link say so");
     let src = data(3, 5000);
     let job = e
         .create_files_job(&t, &request(vec![add_file("f", 5000)]))
