@@ -1235,6 +1235,25 @@ fn get_refuses_a_path_with_dot_segments() {
     assert!(!out.exists(), "nothing was downloaded");
     let ls = cairn(&s, &state, &["ls", &format!("{obj}:src/..")]);
     assert_eq!(ls.status.code(), Some(2));
+    // No object named, or no file: usage errors before any request (QA: `/q//…` was asked).
+    let requests = s.log_lines().len();
+    for args in [
+        vec!["ls", ":src"],
+        vec!["cat", ":src/f.bin"],
+        vec!["get", ":src/f.bin"],
+        vec!["cat", obj],
+        vec!["get", obj],
+    ] {
+        let res = cairn(&s, &state, &args);
+        let err = String::from_utf8_lossy(&res.stderr);
+        assert_eq!(res.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("names no"), "{args:?}: {err}");
+    }
+    assert_eq!(
+        s.log_lines().len(),
+        requests,
+        "nothing was asked of the server"
+    );
 }
 
 /// One file of `len` bytes uploaded as `src/f.bin` into a new object, for the `get` tests.

@@ -371,15 +371,33 @@ impl std::fmt::Display for Partial {
 impl std::error::Error for Partial {}
 
 /// Splits `id:path` (the path may be empty or start with `/`).
-fn split_target(t: &str) -> (&str, &str) {
-    match t.split_once(':') {
+/// `ID[:PATH]` as (id, path without leading slashes); an empty id is a usage error (exit 2),
+/// not a request for `/q//…`.
+fn split_target(t: &str) -> Result<(&str, &str), ClientError> {
+    let (id, path) = match t.split_once(':') {
         Some((id, path)) => (id, path.trim_start_matches('/')),
         None => (t, ""),
+    };
+    if id.is_empty() {
+        return Err(ClientError::Invalid(format!(
+            "{t:?} names no object or version: give <object|version>[:<path>]"
+        )));
+    }
+    Ok((id, path))
+}
+
+/// [`split_target`] for commands on one file: the path is required.
+fn file_target(t: &str) -> Result<(&str, &str), ClientError> {
+    match split_target(t)? {
+        (_, "") => Err(ClientError::Invalid(format!(
+            "{t:?} names no file: give <object|version>:<path>"
+        ))),
+        target => Ok(target),
     }
 }
 
 pub async fn ls(ctx: &Ctx, target: &str) -> Result<()> {
-    let (id, dir) = split_target(target);
+    let (id, dir) = split_target(target)?;
     // The same rules as a download's path: `..` names no directory of the tree. Leading and
     // trailing slashes name the same directory (QA: `dir/` printed `dir//a.txt`).
     cairn_core::FilePath::parse_dir(dir)
@@ -456,10 +474,7 @@ pub fn walk_tree(node: &Value, at: &str, out: &mut Vec<TreeEntry>) {
 }
 
 pub async fn get(ctx: &Ctx, a: GetArgs) -> Result<()> {
-    let (id, path) = split_target(&a.target);
-    if path.is_empty() {
-        bail!("give a file: <object|version>:<path>");
-    }
+    let (id, path) = file_target(&a.target)?;
     let range = a.range;
     match &a.output {
         None => {
@@ -615,7 +630,7 @@ async fn copy_body(resp: reqwest::Response, w: &mut impl Write) -> Result<()> {
 }
 
 pub async fn cat(ctx: &Ctx, target: &str) -> Result<()> {
-    let (id, path) = split_target(target);
+    let (id, path) = file_target(target)?;
     let resp = ctx.client.download(id, path, None).await?;
     copy_body(resp, &mut std::io::stdout().lock()).await
 }
