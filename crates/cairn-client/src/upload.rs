@@ -804,7 +804,16 @@ async fn send_job(
 ) -> Result<()> {
     let mut attempt = 0;
     loop {
-        match send_job_once(client, record, by_path, uj, &sent, &progress).await {
+        match send_job_once(
+            client,
+            record,
+            by_path,
+            uj,
+            (&sent, &progress),
+            &mut attempt,
+        )
+        .await
+        {
             Ok(()) => return Ok(()),
             Err(e) if (e.retryable() || e.status() == Some(409)) && attempt + 1 < JOB_ATTEMPTS => {
                 tracing::info!(upload_job = uj, error = %e, attempt, "resuming upload job");
@@ -821,8 +830,8 @@ async fn send_job_once(
     record: &ResumeRecord,
     by_path: &ByPath<'_>,
     uj: &str,
-    sent: &Arc<AtomicU64>,
-    progress: &Progress,
+    (sent, progress): (&Arc<AtomicU64>, &Progress),
+    attempt: &mut u32,
 ) -> Result<()> {
     let status = client
         .upload_status(&record.write_token, &record.files_job, uj)
@@ -837,18 +846,17 @@ async fn send_job_once(
             })?;
             pieces.push(((*file).clone(), *off, *len));
         }
-        // Refused unread (429: the token's rate; 503: no upload slot free): the same request
-        // again once the server's Retry-After has passed, not a fresh status read first, which
-        // would spend the rate the retry waited for (QA: at one request a second, every
-        // retry's status read left its upload refused, until the attempts ran out). An offset
-        // the server has moved past meanwhile is 409, and the job's retry reads the status.
-        let mut attempt = 0;
+        // Refused unread (429, the token's rate): the same request again once the server's
+        // Retry-After has passed, not a fresh status read first, which would spend the rate
+        // the retry waited for (QA: at one request a second, every retry's status read left
+        // its upload refused, until the attempts ran out). An offset the server has moved past
+        // meanwhile is 409, and the job's retry reads the status. The attempts are the job's.
         loop {
             match send_run(client, record, uj, &run, &pieces, sent, progress).await {
-                Err(e) if unread(&e) && attempt + 1 < JOB_ATTEMPTS => {
+                Err(e) if unread(&e) && *attempt + 1 < JOB_ATTEMPTS => {
                     tracing::info!(upload_job = uj, error = %e, attempt, "sending again");
-                    backoff(attempt, &e).await;
-                    attempt += 1;
+                    backoff(*attempt, &e).await;
+                    *attempt += 1;
                 }
                 other => break other?,
             }
@@ -857,9 +865,12 @@ async fn send_job_once(
     Ok(())
 }
 
-/// A refusal that read nothing of the request's body: 429, or 503 `busy`.
+/// A refusal that read nothing of the request's body: 429, which the server's rate limit gives
+/// before any handler runs. (A 503 `busy` may be either: no upload slot came free, nothing read;
+/// or the server began to stop while it received, keeping what arrived. The job's retry reads
+/// the status after one, which no upload limit refuses.)
 fn unread(e: &ClientError) -> bool {
-    matches!(e.status(), Some(429 | 503))
+    e.status() == Some(429)
 }
 
 /// One request sending `run` of upload job `uj` from `pieces` (its files, in job order).
@@ -1033,13 +1044,22 @@ fn file_stream(
             if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
                 return; // the request was dropped
             }
-            sent.fetch_add(n as u64, Ordering::Relaxed);
-            progress(n as u64);
             pos += n as u64;
         }
     });
-    futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
+    // Counted as the request takes each frame, so before its reply can arrive (counted by the
+    // reader, after its send, a last frame could be missed by a caller reading the count on
+    // the reply).
+    futures::stream::unfold(rx, move |mut rx| {
+        let (sent, progress) = (sent.clone(), progress.clone());
+        async move {
+            let item = rx.recv().await?;
+            if let Ok(frame) = &item {
+                sent.fetch_add(frame.len() as u64, Ordering::Relaxed);
+                progress(frame.len() as u64);
+            }
+            Some((item, rx))
+        }
     })
 }
 
