@@ -181,11 +181,15 @@ pub async fn handle_part_data(
     serve(&st, h, Some(info.modified), IMMUTABLE, &method, &headers).await
 }
 
-/// Streaming formats whose segment names `mime_guess` gets wrong or does not know; players
-/// (hls.js, dash.js, Safari) go by these types. `.ts` is an MPEG transport stream here, not
-/// TypeScript or the DLNA name `mime_guess` gives it.
+/// Media formats whose names `mime_guess` gets wrong or does not know; players (hls.js,
+/// dash.js, Safari) go by these types. `.ts` is an MPEG transport stream here, not TypeScript
+/// or the DLNA name `mime_guess` gives it; `.m4a` is `audio/mp4` (RFC 4337), not the
+/// unregistered `audio/m4a`; CMAF tracks (`.cmfv`, `.cmfa`) are ISO media (CTA-5000).
 const MEDIA_TYPES: &[(&str, &str)] = &[
     ("ts", "video/mp2t"),
+    ("m4a", "audio/mp4"),
+    ("cmfv", "video/mp4"),
+    ("cmfa", "audio/mp4"),
     ("m4s", "video/iso.segment"),
     ("m3u8", "application/vnd.apple.mpegurl"),
     ("mpd", "application/dash+xml"),
@@ -496,6 +500,9 @@ mod tests {
             ("hls/index.m3u8", "application/vnd.apple.mpegurl"),
             ("dash/manifest.mpd", "application/dash+xml"),
             ("movie.mp4", "video/mp4"),
+            ("song.M4A", "audio/mp4"),
+            ("cmaf/video.cmfv", "video/mp4"),
+            ("cmaf/audio.cmfa", "audio/mp4"),
             ("notes.txt", "text/plain"),
             ("dir.ts/blob", "application/octet-stream"),
             ("no-extension", "application/octet-stream"),

@@ -410,6 +410,7 @@ impl Engine {
             head: None,
             last_seq: 0,
             created: now(),
+            head_moved: 0,
         };
         let mut b = self.store.index().batch();
         b.put_record(CF_OBJECTS, obj.id.as_bytes(), &obj);
@@ -702,6 +703,7 @@ impl Engine {
         b.add(CF_NODE_REFS, v.root.as_bytes(), -1);
         if obj.head == Some(*h) {
             obj.head = self.versions(&v.object)?.into_iter().find(|x| x != h);
+            obj.head_moved = now();
             b.put_record(CF_OBJECTS, obj.id.as_bytes(), &obj);
         }
         self.store.commit(b)?;
@@ -832,7 +834,10 @@ impl Engine {
                 })
             }
             Qhit::Object(o) => {
-                let h = self.head_hash(o)?;
+                let obj = self.object(o)?;
+                let h = obj.head.ok_or_else(|| {
+                    Error::not_found(format!("object {o} has no finalized version"))
+                })?;
                 let v = self.version_head(&h)?;
                 Ok(QInfo {
                     object: *o,
@@ -840,7 +845,9 @@ impl Engine {
                     version: Some(h),
                     token: None,
                     base: None,
-                    modified: v.created,
+                    // The head may be an older version again (its head deleted): the files
+                    // changed then, not when that version was made.
+                    modified: v.created.max(obj.head_moved),
                 })
             }
         }

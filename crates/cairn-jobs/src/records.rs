@@ -88,7 +88,19 @@ pub struct ObjectRecord {
     /// Sequence number of the newest version ever created (versions count from 1).
     pub last_seq: u64,
     pub created: u64,
+    /// When the head last moved back to an older version (seconds since the epoch; 0: never):
+    /// a delete of the head version. What the object's files were last changed at is the
+    /// later of this and the head version's `created`, so the `Last-Modified` of a file read
+    /// through the object id never goes backwards (QA: after a head delete it did, and a
+    /// date-only revalidation was told "not modified" about other bytes).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub head_moved: u64,
 }
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 impl Record for ObjectRecord {
     const NAME: &'static str = "object";
 }

@@ -605,6 +605,7 @@ fn valid_encoding() -> impl Strategy<Value = Vec<u8>> {
                 head,
                 last_seq: 1,
                 created: 2,
+                head_moved: u64::from(o[0]),
             }
             .encode()
         }),
@@ -928,6 +929,7 @@ fn write_fuzz_seed_corpus() {
             head: Some(version),
             last_seq: 3,
             created: 1_700_000_000,
+            head_moved: 0,
         }
         .encode(),
     );

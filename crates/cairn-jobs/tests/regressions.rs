@@ -75,6 +75,44 @@ async fn an_upload_whose_draft_is_deleted_mid_body_says_so() {
     assert!(err.to_string().contains("the draft was deleted"), "{err}");
 }
 
+/// Deleting the head version moves the object's head back to an older version, and the date
+/// its files were last changed forward: never back to the older version's own date (QA: a
+/// date-only revalidation, `If-Modified-Since`, was then told "not modified" about other bytes,
+/// and an `If-Unmodified-Since` resume joined two versions).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_the_head_never_moves_the_objects_date_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = small_engine(dir.path());
+    let t = new_object(&e);
+    add_and_upload(&e, t, &files(&[("f", b"first")])).await;
+    let (v1, _) = e.finalize(&t).unwrap();
+    let t2 = e.open_draft(&t.object).unwrap().token;
+    add_and_upload(&e, t2, &files(&[("f", b"second")])).await;
+    let (v2, _) = e.finalize(&t2).unwrap();
+    let object = Qhit::Object(t.object);
+    assert_eq!(
+        e.info(&object).unwrap().modified,
+        e.info(&Qhit::Version(v2)).unwrap().modified
+    );
+    // Seconds are the dates' unit: the delete comes a second after both versions.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    e.delete_version(&v2).unwrap();
+    let info = e.info(&object).unwrap();
+    assert_eq!(
+        info.version,
+        Some(v1),
+        "the older version is the head again"
+    );
+    let v1_date = e.info(&Qhit::Version(v1)).unwrap().modified;
+    assert!(v1_date < before, "v1 was made a second earlier");
+    assert!(info.modified >= before, "{} < {before}", info.modified);
+    assert_eq!(read_all(&e, &object, "f").unwrap(), b"first");
+}
+
 /// Copy then delete of a new file still uploads the copy (no byte-less file in a version).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copy_then_delete_of_a_new_file_uploads_the_copy() {
