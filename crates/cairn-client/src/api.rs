@@ -103,6 +103,9 @@ pub async fn backoff(attempt: u32, e: &ClientError) {
         } => (*d).min(MAX_RETRY_AFTER),
         _ => Duration::ZERO,
     };
+    // Jitter on top of what the server asked too, so parallel jobs refused together do not all
+    // come back at the same instant and be refused together again.
+    let asked = asked.mul_f64(1.0 + rand::random::<f64>() * 0.2);
     tokio::time::sleep(base.mul_f64(jitter).max(asked)).await;
 }
 

@@ -853,6 +853,8 @@ async fn send_job_once(
         // meanwhile is 409, and the job's retry reads the status. The attempts are the job's.
         loop {
             match send_run(client, record, uj, &run, &pieces, sent, progress).await {
+                // A run that went through is progress: the job's attempts start again.
+                Ok(()) => break *attempt = 0,
                 Err(e) if unread(&e) && *attempt + 1 < JOB_ATTEMPTS => {
                     tracing::info!(upload_job = uj, error = %e, attempt, "sending again");
                     backoff(*attempt, &e).await;

@@ -129,7 +129,13 @@ impl Engine {
         path: &FilePath,
         scope: Option<LibraryId>,
     ) -> Result<(FileHandle, QInfo)> {
-        let find = || Ok((self.open_file_in(q, path, scope)?, self.info(q)?));
+        // The date first: should the head move between the two reads, the date is then older
+        // than the bytes, never newer, so a revalidation by date gets them again (200), never
+        // a 304 about other bytes.
+        let find = || {
+            let info = self.info(q)?;
+            Ok((self.open_file_in(q, path, scope)?, info))
+        };
         if matches!(q, Qhit::Draft(_)) {
             return find();
         }
