@@ -885,7 +885,7 @@ fn write_fuzz_seed_corpus() {
                 len: 10,
             }]),
             hash: None,
-            declared: None,
+            declared: Some(d(5)),
         }),
     );
     entries.insert(
@@ -929,7 +929,7 @@ fn write_fuzz_seed_corpus() {
             head: Some(version),
             last_seq: 3,
             created: 1_700_000_000,
-            head_moved: 0,
+            head_moved: 1_700_000_100,
         }
         .encode(),
     );
