@@ -258,18 +258,7 @@ fn an_upload_killed_mid_way_resumes_without_resending() {
         "the rerun resent acknowledged bytes: {sent} > {lacking} + 16 MiB"
     );
     let version = out["version"].as_str().unwrap();
-    let dest = work.path().join("back.bin");
-    ok(cairn(
-        &s,
-        &state,
-        &[
-            "get",
-            &format!("{version}:big.bin"),
-            "-o",
-            dest.to_str().unwrap(),
-        ],
-    ));
-    assert!(std::fs::read(&dest).unwrap() == std::fs::read(&big).unwrap());
+    assert_got_back(&s, &state, &format!("{version}:big.bin"), &big);
     assert_eq!(
         records(&state).len(),
         0,
@@ -455,18 +444,18 @@ fn a_file_rewritten_unseen_during_an_upload_is_not_published() {
     );
 
     let version = ok(cairn(&s, &state, &args));
-    let back = work.path().join("back.bin");
+    assert_got_back(&s, &state, &format!("{version}:big.bin"), &big);
+}
+
+/// `cairn get TARGET` gives back exactly the bytes of the local file `local`.
+fn assert_got_back(s: &Server, state: &Path, target: &str, local: &Path) {
+    let back = local.with_extension("back");
     ok(cairn(
-        &s,
-        &state,
-        &[
-            "get",
-            &format!("{version}:big.bin"),
-            "-o",
-            back.to_str().unwrap(),
-        ],
+        s,
+        state,
+        &["get", target, "-o", back.to_str().unwrap()],
     ));
-    assert!(std::fs::read(&back).unwrap() == std::fs::read(&big).unwrap());
+    assert!(std::fs::read(&back).unwrap() == std::fs::read(local).unwrap());
 }
 
 /// Uploads `path` into `obj` and returns the new version hash.
