@@ -949,22 +949,33 @@ fn serve_help_and_typos_never_start_a_server() {
     );
 }
 
+/// An upload request to `(wt, fj, uj)` over a raw socket announcing `len` bytes, of which only
+/// `first` are sent: the socket, for the test to go on with (or to leave stalled).
+fn upload_begun(
+    s: &Server,
+    (wt, fj, uj): (&str, &str, &str),
+    len: usize,
+    first: &[u8],
+) -> std::net::TcpStream {
+    use std::io::Write;
+    let mut sock = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    let head = format!(
+        "POST /q/{wt}/file_jobs/{fj}/{uj} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Length: {len}\r\n\r\n",
+        common::TOKEN
+    );
+    sock.write_all(&[head.as_bytes(), first].concat()).unwrap();
+    sock.flush().unwrap();
+    sock
+}
+
 #[test]
 fn a_stalled_upload_is_cut_off_and_keeps_what_arrived() {
-    use std::io::Write;
     let data = tempfile::tempdir().unwrap();
     let s = Server::start_config(data.path(), "idle_timeout_secs = 1\n");
     let (_, _, wt) = new_object(&s);
     let (fj, uj) = one_file_job(&s, &wt, "slow.bin", 100);
     // Send headers announcing 100 bytes, then 7 bytes, then nothing.
-    let mut sock = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
-    write!(
-        sock,
-        "POST /q/{wt}/file_jobs/{fj}/{uj} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Length: 100\r\n\r\nabcdefg",
-        common::TOKEN
-    )
-    .unwrap();
-    sock.flush().unwrap();
+    let sock = upload_begun(&s, (&wt, &fj, &uj), 100, b"abcdefg");
     std::thread::sleep(std::time::Duration::from_millis(2500));
     let st = call(
         &s,
@@ -996,13 +1007,7 @@ fn a_token_s_uploads_are_capped_and_other_tokens_are_not_held_up() {
     let (fj1, uj1) = one_file_job(&s, &wt, "trickle.bin", 100);
     let (fj2, uj2) = one_file_job(&s, &wt, "other.bin", 5);
     // The admin token's one slot, held by a body that trickles a byte every 300 ms.
-    let mut sock = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
-    write!(
-        sock,
-        "POST /q/{wt}/file_jobs/{fj1}/{uj1} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Length: 100\r\n\r\na",
-        common::TOKEN
-    )
-    .unwrap();
+    let mut sock = upload_begun(&s, (&wt, &fj1, &uj1), 100, b"a");
     let trickle = std::thread::spawn(move || {
         for _ in 0..24 {
             std::thread::sleep(std::time::Duration::from_millis(300));
