@@ -168,6 +168,11 @@ enum Cmd {
     },
 }
 
+// jemalloc gives freed memory back to the system within seconds; glibc's allocator kept most of
+// what a large request took for the life of the process (docs/build.md, tests/memory.rs).
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() {
     let cli = Cli::parse();
     // The server logs a line per request by default; the client commands only what went wrong.
