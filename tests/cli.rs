@@ -1238,6 +1238,25 @@ fn get_refuses_a_path_with_dot_segments() {
         assert_eq!(res.status.code(), Some(2), "{args:?}: {err}");
         assert!(err.contains("names no"), "{args:?}: {err}");
     }
+    // Nor does an empty id or token make a request of any other command.
+    for args in [
+        vec!["versions", ""],
+        vec!["finalize", ""],
+        vec!["diff", "", obj],
+        vec!["diff", obj, ""],
+        vec!["jobs", ""],
+        vec!["force-complete", ""],
+        vec!["object", "rm", ""],
+        vec!["object", "ls", ""],
+        vec!["lib", "rm", ""],
+        vec!["token", "rm", "", "x"],
+        vec!["upload", "", "src"],
+    ] {
+        let res = cairn(&s, &state, &args);
+        let err = String::from_utf8_lossy(&res.stderr);
+        assert_eq!(res.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("a value is required"), "{args:?}: {err}");
+    }
     assert_eq!(
         s.log_lines().len(),
         requests,

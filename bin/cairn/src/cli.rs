@@ -94,39 +94,64 @@ pub enum LibCmd {
     /// List libraries.
     Ls,
     /// A library's name, creation time and number of objects.
-    Show { library: String },
+    Show {
+        #[arg(value_parser = clap::builder::NonEmptyStringValueParser::new())]
+        library: String,
+    },
     /// Delete an empty library and revoke its tokens (exit 4 while it holds objects).
-    Rm { library: String },
+    Rm {
+        #[arg(value_parser = clap::builder::NonEmptyStringValueParser::new())]
+        library: String,
+    },
 }
 
 #[derive(Subcommand)]
 pub enum TokenCmd {
     /// Make a token confined to one library; prints the token (shown only this once).
     Create {
+        #[arg(value_parser = clap::builder::NonEmptyStringValueParser::new())]
         library: String,
         /// Only GET and HEAD: list, read and download, never change.
         #[arg(long)]
         read_only: bool,
     },
     /// List a library's tokens (ids and access, never the secrets).
-    Ls { library: String },
+    Ls {
+        #[arg(value_parser = clap::builder::NonEmptyStringValueParser::new())]
+        library: String,
+    },
     /// Revoke a token at once.
-    Rm { library: String, id: String },
+    Rm {
+        #[arg(value_parser = clap::builder::NonEmptyStringValueParser::new())]
+        library: String,
+        #[arg(value_parser = clap::builder::NonEmptyStringValueParser::new())]
+        id: String,
+    },
 }
 
 #[derive(Subcommand)]
 pub enum ObjectCmd {
     /// Create an object in a library; prints its id.
-    Create { library: String },
+    Create {
+        #[arg(value_parser = clap::builder::NonEmptyStringValueParser::new())]
+        library: String,
+    },
     /// List a library's objects with their head version.
-    Ls { library: String },
+    Ls {
+        #[arg(value_parser = clap::builder::NonEmptyStringValueParser::new())]
+        library: String,
+    },
     /// Delete an object (all versions), a draft (write token) or one version.
-    Rm { id: String },
+    Rm {
+        #[arg(value_parser = clap::builder::NonEmptyStringValueParser::new())]
+        id: String,
+    },
 }
 
 #[derive(Args)]
 pub struct UploadArgs {
     /// Object id (iq__…).
+    #[arg(value_parser = clap::builder::NonEmptyStringValueParser::new())]
     object: String,
     /// Files and directories to upload.
     #[arg(required = true)]

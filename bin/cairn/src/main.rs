@@ -96,10 +96,14 @@ enum Cmd {
     /// Print a file to stdout: `<object|version>:<path>`.
     Cat { target: String },
     /// An object's versions, newest first.
-    Versions { object: String },
+    Versions {
+        #[arg(value_parser = clap::builder::NonEmptyStringValueParser::new())]
+        object: String,
+    },
     /// Finalize a draft into a version, only if no version was published since the draft was
     /// opened (exit 4 otherwise); `--force` publishes it whatever the newest version is.
     Finalize {
+        #[arg(value_parser = clap::builder::NonEmptyStringValueParser::new())]
         write_token: String,
         /// Publish even if the object has a newer version than the draft was opened from; the
         /// draft's tree then replaces that version's files in the new head.
@@ -107,13 +111,23 @@ enum Cmd {
         force: bool,
     },
     /// Paths added, removed and changed between two versions (or objects' heads).
-    Diff { a: String, b: String },
+    Diff {
+        #[arg(value_parser = clap::builder::NonEmptyStringValueParser::new())]
+        a: String,
+        #[arg(value_parser = clap::builder::NonEmptyStringValueParser::new())]
+        b: String,
+    },
     /// A draft's files jobs and upload jobs, with progress.
-    Jobs { write_token: String },
+    Jobs {
+        #[arg(value_parser = clap::builder::NonEmptyStringValueParser::new())]
+        write_token: String,
+    },
     /// Force completion: keep whole files, drop incomplete ones, seal parts.
     #[command(name = "force-complete")]
     ForceComplete {
+        #[arg(value_parser = clap::builder::NonEmptyStringValueParser::new())]
         write_token: String,
+        #[arg(value_parser = clap::builder::NonEmptyStringValueParser::new())]
         files_job: Option<String>,
     },
     /// Check every chunk, part, refcount and tree; names damaged files. Exit 1 on damage.
