@@ -130,9 +130,12 @@ impl ServerConfig {
         if let Some(u) = &cfg.public_url {
             cfg.public_url = Some(check_public_url(u)?);
         }
-        if cfg.part_size < 1024 || cfg.part_size > (1 << 32) {
+        // A power of two so that parts are whole BLAKE3 subtrees: a file's hash then comes from
+        // its parts' without re-reading them, and every file's declared blake3 is checked.
+        if cfg.part_size < 1024 || cfg.part_size > (1 << 32) || !cfg.part_size.is_power_of_two() {
             return Err(format!(
-                "part_size {} must be between 1 KiB and 4 GiB",
+                "part_size {} must be a power of two between 1 KiB and 4 GiB (e.g. 33554432 \
+                 for 32 MiB): a file's blake3 is derived from its parts' hashes",
                 cfg.part_size
             ));
         }
@@ -295,6 +298,9 @@ mod tests {
             ("max_json_body = 0", "max_json_body"),
             ("max_json_body = 4095", "max_json_body"),
             ("max_uploads_per_token = 65537", "max_uploads_per_token"),
+            ("part_size = 512", "part_size"),
+            ("part_size = 8589934592", "part_size"),
+            ("part_size = 33554431", "power of two"),
         ] {
             std::fs::write(&f, format!("{bad}\n")).unwrap();
             let e = ServerConfig::load(Some(&f)).unwrap_err();
