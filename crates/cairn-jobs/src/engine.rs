@@ -626,6 +626,9 @@ impl Engine {
     /// reference on each child it names. The caller holds the store's ref guard.
     pub(crate) fn put_nodes(&self, b: &mut Batch<'_>, nodes: Vec<(Digest, DirNode)>) -> Result<()> {
         let mut written = HashSet::new();
+        // One merge operand per part, not per file slice: thousands of small files share a
+        // part, and an operand each took tens of MiB of batch and memtable for a large directory.
+        let mut part_refs: HashMap<[u8; 40], i64> = HashMap::new();
         for (d, node) in nodes {
             if written.contains(&d) || self.store.index().exists(CF_NODES, d.as_bytes())? {
                 continue;
@@ -635,14 +638,15 @@ impl Engine {
                 b.add(CF_NODE_REFS, child.as_bytes(), 1);
             }
             for p in parts {
-                b.add(
-                    cairn_store::store::part_refs_cf(),
-                    &cairn_store::part_key(&p.digest, p.part_size),
-                    1,
-                );
+                *part_refs
+                    .entry(cairn_store::part_key(&p.digest, p.part_size))
+                    .or_default() += 1;
             }
             b.put_record(CF_NODES, d.as_bytes(), &node);
             written.insert(d);
+        }
+        for (key, n) in part_refs {
+            b.add(cairn_store::store::part_refs_cf(), &key, n);
         }
         Ok(())
     }

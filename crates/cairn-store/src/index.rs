@@ -104,12 +104,38 @@ pub fn is_in_use(message: &str) -> bool {
 /// under a long upload soak as each filled.
 const BLOCK_CACHE: usize = 16 << 20;
 
+/// Where RocksDB keeps its info LOG (see [`Index::open`]): `/dev/shm/cairn-rocksdb` when that
+/// can be made (each store's file is named after its index path), else the index directory.
+fn log_dir() -> Option<&'static Path> {
+    let dir = Path::new("/dev/shm/cairn-rocksdb");
+    std::fs::create_dir_all(dir).ok()?;
+    // Made by another user, it may not take our files: then the index directory it is.
+    let probe = dir.join(format!(".probe-{}", std::process::id()));
+    std::fs::File::create(&probe).ok()?;
+    let _ = std::fs::remove_file(&probe);
+    Some(dir)
+}
+
+/// Values of at least this size are kept in blob files (see [`Index::open`]).
+const LARGE_VALUE: u64 = 1 << 20;
+
 impl Index {
     pub fn open(path: &Path, cfs: &[(&'static str, CfKind)]) -> Result<Index> {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_max_background_jobs(2);
+        // RocksDB's info LOG goes to shared memory, not the data disk. Debian's library is built
+        // with assertions on: once a write to that LOG failed (the disk full), its next one
+        // aborted the process, and every later open of the store aborted too while the disk
+        // stayed full (QA). RocksDB will not open without a LOG file, and the C API this crate
+        // binds cannot pass it another logger. Warnings only, at most two files of 1 MiB.
+        if let Some(dir) = log_dir() {
+            opts.set_db_log_dir(dir);
+        }
+        opts.set_log_level(rocksdb::LogLevel::Warn);
+        opts.set_max_log_file_size(1 << 20);
+        opts.set_keep_log_file_num(2);
         // One cap on the memtables of all column families together (each would otherwise take
         // up to 2 x 64 MiB): upload tails are written here, and under many uploads at once the
         // memtables were the largest part of the server's memory.
@@ -125,7 +151,17 @@ impl Index {
             // MiB, let one family hold twice the whole budget between flushes).
             o.set_write_buffer_size(MEMTABLE_BUDGET / 4);
             match kind {
-                CfKind::Plain => {}
+                // Large values (a directory of 300,000 files is one ~40 MB node) go to blob
+                // files: compaction then moves a reference, not the value. Kept in the SSTs,
+                // every compaction that met them read, uncompressed, rebuilt and compressed
+                // whole blocks of tens of MiB, and those buffers made most of a large
+                // finalize's peak memory (heaptrack: 326 of 401 MiB). Blob GC reclaims the
+                // space of values deleted or overwritten.
+                CfKind::Plain => {
+                    o.set_enable_blob_files(true);
+                    o.set_min_blob_size(LARGE_VALUE);
+                    o.set_enable_blob_gc(true);
+                }
                 CfKind::Add => o.set_merge_operator_associative("cairn_add", merge_add),
                 CfKind::Max => o.set_merge_operator_associative("cairn_max", merge_max),
             }
