@@ -1842,3 +1842,50 @@ fn cleartext_http2_is_not_served() {
     );
     assert_eq!(curl(&s.url("/config"), &["--no-token"]).status, 200);
 }
+
+/// A log that cannot be written (its disk full, its reader gone) does not stop the server: with
+/// stderr on `/dev/full` it starts, prints its generated token, and answers every request (each
+/// failed log write used to panic the request's task, dropping it unanswered, and the start
+/// exited 101).
+#[test]
+fn a_log_that_cannot_be_written_does_not_stop_the_server() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["serve", "--data", dir.path().join("d").to_str().unwrap()])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env_remove("CAIRN_TOKEN")
+        .env("CAIRN_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open("/dev/full")
+                .unwrap(),
+        )
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(child.try_wait().unwrap().is_none(), "the server exited");
+        assert!(std::time::Instant::now() < deadline, "no start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let mut token = String::new();
+    let mut out = child.stdout.take().unwrap();
+    let mut byte = [0u8; 1];
+    while out.read(&mut byte).unwrap() == 1 && byte[0] != b'\n' {
+        token.push(byte[0] as char);
+    }
+    let auth = format!("Authorization: Bearer {token}");
+    for _ in 0..5 {
+        let r = curl(&format!("http://127.0.0.1:{port}/config"), &["--no-token"]);
+        assert_eq!(r.status, 200);
+        let r = curl(&format!("http://127.0.0.1:{port}/qlibs"), &["-H", &auth]);
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    }
+    assert!(child.try_wait().unwrap().is_none(), "the server is running");
+    child.kill().unwrap();
+    let _ = child.wait();
+}

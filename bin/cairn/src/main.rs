@@ -187,6 +187,23 @@ enum Cmd {
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// The log's writer: stderr, where a failed write is dropped. tracing-subscriber reports a failed
+/// write with `eprintln!`, which panics when stderr itself fails, in whatever request was
+/// logging: with the log's disk full, or its reader gone, every request was dropped unanswered
+/// (QA). A log line is not worth a request.
+struct LogSink;
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        Ok(std::io::stderr().write(buf).unwrap_or(buf.len()))
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
+}
+
 fn main() {
     let cli = Cli::parse();
     // The server logs a line per request by default; the client commands only what went wrong.
@@ -199,7 +216,7 @@ fn main() {
             tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
                 .unwrap_or_else(|_| default_level.into()),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(|| LogSink)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let rt = tokio::runtime::Builder::new_multi_thread()

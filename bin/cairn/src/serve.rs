@@ -1,6 +1,8 @@
 //! `cairn serve [--data DIR] [--listen HOST:PORT] [--config FILE]`: the HTTP server on the
 //! embedded store. With no flags: `./cairn-data`, `127.0.0.1:8008`.
 
+use std::io::Write;
+
 use anyhow::{anyhow, Result};
 use cairn_http::ServerConfig;
 
@@ -38,11 +40,20 @@ pub async fn run(
         }
     })?;
     if let Some(token) = generated {
-        eprintln!(
+        say(&format!(
             "cairn: generated admin token (shown once; stored hashed in {}):",
             cfg.data.display()
-        );
-        println!("{token}");
+        ));
+        // Shown once: a token that could not be shown must not be kept either.
+        let mut out = std::io::stdout();
+        if let Err(e) = writeln!(out, "{token}").and_then(|()| out.flush()) {
+            let hash = cfg.data.join(cairn_http::ADMIN_TOKEN_FILE);
+            let _ = std::fs::remove_file(&hash);
+            return Err(anyhow!(
+                "the generated admin token could not be printed ({e}), so it was not kept; \
+                 start again with a writable stdout, or set CAIRN_TOKEN"
+            ));
+        }
     }
     cairn_http::serve_on(socket, cfg, state, shutdown_signal())
         .await
@@ -60,5 +71,10 @@ async fn shutdown_signal() {
         _ = ctrl_c => {}
         _ = term.recv() => {}
     }
-    eprintln!("cairn: shutting down; finishing in-flight requests");
+    say("cairn: shutting down; finishing in-flight requests");
+}
+
+/// A line for the operator on stderr; one that cannot be written is dropped (see `LogSink`).
+fn say(line: &str) {
+    let _ = writeln!(std::io::stderr(), "{line}");
 }

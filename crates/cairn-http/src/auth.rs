@@ -26,7 +26,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
 
-const HASH_FILE: &str = "admin-token.blake3";
+/// The admin token's hash, in the data dir.
+pub const HASH_FILE: &str = "admin-token.blake3";
 const LIBRARY_TOKENS_FILE: &str = "library-tokens.cbor";
 /// Library tokens per server: the file is rewritten whole on each change, so keep it small.
 pub const MAX_LIBRARY_TOKENS: usize = 10_000;

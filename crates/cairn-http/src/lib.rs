@@ -36,7 +36,7 @@ use axum::Router;
 use cairn_core::LibraryId;
 use cairn_jobs::{Engine, EngineConfig, Qhit};
 
-pub use auth::{Access, Auth, Principal};
+pub use auth::{Access, Auth, Principal, HASH_FILE as ADMIN_TOKEN_FILE};
 pub use config::ServerConfig;
 use error::ApiError;
 
@@ -552,14 +552,24 @@ pub async fn serve_on(
         .map_err(|e| format!("listen on {}: {e}", cfg.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(%addr, data = %cfg.data.display(), "cairn serving");
-    eprintln!("cairn: serving http://{addr}/ from {}", cfg.data.display());
+    // Dropped if stderr cannot take it (a full log disk must not stop the start).
+    use std::io::Write as _;
+    let _ = writeln!(
+        std::io::stderr(),
+        "cairn: serving http://{addr}/ from {}",
+        cfg.data.display()
+    );
     accept_loop(listener, app, &cfg, shutdown).await;
     // Uploads still receiving after the grace period commit what arrived before the runtime,
     // which would cancel their tasks, goes away.
     engine
         .stop_uploads(std::time::Duration::from_secs(10))
         .await;
-    engine.store().flush().map_err(|e| e.to_string())?;
+    // Only saves the next start replaying the log: everything acknowledged is in the log
+    // already. So a flush the disk has no room for (it is full) is not a failed stop.
+    if let Err(e) = engine.store().flush() {
+        tracing::warn!(error = %e, "the index was not flushed at stop; the next start replays its log");
+    }
     tracing::info!("cairn stopped");
     Ok(())
 }

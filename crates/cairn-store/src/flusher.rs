@@ -43,6 +43,10 @@ struct Queue {
     /// A waiter has taken `failed` out to write it again (outside this lock); other waiters
     /// wait for its outcome rather than see an empty list and go on to fsync.
     retrying: bool,
+    /// Why the last write of a window failed, and when `failed` was last written again: while
+    /// windows wait to be written again, appends are refused (see [`Flusher::check`]).
+    last_failure: Option<(cairn_core::ErrorKind, String)>,
+    last_retry: Option<std::time::Instant>,
     closed: bool,
 }
 
@@ -155,16 +159,39 @@ impl Flusher {
             if q.failed.is_empty() {
                 return Ok(());
             }
-            // Written again without the lock, so appenders and the writer thread go on (a
-            // failing disk can take seconds per write).
-            let failed = std::mem::take(&mut q.failed);
-            q.retrying = true;
-            let (left, outcome) = MutexGuard::unlocked(&mut q, || retry(failed));
-            let newer = std::mem::replace(&mut q.failed, left);
-            q.failed.extend(newer);
-            q.retrying = false;
-            self.shared.written.notify_all();
-            outcome?;
+            self.shared.retry_failed(&mut q)?;
+        }
+    }
+
+    /// Whether more may be appended: refused while windows whose write failed wait to be
+    /// written again. Without this, every upload retried against a full disk staged its bytes
+    /// afresh and kept them (QA: 4 MiB of memory per refused request, with no bound but the
+    /// pack's size), and once space was freed they were all written, filling it again. A
+    /// refused append says why the write failed; at most once a second it first tries the
+    /// failed windows again (and goes on if they are written now). Called under the pack
+    /// writer's lock, on whichever thread appends: the try is one write per failed window.
+    pub(crate) fn check(&self) -> Result<()> {
+        let mut q = self.shared.queue.lock();
+        if q.failed.is_empty() && !q.retrying {
+            return Ok(());
+        }
+        let due = q
+            .last_retry
+            .is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1));
+        if q.retrying || !due {
+            let (kind, why) = q.last_failure.clone().unwrap_or((
+                cairn_core::ErrorKind::Internal,
+                "a pack write failed".into(),
+            ));
+            return Err(cairn_core::Error::new(
+                kind,
+                format!("{why} (an earlier pack write failed and waits to be written again)"),
+            ));
+        }
+        self.shared.retry_failed(&mut q)?;
+        match q.failed.is_empty() {
+            true => Ok(()),
+            false => Err(cairn_core::Error::internal("pack writes failed")),
         }
     }
 }
@@ -183,6 +210,24 @@ fn retry(failed: Vec<(Arc<PackFile>, Window)>) -> (Vec<(Arc<PackFile>, Window)>,
 }
 
 impl Shared {
+    /// Writes the failed windows again (taken out, written without the lock, so appenders and
+    /// the writer thread go on: a failing disk can take seconds per write); those that fail
+    /// again are put back in front of any newer failures.
+    fn retry_failed(&self, q: &mut MutexGuard<'_, Queue>) -> Result<()> {
+        let failed = std::mem::take(&mut q.failed);
+        q.retrying = true;
+        let (left, outcome) = MutexGuard::unlocked(q, || retry(failed));
+        let newer = std::mem::replace(&mut q.failed, left);
+        q.failed.extend(newer);
+        q.retrying = false;
+        q.last_retry = Some(std::time::Instant::now());
+        if let Err(e) = &outcome {
+            q.last_failure = Some((e.kind, e.reason.clone()));
+        }
+        self.written.notify_all();
+        outcome
+    }
+
     fn run(&self) {
         let mut q = self.queue.lock();
         loop {
@@ -215,7 +260,8 @@ impl Shared {
                     spare.push(w.into_mem());
                 }
             }
-            Err(_) => {
+            Err(e) => {
+                q.last_failure = Some((e.kind, e.reason.clone()));
                 q.failed.push((pack, w));
             }
         }

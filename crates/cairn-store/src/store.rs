@@ -323,6 +323,7 @@ impl Store {
     ) -> Result<(ChunkLoc, u64)> {
         let data_len: usize = data.iter().map(|p| p.len()).sum();
         let mut w = self.writer.lock();
+        self.flusher.check()?;
         let rec = RECORD_HEADER_LEN + outboard.len() as u64 + data_len as u64;
         if !w.is_fresh() && w.len() + rec > self.cfg.pack_target_size {
             self.roll(&mut w)?;
