@@ -775,6 +775,18 @@ fn server_and_token_come_from_the_config_file_unless_overridden() {
     }
     std::fs::write(&cfg, "sever = 1\n").unwrap();
     assert!(!run(&[]).status.success(), "unknown keys are refused");
+    // The server does not read the client's config: one it cannot read (here a directory; a
+    // service user's inherited home in QA's case) does not stop `cairn serve`.
+    let unreadable = data.path().join("unreadable-config");
+    std::fs::create_dir(&unreadable).unwrap();
+    let served = Server::start_with(
+        &data.path().join("second"),
+        common::free_port(),
+        &[],
+        &[("CAIRN_CLI_CONFIG", unreadable.to_str().unwrap())],
+    );
+    let r = common::curl(&served.url("/config"), &[]);
+    assert_eq!(r.status, 200);
 }
 
 /// `cairn token`: a read-only library token made by the CLI can read its library through the CLI

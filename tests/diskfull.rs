@@ -47,7 +47,7 @@ fn avail(path: &Path) -> u64 {
 fn post_piece(s: &Server, url: &str, data: &[u8], at: usize, n: usize) -> common::Reply {
     let piece = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(piece.path(), &data[at..at + n]).unwrap();
-    curl(
+    let r = common::try_curl(
         &s.url(url),
         &[
             "-X",
@@ -59,7 +59,14 @@ fn post_piece(s: &Server, url: &str, data: &[u8], at: usize, n: usize) -> common
             "--data-binary",
             &format!("@{}", piece.path().display()),
         ],
-    )
+    );
+    r.unwrap_or_else(|e| {
+        let log = s.log_lines();
+        panic!(
+            "{url}: {e}; server log: {:?}",
+            &log[log.len().saturating_sub(6)..]
+        )
+    })
 }
 
 fn skip_of(s: &Server, wt: &str, fj: &str, uj: &str) -> u64 {
@@ -298,14 +305,24 @@ fn retries_against_a_full_disk_keep_nothing_and_a_full_disk_stops_and_starts_cle
         "served after a start on a full disk"
     );
 
-    // Space freed: the upload resumes from its skip and completes, nothing refilled it.
+    let status = |s: &Server| call(s, "GET", &format!("/q/{wt2}/file_jobs/{fj}"), None, 200);
+    let failed = status(&s);
+    assert_eq!(failed["status"], "FAILED", "{failed}");
+    assert!(failed["error"].is_string(), "{failed}");
+
+    // Space freed: the upload resumes from its skip and completes, nothing refilled it. Taking
+    // data again, the job is no longer FAILED, and its error is gone.
     std::fs::remove_file(&filler).unwrap();
     let mut at = skip_of(&s, &wt2, &fj, &uj) as usize;
     while at < big.len() {
         let r = post_piece(&s, &url, &big, at, piece.min(big.len() - at));
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
         at = r.json()["received"].as_u64().unwrap() as usize;
+        let now = status(&s);
+        assert!(now.get("error").is_none(), "{now}");
+        assert_ne!(now["status"], "FAILED", "{now}");
     }
+    assert_eq!(status(&s)["status"], "COMPLETED");
     let v2 = call(&s, "POST", &format!("/q/{wt2}"), None, 200)["hash"]
         .as_str()
         .unwrap()

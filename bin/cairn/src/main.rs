@@ -234,17 +234,9 @@ fn main() {
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    let cli_config = cli.cli_config.filter(|v| !v.is_empty());
-    let file = cli::ClientConfig::load(cli_config.as_deref().map(std::path::Path::new))?;
-    // An empty `CAIRN_*` variable (or flag) says nothing: the config file's value stands (QA:
-    // `CAIRN_TOKEN=` hid the file's token).
-    let given = |v: Option<String>| v.filter(|v| !v.is_empty());
-    let server = given(cli.server)
-        .or(file.server)
-        .unwrap_or_else(|| "http://127.0.0.1:8008".into());
-    let token = given(cli.token).or(file.token).unwrap_or_default();
-    // Only commands that talk to a server read the CA file: a missing one must not stop
-    // `serve`, `completions` or an offline `fsck --data`.
+    // Only commands that talk to a server read the client config and the CA file: an
+    // unreadable or missing one must not stop `serve` (run as a service user that cannot read
+    // the inherited home: QA), `completions` or an offline `fsck --data`.
     let offline = matches!(
         cli.cmd,
         Cmd::Serve { .. }
@@ -256,6 +248,18 @@ async fn run(cli: Cli) -> Result<()> {
             | Cmd::Gc { data: Some(_), .. }
             | Cmd::Stats { data: Some(_) }
     );
+    let cli_config = cli.cli_config.filter(|v| !v.is_empty());
+    let file = match offline {
+        true => cli::ClientConfig::default(),
+        false => cli::ClientConfig::load(cli_config.as_deref().map(std::path::Path::new))?,
+    };
+    // An empty `CAIRN_*` variable (or flag) says nothing: the config file's value stands (QA:
+    // `CAIRN_TOKEN=` hid the file's token).
+    let given = |v: Option<String>| v.filter(|v| !v.is_empty());
+    let server = given(cli.server)
+        .or(file.server)
+        .unwrap_or_else(|| "http://127.0.0.1:8008".into());
+    let token = given(cli.token).or(file.token).unwrap_or_default();
     if !offline {
         cairn_client::check_server_url(&server)?;
     }

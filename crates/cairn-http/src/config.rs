@@ -88,13 +88,13 @@ impl ServerConfig {
             }
             None => ServerConfig::default(),
         };
-        if let Ok(v) = std::env::var("CAIRN_DATA") {
+        if let Some(v) = env_set("CAIRN_DATA") {
             cfg.data = v.into();
         }
-        if let Ok(v) = std::env::var("CAIRN_LISTEN") {
+        if let Some(v) = env_set("CAIRN_LISTEN") {
             cfg.listen = v;
         }
-        if let Ok(v) = std::env::var("CAIRN_PART_SIZE") {
+        if let Some(v) = env_set("CAIRN_PART_SIZE") {
             cfg.part_size = v.parse().map_err(|e| format!("CAIRN_PART_SIZE: {e}"))?;
         }
         if let Ok(v) = std::env::var("CAIRN_CORS_ORIGINS") {
@@ -106,11 +106,7 @@ impl ServerConfig {
                 .collect();
         }
         crate::cors::Origins::parse(&cfg.cors_origins)?;
-        // Empty counts as unset, as for the CLI's variables.
-        if let Some(v) = std::env::var("CAIRN_ALLOW_MISSING_PACKS")
-            .ok()
-            .filter(|v| !v.trim().is_empty())
-        {
+        if let Some(v) = env_set("CAIRN_ALLOW_MISSING_PACKS") {
             cfg.allow_missing_packs = match v.trim().to_ascii_lowercase().as_str() {
                 "1" | "true" | "yes" | "on" => true,
                 "0" | "false" | "no" | "off" => false,
@@ -121,11 +117,11 @@ impl ServerConfig {
                 }
             };
         }
-        if let Ok(v) = std::env::var("CAIRN_PACK_WRITES") {
+        if let Some(v) = env_set("CAIRN_PACK_WRITES") {
             cfg.pack_writes = v;
         }
-        if let Ok(v) = std::env::var("CAIRN_PUBLIC_URL") {
-            cfg.public_url = Some(v).filter(|v| !v.is_empty());
+        if let Some(v) = env_set("CAIRN_PUBLIC_URL") {
+            cfg.public_url = Some(v);
         }
         if let Some(u) = &cfg.public_url {
             cfg.public_url = Some(check_public_url(u)?);
@@ -236,6 +232,12 @@ pub(crate) fn parse_http_url(u: &str) -> Result<HttpUrl<'_>, &'static str> {
 
 /// `http(s)://host[:port][/path]`, returned with exactly one trailing slash (the client
 /// appends paths to it).
+/// A `CAIRN_*` variable's value; an empty one counts as unset (the config file's value stands),
+/// as for the CLI's variables. (`CAIRN_CORS_ORIGINS` is read apart: empty there means none.)
+fn env_set(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
 fn check_public_url(u: &str) -> Result<String, String> {
     parse_http_url(u).map_err(|why| format!("public_url {u:?}: {why}"))?;
     Ok(format!("{}/", u.trim_end_matches('/')))

@@ -30,6 +30,29 @@ const UJ_LOCKS_PRUNE_AT: usize = 1024;
 
 /// Full 4 MiB write windows allowed to wait for the store's writer thread before an upload
 /// stops reading its body until the disk catches up.
+/// At most this much of a refused body is read and dropped (see [`drain`]).
+const DRAIN_MAX: u64 = 64 << 20;
+
+/// Reads and drops what is left of a body whose bytes were refused (a full disk), when its
+/// length is known and at most [`DRAIN_MAX`], each frame within `idle`: a reply sent while the
+/// client is still sending ends, when the connection closes with the rest unread, in a reset
+/// that can destroy the reply before the client reads it (QA: curl saw only `100 Continue`
+/// where a 507 had been sent). Nothing read here is kept.
+async fn drain<S, E>(body: &mut std::pin::Pin<&mut S>, left: Option<u64>, idle: std::time::Duration)
+where
+    S: Stream<Item = std::result::Result<Bytes, E>>,
+{
+    let Some(mut left) = left.filter(|&n| n <= DRAIN_MAX) else {
+        return;
+    };
+    while left > 0 {
+        match tokio::time::timeout(idle, body.next()).await {
+            Ok(Some(Ok(frame))) => left = left.saturating_sub(frame.len() as u64),
+            _ => return,
+        }
+    }
+}
+
 const WRITE_BACKLOG: usize = 4;
 
 /// Runs `f`, which may wait on the disk, without stalling the other tasks of this runtime
@@ -362,6 +385,8 @@ impl Engine {
                 false => ing.push(bytes),
             };
             if let Err(e) = pushed {
+                let left = declared.map(|n| n.saturating_sub(body_len));
+                drain(&mut body, left, idle).await;
                 break Err(e);
             }
         };
@@ -413,11 +438,14 @@ impl Engine {
     }
 
     /// Marks the files job active in this process's epoch (a restarted server reports STOPPED
-    /// until data arrives again or the job is resumed).
+    /// until data arrives again or the job is resumed). Data arriving also clears a FAILED
+    /// job's error, as `resume` does: a job taking data again after a full disk was freed
+    /// reported FAILED, and kept the stale error once COMPLETED (QA); if this upload fails
+    /// too, it is FAILED again with the new error.
     fn touch_job(&self, fj: &FilesJobId) -> Result<()> {
         let job: FilesJobRecord =
             self.get(CF_FILES_JOBS, fj.as_bytes(), || format!("files job {fj}"))?;
-        if job.epoch == self.epoch && job.status == JobStatus::InProgress {
+        if job.epoch == self.epoch && job.status == JobStatus::InProgress && job.error.is_none() {
             return Ok(());
         }
         let _w = self.state.write();
@@ -425,6 +453,7 @@ impl Engine {
             self.get(CF_FILES_JOBS, fj.as_bytes(), || format!("files job {fj}"))?;
         job.epoch = self.epoch;
         job.status = JobStatus::InProgress;
+        job.error = None;
         let mut b = self.store.index().batch();
         b.put_record(CF_FILES_JOBS, fj.as_bytes(), &job);
         self.store.commit(b)

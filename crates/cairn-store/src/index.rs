@@ -169,10 +169,17 @@ impl Index {
         });
         let db = DB::open_cf_descriptors(&opts, path, descriptors).map_err(|e| {
             let held = is_held(e.as_ref());
+            let damaged = e.as_ref().contains("Corruption");
             let e = format!("open index {}: {e}", path.display());
-            match held {
-                true => Error::conflict(format!("{IN_USE}: {e}")),
-                false => Error::internal(e),
+            match (held, damaged) {
+                (true, _) => Error::conflict(format!("{IN_USE}: {e}")),
+                // A damaged RocksDB file: nothing was changed; the index must come back from a
+                // backup taken with its packs (operations.md, "Backup and restore").
+                (false, true) => Error::corrupt(format!(
+                    "{e}. The index is damaged and nothing was changed: restore the data \
+                     directory (index and packs of one moment) from a backup"
+                )),
+                (false, false) => Error::internal(e),
             }
         })?;
         Ok(Index {
@@ -323,5 +330,46 @@ impl Batch<'_> {
 
     pub fn is_empty(&self) -> bool {
         self.wb.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A damaged table file stops the open as `corrupt` (QA: it said `internal`), with the
+    /// operator's next step, and changes nothing.
+    #[test]
+    fn a_damaged_table_file_is_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfs = [("t", CfKind::Plain)];
+        {
+            let index = Index::open(dir.path(), &cfs).unwrap();
+            let mut b = index.batch();
+            for i in 0u32..2000 {
+                b.put("t", &i.to_be_bytes(), &[7u8; 64]);
+            }
+            index.write(b, true).unwrap();
+            index.flush().unwrap();
+        }
+        let sst = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "sst"))
+            .unwrap();
+        let mut raw = std::fs::read(&sst).unwrap();
+        // The block index and properties, near the end: read when the table is opened.
+        let end = raw.len() - 60;
+        for b in &mut raw[end - 400..end] {
+            *b ^= 0x5a;
+        }
+        std::fs::write(&sst, &raw).unwrap();
+        let e = match Index::open(dir.path(), &cfs) {
+            Ok(index) => index.get("t", &7u32.to_be_bytes()).unwrap_err(),
+            Err(e) => e,
+        };
+        assert_eq!(e.kind, cairn_core::ErrorKind::Corrupt, "{e}");
+        assert_eq!(std::fs::read(&sst).unwrap(), raw, "nothing changed");
     }
 }

@@ -229,8 +229,26 @@ impl PackFile {
         let mut h = [0u8; HEADER_LEN as usize];
         file.read_exact_at(&mut h, 0)
             .map_err(|_| Error::corrupt(format!("pack {} has no header", path.display())))?;
-        check_header(&h)?;
+        check_header(&h).map_err(|e| {
+            Error::corrupt(format!(
+                "pack {}: {} (its chunks read as corrupt; `cairn fsck` names the files)",
+                path.display(),
+                e.reason
+            ))
+        })?;
         Ok(PackFile::with_file(id, path, file, writable))
+    }
+
+    /// Truncates pack `id` to `len` and fsyncs it, whatever its header holds: recovery drops
+    /// an unindexed tail without reading the pack, so one with a damaged header does not stop
+    /// the store from opening (its reads then fail, naming it).
+    pub fn truncate_file(dir: &Path, id: PackId, len: u64) -> Result<()> {
+        let path = dir.join(id.file_name());
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io(format!("open pack {}", path.display()), e))?;
+        truncate_synced(&file, &path, len)
     }
 
     pub fn len(&self) -> Result<u64> {
@@ -443,17 +461,18 @@ impl PackFile {
     }
 
     pub fn truncate(&self, len: u64) -> Result<()> {
-        self.file
-            .set_len(len)
-            .map_err(|e| Error::io("truncate pack", e))?;
-        let sync = sync_log::begin(&self.path);
-        self.file
-            .sync_all()
-            .map_err(|e| Error::io("fsync pack", e))?;
-        sync_log::end(&self.path, sync);
-        sync_log::truncated(&self.path, len);
-        Ok(())
+        truncate_synced(&self.file, &self.path, len)
     }
+}
+
+fn truncate_synced(file: &File, path: &Path, len: u64) -> Result<()> {
+    file.set_len(len)
+        .map_err(|e| Error::io("truncate pack", e))?;
+    let sync = sync_log::begin(path);
+    file.sync_all().map_err(|e| Error::io("fsync pack", e))?;
+    sync_log::end(path, sync);
+    sync_log::truncated(path, len);
+    Ok(())
 }
 
 /// Fault-injection support for power-loss tests: when `CAIRN_TEST_SYNC_LOG` names a file, every

@@ -1128,7 +1128,7 @@ fn apply_pack_fix(index: &Index, dir: &Path, fix: PackFix) -> Result<bool> {
                 true => tracing::debug!(pack = id.0, actual, len, "dropping pack padding"),
                 false => tracing::warn!(pack = id.0, actual, len, "truncating unindexed pack tail"),
             }
-            PackFile::open(dir, id, true)?.truncate(len)?;
+            PackFile::truncate_file(dir, id, len)?;
             Ok(false)
         }
         PackFix::Remove { id, retired, len } => {
