@@ -57,6 +57,8 @@ struct Shared {
     /// Signalled when a window has been written (or has failed).
     written: Condvar,
     spare: Spare,
+    /// Whether `failed` may hold windows: read without the lock by every append.
+    any_failed: std::sync::atomic::AtomicBool,
 }
 
 /// One writer thread for full windows; stopped (after writing what is queued) on drop.
@@ -72,6 +74,7 @@ impl Flusher {
             work: Condvar::new(),
             written: Condvar::new(),
             spare: Mutex::new(Vec::new()),
+            any_failed: std::sync::atomic::AtomicBool::new(false),
         });
         let worker = shared.clone();
         let thread = std::thread::Builder::new()
@@ -171,6 +174,13 @@ impl Flusher {
     /// failed windows again (and goes on if they are written now). Called under the pack
     /// writer's lock, on whichever thread appends: the try is one write per failed window.
     pub(crate) fn check(&self) -> Result<()> {
+        if !self
+            .shared
+            .any_failed
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return Ok(());
+        }
         let mut q = self.shared.queue.lock();
         if q.failed.is_empty() && !q.retrying {
             return Ok(());
@@ -220,6 +230,9 @@ impl Shared {
         let newer = std::mem::replace(&mut q.failed, left);
         q.failed.extend(newer);
         q.retrying = false;
+        let any = !q.failed.is_empty();
+        self.any_failed
+            .store(any, std::sync::atomic::Ordering::Release);
         q.last_retry = Some(std::time::Instant::now());
         if let Err(e) = &outcome {
             q.last_failure = Some((e.kind, e.reason.clone()));
@@ -263,6 +276,8 @@ impl Shared {
             Err(e) => {
                 q.last_failure = Some((e.kind, e.reason.clone()));
                 q.failed.push((pack, w));
+                self.any_failed
+                    .store(true, std::sync::atomic::Ordering::Release);
             }
         }
         self.written.notify_all();
