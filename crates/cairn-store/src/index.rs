@@ -77,6 +77,8 @@ pub type KvEntry = (Box<[u8]>, Box<[u8]>);
 pub struct Index {
     db: DB,
     cf_names: Vec<&'static str>,
+    /// RocksDB's info LOG directory; removed after the database closes (declared after `db`).
+    _log: Option<LogDir>,
 }
 
 /// Bytes of memtables the whole index may hold before RocksDB flushes.
@@ -104,16 +106,46 @@ pub fn is_in_use(message: &str) -> bool {
 /// under a long upload soak as each filled.
 const BLOCK_CACHE: usize = 16 << 20;
 
-/// Where RocksDB keeps its info LOG (see [`Index::open`]): `/dev/shm/cairn-rocksdb` when that
-/// can be made (each store's file is named after its index path), else the index directory.
-fn log_dir() -> Option<&'static Path> {
-    let dir = Path::new("/dev/shm/cairn-rocksdb");
-    std::fs::create_dir_all(dir).ok()?;
-    // Made by another user, it may not take our files: then the index directory it is.
-    let probe = dir.join(format!(".probe-{}", std::process::id()));
-    std::fs::File::create(&probe).ok()?;
-    let _ = std::fs::remove_file(&probe);
-    Some(dir)
+/// Where RocksDB keeps one open index's info LOG (see [`Index::open`]):
+/// `/dev/shm/cairn-rocksdb-<uid>/<pid>.<n>/`, removed when the index closes. A process that
+/// died leaves its directory behind until the next open by the same user removes it; without
+/// that, every data directory ever opened (each test's) left ~100 KB of LOG in shared memory.
+/// `None` when shared memory cannot be used: then RocksDB keeps the LOG in the index directory.
+struct LogDir(std::path::PathBuf);
+
+impl LogDir {
+    fn make() -> Option<LogDir> {
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+        static OPENED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        // The owner of `/proc/self` is this process's user: one directory per user, so a
+        // server run as a service user never finds it made by root.
+        let uid = std::fs::metadata("/proc/self").ok()?.uid();
+        let base = std::path::PathBuf::from(format!("/dev/shm/cairn-rocksdb-{uid}"));
+        let made = std::fs::DirBuilder::new().mode(0o700).create(&base);
+        if made.is_err() && !base.is_dir() {
+            return None;
+        }
+        for entry in std::fs::read_dir(&base).ok()?.flatten() {
+            let name = entry.file_name();
+            let pid = name
+                .to_str()
+                .and_then(|n| n.split_once('.'))
+                .map(|(p, _)| p);
+            if pid.is_some_and(|p| !Path::new("/proc").join(p).exists()) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        let n = OPENED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = base.join(format!("{}.{n}", std::process::id()));
+        std::fs::DirBuilder::new().mode(0o700).create(&dir).ok()?;
+        Some(LogDir(dir))
+    }
+}
+
+impl Drop for LogDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// Values of at least this size are kept in blob files (see [`Index::open`]).
@@ -130,8 +162,9 @@ impl Index {
         // aborted the process, and every later open of the store aborted too while the disk
         // stayed full (QA). RocksDB will not open without a LOG file, and the C API this crate
         // binds cannot pass it another logger. Warnings only, at most two files of 1 MiB.
-        if let Some(dir) = log_dir() {
-            opts.set_db_log_dir(dir);
+        let log = LogDir::make();
+        if let Some(dir) = &log {
+            opts.set_db_log_dir(&dir.0);
         }
         opts.set_log_level(rocksdb::LogLevel::Warn);
         opts.set_max_log_file_size(1 << 20);
@@ -185,6 +218,7 @@ impl Index {
         Ok(Index {
             db,
             cf_names: cfs.iter().map(|&(n, _)| n).collect(),
+            _log: log,
         })
     }
 
@@ -336,6 +370,30 @@ impl Batch<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// RocksDB's info LOG is written outside the index directory, and its directory goes when
+    /// the index closes (each data directory ever opened used to leave one behind).
+    #[test]
+    fn the_info_log_is_kept_apart_and_removed_on_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(dir.path(), &[("t", CfKind::Plain)]).unwrap();
+        let names = |d: &Path| -> Vec<String> {
+            std::fs::read_dir(d)
+                .map(|r| {
+                    r.flatten()
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let Some(log) = index._log.as_ref().map(|l| l.0.clone()) else {
+            return; // no shared memory here: RocksDB keeps it in the index directory
+        };
+        assert!(!names(dir.path()).iter().any(|n| n.contains("LOG")));
+        assert!(names(&log).iter().any(|n| n.ends_with("LOG")), "{log:?}");
+        drop(index);
+        assert!(!log.exists(), "{log:?} left behind");
+    }
 
     /// A damaged table file stops the open as `corrupt` (QA: it said `internal`), with the
     /// operator's next step, and changes nothing.
