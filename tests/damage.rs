@@ -168,12 +168,24 @@ fn a_damaged_pack_header_fails_only_that_pack_s_reads() {
     s.child.kill().unwrap();
     s.child.wait().unwrap();
 
-    let pack = data.join("packs").join("0000000000000003.pack");
-    let mut raw = std::fs::read(&pack).unwrap();
-    raw[0] = b'X';
-    std::fs::write(&pack, &raw).unwrap();
+    // A sealed pack and the open one (the newest), which recovery would otherwise reopen.
+    for pack in [
+        data.join("packs").join("0000000000000003.pack"),
+        newest_pack(&data),
+    ] {
+        let mut raw = std::fs::read(&pack).unwrap();
+        raw[0] = b'X';
+        std::fs::write(&pack, &raw).unwrap();
+    }
 
     let s = Server::start_args(&data, port, &args);
+    // New data goes to a new pack.
+    let (_, obj2, wt2) = common::new_object(&s);
+    let fresh = work.path().join("fresh.bin");
+    std::fs::write(&fresh, common::pattern(99, 1 << 20)).unwrap();
+    common::upload_files(&s, &wt2, &[("fresh.bin", &fresh)]);
+    let r = get(&s, &obj2, "fresh.bin");
+    assert!(r.status == 200 && r.body == std::fs::read(&fresh).unwrap());
     let mut bad = Vec::new();
     for (name, src) in &files {
         let r = get(&s, &obj, name);

@@ -290,32 +290,24 @@ fn retries_against_a_full_disk_keep_nothing_and_a_full_disk_stops_and_starts_cle
     let r = curl(&s.url(&format!("/q/{v1}/files/kept.bin")), &[]);
     assert!(r.status == 200 && r.body == kept, "stored data is served");
 
-    // Stopped and started again while the disk is still full.
-    let stopped = terminate(&mut s);
-    let log = s.log_lines();
-    assert!(
-        stopped.success(),
-        "stopping on a full disk: {stopped}: {:?}",
-        &log[log.len().saturating_sub(8)..]
-    );
-    let mut s = Server::start_args(&data, port, &args);
-    let r = curl(&s.url(&format!("/q/{v1}/files/kept.bin")), &[]);
-    assert!(
-        r.status == 200 && r.body == kept,
-        "served after a start on a full disk"
-    );
-
     let status = |s: &Server| call(s, "GET", &format!("/q/{wt2}/file_jobs/{fj}"), None, 200);
     let failed = status(&s);
     assert_eq!(failed["status"], "FAILED", "{failed}");
     assert!(failed["error"].is_string(), "{failed}");
 
-    // Space freed: the upload resumes from its skip and completes, nothing refilled it. Taking
-    // data again, the job is no longer FAILED, and its error is gone.
+    // Space freed, same server: the failed write is written again within about a second (an
+    // upload may be refused until then), and the upload resumes from its skip and completes;
+    // nothing refilled the space. Taking data again, the job is no longer FAILED, its error gone.
     std::fs::remove_file(&filler).unwrap();
     let mut at = skip_of(&s, &wt2, &fj, &uj) as usize;
+    let mut refused = 0;
     while at < big.len() {
         let r = post_piece(&s, &url, &big, at, piece.min(big.len() - at));
+        if r.status == 507 && refused < 5 {
+            refused += 1;
+            std::thread::sleep(std::time::Duration::from_millis(1200));
+            continue;
+        }
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
         at = r.json()["received"].as_u64().unwrap() as usize;
         let now = status(&s);
@@ -332,6 +324,27 @@ fn retries_against_a_full_disk_keep_nothing_and_a_full_disk_stops_and_starts_cle
         r.status == 200 && r.body == big,
         "the resumed upload reads back"
     );
+
+    // Full again, to the last byte: stopped and started while full, and still serving.
+    let _ = std::io::copy(
+        &mut std::io::Read::take(std::fs::File::open("/dev/zero").unwrap(), avail(&mnt)),
+        &mut std::fs::File::create(mnt.join("filler2")).unwrap(),
+    );
+    let stopped = terminate(&mut s);
+    let log = s.log_lines();
+    assert!(
+        stopped.success(),
+        "stopping on a full disk: {stopped}: {:?}",
+        &log[log.len().saturating_sub(8)..]
+    );
+    let mut s = Server::start_args(&data, port, &args);
+    for (v, path, bytes) in [(&v1, "kept.bin", &kept), (&v2, "big.bin", &big)] {
+        let r = curl(&s.url(&format!("/q/{v}/files/{path}")), &[]);
+        assert!(
+            r.status == 200 && r.body == *bytes,
+            "{path} served after a start on a full disk"
+        );
+    }
     let fsck = call(&s, "POST", "/admin/fsck", None, 200);
     assert_eq!(fsck["clean"], true, "{fsck}");
     assert!(terminate(&mut s).success());

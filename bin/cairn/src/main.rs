@@ -228,7 +228,8 @@ fn main() {
             // The reader of our output went away (`cairn cat … | head`): nothing to report.
             std::process::exit(0);
         }
-        eprintln!("cairn: {e:#}");
+        // Not `eprintln!`, which panics (exit 101) when stderr fails.
+        let _ = std::io::Write::write_fmt(&mut std::io::stderr(), format_args!("cairn: {e:#}\n"));
         std::process::exit(exit_code(&e));
     }
 }

@@ -49,6 +49,8 @@ pub async fn run(
         if let Err(e) = writeln!(out, "{token}").and_then(|()| out.flush()) {
             let hash = cfg.data.join(cairn_http::ADMIN_TOKEN_FILE);
             let _ = std::fs::remove_file(&hash);
+            // Durably gone: back after a crash, it would hold the hash of a token no one has.
+            let _ = std::fs::File::open(&cfg.data).and_then(|d| d.sync_all());
             return Err(anyhow!(
                 "the generated admin token could not be printed ({e}), so it was not kept; \
                  start again with a writable stdout, or set CAIRN_TOKEN"

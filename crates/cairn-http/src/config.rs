@@ -230,14 +230,14 @@ pub(crate) fn parse_http_url(u: &str) -> Result<HttpUrl<'_>, &'static str> {
     Ok(HttpUrl { https, port, path })
 }
 
-/// `http(s)://host[:port][/path]`, returned with exactly one trailing slash (the client
-/// appends paths to it).
 /// A `CAIRN_*` variable's value; an empty one counts as unset (the config file's value stands),
 /// as for the CLI's variables. (`CAIRN_CORS_ORIGINS` is read apart: empty there means none.)
 fn env_set(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
 
+/// `http(s)://host[:port][/path]`, returned with exactly one trailing slash (the client
+/// appends paths to it).
 fn check_public_url(u: &str) -> Result<String, String> {
     parse_http_url(u).map_err(|why| format!("public_url {u:?}: {why}"))?;
     Ok(format!("{}/", u.trim_end_matches('/')))

@@ -30,15 +30,17 @@ const UJ_LOCKS_PRUNE_AT: usize = 1024;
 
 /// Full 4 MiB write windows allowed to wait for the store's writer thread before an upload
 /// stops reading its body until the disk catches up.
+const WRITE_BACKLOG: usize = 4;
+
 /// At most this much of a refused body is read and dropped (see [`drain`]).
 const DRAIN_MAX: u64 = 64 << 20;
 
 /// Reads and drops what is left of a body whose bytes were refused (a full disk), when its
-/// length is known and at most [`DRAIN_MAX`], each frame within `idle`: a reply sent while the
-/// client is still sending ends, when the connection closes with the rest unread, in a reset
-/// that can destroy the reply before the client reads it (QA: curl saw only `100 Continue`
-/// where a 507 had been sent). Nothing read here is kept.
-async fn drain<S, E>(body: &mut std::pin::Pin<&mut S>, left: Option<u64>, idle: std::time::Duration)
+/// length is known and at most [`DRAIN_MAX`]: a reply sent while the client is still sending
+/// ends, when the connection closes with the rest unread, in a reset that can destroy the
+/// reply before the client reads it (QA: curl saw only `100 Continue` where a 507 had been
+/// sent). Nothing read here is kept. The caller bounds the time it takes.
+async fn drain<S, E>(body: &mut std::pin::Pin<&mut S>, left: Option<u64>)
 where
     S: Stream<Item = std::result::Result<Bytes, E>>,
 {
@@ -46,14 +48,12 @@ where
         return;
     };
     while left > 0 {
-        match tokio::time::timeout(idle, body.next()).await {
-            Ok(Some(Ok(frame))) => left = left.saturating_sub(frame.len() as u64),
+        match body.next().await {
+            Some(Ok(frame)) => left = left.saturating_sub(frame.len() as u64),
             _ => return,
         }
     }
 }
-
-const WRITE_BACKLOG: usize = 4;
 
 /// Runs `f`, which may wait on the disk, without stalling the other tasks of this runtime
 /// thread: on a multi-threaded runtime the thread hands its tasks to another one meanwhile. (A
@@ -386,7 +386,13 @@ impl Engine {
             };
             if let Err(e) = pushed {
                 let left = declared.map(|n| n.saturating_sub(body_len));
-                drain(&mut body, left, idle).await;
+                tokio::select! {
+                    biased;
+                    _ = stopping.wait_for(|s| *s) => {}
+                    // One idle period for all of it: a client trickling the rest cannot hold
+                    // the job's lock for long.
+                    _ = tokio::time::timeout(idle, drain(&mut body, left)) => {}
+                }
                 break Err(e);
             }
         };

@@ -28,6 +28,9 @@ pub(crate) type Spare = Mutex<Vec<crate::staging::WindowMem>>;
 /// so that steady uploading allocates none.
 const SPARE: usize = 4;
 
+/// How often refused appends have failed windows written again (see [`Flusher::check`]).
+const RETRY_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Full windows handed out by the pack's writer and not yet written.
 #[derive(Default)]
 struct Queue {
@@ -47,6 +50,9 @@ struct Queue {
     /// windows wait to be written again, appends are refused (see [`Flusher::check`]).
     last_failure: Option<(cairn_core::ErrorKind, String)>,
     last_retry: Option<std::time::Instant>,
+    /// An append was refused: the writer thread writes `failed` again when the last try is a
+    /// second old.
+    retry_wanted: bool,
     closed: bool,
 }
 
@@ -170,9 +176,10 @@ impl Flusher {
     /// written again. Without this, every upload retried against a full disk staged its bytes
     /// afresh and kept them (QA: 4 MiB of memory per refused request, with no bound but the
     /// pack's size), and once space was freed they were all written, filling it again. A
-    /// refused append says why the write failed; at most once a second it first tries the
-    /// failed windows again (and goes on if they are written now). Called under the pack
-    /// writer's lock, on whichever thread appends: the try is one write per failed window.
+    /// refused append says why the write failed and asks the writer thread to try the failed
+    /// windows again (at most once a second), so appends go on within about a second of room
+    /// being made. Called under the pack writer's lock on whichever thread appends, so it does
+    /// no I/O itself.
     pub(crate) fn check(&self) -> Result<()> {
         if !self
             .shared
@@ -185,24 +192,18 @@ impl Flusher {
         if q.failed.is_empty() && !q.retrying {
             return Ok(());
         }
-        let due = q
-            .last_retry
-            .is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1));
-        if q.retrying || !due {
-            let (kind, why) = q.last_failure.clone().unwrap_or((
-                cairn_core::ErrorKind::Internal,
-                "a pack write failed".into(),
-            ));
-            return Err(cairn_core::Error::new(
-                kind,
-                format!("{why} (an earlier pack write failed and waits to be written again)"),
-            ));
+        if !q.retrying {
+            q.retry_wanted = true;
+            self.shared.work.notify_one();
         }
-        self.shared.retry_failed(&mut q)?;
-        match q.failed.is_empty() {
-            true => Ok(()),
-            false => Err(cairn_core::Error::internal("pack writes failed")),
-        }
+        let (kind, why) = q.last_failure.clone().unwrap_or((
+            cairn_core::ErrorKind::Internal,
+            "a pack write failed".into(),
+        ));
+        Err(cairn_core::Error::new(
+            kind,
+            format!("{why} (an earlier pack write failed and waits to be written again)"),
+        ))
     }
 }
 
@@ -248,6 +249,18 @@ impl Shared {
                 if q.closed {
                     return;
                 }
+                if q.retry_wanted && !q.retrying && !q.failed.is_empty() {
+                    let since = q.last_retry.map_or(RETRY_EVERY, |t| t.elapsed());
+                    if since >= RETRY_EVERY {
+                        q.retry_wanted = false;
+                        // Its outcome is kept for the next refusal (and the next sync).
+                        let _ = self.retry_failed(&mut q);
+                    } else {
+                        self.work.wait_for(&mut q, RETRY_EVERY - since);
+                    }
+                    continue;
+                }
+                q.retry_wanted = false;
                 self.work.wait(&mut q);
                 continue;
             };
@@ -339,6 +352,35 @@ mod tests {
         assert!(f.write_now(read_only, w).is_err());
         assert!(f.wait_written().is_err());
         assert!(f.wait_written().is_err(), "still kept after a failed retry");
+    }
+
+    /// While a failed window waits, appends are refused at once with its error (and no I/O of
+    /// their own), and the writer thread tries it again at most once a second.
+    #[test]
+    fn appends_are_refused_while_a_failed_window_waits() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_pack, f, mut st) = setup(dir.path());
+        assert!(f.check().is_ok(), "nothing failed yet");
+        let read_only = Arc::new(PackFile::open(dir.path(), PackId(1), false).unwrap());
+        st.append(b"refused", &mut |_| unreachable!("not a full window"));
+        let (read_only, w) = f.count_one(read_only, st.take(window_mem).unwrap());
+        let failed = f.write_now(read_only, w).unwrap_err();
+        let t = std::time::Instant::now();
+        let refused = f.check().unwrap_err();
+        assert_eq!(refused.kind, failed.kind);
+        assert!(refused.reason.contains(&failed.reason), "{refused}");
+        assert!(
+            t.elapsed() < std::time::Duration::from_millis(100),
+            "no I/O"
+        );
+        // The writer thread's try (it fails again: the handle cannot write) keeps it refused.
+        std::thread::sleep(RETRY_EVERY + std::time::Duration::from_millis(300));
+        assert!(
+            f.shared.queue.lock().last_retry.is_some(),
+            "the writer thread tried"
+        );
+        assert!(f.check().is_err(), "still refused");
+        assert!(f.wait_written().is_err(), "and kept for the next sync");
     }
 
     /// Appenders that go on handing out windows while a sync waits must not keep it waiting:

@@ -121,8 +121,11 @@ impl LogDir {
         // server run as a service user never finds it made by root.
         let uid = std::fs::metadata("/proc/self").ok()?.uid();
         let base = std::path::PathBuf::from(format!("/dev/shm/cairn-rocksdb-{uid}"));
-        let made = std::fs::DirBuilder::new().mode(0o700).create(&base);
-        if made.is_err() && !base.is_dir() {
+        let _ = std::fs::DirBuilder::new().mode(0o700).create(&base);
+        // Ours alone, or not at all: a directory another user made first (the name is
+        // predictable) could swap in a link that RocksDB would follow and truncate.
+        let meta = std::fs::symlink_metadata(&base).ok()?;
+        if !meta.is_dir() || meta.uid() != uid || meta.mode() & 0o077 != 0 {
             return None;
         }
         for entry in std::fs::read_dir(&base).ok()?.flatten() {
@@ -194,6 +197,8 @@ impl Index {
                     o.set_enable_blob_files(true);
                     o.set_min_blob_size(LARGE_VALUE);
                     o.set_enable_blob_gc(true);
+                    // Like the SSTs' blocks: a node's CBOR repeats its field names per entry.
+                    o.set_blob_compression_type(rocksdb::DBCompressionType::Lz4);
                 }
                 CfKind::Add => o.set_merge_operator_associative("cairn_add", merge_add),
                 CfKind::Max => o.set_merge_operator_associative("cairn_max", merge_max),
@@ -202,7 +207,7 @@ impl Index {
         });
         let db = DB::open_cf_descriptors(&opts, path, descriptors).map_err(|e| {
             let held = is_held(e.as_ref());
-            let damaged = e.as_ref().contains("Corruption");
+            let damaged = e.kind() == rocksdb::ErrorKind::Corruption;
             let e = format!("open index {}: {e}", path.display());
             match (held, damaged) {
                 (true, _) => Error::conflict(format!("{IN_USE}: {e}")),
@@ -322,7 +327,7 @@ impl Index {
 
 fn db_err(e: rocksdb::Error) -> Error {
     let s = e.to_string();
-    if s.contains("Corruption") {
+    if e.kind() == rocksdb::ErrorKind::Corruption {
         Error::corrupt(format!("index: {s}"))
     } else if s.contains("No space left") {
         Error::new(cairn_core::ErrorKind::NoSpace, format!("index: {s}"))
@@ -423,9 +428,8 @@ mod tests {
             *b ^= 0x5a;
         }
         std::fs::write(&sst, &raw).unwrap();
-        let e = match Index::open(dir.path(), &cfs) {
-            Ok(index) => index.get("t", &7u32.to_be_bytes()).unwrap_err(),
-            Err(e) => e,
+        let Err(e) = Index::open(dir.path(), &cfs) else {
+            panic!("a damaged table file was opened");
         };
         assert_eq!(e.kind, cairn_core::ErrorKind::Corrupt, "{e}");
         assert_eq!(std::fs::read(&sst).unwrap(), raw, "nothing changed");

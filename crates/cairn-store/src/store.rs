@@ -1284,19 +1284,31 @@ fn open_writer(
             .is_some();
         let exists = dir.join(id.file_name()).exists();
         if exists && !sealed {
-            let pack = PackFile::open(dir, id, true)?;
-            let len = pack.len()?;
-            if len < target {
-                // Recorded for stores from before `pack_high`: a pack reopened with nothing
-                // committed yet must not look newer than the index after the next crash.
-                if known_pack_high(index)?.0 < id.0 {
-                    let mut b = index.batch();
-                    b.put(CF_STORE, PACK_HIGH_KEY, &id.0.to_be_bytes());
-                    index.write(b, true)?;
+            let pack = match PackFile::open(dir, id, true) {
+                Ok(pack) => Some(pack),
+                // A damaged header: the pack is not appended to again. Sealed as it is, its
+                // chunks read as corrupt and fsck names the files, as for a sealed one.
+                Err(e) if e.kind == cairn_core::ErrorKind::Corrupt => {
+                    tracing::warn!(pack = id.0, error = %e, "the open pack's header is damaged: sealed as it is");
+                    None
                 }
-                return Ok((pack, len));
+                Err(e) => return Err(e),
+            };
+            if let Some(pack) = pack {
+                let len = pack.len()?;
+                if len >= target {
+                    pack.sync_data()?;
+                } else {
+                    // Recorded for stores from before `pack_high`: a pack reopened with nothing
+                    // committed yet must not look newer than the index after the next crash.
+                    if known_pack_high(index)?.0 < id.0 {
+                        let mut b = index.batch();
+                        b.put(CF_STORE, PACK_HIGH_KEY, &id.0.to_be_bytes());
+                        index.write(b, true)?;
+                    }
+                    return Ok((pack, len));
+                }
             }
-            pack.sync_data()?;
             let mut b = index.batch();
             b.put_record(
                 CF_PACKS,
