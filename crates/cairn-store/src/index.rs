@@ -114,8 +114,15 @@ const BLOCK_CACHE: usize = 16 << 20;
 struct LogDir(std::path::PathBuf);
 
 impl LogDir {
-    fn make() -> Option<LogDir> {
+    fn make(index: &Path) -> Option<LogDir> {
         use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+        // RocksDB names the file after the index's absolute path, `/` made `_`, plus `_LOG`
+        // (and `.old.<µs>` when it rolls): past a file name's 255 bytes it could not open the
+        // store at all (QA: a 250-character data path).
+        let long = std::path::absolute(index).map_or(usize::MAX, |p| p.as_os_str().len());
+        if long.saturating_add(32) > 255 {
+            return None;
+        }
         static OPENED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         // The owner of `/proc/self` is this process's user: one directory per user, so a
         // server run as a service user never finds it made by root.
@@ -137,6 +144,11 @@ impl LogDir {
             if pid.is_some_and(|p| !Path::new("/proc").join(p).exists()) {
                 let _ = std::fs::remove_dir_all(entry.path());
             }
+        }
+        // A full shared memory aborts the process as a full disk did: room for the two files.
+        let room = rustix::fs::statvfs(&base).ok()?;
+        if room.f_bavail.saturating_mul(room.f_frsize) < 8 << 20 {
+            return None;
         }
         let n = OPENED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = base.join(format!("{}.{n}", std::process::id()));
@@ -165,7 +177,7 @@ impl Index {
         // aborted the process, and every later open of the store aborted too while the disk
         // stayed full (QA). RocksDB will not open without a LOG file, and the C API this crate
         // binds cannot pass it another logger. Warnings only, at most two files of 1 MiB.
-        let log = LogDir::make();
+        let log = LogDir::make(path);
         if let Some(dir) = &log {
             opts.set_db_log_dir(&dir.0);
         }
@@ -398,6 +410,17 @@ mod tests {
         assert!(names(&log).iter().any(|n| n.ends_with("LOG")), "{log:?}");
         drop(index);
         assert!(!log.exists(), "{log:?} left behind");
+    }
+
+    /// A long index path opens (its LOG name would pass a file name's 255 bytes in shared
+    /// memory: the LOG is then kept in the index directory).
+    #[test]
+    fn a_long_index_path_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let long = dir.path().join("x".repeat(230)).join("index");
+        let index = Index::open(&long, &[("t", CfKind::Plain)]).unwrap();
+        assert!(index._log.is_none());
+        assert!(long.join("LOG").exists());
     }
 
     /// A damaged table file stops the open as `corrupt` (QA: it said `internal`), with the

@@ -177,14 +177,23 @@ impl PackFile {
             .create_new(true)
             .open(&path)
             .map_err(|e| Error::io(format!("create pack {}", path.display()), e))?;
-        file.write_all_at(&encode_header(), 0)
-            .map_err(|e| Error::io("write pack header", e))?;
-        sync_log::wrote(&path, 0, HEADER_LEN);
-        let sync = sync_log::begin(&path);
-        file.sync_all()
-            .map_err(|e| Error::io("fsync new pack", e))?;
-        sync_dir(dir)?;
-        sync_log::end(&path, sync);
+        let made = (|| {
+            file.write_all_at(&encode_header(), 0)
+                .map_err(|e| Error::io("write pack header", e))?;
+            sync_log::wrote(&path, 0, HEADER_LEN);
+            let sync = sync_log::begin(&path);
+            file.sync_all()
+                .map_err(|e| Error::io("fsync new pack", e))?;
+            sync_dir(dir)?;
+            sync_log::end(&path, sync);
+            Ok(())
+        })();
+        if let Err(e) = made {
+            // Left behind (the disk full as its header was written), it made every later
+            // roll fail on "File exists" until a restart (QA).
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
         Ok(PackFile::with_file(id, path, file, true))
     }
 
