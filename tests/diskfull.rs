@@ -43,6 +43,36 @@ fn avail(path: &Path) -> u64 {
         .unwrap()
 }
 
+/// Fills the file system at `mnt` with a file of zeros, leaving about `left` bytes free (tmpfs
+/// allocates on write: written for real so the space is taken); returns its path.
+fn fill_leaving(mnt: &Path, left: u64) -> std::path::PathBuf {
+    let filler = mnt.join("filler");
+    let room = avail(mnt).saturating_sub(left);
+    std::io::copy(
+        &mut std::io::Read::take(std::fs::File::open("/dev/zero").unwrap(), room),
+        &mut std::fs::File::create(&filler).unwrap(),
+    )
+    .unwrap();
+    filler
+}
+
+/// A files job adding one file of `len` bytes to draft `wt`: (files job, upload job, data URL).
+fn one_file_job(s: &Server, wt: &str, len: usize) -> (String, String, String) {
+    let job = call(
+        s,
+        "POST",
+        &format!("/q/{wt}/file_jobs"),
+        Some(&format!(
+            r#"{{"ops":[{{"path":"big.bin","type":"file","size":{len}}}]}}"#
+        )),
+        201,
+    );
+    let fj = job["id"].as_str().unwrap().to_string();
+    let uj = job["jobs"][0].as_str().unwrap().to_string();
+    let url = format!("/q/{wt}/file_jobs/{fj}/{uj}");
+    (fj, uj, url)
+}
+
 /// POSTs `data[at..at+n]` to the upload job with a Content-Range; returns the reply.
 fn post_piece(s: &Server, url: &str, data: &[u8], at: usize, n: usize) -> common::Reply {
     let piece = tempfile::NamedTempFile::new().unwrap();
@@ -111,29 +141,10 @@ fn a_full_disk_gives_507_keeps_stored_data_and_recovers_when_space_is_freed() {
     let v1 = upload_files(&s, &wt, &[("kept.bin", &kept_file)]);
 
     // Fill the file system, leaving ~8 MiB, then upload 40 MiB.
-    let filler = mnt.join("filler");
-    let room = avail(&mnt).saturating_sub(8 << 20);
-    // tmpfs allocates on write: write it for real so the space is taken.
-    std::io::copy(
-        &mut std::io::Read::take(std::fs::File::open("/dev/zero").unwrap(), room),
-        &mut std::fs::File::create(&filler).unwrap(),
-    )
-    .unwrap();
+    let filler = fill_leaving(&mnt, 8 << 20);
     let big = pattern(2, 40 << 20);
     let (_, obj, wt2) = new_object(&s);
-    let job = call(
-        &s,
-        "POST",
-        &format!("/q/{wt2}/file_jobs"),
-        Some(&format!(
-            r#"{{"ops":[{{"path":"big.bin","type":"file","size":{}}}]}}"#,
-            big.len()
-        )),
-        201,
-    );
-    let fj = job["id"].as_str().unwrap().to_string();
-    let uj = job["jobs"][0].as_str().unwrap().to_string();
-    let url = format!("/q/{wt2}/file_jobs/{fj}/{uj}");
+    let (fj, uj, url) = one_file_job(&s, &wt2, big.len());
     let piece = 1 << 20;
     let mut at = 0usize;
     let full = loop {
@@ -241,28 +252,10 @@ fn retries_against_a_full_disk_keep_nothing_and_a_full_disk_stops_and_starts_cle
     let v1 = upload_files(&s, &wt, &[("kept.bin", &kept_file)]);
 
     // A filler leaves ~12 MiB; the upload takes the rest, until the store is refused.
-    let filler = mnt.join("filler");
-    let room = avail(&mnt).saturating_sub(12 << 20);
-    std::io::copy(
-        &mut std::io::Read::take(std::fs::File::open("/dev/zero").unwrap(), room),
-        &mut std::fs::File::create(&filler).unwrap(),
-    )
-    .unwrap();
+    let filler = fill_leaving(&mnt, 12 << 20);
     let big = pattern(4, 48 << 20);
     let (_, _, wt2) = new_object(&s);
-    let job = call(
-        &s,
-        "POST",
-        &format!("/q/{wt2}/file_jobs"),
-        Some(&format!(
-            r#"{{"ops":[{{"path":"big.bin","type":"file","size":{}}}]}}"#,
-            big.len()
-        )),
-        201,
-    );
-    let fj = job["id"].as_str().unwrap().to_string();
-    let uj = job["jobs"][0].as_str().unwrap().to_string();
-    let url = format!("/q/{wt2}/file_jobs/{fj}/{uj}");
+    let (fj, uj, url) = one_file_job(&s, &wt2, big.len());
     let piece = 4 << 20;
     let mut at = 0usize;
     loop {
@@ -327,9 +320,9 @@ fn retries_against_a_full_disk_keep_nothing_and_a_full_disk_stops_and_starts_cle
 
     // Full again, to the last byte: stopped and started while full, and still serving.
     let _ = std::io::copy(
-        &mut std::io::Read::take(std::fs::File::open("/dev/zero").unwrap(), avail(&mnt)),
+        &mut std::fs::File::open("/dev/zero").unwrap(),
         &mut std::fs::File::create(mnt.join("filler2")).unwrap(),
-    );
+    ); // until ENOSPC
     let stopped = terminate(&mut s);
     let log = s.log_lines();
     assert!(
