@@ -28,6 +28,25 @@ fn mount_tmpfs(at: &Path, size: &str) -> Option<Mount> {
     ok.then(|| Mount(at.to_path_buf()))
 }
 
+/// A 160 MiB tmpfs at `dir/mnt` (unmounted when the guard drops), or `None` without the right
+/// to mount one.
+fn small_disk(dir: &Path) -> Option<(Mount, std::path::PathBuf)> {
+    let mnt = dir.join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    mount_tmpfs(&mnt, "160m").map(|m| (m, mnt))
+}
+
+/// `len` bytes stored as `kept.bin` in a new object before anything fills the disk: (the bytes,
+/// the version).
+fn store_kept(s: &Server, dir: &Path, seed: u64, len: usize) -> (Vec<u8>, String) {
+    let kept = pattern(seed, len);
+    let kept_file = dir.join("kept.bin");
+    std::fs::write(&kept_file, &kept).unwrap();
+    let (_, _, wt) = new_object(s);
+    let v1 = upload_files(s, &wt, &[("kept.bin", &kept_file)]);
+    (kept, v1)
+}
+
 fn avail(path: &Path) -> u64 {
     let out = Command::new("df")
         .args(["--output=avail", "-B1"])
@@ -118,9 +137,7 @@ fn skip_of(s: &Server, wt: &str, fj: &str, uj: &str) -> u64 {
 #[test]
 fn a_full_disk_gives_507_keeps_stored_data_and_recovers_when_space_is_freed() {
     let dir = tempfile::tempdir().unwrap();
-    let mnt = dir.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    let Some(_mount) = mount_tmpfs(&mnt, "160m") else {
+    let Some((_mount, mnt)) = small_disk(dir.path()) else {
         eprintln!("SKIPPED: cannot mount a tmpfs here (needs root)");
         return;
     };
@@ -134,11 +151,7 @@ fn a_full_disk_gives_507_keeps_stored_data_and_recovers_when_space_is_freed() {
     );
 
     // Something stored before the disk fills.
-    let kept = pattern(1, 3 << 20);
-    let kept_file = dir.path().join("kept.bin");
-    std::fs::write(&kept_file, &kept).unwrap();
-    let (_, _, wt) = new_object(&s);
-    let v1 = upload_files(&s, &wt, &[("kept.bin", &kept_file)]);
+    let (kept, v1) = store_kept(&s, dir.path(), 1, 3 << 20);
 
     // Fill the file system, leaving ~8 MiB, then upload 40 MiB.
     let filler = fill_leaving(&mnt, 8 << 20);
@@ -225,9 +238,7 @@ fn terminate(s: &mut Server) -> std::process::ExitStatus {
 #[test]
 fn retries_against_a_full_disk_keep_nothing_and_a_full_disk_stops_and_starts_cleanly() {
     let dir = tempfile::tempdir().unwrap();
-    let mnt = dir.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    let Some(_mount) = mount_tmpfs(&mnt, "160m") else {
+    let Some((_mount, mnt)) = small_disk(dir.path()) else {
         eprintln!("SKIPPED: cannot mount a tmpfs here (needs root)");
         return;
     };
@@ -245,11 +256,7 @@ fn retries_against_a_full_disk_keep_nothing_and_a_full_disk_stops_and_starts_cle
         .filter(|e| e.file_name().to_string_lossy().starts_with("LOG"))
         .collect();
     assert!(logs.is_empty(), "{logs:?}");
-    let kept = pattern(3, 1 << 20);
-    let kept_file = dir.path().join("kept.bin");
-    std::fs::write(&kept_file, &kept).unwrap();
-    let (_, _, wt) = new_object(&s);
-    let v1 = upload_files(&s, &wt, &[("kept.bin", &kept_file)]);
+    let (kept, v1) = store_kept(&s, dir.path(), 3, 1 << 20);
 
     // A filler leaves ~12 MiB; the upload takes the rest, until the store is refused.
     let filler = fill_leaving(&mnt, 12 << 20);
