@@ -40,12 +40,17 @@ impl ClientError {
         }
     }
 
-    /// Worth trying again: the server was unreachable, answered 5xx, or refused the request
-    /// for its rate (429: nothing was done, and the backoff waits it out).
+    /// Worth trying again: the server was unreachable, answered 5xx (but `corrupt`: stored
+    /// damage), or refused the request for its rate (429: nothing was done, and the backoff
+    /// waits it out).
     pub fn retryable(&self) -> bool {
         match self {
             ClientError::Transport(_) => true,
-            ClientError::Api { status, .. } => *status >= 500 || *status == 429,
+            // Damage is not transient: sending again only repeats it (QA: 5 to 8 tries of a
+            // `corrupt` read over several seconds).
+            ClientError::Api { status, kind, .. } => {
+                (*status >= 500 && kind != "corrupt") || *status == 429
+            }
             ClientError::Local(_) | ClientError::Tls(_) | ClientError::Invalid(_) => false,
         }
     }
@@ -629,6 +634,22 @@ fn string_field(v: &Value, name: &str) -> Result<String> {
 
 #[cfg(test)]
 mod tests {
+    /// Stored damage is reported at once; other server errors and the rate limit are retried.
+    #[test]
+    fn a_corrupt_answer_is_not_retried() {
+        let api = |status: u16, kind: &str| super::ClientError::Api {
+            status,
+            kind: kind.into(),
+            reason: String::new(),
+            retry_after: None,
+        };
+        assert!(!api(500, "corrupt").retryable());
+        assert!(api(500, "internal").retryable());
+        assert!(api(507, "no_space").retryable());
+        assert!(api(429, "rate_limited").retryable());
+        assert!(!api(404, "not_found").retryable());
+    }
+
     #[test]
     fn deep_answers_parse_and_too_deep_ones_are_refused() {
         let deep = |n: usize| format!("{}1{}", "[".repeat(n), "]".repeat(n));
