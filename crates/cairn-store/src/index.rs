@@ -178,8 +178,13 @@ impl Index {
         // stayed full (QA). RocksDB will not open without a LOG file, and the C API this crate
         // binds cannot pass it another logger. Warnings only, at most two files of 1 MiB.
         let log = LogDir::make(path);
-        if let Some(dir) = &log {
-            opts.set_db_log_dir(&dir.0);
+        match &log {
+            Some(dir) => opts.set_db_log_dir(&dir.0),
+            None => tracing::warn!(
+                "RocksDB's info LOG is kept in the index directory: a shared-memory directory \
+                 could not be used (see operations.md, the data directory); on a full disk a \
+                 failed write to it can abort the process"
+            ),
         }
         opts.set_log_level(rocksdb::LogLevel::Warn);
         opts.set_max_log_file_size(1 << 20);
