@@ -2,7 +2,7 @@
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use cairn_core::{LibraryId, ObjectId, SpaceId, VersionHash, WriteToken};
@@ -356,31 +356,50 @@ pub async fn handle_delete(
     Ok(Json(json!({})))
 }
 
-fn meta_path(p: &Params) -> String {
-    p.get("path").cloned().unwrap_or_default()
+/// The metadata keys a `…/meta/{path}` URL names, taken from the raw path so that each segment
+/// is decoded on its own: `%2F` is a `/` inside a key (`meta/a%2Fb` is the key `a/b`), as S3
+/// reads it in object keys. Empty segments are dropped (`meta//a` is `meta/a`).
+fn meta_keys(uri: &Uri) -> Result<Vec<String>, ApiError> {
+    let path = uri.path();
+    // `/q/{id}/meta…` or `/qlibs/{lib}/q/{id}/meta…`: ids never hold a `/`.
+    let skip = if path.starts_with("/qlibs/") { 6 } else { 4 };
+    path.split('/')
+        .skip(skip)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8()
+                .map(|k| k.into_owned())
+                .map_err(|_| ApiError::bad_request("a metadata key is not UTF-8 once decoded"))
+        })
+        .collect()
 }
 
 pub async fn handle_meta_get(
     State(st): State<AppState>,
     Path(p): Path<Params>,
+    uri: Uri,
 ) -> Result<Json<Value>, ApiError> {
     let q = target(&st, &p).await?;
-    let path = meta_path(&p);
-    Ok(Json(st.engine.run(move |e| e.meta_get(&q, &path)).await?))
+    let keys = meta_keys(&uri)?;
+    Ok(Json(
+        st.engine.run(move |e| e.meta_get_at(&q, &keys)).await?,
+    ))
 }
 
 async fn meta_write(
     st: AppState,
     p: Params,
+    uri: Uri,
     body: Bytes,
     merge: bool,
 ) -> Result<Json<Value>, ApiError> {
     let t = draft_token(target(&st, &p).await?)?;
+    let keys = meta_keys(&uri)?;
     let value: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("metadata is not JSON: {e}")))?;
-    let path = meta_path(&p);
     st.engine
-        .run(move |e| e.meta_set(&t, &path, value, merge))
+        .run(move |e| e.meta_set_at(&t, &keys, value, merge))
         .await?;
     Ok(Json(json!({})))
 }
@@ -388,26 +407,29 @@ async fn meta_write(
 pub async fn handle_meta_put(
     State(st): State<AppState>,
     Path(p): Path<Params>,
+    uri: Uri,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    meta_write(st, p, body, false).await
+    meta_write(st, p, uri, body, false).await
 }
 
 pub async fn handle_meta_merge(
     State(st): State<AppState>,
     Path(p): Path<Params>,
+    uri: Uri,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    meta_write(st, p, body, true).await
+    meta_write(st, p, uri, body, true).await
 }
 
 pub async fn handle_meta_delete(
     State(st): State<AppState>,
     Path(p): Path<Params>,
+    uri: Uri,
 ) -> Result<Json<Value>, ApiError> {
     let t = draft_token(target(&st, &p).await?)?;
-    let path = meta_path(&p);
-    st.engine.run(move |e| e.meta_delete(&t, &path)).await?;
+    let keys = meta_keys(&uri)?;
+    st.engine.run(move |e| e.meta_delete_at(&t, &keys)).await?;
     Ok(Json(json!({})))
 }
 

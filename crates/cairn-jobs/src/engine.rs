@@ -875,7 +875,13 @@ impl Engine {
 
     /// Reads the metadata subtree at `path` (`/`-separated keys); `files` is the files tree.
     pub fn meta_get(&self, q: &Qhit, path: &str) -> Result<Value> {
-        let keys = meta_keys(path)?;
+        self.meta_get_at(q, &meta_keys(path)?)
+    }
+
+    /// [`Engine::meta_get`] at a path already split into keys (a key may hold a `/`).
+    pub fn meta_get_at(&self, q: &Qhit, keys: &[String]) -> Result<Value> {
+        check_meta_keys(keys)?;
+        let path = keys.join("/");
         if keys.first().map(String::as_str) == Some("files") {
             // Tree names up to the first "." key, then keys inside the rendered entry.
             let split = keys.iter().position(|k| k == ".").unwrap_or(keys.len());
@@ -898,7 +904,7 @@ impl Engine {
                 .ok_or_else(|| Error::not_found(format!("metadata {path} not found")));
         }
         let meta = self.meta_of(q)?;
-        walk(&meta, &keys)
+        walk(&meta, keys)
             .cloned()
             .ok_or_else(|| Error::not_found(format!("metadata {path} not found")))
     }
@@ -911,8 +917,19 @@ impl Engine {
         value: Value,
         merge: bool,
     ) -> Result<()> {
-        let keys = meta_keys(path)?;
-        guard_files(&keys)?;
+        self.meta_set_at(token, &meta_keys(path)?, value, merge)
+    }
+
+    /// [`Engine::meta_set`] at a path already split into keys.
+    pub fn meta_set_at(
+        &self,
+        token: &WriteToken,
+        keys: &[String],
+        value: Value,
+        merge: bool,
+    ) -> Result<()> {
+        check_meta_keys(keys)?;
+        guard_files(keys)?;
         if keys.is_empty() {
             // The root is an object, and never holds a `files` of its own: that name is the
             // files tree's, which `GET …/meta/files` renders.
@@ -934,7 +951,7 @@ impl Engine {
             )));
         }
         self.edit_meta(token, |meta| {
-            let slot = slot_mut(meta, &keys)?;
+            let slot = slot_mut(meta, keys)?;
             match (merge, &mut *slot, value) {
                 (true, Value::Object(dst), Value::Object(src)) => dst.extend(src),
                 (_, slot, v) => *slot = v,
@@ -944,8 +961,13 @@ impl Engine {
     }
 
     pub fn meta_delete(&self, token: &WriteToken, path: &str) -> Result<()> {
-        let keys = meta_keys(path)?;
-        guard_files(&keys)?;
+        self.meta_delete_at(token, &meta_keys(path)?)
+    }
+
+    /// [`Engine::meta_delete`] at a path already split into keys.
+    pub fn meta_delete_at(&self, token: &WriteToken, keys: &[String]) -> Result<()> {
+        check_meta_keys(keys)?;
+        guard_files(keys)?;
         self.edit_meta(token, |meta| {
             let Some((last, parents)) = keys.split_last() else {
                 *meta = Value::Object(Default::default());
@@ -956,7 +978,7 @@ impl Engine {
                 .and_then(|o| o.remove(last));
             removed
                 .map(|_| ())
-                .ok_or_else(|| Error::not_found(format!("metadata {path} not found")))
+                .ok_or_else(|| Error::not_found(format!("metadata {} not found", keys.join("/"))))
         })
     }
 
@@ -1045,16 +1067,22 @@ fn guard_files(keys: &[String]) -> Result<()> {
     }
 }
 
+/// `path` split at its slashes; empty keys are dropped (`a//b` is `a/b`, `` is the root).
 fn meta_keys(path: &str) -> Result<Vec<String>> {
     let keys: Vec<String> = path
         .split('/')
         .filter(|s| !s.is_empty())
         .map(str::to_string)
         .collect();
+    check_meta_keys(&keys)?;
+    Ok(keys)
+}
+
+fn check_meta_keys(keys: &[String]) -> Result<()> {
     if keys.len() > 64 || keys.iter().any(|k| k.len() > 1024) {
         return Err(Error::invalid("metadata path too deep or too long"));
     }
-    Ok(keys)
+    Ok(())
 }
 
 fn walk<'v>(v: &'v Value, keys: &[String]) -> Option<&'v Value> {
