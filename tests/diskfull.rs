@@ -349,3 +349,93 @@ fn retries_against_a_full_disk_keep_nothing_and_a_full_disk_stops_and_starts_cle
     assert_eq!(fsck["clean"], true, "{fsck}");
     assert!(terminate(&mut s).success());
 }
+
+/// Posts all of `data` to the upload job at `url`, from its skip; a 507 while the pack writer
+/// has yet to write again what the full disk refused is retried a few times, a second apart.
+fn upload_all(s: &Server, wt: &str, (fj, uj, url): (&str, &str, &str), data: &[u8]) {
+    let mut at = skip_of(s, wt, fj, uj) as usize;
+    let mut refused = 0;
+    while at < data.len() {
+        let r = post_piece(s, url, data, at, (4 << 20).min(data.len() - at));
+        if r.status == 507 && refused < 5 {
+            refused += 1;
+            std::thread::sleep(std::time::Duration::from_millis(1200));
+            continue;
+        }
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        at = r.json()["received"].as_u64().unwrap() as usize;
+    }
+}
+
+/// On a disk too full to repack (QA23 D3: gc answered 507 and freed nothing), gc frees a
+/// deleted upload's space where it lies: packs with nothing live are deleted, and the others,
+/// the open one included, have their dead records' blocks freed (hole punching), which needs
+/// no room. Uploads then go on, nothing live is touched, and a gc with room repacks as usual.
+#[test]
+fn gc_frees_a_deleted_upload_s_space_on_a_full_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((_mount, mnt)) = small_disk(dir.path()) else {
+        eprintln!("SKIPPED: cannot mount a tmpfs here (needs root)");
+        return;
+    };
+    let data = mnt.join("data");
+    let config = dir.path().join("cairn.toml");
+    // Small packs: the upload spans a pack shared with live data, packs of its own, and the
+    // open pack.
+    std::fs::write(&config, "part_size = 67108864\npack_size = 16777216\n").unwrap();
+    let args = ["--config", config.to_str().unwrap()];
+    let port = common::free_port();
+    let mut s = Server::start_args(&data, port, &args);
+    let (kept, v1) = store_kept(&s, dir.path(), 5, 1 << 20);
+
+    let filler = fill_leaving(&mnt, 40 << 20);
+    let big = pattern(6, 64 << 20);
+    let (_, _, wt2) = new_object(&s);
+    let (_, _, url) = one_file_job(&s, &wt2, big.len());
+    let mut at = 0usize;
+    loop {
+        assert!(at < big.len(), "64 MiB fitted into ~40 MiB of free space");
+        let r = post_piece(&s, &url, &big, at, 4 << 20);
+        if r.status != 200 {
+            assert_eq!(r.status, 507, "{}", String::from_utf8_lossy(&r.body));
+            break;
+        }
+        at = r.json()["received"].as_u64().unwrap() as usize;
+    }
+    call(&s, "DELETE", &format!("/q/{wt2}"), None, 200);
+    let before = avail(&mnt);
+    let gc = call(&s, "POST", "/admin/gc", None, 200);
+    let freed = avail(&mnt).saturating_sub(before);
+    assert!(freed >= 24 << 20, "gc freed {freed} bytes: {gc}");
+    assert!(gc["packs_punched"].as_u64().unwrap() >= 2, "{gc}");
+    assert!(gc["packs_deleted"].as_u64().unwrap() >= 1, "{gc}");
+    let r = curl(&s.url(&format!("/q/{v1}/files/kept.bin")), &[]);
+    assert!(r.status == 200 && r.body == kept, "kept data is served");
+
+    // Uploads go on into the freed space, and every stored byte checks out.
+    let more = pattern(7, 12 << 20);
+    let (_, _, wt3) = new_object(&s);
+    let (fj, uj, url) = one_file_job(&s, &wt3, more.len());
+    upload_all(&s, &wt3, (&fj, &uj, &url), &more);
+    let v3 = call(&s, "POST", &format!("/q/{wt3}"), None, 200)["hash"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let fsck = call(&s, "POST", "/admin/fsck", None, 200);
+    assert_eq!(fsck["clean"], true, "{fsck}");
+
+    // With room again, gc repacks what it could only punch; all survives a restart.
+    std::fs::remove_file(&filler).unwrap();
+    let gc = call(&s, "POST", "/admin/gc", None, 200);
+    assert!(gc["packs_repacked"].as_u64().unwrap() >= 1, "{gc}");
+    assert_eq!(gc["packs_punched"], 0, "{gc}");
+    assert!(terminate(&mut s).success());
+    let mut s = Server::start_args(&data, port, &args);
+    for (v, path, bytes) in [(&v1, "kept.bin", &kept), (&v3, "big.bin", &more)] {
+        let r = curl(&s.url(&format!("/q/{v}/files/{path}")), &[]);
+        assert!(r.status == 200 && r.body == *bytes, "{path} served");
+    }
+    let fsck = call(&s, "POST", "/admin/fsck", None, 200);
+    assert_eq!(fsck["clean"], true, "{fsck}");
+    assert!(terminate(&mut s).success());
+}

@@ -9,7 +9,7 @@
 use std::collections::{HashMap, HashSet};
 
 use cairn_core::record::Record;
-use cairn_core::{Digest, Result};
+use cairn_core::{Digest, ErrorKind, Result};
 use serde::Serialize;
 
 use crate::index::{CF_CHUNKS, CF_CHUNK_REFS, CF_PACKS, CF_PACK_LEN, CF_PARTS, CF_PART_REFS};
@@ -41,6 +41,9 @@ pub struct GcReport {
     pub chunk_bytes_deleted: u64,
     pub packs_repacked: u64,
     pub packs_deleted: u64,
+    /// Packs whose dead records were freed in place (hole punching) because the disk had no
+    /// room to repack them.
+    pub packs_punched: u64,
     pub live_bytes_moved: u64,
     /// Pack file bytes returned to the file system.
     pub disk_bytes_freed: u64,
@@ -189,6 +192,9 @@ impl Store {
         let seal_open = |id: PackId, len: u64| {
             !in_use.contains(&id) && mostly_dead(live_bytes(&live, id), len, opts)
         };
+        // Without room to write, dead records are freed where they are instead (see
+        // [`Store::punch_dead`]): from the first refused write on, for every pack.
+        let mut no_room = false;
         if opts.dry_run {
             let open = self.open_pack_id();
             let len = pack_len(self, open);
@@ -196,10 +202,20 @@ impl Store {
                 report.packs_repacked += 1;
                 report.disk_bytes_freed += len.saturating_sub(live_bytes(&live, open));
             }
-        } else if self.seal_open_pack_if(seal_open)? {
-            open = self.open_pack_id();
-            in_use = self.packs_in_use();
-            live = self.live_by_pack(&dry.dead_chunks)?;
+        } else {
+            match self.seal_open_pack_if(seal_open) {
+                Ok(true) => {
+                    open = self.open_pack_id();
+                    in_use = self.packs_in_use();
+                    live = self.live_by_pack(&dry.dead_chunks)?;
+                }
+                Ok(false) => {}
+                Err(e) if e.kind == ErrorKind::NoSpace => {
+                    no_room = true;
+                    self.punch_open_pack(report)?;
+                }
+                Err(e) => return Err(e),
+            }
         }
         for id in pack_files(self.pack_dir())? {
             let sealed = matches!(
@@ -223,9 +239,70 @@ impl Store {
                 report.disk_bytes_freed += size.saturating_sub(live_now);
                 continue;
             }
-            self.repack_one(id, chunks, size, report)?;
+            // A pack with nothing live is deleted without writing anything, room or not.
+            if !no_room || chunks.is_empty() {
+                match self.repack_one(id, chunks, size, report) {
+                    Err(e) if e.kind == ErrorKind::NoSpace => no_room = true,
+                    r => {
+                        r?;
+                        continue;
+                    }
+                }
+            }
+            self.punch_dead(id, chunks, size, report)?;
+        }
+        if no_room {
+            tracing::warn!(
+                packs = report.packs_punched,
+                freed = report.disk_bytes_freed,
+                "gc found no room to repack: dead records were freed in place; run gc again \
+                 once there is room, to repack those packs"
+            );
         }
         Ok(())
+    }
+
+    /// Frees the disk blocks of `pack`'s dead records below `end` (those outside `live`, its
+    /// live records) without writing anything: hole punching, for a disk too full to repack
+    /// (copying the live records out needs room first). The pack keeps its length and its live
+    /// records their places; a later gc with room repacks it as usual.
+    fn punch_dead(
+        &self,
+        pack: PackId,
+        live: &[(Digest, ChunkLoc)],
+        end: u64,
+        report: &mut GcReport,
+    ) -> Result<()> {
+        let path = self.pack_dir().join(pack.file_name());
+        if !path.exists() {
+            return Ok(()); // repacked after all: its deletion went through, its index entry not
+        }
+        let before = crate::pack::allocated_bytes(&path);
+        let mut records: Vec<(u64, u64)> = live.iter().map(|(_, l)| (l.offset, l.end())).collect();
+        records.sort_unstable();
+        if !crate::pack::punch_holes(&path, &dead_spans(&records, HEADER_LEN, end))? {
+            tracing::warn!(
+                pack = pack.0,
+                "this file system cannot free dead records in place"
+            );
+            return Ok(());
+        }
+        report.packs_punched += 1;
+        report.disk_bytes_freed += before.saturating_sub(crate::pack::allocated_bytes(&path));
+        Ok(())
+    }
+
+    /// [`Store::punch_dead`] for the open pack, when sealing it found no room. Only while no
+    /// upload holds uncommitted records in it, and only below its end then: every record there
+    /// is committed (so the scan, taken after, sees the live ones) or abandoned, and appends
+    /// made meanwhile go above it.
+    fn punch_open_pack(&self, report: &mut GcReport) -> Result<()> {
+        let Some((open, end)) = self.quiet_open_pack() else {
+            return Ok(());
+        };
+        let live = self.live_by_pack(&HashSet::new())?;
+        let chunks = live.get(&open).map(Vec::as_slice).unwrap_or(&[]);
+        self.punch_dead(open, chunks, end, report)
     }
 
     fn repack_one(
@@ -283,6 +360,22 @@ impl Store {
     }
 }
 
+/// The parts of `[from, to)` that no record of `records` (sorted `(start, end)` spans) covers.
+fn dead_spans(records: &[(u64, u64)], from: u64, to: u64) -> Vec<(u64, u64)> {
+    let mut dead = Vec::new();
+    let mut at = from;
+    for &(start, end) in records {
+        if start.min(to) > at {
+            dead.push((at, start.min(to)));
+        }
+        at = at.max(end);
+    }
+    if at < to {
+        dead.push((at, to));
+    }
+    dead
+}
+
 /// Record bytes of `pack` that the chunk index still names.
 fn live_bytes(live: &HashMap<PackId, Vec<(Digest, ChunkLoc)>>, pack: PackId) -> u64 {
     live.get(&pack)
@@ -298,4 +391,21 @@ fn pack_len(store: &Store, id: PackId) -> u64 {
     std::fs::metadata(store.pack_dir().join(id.file_name()))
         .map(|m| m.len())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dead_spans;
+
+    #[test]
+    fn dead_spans_are_the_gaps_between_records_below_the_end() {
+        assert_eq!(dead_spans(&[], 16, 100), vec![(16, 100)]);
+        assert_eq!(
+            dead_spans(&[(16, 30), (40, 50), (50, 60), (90, 120)], 16, 100),
+            vec![(30, 40), (60, 90)]
+        );
+        assert_eq!(dead_spans(&[(20, 30)], 16, 25), vec![(16, 20)]);
+        assert_eq!(dead_spans(&[(16, 100)], 16, 100), vec![]);
+        assert_eq!(dead_spans(&[(200, 300)], 16, 100), vec![(16, 100)]);
+    }
 }

@@ -688,6 +688,47 @@ fn slice_of(
     }
 }
 
+/// Frees the disk blocks under each of `spans` of the pack file at `path`, keeping its length
+/// (`fallocate` hole punching): reads there see zeros. Only whole file-system blocks inside a
+/// span are freed, so a record beside one keeps its bytes. It needs no free space, which is why
+/// gc uses it on a full disk. `Ok(false)` where the file system cannot punch holes.
+pub fn punch_holes(path: &Path, spans: &[(u64, u64)]) -> Result<bool> {
+    use rustix::fs::{fallocate, FallocateFlags};
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io(format!("open {} to free dead records", path.display()), e))?;
+    let block = std::os::unix::fs::MetadataExt::blksize(
+        &file
+            .metadata()
+            .map_err(|e| Error::io(format!("stat {}", path.display()), e))?,
+    )
+    .max(512);
+    for &(from, to) in spans {
+        let (start, end) = (from.next_multiple_of(block), to / block * block);
+        if end <= start {
+            continue;
+        }
+        let mode = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
+        match fallocate(&file, mode, start, end - start) {
+            Ok(()) => {}
+            Err(e) if e == rustix::io::Errno::OPNOTSUPP => return Ok(false),
+            Err(e) => {
+                return Err(Error::io(
+                    format!("free dead records of {}", path.display()),
+                    e.into(),
+                ))
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// Bytes the file system has allocated to the file at `path` (0 if it cannot be read).
+pub fn allocated_bytes(path: &Path) -> u64 {
+    std::fs::metadata(path).map_or(0, |m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)
+}
+
 pub fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())

@@ -648,6 +648,18 @@ impl Store {
         self.pins.lock()
     }
 
+    /// The open pack and its end, if no write session holds uncommitted appends in it: every
+    /// record below that end is then committed or abandoned, and later appends go above it.
+    pub(crate) fn quiet_open_pack(&self) -> Option<(PackId, u64)> {
+        let w = self.writer.lock();
+        let busy = self
+            .pack_users
+            .lock()
+            .get(&w.pack.id)
+            .is_some_and(|&n| n > 0);
+        (!busy).then(|| (w.pack.id, w.len()))
+    }
+
     /// Packs that hold uncommitted appends of some write session.
     pub(crate) fn packs_in_use(&self) -> HashSet<PackId> {
         self.pack_users
