@@ -737,7 +737,7 @@ fn every_reply_names_its_request_as_the_log_does() {
     );
     std::thread::sleep(std::time::Duration::from_millis(200));
     let log = s.log_lines();
-    let body_len = format!("bytes=\"{}\"", mine.body.len());
+    let body_len = format!("bytes={} ", mine.body.len());
     assert!(
         log.iter()
             .any(|l| l.contains("id=job-42.retry:1") && l.contains(&body_len)),
@@ -1192,6 +1192,79 @@ fn a_download_under_way(
     )
     .unwrap();
     (s, data, body, sock)
+}
+
+/// A request's log line is written once its body has gone out: `bytes` is what was sent and
+/// `ms` the time until the end; a client gone part-way is logged `cut_short=true` with the
+/// `length` the body had; a HEAD and a 304 send no body (QA26 A1: the line was written with the
+/// reply head, giving the declared length and the time to the first byte).
+#[test]
+fn the_request_log_gives_the_bytes_sent_and_the_time_to_the_end() {
+    use std::io::{Read, Write};
+    let data = tempfile::tempdir().unwrap();
+    let s = Server::start(data.path(), common::free_port());
+    let (_, _, wt) = new_object(&s);
+    let size = 16usize << 20;
+    let src = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(src.path(), common::pattern(9, size)).unwrap();
+    let hash = common::upload_files(&s, &wt, &[("big.bin", src.path())]);
+    let path = format!("/q/{hash}/files/big.bin");
+    let slow = curl(
+        &s.url(&path),
+        &["-H", "X-Request-Id: slow-1", "--limit-rate", "8M"],
+    );
+    assert_eq!((slow.status, slow.body.len()), (200, size));
+    let mut sock = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    write!(
+        sock,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nX-Request-Id: cut-1\r\n\r\n",
+        common::TOKEN
+    )
+    .unwrap();
+    let mut some = [0u8; 1000];
+    sock.read_exact(&mut some).unwrap();
+    drop(sock);
+    assert_eq!(
+        curl(&s.url(&path), &["-I", "-H", "X-Request-Id: head-1"]).status,
+        200
+    );
+    let etag = slow.header("etag").unwrap().to_string();
+    let not_modified = [
+        "-H",
+        "X-Request-Id: nm-1",
+        "-H",
+        &format!("If-None-Match: {etag}"),
+    ];
+    assert_eq!(curl(&s.url(&path), &not_modified).status, 304);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+
+    let log = s.log_lines();
+    let line = |id: &str| {
+        log.iter()
+            .find(|l| l.contains(&format!("id={id}}}")) && l.contains(" request "))
+            .unwrap_or_else(|| panic!("no line for {id}: {log:#?}"))
+            .clone()
+    };
+    let field = |l: &str, name: &str| -> u64 {
+        let v = l
+            .split(&format!(" {name}="))
+            .nth(1)
+            .unwrap_or_else(|| panic!("{name} in {l}"));
+        v.split(' ').next().unwrap().parse().unwrap()
+    };
+    let whole = line("slow-1");
+    assert_eq!(field(&whole, "bytes"), size as u64, "{whole}");
+    assert!(field(&whole, "ms") >= 500, "the time to the end: {whole}");
+    assert!(!whole.contains("cut_short"), "{whole}");
+    let cut = line("cut-1");
+    assert!(cut.contains("cut_short=true"), "{cut}");
+    assert_eq!(field(&cut, "length"), size as u64, "{cut}");
+    assert!(field(&cut, "bytes") < size as u64, "{cut}");
+    for id in ["head-1", "nm-1"] {
+        let l = line(id);
+        assert_eq!(field(&l, "bytes"), 0, "{l}");
+        assert!(!l.contains("cut_short"), "{l}");
+    }
 }
 
 /// A download whose client stops reading is dropped after the idle time: the server does not

@@ -9,6 +9,8 @@
 //! Handlers call the engine through `Engine::run` (blocking work off the async workers); uploads
 //! and downloads stream through the engine's bounded channels.
 
+mod accesslog;
+pub use accesslog::REQUEST_ID;
 pub mod auth;
 mod body;
 mod conditional;
@@ -25,10 +27,9 @@ mod wire;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::extract::{DefaultBodyLimit, FromRequestParts, MatchedPath, Path, Request, State};
-use axum::http::{header, Method};
+use axum::http::Method;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put, MethodRouter};
@@ -225,7 +226,7 @@ pub fn router(state: AppState, cfg: &ServerConfig) -> Result<Router, String> {
     if let Some(cors) = cors::Origins::parse(&cfg.cors_origins)?.layer() {
         r = r.layer(cors);
     }
-    Ok(r.layer(middleware::from_fn(log_request))
+    Ok(r.layer(middleware::from_fn(accesslog::log_request))
         .layer(DefaultBodyLimit::max(cfg.max_json_body))
         .with_state(state))
 }
@@ -329,61 +330,6 @@ pub(crate) fn scope_of(who: Option<&Principal>) -> Option<LibraryId> {
         Some(Principal::Library { library, .. }) => Some(*library),
         _ => None,
     }
-}
-
-/// The header that names a request in the server's log and in its reply.
-pub const REQUEST_ID: &str = "x-request-id";
-
-/// The client's `X-Request-Id` when it is a plain token (1 to 64 ASCII letters, digits and
-/// `-_.:`), so a client or proxy can follow its own ids into the log; else 16 random hex digits.
-fn request_id(headers: &axum::http::HeaderMap) -> String {
-    headers
-        .get(REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| {
-            (1..=64).contains(&v.len())
-                && v.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
-        })
-        .map_or_else(|| format!("{:016x}", rand::random::<u64>()), str::to_string)
-}
-
-/// One structured log line per request: method, route, status, bytes, duration, inside a
-/// `req{id=…}` span that also holds whatever else is logged while the request runs. The id is
-/// sent back as `X-Request-Id`, errors included, so a user's report can be found in the log.
-async fn log_request(req: Request, next: Next) -> Response {
-    use tracing::Instrument;
-    let id = request_id(req.headers());
-    let span = tracing::info_span!("req", id = %id);
-    async move {
-        let started = Instant::now();
-        let method = req.method().clone();
-        let route = req
-            .extensions()
-            .get::<MatchedPath>()
-            .map_or_else(|| req.uri().path().to_string(), |m| m.as_str().to_string());
-        let mut response = next.run(req).await;
-        if let Ok(v) = axum::http::HeaderValue::from_str(&id) {
-            response.headers_mut().insert(REQUEST_ID, v);
-        }
-        // `Content-Length` when set (file bytes), else the body's exact size (JSON replies,
-        // which hyper measures later), else `-` (nothing known in advance).
-        let bytes = response
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-            .or_else(|| {
-                axum::body::HttpBody::size_hint(response.body())
-                    .exact()
-                    .map(|n| n.to_string())
-            })
-            .unwrap_or_else(|| "-".into());
-        tracing::info!(%method, route, status = response.status().as_u16(), bytes, ms = started.elapsed().as_millis() as u64, "request");
-        response
-    }
-    .instrument(span)
-    .await
 }
 
 /// Opens the engine and the token for `cfg`; returns a newly generated token to print once.
