@@ -1267,6 +1267,58 @@ fn the_request_log_gives_the_bytes_sent_and_the_time_to_the_end() {
     }
 }
 
+/// An uploaded page opened in a browser from the API's origin, with a token in its URL as the
+/// official client's `FileUrl` builds it, runs no script (QA26 A2: one could read the token):
+/// a type that can run scripts is served with `Content-Security-Policy: sandbox`, and every
+/// file with `nosniff`; media and plain files are not sandboxed.
+#[test]
+fn an_uploaded_page_runs_no_script_from_the_api_origin() {
+    let data = tempfile::tempdir().unwrap();
+    let s = Server::start(data.path(), common::free_port());
+    let (_, _, wt) = new_object(&s);
+    let page = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        page.path(),
+        r#"<!doctype html><html><body><pre id="r">@@RESULT{"ran":false}RESULT@@</pre><script>
+document.getElementById("r").textContent =
+  '@@RESULT{"ran":true,"search":' + JSON.stringify(location.search) + '}RESULT@@';
+</script></body></html>"#,
+    )
+    .unwrap();
+    let files = [
+        ("x.html", page.path()),
+        ("z.svg", page.path()),
+        ("a.mp4", page.path()),
+        ("t.txt", page.path()),
+    ];
+    let v = common::upload_files(&s, &wt, &files);
+    for (name, sandboxed) in [
+        ("x.html", true),
+        ("z.svg", true),
+        ("a.mp4", false),
+        ("t.txt", false),
+    ] {
+        for method in [&["-I"][..], &[]] {
+            let r = curl(&s.url(&format!("/q/{v}/files/{name}")), method);
+            assert_eq!(r.status, 200);
+            assert_eq!(
+                r.header("x-content-type-options"),
+                Some("nosniff"),
+                "{name}"
+            );
+            let csp = r.header("content-security-policy");
+            assert_eq!(csp == Some("sandbox"), sandboxed, "{name}: {csp:?}");
+        }
+    }
+    let work = tempfile::tempdir().unwrap();
+    let url = s.url(&format!(
+        "/q/{v}/files/x.html?authorization={}",
+        common::TOKEN
+    ));
+    let seen = common::chromium_result(&url, work.path(), 5, &s);
+    assert_eq!(seen, json!({"ran": false}), "the page's script ran");
+}
+
 /// A download whose client stops reading is dropped after the idle time: the server does not
 /// hold the connection (and its read budget) for as long as the client likes.
 #[test]

@@ -370,6 +370,22 @@ pub(crate) fn header_list(
     Ok(joined)
 }
 
+/// Whether a browser opening a file of this `Content-Type` as a page could run scripts in it:
+/// HTML, XHTML, SVG and the XML types (XSLT, XML stylesheets), which is what the sandbox is for.
+fn runs_scripts(ctype: &str) -> bool {
+    let essence = ctype
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "text/html"
+        || essence == "text/xml"
+        || essence == "text/xsl"
+        || essence.ends_with("/xml")
+        || essence.ends_with("+xml")
+}
+
 fn response(
     status: StatusCode,
     hdrs: &[(header::HeaderName, String)],
@@ -380,6 +396,21 @@ fn response(
     *r.status_mut() = status;
     let h = r.headers_mut();
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    // Files are what users uploaded, served from the API's own origin, where a browser may
+    // hold a token in the URL (`?authorization=`): a browser must not guess a type that runs
+    // (nosniff), and a document type that can run scripts is sandboxed (no scripts, its own
+    // opaque origin), as user-content hosts do. Players and downloads are unaffected.
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    let ctype = hdrs.iter().find(|(n, _)| n == header::CONTENT_TYPE);
+    if ctype.is_some_and(|(_, t)| runs_scripts(t)) {
+        h.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("sandbox"),
+        );
+    }
     for (name, value) in hdrs {
         h.insert(
             name,
