@@ -51,15 +51,15 @@ pub async fn log_request(req: Request, next: Next) -> Response {
     }
     // A HEAD reply's length describes the GET's body, which is never sent; a 304 has none.
     let bodiless = method == Method::HEAD || response.status() == StatusCode::NOT_MODIFIED;
-    let length = (!bodiless)
-        .then(|| {
-            response
-                .headers()
-                .get(header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok()?.parse().ok())
-                .or_else(|| hyper::body::Body::size_hint(response.body()).exact())
-        })
-        .unwrap_or(Some(0));
+    let length = if bodiless {
+        Some(0)
+    } else {
+        response
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .or_else(|| hyper::body::Body::size_hint(response.body()).exact())
+    };
     let line = Line {
         span,
         method,
