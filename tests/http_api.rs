@@ -233,6 +233,9 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
             "too_large",
         ),
         (format!("/q/{wt}"), vec!["-X", "POST"], 409, "incomplete"),
+        (format!("{status_path}?limit=-1"), vec![], 400, "invalid"),
+        (format!("{status_path}?start=1.5"), vec![], 400, "invalid"),
+        (format!("{status_path}?start="), vec![], 400, "invalid"),
     ];
     for (path, args, status, kind) in &cases {
         let r = curl(&s.url(path), args);
@@ -260,6 +263,20 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
             "after {path}"
         );
     }
+
+    // Page bounds past `u64` are the largest: a page past the end, a page of at most 1000.
+    let huge = "99999999999999999999999";
+    let past = call(&s, "GET", &format!("{status_path}?start={huge}"), None, 200);
+    assert_eq!(
+        (past["files"].as_array().unwrap().len(), &past["next"]),
+        (0, &json!(-1))
+    );
+    let all = call(&s, "GET", &format!("{status_path}?limit={huge}"), None, 200);
+    assert_eq!(all["files"].as_array().unwrap().len(), 1, "{all}");
+    let reason = curl(&s.url(&format!("{status_path}?limit=-1")), &[]).json()["errors"][0]
+        ["reason"]
+        .to_string();
+    assert!(reason.contains("limit must be a whole number"), "{reason}");
 
     // Finish the upload; then data to the completed job is 410 and a second finalize is 404.
     let bytes = vec![7u8; 100];
@@ -764,6 +781,25 @@ fn config_needs_no_token_and_lists_the_api_url() {
     let v = r.json();
     assert_eq!(v["network"]["services"]["fabric_api"][0], s.url("/"));
     assert!(v["qspace"]["id"].as_str().unwrap().starts_with("ispc"));
+    let with_host = |host: &str| curl(&s.url("/config"), &["--no-token", "-H", host]);
+    let api = |r: &common::Reply| r.json()["network"]["services"]["fabric_api"][0].clone();
+    assert_eq!(api(&with_host("Host: [::1]:9")), "http://[::1]:9/");
+    assert_eq!(
+        api(&with_host("Host: cairn.example")),
+        "http://cairn.example/"
+    );
+    // No Host, or one that is not host[:port], is refused, never advertised (QA26 A3, A4: the
+    // default address, or `http://user@evil.example/`, came back).
+    for host in [
+        "Host:",
+        "Host: x/y?z#",
+        "Host: user@evil.example",
+        "Host: a\"b",
+        "Host: ",
+    ] {
+        let r = with_host(host);
+        assert_eq!((r.status, r.kind()), (400, "invalid".into()), "{host}");
+    }
 }
 
 /// Once stopping, the server refuses new connections at once, while a request in flight is

@@ -16,22 +16,19 @@ use crate::error::ApiError;
 use crate::{scope_of, target, AppState, Params, Principal};
 
 /// `GET /config`: what the official client reads first (reference §2.1). No token needed.
-pub async fn handle_config(State(st): State<AppState>, headers: HeaderMap) -> Json<Value> {
+pub async fn handle_config(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
     // Without a configured public URL, the address the client reached: right for direct use,
     // wrong behind a TLS proxy (its `Host` is kept, its scheme is not), hence `public_url`.
-    let api = st.public_url.as_deref().map_or_else(
-        || {
-            let host = headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .unwrap_or("127.0.0.1:8008");
-            format!("http://{host}/")
-        },
-        str::to_string,
-    );
+    let api = match st.public_url.as_deref() {
+        Some(url) => url.to_string(),
+        None => format!("http://{}/", host_of(&headers)?),
+    };
     let node = st.engine.node_id();
     let space = SpaceId::new(*node.as_bytes());
-    Json(json!({
+    Ok(Json(json!({
         "node_id": node.to_string(),
         "qspace": {"id": space.to_string(), "ethereum": {"network_id": 0}},
         "network": {
@@ -43,7 +40,33 @@ pub async fn handle_config(State(st): State<AppState>, headers: HeaderMap) -> Js
             },
             "api_versions": [2, 3]
         }
-    }))
+    })))
+}
+
+/// The request's `Host`, when it is a plain `host[:port]`: the client builds every URL from the
+/// address `/config` gives, so one with a path, user info or nothing at all is refused rather
+/// than advertised (HTTP/1.1 requires a valid `Host`: RFC 9112 §3.2).
+fn host_of(headers: &HeaderMap) -> Result<String, ApiError> {
+    let refuse = |why: &str| {
+        ApiError::bad_request(format!(
+            "{why}: /config gives the address clients reach this server at, taken from Host \
+             (or the server's public_url setting)"
+        ))
+    };
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let (Some(host), None) = (hosts.next(), hosts.next()) else {
+        return Err(refuse("the request needs exactly one Host header"));
+    };
+    let host = host
+        .to_str()
+        .map_err(|_| refuse("the Host header is not ASCII"))?;
+    let plain = host.parse::<axum::http::uri::Authority>().is_ok_and(|a| {
+        !a.as_str().contains('@') && !a.host().is_empty() && a.as_str().len() == host.len()
+    });
+    if !plain {
+        return Err(refuse("the Host header is not host[:port]"));
+    }
+    Ok(host.to_string())
 }
 
 #[derive(Deserialize, Default)]

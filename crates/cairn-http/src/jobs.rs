@@ -104,16 +104,26 @@ pub async fn handle_list_uploads(
     Ok(Json(json!({"jobs": job.upload_jobs})))
 }
 
+/// `start` and `limit` as sent: read by [`Page::number`], so that a value past `u64` is taken
+/// as the largest (a page past the end; a page of at most 1000) rather than refused.
 #[derive(Deserialize)]
 pub struct Page {
-    #[serde(default)]
-    start: u64,
-    #[serde(default = "default_limit")]
-    limit: u64,
+    start: Option<String>,
+    limit: Option<String>,
 }
 
-fn default_limit() -> u64 {
-    1000
+impl Page {
+    /// A whole number of decimal digits, saturating at `u64::MAX`; anything else (a sign, a
+    /// fraction, letters, nothing) is a 400 naming the parameter.
+    fn number(name: &str, v: &Option<String>, default: u64) -> Result<u64, ApiError> {
+        let Some(v) = v else { return Ok(default) };
+        if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(ApiError::bad_request(format!(
+                "{name} must be a whole number (0 or more), not {v:?}"
+            )));
+        }
+        Ok(v.parse().unwrap_or(u64::MAX))
+    }
 }
 
 /// Largest page of upload status served, whatever `limit` asks: clients follow `next`.
@@ -131,13 +141,14 @@ pub async fn handle_upload_status(
     Query(page): Query<Page>,
 ) -> Result<Json<Value>, ApiError> {
     let (t, fj, uj) = (token(&st, &p).await?, fj(&p)?, uj(&p)?);
-    let limit = page.limit.clamp(1, STATUS_PAGE_MAX);
+    let start = Page::number("start", &page.start, 0)?;
+    let limit = Page::number("limit", &page.limit, STATUS_PAGE_MAX)?.clamp(1, STATUS_PAGE_MAX);
     // A request for this job still being received (perhaps one its client just dropped, to
     // resume from this status) ends first, so `skip` counts what it saved.
     st.engine.settle_upload(&t, &fj, &uj, SETTLE_WAIT).await?;
     let s = st
         .engine
-        .run(move |e| e.upload_status(&t, &fj, &uj, page.start, limit))
+        .run(move |e| e.upload_status(&t, &fj, &uj, start, limit))
         .await?;
     Ok(Json(
         serde_json::to_value(s).map_err(|e| ApiError::bad_request(e.to_string()))?,
