@@ -1306,7 +1306,8 @@ fn the_request_log_gives_the_bytes_sent_and_the_time_to_the_end() {
 /// An uploaded page opened in a browser from the API's origin, with a token in its URL as the
 /// official client's `FileUrl` builds it, runs no script (QA26 A2: one could read the token):
 /// a type that can run scripts is served with `Content-Security-Policy: sandbox`, and every
-/// file with `nosniff`; media and plain files are not sandboxed.
+/// file with `nosniff`; media and plain files are not sandboxed. `sandbox_pages = false` (a
+/// server hosting web apps) lets pages run.
 #[test]
 fn an_uploaded_page_runs_no_script_from_the_api_origin() {
     let data = tempfile::tempdir().unwrap();
@@ -1353,6 +1354,20 @@ document.getElementById("r").textContent =
     ));
     let seen = common::chromium_result(&url, work.path(), 5, &s);
     assert_eq!(seen, json!({"ran": false}), "the page's script ran");
+
+    // A server that hosts web apps turns the sandbox off: the same page runs.
+    let data = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let hosting = Server::start_with(data.path(), port, &[], &[("CAIRN_SANDBOX_PAGES", "no")]);
+    let (_, _, wt) = new_object(&hosting);
+    let v = common::upload_files(&hosting, &wt, &files[..1]);
+    let url = hosting.url(&format!(
+        "/q/{v}/files/x.html?authorization={}",
+        common::TOKEN
+    ));
+    assert_eq!(curl(&url, &[]).header("content-security-policy"), None);
+    let seen = common::chromium_result(&url, work.path(), 5, &hosting);
+    assert_eq!(seen["ran"], true, "{seen}");
 }
 
 /// A download whose client stops reading is dropped after the idle time: the server does not

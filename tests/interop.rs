@@ -122,7 +122,9 @@ fn official_client_in_a_browser_on_another_origin() {
     std::fs::write(&page, include_str!("browser/elv.html")).unwrap();
     let data = tempfile::tempdir().unwrap();
     let port = free_port();
-    let server = Server::start(data.path(), port);
+    // A server that hosts web apps: its pages' scripts run (api.md §10, `sandbox_pages`).
+    let hosting = [("CAIRN_SANDBOX_PAGES", "false")];
+    let server = Server::start_with(data.path(), port, &[], &hosting);
     let (_, _, wt) = common::new_object(&server);
     let site = common::upload_files(
         &server,

@@ -139,7 +139,9 @@ fn a_browser_page_on_another_origin_plays_seeks_and_calls_the_api() {
     let page = work.path().join("player.html");
     std::fs::write(&page, include_str!("browser/player.html")).unwrap();
     let data = tempfile::tempdir().unwrap();
-    let s = Server::start(data.path(), common::free_port());
+    // A server that hosts web apps: its pages' scripts run (api.md §10, `sandbox_pages`).
+    let hosting = [("CAIRN_SANDBOX_PAGES", "false")];
+    let s = Server::start_with(data.path(), common::free_port(), &[], &hosting);
     let (_, iq, wt) = new_object(&s);
     let hq = upload_files(&s, &wt, &[("video/test.mp4", &mp4), ("player.html", &page)]);
     let draft = common::call(&s, "POST", &format!("/qid/{iq}"), None, 200)["write_token"]

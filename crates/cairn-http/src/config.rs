@@ -47,6 +47,11 @@ pub struct ServerConfig {
     /// The URL clients should use, as `GET /config` advertises it (`fabric_api`), when it is not
     /// `http://` + the request's `Host`: behind a TLS-terminating proxy, `"https://cairn.example/"`.
     pub public_url: Option<String>,
+    /// Serve files whose type can run scripts in a browser (HTML, SVG, XML) with
+    /// `Content-Security-Policy: sandbox` (the default): a page uploaded by one token's holder
+    /// cannot then read another's token from its URL. Off for a server that hosts web apps
+    /// (pages whose scripts call the API) in its objects.
+    pub sandbox_pages: bool,
     /// Start even though pack files holding committed data are missing (restore them instead if
     /// you can): their files then read as `corrupt` and `cairn fsck` names them.
     pub allow_missing_packs: bool,
@@ -70,6 +75,7 @@ impl Default for ServerConfig {
             max_uploads_per_token: 64,
             cors_origins: vec!["*".into()],
             public_url: None,
+            sandbox_pages: true,
             allow_missing_packs: false,
         }
     }
@@ -78,7 +84,8 @@ impl Default for ServerConfig {
 impl ServerConfig {
     /// Defaults, overridden by the TOML file (if given) and then by `CAIRN_DATA`,
     /// `CAIRN_LISTEN`, `CAIRN_PART_SIZE`, `CAIRN_CORS_ORIGINS` (comma-separated; empty for
-    /// none), `CAIRN_PUBLIC_URL` (empty for none), `CAIRN_PACK_WRITES` and `CAIRN_ALLOW_MISSING_PACKS` (`1`).
+    /// none), `CAIRN_PUBLIC_URL` (empty for none), `CAIRN_PACK_WRITES`, `CAIRN_SANDBOX_PAGES` and
+    /// `CAIRN_ALLOW_MISSING_PACKS` (yes/no: [`env_bool`]).
     pub fn load(file: Option<&Path>) -> Result<ServerConfig, String> {
         let mut cfg = match file {
             Some(f) => {
@@ -106,16 +113,11 @@ impl ServerConfig {
                 .collect();
         }
         crate::cors::Origins::parse(&cfg.cors_origins)?;
-        if let Some(v) = env_set("CAIRN_ALLOW_MISSING_PACKS") {
-            cfg.allow_missing_packs = match v.trim().to_ascii_lowercase().as_str() {
-                "1" | "true" | "yes" | "on" => true,
-                "0" | "false" | "no" | "off" => false,
-                _ => {
-                    return Err(format!(
-                        "CAIRN_ALLOW_MISSING_PACKS={v:?} must be 1/true/yes/on or 0/false/no/off"
-                    ))
-                }
-            };
+        if let Some(v) = env_bool("CAIRN_ALLOW_MISSING_PACKS")? {
+            cfg.allow_missing_packs = v;
+        }
+        if let Some(v) = env_bool("CAIRN_SANDBOX_PAGES")? {
+            cfg.sandbox_pages = v;
         }
         if let Some(v) = env_set("CAIRN_PACK_WRITES") {
             cfg.pack_writes = v;
@@ -234,6 +236,21 @@ pub(crate) fn parse_http_url(u: &str) -> Result<HttpUrl<'_>, &'static str> {
 /// as for the CLI's variables. (`CAIRN_CORS_ORIGINS` is read apart: empty there means none.)
 fn env_set(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// A yes/no `CAIRN_*` variable: `1/true/yes/on` or `0/false/no/off`, any case; unset or empty
+/// is `None`, anything else an error naming it.
+fn env_bool(name: &str) -> Result<Option<bool>, String> {
+    let Some(v) = env_set(name) else {
+        return Ok(None);
+    };
+    match v.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(Some(true)),
+        "0" | "false" | "no" | "off" => Ok(Some(false)),
+        _ => Err(format!(
+            "{name}={v:?} must be 1/true/yes/on or 0/false/no/off"
+        )),
+    }
 }
 
 /// `http(s)://host[:port][/path]`, returned with exactly one trailing slash (the client

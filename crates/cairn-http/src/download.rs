@@ -279,7 +279,12 @@ async fn serve(
     };
     let plan = range::plan(range_header, h.size)?;
     let head = *method == Method::HEAD;
-    match plan {
+    // Served from the API's own origin, where a browser may hold a token in the URL
+    // (`?authorization=`): a document type that can run scripts is sandboxed (no scripts, an
+    // opaque origin of its own), as user-content hosts do, unless the server hosts web apps.
+    // Players, `<img>` and `fetch` ignore the header.
+    let sandbox = st.sandbox_pages && runs_scripts(&mime);
+    let mut r = match plan {
         Plan::Full => {
             let body = if head {
                 Body::empty()
@@ -310,7 +315,14 @@ async fn serve(
             )
         }
         Plan::Multi(ranges) => multipart(st, h, &ranges, mime, &validators, head).await,
+    }?;
+    if sandbox {
+        r.headers_mut().insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("sandbox"),
+        );
     }
+    Ok(r)
 }
 
 /// A single-valued request header as text; a value that is not ASCII, or the header sent on
@@ -396,21 +408,11 @@ fn response(
     *r.status_mut() = status;
     let h = r.headers_mut();
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    // Files are what users uploaded, served from the API's own origin, where a browser may
-    // hold a token in the URL (`?authorization=`): a browser must not guess a type that runs
-    // (nosniff), and a document type that can run scripts is sandboxed (no scripts, its own
-    // opaque origin), as user-content hosts do. Players and downloads are unaffected.
+    // Files are what users uploaded: a browser must not guess a type that runs scripts.
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    let ctype = hdrs.iter().find(|(n, _)| n == header::CONTENT_TYPE);
-    if ctype.is_some_and(|(_, t)| runs_scripts(t)) {
-        h.insert(
-            header::CONTENT_SECURITY_POLICY,
-            HeaderValue::from_static("sandbox"),
-        );
-    }
     for (name, value) in hdrs {
         h.insert(
             name,

@@ -53,6 +53,8 @@ pub struct AppState {
     pub upload_wait: std::time::Duration,
     /// What `GET /config` advertises instead of `http://{Host}/` (`ServerConfig::public_url`).
     pub public_url: Option<Arc<str>>,
+    /// `ServerConfig::sandbox_pages`: files of types that run scripts get a CSP sandbox.
+    pub sandbox_pages: bool,
 }
 
 /// Path parameters of a route.
@@ -353,6 +355,7 @@ pub fn open(cfg: &ServerConfig) -> Result<(AppState, Option<String>), String> {
             upload_slots: limit::UploadSlots::new(cfg.max_uploads_per_token),
             upload_wait: std::time::Duration::from_secs(cfg.idle_timeout_secs.max(1)),
             public_url: cfg.public_url.as_deref().map(Arc::from),
+            sandbox_pages: cfg.sandbox_pages,
         },
         generated,
     ))
