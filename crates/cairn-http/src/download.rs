@@ -51,9 +51,21 @@ pub async fn handle_file(
                 .await?
         }
     };
-    // A draft's files change under the one date it has: no date, only its ETag, validates them.
-    let modified = (!matches!(q, Qhit::Draft(_))).then_some(info.modified);
+    let modified = date_validator(&q, info.modified, cairn_jobs::records::now());
     serve(&st, h, modified, cache, &method, &headers).await
+}
+
+/// The `Last-Modified` a file read through `q` gets, at `now` (seconds). A draft's files change
+/// under the one date it has: none (only the ETag validates them). An object id names its head,
+/// which a finalize in the same second as this reply could replace under the same date: a client
+/// that sent that date back (`If-Modified-Since`, `wget -N`, `curl -z`) would be told nothing
+/// changed. So within the second the head changed, none either; a version is immutable.
+fn date_validator(q: &Qhit, modified: u64, now: u64) -> Option<u64> {
+    match q {
+        Qhit::Draft(_) => None,
+        Qhit::Object(_) if modified >= now => None,
+        _ => Some(modified),
+    }
 }
 
 /// `Cache-Control` for a file read through `q`. Through a version hash the bytes can never
@@ -522,7 +534,19 @@ async fn multipart(
 
 #[cfg(test)]
 mod tests {
-    use super::guess_type;
+    use super::{date_validator, guess_type};
+    use cairn_core::{Digest, ObjectId, VersionHash};
+    use cairn_jobs::Qhit;
+
+    #[test]
+    fn no_date_for_a_head_changed_this_second_nor_for_a_draft() {
+        let object = ObjectId::random();
+        let head = Qhit::Object(object);
+        assert_eq!(date_validator(&head, 100, 100), None, "changed this second");
+        assert_eq!(date_validator(&head, 100, 101), Some(100));
+        let version = Qhit::Version(VersionHash::new(Digest::of(b"v"), 1, object));
+        assert_eq!(date_validator(&version, 100, 100), Some(100), "immutable");
+    }
 
     #[test]
     fn media_segments_get_the_types_players_expect() {
