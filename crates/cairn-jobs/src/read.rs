@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use cairn_core::{Digest, Error, FilePath, LibraryId, Result};
+use cairn_core::{Digest, Error, ErrorKind, FilePath, LibraryId, Result};
 use cairn_store::ChunkRef;
 use futures::Stream;
 use parking_lot::Mutex;
@@ -444,7 +444,15 @@ impl Engine {
             async move {
                 let mut steps = state?;
                 let read = match steps.next()? {
-                    Ok(step) => me.read_step(step, &budget).await,
+                    Ok(step) => {
+                        let hash = step.chunk.hash;
+                        match me.read_step(step, &budget).await {
+                            Err(e) if e.kind == ErrorKind::Corrupt => {
+                                Err(me.gone_or(e, hash).await)
+                            }
+                            read => read,
+                        }
+                    }
                     Err(e) => Err(e),
                 };
                 // The stream ends after its first error.
@@ -452,6 +460,24 @@ impl Engine {
                 Some((read, next))
             }
         })
+    }
+
+    /// A read that failed its check because its chunk is no longer stored: the content being
+    /// read was deleted and gc collected it meanwhile (a live version's chunks cannot go, so
+    /// otherwise the index is damaged). Said as such, not as damaged data (`corrupt`), which
+    /// the log would report as a disk fault.
+    async fn gone_or(self: &Arc<Self>, e: Error, hash: Digest) -> Error {
+        let gone = self
+            .blocking_read(move |en| Ok(en.store.chunk_loc(&hash)?.is_none()))
+            .await;
+        match gone {
+            Ok(true) => Error::not_found(format!(
+                "chunk {hash} is no longer stored: the content being read was deleted and \
+                 collected by gc meanwhile (if it was not deleted, the index is damaged: run \
+                 cairn fsck)"
+            )),
+            _ => e,
+        }
     }
 
     async fn read_step(self: &Arc<Self>, step: Step, budget: &Arc<Semaphore>) -> Result<Bytes> {

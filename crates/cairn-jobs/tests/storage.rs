@@ -275,6 +275,37 @@ async fn gc_reclaims_a_mostly_dead_open_pack() {
     assert!(e.fsck().unwrap().is_clean());
 }
 
+/// A download of content deleted and collected by gc while it runs ends with `not_found`
+/// saying so, not with `corrupt`, which operators read as a damaged disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_of_content_gc_collected_meanwhile_is_not_found_not_corrupt() {
+    use futures::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let e = small_engine(dir.path());
+    let keep = data(31, MIB);
+    store_file(&e, new_object(&e), "keep", &keep).await;
+    let t = new_object(&e);
+    let gone = data(32, 4 * MIB);
+    let v = store_file(&e, t, "gone", &gone).await;
+    let h = e
+        .open_file(&Qhit::Version(v), &FilePath::parse("gone").unwrap())
+        .unwrap();
+    e.delete_object(&t.object).unwrap();
+    let report = e.gc(&GcOptions::default()).unwrap();
+    assert!(report.store.chunks_deleted > 0, "{report:?}");
+    let mut s = std::pin::pin!(e.read_stream(h, 0, gone.len() as u64));
+    let err = loop {
+        match s.next().await {
+            Some(Ok(_)) => continue,
+            Some(Err(err)) => break err,
+            None => panic!("the whole deleted file was read after gc"),
+        }
+    };
+    assert_eq!(err.kind, ErrorKind::NotFound, "{err}");
+    assert!(err.reason.contains("no longer stored"), "{err}");
+    assert!(e.fsck().unwrap().is_clean());
+}
+
 struct Fixture {
     engine: Arc<Engine>,
     version: cairn_core::VersionHash,
