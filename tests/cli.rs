@@ -1651,3 +1651,40 @@ fn an_empty_state_dir_variable_means_the_default() {
     ok(out);
     assert!(xdg.join("cairn/uploads").is_dir(), "the default state dir");
 }
+
+/// The resume record a `--no-finalize` upload leaves goes once its draft is finalized with
+/// `cairn finalize` or discarded with `cairn object rm`: it names a draft no longer open.
+#[test]
+fn finalizing_or_discarding_a_left_open_draft_drops_its_resume_record() {
+    let work = tempfile::tempdir().unwrap();
+    let state = work.path().join("state");
+    let data = tempfile::tempdir().unwrap();
+    let s = Server::start(data.path(), common::free_port());
+    let naming = |wt: &str| -> usize {
+        std::fs::read_dir(state.join("uploads"))
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains(wt)))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    for (i, finish) in [&["finalize"][..], &["object", "rm"]]
+        .into_iter()
+        .enumerate()
+    {
+        let obj = new_object(&s, &state);
+        let dir = work.path().join(format!("t{i}"));
+        fill(&dir.join("f.bin"), 40 + i as u64, 50_000);
+        let dir = dir.to_str().unwrap();
+        let open = json_out(cairn(
+            &s,
+            &state,
+            &["upload", &obj, dir, "--no-finalize", "--json"],
+        ));
+        let wt = open["write_token"].as_str().unwrap().to_string();
+        assert_eq!(naming(&wt), 1, "the record of the open draft");
+        ok(cairn(&s, &state, &[finish, &[wt.as_str()]].concat()));
+        assert_eq!(naming(&wt), 0, "{finish:?} dropped it");
+    }
+}

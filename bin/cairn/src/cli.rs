@@ -145,6 +145,9 @@ pub enum ObjectCmd {
     Rm {
         #[arg(value_parser = clap::builder::NonEmptyStringValueParser::new())]
         id: String,
+        /// Where `upload` keeps its resume records: a record of the discarded draft is removed.
+        #[arg(long, env = "CAIRN_STATE_DIR")]
+        state_dir: Option<String>,
     },
 }
 
@@ -287,8 +290,11 @@ pub async fn object(ctx: &Ctx, cmd: ObjectCmd) -> Result<()> {
                 })
             });
         }
-        ObjectCmd::Rm { id } => {
+        ObjectCmd::Rm { id, state_dir } => {
             ctx.client.delete(&id).await?;
+            if id.starts_with("tqw__") {
+                forget_draft(&ctx.client, state_dir, &id);
+            }
             ctx.print(&json!({"deleted": id}), |_| String::new());
         }
     }
@@ -666,9 +672,16 @@ pub async fn versions(ctx: &Ctx, object: &str) -> Result<()> {
     Ok(())
 }
 
+/// Drops `upload`'s resume records of draft `wt`, now finalized or discarded (`state_dir` as
+/// `upload --state-dir`; empty is unset).
+fn forget_draft(client: &cairn_client::Client, state_dir: Option<String>, wt: &str) {
+    let dir = state_dir.filter(|d| !d.is_empty()).map(PathBuf::from);
+    cairn_client::forget_draft(dir.as_deref(), client, wt);
+}
+
 /// Publishes the draft on top of the version it was opened from (`If-Match` on its `base`), or
-/// whatever the head is with `force`.
-pub async fn finalize(ctx: &Ctx, wt: &str, force: bool) -> Result<()> {
+/// whatever the head is with `force`; then drops `upload`'s records of it.
+pub async fn finalize(ctx: &Ctx, wt: &str, force: bool, state_dir: Option<String>) -> Result<()> {
     let hash = if force {
         ctx.client.finalize(wt).await?
     } else {
@@ -696,6 +709,7 @@ pub async fn finalize(ctx: &Ctx, wt: &str, force: bool) -> Result<()> {
             r => r?,
         }
     };
+    forget_draft(&ctx.client, state_dir, wt);
     ctx.print(&json!({"hash": hash}), |_| hash.clone());
     Ok(())
 }

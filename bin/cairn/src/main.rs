@@ -109,6 +109,9 @@ enum Cmd {
         /// draft's tree then replaces that version's files in the new head.
         #[arg(long)]
         force: bool,
+        /// Where `upload` keeps its resume records: a record of this draft is removed.
+        #[arg(long, env = "CAIRN_STATE_DIR")]
+        state_dir: Option<String>,
     },
     /// Paths added, removed and changed between two versions (or objects' heads).
     Diff {
@@ -287,7 +290,11 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Get(a) => cli::get(&ctx, a).await,
         Cmd::Cat { target } => cli::cat(&ctx, &target).await,
         Cmd::Versions { object } => cli::versions(&ctx, &object).await,
-        Cmd::Finalize { write_token, force } => cli::finalize(&ctx, &write_token, force).await,
+        Cmd::Finalize {
+            write_token,
+            force,
+            state_dir,
+        } => cli::finalize(&ctx, &write_token, force, state_dir).await,
         Cmd::Diff { a, b } => ops::diff(&ctx, &a, &b).await,
         Cmd::Jobs { write_token } => ops::jobs(&ctx, &write_token).await,
         Cmd::ForceComplete {

@@ -9,5 +9,5 @@ pub mod upload;
 
 pub use api::{check_server_url, Client, ClientError, Result};
 pub use upload::{
-    upload_tree, Progress, SkippedName, SkippedSpecial, UploadOptions, UploadOutcome,
+    forget_draft, upload_tree, Progress, SkippedName, SkippedSpecial, UploadOptions, UploadOutcome,
 };

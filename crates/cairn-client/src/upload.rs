@@ -520,8 +520,13 @@ fn is_dir(node: &Value) -> bool {
 }
 
 fn state_dir(opts: &UploadOptions) -> PathBuf {
-    if let Some(d) = &opts.state_dir {
-        return d.clone();
+    state_root(opts.state_dir.as_deref())
+}
+
+/// `dir`, else `$XDG_STATE_HOME/cairn`, else `~/.local/state/cairn`.
+fn state_root(dir: Option<&Path>) -> PathBuf {
+    if let Some(d) = dir {
+        return d.to_path_buf();
     }
     match (std::env::var_os("XDG_STATE_HOME"), std::env::var_os("HOME")) {
         (Some(s), _) => PathBuf::from(s).join("cairn"),
@@ -593,6 +598,31 @@ fn adopt_legacy_record(opts: &UploadOptions, client: &Client, files: &[LocalFile
     if legacy.exists() && std::fs::rename(&legacy, to).is_ok() {
         tracing::info!(from = %legacy.display(), "took over an older client's resume record");
     }
+}
+
+/// Removes the resume records (in `state_dir`, else the default) of uploads on `client`'s server
+/// that left draft `write_token` open, once it is finalized or discarded by hand (`cairn
+/// finalize`, `cairn object rm`): they name a draft that is no longer open. Returns how many;
+/// unreadable files are left alone.
+pub fn forget_draft(state_dir: Option<&Path>, client: &Client, write_token: &str) -> usize {
+    let dir = state_root(state_dir).join("uploads");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for path in entries.flatten().map(|e| e.path()) {
+        if path.extension().is_none_or(|x| x != "json") {
+            continue;
+        }
+        let names_it = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .is_some_and(|v| v["write_token"] == write_token && v["server"] == client.base());
+        if names_it && std::fs::remove_file(&path).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
 }
 
 /// Takes the exclusive lock of the record at `record` (`flock` on `<record>.lock`, released when
