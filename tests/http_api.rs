@@ -1355,6 +1355,53 @@ document.getElementById("r").textContent =
     let seen = common::chromium_result(&url, work.path(), 5, &s);
     assert_eq!(seen, json!({"ran": false}), "the page's script ran");
 
+    // A `mime_type` that names HTML, or that would read as HTML to a browser behind a harmless
+    // type (quoted parameters split differently: review), is sandboxed or sent rebuilt.
+    let (_, _, wt) = new_object(&s);
+    let html = std::fs::read(page.path()).unwrap();
+    let crafted = r#"text/plain;a="\";b=",text/html;c=""#;
+    let ops = json!({"ops": [
+        {"path": "y.txt", "size": html.len(), "mime_type": "text/html; charset=utf-8"},
+        {"path": "trick.txt", "size": html.len(), "mime_type": crafted},
+    ]});
+    let job = call(
+        &s,
+        "POST",
+        &format!("/q/{wt}/file_jobs"),
+        Some(&ops.to_string()),
+        201,
+    );
+    let (fj, uj) = (
+        job["id"].as_str().unwrap(),
+        job["jobs"][0].as_str().unwrap(),
+    );
+    let both = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(both.path(), [&html[..], &html[..]].concat()).unwrap();
+    let at = format!("@{}", both.path().display());
+    let data = s.url(&format!("/q/{wt}/file_jobs/{fj}/{uj}"));
+    assert_eq!(
+        curl(&data, &["-X", "POST", "--data-binary", &at]).status,
+        200
+    );
+    let v2 = call(&s, "POST", &format!("/q/{wt}"), None, 200)["hash"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let y = curl(&s.url(&format!("/q/{v2}/files/y.txt")), &[]);
+    assert_eq!(y.header("content-type"), Some("text/html; charset=utf-8"));
+    assert_eq!(y.header("content-security-policy"), Some("sandbox"));
+    let trick = curl(&s.url(&format!("/q/{v2}/files/trick.txt")), &[]);
+    assert_eq!(trick.header("content-type"), Some("text/plain"), "rebuilt");
+    // A copy cached before the header existed gets it with its next 304.
+    let etag = y.header("etag").unwrap().to_string();
+    let inm = format!("If-None-Match: {etag}");
+    let not_modified = curl(&s.url(&format!("/q/{v2}/files/y.txt")), &["-H", &inm]);
+    assert_eq!(not_modified.status, 304);
+    assert_eq!(
+        not_modified.header("content-security-policy"),
+        Some("sandbox")
+    );
+
     // A server that hosts web apps turns the sandbox off: the same page runs.
     let data = tempfile::tempdir().unwrap();
     let port = common::free_port();

@@ -232,12 +232,21 @@ async fn serve(
     let etag = format!("\"{}\"", h.etag.to_hex());
     let mime = h
         .mime_type
-        .clone()
+        .as_deref()
+        .and_then(sent_type)
         .unwrap_or_else(|| guess_type(h.path.as_str()).to_string());
     let mut validators = vec![
         (header::ETAG, etag.clone()),
         (header::CACHE_CONTROL, cache.to_string()),
     ];
+    // Served from the API's own origin, where a browser may hold a token in the URL
+    // (`?authorization=`): a file a browser could show as a page that runs scripts is
+    // sandboxed (no scripts, an opaque origin of its own), as user-content hosts do, unless the
+    // server hosts web apps. Players, `<img>` and `fetch` ignore the header. On a 304 too, so
+    // that a copy cached before it was sent gets it.
+    if st.sandbox_pages && !safe_to_show(&mime) {
+        validators.push((header::CONTENT_SECURITY_POLICY, "sandbox".to_string()));
+    }
     if let Some(m) = modified {
         let date = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(m));
         validators.push((header::LAST_MODIFIED, date));
@@ -291,12 +300,7 @@ async fn serve(
     };
     let plan = range::plan(range_header, h.size)?;
     let head = *method == Method::HEAD;
-    // Served from the API's own origin, where a browser may hold a token in the URL
-    // (`?authorization=`): a document type that can run scripts is sandboxed (no scripts, an
-    // opaque origin of its own), as user-content hosts do, unless the server hosts web apps.
-    // Players, `<img>` and `fetch` ignore the header.
-    let sandbox = st.sandbox_pages && runs_scripts(&mime);
-    let mut r = match plan {
+    match plan {
         Plan::Full => {
             let body = if head {
                 Body::empty()
@@ -327,14 +331,7 @@ async fn serve(
             )
         }
         Plan::Multi(ranges) => multipart(st, h, &ranges, mime, &validators, head).await,
-    }?;
-    if sandbox {
-        r.headers_mut().insert(
-            header::CONTENT_SECURITY_POLICY,
-            HeaderValue::from_static("sandbox"),
-        );
     }
-    Ok(r)
 }
 
 /// A single-valued request header as text; a value that is not ASCII, or the header sent on
@@ -394,20 +391,55 @@ pub(crate) fn header_list(
     Ok(joined)
 }
 
-/// Whether a browser opening a file of this `Content-Type` as a page could run scripts in it:
-/// HTML, XHTML, SVG and the XML types (XSLT, XML stylesheets), which is what the sandbox is for.
-fn runs_scripts(ctype: &str) -> bool {
-    let essence = ctype
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    essence == "text/html"
-        || essence == "text/xml"
-        || essence == "text/xsl"
-        || essence.ends_with("/xml")
-        || essence.ends_with("+xml")
+/// The `Content-Type` sent for a stored `mime_type`: its type and subtype, and only the
+/// parameters whose values are plain tokens (`charset=utf-8`, not quoted strings), rebuilt. So
+/// the header says exactly the type judged by [`safe_to_show`]: quoted parameters, which the
+/// `mime` crate and browsers split differently (`text/plain;a="\";b=",text/html`), could make
+/// a browser read another type. `None` if it does not parse (stored before types were
+/// checked): the file's name decides.
+fn sent_type(stored: &str) -> Option<String> {
+    let m: mime_guess::mime::Mime = stored.parse().ok()?;
+    let mut out = m.essence_str().to_ascii_lowercase();
+    let token = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    };
+    for (name, value) in m.params() {
+        if token(name.as_str()) && token(value.as_str()) {
+            out.push_str(&format!("; {name}={value}"));
+        }
+    }
+    Some(out)
+}
+
+/// Whether a browser may show a file of this `Content-Type` as a page without a sandbox: types
+/// it plays, displays or offers to save, never as a document that runs scripts (media, images
+/// but SVG, plain text, JSON, PDF, archives). Everything else is sandboxed: HTML, XML, SVG, and
+/// any type a browser might render as a document.
+fn safe_to_show(ctype: &str) -> bool {
+    let essence = ctype.split(';').next().unwrap_or("").trim();
+    let (kind, sub) = essence.split_once('/').unwrap_or((essence, ""));
+    match kind {
+        "video" | "audio" | "font" => true,
+        "image" => !sub.contains("svg"),
+        "text" => matches!(sub, "plain" | "csv" | "vtt" | "css" | "javascript"),
+        "application" => matches!(
+            sub,
+            "json"
+                | "octet-stream"
+                | "pdf"
+                | "zip"
+                | "gzip"
+                | "x-tar"
+                | "zstd"
+                | "mp4"
+                | "javascript"
+                | "vnd.apple.mpegurl"
+                | "x-mpegurl"
+        ),
+        _ => false,
+    }
 }
 
 fn response(
@@ -534,9 +566,57 @@ async fn multipart(
 
 #[cfg(test)]
 mod tests {
-    use super::{date_validator, guess_type};
+    use super::{date_validator, guess_type, safe_to_show, sent_type};
     use cairn_core::{Digest, ObjectId, VersionHash};
     use cairn_jobs::Qhit;
+
+    #[test]
+    fn the_type_sent_is_the_type_judged() {
+        for (stored, sent) in [
+            ("text/plain", Some("text/plain")),
+            ("Text/HTML; Charset=UTF-8", Some("text/html; charset=utf-8")),
+            // Quoted parameters are dropped: browsers split them differently (QA review).
+            (r#"text/plain;a="\";b=",text/html;c=""#, Some("text/plain")),
+            (
+                r#"video/mp4; codecs="avc1.42E01E, mp4a.40.2""#,
+                Some("video/mp4"),
+            ),
+            ("text/plain, text/html", None),
+            ("nonsense", None),
+        ] {
+            assert_eq!(sent_type(stored).as_deref(), sent, "{stored}");
+        }
+    }
+
+    #[test]
+    fn only_types_that_never_run_as_pages_go_unsandboxed() {
+        for t in [
+            "video/mp4",
+            "audio/mpeg",
+            "image/png",
+            "text/plain; charset=utf-8",
+            "application/json",
+            "application/pdf",
+            "application/octet-stream",
+            "application/vnd.apple.mpegurl",
+        ] {
+            assert!(safe_to_show(t), "{t}");
+        }
+        for t in [
+            "text/html",
+            "application/xhtml+xml",
+            "image/svg+xml",
+            "text/xml",
+            "application/xml",
+            "text/xsl",
+            "application/dash+xml",
+            "multipart/x-mixed-replace",
+            "application/x-unknown",
+            "",
+        ] {
+            assert!(!safe_to_show(t), "{t}");
+        }
+    }
 
     #[test]
     fn no_date_for_a_head_changed_this_second_nor_for_a_draft() {
