@@ -148,7 +148,7 @@ pub async fn gc(ctx: &Ctx, data: Option<&Path>, dry_run: bool) -> Result<()> {
             if dry_run { "(dry run) would have " } else { "" },
             v["nodes_deleted"], v["parts_deleted"], v["chunks_deleted"], v["chunk_bytes_deleted"], v["packs_repacked"],
             match v["packs_punched"].as_u64() {
-                Some(n) if n > 0 => format!(" (no room to repack: dead records of {n} freed in place)"),
+                Some(n) if n > 0 => format!(" (no room to repack: dead records of {n} packs freed in place)"),
                 _ => String::new(),
             },
             v["disk_bytes_freed"]

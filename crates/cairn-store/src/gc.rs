@@ -239,6 +239,9 @@ impl Store {
                 report.disk_bytes_freed += size.saturating_sub(live_now);
                 continue;
             }
+            // Without room for its live bytes (and a margin for the index), repacking would
+            // fill the disk part-way and fail: it is not tried.
+            no_room |= !chunks.is_empty() && free_bytes(self.pack_dir()) < live_now + ROOM_MARGIN;
             // A pack with nothing live is deleted without writing anything, room or not.
             if !no_room || chunks.is_empty() {
                 match self.repack_one(id, chunks, size, report) {
@@ -280,15 +283,27 @@ impl Store {
         let before = crate::pack::allocated_bytes(&path);
         let mut records: Vec<(u64, u64)> = live.iter().map(|(_, l)| (l.offset, l.end())).collect();
         records.sort_unstable();
-        if !crate::pack::punch_holes(&path, &dead_spans(&records, HEADER_LEN, end))? {
-            tracing::warn!(
-                pack = pack.0,
-                "this file system cannot free dead records in place"
-            );
-            return Ok(());
+        // A pack that cannot be punched is left as it is, and gc goes on with the others.
+        match crate::pack::punch_holes(&path, &dead_spans(&records, HEADER_LEN, end)) {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(
+                    pack = pack.0,
+                    "this file system cannot free dead records in place"
+                );
+                return Ok(());
+            }
+            Err(e) => {
+                tracing::warn!(pack = pack.0, error = %e, "dead records not freed in place");
+                return Ok(());
+            }
         }
-        report.packs_punched += 1;
-        report.disk_bytes_freed += before.saturating_sub(crate::pack::allocated_bytes(&path));
+        // Counted when blocks came free (a pack punched by an earlier gc frees none).
+        let freed = before.saturating_sub(crate::pack::allocated_bytes(&path));
+        if freed > 0 {
+            report.packs_punched += 1;
+            report.disk_bytes_freed += freed;
+        }
         Ok(())
     }
 
@@ -358,6 +373,16 @@ impl Store {
         report.disk_bytes_freed += size.saturating_sub(moved);
         Ok(())
     }
+}
+
+/// Free room gc wants beyond a pack's live bytes before it repacks it: for the index's writes
+/// and the open pack's alignment.
+const ROOM_MARGIN: u64 = 64 << 20;
+
+/// Bytes an unprivileged writer may still use on the file system of `dir` (0 if unknown, so
+/// that gc does not start a copy it may not finish).
+fn free_bytes(dir: &std::path::Path) -> u64 {
+    rustix::fs::statvfs(dir).map_or(0, |s| s.f_bavail.saturating_mul(s.f_frsize))
 }
 
 /// The parts of `[from, to)` that no record of `records` (sorted `(start, end)` spans) covers.

@@ -712,7 +712,16 @@ pub fn punch_holes(path: &Path, spans: &[(u64, u64)]) -> Result<bool> {
         let mode = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
         match fallocate(&file, mode, start, end - start) {
             Ok(()) => {}
-            Err(e) if e == rustix::io::Errno::OPNOTSUPP => return Ok(false),
+            Err(e)
+                if [
+                    rustix::io::Errno::OPNOTSUPP,
+                    rustix::io::Errno::NOSYS,
+                    rustix::io::Errno::INVAL,
+                ]
+                .contains(&e) =>
+            {
+                return Ok(false)
+            }
             Err(e) => {
                 return Err(Error::io(
                     format!("free dead records of {}", path.display()),
