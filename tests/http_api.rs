@@ -791,6 +791,11 @@ fn config_needs_no_token_and_lists_the_api_url() {
     // No Host, or one that is not host[:port], is refused, never advertised (QA26 A3, A4: the
     // default address, or `http://user@evil.example/`, came back).
     for host in [
+        "Host: h:abc",
+        "Host: h:99999",
+        "Host: h:",
+        "Host: a,b",
+        "Host: [::1",
         "Host:",
         "Host: x/y?z#",
         "Host: user@evil.example",
@@ -2083,6 +2088,19 @@ fn a_metadata_key_with_a_slash_is_reached_percent_encoded() {
         serde_json::json!({"a": {"b": 2}, "x/y": 3})
     );
     get("a%2Fb", 404);
+    // Names in the files tree never hold a `/`: there `%2F` still separates them (a client
+    // that encodes the whole path).
+    let f = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(f.path(), b"12345").unwrap();
+    let v = common::upload_files(&s, &wt, &[("d/a.txt", f.path())]);
+    for path in [
+        "files/d/a.txt/./size",
+        "files/d%2Fa.txt/./size",
+        "files%2Fd%2Fa.txt/./size",
+    ] {
+        let r = curl(&s.url(&format!("/q/{v}/meta/{path}")), &["--path-as-is"]);
+        assert_eq!((r.status, r.json()), (200, serde_json::json!(5)), "{path}");
+    }
 }
 
 /// The server speaks HTTP/1.1 only: a cleartext HTTP/2 client gets no HTTP/2 reply (h2c flow

@@ -1,7 +1,7 @@
 //! Libraries, objects, drafts, versions, content info and metadata.
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{MatchedPath, Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
@@ -60,13 +60,35 @@ fn host_of(headers: &HeaderMap) -> Result<String, ApiError> {
     let host = host
         .to_str()
         .map_err(|_| refuse("the Host header is not ASCII"))?;
-    let plain = host.parse::<axum::http::uri::Authority>().is_ok_and(|a| {
-        !a.as_str().contains('@') && !a.host().is_empty() && a.as_str().len() == host.len()
-    });
-    if !plain {
+    if !plain_host(host) {
         return Err(refuse("the Host header is not host[:port]"));
     }
     Ok(host.to_string())
+}
+
+/// `name[:port]` or `[ipv6][:port]`: a name of letters, digits, `-` and `.`, a port from 1 to
+/// 65535 in at most 5 digits; nothing else (user info, a path, sub-delimiters, an empty port).
+fn plain_host(host: &str) -> bool {
+    let (name_ok, port) = match host.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((addr, rest)) => (addr.parse::<std::net::Ipv6Addr>().is_ok(), rest),
+            None => return false,
+        },
+        None => {
+            let end = host.find(':').unwrap_or(host.len());
+            let name = &host[..end];
+            let ok = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+            (ok, &host[end..])
+        }
+    };
+    let port_ok = match port.strip_prefix(':') {
+        None => port.is_empty(),
+        Some(p) => p.len() <= 5 && p.parse::<u16>().is_ok_and(|n| n > 0),
+    };
+    name_ok && port_ok
 }
 
 #[derive(Deserialize, Default)]
@@ -379,15 +401,23 @@ pub async fn handle_delete(
     Ok(Json(json!({})))
 }
 
-/// The metadata keys a `…/meta/{path}` URL names, taken from the raw path so that each segment
-/// is decoded on its own: `%2F` is a `/` inside a key (`meta/a%2Fb` is the key `a/b`), as S3
-/// reads it in object keys. Empty segments are dropped (`meta//a` is `meta/a`).
-fn meta_keys(uri: &Uri) -> Result<Vec<String>, ApiError> {
-    let path = uri.path();
-    // `/q/{id}/meta…` or `/qlibs/{lib}/q/{id}/meta…`: ids never hold a `/`.
-    let skip = if path.starts_with("/qlibs/") { 6 } else { 4 };
-    path.split('/')
-        .skip(skip)
+/// The metadata keys a `…/meta/{path}` URL names, from the request's still-encoded path so that
+/// each segment is decoded on its own: `%2F` is a `/` inside a key (`meta/a%2Fb` is the key `a/b`),
+/// as S3 reads it in object keys. Empty segments are dropped (`meta//a` is `meta/a`). Names
+/// in the files tree never hold a `/`, so there a `%2F` still separates them
+/// (`meta/files/dir%2Fa.txt` or `meta/files%2Fdir%2Fa.txt`, as a client that encodes the whole
+/// path sends it); a top-level key `files/…` is therefore not addressable.
+fn meta_keys(route: &MatchedPath, uri: &Uri) -> Result<Vec<String>, ApiError> {
+    // Where `{*path}` starts in the route is where it starts in the request's path (the
+    // segments before it are literals and ids, which hold no `/`); routes without it name the
+    // root. (axum hands handlers `{*path}` decoded, `%2F` and `/` alike.)
+    let Some(at) = route.as_str().split('/').position(|s| s == "{*path}") else {
+        return Ok(Vec::new());
+    };
+    let mut keys = uri
+        .path()
+        .split('/')
+        .skip(at)
         .filter(|s| !s.is_empty())
         .map(|s| {
             percent_encoding::percent_decode_str(s)
@@ -395,16 +425,28 @@ fn meta_keys(uri: &Uri) -> Result<Vec<String>, ApiError> {
                 .map(|k| k.into_owned())
                 .map_err(|_| ApiError::bad_request("a metadata key is not UTF-8 once decoded"))
         })
-        .collect()
+        .collect::<Result<Vec<String>, ApiError>>()?;
+    let in_files = |k: &String| k == "files" || k.starts_with("files/");
+    if keys.first().is_some_and(in_files) && keys.iter().any(|k| k.contains('/')) {
+        let split: Vec<String> = keys
+            .iter()
+            .flat_map(|k| k.split('/'))
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect();
+        keys = split;
+    }
+    Ok(keys)
 }
 
 pub async fn handle_meta_get(
     State(st): State<AppState>,
     Path(p): Path<Params>,
+    route: MatchedPath,
     uri: Uri,
 ) -> Result<Json<Value>, ApiError> {
     let q = target(&st, &p).await?;
-    let keys = meta_keys(&uri)?;
+    let keys = meta_keys(&route, &uri)?;
     Ok(Json(
         st.engine.run(move |e| e.meta_get_at(&q, &keys)).await?,
     ))
@@ -413,12 +455,13 @@ pub async fn handle_meta_get(
 async fn meta_write(
     st: AppState,
     p: Params,
+    route: MatchedPath,
     uri: Uri,
     body: Bytes,
     merge: bool,
 ) -> Result<Json<Value>, ApiError> {
     let t = draft_token(target(&st, &p).await?)?;
-    let keys = meta_keys(&uri)?;
+    let keys = meta_keys(&route, &uri)?;
     let value: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("metadata is not JSON: {e}")))?;
     st.engine
@@ -430,28 +473,31 @@ async fn meta_write(
 pub async fn handle_meta_put(
     State(st): State<AppState>,
     Path(p): Path<Params>,
+    route: MatchedPath,
     uri: Uri,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    meta_write(st, p, uri, body, false).await
+    meta_write(st, p, route, uri, body, false).await
 }
 
 pub async fn handle_meta_merge(
     State(st): State<AppState>,
     Path(p): Path<Params>,
+    route: MatchedPath,
     uri: Uri,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    meta_write(st, p, uri, body, true).await
+    meta_write(st, p, route, uri, body, true).await
 }
 
 pub async fn handle_meta_delete(
     State(st): State<AppState>,
     Path(p): Path<Params>,
+    route: MatchedPath,
     uri: Uri,
 ) -> Result<Json<Value>, ApiError> {
     let t = draft_token(target(&st, &p).await?)?;
-    let keys = meta_keys(&uri)?;
+    let keys = meta_keys(&route, &uri)?;
     st.engine.run(move |e| e.meta_delete_at(&t, &keys)).await?;
     Ok(Json(json!({})))
 }
