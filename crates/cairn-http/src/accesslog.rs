@@ -45,7 +45,18 @@ pub async fn log_request(req: Request, next: Next) -> Response {
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| req.uri().path().to_string(), |m| m.as_str().to_string());
-    let mut response = next.run(req).instrument(span.clone()).await;
+    // Written from here if the handler is dropped unfinished (its connection went away).
+    let mut unanswered = Unanswered(Some(Line {
+        span: span.clone(),
+        method: method.clone(),
+        route,
+        status: 0,
+        started,
+        length: None,
+        sent: 0,
+    }));
+    let mut response = next.run(req).instrument(span).await;
+    let mut line = unanswered.0.take().expect("taken once");
     if let Ok(v) = axum::http::HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID, v);
     }
@@ -60,15 +71,8 @@ pub async fn log_request(req: Request, next: Next) -> Response {
             .and_then(|v| v.to_str().ok()?.parse().ok())
             .or_else(|| hyper::body::Body::size_hint(response.body()).exact())
     };
-    let line = Line {
-        span,
-        method,
-        route,
-        status: response.status().as_u16(),
-        started,
-        length,
-        sent: 0,
-    };
+    line.status = response.status().as_u16();
+    line.length = length;
     response.map(|inner| {
         Body::new(Logged {
             inner,
@@ -105,6 +109,20 @@ impl Line {
     }
 }
 
+/// The line of a request whose handler has not returned yet.
+struct Unanswered(Option<Line>);
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if let Some(line) = self.0.take() {
+            let _in = line.span.enter();
+            let ms = line.started.elapsed().as_millis() as u64;
+            let (method, route) = (&line.method, &line.route);
+            tracing::info!(target: "cairn_http", %method, route, ms, unanswered = true, "request");
+        }
+    }
+}
+
 /// A reply body that counts what is taken from it and writes the request's line when it ends
 /// or is dropped.
 struct Logged {
@@ -120,6 +138,9 @@ impl hyper::body::Body for Logged {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        // What the body logs as it is read (a download cut short) belongs to the request.
+        let span = self.line.as_ref().map(|l| l.span.clone());
+        let _in = span.as_ref().map(tracing::Span::enter);
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {

@@ -26,6 +26,9 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// A pack file is sealed (and becomes a candidate for repacking by gc) at this size.
     pub pack_size: u64,
+    /// Bytes of the data disk kept free for the index (RocksDB): uploads get 507 `no_space`
+    /// there, so deleting and gc still work on a disk the uploads filled. 0 keeps none.
+    pub min_free_space: u64,
     /// How pack bytes reach the disk: `"direct"` (`O_DIRECT`, the default) or `"cached"`
     /// (through the page cache); both fsync before anything is acknowledged. See
     /// `cairn_store::StoreConfig::direct_writes`.
@@ -68,6 +71,7 @@ impl Default for ServerConfig {
             header_timeout_secs: 30,
             max_connections: 4096,
             pack_size: 256 << 20,
+            min_free_space: 128 << 20,
             pack_writes: "direct".into(),
             commit_every: 32 << 20,
             rate_limit: 10_000,
@@ -135,6 +139,12 @@ impl ServerConfig {
                 "part_size {} must be a power of two between 1 KiB and 4 GiB (e.g. 33554432 \
                  for 32 MiB): a file's blake3 is derived from its parts' hashes",
                 cfg.part_size
+            ));
+        }
+        if cfg.min_free_space > 1 << 40 {
+            return Err(format!(
+                "min_free_space {} must be at most 1 TiB",
+                cfg.min_free_space
             ));
         }
         if !(2 << 20..=1 << 40).contains(&cfg.pack_size) {

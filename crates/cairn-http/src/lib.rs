@@ -340,6 +340,7 @@ pub fn open(cfg: &ServerConfig) -> Result<(AppState, Option<String>), String> {
     ecfg.plan.part_size = cfg.part_size;
     ecfg.store.pack_target_size = cfg.pack_size;
     ecfg.store.allow_missing_packs = cfg.allow_missing_packs;
+    ecfg.store.min_free = cfg.min_free_space;
     ecfg.store.direct_writes = cfg.pack_writes == "direct";
     ecfg.commit_every = cfg.commit_every;
     ecfg.idle_timeout = std::time::Duration::from_secs(cfg.idle_timeout_secs.max(1));

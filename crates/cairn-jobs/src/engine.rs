@@ -347,6 +347,7 @@ impl Engine {
     // ---- libraries -------------------------------------------------------------------------
 
     pub fn create_library(&self, name: &str) -> Result<LibraryRecord> {
+        self.store.check_index_room()?;
         if name.len() > 1024 {
             return Err(Error::too_large("library name over 1024 bytes"));
         }
@@ -401,6 +402,7 @@ impl Engine {
 
     /// Creates an object in `library` and opens an empty draft on it.
     pub fn create_object(&self, library: &LibraryId) -> Result<(ObjectRecord, DraftRecord)> {
+        self.store.check_index_room()?;
         // Under the lock, so that a library being deleted cannot gain an object.
         let _w = self.state.write();
         self.library(library)?;
@@ -443,6 +445,7 @@ impl Engine {
 
     /// Opens a draft on the object's head (or on an empty tree if it has no version yet).
     pub fn open_draft(&self, object: &ObjectId) -> Result<DraftRecord> {
+        self.store.check_index_room()?;
         let _w = self.state.write();
         let obj = self.object(object)?;
         let mut b = self.store.index().batch();
@@ -987,6 +990,7 @@ impl Engine {
         token: &WriteToken,
         f: impl FnOnce(&mut Value) -> Result<()>,
     ) -> Result<()> {
+        self.store.check_index_room()?;
         let _w = self.state.write();
         let mut draft = self.draft(token)?;
         // A document over the value limit (written before it existed) may still shrink.

@@ -67,6 +67,7 @@ impl Engine {
         confined: bool,
     ) -> Result<FilesJobCreated> {
         let ops = req.validate()?;
+        self.store.check_index_room()?;
         let _w = self.state.write();
         let mut draft = self.draft(token)?;
         if draft.files_finalized {
@@ -594,6 +595,7 @@ impl Engine {
     /// Finalize files: every upload job must be complete; pending files become part references
     /// and no more files jobs are accepted.
     pub fn finalize_files(&self, token: &WriteToken) -> Result<()> {
+        self.store.check_index_room()?;
         let failed = self.seal_received(token, None)?;
         let _w = self.state.write();
         self.check_not_completing(token)?;
@@ -931,6 +933,7 @@ impl Engine {
         token: &WriteToken,
         cond: &HeadCondition,
     ) -> Result<(VersionHash, VersionRecord)> {
+        self.store.check_index_room()?;
         let failed = self.seal_received(token, None)?;
         // One critical section from resolution to commit: no files job can slip in between.
         let _w = self.state.write();

@@ -200,7 +200,8 @@ impl Store {
             let len = pack_len(self, open);
             if seal_open(open, len) {
                 report.packs_repacked += 1;
-                report.disk_bytes_freed += len.saturating_sub(live_bytes(&live, open));
+                let held = on_disk(self, open);
+                report.disk_bytes_freed += held.saturating_sub(live_bytes(&live, open));
             }
         } else {
             match self.seal_open_pack_if(seal_open) {
@@ -236,15 +237,17 @@ impl Store {
             let chunks = live.get(&id).map(Vec::as_slice).unwrap_or(&[]);
             if opts.dry_run {
                 report.packs_repacked += 1;
-                report.disk_bytes_freed += size.saturating_sub(live_now);
+                report.disk_bytes_freed += on_disk(self, id).saturating_sub(live_now);
                 continue;
             }
             // Without room for its live bytes (and a margin for the index), repacking would
             // fill the disk part-way and fail: it is not tried.
-            no_room |= !chunks.is_empty() && free_bytes(self.pack_dir()) < live_now + ROOM_MARGIN;
+            no_room |= !chunks.is_empty()
+                && crate::room::free_bytes(self.pack_dir())
+                    < live_now + ROOM_MARGIN + self.config().min_free;
             // A pack with nothing live is deleted without writing anything, room or not.
             if !no_room || chunks.is_empty() {
-                match self.repack_one(id, chunks, size, report) {
+                match self.repack_one(id, chunks, report) {
                     Err(e) if e.kind == ErrorKind::NoSpace => no_room = true,
                     r => {
                         r?;
@@ -324,7 +327,6 @@ impl Store {
         &self,
         id: PackId,
         chunks: &[(Digest, ChunkLoc)],
-        size: u64,
         report: &mut GcReport,
     ) -> Result<()> {
         let mut batch = self.index().batch();
@@ -360,6 +362,7 @@ impl Store {
         }
         self.forget_pack(id);
         let path = self.pack_dir().join(id.file_name());
+        let held = on_disk(self, id);
         std::fs::remove_file(&path)
             .map_err(|e| cairn_core::Error::io("remove repacked pack", e))?;
         crate::pack::sync_dir(self.pack_dir())?;
@@ -370,7 +373,7 @@ impl Store {
         let moved: u64 = chunks.iter().map(|(_, l)| l.record_len()).sum();
         report.packs_deleted += 1;
         report.packs_repacked += 1;
-        report.disk_bytes_freed += size.saturating_sub(moved);
+        report.disk_bytes_freed += held.saturating_sub(moved);
         Ok(())
     }
 }
@@ -378,12 +381,6 @@ impl Store {
 /// Free room gc wants beyond a pack's live bytes before it repacks it: for the index's writes
 /// and the open pack's alignment.
 const ROOM_MARGIN: u64 = 64 << 20;
-
-/// Bytes an unprivileged writer may still use on the file system of `dir` (0 if unknown, so
-/// that gc does not start a copy it may not finish).
-fn free_bytes(dir: &std::path::Path) -> u64 {
-    rustix::fs::statvfs(dir).map_or(0, |s| s.f_bavail.saturating_mul(s.f_frsize))
-}
 
 /// The parts of `[from, to)` that no record of `records` (sorted `(start, end)` spans) covers.
 fn dead_spans(records: &[(u64, u64)], from: u64, to: u64) -> Vec<(u64, u64)> {
@@ -410,6 +407,13 @@ fn live_bytes(live: &HashMap<PackId, Vec<(Digest, ChunkLoc)>>, pack: PackId) -> 
 /// Whether a pack of `size` bytes with `live_bytes` of live records is worth repacking.
 fn mostly_dead(live_bytes: u64, size: u64, opts: &GcOptions) -> bool {
     (live_bytes as f64) < opts.repack_below * (size.saturating_sub(HEADER_LEN) as f64)
+}
+
+/// Bytes a pack holds on disk: its length, or its allocated blocks when fewer (a pack gc
+/// punched holes in), so that repacking a punched pack is not counted as freeing its length.
+fn on_disk(store: &Store, id: PackId) -> u64 {
+    let path = store.pack_dir().join(id.file_name());
+    pack_len(store, id).min(crate::pack::allocated_bytes(&path))
 }
 
 fn pack_len(store: &Store, id: PackId) -> u64 {

@@ -19,6 +19,7 @@ pub mod index;
 pub mod outboard;
 pub mod pack;
 pub mod range;
+mod room;
 pub mod staging;
 pub mod store;
 

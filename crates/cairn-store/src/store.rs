@@ -113,6 +113,9 @@ pub struct StoreConfig {
     /// Cached writes can win on a disk that direct requests serve badly; they also leave fresh
     /// uploads in the page cache.
     pub direct_writes: bool,
+    /// Bytes of the pack file system kept free for the index: appends stop there with
+    /// `no_space` (0: none kept). See [`crate::room`].
+    pub min_free: u64,
 }
 
 impl StoreConfig {
@@ -123,6 +126,7 @@ impl StoreConfig {
             chunking: ChunkParams::default(),
             allow_missing_packs: false,
             direct_writes: true,
+            min_free: 128 << 20,
         }
     }
 }
@@ -189,6 +193,8 @@ pub struct Store {
     writer: Mutex<Writer>,
     /// Writes the windows the writer fills, off the appenders' threads.
     flusher: Flusher,
+    /// Keeps `StoreConfig::min_free` of the disk for the index.
+    room: crate::room::Room,
     /// Pack and length known durable; the lock also serialises fsyncs (group commit).
     synced: Mutex<(PackId, u64)>,
     readers: RwLock<HashMap<PackId, Arc<PackFile>>>,
@@ -236,7 +242,9 @@ impl Store {
         let (pack, len) = open_writer(&index, &pack_dir, last, cfg.pack_target_size)?;
         let pack = writing(pack, cfg.direct_writes);
         let id = pack.id;
+        let room = crate::room::Room::new(pack_dir.clone(), cfg.min_free);
         Ok(Store {
+            room,
             cfg,
             pack_dir,
             index,
@@ -259,6 +267,12 @@ impl Store {
 
     pub fn index(&self) -> &Index {
         &self.index
+    }
+
+    /// Refuses (`no_space`) an index write that adds, when the disk is down to half of
+    /// `StoreConfig::min_free`: the rest is for deletes and gc ([`crate::room`]).
+    pub fn check_index_room(&self) -> Result<()> {
+        self.room.check_index()
     }
 
     pub fn config(&self) -> &StoreConfig {
@@ -306,6 +320,9 @@ impl Store {
         data: &[&[u8]],
         user: Option<&mut Vec<PackId>>,
     ) -> Result<(ChunkLoc, u64)> {
+        let bytes = RECORD_HEADER_LEN
+            + (outboard.len() + data.iter().map(|d| d.len()).sum::<usize>()) as u64;
+        self.room.check(bytes)?;
         let mut full = Vec::new();
         let appended = self.append_staged(hash, outboard, data, user, &mut full);
         // The pack writer thread takes the windows this record filled.

@@ -1,0 +1,118 @@
+//! The free space kept on the pack file system for the index.
+//!
+//! RocksDB needs room to append to its log, flush memtables and compact, and a failed log
+//! write puts it in an error state that refuses every later index write (deletes, gc,
+//! metadata, new drafts) until the process restarts (Debian's RocksDB has no `Resume()` in its
+//! C API); a start after `kill -9` on a full disk could not open the index either (QA). So
+//! pack appends stop at `min_free` bytes free, with a `no_space` error, and the index always
+//! has that much: deleting and gc then free space on a disk the uploads filled.
+//!
+//! `statvfs` is cheap but not free: it is called again only after a quarter of the room seen
+//! above `min_free` has been appended (at least 1 MiB), so far from the limit it is rare and
+//! near it frequent.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use cairn_core::{Error, ErrorKind, Result};
+
+/// Least room between two looks at the file system's free space.
+const MIN_STEP: u64 = 1 << 20;
+
+pub(crate) struct Room {
+    dir: PathBuf,
+    min_free: u64,
+    /// Bytes asked for so far, and the count at which to look again.
+    asked: AtomicU64,
+    next_look: AtomicU64,
+}
+
+impl Room {
+    pub(crate) fn new(dir: PathBuf, min_free: u64) -> Room {
+        Room {
+            dir,
+            min_free,
+            asked: AtomicU64::new(0),
+            next_look: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether `bytes` more may be appended (an error if that would leave under `min_free`).
+    pub(crate) fn check(&self, bytes: u64) -> Result<()> {
+        if self.min_free == 0 {
+            return Ok(());
+        }
+        let asked = self.asked.fetch_add(bytes, Relaxed) + bytes;
+        if asked < self.next_look.load(Relaxed) {
+            return Ok(());
+        }
+        let free = free_bytes(&self.dir);
+        match next_look(asked, free, self.min_free, bytes) {
+            Some(next) => {
+                self.next_look.store(next, Relaxed);
+                Ok(())
+            }
+            None => Err(Error::new(
+                ErrorKind::NoSpace,
+                format!(
+                    "{free} bytes free on the pack file system, and {} are kept for the index \
+                     (min_free_space): delete what is not needed and run gc, or make room",
+                    self.min_free
+                ),
+            )),
+        }
+    }
+}
+
+impl Room {
+    /// Whether index writes that add (metadata, drafts, files jobs, finalizes) may go on:
+    /// refused under half of `min_free`, so that what is left stays for the writes that free
+    /// space (deletes, gc). The index's own writes are not paced: they are per request.
+    pub(crate) fn check_index(&self) -> Result<()> {
+        let keep = self.min_free / 2;
+        let free = match keep {
+            0 => return Ok(()),
+            _ => free_bytes(&self.dir),
+        };
+        if free >= keep {
+            return Ok(());
+        }
+        Err(Error::new(
+            ErrorKind::NoSpace,
+            format!(
+                "{free} bytes free on the data disk, under the {keep} kept for deletes and gc \
+                 (half of min_free_space): delete what is not needed and run gc, or make room"
+            ),
+        ))
+    }
+}
+
+/// When to look again after `asked` bytes, with `free` bytes free: `None` if `bytes` would
+/// leave under `min_free` (look again at the next request).
+fn next_look(asked: u64, free: u64, min_free: u64, bytes: u64) -> Option<u64> {
+    let spare = free.checked_sub(min_free)?.checked_sub(bytes)?;
+    Some(asked.saturating_add((spare / 4).max(MIN_STEP)))
+}
+
+/// Bytes an unprivileged writer may still use on the file system of `dir` (0 if unknown: then
+/// nothing is appended and gc copies nothing, rather than fill a disk it cannot measure).
+pub(crate) fn free_bytes(dir: &std::path::Path) -> u64 {
+    rustix::fs::statvfs(dir).map_or(0, |s| s.f_bavail.saturating_mul(s.f_frsize))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::next_look;
+
+    #[test]
+    fn looks_again_sooner_near_the_limit_and_refuses_past_it() {
+        const MIB: u64 = 1 << 20;
+        // 1 GiB spare: next look after a quarter of it.
+        assert_eq!(next_look(0, 1152 * MIB, 128 * MIB, 0), Some(256 * MIB));
+        // Little spare: every MiB.
+        assert_eq!(next_look(10, 130 * MIB, 128 * MIB, MIB), Some(10 + MIB));
+        // An append that would cross the limit is refused, as is any under it.
+        assert_eq!(next_look(0, 129 * MIB, 128 * MIB, 2 * MIB), None);
+        assert_eq!(next_look(0, 100 * MIB, 128 * MIB, 0), None);
+    }
+}
