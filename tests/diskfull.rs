@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::{call, curl, new_object, pattern, upload_files, Server};
@@ -34,6 +34,35 @@ fn small_disk(dir: &Path) -> Option<(Mount, std::path::PathBuf)> {
     let mnt = dir.join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     mount_tmpfs(&mnt, "160m").map(|m| (m, mnt))
+}
+
+/// [`small_disk`] with the data dir on it and a config file of `toml` beside: (the mount guard,
+/// the mount point, the data dir, the `--config` arguments).
+fn small_disk_with(dir: &Path, toml: &str) -> Option<(Mount, PathBuf, PathBuf, Vec<String>)> {
+    let (mount, mnt) = small_disk(dir)?;
+    let config = dir.join("cairn.toml");
+    std::fs::write(&config, toml).unwrap();
+    let args = vec!["--config".to_string(), config.display().to_string()];
+    Some((mount, mnt.clone(), mnt.join("data"), args))
+}
+
+fn start(data: &Path, port: u16, args: &[String]) -> Server {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Server::start_args(data, port, &args)
+}
+
+/// POSTs `data` to the upload job at `url` in 4 MiB pieces from its start until one is
+/// refused: (the refusal, the bytes acknowledged before it).
+fn upload_until_refused(s: &Server, url: &str, data: &[u8]) -> (common::Reply, usize) {
+    let mut at = 0usize;
+    loop {
+        assert!(at < data.len(), "all {} bytes fitted", data.len());
+        let r = post_piece(s, url, data, at, (4 << 20).min(data.len() - at));
+        if r.status != 200 {
+            return (r, at);
+        }
+        at = r.json()["received"].as_u64().unwrap() as usize;
+    }
 }
 
 /// `len` bytes stored as `kept.bin` in a new object before anything fills the disk: (the bytes,
@@ -137,22 +166,12 @@ fn skip_of(s: &Server, wt: &str, fj: &str, uj: &str) -> u64 {
 #[test]
 fn a_full_disk_gives_507_keeps_stored_data_and_recovers_when_space_is_freed() {
     let dir = tempfile::tempdir().unwrap();
-    let Some((_mount, mnt)) = small_disk(dir.path()) else {
+    let toml = "part_size = 67108864\npack_size = 4194304\nmin_free_space = 0\n";
+    let Some((_mount, mnt, data, args)) = small_disk_with(dir.path(), toml) else {
         eprintln!("SKIPPED: cannot mount a tmpfs here (needs root)");
         return;
     };
-    let data = mnt.join("data");
-    let config = dir.path().join("cairn.toml");
-    std::fs::write(
-        &config,
-        "part_size = 67108864\npack_size = 4194304\nmin_free_space = 0\n",
-    )
-    .unwrap();
-    let s = Server::start_args(
-        &data,
-        common::free_port(),
-        &["--config", config.to_str().unwrap()],
-    );
+    let s = start(&data, common::free_port(), &args);
 
     // Something stored before the disk fills.
     let (kept, v1) = store_kept(&s, dir.path(), 1, 3 << 20);
@@ -242,21 +261,14 @@ fn terminate(s: &mut Server) -> std::process::ExitStatus {
 #[test]
 fn retries_against_a_full_disk_keep_nothing_and_a_full_disk_stops_and_starts_cleanly() {
     let dir = tempfile::tempdir().unwrap();
-    let Some((_mount, mnt)) = small_disk(dir.path()) else {
+    // Packs larger than what is uploaded: the open pack is where refused bytes would pile up.
+    let toml = "part_size = 67108864\npack_size = 134217728\nmin_free_space = 0\n";
+    let Some((_mount, mnt, data, args)) = small_disk_with(dir.path(), toml) else {
         eprintln!("SKIPPED: cannot mount a tmpfs here (needs root)");
         return;
     };
-    let data = mnt.join("data");
-    let config = dir.path().join("cairn.toml");
-    // Packs larger than what is uploaded: the open pack is where refused bytes would pile up.
-    std::fs::write(
-        &config,
-        "part_size = 67108864\npack_size = 134217728\nmin_free_space = 0\n",
-    )
-    .unwrap();
-    let args = ["--config", config.to_str().unwrap()];
     let port = common::free_port();
-    let mut s = Server::start_args(&data, port, &args);
+    let mut s = start(&data, port, &args);
     // RocksDB's info LOG is not on the data disk (where, once full, it aborted the process).
     let logs: Vec<_> = std::fs::read_dir(data.join("index"))
         .unwrap()
@@ -272,16 +284,13 @@ fn retries_against_a_full_disk_keep_nothing_and_a_full_disk_stops_and_starts_cle
     let (_, _, wt2) = new_object(&s);
     let (fj, uj, url) = one_file_job(&s, &wt2, big.len());
     let piece = 4 << 20;
-    let mut at = 0usize;
-    loop {
-        assert!(at < big.len(), "48 MiB fitted into ~12 MiB of free space");
-        let r = post_piece(&s, &url, &big, at, piece);
-        if r.status != 200 {
-            assert_eq!(r.status, 507, "{}", String::from_utf8_lossy(&r.body));
-            break;
-        }
-        at = r.json()["received"].as_u64().unwrap() as usize;
-    }
+    let (refused, _) = upload_until_refused(&s, &url, &big);
+    assert_eq!(
+        refused.status,
+        507,
+        "{}",
+        String::from_utf8_lossy(&refused.body)
+    );
     // Clients retry (`cairn upload` does, for any 5xx): each is refused, and none is kept.
     let before = rss_kib(s.child.id());
     for _ in 0..20 {
@@ -345,7 +354,7 @@ fn retries_against_a_full_disk_keep_nothing_and_a_full_disk_stops_and_starts_cle
         "stopping on a full disk: {stopped}: {:?}",
         &log[log.len().saturating_sub(8)..]
     );
-    let mut s = Server::start_args(&data, port, &args);
+    let mut s = start(&data, port, &args);
     for (v, path, bytes) in [(&v1, "kept.bin", &kept), (&v2, "big.bin", &big)] {
         let r = curl(&s.url(&format!("/q/{v}/files/{path}")), &[]);
         assert!(
@@ -382,38 +391,28 @@ fn upload_all(s: &Server, wt: &str, (fj, uj, url): (&str, &str, &str), data: &[u
 #[test]
 fn gc_frees_a_deleted_upload_s_space_on_a_full_disk() {
     let dir = tempfile::tempdir().unwrap();
-    let Some((_mount, mnt)) = small_disk(dir.path()) else {
+    // Small packs: the upload spans a pack shared with live data, packs of its own, and the
+    // open pack.
+    let toml = "part_size = 67108864\npack_size = 16777216\nmin_free_space = 0\n";
+    let Some((_mount, mnt, data, args)) = small_disk_with(dir.path(), toml) else {
         eprintln!("SKIPPED: cannot mount a tmpfs here (needs root)");
         return;
     };
-    let data = mnt.join("data");
-    let config = dir.path().join("cairn.toml");
-    // Small packs: the upload spans a pack shared with live data, packs of its own, and the
-    // open pack.
-    std::fs::write(
-        &config,
-        "part_size = 67108864\npack_size = 16777216\nmin_free_space = 0\n",
-    )
-    .unwrap();
-    let args = ["--config", config.to_str().unwrap()];
     let port = common::free_port();
-    let mut s = Server::start_args(&data, port, &args);
+    let mut s = start(&data, port, &args);
     let (kept, v1) = store_kept(&s, dir.path(), 5, 1 << 20);
 
     let filler = fill_leaving(&mnt, 40 << 20);
     let big = pattern(6, 64 << 20);
     let (_, _, wt2) = new_object(&s);
     let (_, _, url) = one_file_job(&s, &wt2, big.len());
-    let mut at = 0usize;
-    loop {
-        assert!(at < big.len(), "64 MiB fitted into ~40 MiB of free space");
-        let r = post_piece(&s, &url, &big, at, 4 << 20);
-        if r.status != 200 {
-            assert_eq!(r.status, 507, "{}", String::from_utf8_lossy(&r.body));
-            break;
-        }
-        at = r.json()["received"].as_u64().unwrap() as usize;
-    }
+    let (refused, _) = upload_until_refused(&s, &url, &big);
+    assert_eq!(
+        refused.status,
+        507,
+        "{}",
+        String::from_utf8_lossy(&refused.body)
+    );
     call(&s, "DELETE", &format!("/q/{wt2}"), None, 200);
     let before = avail(&mnt);
     let gc = call(&s, "POST", "/admin/gc", None, 200);
@@ -444,10 +443,13 @@ fn gc_frees_a_deleted_upload_s_space_on_a_full_disk() {
     // A punched pack repacked frees what it still held, not its length (QA27 B4).
     let grew = avail(&mnt) as i64 - before as i64;
     let reported = gc["disk_bytes_freed"].as_i64().unwrap();
-    assert!(reported <= grew + (1 << 20), "reported {reported}, df grew {grew}: {gc}");
+    assert!(
+        reported <= grew + (1 << 20),
+        "reported {reported}, df grew {grew}: {gc}"
+    );
     assert_eq!(gc["packs_punched"], 0, "{gc}");
     assert!(terminate(&mut s).success());
-    let mut s = Server::start_args(&data, port, &args);
+    let mut s = start(&data, port, &args);
     for (v, path, bytes) in [(&v1, "kept.bin", &kept), (&v3, "big.bin", &more)] {
         let r = curl(&s.url(&format!("/q/{v}/files/{path}")), &[]);
         assert!(r.status == 200 && r.body == *bytes, "{path} served");
@@ -465,32 +467,20 @@ fn gc_frees_a_deleted_upload_s_space_on_a_full_disk() {
 #[test]
 fn the_index_keeps_room_on_a_disk_the_uploads_filled() {
     let dir = tempfile::tempdir().unwrap();
-    let Some((_mount, mnt)) = small_disk(dir.path()) else {
+    let toml = "part_size = 67108864\npack_size = 16777216\nmin_free_space = 50331648\n";
+    let Some((_mount, mnt, data, args)) = small_disk_with(dir.path(), toml) else {
         eprintln!("SKIPPED: cannot mount a tmpfs here (needs root)");
         return;
     };
-    let data = mnt.join("data");
-    let config = dir.path().join("cairn.toml");
-    let toml = "part_size = 67108864\npack_size = 16777216\nmin_free_space = 50331648\n";
-    std::fs::write(&config, toml).unwrap();
-    let args = ["--config", config.to_str().unwrap()];
     let port = common::free_port();
-    let mut s = Server::start_args(&data, port, &args);
+    let mut s = start(&data, port, &args);
     let (kept, v1) = store_kept(&s, dir.path(), 8, 1 << 20);
 
     let _filler = fill_leaving(&mnt, 80 << 20);
     let big = pattern(9, 64 << 20);
     let (_, _, wt2) = new_object(&s);
     let (_, _, url) = one_file_job(&s, &wt2, big.len());
-    let mut at = 0usize;
-    let refusal = loop {
-        assert!(at < big.len(), "64 MiB fitted into ~32 MiB of room");
-        let r = post_piece(&s, &url, &big, at, 4 << 20);
-        if r.status != 200 {
-            break r;
-        }
-        at = r.json()["received"].as_u64().unwrap() as usize;
-    };
+    let (refusal, at) = upload_until_refused(&s, &url, &big);
     assert_eq!((refusal.status, refusal.kind()), (507, "no_space".into()));
     let reason = refusal.json()["errors"][0]["reason"].to_string();
     assert!(reason.contains("min_free_space"), "{reason}");
@@ -546,7 +536,7 @@ fn the_index_keeps_room_on_a_disk_the_uploads_filled() {
         .to_string();
     s.child.kill().unwrap();
     s.child.wait().unwrap();
-    let mut s = Server::start_args(&data, port, &args);
+    let mut s = start(&data, port, &args);
     for (v, path, bytes) in [(&v1, "kept.bin", &kept), (&v4, "big.bin", &more)] {
         let r = curl(&s.url(&format!("/q/{v}/files/{path}")), &[]);
         assert!(
