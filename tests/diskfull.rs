@@ -415,9 +415,17 @@ fn gc_frees_a_deleted_upload_s_space_on_a_full_disk() {
     );
     call(&s, "DELETE", &format!("/q/{wt2}"), None, 200);
     let before = avail(&mnt);
+    let pack_bytes = |s: &Server| call(s, "GET", "/admin/stats", None, 200)["pack_bytes"].as_u64();
+    let held = pack_bytes(&s).unwrap();
     let gc = call(&s, "POST", "/admin/gc", None, 200);
     let freed = avail(&mnt).saturating_sub(before);
     assert!(freed >= 24 << 20, "gc freed {freed} bytes: {gc}");
+    // Stats count what the packs hold on disk, holes left out (as `du`).
+    let now = pack_bytes(&s).unwrap();
+    assert!(
+        now + freed - (1 << 20) <= held,
+        "pack_bytes {held} -> {now}, df freed {freed}"
+    );
     assert!(gc["packs_punched"].as_u64().unwrap() >= 2, "{gc}");
     assert!(gc["packs_deleted"].as_u64().unwrap() >= 1, "{gc}");
     let r = curl(&s.url(&format!("/q/{v1}/files/kept.bin")), &[]);

@@ -1507,7 +1507,8 @@ pub struct StoreStats {
     pub chunk_bytes: u64,
     pub parts: u64,
     pub packs: u64,
-    /// Bytes of pack files on disk, headers and dead records included.
+    /// Bytes pack files hold on disk, headers and dead records included: each file's length, or
+    /// its allocated blocks when fewer (gc punched holes in it on a full disk).
     pub pack_bytes: u64,
 }
 
@@ -1522,8 +1523,9 @@ impl Store {
         s.parts = self.index.scan(CF_PARTS, &[]).count() as u64;
         for id in pack_files(&self.pack_dir)? {
             s.packs += 1;
-            s.pack_bytes +=
-                std::fs::metadata(self.pack_dir.join(id.file_name())).map_or(0, |m| m.len());
+            let path = self.pack_dir.join(id.file_name());
+            let len = std::fs::metadata(&path).map_or(0, |m| m.len());
+            s.pack_bytes += len.min(crate::pack::allocated_bytes(&path));
         }
         Ok(s)
     }
