@@ -94,10 +94,11 @@ fn next_look(asked: u64, free: u64, min_free: u64, bytes: u64) -> Option<u64> {
     Some(asked.saturating_add((spare / 4).max(MIN_STEP)))
 }
 
-/// Bytes an unprivileged writer may still use on the file system of `dir` (0 if unknown: then
-/// nothing is appended and gc copies nothing, rather than fill a disk it cannot measure).
+/// Bytes an unprivileged writer may still use on the file system of `dir`; unlimited if the
+/// file system does not say (a FUSE one without `statfs`): then writes go on until the disk
+/// itself refuses, as before there was a reserve, rather than never.
 pub(crate) fn free_bytes(dir: &std::path::Path) -> u64 {
-    rustix::fs::statvfs(dir).map_or(0, |s| s.f_bavail.saturating_mul(s.f_frsize))
+    rustix::fs::statvfs(dir).map_or(u64::MAX, |s| s.f_bavail.saturating_mul(s.f_frsize))
 }
 
 #[cfg(test)]
