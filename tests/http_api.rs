@@ -792,6 +792,7 @@ fn config_needs_no_token_and_lists_the_api_url() {
     // default address, or `http://user@evil.example/`, came back).
     for host in [
         "Host: h:abc",
+        "Host: h:+80",
         "Host: h:99999",
         "Host: h:",
         "Host: a,b",

@@ -86,7 +86,11 @@ fn plain_host(host: &str) -> bool {
     };
     let port_ok = match port.strip_prefix(':') {
         None => port.is_empty(),
-        Some(p) => p.len() <= 5 && p.parse::<u16>().is_ok_and(|n| n > 0),
+        Some(p) => {
+            (1..=5).contains(&p.len())
+                && p.bytes().all(|b| b.is_ascii_digit())
+                && p.parse::<u16>().is_ok_and(|n| n > 0)
+        }
     };
     name_ok && port_ok
 }

@@ -347,7 +347,7 @@ impl Engine {
     // ---- libraries -------------------------------------------------------------------------
 
     pub fn create_library(&self, name: &str) -> Result<LibraryRecord> {
-        self.store.check_index_room()?;
+        self.store.check_index_room(0)?;
         if name.len() > 1024 {
             return Err(Error::too_large("library name over 1024 bytes"));
         }
@@ -358,7 +358,7 @@ impl Engine {
         };
         let mut b = self.store.index().batch();
         b.put_record(CF_LIBRARIES, rec.id.as_bytes(), &rec);
-        self.store.commit(b)?;
+        self.store.commit_adding(b)?;
         Ok(rec)
     }
 
@@ -402,7 +402,7 @@ impl Engine {
 
     /// Creates an object in `library` and opens an empty draft on it.
     pub fn create_object(&self, library: &LibraryId) -> Result<(ObjectRecord, DraftRecord)> {
-        self.store.check_index_room()?;
+        self.store.check_index_room(0)?;
         // Under the lock, so that a library being deleted cannot gain an object.
         let _w = self.state.write();
         self.library(library)?;
@@ -418,7 +418,7 @@ impl Engine {
         b.put_record(CF_OBJECTS, obj.id.as_bytes(), &obj);
         b.put(CF_LIB_OBJECTS, &lib_object_key(library, &obj.id), &[]);
         let draft = self.new_draft(&mut b, &obj)?;
-        self.store.commit(b)?;
+        self.store.commit_adding(b)?;
         Ok((obj, draft))
     }
 
@@ -445,12 +445,12 @@ impl Engine {
 
     /// Opens a draft on the object's head (or on an empty tree if it has no version yet).
     pub fn open_draft(&self, object: &ObjectId) -> Result<DraftRecord> {
-        self.store.check_index_room()?;
+        self.store.check_index_room(0)?;
         let _w = self.state.write();
         let obj = self.object(object)?;
         let mut b = self.store.index().batch();
         let draft = self.new_draft(&mut b, &obj)?;
-        self.store.commit(b)?;
+        self.store.commit_adding(b)?;
         Ok(draft)
     }
 
@@ -990,7 +990,7 @@ impl Engine {
         token: &WriteToken,
         f: impl FnOnce(&mut Value) -> Result<()>,
     ) -> Result<()> {
-        self.store.check_index_room()?;
+        self.store.check_index_room(0)?;
         let _w = self.state.write();
         let mut draft = self.draft(token)?;
         // A document over the value limit (written before it existed) may still shrink.
@@ -1010,7 +1010,7 @@ impl Engine {
         }
         let mut b = self.store.index().batch();
         b.put_record(CF_DRAFTS, &token.to_bytes(), &draft);
-        self.store.commit(b)
+        self.store.commit_adding(b)
     }
 }
 

@@ -67,7 +67,7 @@ impl Engine {
         confined: bool,
     ) -> Result<FilesJobCreated> {
         let ops = req.validate()?;
-        self.store.check_index_room()?;
+        self.store.check_index_room(0)?;
         let _w = self.state.write();
         let mut draft = self.draft(token)?;
         if draft.files_finalized {
@@ -200,7 +200,7 @@ impl Engine {
         b.add(CF_NODE_REFS, draft.root.as_bytes(), -1);
         draft.root = root;
         b.put_record(CF_DRAFTS, &draft.token.to_bytes(), draft);
-        self.store.commit(b)?;
+        self.store.commit_adding(b)?;
         drop(guard);
         Ok(())
     }
@@ -303,12 +303,17 @@ impl Engine {
                 collect_links(&entry, to, &mut cx.placed_links);
                 tree.insert(to, entry, &loader)
             }
-            Op::Link { path, target, meta } => {
+            Op::Link {
+                path,
+                target,
+                meta,
+                mime_type,
+            } => {
                 let only = cx.confined.then_some(cx.library);
                 let size = self.link_size(tree, target, only, loader)?;
                 let entry = FileEntry {
                     size,
-                    mime_type: None,
+                    mime_type: mime_type.clone(),
                     meta: meta.clone(),
                     content: Content::Link(target.clone()),
                     hash: None,
@@ -595,7 +600,7 @@ impl Engine {
     /// Finalize files: every upload job must be complete; pending files become part references
     /// and no more files jobs are accepted.
     pub fn finalize_files(&self, token: &WriteToken) -> Result<()> {
-        self.store.check_index_room()?;
+        self.store.check_index_room(0)?;
         let failed = self.seal_received(token, None)?;
         let _w = self.state.write();
         self.check_not_completing(token)?;
@@ -609,7 +614,7 @@ impl Engine {
         draft.files_finalized = true;
         let mut b = self.store.index().batch();
         b.put_record(CF_DRAFTS, &token.to_bytes(), &draft);
-        self.store.commit(b)
+        self.store.commit_adding(b)
     }
 
     /// Force completion's resolution of the draft `fj` belongs to: sealed parts replace pending
@@ -933,7 +938,7 @@ impl Engine {
         token: &WriteToken,
         cond: &HeadCondition,
     ) -> Result<(VersionHash, VersionRecord)> {
-        self.store.check_index_room()?;
+        self.store.check_index_room(0)?;
         let failed = self.seal_received(token, None)?;
         // One critical section from resolution to commit: no files job can slip in between.
         let _w = self.state.write();
@@ -972,7 +977,7 @@ impl Engine {
         obj.head = Some(hash);
         obj.last_seq = seq;
         b.put_record(CF_OBJECTS, obj.id.as_bytes(), &obj);
-        self.store.commit(b)?;
+        self.store.commit_adding(b)?;
         drop(guard);
         // The object id now names the new version.
         self.opened.clear();

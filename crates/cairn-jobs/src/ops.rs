@@ -117,6 +117,8 @@ pub enum Op {
         path: FilePath,
         target: String,
         meta: Option<Value>,
+        /// Served as the link's `Content-Type` instead of the target's.
+        mime_type: Option<String>,
     },
     Meta {
         path: FilePath,
@@ -215,10 +217,13 @@ impl RawOp {
             "link" => {
                 let target = bounded(&self.target, "target")?
                     .ok_or_else(|| Error::invalid("link op needs a target"))?;
+                let path = required(&self.path, "path")?;
+                let mime_type = media_type(&path, bounded(&self.mime_type, "mime_type")?)?;
                 Ok(Op::Link {
-                    path: required(&self.path, "path")?,
+                    path,
                     target,
                     meta: self.entry_meta()?,
+                    mime_type,
                 })
             }
             "meta" | "metadata" => {

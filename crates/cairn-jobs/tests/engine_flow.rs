@@ -104,6 +104,7 @@ async fn versions_ops_links_and_metadata() {
         op(json!({"op":"add","type":"directory","path":"empty-dir"})),
         op(json!({"op":"link","path":"l/rel","target":"./files/c/y"})),
         op(json!({"op":"link","path":"l/abs","target":format!("/qfab/{v1}/files/a/y")})),
+        op(json!({"op":"link","path":"l/typed","target":"./files/c/y","mime_type":"video/mp4"})),
         op(json!({"op":"meta","path":"b/x","meta":{"lang":"en"}})),
     ];
     let job2 = e.create_files_job(&t2, &request(ops)).unwrap();
@@ -119,6 +120,12 @@ async fn versions_ops_links_and_metadata() {
     assert_eq!(read_all(&e, &q, "c/y").unwrap(), files["a/y"]);
     assert_eq!(read_all(&e, &q, "l/rel").unwrap(), files["a/y"]);
     assert_eq!(read_all(&e, &q, "l/abs").unwrap(), files["a/y"]);
+    // A link's own mime_type is kept, and served instead of its target's.
+    let typed = e
+        .open_file(&q, &FilePath::parse("l/typed").unwrap())
+        .unwrap();
+    assert_eq!(typed.mime_type.as_deref(), Some("video/mp4"));
+    assert_eq!(tree_mime(&e, &q, "l/typed"), json!("video/mp4"));
     assert!(read_all(&e, &q, "a/y").unwrap_err().is(ErrorKind::NotFound));
     assert_eq!(
         read_all(&e, &Qhit::Version(v1), "a/y").unwrap(),
@@ -984,4 +991,9 @@ async fn a_request_for_another_drafts_upload_job_never_waits_for_its_lock() {
         "the owner's status waited for the upload still receiving"
     );
     receiving.abort();
+}
+
+/// The `mime_type` attribute of `path` in the rendered files tree of `q`.
+fn tree_mime(e: &cairn_jobs::Engine, q: &Qhit, path: &str) -> serde_json::Value {
+    e.meta_get(q, &format!("files/{path}/./mime_type")).unwrap()
 }

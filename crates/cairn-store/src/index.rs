@@ -360,6 +360,11 @@ pub struct Batch<'a> {
 }
 
 impl Batch<'_> {
+    /// Bytes the batch will take in the index's log.
+    pub fn size_in_bytes(&self) -> u64 {
+        self.wb.size_in_bytes() as u64
+    }
+
     pub fn put(&mut self, cf: &str, key: &[u8], value: &[u8]) {
         self.wb.put_cf(self.index.cf(cf), key, value);
     }

@@ -65,23 +65,30 @@ impl Room {
 }
 
 impl Room {
-    /// Whether index writes that add (metadata, drafts, files jobs, finalizes) may go on:
-    /// refused under half of `min_free`, so that what is left stays for the writes that free
-    /// space (deletes, gc). The index's own writes are not paced: they are per request.
-    pub(crate) fn check_index(&self) -> Result<()> {
+    /// Whether an index write that adds about `bytes` (metadata, drafts, files jobs,
+    /// finalizes) may go on, with `pending` bytes in the index's memtables (to be flushed): it
+    /// takes `bytes` in the index's log now and as much again once flushed, and what it leaves
+    /// must stay above half of `min_free`, for the writes that free space (deletes, gc). Such
+    /// writes of one engine are checked one at a time (metadata under its state lock), so each
+    /// sees the log of the last.
+    pub(crate) fn check_index(&self, bytes: u64, pending: u64) -> Result<()> {
         let keep = self.min_free / 2;
         let free = match keep {
             0 => return Ok(()),
             _ => free_bytes(&self.dir),
         };
-        if free >= keep {
+        let need = keep
+            .saturating_add(pending)
+            .saturating_add(bytes.saturating_mul(2));
+        if free >= need {
             return Ok(());
         }
         Err(Error::new(
             ErrorKind::NoSpace,
             format!(
-                "{free} bytes free on the data disk, under the {keep} kept for deletes and gc \
-                 (half of min_free_space): delete what is not needed and run gc, or make room"
+                "{free} bytes free on the data disk: a write of {bytes} bytes to the index would \
+                 leave less than the {keep} kept for deletes and gc (half of min_free_space): \
+                 delete what is not needed and run gc, or make room"
             ),
         ))
     }

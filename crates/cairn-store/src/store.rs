@@ -269,10 +269,14 @@ impl Store {
         &self.index
     }
 
-    /// Refuses (`no_space`) an index write that adds, when the disk is down to half of
-    /// `StoreConfig::min_free`: the rest is for deletes and gc ([`crate::room`]).
-    pub fn check_index_room(&self) -> Result<()> {
-        self.room.check_index()
+    /// Refuses (`no_space`) an index write that adds about `bytes`, when it could take the disk
+    /// below half of `StoreConfig::min_free`: the rest is for deletes and gc ([`crate::room`]).
+    pub fn check_index_room(&self, bytes: u64) -> Result<()> {
+        let pending = self
+            .index
+            .property_values("rocksdb.cur-size-all-mem-tables")
+            .sum();
+        self.room.check_index(bytes, pending)
     }
 
     pub fn config(&self) -> &StoreConfig {
@@ -638,6 +642,14 @@ impl Store {
 
     /// Writes a batch durably.
     pub fn commit(&self, batch: Batch<'_>) -> Result<()> {
+        self.index.write(batch, true)
+    }
+
+    /// [`Store::commit`] of a batch that adds to the index (metadata, drafts, files jobs,
+    /// versions): refused (`no_space`) when its size would take the disk below what is kept
+    /// for deletes and gc ([`Store::check_index_room`]).
+    pub fn commit_adding(&self, batch: Batch<'_>) -> Result<()> {
+        self.check_index_room(batch.size_in_bytes())?;
         self.index.write(batch, true)
     }
 
