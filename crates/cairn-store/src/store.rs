@@ -195,6 +195,8 @@ pub struct Store {
     flusher: Flusher,
     /// Keeps `StoreConfig::min_free` of the disk for the index.
     room: crate::room::Room,
+    /// Held by [`Store::commit_adding`] from its check through its write.
+    adding: Mutex<()>,
     /// Pack and length known durable; the lock also serialises fsyncs (group commit).
     synced: Mutex<(PackId, u64)>,
     readers: RwLock<HashMap<PackId, Arc<PackFile>>>,
@@ -245,6 +247,7 @@ impl Store {
         let room = crate::room::Room::new(pack_dir.clone(), cfg.min_free);
         Ok(Store {
             room,
+            adding: Mutex::new(()),
             cfg,
             pack_dir,
             index,
@@ -649,6 +652,8 @@ impl Store {
     /// versions): refused (`no_space`) when its size would take the disk below what is kept
     /// for deletes and gc ([`Store::check_index_room`]).
     pub fn commit_adding(&self, batch: Batch<'_>) -> Result<()> {
+        // One at a time: each check sees the log of the write before it.
+        let _one = self.adding.lock();
         self.check_index_room(batch.size_in_bytes())?;
         self.index.write(batch, true)
     }
