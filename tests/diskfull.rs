@@ -504,11 +504,26 @@ fn the_index_keeps_room_on_a_disk_the_uploads_filled() {
 
     // Index writes that add go on into the reserve, never below its half (24 MiB), however
     // large and however many at once (QA28 C1: concurrent 16 MiB metadata writes all passed a
-    // check of the free space alone and filled the disk): six 8 MiB documents at once, then
-    // metadata writes of 256 KiB (each rewrites its draft's document, up to 2 MiB) until one
-    // is refused.
+    // check of the free space alone and filled the disk): a 15 MiB document is refused (it
+    // takes twice that), six 8 MiB documents at once, then 200 metadata writes of 256 KiB
+    // (each rewrites its draft's document, up to 2 MiB).
     let drafts: Vec<String> = (0..6).map(|_| new_object(&s).2).collect();
     let (_, _, wt3) = new_object(&s);
+    let huge = dir.path().join("huge.json");
+    std::fs::write(&huge, format!("{{\"blob\":\"{}\"}}", "h".repeat(15 << 20))).unwrap();
+    let url = s.url(&format!("/q/{wt3}/meta"));
+    let r = curl(
+        &url,
+        &[
+            "-X",
+            "PUT",
+            "--data-binary",
+            &format!("@{}", huge.display()),
+        ],
+    );
+    assert_eq!((r.status, r.kind()), (507, "no_space".into()));
+    let reason = r.json()["errors"][0]["reason"].to_string();
+    assert!(reason.contains("kept for deletes and gc"), "{reason}");
     let big_doc = dir.path().join("big.json");
     std::fs::write(
         &big_doc,
@@ -530,13 +545,13 @@ fn the_index_keeps_room_on_a_disk_the_uploads_filled() {
         let url = s.url(&format!("/q/{wt3}/meta/k{}", i % 8));
         curl(&url, &["-X", "PUT", "--data-binary", &at_doc])
     };
-    let refused = (0..400)
-        .map(put)
-        .find(|r| r.status != 200)
-        .expect("refused at last");
-    assert_eq!((refused.status, refused.kind()), (507, "no_space".into()));
-    let reason = refused.json()["errors"][0]["reason"].to_string();
-    assert!(reason.contains("kept for deletes and gc"), "{reason}");
+    // Rewrites of the same keys reuse their room once the index has flushed: each is either
+    // done or refused for room, never anything else.
+    for r in (0..200).map(put).filter(|r| r.status != 200) {
+        assert_eq!((r.status, r.kind()), (507, "no_space".into()));
+        let reason = r.json()["errors"][0]["reason"].to_string();
+        assert!(reason.contains("kept for deletes and gc"), "{reason}");
+    }
     std::thread::sleep(std::time::Duration::from_millis(500)); // the index's flushes
     let left = avail(&mnt);
     assert!(
@@ -562,6 +577,27 @@ fn the_index_keeps_room_on_a_disk_the_uploads_filled() {
         .as_str()
         .unwrap()
         .to_string();
+
+    // Metadata written just before uploads, and flushed by the index after them, counts
+    // against the uploads' room (QA29 D1: the disk went to 30 KB).
+    let drafts: Vec<String> = (0..4).map(|_| new_object(&s).2).collect();
+    std::thread::scope(|sc| {
+        for wt in &drafts {
+            let (url, at_big) = (s.url(&format!("/q/{wt}/meta")), &at_big);
+            sc.spawn(move || curl(&url, &["-X", "PUT", "--data-binary", at_big]));
+        }
+    });
+    let (_, _, wt5) = new_object(&s);
+    let (_, _, url) = one_file_job(&s, &wt5, big.len());
+    let (refused, _) = upload_until_refused(&s, &url, &big);
+    assert_eq!(refused.status, 507);
+    std::thread::sleep(std::time::Duration::from_millis(1500)); // the index's flushes
+    let left = avail(&mnt);
+    assert!(
+        left >= 22 << 20,
+        "metadata, then uploads, left {left} bytes free"
+    );
+
     s.child.kill().unwrap();
     s.child.wait().unwrap();
     let mut s = start(&data, port, &args);

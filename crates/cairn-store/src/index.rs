@@ -193,6 +193,11 @@ impl Index {
         // up to 2 x 64 MiB): upload tails are written here, and under many uploads at once the
         // memtables were the largest part of the server's memory.
         opts.set_db_write_buffer_size(MEMTABLE_BUDGET);
+        // A log file is kept until every column family with data in it has flushed, and the
+        // families written rarely flush rarely: six 8 MiB metadata writes left 48 MiB of logs
+        // on a nearly full disk (QA). Past this total RocksDB flushes the families holding the
+        // oldest log, so the logs stay near the memtables' size.
+        opts.set_max_total_wal_size(MEMTABLE_BUDGET as u64);
         let cache = Cache::new_lru_cache(BLOCK_CACHE)
             .map_err(|e| Error::internal(format!("index block cache: {e}")))?;
         let mut table = BlockBasedOptions::default();

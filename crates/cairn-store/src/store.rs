@@ -275,11 +275,23 @@ impl Store {
     /// Refuses (`no_space`) an index write that adds about `bytes`, when it could take the disk
     /// below half of `StoreConfig::min_free`: the rest is for deletes and gc ([`crate::room`]).
     pub fn check_index_room(&self, bytes: u64) -> Result<()> {
-        let pending = self
-            .index
+        self.room.check_index(bytes, self.unflushed_index_bytes())
+    }
+
+    /// What will take room on the disk without asking [`crate::room`] again: the index's
+    /// unflushed bytes, and pack windows appended but not written yet (the free space the file
+    /// system reports does not count them: 4 uploads went 16 MB past the reserve), at most the
+    /// queued windows and the one filling.
+    fn unwritten_bytes(&self) -> u64 {
+        let windows = self.flusher.backlog() as u64 + 1;
+        self.unflushed_index_bytes() + windows * crate::staging::STAGING as u64
+    }
+
+    /// Bytes in the index's memtables: written to its log, and to be written to its tables.
+    fn unflushed_index_bytes(&self) -> u64 {
+        self.index
             .property_values("rocksdb.cur-size-all-mem-tables")
-            .sum();
-        self.room.check_index(bytes, pending)
+            .sum()
     }
 
     pub fn config(&self) -> &StoreConfig {
@@ -329,7 +341,7 @@ impl Store {
     ) -> Result<(ChunkLoc, u64)> {
         let bytes = RECORD_HEADER_LEN
             + (outboard.len() + data.iter().map(|d| d.len()).sum::<usize>()) as u64;
-        self.room.check(bytes)?;
+        self.room.check(bytes, || self.unwritten_bytes())?;
         let mut full = Vec::new();
         let appended = self.append_staged(hash, outboard, data, user, &mut full);
         // The pack writer thread takes the windows this record filled.
