@@ -347,7 +347,6 @@ impl Engine {
     // ---- libraries -------------------------------------------------------------------------
 
     pub fn create_library(&self, name: &str) -> Result<LibraryRecord> {
-        self.store.check_index_room(0)?;
         if name.len() > 1024 {
             return Err(Error::too_large("library name over 1024 bytes"));
         }
@@ -402,7 +401,6 @@ impl Engine {
 
     /// Creates an object in `library` and opens an empty draft on it.
     pub fn create_object(&self, library: &LibraryId) -> Result<(ObjectRecord, DraftRecord)> {
-        self.store.check_index_room(0)?;
         // Under the lock, so that a library being deleted cannot gain an object.
         let _w = self.state.write();
         self.library(library)?;
@@ -445,7 +443,6 @@ impl Engine {
 
     /// Opens a draft on the object's head (or on an empty tree if it has no version yet).
     pub fn open_draft(&self, object: &ObjectId) -> Result<DraftRecord> {
-        self.store.check_index_room(0)?;
         let _w = self.state.write();
         let obj = self.object(object)?;
         let mut b = self.store.index().batch();
