@@ -67,7 +67,7 @@ fn host_of(headers: &HeaderMap) -> Result<String, ApiError> {
 }
 
 /// `name[:port]` or `[ipv6][:port]`: a name of letters, digits, `-` and `.`, a port from 1 to
-/// 65535 in at most 5 digits; nothing else (user info, a path, sub-delimiters, an empty port).
+/// 65535 in at most 5 digits and without a leading zero (the address is advertised as sent); nothing else (user info, a path, sub-delimiters, an empty port).
 fn plain_host(host: &str) -> bool {
     let (name_ok, port) = match host.strip_prefix('[') {
         Some(v6) => match v6.split_once(']') {
@@ -88,6 +88,7 @@ fn plain_host(host: &str) -> bool {
         None => port.is_empty(),
         Some(p) => {
             (1..=5).contains(&p.len())
+                && !p.starts_with('0')
                 && p.bytes().all(|b| b.is_ascii_digit())
                 && p.parse::<u16>().is_ok_and(|n| n > 0)
         }
@@ -576,4 +577,29 @@ pub async fn handle_admin_gc(
     Ok(Json(
         serde_json::to_value(r).map_err(|e| ApiError::bad_request(e.to_string()))?,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plain_host;
+
+    #[test]
+    fn only_a_plain_host_and_port_is_advertised() {
+        for good in [
+            "h",
+            "h:1",
+            "127.0.0.1:8008",
+            "a-b.example:65535",
+            "[::1]",
+            "[::1]:80",
+        ] {
+            assert!(plain_host(good), "{good}");
+        }
+        for bad in [
+            "", ":80", "h:", "h:0", "h:080", "h:65536", "h:123456", "h:8a", "u@h", "h/p", "h:80/",
+            "[::1", "[zz]:80", "[::1]80", "h_1", "h:+80",
+        ] {
+            assert!(!plain_host(bad), "{bad}");
+        }
+    }
 }
