@@ -1605,12 +1605,14 @@ fn a_second_run_of_the_same_upload_waits_its_turn() {
     let state = work.path().join("state");
     let obj = new_object(&s, &state);
     let args = ["upload", &obj, dir.to_str().unwrap()];
-    ok(cairn(&s, &state, &args));
+    // A run that ends leaves no lock file; one left open leaves its record, named like the lock.
+    ok(cairn(&s, &state, &[&args[..], &["--no-finalize"]].concat()));
     let lock = std::fs::read_dir(state.join("uploads"))
         .unwrap()
         .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|x| x == "lock"))
-        .expect("the run's lock file");
+        .find(|p| p.extension().is_some_and(|x| x == "json"))
+        .expect("the run's record")
+        .with_extension("lock");
     // `-o`: the lock stays with `flock` itself, so killing it releases the lock.
     let mut holder = Command::new("flock")
         .arg("-o")
@@ -1684,7 +1686,18 @@ fn finalizing_or_discarding_a_left_open_draft_drops_its_resume_record() {
         ));
         let wt = open["write_token"].as_str().unwrap().to_string();
         assert_eq!(naming(&wt), 1, "the record of the open draft");
+        assert_eq!(
+            left_in(&state),
+            1,
+            "the record, and no lock file once the run ended"
+        );
         ok(cairn(&s, &state, &[finish, &[wt.as_str()]].concat()));
         assert_eq!(naming(&wt), 0, "{finish:?} dropped it");
+        assert_eq!(left_in(&state), 0, "nor its lock file");
     }
+}
+
+/// How many files the client's upload state directory holds.
+fn left_in(state: &std::path::Path) -> usize {
+    std::fs::read_dir(state.join("uploads")).map_or(0, |d| d.count())
 }

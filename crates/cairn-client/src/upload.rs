@@ -618,37 +618,74 @@ pub fn forget_draft(state_dir: Option<&Path>, client: &Client, write_token: &str
             .ok()
             .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
             .is_some_and(|v| v["write_token"] == write_token && v["server"] == client.base());
-        if names_it && std::fs::remove_file(&path).is_ok() {
+        if !names_it {
+            continue;
+        }
+        // A run still using the record keeps its lock file; otherwise it goes too.
+        let _lock = lock_record(&path);
+        if std::fs::remove_file(&path).is_ok() {
             removed += 1;
         }
     }
     removed
 }
 
-/// Takes the exclusive lock of the record at `record` (`flock` on `<record>.lock`, released when
-/// the file is closed, also if the process dies); a run of the same command holding it is a
-/// `conflict` (exit 4).
-fn lock_record(record: &Path) -> Result<std::fs::File> {
+/// The exclusive lock of a resume record: `flock` on `<record>.lock`, released when the file is
+/// closed, also if the process dies. Dropping it removes the lock file, so no empty `.lock` files
+/// pile up in the state directory.
+struct RecordLock {
+    _file: std::fs::File,
+    path: PathBuf,
+}
+
+impl Drop for RecordLock {
+    /// Unlinked while still locked: a run that opened the file before the unlink and locks it
+    /// after sees that its file is no longer the one at the path and starts over
+    /// ([`lock_record`]), so two runs never hold locks on two different files at once.
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Takes the exclusive lock of the record at `record` ([`RecordLock`]); a run of the same
+/// command holding it is a `conflict` (exit 4).
+fn lock_record(record: &Path) -> Result<RecordLock> {
+    use std::os::unix::fs::MetadataExt;
     let path = record.with_extension("lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| ClientError::Local(format!("{}: {e}", path.display())))?;
-    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-        Ok(()) => Ok(file),
-        Err(rustix::io::Errno::WOULDBLOCK) => Err(ClientError::Api {
-            status: 409,
-            retry_after: None,
-            kind: "conflict".into(),
-            reason: format!(
-                "another run of this upload (the same paths into the same object) is still \
-                 going (it holds {}); wait for it to finish",
-                path.display()
-            ),
-        }),
-        Err(e) => Err(ClientError::Local(format!("{}: {e}", path.display()))),
+    let local = |e: std::io::Error| ClientError::Local(format!("{}: {e}", path.display()));
+    loop {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(local)?;
+        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::WOULDBLOCK) => {
+                return Err(ClientError::Api {
+                    status: 409,
+                    retry_after: None,
+                    kind: "conflict".into(),
+                    reason: format!(
+                        "another run of this upload (the same paths into the same object) is \
+                         still going (it holds {}); wait for it to finish",
+                        path.display()
+                    ),
+                })
+            }
+            Err(e) => return Err(local(e.into())),
+        }
+        // The run that held it may have unlinked the file between our open and our lock.
+        let ours = file.metadata().map_err(local)?;
+        match std::fs::metadata(&path) {
+            Ok(now) if now.dev() == ours.dev() && now.ino() == ours.ino() => {
+                return Ok(RecordLock { _file: file, path })
+            }
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(local(e)),
+        }
     }
 }
 
