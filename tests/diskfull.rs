@@ -311,6 +311,15 @@ fn retries_against_a_full_disk_keep_nothing_and_a_full_disk_stops_and_starts_cle
     let failed = status(&s);
     assert_eq!(failed["status"], "FAILED", "{failed}");
     assert!(failed["error"].is_string(), "{failed}");
+    // A request that brings no bytes changes nothing: still FAILED, with the same error.
+    let empty = common::try_curl(&s.url(&url), &["-X", "POST", "--data-binary", ""]).unwrap();
+    assert_eq!(
+        empty.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&empty.body)
+    );
+    assert_eq!(status(&s), failed);
 
     // Space freed, same server: the failed write is written again within about a second (an
     // upload may be refused until then), and the upload resumes from its skip and completes;

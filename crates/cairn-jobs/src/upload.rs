@@ -321,7 +321,6 @@ impl Engine {
             rec = self.upload_job_in(token, fj, uj)?;
         }
         check_room(&rec, declared, offset)?;
-        blocking(|| self.touch_job(fj))?;
         let mut ing = Ingest::start(self, rec)?;
         let mut body = std::pin::pin!(body);
         let idle = self.cfg.idle_timeout;
@@ -329,6 +328,9 @@ impl Engine {
         let mut body_len = 0u64;
         // Set when the server's own stop cut the body off, not its client.
         let mut stopped = false;
+        // The job is marked active by the first byte that arrives, not by the request: one
+        // that brings nothing leaves a FAILED job's error as it was.
+        let mut touched = false;
         // Ok(true): the body ended normally; Ok(false): it was cut off.
         let outcome = loop {
             // A client that stops sending is cut off after `idle_timeout`, and every upload
@@ -370,6 +372,12 @@ impl Engine {
                     )));
                 }
                 _ => {}
+            }
+            if !touched && !bytes.is_empty() {
+                touched = true;
+                if let Err(e) = blocking(|| self.touch_job(fj)) {
+                    break Err(e);
+                }
             }
             if self.store.write_backlog() > WRITE_BACKLOG {
                 blocking(|| self.store.wait_write_backlog(WRITE_BACKLOG));
