@@ -1558,6 +1558,35 @@ fn the_cli_waits_out_a_rate_limit() {
         ],
     ));
     assert_eq!(out["bytes_sent"], 13, "{out}");
+
+    // The progress a terminal's bars show takes the refused bodies back too.
+    let more = work.path().join("more");
+    for i in 0..4 {
+        fill(&more.join(format!("f{i}.txt")), 10 + i, 1000);
+    }
+    let obj = new_object(&s, &state);
+    let shown = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let seen = shown.clone();
+    let progress: cairn_client::Progress = std::sync::Arc::new(move |_: &str, _: u64, n: i64| {
+        seen.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    });
+    let opts = cairn_client::UploadOptions {
+        object: obj,
+        paths: vec![more],
+        dest: String::new(),
+        parallel: 4,
+        finalize: true,
+        delete: false,
+        message: None,
+        state_dir: Some(state.clone()),
+    };
+    let client = cairn_client::Client::new(&s.url(""), TOKEN);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let done = rt
+        .block_on(cairn_client::upload_tree(&client, &opts, progress))
+        .unwrap();
+    assert_eq!(done.bytes_sent, 4000);
+    assert_eq!(shown.load(std::sync::atomic::Ordering::Relaxed), 4000);
 }
 
 /// A second server on a data dir in use exits 4 saying so (not 1 with RocksDB's lock error),

@@ -319,9 +319,9 @@ pub async fn upload(ctx: &Ctx, a: UploadArgs) -> Result<()> {
     let progress: cairn_client::Progress = match &bars {
         Some(b) => {
             let b = b.clone();
-            Arc::new(move |path: &str, size: u64, n: u64| b.advance(path, size, n))
+            Arc::new(move |path: &str, size: u64, n: i64| b.advance(path, size, n))
         }
-        None => Arc::new(|_: &str, _: u64, _: u64| {}),
+        None => Arc::new(|_: &str, _: u64, _: i64| {}),
     };
     let out = cairn_client::upload_tree(&ctx.client, &opts, progress).await?;
     if let Some(b) = bars {
@@ -749,8 +749,11 @@ impl Bars {
         }
     }
 
-    fn advance(&self, path: &str, size: u64, n: u64) {
-        self.total.inc(n);
+    /// `n` bytes of `path` sent; negative: a request the server refused unread is taken back.
+    fn advance(&self, path: &str, size: u64, n: i64) {
+        let (up, back) = (n.max(0) as u64, n.min(0).unsigned_abs());
+        self.total.inc(up);
+        self.total.dec(back);
         let mut files = self.files.lock().expect("bars");
         let bar = files.entry(path.to_string()).or_insert_with(|| {
             let b = self.multi.add(indicatif::ProgressBar::new(size));
@@ -763,8 +766,9 @@ impl Bars {
             b.set_message(path.to_string());
             b
         });
-        bar.inc(n);
-        if bar.position() >= size {
+        bar.inc(up);
+        bar.dec(back);
+        if bar.position() >= size && back == 0 {
             bar.finish_and_clear();
             files.remove(path);
         }

@@ -108,8 +108,10 @@ struct ResumeRecord {
     handed_out: bool,
 }
 
-/// Called as bytes go out: (file path in the object, file size, bytes just sent).
-pub type Progress = Arc<dyn Fn(&str, u64, u64) + Send + Sync>;
+/// Called as bytes go out: (file path in the object, file size, bytes just sent). A request the
+/// server refused unread (429) is taken back: the bytes of it already reported come again,
+/// negative, so the sum of all calls is what the server took.
+pub type Progress = Arc<dyn Fn(&str, u64, i64) + Send + Sync>;
 
 /// Uploads `opts.paths`; `progress` is called for every frame as it is sent.
 pub async fn upload_tree(
@@ -955,7 +957,9 @@ async fn send_run(
     progress: &Progress,
 ) -> Result<()> {
     let this = Arc::new(AtomicU64::new(0));
-    let (pulled, progress) = (this.clone(), progress.clone());
+    // What this request reported per file, to take back if the server refuses it unread.
+    let reported = Arc::new(std::sync::Mutex::new(Vec::<(String, u64, u64)>::new()));
+    let (pulled, each, ledger) = (this.clone(), progress.clone(), reported.clone());
     // A local file that cannot be read, or changed since it was planned, fails the request
     // (the server keeps what arrived, which a later run discards with this draft) and is
     // reported as what it is: a local problem, not the server's, and not worth retrying.
@@ -966,9 +970,18 @@ async fn send_run(
     // thousand.
     let body = futures::stream::iter(pieces.to_vec())
         .map(move |(file, off, len)| {
-            let (name, size, progress) = (file.rel, file.size, progress.clone());
-            let report: Arc<dyn Fn(u64) + Send + Sync> =
-                Arc::new(move |n| progress(&name, size, n));
+            let (name, size, progress) = (file.rel, file.size, each.clone());
+            let at = ledger.lock().map_or(0, |mut l| {
+                l.push((name.clone(), size, 0));
+                l.len() - 1
+            });
+            let ledger = ledger.clone();
+            let report: Arc<dyn Fn(u64) + Send + Sync> = Arc::new(move |n| {
+                if let Ok(mut l) = ledger.lock() {
+                    l[at].2 += n;
+                }
+                progress(&name, size, n as i64)
+            });
             let planned = (file.size, file.mtime_ns);
             let piece = Piece {
                 path: file.abs,
@@ -989,8 +1002,18 @@ async fn send_run(
             body,
         )
         .await;
-    if !matches!(&reply, Err(e) if unread(e)) {
-        sent.fetch_add(this.load(Ordering::Relaxed), Ordering::Relaxed);
+    match &reply {
+        Err(e) if unread(e) => {
+            let taken = reported.lock().map(|mut l| std::mem::take(&mut *l));
+            for (name, size, n) in taken.unwrap_or_default() {
+                if n > 0 {
+                    progress(&name, size, -(n as i64));
+                }
+            }
+        }
+        _ => {
+            sent.fetch_add(this.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
     }
     if let Some(why) = failure.lock().map_or(None, |mut f| f.take()) {
         return Err(ClientError::Local(why));
