@@ -85,6 +85,8 @@ impl Engine {
             weight: 0,
             placed_links: Vec::new(),
             loaded: Default::default(),
+            stats: Default::default(),
+            walked: 0,
         };
         for (i, op) in ops.iter().enumerate() {
             self.apply_op(&mut tree, op, &mut cx).map_err(|mut e| {
@@ -182,6 +184,12 @@ impl Engine {
             return Err(Error::too_large(format!(
                 "the draft would hold {} files; the limit is {MAX_TREE_FILES}",
                 stats.files
+            )));
+        }
+        let dirs = stats.shape().dirs;
+        if dirs > MAX_TREE_DIRS {
+            return Err(Error::too_large(format!(
+                "the draft would hold {dirs} directories; the limit is {MAX_TREE_DIRS}"
             )));
         }
         let guard = self.store.ref_guard();
@@ -284,6 +292,7 @@ impl Engine {
                 check_not_into_itself(from, to)?;
                 check_not_over_directory(tree, to, &loader)?;
                 let entry = tree.remove(from, &loader)?;
+                self.check_fits(&entry, from, to, cx)?;
                 collect_links(&entry, to, &mut cx.placed_links);
                 tree.insert(to, entry, &loader)
             }
@@ -300,6 +309,7 @@ impl Engine {
                 // digest each; the files they add count against the tree's limit instead).
                 cx.weight = charge(cx.weight, crate::tree::entry_weight(entry))?;
                 let entry = entry.clone();
+                self.check_fits(&entry, from, to, cx)?;
                 collect_links(&entry, to, &mut cx.placed_links);
                 tree.insert(to, entry, &loader)
             }
@@ -322,15 +332,48 @@ impl Engine {
                 cx.placed_links.push(path.clone());
                 tree.insert(path, MemEntry::File(entry), &loader)
             }
-            Op::Meta { path, meta } => match tree.get(path, &loader)? {
-                Some(MemEntry::File(f)) => {
-                    f.meta = Some(meta.clone());
-                    Ok(())
+            Op::Meta { path, meta } => {
+                match tree.get(path, &loader).or_else(nothing_under_a_file)? {
+                    Some(MemEntry::File(f)) => {
+                        f.meta = Some(meta.clone());
+                        Ok(())
+                    }
+                    Some(_) => set_dir_meta(tree, path, Some(meta.clone()), &loader),
+                    None => Err(Error::not_found(format!("{path} does not exist"))),
                 }
-                Some(_) => set_dir_meta(tree, path, Some(meta.clone()), &loader),
-                None => Err(Error::not_found(format!("{path} does not exist"))),
-            },
+            }
         }
+    }
+
+    /// Refuses to put `entry` (from `from`) at `to` if a path under it would pass the path
+    /// limits there. Paths in ops are checked when parsed; what a moved or copied directory
+    /// holds is checked here, by its shape (a stored directory's is kept in its node).
+    fn check_fits(
+        &self,
+        entry: &MemEntry,
+        from: &FilePath,
+        to: &FilePath,
+        cx: &mut OpContext,
+    ) -> Result<()> {
+        let loader = |d: &Digest| self.load_node(d);
+        let shape = crate::tree::entry_shape(entry, &loader, &mut cx.stats, &mut cx.walked)?;
+        if cx.walked > MAX_JOB_WALK {
+            return Err(Error::too_large(format!(
+                "the moves and copies of this files job walk more than {MAX_JOB_WALK} entries \
+                 of directories it edited; split it over several files jobs"
+            )));
+        }
+        if shape.fits_under(to) {
+            return Ok(());
+        }
+        Err(Error::invalid(format!(
+            "{from} at {to} would hold paths over the limits of {} segments and {} bytes: its \
+             deepest path is {} segments below it and its longest {} bytes",
+            cairn_core::path::MAX_DEPTH,
+            cairn_core::path::MAX_PATH_LEN,
+            shape.depth,
+            shape.longest
+        )))
     }
 
     /// The part slices of a finalized file of `library` with this hash and size, if its parts
@@ -376,7 +419,8 @@ impl Engine {
             ))
         };
         match parse_link(target)? {
-            LinkTarget::Relative(p) => match tree.get(&p, loader)? {
+            // A path under a file does not exist (§8: 404), as for a read.
+            LinkTarget::Relative(p) => match tree.get(&p, loader).or_else(nothing_under_a_file)? {
                 Some(MemEntry::File(f)) if matches!(f.content, Content::Link(_)) => {
                     Err(not_a_file("itself a link"))
                 }
@@ -815,6 +859,12 @@ impl Engine {
                         if now != from || !out.cut_short {
                             out.resolved.insert(from, (now, rel));
                         }
+                        // What it became is settled for this pass too (its files still
+                        // waiting wait on other jobs): a later copy must not load it, as it
+                        // is not in the index before the pass commits (review: 404).
+                        if now != from && !out.cut_short {
+                            out.resolved.entry(now).or_insert((now, Vec::new()));
+                        }
                     }
                     if now != was {
                         *entry = MemEntry::Stored(now);
@@ -1011,6 +1061,10 @@ struct OpContext {
     /// Directory nodes this job loaded: loading one again (each copy of a stored directory
     /// edited inside is a clone of its own) is what is charged.
     loaded: std::collections::HashSet<Digest>,
+    /// Totals of the stored directories moved or copied (their shapes: [`Engine::check_fits`]).
+    stats: HashMap<Digest, crate::tree::TreeStats>,
+    /// Entries of edited directories walked to find their shapes ([`MAX_JOB_WALK`]).
+    walked: u64,
 }
 
 /// A loader that charges `weight` ([`MAX_JOB_WEIGHT`]) for every node loaded a second time or
@@ -1055,20 +1109,30 @@ fn collect_links(entry: &MemEntry, at: &FilePath, out: &mut Vec<FilePath>) {
 /// is followed through relative targets.
 fn check_placed_links(tree: &mut MemDir, placed: &[FilePath], loader: &Loader<'_>) -> Result<()> {
     for start in placed {
-        let mut chain = vec![start.clone()];
+        let mut chain = vec![start.to_string()];
         let mut cur = start.clone();
-        while let Ok(Some(MemEntry::File(FileEntry {
-            content: Content::Link(target),
-            ..
-        }))) = tree.get(&cur, loader)
-        {
-            let LinkTarget::Relative(next) = parse_link(target)? else {
-                break;
+        loop {
+            // A path under a file leads nowhere (its reads are 404); any other failure to
+            // look (the job's memory budget) fails the job rather than skip the check.
+            let target = match tree.get(&cur, loader) {
+                Ok(Some(MemEntry::File(FileEntry {
+                    content: Content::Link(target),
+                    ..
+                }))) => target.clone(),
+                Ok(_) => break,
+                Err(e) if e.is(cairn_core::ErrorKind::Conflict) => break,
+                Err(e) => return Err(e),
             };
-            let looped = chain.contains(&next);
-            chain.push(next.clone());
+            let next = match parse_link(&target)? {
+                LinkTarget::Relative(next) => Some(next),
+                // A version's file, which is never a link: the last hop, counted like any.
+                LinkTarget::Absolute(..) => None,
+            };
+            let looped = next
+                .as_ref()
+                .is_some_and(|n| chain.contains(&n.to_string()));
+            chain.push(next.as_ref().map_or(target, ToString::to_string));
             if looped || chain.len() > crate::read::MAX_LINK_DEPTH + 1 {
-                let chain: Vec<String> = chain.iter().map(ToString::to_string).collect();
                 return Err(Error::invalid(format!(
                     "{start} would be a link that {} ({})",
                     match looped {
@@ -1078,7 +1142,10 @@ fn check_placed_links(tree: &mut MemDir, placed: &[FilePath], loader: &Loader<'_
                     chain.join(" → ")
                 )));
             }
-            cur = next;
+            match next {
+                Some(next) => cur = next,
+                None => break,
+            }
         }
     }
     Ok(())
@@ -1090,6 +1157,14 @@ pub fn dropped_key(fj: &FilesJobId) -> Vec<u8> {
     let mut k = fj.as_bytes().to_vec();
     k.extend_from_slice(b"/dropped");
     k
+}
+
+/// A lookup that failed because a path went under a file: nothing is there.
+fn nothing_under_a_file<T>(e: Error) -> Result<Option<T>> {
+    match e.is(cairn_core::ErrorKind::Conflict) {
+        true => Ok(None),
+        false => Err(e),
+    }
 }
 
 /// `weight` plus `more`, or `too_large` past [`MAX_JOB_WEIGHT`].
@@ -1115,6 +1190,15 @@ type StoredNodes = (
 /// Most files a draft's tree may hold, at any depth (copies of a directory included: a copy of
 /// a stored directory is one digest, however many files it holds).
 pub const MAX_TREE_FILES: u64 = 10_000_000;
+
+/// Most directories a draft's tree may hold, at any depth: a copy of a stored directory is one
+/// digest, so copies of copies could otherwise make a tree of exponentially many directories
+/// for every walk of all its paths (the parts list, fsck) to go through.
+pub const MAX_TREE_DIRS: u64 = 10_000_000;
+
+/// Most entries of directories a files job edited that its moves and copies may walk to check
+/// the path limits under their targets ([`Engine::check_fits`]).
+const MAX_JOB_WALK: u64 = 50_000_000;
 
 /// Most memory one files job's ops may load and clone: directory nodes loaded to look up or
 /// edit paths, and copies (a copy of a directory this job edited is deep).

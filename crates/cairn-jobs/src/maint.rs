@@ -198,12 +198,18 @@ impl Engine {
         let kept = node.stats?;
         let loader = |d: &Digest| self.load_node(d);
         let mut total = crate::tree::TreeStats::default();
-        for e in node.entries.values() {
-            total = total.plus(match e {
+        for (name, e) in &node.entries {
+            total = match e {
                 // A child that cannot be read is listed on its own.
-                Entry::Dir(d) => crate::tree::stats_of(d, &loader, memo).ok()?,
-                Entry::File(f) => crate::tree::TreeStats::of_file(f),
-            });
+                Entry::Dir(d) => {
+                    total.with_entry(name, crate::tree::stats_of(d, &loader, memo).ok()?, true)
+                }
+                Entry::File(f) => total.with_entry(name, crate::tree::TreeStats::of_file(f), false),
+            };
+        }
+        // Nodes written before shapes were kept have none to compare.
+        if kept.shape.is_none() {
+            total.shape = None;
         }
         (total != kept).then(|| format!("its totals say {kept:?}, its entries add up to {total:?}"))
     }

@@ -364,21 +364,22 @@ impl Engine {
     /// The parts the files of `q` reference, in walk order, each once.
     pub fn parts(&self, q: &Qhit) -> Result<Vec<cairn_core::PartHash>> {
         let root = self.tree_root(q)?;
-        let mut out = Vec::new();
+        let mut out = Parts::default();
         self.collect_parts(&root, &mut out, 0)?;
-        Ok(out)
+        Ok(out.list)
     }
 
-    fn collect_parts(
-        &self,
-        node: &Digest,
-        out: &mut Vec<cairn_core::PartHash>,
-        depth: usize,
-    ) -> Result<()> {
+    /// Adds the parts under `node` not yet in `out`. A directory met again (copies share their
+    /// node) adds nothing new, so it is walked once: copies of copies cannot make this walk
+    /// exponentially long (review).
+    fn collect_parts(&self, node: &Digest, out: &mut Parts, depth: usize) -> Result<()> {
         if depth > cairn_core::path::MAX_DEPTH {
             return Err(Error::corrupt(
                 "directory nesting exceeds the path depth limit",
             ));
+        }
+        if !out.dirs.insert(*node) {
+            return Ok(());
         }
         for e in self.load_node(node)?.entries.values() {
             match e {
@@ -392,8 +393,8 @@ impl Engine {
                             digest: s.digest,
                             size: s.part_size,
                         };
-                        if !out.contains(&p) {
-                            out.push(p);
+                        if out.seen.insert(p) {
+                            out.list.push(p);
                         }
                     }
                 }
@@ -748,4 +749,12 @@ impl AsRef<[u8]> for Budgeted {
     fn as_ref(&self) -> &[u8] {
         &self.data
     }
+}
+
+/// The parts of a tree in walk order, each once, and the directories already walked.
+#[derive(Default)]
+struct Parts {
+    list: Vec<cairn_core::PartHash>,
+    seen: std::collections::HashSet<cairn_core::PartHash>,
+    dirs: std::collections::HashSet<Digest>,
 }

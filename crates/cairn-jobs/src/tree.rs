@@ -26,7 +26,7 @@ pub struct DirNode {
 /// Totals of the tree under a directory, kept in its node: a copy of a stored directory is
 /// one digest however many files it holds, so these are what limits and sizes are checked
 /// against without walking the tree (which copies can make exponentially large).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TreeStats {
     /// Files (links included), at any depth.
     pub files: u64,
@@ -34,6 +34,34 @@ pub struct TreeStats {
     pub pending: u64,
     /// Their logical bytes.
     pub bytes: u64,
+    /// Absent in nodes written before it was kept ([`stats_of`] then counts it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shape: Option<Shape>,
+}
+
+/// How many directories a tree holds and how deep and long its paths go: what a move or copy
+/// of a stored directory is checked against (the path limits of `cairn_core::path`, the
+/// draft's directory limit) without walking it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shape {
+    /// Directories below, at any depth (not the directory itself).
+    pub dirs: u64,
+    /// Segments of the deepest path below, relative to the directory (0: it is empty).
+    pub depth: u64,
+    /// Bytes of the longest path below, relative to the directory.
+    pub longest: u64,
+}
+
+/// An empty directory's.
+impl Default for TreeStats {
+    fn default() -> TreeStats {
+        TreeStats {
+            files: 0,
+            pending: 0,
+            bytes: 0,
+            shape: Some(Shape::default()),
+        }
+    }
 }
 
 impl TreeStats {
@@ -42,15 +70,57 @@ impl TreeStats {
             files: 1,
             pending: u64::from(matches!(f.content, Content::Pending(_))),
             bytes: f.size,
+            shape: Some(Shape::default()),
         }
     }
 
-    pub fn plus(self, o: TreeStats) -> TreeStats {
+    /// These totals with entry `name` added, whose own totals are `child` (a directory's, or
+    /// a file's from [`TreeStats::of_file`]).
+    pub fn with_entry(self, name: &str, child: TreeStats, dir: bool) -> TreeStats {
+        let shape = match (self.shape, child.shape) {
+            (Some(a), Some(c)) => Some(a.with_entry(name, c, dir)),
+            _ => None,
+        };
         TreeStats {
-            files: self.files.saturating_add(o.files),
-            pending: self.pending.saturating_add(o.pending),
-            bytes: self.bytes.saturating_add(o.bytes),
+            files: self.files.saturating_add(child.files),
+            pending: self.pending.saturating_add(child.pending),
+            bytes: self.bytes.saturating_add(child.bytes),
+            shape,
         }
+    }
+
+    /// The shape, for totals that have one (all but those read from old nodes).
+    pub fn shape(&self) -> Shape {
+        self.shape.unwrap_or_default()
+    }
+}
+
+impl Shape {
+    /// This shape with entry `name` added, whose own shape is `child`.
+    pub fn with_entry(self, name: &str, child: Shape, dir: bool) -> Shape {
+        let below = match child.depth {
+            0 => 0,
+            _ => child.longest.saturating_add(1),
+        };
+        Shape {
+            dirs: match dir {
+                true => self.dirs.saturating_add(child.dirs).saturating_add(1),
+                false => self.dirs,
+            },
+            depth: self.depth.max(child.depth.saturating_add(1)),
+            longest: self.longest.max((name.len() as u64).saturating_add(below)),
+        }
+    }
+
+    /// Whether what this shape describes fits under `at` within the path limits: every path
+    /// below would be at most `MAX_DEPTH` segments and `MAX_PATH_LEN` bytes.
+    pub fn fits_under(&self, at: &FilePath) -> bool {
+        let (segments, len) = (at.segments().count() as u64, at.as_str().len() as u64);
+        let slash = u64::from(len > 0);
+        self.depth == 0
+            || (segments.saturating_add(self.depth) <= cairn_core::path::MAX_DEPTH as u64
+                && len.saturating_add(slash).saturating_add(self.longest)
+                    <= cairn_core::path::MAX_PATH_LEN as u64)
     }
 }
 
@@ -112,20 +182,45 @@ pub fn stats_of(
     }
     let node = loader(digest)?;
     let stats = match node.stats {
-        Some(s) => s,
-        None => {
+        Some(s) if s.shape.is_some() => s,
+        _ => {
             let mut total = TreeStats::default();
-            for e in node.entries.values() {
-                total = total.plus(match e {
-                    Entry::Dir(d) => stats_of(d, loader, memo)?,
-                    Entry::File(f) => TreeStats::of_file(f),
-                });
+            for (name, e) in &node.entries {
+                total = match e {
+                    Entry::Dir(d) => total.with_entry(name, stats_of(d, loader, memo)?, true),
+                    Entry::File(f) => total.with_entry(name, TreeStats::of_file(f), false),
+                };
             }
             total
         }
     };
     memo.insert(*digest, stats);
     Ok(stats)
+}
+
+/// The shape of `entry` (a file's is empty). What this job loaded or made is walked, counting
+/// each entry visited in `walked` (which the caller bounds); a stored directory's shape comes
+/// from its node. A tree being edited is never deeper than the path limit (every op that puts
+/// something somewhere checks it), so this recursion is bounded.
+pub fn entry_shape(
+    entry: &MemEntry,
+    loader: &Loader<'_>,
+    memo: &mut HashMap<Digest, TreeStats>,
+    walked: &mut u64,
+) -> Result<Shape> {
+    match entry {
+        MemEntry::File(_) => Ok(Shape::default()),
+        MemEntry::Stored(d) => Ok(stats_of(d, loader, memo)?.shape()),
+        MemEntry::Dir(m) => {
+            let mut shape = Shape::default();
+            for (name, e) in &m.entries {
+                *walked = walked.saturating_add(1);
+                let child = entry_shape(e, loader, memo, walked)?;
+                shape = shape.with_entry(name, child, !matches!(e, MemEntry::File(_)));
+            }
+            Ok(shape)
+        }
+    }
 }
 
 impl Record for DirNode {
@@ -395,7 +490,7 @@ impl MemDir {
                     (Entry::File(f), s)
                 }
             };
-            stats = stats.plus(s);
+            stats = stats.with_entry(&k, s, matches!(e, Entry::Dir(_)));
             entries.insert(k, e);
         }
         let node = DirNode {

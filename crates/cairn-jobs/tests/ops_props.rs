@@ -15,7 +15,7 @@ use cairn_jobs::records::{
     DraftHead, DraftRecord, FilesJobRecord, JobStatus, KnownFile, LibraryRecord, ObjectRecord,
     SealedPart, SegmentHashes, SegmentRecord, UjChunk, UploadJobRecord, VersionHead, VersionRecord,
 };
-use cairn_jobs::tree::{Content, DirNode, Entry, FileEntry, PartSeg, PendingSeg, TreeStats};
+use cairn_jobs::tree::{Content, DirNode, Entry, FileEntry, PartSeg, PendingSeg, Shape, TreeStats};
 use cairn_jobs::FilesJobRequest;
 use cairn_store::pack::{ChunkLoc, PackId};
 use cairn_store::store::{PackInfo, PackState};
@@ -87,7 +87,29 @@ fn encryption_value() -> impl Strategy<Value = Value> {
         Just(json!({"scheme": "cgck"})),
         Just(json!({"scheme": "NONE"})),
         Just(json!({})),
+        Just(json!({"scheme": null})),
+        Just(Value::Null),
+        Just(json!({"scheme": ["cgck"]})),
+        Just(json!({"scheme": 1})),
+        Just(json!("cgck")),
     ]
+}
+
+/// Whether an `encryption` value asks for none: absent, null, `{}`, or scheme null or "none".
+fn no_encryption(v: Option<&Value>) -> bool {
+    match v {
+        None | Some(Value::Null) => true,
+        Some(Value::Object(o)) => {
+            matches!(
+                o.get("scheme"),
+                None | Some(Value::Null) | Some(Value::String(_))
+            ) && o
+                .get("scheme")
+                .and_then(Value::as_str)
+                .is_none_or(|s| s == "none")
+        }
+        Some(_) => false,
+    }
 }
 
 fn blake3_value() -> impl Strategy<Value = Value> {
@@ -277,10 +299,7 @@ proptest! {
         };
         let raw_ops = request["ops"].as_array().unwrap();
         prop_assert_eq!(req.ops.len(), raw_ops.len());
-        let defaults_scheme = request
-            .pointer("/defaults/encryption/scheme")
-            .and_then(Value::as_str);
-        let defaults_ok = matches!(defaults_scheme, None | Some("none"));
+        let defaults_ok = no_encryption(request.pointer("/defaults/encryption"));
         let first_bad = req.ops.iter().position(|op| op.validate().is_err());
         match req.validate() {
             Ok(ops) => {
@@ -299,7 +318,7 @@ proptest! {
                     let prefix = format!("op {i}: ");
                     prop_assert!(e.reason.starts_with(&prefix), "{}", e.reason);
                 } else {
-                    prop_assert!(e.reason.contains("encryption scheme"), "{}", e.reason);
+                    prop_assert!(e.reason.starts_with("encryption"), "{}", e.reason);
                 }
             }
         }
@@ -441,6 +460,11 @@ fn dir_node() -> impl Strategy<Value = DirNode> {
                 files,
                 pending,
                 bytes,
+                shape: (files % 2 == 0).then_some(Shape {
+                    dirs: pending,
+                    depth: bytes % 300,
+                    longest: bytes,
+                }),
             }),
         })
 }
@@ -906,6 +930,11 @@ fn write_fuzz_seed_corpus() {
             files: 3,
             pending: 1,
             bytes: 12,
+            shape: Some(Shape {
+                dirs: 1,
+                depth: 2,
+                longest: 9,
+            }),
         }),
     };
     write("record", "dir_node", &node.encode());

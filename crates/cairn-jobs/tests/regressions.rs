@@ -380,15 +380,17 @@ async fn copies_cannot_multiply_a_tree_past_its_file_limit() {
         assert!(k < 40, "2^{k} files accepted");
     };
     assert!(refused.is(ErrorKind::TooLarge), "{refused}");
-    // d0 … d(k-1) hold 2^k − 1 files; the job that failed would have made it 2^(k+1) − 1.
-    assert!(
-        (1u64 << k) - 1 <= cairn_jobs::files::MAX_TREE_FILES,
-        "refused at {k}"
-    );
-    assert!(
-        (1u64 << (k + 1)) - 1 > cairn_jobs::files::MAX_TREE_FILES,
-        "refused at {k}"
-    );
+    // d0 … d(k-1) hold 2^k − 1 files and 2^(k+1) − 1 − k directories; the job that failed
+    // would have made d(k) too. The directories reach their limit (as many) first.
+    let totals = |k: u32| ((1u64 << k) - 1, (1u64 << (k + 1)) - 1 - u64::from(k));
+    let k = k as u32;
+    let over = |(f, d): (u64, u64)| {
+        f > cairn_jobs::files::MAX_TREE_FILES || d > cairn_jobs::files::MAX_TREE_DIRS
+    };
+    assert!(!over(totals(k)), "refused at {k}");
+    assert!(over(totals(k + 1)), "refused at {k}");
+    assert!(refused.reason.contains("directories"), "{refused}");
+    let k = k as usize;
     let (v, rec) = e.finalize(&t).unwrap();
     assert_eq!(rec.size, 3 * ((1u64 << k) - 1));
     // Rendered as one metadata value only while small; files_list streams.
@@ -799,4 +801,190 @@ async fn a_force_completion_that_fails_part_way_loses_no_dropped_path() {
         .get(cairn_jobs::records::CF_FILES_JOBS, &key)
         .unwrap()
         .is_none());
+}
+
+/// A path `n` segments deep, each segment `name(i)`.
+fn deep(n: usize, name: impl Fn(usize) -> String) -> String {
+    (0..n).map(name).collect::<Vec<_>>().join("/")
+}
+
+fn mv(from: &str, to: &str) -> cairn_jobs::ops::RawOp {
+    op(json!({"op":"move","copy_move_source_path":from,"path":to}))
+}
+
+fn cp(from: &str, to: &str) -> cairn_jobs::ops::RawOp {
+    op(json!({"op":"copy","copy_move_source_path":from,"path":to}))
+}
+
+/// Moves that nest a directory deeper and deeper within one files job are refused at the
+/// first that would pass the 256-segment limit (review 30: 500 such pairs built a tree
+/// 127,000 levels deep in memory, whose drop overflowed the stack and aborted the server).
+#[test]
+fn moves_nesting_a_directory_past_the_depth_limit_in_one_job_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = small_engine(dir.path());
+    let t = new_object(&e);
+    let before = e.draft(&t).unwrap().root;
+    let down = format!("t/{}/a", deep(253, |i| i.to_string()));
+    let mut ops = vec![op(json!({"op":"add","type":"directory","path":"a"}))];
+    for _ in 0..500 {
+        ops.push(mv("a", &down));
+        ops.push(mv("t", "a"));
+    }
+    let err = e.create_files_job(&t, &request(ops)).unwrap_err();
+    assert!(err.is(ErrorKind::Invalid), "{err}");
+    assert!(err.reason.starts_with("op 3: a at t/"), "{err}");
+    assert!(err.reason.contains("254 segments below it"), "{err}");
+    assert_eq!(e.draft(&t).unwrap().root, before, "the draft is unchanged");
+    // Up to the limit exactly is fine: 255 segments under a 1-segment place.
+    let ops = vec![
+        op(json!({"op":"add","type":"directory","path":"a"})),
+        mv("a", &down),
+        mv("t", "a"),
+    ];
+    e.create_files_job(&t, &request(ops)).unwrap();
+}
+
+/// A stored directory moved or copied by a later files job is checked by its kept shape:
+/// nothing under it may end up over 256 segments or 4096 bytes (review 30: the move was
+/// accepted, and the draft could then never finalize, its listing answered 500).
+#[test]
+fn a_stored_directory_is_not_moved_or_copied_past_the_path_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = small_engine(dir.path());
+    let t = new_object(&e);
+    let tall = format!("a/{}/f", deep(200, |i| format!("d{i}")));
+    let long = format!("x/{}/f", deep(11, |i| format!("{i}{}", "n".repeat(250))));
+    let job = vec![add_file(&tall, 0), add_file(&long, 0)];
+    e.create_files_job(&t, &request(job)).unwrap();
+    let before = e.draft(&t).unwrap().root;
+    let too_deep = format!("{}/a", deep(100, |i| format!("b{i}")));
+    // 1,513 bytes, and x holds paths of 2,774 bytes below it.
+    let too_long = format!("{}/x", deep(6, |i| format!("{i}{}", "m".repeat(250))));
+    for (op, why) in [
+        (mv("a", &too_deep), "201 segments below it"),
+        (cp("a", &too_deep), "201 segments below it"),
+        (mv("x", &too_long), "longest 2774 bytes"),
+        (cp("x", &too_long), "longest 2774 bytes"),
+    ] {
+        let err = e.create_files_job(&t, &request(vec![op])).expect_err(why);
+        assert!(err.is(ErrorKind::Invalid), "{err}");
+        assert!(err.reason.contains(why), "{err}");
+        assert_eq!(e.draft(&t).unwrap().root, before, "the draft is unchanged");
+    }
+    // Where it fits, it goes, and the draft finalizes.
+    let fits = format!("{}/a", deep(50, |i| format!("b{i}")));
+    e.create_files_job(&t, &request(vec![mv("a", &fits), cp("x", "y/x")]))
+        .unwrap();
+    let (v, _) = e.finalize(&t).unwrap();
+    let moved = format!("{fits}/{}", tall.strip_prefix("a/").unwrap());
+    assert_eq!(read_all(&e, &Qhit::Version(v), &moved).unwrap(), b"");
+}
+
+/// Copies of copies of empty directories double the tree at the cost of a digest each: the
+/// draft's directories are limited like its files (review 30: 2^61 directories, and a parts
+/// list that never ended). The parts list walks each distinct directory once.
+#[test]
+fn copies_of_copies_of_directories_stop_at_the_directory_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = small_engine(dir.path());
+    let t = new_object(&e);
+    let first = vec![
+        op(json!({"op":"add","type":"directory","path":"d/x"})),
+        add_file("d/f", 0),
+    ];
+    e.create_files_job(&t, &request(first)).unwrap();
+    let doubling = || vec![mv("d", "e/x"), cp("e/x", "e/y"), mv("e", "d")];
+    let mut doublings = 0;
+    let err = loop {
+        match e.create_files_job(&t, &request(doubling())) {
+            Ok(_) => doublings += 1,
+            Err(err) => break err,
+        }
+        assert!(doublings < 40, "no limit");
+    };
+    assert!(err.is(ErrorKind::TooLarge), "{err}");
+    assert!(
+        err.reason.contains("directories; the limit is 10000000"),
+        "{err}"
+    );
+    // After n doublings the draft holds 3·2^n − 1 directories (and 2^n files): the 22nd
+    // would have made 12,582,911.
+    assert_eq!(doublings, 21);
+    let (v, _) = e.finalize(&t).unwrap();
+    assert!(e.parts(&Qhit::Version(v)).unwrap().is_empty());
+}
+
+/// A force completion that meets a stored directory twice (a copy), when resolving the first
+/// left a file of another, unfinished files job in it, resolves the second copy to the same
+/// result (review 30: it looked that node up in the index before the pass had committed it,
+/// and answered 404 "directory node … not found" after sealing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn force_completion_resolves_a_copied_directory_still_waiting_on_another_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = small_engine(dir.path());
+    let t = new_object(&e);
+    let a = e
+        .create_files_job(&t, &request(vec![add_file("dir/x", 10)]))
+        .unwrap();
+    post(&e, t, &a, 0, b"abc".to_vec(), 3).await.unwrap();
+    e.create_files_job(&t, &request(vec![add_file("dir/y", 10)]))
+        .unwrap();
+    e.create_files_job(&t, &request(vec![cp("dir", "dir2")]))
+        .unwrap();
+    let mut dropped = e.force_completion(&t, &a.id).unwrap().files_dropped;
+    dropped.sort();
+    assert_eq!(dropped, vec!["dir/x", "dir2/x"]);
+}
+
+/// The link-chain check counts a last link to a version's file like any other: 9 links are
+/// refused as reads would refuse them, 8 are made and read (review 30).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_ending_in_a_link_to_a_version_counts_that_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = small_engine(dir.path());
+    let t = new_object(&e);
+    let job = e
+        .create_files_job(&t, &request(vec![add_file("f", 5)]))
+        .unwrap();
+    upload_all(&e, t, &job, &files(&[("f", b"hello")])).await;
+    let (v, rec) = e.finalize(&t).unwrap();
+    let t = e.open_draft(&rec.object).unwrap().token;
+    let chain = |first: usize| {
+        let mut ops: Vec<_> = (first + 1..=8)
+            .map(|i| add_file(&format!("p{i}"), 0))
+            .collect();
+        for i in first..8 {
+            ops.push(op(
+                json!({"op":"link","path":format!("p{i}"),"target":format!("./files/p{}", i + 1)}),
+            ));
+        }
+        ops.push(op(
+            json!({"op":"link","path":"p8","target":format!("/qfab/{v}/files/f")}),
+        ));
+        ops
+    };
+    let err = e.create_files_job(&t, &request(chain(0))).unwrap_err();
+    assert!(err.is(ErrorKind::Invalid), "{err}");
+    assert!(err.reason.contains("goes through too many links"), "{err}");
+    e.create_files_job(&t, &request(chain(1))).unwrap();
+    assert_eq!(read_all(&e, &Qhit::Draft(t), "p1").unwrap(), b"hello");
+}
+
+/// A link target or a `meta` path under a file does not exist: 404, as §8 says (review 30:
+/// 409 "a is a file").
+#[test]
+fn a_link_target_or_meta_path_under_a_file_is_not_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = small_engine(dir.path());
+    let t = new_object(&e);
+    e.create_files_job(&t, &request(vec![add_file("a", 0)]))
+        .unwrap();
+    for o in [
+        json!({"op":"link","path":"l","target":"./files/a/b"}),
+        json!({"op":"meta","path":"a/b","meta":{"k":1}}),
+    ] {
+        let err = e.create_files_job(&t, &request(vec![op(o)])).unwrap_err();
+        assert!(err.is(ErrorKind::NotFound), "{err}");
+    }
 }

@@ -432,6 +432,7 @@ async fn fsck_names_a_node_whose_totals_are_wrong() {
         files: 7,
         pending: 0,
         bytes: 70,
+        shape: None,
     };
     let node = DirNode {
         entries: BTreeMap::new(),
