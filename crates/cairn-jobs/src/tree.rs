@@ -571,8 +571,9 @@ struct Walk<'a, 'b> {
     loader: &'a Loader<'b>,
     entry: &'a EntryOf<'b>,
     /// Shown size by link target: links to one file (many copies of a directory of links)
-    /// are followed once. Bounded: cleared when full.
-    sizes: std::cell::RefCell<HashMap<String, u64>>,
+    /// are followed once (`None`: each keeps the size it was made with). Bounded: cleared
+    /// when full.
+    sizes: std::cell::RefCell<HashMap<String, Option<u64>>>,
 }
 
 /// Link targets a rendering remembers the size of (about 100 bytes each).
@@ -599,24 +600,30 @@ impl<'a, 'b> Walk<'a, 'b> {
         let Content::Link(first) = &f.content else {
             return Ok(f.size);
         };
-        if let Some(size) = self.sizes.borrow().get(first) {
-            return Ok(*size);
-        }
-        let size = self.follow(f.size, first)?;
-        let mut sizes = self.sizes.borrow_mut();
-        if sizes.len() >= LINK_MEMO {
-            sizes.clear();
-        }
-        sizes.insert(first.clone(), size);
-        Ok(size)
+        // Remembered by target: what the target gives, or that each link keeps its own size
+        // (two links to a deleted file, made when it had different sizes, list theirs: QA30).
+        let known = self.sizes.borrow().get(first).copied();
+        let shown = match known {
+            Some(shown) => shown,
+            None => {
+                let shown = self.follow(first)?;
+                let mut sizes = self.sizes.borrow_mut();
+                if sizes.len() >= LINK_MEMO {
+                    sizes.clear();
+                }
+                sizes.insert(first.clone(), shown);
+                shown
+            }
+        };
+        Ok(shown.unwrap_or(f.size))
     }
 
-    /// [`Self::shown_size`] of a link recorded with `recorded` bytes and leading to `first`,
-    /// hop by hop, as many hops as a download follows (`read::MAX_LINK_DEPTH`: the entry
-    /// reached by the last hop must be a file).
-    fn follow(&self, recorded: u64, first: &str) -> Result<u64> {
+    /// [`Self::shown_size`] of a link leading to `first`, hop by hop, as many hops as a
+    /// download follows (`read::MAX_LINK_DEPTH`: the entry reached by the last hop must be a
+    /// file): `None` when the link keeps the size it was made with.
+    fn follow(&self, first: &str) -> Result<Option<u64>> {
         let mut target = first.to_string();
-        let mut size = recorded;
+        let mut size = None;
         for _ in 0..crate::read::MAX_LINK_DEPTH {
             let Ok(crate::files::LinkTarget::Relative(path)) = crate::files::parse_link(&target)
             else {
@@ -624,13 +631,13 @@ impl<'a, 'b> Walk<'a, 'b> {
             };
             match lookup_by(self.root, &path, self.entry)? {
                 Some(Entry::File(g)) => match g.content {
-                    Content::Link(next) => (target, size) = (next, g.size),
-                    _ => return Ok(g.size),
+                    Content::Link(next) => (target, size) = (next, Some(g.size)),
+                    _ => return Ok(Some(g.size)),
                 },
-                _ => return Ok(recorded),
+                _ => return Ok(None),
             }
         }
-        Ok(recorded)
+        Ok(None)
     }
 }
 

@@ -988,3 +988,30 @@ fn a_link_target_or_meta_path_under_a_file_is_not_found() {
         assert!(err.is(ErrorKind::NotFound), "{err}");
     }
 }
+
+/// Two links to a file that was deleted, made when it had different sizes, each list the size
+/// it was made with (QA30: the listing remembered the first one's by target, for both).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_that_lead_nowhere_each_list_their_own_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = small_engine(dir.path());
+    let t = new_object(&e);
+    let link = |path: &str| op(json!({"op":"link","path":path,"target":"./files/t.bin"}));
+    add_and_upload(&e, t, &files(&[("t.bin", &[1; 74])])).await;
+    e.create_files_job(&t, &request(vec![link("b-link")]))
+        .unwrap();
+    add_and_upload(&e, t, &files(&[("t.bin", &[2; 300])])).await;
+    e.create_files_job(&t, &request(vec![link("A-link")]))
+        .unwrap();
+    let sizes = |e: &Engine| {
+        let l = e.meta_get(&Qhit::Draft(t), "files").unwrap();
+        (
+            l["A-link"]["."]["size"].clone(),
+            l["b-link"]["."]["size"].clone(),
+        )
+    };
+    assert_eq!(sizes(&e), (json!(300), json!(300)), "both lead to t.bin");
+    let del = op(json!({"op":"del","path":"t.bin"}));
+    e.create_files_job(&t, &request(vec![del])).unwrap();
+    assert_eq!(sizes(&e), (json!(300), json!(74)), "each its own");
+}
