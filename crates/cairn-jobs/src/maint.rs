@@ -207,9 +207,10 @@ impl Engine {
                 Entry::File(f) => total.with_entry(name, crate::tree::TreeStats::of_file(f), false),
             };
         }
-        // Nodes written before shapes were kept have none to compare.
-        if kept.shape.is_none() {
-            total.shape = None;
+        // A shape is compared where both have one: nodes written before shapes were kept (and
+        // those above them) have none, and a node above such a node may have been given one.
+        if kept.shape.is_none() || total.shape.is_none() {
+            total.shape = kept.shape;
         }
         (total != kept).then(|| format!("its totals say {kept:?}, its entries add up to {total:?}"))
     }

@@ -34,7 +34,8 @@ pub struct TreeStats {
     pub pending: u64,
     /// Their logical bytes.
     pub bytes: u64,
-    /// Absent in nodes written before it was kept ([`stats_of`] then counts it).
+    /// Absent in nodes written before it was kept, and in those above them: counted only when
+    /// needed, by [`shape_of`] (storing a tree must not walk what it does not change).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shape: Option<Shape>,
 }
@@ -182,8 +183,8 @@ pub fn stats_of(
     }
     let node = loader(digest)?;
     let stats = match node.stats {
-        Some(s) if s.shape.is_some() => s,
-        _ => {
+        Some(s) => s,
+        None => {
             let mut total = TreeStats::default();
             for (name, e) in &node.entries {
                 total = match e {
@@ -198,6 +199,34 @@ pub fn stats_of(
     Ok(stats)
 }
 
+/// The shape of the stored tree under `digest`: kept in its node, or counted (once per
+/// distinct node, through `memo`) for nodes written before shapes were kept.
+pub fn shape_of(
+    digest: &Digest,
+    loader: &Loader<'_>,
+    memo: &mut HashMap<Digest, TreeStats>,
+) -> Result<Shape> {
+    let stats = stats_of(digest, loader, memo)?;
+    if let Some(shape) = stats.shape {
+        return Ok(shape);
+    }
+    let mut shape = Shape::default();
+    for (name, e) in &loader(digest)?.entries {
+        shape = match e {
+            Entry::Dir(d) => shape.with_entry(name, shape_of(d, loader, memo)?, true),
+            Entry::File(_) => shape.with_entry(name, Shape::default(), false),
+        };
+    }
+    memo.insert(
+        *digest,
+        TreeStats {
+            shape: Some(shape),
+            ..stats
+        },
+    );
+    Ok(shape)
+}
+
 /// The shape of `entry` (a file's is empty). What this job loaded or made is walked, counting
 /// each entry visited in `walked` (which the caller bounds); a stored directory's shape comes
 /// from its node. A tree being edited is never deeper than the path limit (every op that puts
@@ -210,7 +239,7 @@ pub fn entry_shape(
 ) -> Result<Shape> {
     match entry {
         MemEntry::File(_) => Ok(Shape::default()),
-        MemEntry::Stored(d) => Ok(stats_of(d, loader, memo)?.shape()),
+        MemEntry::Stored(d) => shape_of(d, loader, memo),
         MemEntry::Dir(m) => {
             let mut shape = Shape::default();
             for (name, e) in &m.entries {

@@ -1015,3 +1015,63 @@ async fn links_that_lead_nowhere_each_list_their_own_size() {
     e.create_files_job(&t, &request(vec![del])).unwrap();
     assert_eq!(sizes(&e), (json!(300), json!(74)), "each its own");
 }
+
+/// A stored directory written before nodes kept their shape is measured when it is moved or
+/// copied (and only then): too deep at its target, the move is refused all the same.
+#[test]
+fn a_directory_stored_without_a_shape_is_measured_when_moved() {
+    use cairn_core::record::Record;
+    use cairn_jobs::records::{CF_DRAFTS, CF_NODES};
+    use cairn_jobs::tree::{Content, DirNode, Entry, FileEntry, TreeStats};
+    let dir = tempfile::tempdir().unwrap();
+    let e = small_engine(dir.path());
+    let t = new_object(&e);
+    let old = |name: String, child: Entry| DirNode {
+        entries: [(name, child)].into_iter().collect(),
+        meta: None,
+        stats: Some(TreeStats {
+            files: 1,
+            pending: 0,
+            bytes: 0,
+            shape: None,
+        }),
+    };
+    let idx = e.store().index();
+    let mut b = idx.batch();
+    let mut child = Entry::File(FileEntry {
+        size: 0,
+        mime_type: None,
+        meta: None,
+        content: Content::Parts(Vec::new()),
+        hash: Some(cairn_core::Digest::empty()),
+        declared: None,
+    });
+    // a/d0/…/d199/f, as an older server wrote it.
+    let mut name = "f".to_string();
+    for i in (0..=200).rev() {
+        let node = old(name, child);
+        b.put(CF_NODES, node.digest().as_bytes(), &node.encode());
+        child = Entry::Dir(node.digest());
+        name = if i == 0 {
+            "a".into()
+        } else {
+            format!("d{}", i - 1)
+        };
+    }
+    let root = old(name, child);
+    b.put(CF_NODES, root.digest().as_bytes(), &root.encode());
+    let mut draft = e.draft(&t).unwrap();
+    draft.root = root.digest();
+    b.put_record(CF_DRAFTS, &t.to_bytes(), &draft);
+    idx.write(b, true).unwrap();
+    let too_deep = format!("{}/a", deep(100, |i| format!("b{i}")));
+    let err = e
+        .create_files_job(&t, &request(vec![mv("a", &too_deep)]))
+        .unwrap_err();
+    assert!(err.is(ErrorKind::Invalid), "{err}");
+    assert!(err.reason.contains("201 segments below it"), "{err}");
+    e.create_files_job(&t, &request(vec![mv("a", "b/a")]))
+        .unwrap();
+    let f = format!("b/a/{}/f", deep(200, |i| format!("d{i}")));
+    assert_eq!(read_all(&e, &Qhit::Draft(t), &f).unwrap(), b"");
+}
