@@ -203,11 +203,20 @@ fn bounded(s: &Option<String>, name: &str) -> Result<Option<String>> {
 fn media_type(path: &FilePath, m: Option<String>) -> Result<Option<String>> {
     match m {
         Some(m) if m.trim().is_empty() => Ok(None),
-        Some(m) if m.parse::<mime::Mime>().is_err() => Err(Error::invalid(format!(
+        Some(m) if !is_media_type(&m) => Err(Error::invalid(format!(
             "{path}: mime_type {m:?} is not a media type (type/subtype)"
         ))),
         other => Ok(other),
     }
+}
+
+/// A media type a response can carry: `type/subtype`, both named (the `mime` crate also parses
+/// an empty subtype, `text/`, and the media ranges of an `Accept` header, `*/*` and `text/*`).
+fn is_media_type(m: &str) -> bool {
+    m.parse::<mime::Mime>().is_ok_and(|t| {
+        let (ty, sub) = (t.type_().as_str(), t.subtype().as_str());
+        !ty.is_empty() && !sub.is_empty() && ty != "*" && sub != "*"
+    })
 }
 
 impl RawOp {
@@ -391,5 +400,19 @@ mod tests {
         // A browser's File.type is "" when it does not know: the name decides then.
         assert_eq!(mime_of(r#""""#), None);
         assert_eq!(mime_of("null"), None);
+        // Not a type a response can carry (QA30: the first three were accepted and served).
+        for bad in [
+            "text/",
+            "*/*",
+            "text/*",
+            "/plain",
+            "text",
+            "a/b/c",
+            "text/ plain",
+        ] {
+            let json = format!(r#"{{"ops":[{{"path":"a","size":1,"mime_type":"{bad}"}}]}}"#);
+            let err = parse(&json).unwrap_err();
+            assert!(err.reason.contains("is not a media type"), "{bad}: {err}");
+        }
     }
 }
