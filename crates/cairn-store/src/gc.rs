@@ -131,9 +131,15 @@ impl Store {
     }
 
     fn gc_chunks(&self, opts: &GcOptions, report: &mut GcReport, dry: &mut DryRun) -> Result<()> {
+        let dead = self.dead_keys(CF_CHUNK_REFS, &dry.chunks)?;
         let pins = self.pins();
+        // From each count read to the deletes' commit, no session commits a chunk location
+        // (`WriteSession::commit`): one that wrote its own copy of a dead chunk would otherwise
+        // have its location and reference deleted with the dead copy's.
+        let no_commits = self.chunk_commits.write();
         let mut batch = self.index().batch();
-        for key in self.dead_keys(CF_CHUNK_REFS, &dry.chunks)? {
+        let mut forget = Vec::new();
+        for key in dead {
             let digest = Digest::from_slice(&key);
             let pinned = digest.is_some_and(|d| pins.contains_key(&d));
             if pinned || self.count_after(CF_CHUNK_REFS, &key, &dry.chunks)? > 0 {
@@ -148,13 +154,22 @@ impl Store {
             batch.delete(CF_CHUNKS, &key);
             batch.delete(CF_CHUNK_REFS, &key);
             if let (false, Some(d)) = (opts.dry_run, Digest::from_slice(&key)) {
-                self.forget_location(&d);
+                forget.push(d);
             }
             report.chunks_deleted += 1;
+        }
+        #[cfg(test)]
+        if let Some(decided) = self.gc_decided.lock().take() {
+            decided();
         }
         if !opts.dry_run && !batch.is_empty() {
             self.commit(batch)?;
         }
+        // After the commit: a read that looked a location up meanwhile cached it again.
+        for d in &forget {
+            self.forget_location(d);
+        }
+        drop(no_commits);
         drop(pins);
         Ok(())
     }

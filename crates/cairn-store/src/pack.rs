@@ -562,17 +562,21 @@ impl PackFile {
     }
 }
 
-/// The alignment of direct writes to the file open as `direct` (`statx` `STATX_DIOALIGN`, Linux
-/// 6.1+), when it is a power of two up to [`crate::staging::BLOCK`]; [`crate::staging::BLOCK`]
-/// when the kernel does not say. Writes through the page cache need none: 512 keeps the padding
-/// small.
+/// The block appends are padded to: [`crate::staging::BLOCK`] (4 KiB), whatever the device's
+/// direct-write alignment (`statx` `STATX_DIOALIGN`, Linux 6.1+) allows below it. A later
+/// write must never rewrite a block holding acknowledged bytes, and the unit a device or the
+/// page cache rewrites is 4 KiB (a 512-byte logical sector of a drive with 4 KiB physical
+/// sectors is written by rewriting the physical one; a page of the cache, after a direct write
+/// fell back to it): padding to 512 would leave acknowledged bytes in a block the next commit
+/// rewrites (review 30). An alignment over 4 KiB is not met: such a device refuses the direct
+/// writes, which then go through the page cache.
 fn write_alignment(direct: Option<&File>) -> u64 {
     use crate::staging::BLOCK;
     use rustix::fs::{statx, AtFlags, StatxFlags};
-    let Some(f) = direct else { return 512 };
+    let Some(f) = direct else { return BLOCK };
     match statx(f, "", AtFlags::EMPTY_PATH, StatxFlags::DIOALIGN) {
         Ok(st) if StatxFlags::from_bits_retain(st.stx_mask).contains(StatxFlags::DIOALIGN) => {
-            let align = u64::from(st.stx_dio_offset_align).max(512);
+            let align = u64::from(st.stx_dio_offset_align).max(BLOCK);
             match align.is_power_of_two() && align <= BLOCK {
                 true => align,
                 false => BLOCK,

@@ -185,6 +185,14 @@ impl Writer {
     }
 }
 
+/// The error of every commit after a pack fsync failed.
+fn sync_failed(why: &str) -> Error {
+    Error::internal(format!(
+        "a pack fsync failed ({why}); nothing written since the last one that succeeded is \
+         acknowledged: check the disk and restart the server, which recovers from there"
+    ))
+}
+
 /// The content-addressed chunk store and its index.
 pub struct Store {
     cfg: StoreConfig,
@@ -199,6 +207,18 @@ pub struct Store {
     adding: Mutex<()>,
     /// Pack and length known durable; the lock also serialises fsyncs (group commit).
     synced: Mutex<(PackId, u64)>,
+    /// Why a pack fsync failed, once one has: from then on nothing more is made durable or
+    /// acknowledged until a restart ([`Store::sync_pack`]).
+    sync_failed: std::sync::OnceLock<String>,
+    /// Makes the step in which gc decides chunks are dead and deletes them exclusive with
+    /// commits that bring chunk locations into the index (read: commits; write: gc).
+    pub(crate) chunk_commits: RwLock<()>,
+    /// Makes the next pack fsync fail (tests).
+    #[cfg(test)]
+    fail_next_sync: std::sync::atomic::AtomicBool,
+    /// Called by gc once it has decided which chunks are dead, before it deletes them (tests).
+    #[cfg(test)]
+    pub(crate) gc_decided: Mutex<Option<Box<dyn FnOnce() + Send>>>,
     readers: RwLock<HashMap<PackId, Arc<PackFile>>>,
     /// Packs deleted by repack: never cached again (a reader racing with the repack may still
     /// open the old file once, then retries at the chunk's new location).
@@ -254,6 +274,12 @@ impl Store {
             writer: Mutex::new(Writer::new(pack, len)),
             flusher: Flusher::start(),
             synced: Mutex::new((id, len)),
+            sync_failed: std::sync::OnceLock::new(),
+            chunk_commits: RwLock::new(()),
+            #[cfg(test)]
+            fail_next_sync: false.into(),
+            #[cfg(test)]
+            gc_decided: Mutex::new(None),
             readers: RwLock::new(HashMap::new()),
             retired: Mutex::new(HashSet::new()),
             pins: Mutex::new(HashMap::new()),
@@ -420,7 +446,7 @@ impl Store {
     fn roll(&self, w: &mut Writer) -> Result<()> {
         w.flush()?;
         self.wait_written()?;
-        w.pack.sync_data()?;
+        self.sync_pack(&w.pack)?;
         let old = w.pack.id;
         let next = writing(
             PackFile::create(&self.pack_dir, PackId(old.0 + 1))?,
@@ -465,9 +491,38 @@ impl Store {
             // The pack was sealed, and fsynced, by `roll`.
             return Ok(());
         }
-        file.sync_data()?;
+        self.sync_pack(&file)?;
         *synced = (file.id, len);
         Ok(())
+    }
+
+    /// fsyncs `pack`, unless one has failed before. A failed fsync is never retried: the kernel
+    /// reports a write-back error once and may mark the pages it could not write clean, so a
+    /// second fsync can succeed while bytes appended before it are lost, and acknowledging them
+    /// then would be a lie. The index holds nothing written after the last fsync that
+    /// succeeded, so a restart recovers from there (reliability.md).
+    fn sync_pack(&self, pack: &PackFile) -> Result<()> {
+        if let Some(why) = self.sync_failed.get() {
+            return Err(sync_failed(why));
+        }
+        let synced = pack.sync_data();
+        #[cfg(test)]
+        let synced = match self
+            .fail_next_sync
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            true => Err(Error::io(
+                "fsync pack",
+                std::io::Error::from_raw_os_error(5),
+            )),
+            false => synced,
+        };
+        if let Err(e) = &synced {
+            let _ = self.sync_failed.set(e.reason.clone());
+            tracing::error!(pack = pack.id.0, error = %e, "a pack fsync failed: nothing more is acknowledged until the server restarts");
+            return Err(sync_failed(&e.reason));
+        }
+        synced
     }
 
     /// Pack files on disk that are neither in the index nor the pack being appended to.
@@ -851,7 +906,12 @@ impl WriteSession<'_> {
         for hash in &self.refs {
             batch.add(CF_CHUNK_REFS, hash.as_bytes(), 1);
         }
+        // Not while gc decides and deletes dead chunks: a chunk this session wrote itself is
+        // not pinned, and another copy of it may be dead (review 30: gc's delete, committed
+        // after this, took this session's location and reference with it).
+        let no_gc = self.store.chunk_commits.read();
         self.store.commit(batch)?;
+        drop(no_gc);
         for hash in &self.healed {
             self.store.forget_location(hash);
         }
@@ -1448,13 +1508,12 @@ mod chunking_tests {
 mod padding_tests {
     use super::*;
 
-    /// Each commit pads the open pack to the file's write alignment only: with direct writes,
-    /// 512 bytes where the kernel reports a 512-byte direct-I/O alignment, so a store of tiny
-    /// files committed one by one does not spend 4 KiB on each; through the page cache, a whole
-    /// page, so that no later write rewrites a page holding committed bytes. Either way the
-    /// chunks read back after the store is reopened.
+    /// Each commit pads the open pack to a whole 4 KiB block, with direct writes as through the
+    /// page cache: no later write rewrites a block (a page, a drive's physical sector) holding
+    /// committed bytes, even where the device would take 512-byte direct writes (review 30).
+    /// The chunks read back after the store is reopened.
     #[test]
-    fn commits_pad_only_to_the_file_s_write_alignment() {
+    fn commits_pad_to_whole_4_kib_blocks() {
         for direct in [true, false] {
             let dir = tempfile::tempdir().unwrap();
             let cfg = || StoreConfig {
@@ -1466,10 +1525,7 @@ mod padding_tests {
                 let w = store.writer.lock();
                 (w.staging.block(), w.pack.clone())
             };
-            match direct {
-                true => assert!(block.is_power_of_two() && (512..=BLOCK).contains(&block)),
-                false => assert_eq!(block, BLOCK),
-            }
+            assert_eq!(block, BLOCK, "direct {direct}");
             let mut chunks = Vec::new();
             for i in 0..10u8 {
                 let mut s = store.session();
@@ -1959,5 +2015,86 @@ mod dedup_tests {
         drop(store);
         let store = Store::open(StoreConfig::new(dir.path()), &[]).unwrap();
         assert_eq!(&store.read_chunk(&c).unwrap()[..], &data[..], "durably");
+    }
+}
+
+#[cfg(test)]
+mod failure_tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    /// After a pack fsync fails, nothing more is acknowledged, though the next fsync would
+    /// succeed: the kernel may have dropped the bytes the failed one was to make durable. A
+    /// restart recovers from the last fsync that succeeded (review 30).
+    #[test]
+    fn after_a_failed_pack_fsync_no_commit_succeeds_until_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(StoreConfig::new(dir.path()), &[]).unwrap();
+        let mut s = store.session();
+        let kept = s.add_chunk(b"before").unwrap();
+        s.commit(store.index().batch()).unwrap();
+        store
+            .fail_next_sync
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut s = store.session();
+        let lost = s.add_chunk(b"during").unwrap();
+        let err = s.commit(store.index().batch()).unwrap_err();
+        assert!(err.reason.contains("a pack fsync failed"), "{err}");
+        let mut s = store.session();
+        s.add_chunk(b"after").unwrap();
+        let again = s.commit(store.index().batch()).unwrap_err();
+        assert!(again.reason.contains("restart the server"), "{again}");
+        drop(store);
+        let store = Store::open(StoreConfig::new(dir.path()), &[]).unwrap();
+        assert_eq!(&store.read_chunk(&kept).unwrap()[..], b"before");
+        assert!(store.read_chunk(&lost).is_err(), "never acknowledged");
+        let mut s = store.session();
+        let now = s.add_chunk(b"after a restart").unwrap();
+        s.commit(store.index().batch()).unwrap();
+        assert_eq!(&store.read_chunk(&now).unwrap()[..], b"after a restart");
+    }
+
+    /// A session that wrote its own copy of a chunk commits while gc decides that another copy
+    /// of it, released meanwhile, is dead: the session's commit waits for gc's deletes, so its
+    /// location and reference are not deleted with the dead copy's (review 30).
+    #[test]
+    fn gc_does_not_delete_a_chunk_a_session_commits_while_gc_decides() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(StoreConfig::new(dir.path()), &[]).unwrap();
+        let mut slow = store.session();
+        let chunk = slow.add_chunk(b"shared bytes").unwrap();
+        // Another session stores the same bytes, commits, and its reference is released.
+        let mut other = store.session();
+        other.add_chunk(b"shared bytes").unwrap();
+        other.commit(store.index().batch()).unwrap();
+        let mut b = store.index().batch();
+        b.add(CF_CHUNK_REFS, chunk.hash.as_bytes(), -1);
+        store.commit(b).unwrap();
+
+        let (decided_tx, decided_rx) = mpsc::channel();
+        let (go_tx, go_rx) = mpsc::channel::<()>();
+        *store.gc_decided.lock() = Some(Box::new(move || {
+            decided_tx.send(()).unwrap();
+            let _ = go_rx.recv_timeout(Duration::from_secs(10));
+        }));
+        std::thread::scope(|scope| {
+            let gc = scope.spawn(|| store.gc(&crate::gc::GcOptions::default()));
+            decided_rx.recv().unwrap();
+            let commit = scope.spawn(|| slow.commit(store.index().batch()));
+            // Time for the commit to go through, were it not held back.
+            std::thread::sleep(Duration::from_millis(300));
+            go_tx.send(()).unwrap();
+            gc.join().unwrap().unwrap();
+            commit.join().unwrap().unwrap();
+        });
+        assert_eq!(
+            store
+                .index()
+                .counter(CF_CHUNK_REFS, chunk.hash.as_bytes())
+                .unwrap(),
+            1
+        );
+        assert_eq!(&store.read_chunk(&chunk).unwrap()[..], b"shared bytes");
     }
 }
