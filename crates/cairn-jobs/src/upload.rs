@@ -338,6 +338,11 @@ impl Engine {
             let next = tokio::select! {
                 biased;
                 _ = stopping.wait_for(|s| *s) => {
+                    // Every byte the request stated is here: it is whole, whatever its end
+                    // of body was about to say (review 30: a 503 "cut off" for a sealed job).
+                    if declared.is_some_and(|n| body_len >= n) {
+                        break Ok(true);
+                    }
                     tracing::info!(upload_job = %uj, "server stopping: upload cut off");
                     stopped = true;
                     break Ok(false);
@@ -553,6 +558,11 @@ impl Engine {
         };
         let chunk_bytes: u64 = kept.iter().map(|c| u64::from(c.len)).sum();
         if chunk_bytes != size {
+            // Another seal (a resume, a files finalize) may have taken the chunks into the
+            // part since this one was asked for: done, not damage (review 30).
+            if self.upload_job(&rec.id)?.sealed.is_some() {
+                return Ok(());
+            }
             return Err(Error::corrupt(format!(
                 "upload job {} has {chunk_bytes} bytes of chunks for {size} bytes of segments",
                 rec.id
@@ -980,6 +990,66 @@ mod tests {
             .await
             .unwrap();
         assert!(ok.complete);
+    }
+
+    /// A seal asked for with a record read before another seal (a resume, a files finalize)
+    /// took the job's chunks into its part finds the job sealed: done, not `corrupt` for the
+    /// chunks no longer there (review 30: the upload that sent the last byte then failed its
+    /// files job).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_seal_that_finds_the_job_sealed_by_another_is_done_not_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = Arc::new(Engine::open(crate::EngineConfig::new(dir.path())).unwrap());
+        let lib = e.create_library("t").unwrap();
+        let (_, draft) = e.create_object(&lib.id).unwrap();
+        let t = draft.token;
+        let ops = vec![crate::ops::RawOp {
+            path: Some("f".into()),
+            size: Some(3),
+            ..Default::default()
+        }];
+        let job = e
+            .create_files_job(&t, &crate::ops::FilesJobRequest::from_ops(ops))
+            .unwrap();
+        let stale = e.upload_job(&job.jobs[0]).unwrap();
+        let body = futures::stream::iter(vec![Ok::<_, std::io::Error>(Bytes::from_static(b"abc"))]);
+        assert!(
+            e.upload(t, job.id, job.jobs[0], Some(3), body)
+                .await
+                .unwrap()
+                .complete
+        );
+        e.seal(&stale, stale.segment_count).unwrap();
+        let status = e.files_job(&t, &job.id).unwrap();
+        assert!(status.error.is_none(), "{:?}", status.error);
+    }
+
+    /// The server stopping after a request's last stated byte arrived, before its body's end
+    /// was read, does not turn the finished upload into a 503 "cut off" (review 30).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stop_after_the_last_byte_leaves_the_upload_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = Arc::new(Engine::open(crate::EngineConfig::new(dir.path())).unwrap());
+        let lib = e.create_library("t").unwrap();
+        let (_, draft) = e.create_object(&lib.id).unwrap();
+        let t = draft.token;
+        let ops = vec![crate::ops::RawOp {
+            path: Some("f".into()),
+            size: Some(3),
+            ..Default::default()
+        }];
+        let job = e
+            .create_files_job(&t, &crate::ops::FilesJobRequest::from_ops(ops))
+            .unwrap();
+        // All three bytes, then a body that never says it ended.
+        let body = futures::stream::iter(vec![Ok::<_, std::io::Error>(Bytes::from_static(b"abc"))])
+            .chain(futures::stream::pending());
+        let (e2, uj) = (e.clone(), job.jobs[0]);
+        let upload = tokio::spawn(async move { e2.upload(t, job.id, uj, Some(3), body).await });
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        e.stop_uploads(std::time::Duration::from_secs(10)).await;
+        let reply = upload.await.unwrap().unwrap();
+        assert!(reply.complete);
     }
 
     #[tokio::test]
