@@ -384,22 +384,74 @@ impl Engine {
         hash: &Digest,
         size: u64,
     ) -> Result<Option<Vec<PartSeg>>> {
-        let Some(known) = self
+        let prefix = file_index_key(library, hash, size);
+        for (_, known) in self.known_copies(&prefix)? {
+            if self.parts_stored(&known.parts)? {
+                return Ok(Some(known.parts));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The copies of a file the known-file index holds under `prefix` (library, hash, size):
+    /// one per distinct layout of its bytes in parts (QA30: with one entry, the latest layout
+    /// replaced the others, and once its draft was deleted and gc'd, the file was not found
+    /// although a version still held it). At most [`MAX_KNOWN_COPIES`] are read.
+    fn known_copies(&self, prefix: &[u8]) -> Result<Vec<(Box<[u8]>, KnownFile)>> {
+        let mut out = Vec::new();
+        for r in self
             .store
             .index()
-            .get_record::<KnownFile>(CF_FILE_INDEX, &file_index_key(library, hash, size))?
-        else {
-            return Ok(None);
-        };
-        for p in &known.parts {
+            .scan(CF_FILE_INDEX, prefix)
+            .take(MAX_KNOWN_COPIES)
+        {
+            let (k, v) = r?;
+            if let Ok(known) = KnownFile::decode(&v) {
+                out.push((k, known));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether every part of `parts` is still stored.
+    fn parts_stored(&self, parts: &[PartSeg]) -> Result<bool> {
+        for p in parts {
             if !self.store.index().exists(
                 cairn_store::index::CF_PARTS,
                 &cairn_store::part_key(&p.digest, p.part_size),
             )? {
-                return Ok(None);
+                return Ok(false);
             }
         }
-        Ok(Some(known.parts))
+        Ok(true)
+    }
+
+    /// Records, in `b`, that `parts` hold a file of `library` with this hash and size, beside
+    /// the copies already known; copies whose parts are gone are dropped meanwhile.
+    fn index_known_file(
+        &self,
+        b: &mut Batch<'_>,
+        library: &cairn_core::LibraryId,
+        (hash, size, parts): (&Digest, u64, &[PartSeg]),
+    ) -> Result<()> {
+        let prefix = file_index_key(library, hash, size);
+        let mut live = 0;
+        for (k, known) in self.known_copies(&prefix)? {
+            if known.parts == parts {
+                return Ok(());
+            }
+            match self.parts_stored(&known.parts)? {
+                true => live += 1,
+                false => b.delete(CF_FILE_INDEX, &k),
+            }
+        }
+        if live < MAX_KNOWN_COPIES / 2 {
+            let known = KnownFile {
+                parts: parts.to_vec(),
+            };
+            b.put_record(CF_FILE_INDEX, &known_copy_key(&prefix, parts), &known);
+        }
+        Ok(())
     }
 
     /// Checks a link target and returns the size of the file it names.
@@ -734,13 +786,7 @@ impl Engine {
             if changed {
                 let mut b = self.store.index().batch();
                 for (hash, size, parts) in &out.known {
-                    b.put_record(
-                        CF_FILE_INDEX,
-                        &file_index_key(&draft.library, hash, *size),
-                        &KnownFile {
-                            parts: parts.clone(),
-                        },
-                    );
+                    self.index_known_file(&mut b, &draft.library, (hash, *size, parts))?;
                 }
                 let fresh = !out.dropped.is_empty();
                 dropped.paths.append(&mut out.dropped);
@@ -1186,6 +1232,26 @@ type StoredNodes = (
     Vec<(Digest, crate::tree::DirNode)>,
     HashMap<Digest, crate::tree::TreeStats>,
 );
+
+/// Copies of one file (library, hash, size) the known-file index reads; half as many live ones
+/// are kept (a file uploaded again and again, packed with other files each time, would
+/// otherwise make every lookup of it longer).
+const MAX_KNOWN_COPIES: usize = 16;
+
+/// The known-file index key of the copy of a file held by `parts`: the file's key (`prefix`),
+/// then 8 bytes naming the layout. Entries written before copies were kept have the bare key.
+fn known_copy_key(prefix: &[u8], parts: &[PartSeg]) -> Vec<u8> {
+    let mut h = blake3::Hasher::new();
+    for p in parts {
+        h.update(p.digest.as_bytes())
+            .update(&p.part_size.to_be_bytes())
+            .update(&p.off.to_be_bytes())
+            .update(&p.len.to_be_bytes());
+    }
+    let mut k = prefix.to_vec();
+    k.extend_from_slice(&h.finalize().as_bytes()[..8]);
+    k
+}
 
 /// Most files a draft's tree may hold, at any depth (copies of a directory included: a copy of
 /// a stored directory is one digest, however many files it holds).
