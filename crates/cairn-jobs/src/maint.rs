@@ -144,7 +144,15 @@ impl Engine {
                 if count > 0 || !seen.insert(k.to_vec()) {
                     continue;
                 }
-                if let Some(node) = self.store.index().get_record::<DirNode>(CF_NODES, &k)? {
+                if let Some(raw) = self.store.index().get(CF_NODES, &k)? {
+                    // A damaged node is kept, and so is what it names: its references cannot
+                    // be trusted to release the right things, and fsck names it (a flipped
+                    // byte inside a name still decodes).
+                    let sound = Digest::of(&raw).as_bytes()[..] == k[..];
+                    let Some(node) = sound.then(|| DirNode::decode(&raw).ok()).flatten() else {
+                        tracing::warn!(node = %hex(&k), "gc keeps a damaged directory node");
+                        continue;
+                    };
                     let (dirs, children) = node_children(&node);
                     for d in dirs {
                         b.add(CF_NODE_REFS, d.as_bytes(), -1);
