@@ -1730,3 +1730,99 @@ fn finalizing_or_discarding_a_left_open_draft_drops_its_resume_record() {
 fn left_in(state: &std::path::Path) -> usize {
     std::fs::read_dir(state.join("uploads")).map_or(0, |d| d.count())
 }
+
+/// `get -o` into something that is not a regular file (a FIFO here; `/dev/null` in the curl
+/// idiom) writes into it and leaves it what it was, instead of renaming a finished partial
+/// file over it (review: as root, `-o /dev/null` replaced the device). Partial files of
+/// another download beside it (`<out>.json.<tag>.cairn-part`) are not its own and stay, and a
+/// non-UTF-8 output name is reported, not a crash.
+#[test]
+fn get_writes_into_special_files_and_keeps_other_downloads_partials() {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::FileTypeExt;
+    let work = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let s = Server::start(data.path(), common::free_port());
+    let state = work.path().join("state");
+    let obj = new_object(&s, &state);
+    let local = work.path().join("up").join("f.bin");
+    fill(&local, 7, 300_000);
+    let version = upload_version(&s, &state, &obj, local.to_str().unwrap());
+    let target = format!("{version}:f.bin");
+
+    let fifo = work.path().join("pipe");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    // A reader that never gets a writer must fail the test, not hang it.
+    let (tx, read) = std::sync::mpsc::channel();
+    {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || tx.send(std::fs::read(fifo).unwrap()));
+    }
+    ok(cairn(
+        &s,
+        &state,
+        &["get", &target, "-o", fifo.to_str().unwrap()],
+    ));
+    let got = read
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the FIFO was written");
+    assert_eq!(got, std::fs::read(&local).unwrap());
+    let kind = std::fs::symlink_metadata(&fifo).unwrap().file_type();
+    assert!(kind.is_fifo(), "the FIFO is still a FIFO: {kind:?}");
+
+    let out = work.path().join("v.mp4");
+    let other = work.path().join("v.mp4.json.0123456789abcdef.cairn-part");
+    std::fs::write(&other, b"another download's bytes").unwrap();
+    ok(cairn(
+        &s,
+        &state,
+        &["get", &target, "-o", out.to_str().unwrap()],
+    ));
+    assert!(other.exists(), "another download's partial file stays");
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&local).unwrap());
+
+    let odd = work
+        .path()
+        .join(std::ffi::OsStr::from_bytes(b"caf\xe9.bin"));
+    let got = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args([
+            std::ffi::OsStr::new("get"),
+            target.as_ref(),
+            "-o".as_ref(),
+            odd.as_os_str(),
+        ])
+        .env("CAIRN_SERVER", s.url(""))
+        .env("CAIRN_TOKEN", TOKEN)
+        .env("CAIRN_STATE_DIR", &state)
+        .output()
+        .unwrap();
+    ok(got);
+    assert_eq!(std::fs::read(&odd).unwrap(), std::fs::read(&local).unwrap());
+}
+
+/// A client config file the parser refuses is reported by line, without quoting the line: it
+/// may hold the token (review: an unquoted token went to stderr, and so to cron logs).
+#[test]
+fn a_bad_client_config_never_prints_its_token() {
+    let work = tempfile::tempdir().unwrap();
+    let cfg = work.path().join("config.toml");
+    std::fs::write(
+        &cfg,
+        "server = \"http://127.0.0.1:9\"\ntoken = cairn_secret_1234\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["lib", "ls", "--cli-config", cfg.to_str().unwrap()])
+        .env_remove("CAIRN_SERVER")
+        .env_remove("CAIRN_TOKEN")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(!err.contains("cairn_secret_1234"), "{err}");
+    assert!(err.contains("line 2"), "{err}");
+}

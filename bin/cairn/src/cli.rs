@@ -39,8 +39,15 @@ impl ClientConfig {
         };
         match std::fs::read_to_string(&file) {
             Ok(text) => {
-                let mut cfg: ClientConfig =
-                    toml::from_str(&text).with_context(|| file.display().to_string())?;
+                // The parser's message quotes the line it stopped at, which may hold the token:
+                // say where and what only, never the line (review: it went to cron logs).
+                let mut cfg: ClientConfig = toml::from_str(&text).map_err(|e| {
+                    let line = e
+                        .span()
+                        .map(|at| text[..at.start.min(text.len())].lines().count().max(1));
+                    let at = line.map_or(String::new(), |n| format!(" line {n}:"));
+                    anyhow::anyhow!("{}:{at} {}", file.display(), e.message())
+                })?;
                 // A relative `cacert` is relative to the config file, not to where cairn runs.
                 if let (Some(ca), Some(dir)) = (&cfg.cacert, file.parent()) {
                     cfg.cacert = Some(dir.join(ca));
@@ -530,12 +537,22 @@ async fn download_to(
     range: Option<(u64, Option<u64>)>,
     out: &PathBuf,
 ) -> Result<()> {
-    if range.is_some() {
+    let shown = out.to_string_lossy();
+    // A device, a FIFO (`-o /dev/null`, `-o >(…)`): written into as it is, never replaced by
+    // a renamed partial file (review: as root, that put a regular file in place of /dev/null).
+    let special = std::fs::metadata(out).is_ok_and(|m| !m.is_file() && !m.is_dir());
+    if range.is_some() || special {
         let resp = ctx.client.download(id, path, range).await?;
-        let mut file = std::fs::File::create(out).with_context(|| out.display().to_string())?;
+        let mut file = match special {
+            true => std::fs::OpenOptions::new().write(true).open(out),
+            false => std::fs::File::create(out),
+        }
+        .with_context(|| out.display().to_string())?;
         copy_body(resp, &mut file).await?;
-        file.sync_all()?;
-        ctx.print(&json!({"path": path, "output": out}), |_| String::new());
+        if !special {
+            file.sync_all()?;
+        }
+        ctx.print(&json!({"path": path, "output": shown}), |_| String::new());
         return Ok(());
     }
     // A HEAD's error has no body: on any error the GET below tells the server's reason.
@@ -545,7 +562,10 @@ async fn download_to(
         Err(e) => return Err(e.into()),
     };
     let part = part_file(out, &etag)?;
-    drop_other_parts(out, &part);
+    // Without an ETag (the HEAD failed) nothing says which partial files are stale.
+    if !etag.is_empty() {
+        drop_other_parts(out, &part);
+    }
     let have = match etag.is_empty() {
         true => 0,
         false => std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0),
@@ -586,7 +606,7 @@ async fn download_to(
     }
     std::fs::rename(&part, out).with_context(|| out.display().to_string())?;
     ctx.print(
-        &json!({"path": path, "output": out, "resumed_at": resumed_at}),
+        &json!({"path": path, "output": shown, "resumed_at": resumed_at}),
         |_| String::new(),
     );
     Ok(())
@@ -623,9 +643,14 @@ fn drop_other_parts(out: &Path, keep: &Path) {
         return;
     };
     for e in entries.flatten() {
-        // By name: `e.path()` is `./x` where `keep` may be `x`.
+        // By name: `e.path()` is `./x` where `keep` may be `x`. Only `out`'s own partial files,
+        // `<out>.<tag>.cairn-part`, not another download's (`<out>.json.<tag>.cairn-part`).
         let n = e.file_name().to_string_lossy().to_string();
-        if n.starts_with(&prefix) && n.ends_with(".cairn-part") && Some(&n) != keep.as_ref() {
+        let tag = n
+            .strip_prefix(&prefix)
+            .and_then(|rest| rest.strip_suffix(".cairn-part"));
+        let ours = tag.is_some_and(|t| t.bytes().all(|b| b.is_ascii_alphanumeric()));
+        if ours && Some(&n) != keep.as_ref() {
             let _ = std::fs::remove_file(e.path());
         }
     }
