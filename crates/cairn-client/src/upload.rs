@@ -474,6 +474,11 @@ fn gone(tree: &Value, local: &Local) -> Vec<String> {
     let files: BTreeSet<&str> = local.files.iter().map(|f| f.rel.as_str()).collect();
     let mut out = Vec::new();
     for root in &local.roots {
+        // A path named on the command line that is now a FIFO, socket or device is skipped,
+        // and what the object holds there left alone (review: its directory was deleted).
+        if local.link_rels.contains(root) {
+            continue;
+        }
         let node = match root.as_str() {
             "" => Some(tree),
             _ => root.split('/').try_fold(tree, |node, name| node.get(name)),
@@ -1282,6 +1287,11 @@ mod tests {
         assert_eq!(gone(&tree, &local(&["t"], &[], &["t"], &[])), ["t"]);
         assert_eq!(
             gone(&tree, &local(&["new"], &["new"], &[], &[])),
+            Vec::<String>::new()
+        );
+        // Named on the command line and now a FIFO (skipped): left alone.
+        assert_eq!(
+            gone(&tree, &local(&["t"], &[], &[], &["t"])),
             Vec::<String>::new()
         );
     }
