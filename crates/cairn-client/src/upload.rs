@@ -73,12 +73,44 @@ pub struct UploadOutcome {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct LocalFile {
     rel: String,
+    #[serde(with = "os_path")]
     abs: PathBuf,
     size: u64,
     mtime_ns: i128,
     /// blake3 of the contents, computed while planning: the server links a file it already
     /// holds (same library, hash and size) instead of planning an upload for it.
     blake3: String,
+}
+
+/// A local path in a resume record: a JSON string, or its bytes where it is not UTF-8 (review:
+/// a folder named in Latin-1 above the files made every record unsavable, after its draft had
+/// been opened).
+mod os_path {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    use std::path::PathBuf;
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(untagged)]
+    enum Repr {
+        Text(String),
+        Bytes(Vec<u8>),
+    }
+
+    pub fn serialize<S: Serializer>(p: &PathBuf, s: S) -> Result<S::Ok, S::Error> {
+        match p.to_str() {
+            Some(t) => Repr::Text(t.to_string()),
+            None => Repr::Bytes(p.as_os_str().as_bytes().to_vec()),
+        }
+        .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
+        Ok(match Repr::deserialize(d)? {
+            Repr::Text(t) => PathBuf::from(t),
+            Repr::Bytes(b) => PathBuf::from(std::ffi::OsString::from_vec(b)),
+        })
+    }
 }
 
 /// What is needed to continue an interrupted upload.
