@@ -97,7 +97,7 @@ mod os_path {
         Bytes(Vec<u8>),
     }
 
-    pub fn serialize<S: Serializer>(p: &PathBuf, s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer>(p: &std::path::Path, s: S) -> Result<S::Ok, S::Error> {
         match p.to_str() {
             Some(t) => Repr::Text(t.to_string()),
             None => Repr::Bytes(p.as_os_str().as_bytes().to_vec()),
