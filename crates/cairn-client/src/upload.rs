@@ -329,13 +329,21 @@ pub struct SkippedName {
 /// skipped and reported rather than failing the whole upload, as rsync goes on past a file it
 /// cannot send: checked here by the server's own rules, before anything is asked of it. An
 /// invalid `dest` is the user's to fix, not something to skip: [`ClientError::Invalid`].
+/// Whether `p` names a directory's contents rather than the directory: `.`, `..`, `/`, or a
+/// path ending in `/.` (as rsync and `cp -a dir/. to` read it; `Path::file_name` of `dir/.`
+/// is `dir`).
+fn names_contents(p: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    p.file_name().is_none() || p.as_os_str().as_bytes().ends_with(b"/.")
+}
+
 fn collect(paths: &[PathBuf], dest: &str) -> Result<Local> {
     let dest = cairn_core::FilePath::parse_dir(dest)
         .map_err(|e| ClientError::Invalid(format!("--dest {dest:?}: {e}")))?;
     let mut local = Local::default();
     for p in paths {
-        let rel = match p.file_name() {
-            // `.`, `..` or `/`: the directory's contents go to `dest` itself.
+        let rel = match p.file_name().filter(|_| !names_contents(p)) {
+            // `.`, `dir/.`, `..` or `/`: the directory's contents go to `dest` itself.
             None => dest.as_str().to_string(),
             Some(name) => match child_path(dest.as_str(), name) {
                 Ok(rel) => rel,
@@ -588,7 +596,7 @@ fn record_path(opts: &UploadOptions, client: &Client) -> Result<PathBuf> {
         .iter()
         .map(|p| {
             let abs = p.canonicalize().unwrap_or_else(|_| p.clone());
-            (abs.to_string_lossy().into_owned(), p.file_name().is_none())
+            (abs.to_string_lossy().into_owned(), names_contents(p))
         })
         .collect();
     roots.sort();
@@ -1267,6 +1275,27 @@ mod tests {
             empty_dirs: Vec::new(),
             link_rels: links.iter().map(|l| l.to_string()).collect(),
         }
+    }
+
+    /// `dir/.` names the directory's contents, like `.`; `dir` and `dir/` the directory.
+    #[test]
+    fn a_path_ending_in_dot_names_the_contents() {
+        let work = tempfile::tempdir().unwrap();
+        let dir = work.path().join("d");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("f"), b"x").unwrap();
+        let rels = |p: PathBuf| -> Vec<String> {
+            collect(&[p], "to")
+                .unwrap()
+                .files
+                .into_iter()
+                .map(|f| f.rel)
+                .collect()
+        };
+        assert_eq!(rels(work.path().join("d/.")), ["to/f"]);
+        assert_eq!(rels(work.path().join("d")), ["to/d/f"]);
+        assert_eq!(rels(work.path().join("d/")), ["to/d/f"]);
+        assert!(names_contents(Path::new(".")) && !names_contents(Path::new("a.")));
     }
 
     #[test]
