@@ -578,8 +578,29 @@ fn state_root(dir: Option<&Path>) -> PathBuf {
     match (std::env::var_os("XDG_STATE_HOME"), std::env::var_os("HOME")) {
         (Some(s), _) => PathBuf::from(s).join("cairn"),
         (None, Some(h)) => PathBuf::from(h).join(".local/state/cairn"),
-        (None, None) => std::env::temp_dir().join("cairn-state"),
+        // A shared temporary directory: one of the user's own (see `record_path`), by uid.
+        (None, None) => std::env::temp_dir().join(format!(
+            "cairn-state-{}",
+            rustix::process::getuid().as_raw()
+        )),
     }
+}
+
+/// Refuses a state directory someone else could have put in place: a symbolic link, or one
+/// another user owns (review: with neither `HOME` nor `XDG_STATE_HOME`, records went to a
+/// `/tmp/cairn-state` anyone could have created first).
+fn check_owned(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(dir)
+        .map_err(|e| ClientError::Local(format!("{}: {e}", dir.display())))?;
+    let uid = rustix::process::getuid().as_raw();
+    if !meta.is_dir() || meta.uid() != uid {
+        return Err(ClientError::Local(format!(
+            "{}: not a directory of this user's (uid {uid}); give --state-dir",
+            dir.display()
+        )));
+    }
+    Ok(())
 }
 
 /// The record is named by the command: the server, the object, the local paths named (made
@@ -614,9 +635,12 @@ fn record_path(opts: &UploadOptions, client: &Client) -> Result<PathBuf> {
         h.update(abs.as_bytes())
             .update(if *contents { b"/.\0" } else { b"\0" });
     }
-    let dir = state_dir(opts).join("uploads");
+    let root = state_dir(opts);
+    let dir = root.join("uploads");
     std::fs::create_dir_all(&dir)
         .map_err(|e| ClientError::Local(format!("{}: {e}", dir.display())))?;
+    check_owned(&root)?;
+    check_owned(&dir)?;
     Ok(dir.join(format!("{}.json", &h.finalize().to_hex()[..32])))
 }
 
@@ -1274,6 +1298,25 @@ mod tests {
             special: Vec::new(),
             empty_dirs: Vec::new(),
             link_rels: links.iter().map(|l| l.to_string()).collect(),
+        }
+    }
+
+    /// A state directory that is a symbolic link, or (checked when the test runs as root) one
+    /// another user owns, is refused; the user's own is taken.
+    #[test]
+    fn a_state_directory_must_be_the_user_s_own() {
+        let work = tempfile::tempdir().unwrap();
+        let own = work.path().join("own");
+        std::fs::create_dir(&own).unwrap();
+        assert!(check_owned(&own).is_ok());
+        let link = work.path().join("link");
+        std::os::unix::fs::symlink(&own, &link).unwrap();
+        assert!(check_owned(&link).is_err(), "a symbolic link");
+        if rustix::process::getuid().is_root() {
+            let other = work.path().join("other");
+            std::fs::create_dir(&other).unwrap();
+            std::os::unix::fs::chown(&other, Some(65534), Some(65534)).unwrap();
+            assert!(check_owned(&other).is_err(), "another user's");
         }
     }
 
