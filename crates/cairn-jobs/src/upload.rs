@@ -947,6 +947,23 @@ impl StreamHashes {
 mod tests {
     use super::*;
 
+    /// An engine with a draft and a files job adding one 3-byte file `f`.
+    fn one_file_of_3_bytes(
+        cfg: crate::EngineConfig,
+    ) -> (Arc<Engine>, WriteToken, crate::FilesJobCreated) {
+        let e = Arc::new(Engine::open(cfg).unwrap());
+        let lib = e.create_library("t").unwrap();
+        let (_, draft) = e.create_object(&lib.id).unwrap();
+        let ops = vec![crate::ops::RawOp {
+            path: Some("f".into()),
+            size: Some(3),
+            ..Default::default()
+        }];
+        let request = crate::ops::FilesJobRequest::from_ops(ops);
+        let job = e.create_files_job(&draft.token, &request).unwrap();
+        (e, draft.token, job)
+    }
+
     /// An upload that finds every upload permit taken waits the idle time, then is `busy`
     /// (503 with `Retry-After`) having read nothing; once a permit frees, the same request goes
     /// through.
@@ -955,18 +972,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = crate::EngineConfig::new(dir.path());
         cfg.idle_timeout = std::time::Duration::from_millis(500);
-        let e = Arc::new(Engine::open(cfg).unwrap());
-        let lib = e.create_library("t").unwrap();
-        let (_, draft) = e.create_object(&lib.id).unwrap();
-        let t = draft.token;
-        let ops = vec![crate::ops::RawOp {
-            path: Some("f".into()),
-            size: Some(3),
-            ..Default::default()
-        }];
-        let job = e
-            .create_files_job(&t, &crate::ops::FilesJobRequest::from_ops(ops))
-            .unwrap();
+        let (e, t, job) = one_file_of_3_bytes(cfg);
         let body =
             || futures::stream::iter(vec![Ok::<_, std::io::Error>(Bytes::from_static(b"abc"))]);
         let all = e
@@ -999,18 +1005,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_seal_that_finds_the_job_sealed_by_another_is_done_not_corrupt() {
         let dir = tempfile::tempdir().unwrap();
-        let e = Arc::new(Engine::open(crate::EngineConfig::new(dir.path())).unwrap());
-        let lib = e.create_library("t").unwrap();
-        let (_, draft) = e.create_object(&lib.id).unwrap();
-        let t = draft.token;
-        let ops = vec![crate::ops::RawOp {
-            path: Some("f".into()),
-            size: Some(3),
-            ..Default::default()
-        }];
-        let job = e
-            .create_files_job(&t, &crate::ops::FilesJobRequest::from_ops(ops))
-            .unwrap();
+        let (e, t, job) = one_file_of_3_bytes(crate::EngineConfig::new(dir.path()));
         let stale = e.upload_job(&job.jobs[0]).unwrap();
         let body = futures::stream::iter(vec![Ok::<_, std::io::Error>(Bytes::from_static(b"abc"))]);
         assert!(
@@ -1029,18 +1024,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_stop_after_the_last_byte_leaves_the_upload_whole() {
         let dir = tempfile::tempdir().unwrap();
-        let e = Arc::new(Engine::open(crate::EngineConfig::new(dir.path())).unwrap());
-        let lib = e.create_library("t").unwrap();
-        let (_, draft) = e.create_object(&lib.id).unwrap();
-        let t = draft.token;
-        let ops = vec![crate::ops::RawOp {
-            path: Some("f".into()),
-            size: Some(3),
-            ..Default::default()
-        }];
-        let job = e
-            .create_files_job(&t, &crate::ops::FilesJobRequest::from_ops(ops))
-            .unwrap();
+        let (e, t, job) = one_file_of_3_bytes(crate::EngineConfig::new(dir.path()));
         // All three bytes, then a body that never says it ended.
         let body = futures::stream::iter(vec![Ok::<_, std::io::Error>(Bytes::from_static(b"abc"))])
             .chain(futures::stream::pending());
