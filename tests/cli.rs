@@ -1869,3 +1869,106 @@ fn files_under_a_folder_named_in_latin_1_upload_and_resume() {
     ));
     assert!(std::fs::read(&back).unwrap() == std::fs::read(odd.join("f.bin")).unwrap());
 }
+
+/// A proxy to `to` on loopback that forwards everything both ways, except that it closes the
+/// connection of the first finalize (`POST /q/tqw__… HTTP/1.1`) once the server answers it,
+/// instead of passing that reply on: a finalize that went through and whose reply was lost.
+/// Returns its port and whether it has lost a reply.
+fn lose_the_first_finalize_reply(to: u16) -> (u16, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    use std::sync::Arc;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (armed, lost) = (
+        Arc::new(AtomicBool::new(true)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let lost_out = lost.clone();
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let Ok(server) = TcpStream::connect(("127.0.0.1", to)) else {
+                continue;
+            };
+            let this_one = Arc::new(AtomicBool::new(false));
+            let (mut c_in, mut s_out) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            let (armed, flag) = (armed.clone(), this_one.clone());
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(n @ 1..) = c_in.read(&mut buf) {
+                    let text = String::from_utf8_lossy(&buf[..n]);
+                    let finalize = text.lines().next().is_some_and(|l| {
+                        l.starts_with("POST /q/tqw__")
+                            && l.ends_with(" HTTP/1.1")
+                            && l["POST /q/".len()..]
+                                .split(' ')
+                                .next()
+                                .is_some_and(|t| !t.contains('/'))
+                    });
+                    if finalize && armed.swap(false, SeqCst) {
+                        flag.store(true, SeqCst);
+                    }
+                    if s_out.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                let _ = s_out.shutdown(Shutdown::Write);
+            });
+            let (mut s_in, mut c_out) = (server, client);
+            let lost = lost.clone();
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(n @ 1..) = s_in.read(&mut buf) {
+                    if this_one.load(SeqCst) {
+                        lost.store(true, SeqCst);
+                        let _ = c_out.shutdown(Shutdown::Both);
+                        let _ = s_in.shutdown(Shutdown::Both);
+                        return;
+                    }
+                    if c_out.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                let _ = c_out.shutdown(Shutdown::Write);
+            });
+        }
+    });
+    (port, lost_out)
+}
+
+/// The reply to `cairn upload`'s finalize is lost after the server published the version: the
+/// retry (same `Idempotency-Key`) gets that version back, the run succeeds with its hash, and
+/// there is one version, not a second identical one or a failed run.
+#[test]
+fn an_upload_whose_finalize_reply_is_lost_publishes_one_version() {
+    let work = tempfile::tempdir().unwrap();
+    let state = work.path().join("state");
+    let data = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let s = Server::start(data.path(), port);
+    let obj = new_object(&s, &state);
+    let dir = work.path().join("tree");
+    fill(&dir.join("a.bin"), 71, 300_000);
+    fill(&dir.join("sub/b.txt"), 72, 1_000);
+    let (proxy, lost) = lose_the_first_finalize_reply(port);
+    let out = cairn_cmd(&s, &state, &["upload", &obj, dir.to_str().unwrap()])
+        .env("CAIRN_SERVER", format!("http://127.0.0.1:{proxy}/"))
+        .output()
+        .unwrap();
+    assert!(
+        lost.load(std::sync::atomic::Ordering::SeqCst),
+        "the proxy lost no finalize reply"
+    );
+    let hash = ok(out);
+    let versions = common::call(&s, "GET", &format!("/qid/{obj}"), None, 200);
+    let versions = versions["versions"].as_array().unwrap();
+    assert_eq!(versions.len(), 1, "{versions:?}");
+    assert_eq!(versions[0]["hash"], hash.as_str());
+    assert_got_back(
+        &s,
+        &state,
+        &format!("{hash}:tree/a.bin"),
+        &dir.join("a.bin"),
+    );
+}

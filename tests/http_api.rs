@@ -393,6 +393,82 @@ fn finalize_preconditions_refuse_a_stale_draft_and_change_nothing() {
     assert_eq!(versions(), 5);
 }
 
+/// A finalize sent with an `Idempotency-Key` can be retried after its reply was lost: the same
+/// key gets the same reply, once the draft is gone too. Without the key, with another, or from
+/// another library's token it stays what a second finalize is (404, 403), and a malformed key
+/// is 400 with the draft left open.
+#[test]
+fn a_finalize_retried_with_its_idempotency_key_gets_the_same_version() {
+    let data = tempfile::tempdir().unwrap();
+    let s = Server::start(data.path(), common::free_port());
+    let (lib, obj, wt) = new_object(&s);
+    let finalize = |hdrs: &[&str]| {
+        let mut args = vec!["-X", "POST"];
+        for h in hdrs {
+            args.extend(["-H", h]);
+        }
+        curl(&s.url(&format!("/q/{wt}")), &args)
+    };
+    for bad in [
+        "Idempotency-Key: a b",
+        &format!("Idempotency-Key: {}", "k".repeat(256)),
+    ] {
+        let r = finalize(&[bad]);
+        assert_eq!(r.status, 400, "{bad}: {}", String::from_utf8_lossy(&r.body));
+        call(&s, "GET", &format!("/q/{wt}"), None, 200);
+    }
+    let key = "Idempotency-Key: 6f1c2a";
+    let first = finalize(&[key, "If-None-Match: *"]);
+    assert_eq!(
+        first.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&first.body)
+    );
+    // The retry repeats the request, precondition included, and gets the first reply.
+    let again = finalize(&[key, "If-None-Match: *"]);
+    assert_eq!(
+        again.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&again.body)
+    );
+    assert_eq!(again.json(), first.json());
+    let long = curl(
+        &s.url(&format!("/qlibs/{lib}/q/{wt}")),
+        &["-X", "POST", "-H", key],
+    );
+    assert_eq!(long.json(), first.json(), "the long form too");
+    for other in [&[][..], &["Idempotency-Key: 6f1c2b"]] {
+        let r = finalize(other);
+        assert_eq!(
+            r.status,
+            404,
+            "{other:?}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        assert_eq!(r.kind(), "not_found");
+    }
+    let versions = call(&s, "GET", &format!("/qid/{obj}"), None, 200);
+    assert_eq!(versions["versions"].as_array().unwrap().len(), 1);
+    // Another library's token is refused, not answered with this library's version.
+    let (other_lib, _, _) = new_object(&s);
+    let token = call(&s, "POST", &format!("/qlibs/{other_lib}/tokens"), None, 201)["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let auth = format!("Authorization: Bearer {token}");
+    let r = curl(
+        &s.url(&format!("/q/{wt}")),
+        &["-X", "POST", "-H", key, "-H", &auth],
+    );
+    assert_eq!(r.status, 403, "{}", String::from_utf8_lossy(&r.body));
+    // Once the version is deleted, the key answers nothing.
+    let hash = first.json()["hash"].as_str().unwrap().to_string();
+    call(&s, "DELETE", &format!("/q/{hash}"), None, 200);
+    assert_eq!(finalize(&[key]).status, 404);
+}
+
 #[test]
 fn reads_follow_each_finalize_and_delete_at_once() {
     let data = tempfile::tempdir().unwrap();

@@ -403,7 +403,12 @@ impl Client {
             None => ("If-None-Match", "*".to_string()),
         };
         let v = self
-            .json_with(Method::POST, &format!("/q/{wt}"), None, &[cond])
+            .json_with(
+                Method::POST,
+                &format!("/q/{wt}"),
+                None,
+                &[cond, retry_key()],
+            )
             .await?;
         string_field(&v, "hash")
     }
@@ -418,7 +423,9 @@ impl Client {
 
     /// Finalizes the draft whatever the object's newest version is; returns the version hash.
     pub async fn finalize(&self, wt: &str) -> Result<String> {
-        let v = self.json(Method::POST, &format!("/q/{wt}"), None).await?;
+        let v = self
+            .json_with(Method::POST, &format!("/q/{wt}"), None, &[retry_key()])
+            .await?;
         string_field(&v, "hash")
     }
 
@@ -552,6 +559,15 @@ const MAX_ANSWER_DEPTH: usize = 1024;
 
 /// A server's JSON answer, nested up to [`MAX_ANSWER_DEPTH`] (checked by a scan first, so
 /// parsing without serde_json's recursion limit cannot exhaust the stack).
+/// A fresh `Idempotency-Key` header for one finalize, sent again by its retries: a finalize
+/// that went through but whose reply was lost is then answered with its version on the retry,
+/// where it would be 404 (the draft is gone) and a new run would publish a second version.
+fn retry_key() -> (&'static str, String) {
+    let bytes: [u8; 16] = rand::random();
+    let key = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    ("Idempotency-Key", key)
+}
+
 fn parse_answer(bytes: &[u8]) -> Result<Value> {
     let not_json =
         |why: String| ClientError::Local(format!("the server's answer is not JSON: {why}"));

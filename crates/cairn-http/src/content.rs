@@ -360,7 +360,18 @@ pub async fn handle_finalize(
         header_list(&headers, &header::IF_NONE_MATCH)?,
     );
     let cond = crate::conditional::head_condition(if_match.as_deref(), if_none_match.as_deref());
-    let (hash, rec) = st.engine.run(move |e| e.finalize_if(&t, &cond)).await?;
+    let key = match headers.get("idempotency-key") {
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| ApiError::bad_request("Idempotency-Key must be visible ASCII"))?
+                .to_string(),
+        ),
+        None => None,
+    };
+    let (hash, rec) = st
+        .engine
+        .run(move |e| e.finalize_keyed(&t, &cond, key.as_deref()))
+        .await?;
     Ok(Json(
         json!({"id": rec.object, "hash": hash, "write_token": t, "type": "", "qlib_id": rec.library}),
     ))

@@ -84,7 +84,8 @@ pub(crate) async fn target(st: &AppState, p: &Params) -> Result<Qhit, ApiError> 
     Ok(q)
 }
 
-/// Library of an object that has no version yet (so `info` cannot describe it).
+/// Library of content `info` cannot describe: an object with no version yet, or a draft that
+/// is no longer open.
 fn content_lib(e: &Engine, q: &Qhit) -> cairn_core::Result<cairn_jobs::QInfo> {
     match q {
         Qhit::Object(o) => {
@@ -98,6 +99,19 @@ fn content_lib(e: &Engine, q: &Qhit) -> cairn_core::Result<cairn_jobs::QInfo> {
                 modified: obj.created,
             })
         }
+        // A draft finalized or discarded is still of its object's library (the token names
+        // the object): another library's token is refused, not told it is gone.
+        Qhit::Draft(t) => e.info(q).or_else(|err| {
+            let obj = e.object(&t.object).map_err(|_| err)?;
+            Ok(cairn_jobs::QInfo {
+                object: t.object,
+                library: obj.library,
+                version: None,
+                token: None,
+                base: None,
+                modified: obj.created,
+            })
+        }),
         _ => e.info(q),
     }
 }

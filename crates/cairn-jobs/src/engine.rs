@@ -738,6 +738,9 @@ impl Engine {
             self.drop_draft(&mut b, d)?;
             b.add(CF_NODE_REFS, d.root.as_bytes(), -1);
         }
+        for r in self.store.index().scan(CF_FINALIZED, &prefix) {
+            b.delete(CF_FINALIZED, &r?.0);
+        }
         b.delete(CF_OBJECTS, id.as_bytes());
         b.delete(CF_LIB_OBJECTS, &lib_object_key(&obj.library, id));
         self.store.commit(b)?;

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use cairn_core::record::Record;
 use cairn_core::{
-    Digest, Error, FilePath, FilesJobId, Result, UploadJobId, VersionHash, WriteToken,
+    Digest, Error, ErrorKind, FilePath, FilesJobId, Result, UploadJobId, VersionHash, WriteToken,
 };
 use cairn_store::Batch;
 use serde::Serialize;
@@ -1034,6 +1034,83 @@ impl Engine {
         token: &WriteToken,
         cond: &HeadCondition,
     ) -> Result<(VersionHash, VersionRecord)> {
+        self.finalize_keyed(token, cond, None)
+    }
+
+    /// [`Engine::finalize_if`], made safe to retry with `key` (an `Idempotency-Key`): the
+    /// version is recorded with the key in the same batch, and a later finalize of the same
+    /// draft with the same key, within [`FINALIZED_KEEP_SECS`], is answered with that version
+    /// instead of 404 while the version exists. Without a key, or with another, a finalized
+    /// draft is 404 as before: a second finalize is not made a success by accident.
+    pub fn finalize_keyed(
+        &self,
+        token: &WriteToken,
+        cond: &HeadCondition,
+        key: Option<&str>,
+    ) -> Result<(VersionHash, VersionRecord)> {
+        if let Some(k) = key {
+            check_idempotency_key(k)?;
+        }
+        match (self.finalize_once(token, cond, key), key) {
+            (Err(e), Some(k)) if e.is(ErrorKind::NotFound) => {
+                self.finalized_with(token, k)?.ok_or(e)
+            }
+            (r, _) => r,
+        }
+    }
+
+    /// The version `token` was finalized into with `key`, if that is recorded, recent and the
+    /// version is still there.
+    fn finalized_with(
+        &self,
+        token: &WriteToken,
+        key: &str,
+    ) -> Result<Option<(VersionHash, VersionRecord)>> {
+        let idx = self.store.index();
+        let Some(f) = idx.get_record::<FinalizedRecord>(CF_FINALIZED, &token.to_bytes())? else {
+            return Ok(None);
+        };
+        if f.key != key || now().saturating_sub(f.at) > FINALIZED_KEEP_SECS {
+            return Ok(None);
+        }
+        let rec = idx.get_record::<VersionRecord>(CF_VERSIONS, f.hash.digest.as_bytes())?;
+        Ok(rec.map(|r| (f.hash, r)))
+    }
+
+    /// Records that `token` became `hash` under `key`, and drops this object's records older
+    /// than [`FINALIZED_KEEP_SECS`] (each keyed finalize prunes its own object's).
+    fn record_finalized(
+        &self,
+        b: &mut Batch<'_>,
+        token: &WriteToken,
+        hash: VersionHash,
+        key: &str,
+    ) -> Result<()> {
+        let at = now();
+        let prefix = WriteToken::bytes_prefix(&token.object);
+        for r in self.store.index().scan(CF_FINALIZED, &prefix) {
+            let (k, v) = r?;
+            let old = FinalizedRecord::decode(&v)
+                .map_or(true, |f| at.saturating_sub(f.at) > FINALIZED_KEEP_SECS);
+            if old {
+                b.delete(CF_FINALIZED, &k);
+            }
+        }
+        let rec = FinalizedRecord {
+            hash,
+            key: key.to_string(),
+            at,
+        };
+        b.put_record(CF_FINALIZED, &token.to_bytes(), &rec);
+        Ok(())
+    }
+
+    fn finalize_once(
+        &self,
+        token: &WriteToken,
+        cond: &HeadCondition,
+        key: Option<&str>,
+    ) -> Result<(VersionHash, VersionRecord)> {
         self.store.check_index_room(0)?;
         let failed = self.seal_received(token, None)?;
         // One critical section from resolution to commit: no files job can slip in between.
@@ -1070,6 +1147,9 @@ impl Engine {
             &history_key(&obj.id, seq),
             hash.digest.as_bytes(),
         );
+        if let Some(k) = key {
+            self.record_finalized(&mut b, token, hash, k)?;
+        }
         obj.head = Some(hash);
         obj.last_seq = seq;
         b.put_record(CF_OBJECTS, obj.id.as_bytes(), &obj);
@@ -1090,6 +1170,20 @@ impl Engine {
     pub fn tree_root(&self, q: &Qhit) -> Result<Digest> {
         self.resolve_root(q)
     }
+}
+
+/// Longest `Idempotency-Key` accepted (a UUID is 36 characters).
+pub const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+/// An idempotency key is 1 to [`MAX_IDEMPOTENCY_KEY`] visible ASCII characters.
+pub fn check_idempotency_key(key: &str) -> Result<()> {
+    let visible = key.bytes().all(|c| c.is_ascii_graphic());
+    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY || !visible {
+        return Err(Error::invalid(format!(
+            "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"
+        )));
+    }
+    Ok(())
 }
 
 /// State carried through a files job's ops.

@@ -51,6 +51,12 @@ pub const CF_NODE_REFS: &str = "node_refs";
 
 /// Engine settings that outlive a process: node id, start count.
 pub const CF_ENGINE: &str = "engine";
+/// Write token bytes → [`FinalizedRecord`]: drafts finalized with an `Idempotency-Key`, so a
+/// retry of that finalize (its reply lost) is answered as the first was. Kept a day
+/// ([`FINALIZED_KEEP_SECS`]), and gone with the object.
+pub const CF_FINALIZED: &str = "finalized";
+/// How long a [`FinalizedRecord`] answers retries: a client retries within minutes.
+pub const FINALIZED_KEEP_SECS: u64 = 24 * 3600;
 
 pub const JOB_CFS: &[(&str, CfKind)] = &[
     (CF_ENGINE, CfKind::Plain),
@@ -68,7 +74,20 @@ pub const JOB_CFS: &[(&str, CfKind)] = &[
     (CF_NODES, CfKind::Plain),
     (CF_FILE_INDEX, CfKind::Plain),
     (CF_NODE_REFS, CfKind::Add),
+    (CF_FINALIZED, CfKind::Plain),
 ];
+
+/// A draft finalized with an idempotency key: the version it became and the key, which a
+/// retry must repeat to be answered with that version.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FinalizedRecord {
+    pub hash: VersionHash,
+    pub key: String,
+    pub at: u64,
+}
+impl Record for FinalizedRecord {
+    const NAME: &'static str = "finalized";
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LibraryRecord {
