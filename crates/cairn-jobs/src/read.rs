@@ -538,11 +538,22 @@ impl Engine {
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Option<Bytes>>>(LIST_AHEAD);
         let me = self.clone();
         tokio::spawn(async move {
-            let Ok(permit) = me.listings.clone().acquire_owned().await else {
-                return;
+            let idle = me.cfg.idle_timeout;
+            // Walks held by slow readers may keep every permit for long: wait no longer than
+            // a download waits for read budget, then answer busy (retry shortly).
+            let permit = match tokio::time::timeout(idle, me.listings.clone().acquire_owned()).await
+            {
+                Ok(Ok(permit)) => permit,
+                Ok(Err(_)) => return,
+                Err(_) => {
+                    let busy = Error::busy(format!(
+                        "{LIST_WALKS} listings are being walked for other requests; try again"
+                    ));
+                    let _ = tx.send(Err(busy)).await;
+                    return;
+                }
             };
             let rt = tokio::runtime::Handle::current();
-            let idle = me.cfg.idle_timeout;
             let walk = tokio::task::spawn_blocking(move || {
                 let _permit = permit;
                 let mut w = PieceWriter {

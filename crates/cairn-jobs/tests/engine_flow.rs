@@ -814,6 +814,59 @@ async fn a_big_listing_streams_in_pieces_and_stops_when_dropped() {
     assert_eq!(last.concat(), whole.as_bytes());
 }
 
+/// With every walk permit held by listings whose readers stalled, another listing is refused
+/// as busy once it has waited `idle_timeout`, instead of waiting for as long as they stall.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_waits_for_a_walk_permit_no_longer_than_the_idle_timeout() {
+    use futures::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::config(dir.path(), 256 << 10, SMALL_CHUNKS);
+    cfg.idle_timeout = std::time::Duration::from_secs(2);
+    let e = std::sync::Arc::new(cairn_jobs::Engine::open(cfg).unwrap());
+    let t = new_object(&e);
+    let long = "a-rather-long-name-so-that-the-listing-takes-many-pieces".repeat(2);
+    let files: BTreeMap<String, Vec<u8>> = (0..10_000)
+        .map(|i| (format!("d/{long}-{i:05}.bin"), vec![]))
+        .collect();
+    let ops = files
+        .keys()
+        .map(|p| add_file(&format!("/{p}"), 0))
+        .collect();
+    e.create_files_job(&t, &request(ops)).unwrap();
+    let q = Qhit::Draft(t);
+    let whole = e.files_json(&q).unwrap().to_string();
+    assert!(
+        whole.len() > 24 * (64 << 10),
+        "{} bytes: too short",
+        whole.len()
+    );
+    // Slow readers: a piece every 300 ms, so each walk holds its permit for over 7 s without
+    // ever stalling for `idle_timeout`.
+    let mut held = Vec::new();
+    for _ in 0..cairn_jobs::read::LIST_WALKS {
+        let mut s = Box::pin(e.files_json_stream(q));
+        assert!(s.next().await.unwrap().is_ok());
+        held.push(tokio::spawn(async move {
+            while let Some(piece) = s.next().await {
+                piece.unwrap();
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            }
+        }));
+    }
+    let started = std::time::Instant::now();
+    let mut late = Box::pin(e.files_json_stream(q));
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(30), late.next())
+        .await
+        .expect("the listing waited on")
+        .unwrap();
+    let err = answer.expect_err("no permit was free");
+    assert!(err.is(ErrorKind::Busy), "{err}");
+    assert!(started.elapsed() >= std::time::Duration::from_secs(1));
+    for h in held {
+        h.abort();
+    }
+}
+
 /// `files` is the files tree's name: no metadata write reaches it, not even one of the whole
 /// root, and the root stays an object. A refused write changes nothing.
 #[test]
