@@ -161,7 +161,7 @@ pub async fn handle_part_info(
     let info = st
         .engine
         .run(move |e| {
-            if !e.parts(&q)?.contains(&part) {
+            if !e.has_part(&q, &part)? {
                 return Err(cairn_core::Error::not_found(format!(
                     "part {part} not found in this content"
                 )));

@@ -112,6 +112,12 @@ pub struct Engine {
     /// hold: concurrent lookups in one large directory read and index it once, and at most one
     /// such node beyond the cache is in memory. Small nodes are read without it.
     node_loading: Mutex<()>,
+    /// The parts of recently walked trees, by root ([`crate::read::PartSet`]): a tree is
+    /// immutable, so a player fetching a version part by part walks it once.
+    pub(crate) part_sets: cairn_store::cache::Cache<Digest, crate::read::PartSet>,
+    /// Held while a tree is walked for its parts: every directory is decoded whole (large ones
+    /// too), so one walk at a time; others wait `idle_timeout`, then are `busy`.
+    pub(crate) part_walk: Mutex<()>,
     /// Digests of nodes found larger than [`crate::bignode::LARGE_NODE`] (at most
     /// [`LARGE_SEEN_MAX`], then forgotten all at once).
     large_seen: Mutex<HashSet<Digest>>,
@@ -193,6 +199,8 @@ impl Engine {
             // Keeps indexed nodes of up to 64 MiB (about 300,000 files of one part each).
             large_nodes: cairn_store::cache::Cache::new(128 << 20, |n| n.weight()),
             node_loading: Mutex::new(()),
+            part_sets: cairn_store::cache::Cache::new(32 << 20, crate::read::PartSet::weight),
+            part_walk: Mutex::new(()),
             large_seen: Mutex::new(HashSet::new()),
             stream_hashes: Mutex::new(HashMap::new()),
             opened: crate::read::OpenedFiles::new(),
@@ -1196,5 +1204,39 @@ mod tests {
         let missing = FilePath::parse("big/file-12000").unwrap();
         let err = e.open_file(&q, &missing).expect_err("no such file");
         assert!(err.is(cairn_core::ErrorKind::NotFound), "{err}");
+    }
+
+    /// A tree is walked for its parts one walk at a time (a walk decodes every directory
+    /// whole): another waits `idle_timeout`, then is `busy`. The parts found are remembered by
+    /// the tree's root, so the next request for them walks nothing and waits for no walk.
+    #[test]
+    fn part_walks_run_one_at_a_time_and_are_remembered() {
+        use crate::ops::{FilesJobRequest, RawOp};
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = EngineConfig::new(dir.path());
+        cfg.idle_timeout = std::time::Duration::from_millis(300);
+        let e = Engine::open(cfg).unwrap();
+        let lib = e.create_library("t").unwrap();
+        let (_, draft) = e.create_object(&lib.id).unwrap();
+        let ops = (0..3)
+            .map(|i| RawOp {
+                path: Some(format!("d{i}/f")),
+                size: Some(0),
+                ..RawOp::default()
+            })
+            .collect();
+        e.create_files_job(&draft.token, &FilesJobRequest::from_ops(ops))
+            .unwrap();
+        let (v, _) = e.finalize(&draft.token).unwrap();
+        let q = Qhit::Version(v);
+        let walking = e.part_walk.lock();
+        let started = std::time::Instant::now();
+        let err = e.parts(&q).expect_err("another walk holds the lock");
+        assert!(err.is(cairn_core::ErrorKind::Busy), "{err}");
+        assert!(started.elapsed() >= std::time::Duration::from_millis(250));
+        drop(walking);
+        assert_eq!(e.parts(&q).unwrap(), vec![]);
+        let _walking = e.part_walk.lock();
+        assert_eq!(e.parts(&q).unwrap(), vec![], "remembered, not walked again");
     }
 }

@@ -339,7 +339,7 @@ impl Engine {
 
     /// Opens a part that the content `q` references, for reading like a file.
     pub fn open_part(&self, q: &Qhit, part: &cairn_core::PartHash) -> Result<FileHandle> {
-        if !self.parts(q)?.contains(part) {
+        if !self.has_part(q, part)? {
             return Err(Error::not_found(format!(
                 "part {part} not found in this content"
             )));
@@ -363,10 +363,37 @@ impl Engine {
 
     /// The parts the files of `q` reference, in walk order, each once.
     pub fn parts(&self, q: &Qhit) -> Result<Vec<cairn_core::PartHash>> {
+        Ok(self.part_set(q)?.list.clone())
+    }
+
+    /// Whether the files of `q` reference `part`.
+    pub fn has_part(&self, q: &Qhit, part: &cairn_core::PartHash) -> Result<bool> {
+        Ok(self.part_set(q)?.seen.contains(part))
+    }
+
+    /// The parts of `q`'s tree: remembered by root, else walked, one walk at a time (each
+    /// decodes every directory of the tree, however large); a walk that waits `idle_timeout`
+    /// for another to end is `busy`.
+    fn part_set(&self, q: &Qhit) -> Result<Arc<PartSet>> {
         let root = self.tree_root(q)?;
+        if let Some(set) = self.part_sets.get(&root) {
+            return Ok(set);
+        }
+        let Some(_one) = self.part_walk.try_lock_for(self.cfg.idle_timeout) else {
+            return Err(Error::busy(
+                "another request is walking a tree for its parts; try again",
+            ));
+        };
+        if let Some(set) = self.part_sets.get(&root) {
+            return Ok(set);
+        }
         let mut out = Parts::default();
         self.collect_parts(&root, &mut out, 0)?;
-        Ok(out.list)
+        let set = PartSet {
+            list: out.list,
+            seen: out.seen,
+        };
+        Ok(self.part_sets.insert(&root, set))
     }
 
     /// Adds the parts under `node` not yet in `out`. A directory met again (copies share their
@@ -768,4 +795,17 @@ struct Parts {
     list: Vec<cairn_core::PartHash>,
     seen: std::collections::HashSet<cairn_core::PartHash>,
     dirs: std::collections::HashSet<Digest>,
+}
+
+/// The parts a tree's files reference: in walk order, each once, and as a set.
+pub struct PartSet {
+    list: Vec<cairn_core::PartHash>,
+    seen: std::collections::HashSet<cairn_core::PartHash>,
+}
+
+impl PartSet {
+    /// Bytes held, roughly: a part hash in the list and in the set.
+    pub fn weight(&self) -> usize {
+        self.list.len() * 3 * std::mem::size_of::<cairn_core::PartHash>()
+    }
 }
