@@ -1067,6 +1067,153 @@ fn serve_help_and_typos_never_start_a_server() {
     );
 }
 
+/// Sends `request` (a whole HTTP/1.x request) on a new connection and reads the reply until
+/// the server closes it: (status, JSON error kind or "").
+fn raw_exchange(s: &Server, request: &[u8]) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut sock = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    sock.write_all(request).unwrap();
+    let mut reply = Vec::new();
+    let _ = sock.read_to_end(&mut reply);
+    let text = String::from_utf8_lossy(&reply);
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let kind = text
+        .split_once("\r\n\r\n")
+        .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(body).ok())
+        .and_then(|v| v["errors"][0]["kind"].as_str().map(str::to_string))
+        .unwrap_or_default();
+    (status, kind)
+}
+
+/// Requests HTTP/1.1 says not to act on, or that could mean two things to Cairn and a proxy in
+/// front of it (QA 32), are refused with a JSON error and change nothing: a transfer coding
+/// other than chunked (the bytes would be stored still compressed), a missing, repeated or
+/// malformed `Host`, two `Content-Range` fields on an upload, and a `%` that escapes nothing.
+#[test]
+fn requests_that_could_mean_two_things_are_refused_and_change_nothing() {
+    let data = tempfile::tempdir().unwrap();
+    let s = Server::start(data.path(), common::free_port());
+    let (_, _, wt) = new_object(&s);
+    let (fj, uj) = one_file_job(&s, &wt, "f.bin", 100);
+    let libraries = || {
+        call(&s, "GET", "/qlibs", None, 200)["contents"]
+            .as_array()
+            .map_or(0, Vec::len)
+    };
+    let before = libraries();
+    let auth = format!("Authorization: Bearer {}", common::TOKEN);
+    let gzip_chunked = format!(
+        "POST /qlibs HTTP/1.1\r\nHost: x\r\n{auth}\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n2\r\n{{}}\r\n0\r\n\r\n"
+    );
+    assert_eq!(
+        raw_exchange(&s, gzip_chunked.as_bytes()),
+        (501, "not_implemented".into())
+    );
+    for hosts in [
+        "",
+        "Host: a.example\r\nHost: b.example\r\n",
+        "Host: a b/c@\"\r\n",
+    ] {
+        let req = format!("GET /qlibs HTTP/1.1\r\n{hosts}{auth}\r\nConnection: close\r\n\r\n");
+        assert_eq!(
+            raw_exchange(&s, req.as_bytes()),
+            (400, "invalid".into()),
+            "{hosts:?}"
+        );
+    }
+    // HTTP/1.0 has no Host requirement.
+    let old = format!("GET /qlibs HTTP/1.0\r\n{auth}\r\n\r\n");
+    assert_eq!(raw_exchange(&s, old.as_bytes()).0, 200);
+    assert_eq!(libraries(), before, "no library was made");
+
+    let two_ranges = format!(
+        "POST /q/{wt}/file_jobs/{fj}/{uj} HTTP/1.1\r\nHost: x\r\n{auth}\r\nContent-Range: bytes 50-59/100\r\nContent-Range: bytes 0-9/100\r\nContent-Length: 10\r\nConnection: close\r\n\r\n0123456789"
+    );
+    assert_eq!(
+        raw_exchange(&s, two_ranges.as_bytes()),
+        (400, "invalid".into())
+    );
+    let st = call(
+        &s,
+        "GET",
+        &format!("/q/{wt}/file_jobs/{fj}/uploads/{uj}"),
+        None,
+        200,
+    );
+    assert_eq!(st["files"][0]["skip"], 0, "nothing was taken: {st}");
+
+    for path in [
+        "/q/{wt}/files/t/%zz",
+        "/q/{wt}/files/a%.txt",
+        "/q/{wt}/files/a%2",
+    ] {
+        let path = path.replace("{wt}", &wt);
+        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\n{auth}\r\nConnection: close\r\n\r\n");
+        assert_eq!(
+            raw_exchange(&s, req.as_bytes()),
+            (400, "invalid".into()),
+            "{path}"
+        );
+    }
+    // JSON replies, errors included (they may quote the path), are neither sniffed nor cached.
+    for path in ["/qlibs".to_string(), format!("/q/{wt}/files/%3Cscript%3E")] {
+        let r = curl(&s.url(&path), &[]);
+        assert_eq!(
+            r.header("x-content-type-options"),
+            Some("nosniff"),
+            "{path}"
+        );
+        assert_eq!(r.header("cache-control"), Some("no-store"), "{path}");
+    }
+}
+
+/// Header values with bytes outside ASCII are read as RFC 9110 and api.md §10 say for values
+/// that do not parse (QA 32: all were 400): a date is ignored, a Range is malformed (416), a
+/// tag matches nothing, and such a token is "not valid" rather than missing.
+#[test]
+fn header_values_outside_ascii_are_taken_as_values_that_do_not_parse() {
+    let data = tempfile::tempdir().unwrap();
+    let s = Server::start(data.path(), common::free_port());
+    let (_, _, wt) = new_object(&s);
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), b"0123456789").unwrap();
+    let v = common::upload_files(&s, &wt, &[("a.txt", file.path())]);
+    let auth = format!("Authorization: Bearer {}", common::TOKEN);
+    let get = |extra: &[u8]| {
+        let head = format!(
+            "GET /q/{v}/files/a.txt HTTP/1.1\r\nHost: x\r\n{auth}\r\nConnection: close\r\n"
+        );
+        raw_exchange(&s, &[head.as_bytes(), extra, b"\r\n"].concat())
+    };
+    let ok = (200, String::new());
+    assert_eq!(
+        get(b"If-Modified-Since: Tue, 24 Nov 2026 14:22:44 GMT\xa0\r\n"),
+        ok
+    );
+    assert_eq!(get(b"If-Unmodified-Since: \xe9t\xe9\r\n"), ok);
+    assert_eq!(get(b"If-None-Match: \"caf\xe9\"\r\n"), ok);
+    assert_eq!(
+        get(b"Range: bytes=0-1\r\nIf-Range: \"caf\xe9\"\r\n"),
+        ok,
+        "whole file"
+    );
+    assert_eq!(
+        get(b"If-Match: \"caf\xe9\"\r\n"),
+        (412, "precondition_failed".into())
+    );
+    assert_eq!(get(b"Range: bytes=0-\xe94\r\n"), (416, "bad_range".into()));
+    let bad_token: &[u8] =
+        b"GET /qlibs HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer s\xe9cret\r\n\r\n";
+    let r = raw_exchange(&s, bad_token);
+    assert_eq!(r, (401, "unauthorized".into()));
+}
+
 /// An upload request to `(wt, fj, uj)` over a raw socket announcing `len` bytes, of which only
 /// `first` are sent: the socket, for the test to go on with (or to leave stalled).
 fn upload_begun(

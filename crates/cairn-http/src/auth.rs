@@ -116,8 +116,9 @@ impl Auth {
         let mut offered: Vec<String> = headers
             .get_all(header::AUTHORIZATION)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .map(str::to_string)
+            // A value that is not ASCII is no token of ours, but it was offered: it is "not
+            // valid", not missing.
+            .map(|v| v.to_str().unwrap_or("\u{fffd}").to_string())
             .collect();
         if let Some(q) = query {
             let pairs: Vec<(String, String)> = serde_urlencoded::from_str(q).unwrap_or_default();

@@ -261,9 +261,10 @@ async fn serve(
     // RFC 9110 §13.1.3-4: a date header that comes as a list is ignored. An `If-Range` that
     // comes twice is taken as a validator that does not match: the whole file, never a range
     // of what may be another version.
+    // One that is not ASCII is no validator of ours either.
     let if_range = match repeated(headers, &header::IF_RANGE) {
         true => Some(""),
-        false => header_str(headers, &header::IF_RANGE)?,
+        false => header_str(headers, &header::IF_RANGE).unwrap_or(Some("")),
     };
     let pre = Preconditions {
         if_match: if_match.as_deref(),
@@ -296,10 +297,14 @@ async fn serve(
             ))
         }
     };
-    let range_header = if honour_range {
-        header_str(headers, &header::RANGE)?
-    } else {
-        None
+    // A Range sent twice is refused (400); one that is not ASCII is malformed like any other
+    // (416 with the size, §10).
+    let range_header = match honour_range {
+        true if repeated(headers, &header::RANGE) => header_str(headers, &header::RANGE)?,
+        true => headers
+            .get(header::RANGE)
+            .map(|v| v.to_str().unwrap_or("bytes=?")),
+        false => None,
     };
     let plan = range::plan(range_header, h.size)?;
     let head = *method == Method::HEAD;
@@ -366,9 +371,10 @@ fn unless_repeated<'h>(
     headers: &'h HeaderMap,
     name: &header::HeaderName,
 ) -> Result<Option<&'h str>, ApiError> {
+    // RFC 9110 §13.1.3-4: a date that is not an HTTP-date is ignored, bytes outside ASCII too.
     match repeated(headers, name) {
         true => Ok(None),
-        false => header_str(headers, name),
+        false => Ok(header_str(headers, name).unwrap_or(None)),
     }
 }
 
@@ -380,9 +386,8 @@ pub(crate) fn header_list(
 ) -> Result<Option<String>, ApiError> {
     let mut joined: Option<String> = None;
     for v in headers.get_all(name) {
-        let v = v
-            .to_str()
-            .map_err(|_| ApiError::bad_request(format!("{name} is not ASCII")))?;
+        // A tag that is not ASCII is none of ours: the empty tag, which matches nothing.
+        let v = v.to_str().unwrap_or("\"\"");
         match &mut joined {
             None => joined = Some(v.to_string()),
             Some(j) => {

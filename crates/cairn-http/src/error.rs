@@ -125,9 +125,10 @@ pub async fn render_errors(req: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map_or_else(|| req.uri().path().to_string(), |m| m.as_str().to_string());
     let method = req.method().clone();
-    let response = next.run(req).await;
+    let mut response = next.run(req).await;
     let status = response.status();
     if !(status.is_client_error() || status.is_server_error()) {
+        json_reply_headers(response.headers_mut());
         return response;
     }
     let (mut parts, body) = response.into_parts();
@@ -180,5 +181,24 @@ pub async fn render_errors(req: Request, next: Next) -> Response {
             .headers
             .insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     }
+    json_reply_headers(&mut parts.headers);
     Response::from_parts(parts, axum::body::Body::from(body.to_string()))
+}
+
+/// An API reply in JSON is never sniffed as another type (an error's reason may quote a path
+/// such as `<script>…`), and never stored by a cache (it may answer a request whose token was
+/// in the URL). Downloads set their own `Cache-Control`.
+fn json_reply_headers(headers: &mut axum::http::HeaderMap) {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|t| t.as_bytes().starts_with(b"application/json"));
+    if !json {
+        return;
+    }
+    headers
+        .entry(header::X_CONTENT_TYPE_OPTIONS)
+        .or_insert(HeaderValue::from_static("nosniff"));
+    headers
+        .entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
 }

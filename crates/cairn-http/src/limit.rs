@@ -11,7 +11,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use axum::extract::Request;
-use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::http::uri::Authority;
+use axum::http::{header, HeaderMap, StatusCode, Uri, Version};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use governor::clock::Clock;
@@ -205,10 +206,67 @@ pub const HYPER_MAX_HEADER_FIELDS: usize = 1000;
 /// lower limits make every head a real client is likely to send too large get the protocol's
 /// error shape instead.
 pub async fn request_head(req: Request, next: Next) -> Response {
-    if let Err(e) = check_head(req.uri(), req.headers()) {
+    let checked = check_head(req.uri(), req.headers())
+        .and_then(|()| check_framing(req.version(), req.uri(), req.headers()));
+    if let Err(e) = checked {
         return e.into_response();
     }
     next.run(req).await
+}
+
+/// What HTTP/1.1 requires of a request before it is acted on, and what would let one request
+/// mean two things: a transfer coding other than `chunked` (hyper takes `gzip, chunked` as
+/// chunked and hands over the still-compressed bytes, which an upload would store: 501, RFC
+/// 9112 §6.1); an HTTP/1.1 request without exactly one valid `Host` (400, §3.2); two
+/// `Content-Range` fields, where an upload's offset must be one (400); a `%` in the path not
+/// followed by two hex digits (400, RFC 3986 §2.1: `%zz` would otherwise name a file `%zz`,
+/// and `a%.txt` be served under two URLs).
+fn check_framing(version: Version, uri: &Uri, headers: &HeaderMap) -> Result<(), ApiError> {
+    for te in headers.get_all(header::TRANSFER_ENCODING) {
+        let codings = te.to_str().unwrap_or("?");
+        if codings
+            .split(',')
+            .any(|c| !c.trim().eq_ignore_ascii_case("chunked"))
+        {
+            return Err(ApiError::new(
+                StatusCode::NOT_IMPLEMENTED,
+                "not_implemented",
+                "the only transfer coding accepted is chunked",
+            ));
+        }
+    }
+    if version == Version::HTTP_11 {
+        let mut hosts = headers.get_all(header::HOST).iter();
+        let valid = match (hosts.next(), hosts.next()) {
+            (Some(h), None) => h.to_str().ok().is_some_and(|h| {
+                h.is_empty() || (!h.contains('@') && h.parse::<Authority>().is_ok())
+            }),
+            _ => false,
+        };
+        if !valid {
+            return Err(ApiError::bad_request(
+                "an HTTP/1.1 request needs exactly one valid Host header",
+            ));
+        }
+    }
+    if headers.get_all(header::CONTENT_RANGE).iter().count() > 1 {
+        return Err(ApiError::bad_request(
+            "Content-Range is given more than once",
+        ));
+    }
+    let path = uri.path().as_bytes();
+    let escapes_ok = path.iter().enumerate().all(|(i, &b)| {
+        b != b'%'
+            || path
+                .get(i + 1..i + 3)
+                .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
+    });
+    if !escapes_ok {
+        return Err(ApiError::bad_request(
+            "malformed percent-encoding in the path: % must be followed by two hex digits",
+        ));
+    }
+    Ok(())
 }
 
 fn check_head(uri: &Uri, headers: &HeaderMap) -> Result<(), ApiError> {
