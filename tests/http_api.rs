@@ -393,6 +393,93 @@ fn finalize_preconditions_refuse_a_stale_draft_and_change_nothing() {
     assert_eq!(versions(), 5);
 }
 
+/// `GET /q/{id}` and `DELETE /q/{id}` evaluate `If-Match` / `If-None-Match` against the
+/// entity-tag `GET` gives (QA 32: a conditional DELETE of an object deleted every version
+/// although a newer one had been published). A refused delete changes nothing.
+#[test]
+fn info_and_deletes_honour_their_preconditions() {
+    let data = tempfile::tempdir().unwrap();
+    let s = Server::start(data.path(), common::free_port());
+    let (_, obj, first) = new_object(&s);
+    let hash = |wt: &str| {
+        call(&s, "POST", &format!("/q/{wt}"), None, 200)["hash"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let open = || {
+        call(&s, "POST", &format!("/qid/{obj}"), None, 200)["write_token"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let v1 = hash(&first);
+    let v2 = hash(&open());
+    let with = |method: &str, id: &str, hdr: &str| {
+        curl(&s.url(&format!("/q/{id}")), &["-X", method, "-H", hdr])
+    };
+    let r = with("GET", &obj, &format!("If-None-Match: \"{v2}\""));
+    assert_eq!(r.status, 304);
+    assert_eq!(r.header("etag"), Some(format!("\"{v2}\"").as_str()));
+    assert_eq!(
+        with("GET", &obj, &format!("If-None-Match: \"{v1}\"")).status,
+        200
+    );
+    let r = with("GET", &obj, &format!("If-Match: \"{v1}\""));
+    assert_eq!((r.status, r.kind()), (412, "precondition_failed".into()));
+    assert_eq!(
+        with("GET", &obj, &format!("If-Match: \"{v2}\"")).status,
+        200
+    );
+
+    let refused = |id: &str, hdr: &str| {
+        let r = with("DELETE", id, hdr);
+        assert_eq!(
+            (r.status, r.kind()),
+            (412, "precondition_failed".into()),
+            "{id} {hdr}"
+        );
+        call(&s, "GET", &format!("/q/{id}"), None, 200);
+    };
+    refused(&obj, &format!("If-Match: \"{v1}\""));
+    refused(&obj, "If-None-Match: *");
+    refused(&v1, &format!("If-Match: \"{v2}\""));
+    refused(&v1, &format!("If-None-Match: \"{v1}\""));
+    let draft = open();
+    // A metadata write takes them as conditions on the draft, which has no entity-tag.
+    let meta = s.url(&format!("/q/{draft}/meta/k"));
+    for (method, hdr) in [
+        ("PUT", "If-Match: \"x\""),
+        ("POST", "If-None-Match: *"),
+        ("DELETE", "If-Match: \"x\""),
+    ] {
+        let r = curl(&meta, &["-X", method, "-H", hdr, "--data-binary", "1"]);
+        assert_eq!(
+            (r.status, r.kind()),
+            (412, "precondition_failed".into()),
+            "{method} {hdr}"
+        );
+    }
+    assert_eq!(curl(&meta, &[]).status, 404, "nothing was written");
+    let r = curl(
+        &meta,
+        &["-X", "PUT", "-H", "If-Match: *", "--data-binary", "1"],
+    );
+    assert_eq!(r.status, 200);
+    refused(&draft, "If-Match: \"anything\"");
+    refused(&draft, "If-None-Match: *");
+    assert_eq!(with("DELETE", &draft, "If-Match: *").status, 200);
+    assert_eq!(
+        with("DELETE", &v1, &format!("If-Match: \"{v1}\"")).status,
+        200
+    );
+    assert_eq!(
+        with("DELETE", &obj, &format!("If-Match: \"{v2}\"")).status,
+        200
+    );
+    assert_eq!(curl(&s.url(&format!("/q/{obj}")), &[]).status, 404);
+}
+
 /// A finalize sent with an `Idempotency-Key` can be retried after its reply was lost: the same
 /// key gets the same reply, once the draft is gone too. Without the key, with another, or from
 /// another library's token it stays what a second finalize is (404, 403), and a malformed key

@@ -379,9 +379,13 @@ pub async fn handle_finalize(
 
 /// `GET /q/{id}`: what the id names. A version (an object's newest, or one named by hash) is
 /// also the `ETag`, the entity-tag a finalize's `If-Match` compares.
+///
+/// That ETag answers `If-None-Match` (304) and `If-Match` (412) as a download's does; a draft
+/// has no entity-tag, and its info takes no conditions.
 pub async fn handle_info(
     State(st): State<AppState>,
     Path(p): Path<Params>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let q = target(&st, &p).await?;
     let info = st.engine.run(move |e| e.info(&q)).await?;
@@ -393,8 +397,35 @@ pub async fn handle_info(
     }
     let mut r = Json(v).into_response();
     if let (Some(h), None) = (info.version, info.token) {
-        let tag = HeaderValue::from_str(&format!("\"{h}\""))
-            .map_err(|_| ApiError::bad_request("unrepresentable version hash"))?;
+        let etag = format!("\"{h}\"");
+        let (if_match, if_none_match) = (
+            header_list(&headers, &header::IF_MATCH)?,
+            header_list(&headers, &header::IF_NONE_MATCH)?,
+        );
+        let pre = crate::conditional::Preconditions {
+            if_match: if_match.as_deref(),
+            if_none_match: if_none_match.as_deref(),
+            ..Default::default()
+        };
+        let v = crate::conditional::Validators {
+            etag: &etag,
+            modified: None,
+        };
+        let tag = HeaderValue::from_str(&etag)
+            .map_err(|_| ApiError::internal("unrepresentable version hash"))?;
+        match crate::conditional::evaluate(&v, pre, std::time::SystemTime::now()) {
+            crate::conditional::Outcome::Content { .. } => {}
+            crate::conditional::Outcome::NotModified => {
+                r = StatusCode::NOT_MODIFIED.into_response();
+            }
+            crate::conditional::Outcome::PreconditionFailed(which) => {
+                return Err(ApiError::new(
+                    StatusCode::PRECONDITION_FAILED,
+                    "precondition_failed",
+                    format!("{which} does not hold: the newest version is {h}"),
+                ));
+            }
+        }
         r.headers_mut().insert(header::ETAG, tag);
     }
     Ok(r)
@@ -402,16 +433,24 @@ pub async fn handle_info(
 
 /// `DELETE …/q/{id}`: an object id deletes the object, a write token discards the draft, a
 /// version hash deletes that version.
+///
+/// `If-Match` / `If-None-Match` are evaluated as for a finalize, against the entity-tag `GET`
+/// gives: an object's newest version, a version's own hash; a draft has none (§6).
 pub async fn handle_delete(
     State(st): State<AppState>,
     Path(p): Path<Params>,
+    headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let q = target(&st, &p).await?;
+    let cond = crate::conditional::head_condition(
+        header_list(&headers, &header::IF_MATCH)?.as_deref(),
+        header_list(&headers, &header::IF_NONE_MATCH)?.as_deref(),
+    );
     st.engine
         .run(move |e: &Engine| match q {
-            Qhit::Object(o) => e.delete_object(&o),
-            Qhit::Draft(t) => e.delete_draft(&t),
-            Qhit::Version(h) => e.delete_version(&h),
+            Qhit::Object(o) => e.delete_object_if(&o, &cond),
+            Qhit::Draft(t) => e.delete_draft_if(&t, &cond),
+            Qhit::Version(h) => e.delete_version_if(&h, &cond),
         })
         .await?;
     Ok(Json(json!({})))
@@ -468,15 +507,28 @@ pub async fn handle_meta_get(
     ))
 }
 
+/// A write to a draft's metadata takes `If-Match` / `If-None-Match` as conditions on the draft,
+/// which has no entity-tag: `If-Match: *` holds, a tag does not (412); `If-None-Match: *` does
+/// not hold, a tag does. Refused rather than ignored: a client that sends one expects it to be
+/// kept (QA 32).
+fn draft_precondition(headers: &HeaderMap, t: &WriteToken) -> Result<(), ApiError> {
+    let cond = crate::conditional::head_condition(
+        header_list(headers, &header::IF_MATCH)?.as_deref(),
+        header_list(headers, &header::IF_NONE_MATCH)?.as_deref(),
+    );
+    Ok(cond.check_untagged(&format!("draft {t}"))?)
+}
+
 async fn meta_write(
     st: AppState,
-    p: Params,
+    (p, headers): (Params, HeaderMap),
     route: MatchedPath,
     uri: Uri,
     body: Bytes,
     merge: bool,
 ) -> Result<Json<Value>, ApiError> {
     let t = draft_token(target(&st, &p).await?)?;
+    draft_precondition(&headers, &t)?;
     let keys = meta_keys(&route, &uri)?;
     let value: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("metadata is not JSON: {e}")))?;
@@ -489,30 +541,34 @@ async fn meta_write(
 pub async fn handle_meta_put(
     State(st): State<AppState>,
     Path(p): Path<Params>,
+    headers: HeaderMap,
     route: MatchedPath,
     uri: Uri,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    meta_write(st, p, route, uri, body, false).await
+    meta_write(st, (p, headers), route, uri, body, false).await
 }
 
 pub async fn handle_meta_merge(
     State(st): State<AppState>,
     Path(p): Path<Params>,
+    headers: HeaderMap,
     route: MatchedPath,
     uri: Uri,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    meta_write(st, p, route, uri, body, true).await
+    meta_write(st, (p, headers), route, uri, body, true).await
 }
 
 pub async fn handle_meta_delete(
     State(st): State<AppState>,
     Path(p): Path<Params>,
+    headers: HeaderMap,
     route: MatchedPath,
     uri: Uri,
 ) -> Result<Json<Value>, ApiError> {
     let t = draft_token(target(&st, &p).await?)?;
+    draft_precondition(&headers, &t)?;
     let keys = meta_keys(&route, &uri)?;
     st.engine.run(move |e| e.meta_delete_at(&t, &keys)).await?;
     Ok(Json(json!({})))
@@ -544,7 +600,7 @@ pub(crate) fn must_be_object(body: &[u8], what: &str) -> Result<(), ApiError> {
 pub async fn handle_admin_stats(State(st): State<AppState>) -> Result<Json<Value>, ApiError> {
     let s = st.engine.run(|e| e.stats()).await?;
     Ok(Json(
-        serde_json::to_value(s).map_err(|e| ApiError::bad_request(e.to_string()))?,
+        serde_json::to_value(s).map_err(|e| ApiError::internal(e.to_string()))?,
     ))
 }
 
@@ -564,7 +620,7 @@ pub async fn handle_admin_fsck(
         .engine
         .run(move |e| if q.repair { e.fsck_repair() } else { e.fsck() })
         .await?;
-    let mut v = serde_json::to_value(&r).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let mut v = serde_json::to_value(&r).map_err(|e| ApiError::internal(e.to_string()))?;
     v["clean"] = json!(r.is_clean());
     Ok(Json(v))
 }
@@ -586,7 +642,7 @@ pub async fn handle_admin_gc(
     };
     let r = st.engine.run(move |e| e.gc(&opts)).await?;
     Ok(Json(
-        serde_json::to_value(r).map_err(|e| ApiError::bad_request(e.to_string()))?,
+        serde_json::to_value(r).map_err(|e| ApiError::internal(e.to_string()))?,
     ))
 }
 

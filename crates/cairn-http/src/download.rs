@@ -473,7 +473,7 @@ fn response(
         h.insert(
             name,
             HeaderValue::from_str(value)
-                .map_err(|_| ApiError::bad_request("unrepresentable header value"))?,
+                .map_err(|_| ApiError::internal("unrepresentable header value"))?,
         );
     }
     if let Some(n) = len {

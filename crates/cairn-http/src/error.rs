@@ -51,6 +51,11 @@ impl ApiError {
         ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", reason)
     }
 
+    /// A fault of the server's own making (500 `internal`), never of the request.
+    pub fn internal(reason: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", reason)
+    }
+
     pub fn range_not_satisfiable(size: u64, reason: impl Into<String>) -> ApiError {
         ApiError {
             range_size: Some(size),

@@ -151,7 +151,7 @@ pub async fn handle_upload_status(
         .run(move |e| e.upload_status(&t, &fj, &uj, start, limit))
         .await?;
     Ok(Json(
-        serde_json::to_value(s).map_err(|e| ApiError::bad_request(e.to_string()))?,
+        serde_json::to_value(s).map_err(|e| ApiError::internal(e.to_string()))?,
     ))
 }
 
@@ -187,7 +187,7 @@ pub async fn handle_upload(
         .await?;
     tracing::info!(upload_job = %uj, accepted = reply.accepted, received = reply.received, size = reply.size, "upload");
     Ok(Json(
-        serde_json::to_value(reply).map_err(|e| ApiError::bad_request(e.to_string()))?,
+        serde_json::to_value(reply).map_err(|e| ApiError::internal(e.to_string()))?,
     ))
 }
 

@@ -17,6 +17,7 @@ use cairn_store::{Batch, Store, StoreConfig};
 use parking_lot::{Mutex, RwLock};
 use serde_json::Value;
 
+use crate::files::HeadCondition;
 use crate::planner::PlanLimits;
 use crate::records::*;
 use crate::tree::{node_children, DirNode, Entry, MemDir};
@@ -510,8 +511,15 @@ impl Engine {
 
     /// Discards a draft: its upload jobs, received chunks and tree references are released.
     pub fn delete_draft(&self, token: &WriteToken) -> Result<()> {
+        self.delete_draft_if(token, &HeadCondition::default())
+    }
+
+    /// [`Engine::delete_draft`] if `cond` holds for the draft, which has no entity-tag
+    /// ([`HeadCondition::check_untagged`]); an unknown draft is 404 first.
+    pub fn delete_draft_if(&self, token: &WriteToken, cond: &HeadCondition) -> Result<()> {
         let _w = self.state.write();
         let draft = self.draft(token)?;
+        cond.check_untagged(&format!("draft {token}"))?;
         let mut b = self.store.index().batch();
         self.drop_draft(&mut b, &draft)?;
         b.add(CF_NODE_REFS, draft.root.as_bytes(), -1);
@@ -706,8 +714,15 @@ impl Engine {
     /// Deletes one version (its unique bytes become garbage for gc). If it was the head, the
     /// newest remaining version becomes the head.
     pub fn delete_version(&self, h: &VersionHash) -> Result<()> {
+        self.delete_version_if(h, &HeadCondition::default())
+    }
+
+    /// [`Engine::delete_version`] if `cond` holds for it (its entity-tag is its hash); an
+    /// unknown version is 404 first.
+    pub fn delete_version_if(&self, h: &VersionHash, cond: &HeadCondition) -> Result<()> {
         let _w = self.state.write();
         let v = self.version_head(h)?;
+        cond.check_version(*h)?;
         let mut obj = self.object(&v.object)?;
         let mut b = self.store.index().batch();
         b.delete(CF_VERSIONS, h.digest.as_bytes());
@@ -725,8 +740,15 @@ impl Engine {
 
     /// Deletes an object with all its versions and drafts, in one batch.
     pub fn delete_object(&self, id: &ObjectId) -> Result<()> {
+        self.delete_object_if(id, &HeadCondition::default())
+    }
+
+    /// [`Engine::delete_object`] if `cond` holds for its newest version, checked under the same
+    /// lock as the delete (as a finalize's); an unknown object is 404 first.
+    pub fn delete_object_if(&self, id: &ObjectId, cond: &HeadCondition) -> Result<()> {
         let _w = self.state.write();
         let obj = self.object(id)?;
+        cond.check(obj.head)?;
         let mut b = self.store.index().batch();
         for r in self.store.index().scan(CF_HISTORY, id.as_bytes()) {
             let (k, digest) = r?;

@@ -1589,4 +1589,38 @@ impl HeadCondition {
         }
         Ok(())
     }
+    /// The condition on something that exists and has no entity-tag (a draft): `If-Match: *`
+    /// holds and any tag does not; `If-None-Match: *` does not hold and any tag does.
+    pub fn check_untagged(&self, what: &str) -> Result<()> {
+        if matches!(self.if_match, Some(Versions::These(_))) {
+            return Err(Error::precondition_failed(format!(
+                "If-Match does not hold: {what} has no entity-tag"
+            )));
+        }
+        if matches!(self.if_none_match, Some(Versions::Any)) {
+            return Err(Error::precondition_failed(format!(
+                "If-None-Match: * does not hold: {what} exists"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The condition on one version, whose entity-tag is its own hash.
+    pub fn check_version(&self, h: VersionHash) -> Result<()> {
+        if self.if_match.as_ref().is_some_and(|v| !v.contain(Some(h))) {
+            return Err(Error::precondition_failed(format!(
+                "If-Match does not hold for version {h}"
+            )));
+        }
+        if self
+            .if_none_match
+            .as_ref()
+            .is_some_and(|v| v.contain(Some(h)))
+        {
+            return Err(Error::precondition_failed(format!(
+                "If-None-Match does not hold for version {h}"
+            )));
+        }
+        Ok(())
+    }
 }
