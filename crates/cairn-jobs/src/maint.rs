@@ -77,12 +77,18 @@ pub struct EngineStats {
 impl Engine {
     pub fn stats(&self) -> Result<EngineStats> {
         let store = self.store.stats()?;
-        let versions: Vec<VersionRecord> = self.scan_records(CF_VERSIONS, &[])?;
+        // One version's head at a time, without its metadata (which may decode to hundreds
+        // of megabytes: review 33).
+        let (mut versions, mut logical) = (0u64, 0u64);
+        for r in self.store.index().scan(CF_VERSIONS, &[]) {
+            let head = VersionRecord::decode_view::<VersionHead>(&r?.1)?;
+            versions += 1;
+            logical += head.size;
+        }
         let objects = self.store.index().scan(CF_OBJECTS, &[]).count() as u64;
-        let logical: u64 = versions.iter().map(|v| v.size).sum();
         Ok(EngineStats {
             objects,
-            versions: versions.len() as u64,
+            versions,
             logical_bytes: logical,
             stored_bytes: store.chunk_bytes,
             dedup_ratio: if store.chunk_bytes == 0 {
@@ -261,9 +267,11 @@ impl Engine {
                     .or_default() += 1;
             }
         }
-        let versions: Vec<(Vec<u8>, VersionRecord)> = self.scan_tolerant(CF_VERSIONS, &mut bad)?;
-        let drafts: Vec<DraftRecord> = self
-            .scan_tolerant(CF_DRAFTS, &mut bad)?
+        // Heads only: every version's and draft's metadata decoded at once could take gigabytes.
+        let versions: Vec<(Vec<u8>, VersionHead)> =
+            self.scan_tolerant_view::<VersionRecord, _>(CF_VERSIONS, &mut bad)?;
+        let drafts: Vec<DraftHead> = self
+            .scan_tolerant_view::<DraftRecord, _>(CF_DRAFTS, &mut bad)?
             .into_iter()
             .map(|(_, d)| d)
             .collect();
@@ -412,10 +420,19 @@ impl Engine {
         cf: &str,
         bad: &mut Vec<String>,
     ) -> Result<Vec<(Vec<u8>, T)>> {
+        self.scan_tolerant_view::<T, T>(cf, bad)
+    }
+
+    /// [`Engine::scan_tolerant`] decoding each record of type `T` as the view `V`.
+    fn scan_tolerant_view<T: Record, V: serde::de::DeserializeOwned>(
+        &self,
+        cf: &str,
+        bad: &mut Vec<String>,
+    ) -> Result<Vec<(Vec<u8>, V)>> {
         let mut out = Vec::new();
         for r in self.store.index().scan(cf, &[]) {
             let (k, v) = r?;
-            match T::decode(&v) {
+            match T::decode_view::<V>(&v) {
                 Ok(t) => out.push((k.to_vec(), t)),
                 Err(e) => bad.push(format!("{cf}/{}: {}", hex(&k), e.reason)),
             }

@@ -156,6 +156,7 @@ pub struct VersionHead {
 /// A [`DraftRecord`] without its metadata (see [`VersionHead`]).
 #[derive(Debug, Clone, Deserialize)]
 pub struct DraftHead {
+    pub token: WriteToken,
     pub library: LibraryId,
     pub base: Option<VersionHash>,
     pub root: Digest,

@@ -472,7 +472,7 @@ impl Store {
 
     /// Makes every pack byte up to `(pack, end)` durable. Whoever holds the sync lock fsyncs all
     /// that has been appended so far, so concurrent committers share one fsync.
-    fn sync_through(&self, pack: PackId, end: u64) -> Result<()> {
+    pub(crate) fn sync_through(&self, pack: PackId, end: u64) -> Result<()> {
         let mut synced = self.synced.lock();
         if (synced.0, synced.1) >= (pack, end) {
             return Ok(());
@@ -771,12 +771,11 @@ impl Store {
             .collect()
     }
 
-    /// Appends a verified chunk's data to the open pack (with a fresh outboard) and syncs it.
-    pub(crate) fn append_for_repack(&self, hash: &Digest, data: &[u8]) -> Result<ChunkLoc> {
+    /// Appends a verified chunk's data to the open pack (with a fresh outboard), not yet
+    /// durable: the caller syncs through the returned end before the index names it.
+    pub(crate) fn append_unsynced(&self, hash: &Digest, data: &[u8]) -> Result<(ChunkLoc, u64)> {
         let (_, outboard) = crate::outboard::hash_with_outboard(data);
-        let (loc, end) = self.append(hash, &outboard, data)?;
-        self.sync_through(loc.pack, end)?;
-        Ok(loc)
+        self.append(hash, &outboard, data)
     }
 }
 
