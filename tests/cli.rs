@@ -1972,3 +1972,60 @@ fn an_upload_whose_finalize_reply_is_lost_publishes_one_version() {
         &dir.join("a.bin"),
     );
 }
+
+/// `get -o DIR` puts the file into the directory under its own name, as `cp` does (QA 33: the
+/// whole file came down, then the rename onto the directory failed); a second `get` into an
+/// output another holds is refused with exit 4 and writes nothing (both runs used to fail,
+/// each with the other's bytes in their shared partial file).
+#[test]
+fn get_into_a_directory_and_two_gets_into_one_output() {
+    let work = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let s = Server::start(data.path(), common::free_port());
+    let state = work.path().join("state");
+    let obj = new_object(&s, &state);
+    let local = work.path().join("up").join("f.bin");
+    fill(&local, 9, 200_000);
+    let version = upload_version(&s, &state, &obj, local.to_str().unwrap());
+    let target = format!("{version}:f.bin");
+
+    let dir = work.path().join("into");
+    std::fs::create_dir(&dir).unwrap();
+    ok(cairn(
+        &s,
+        &state,
+        &["get", &target, "-o", dir.to_str().unwrap()],
+    ));
+    assert!(std::fs::read(dir.join("f.bin")).unwrap() == std::fs::read(&local).unwrap());
+
+    // Another run holds the output's partial file: this one is refused and writes nothing.
+    let etag = common::curl(&s.url(&format!("/q/{version}/files/f.bin")), &["-I"])
+        .header("etag")
+        .unwrap()
+        .trim_matches('"')
+        .to_string();
+    let out = work.path().join("out.bin");
+    let part = work
+        .path()
+        .join(format!("out.bin.{}.cairn-part", &etag[..16]));
+    let held = std::fs::File::create(&part).unwrap();
+    held.lock().unwrap();
+    let refused = cairn(&s, &state, &["get", &target, "-o", out.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(4), "{err}");
+    assert!(err.contains("another `cairn get`"), "{err}");
+    assert!(!out.exists());
+    assert_eq!(
+        std::fs::metadata(&part).unwrap().len(),
+        0,
+        "nothing written"
+    );
+    drop(held);
+    ok(cairn(
+        &s,
+        &state,
+        &["get", &target, "-o", out.to_str().unwrap()],
+    ));
+    assert!(std::fs::read(&out).unwrap() == std::fs::read(&local).unwrap());
+    assert!(!part.exists(), "renamed onto the output");
+}

@@ -537,6 +537,23 @@ async fn download_to(
     range: Option<(u64, Option<u64>)>,
     out: &PathBuf,
 ) -> Result<()> {
+    // Into a directory, as `cp` does: the file keeps its name there (QA 33: the whole file was
+    // downloaded, then the rename onto the directory failed, every run).
+    let into_dir;
+    let out = match std::fs::metadata(out).is_ok_and(|m| m.is_dir()) {
+        true => {
+            let name = path.rsplit('/').find(|n| !n.is_empty()).unwrap_or_default();
+            if name.is_empty() {
+                bail!(
+                    "{}: a directory, and {path:?} names no file to put in it",
+                    out.display()
+                );
+            }
+            into_dir = out.join(name);
+            &into_dir
+        }
+        false => out,
+    };
     let shown = out.to_string_lossy();
     // A device, a FIFO (`-o /dev/null`, `-o >(…)`): written into as it is, never replaced by
     // a renamed partial file (review: as root, that put a regular file in place of /dev/null).
@@ -566,9 +583,10 @@ async fn download_to(
     if !etag.is_empty() {
         drop_other_parts(out, &part);
     }
+    let mut file = lock_part(&part)?;
     let have = match etag.is_empty() {
         true => 0,
-        false => std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0),
+        false => file.metadata().map(|m| m.len()).unwrap_or(0),
     };
     let resume = (have > 0).then_some((have, None));
     let resp = ctx
@@ -587,13 +605,10 @@ async fn download_to(
                 .get("etag")
                 .and_then(|v| v.to_str().ok())
                 .map_or(etag, |s| s.trim_matches('"').to_string());
-            let mut file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(resumed)
-                .write(true)
-                .truncate(!resumed)
-                .open(&part)
-                .with_context(|| part.display().to_string())?;
+            use std::io::Seek;
+            let at = if resumed { have } else { 0 };
+            file.set_len(at)?;
+            file.seek(std::io::SeekFrom::Start(at))?;
             copy_body(resp, &mut file).await?;
             file.sync_all()?;
             (if resumed { have } else { 0 }, now)
@@ -610,6 +625,50 @@ async fn download_to(
         |_| String::new(),
     );
     Ok(())
+}
+
+/// Opens the partial file `part` (made if absent) and takes its exclusive lock, held until the
+/// download ends (and across the rename onto the output): a second `get` into the same output
+/// is a `conflict` (exit 4) instead of writing into the same partial file (QA 33: both runs
+/// failed, each with the other's bytes). A file renamed away between the open and the lock is
+/// not ours any more: open again.
+fn lock_part(part: &Path) -> Result<std::fs::File> {
+    use std::os::unix::fs::MetadataExt;
+    loop {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(part)
+            .with_context(|| part.display().to_string())?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(ClientError::Api {
+                    status: 409,
+                    retry_after: None,
+                    kind: "conflict".into(),
+                    reason: format!(
+                        "another `cairn get` is writing {} (it holds {}); wait for it to finish",
+                        part.with_extension("").with_extension("").display(),
+                        part.display()
+                    ),
+                }
+                .into())
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| part.display().to_string())
+            }
+        }
+        let ours = file.metadata()?;
+        match std::fs::metadata(part) {
+            Ok(now) if now.dev() == ours.dev() && now.ino() == ours.ino() => return Ok(file),
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).with_context(|| part.display().to_string()),
+        }
+    }
 }
 
 /// `<out>.<first 16 characters of the ETag>.cairn-part`, beside `out`.
