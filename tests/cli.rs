@@ -2029,3 +2029,104 @@ fn get_into_a_directory_and_two_gets_into_one_output() {
     assert!(std::fs::read(&out).unwrap() == std::fs::read(&local).unwrap());
     assert!(!part.exists(), "renamed onto the output");
 }
+
+/// A proxy to `to` on loopback that answers the first files-job creation (`POST
+/// /q/tqw__…/file_jobs`) itself with a 400, and forwards everything else; returns its port and
+/// the write token it refused a job for.
+fn refuse_files_jobs(to: u16) -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    use std::sync::{Arc, Mutex};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let refused = Arc::new(Mutex::new(Vec::new()));
+    let seen = refused.clone();
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let Ok(server) = TcpStream::connect(("127.0.0.1", to)) else {
+                continue;
+            };
+            let (mut c_in, mut s_out) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            let (mut s_in, mut c_out) = (server, client);
+            let seen = seen.clone();
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(n @ 1..) = c_in.read(&mut buf) {
+                    let text = String::from_utf8_lossy(&buf[..n]).to_string();
+                    let line = text.lines().next().unwrap_or_default();
+                    let job = line.strip_prefix("POST /q/").and_then(|r| {
+                        r.strip_suffix("/file_jobs HTTP/1.1")
+                            .filter(|t| t.starts_with("tqw__"))
+                    });
+                    // Only the first: the run after it goes through the same proxy (a record
+                    // names its server).
+                    if let Some(wt) = job.filter(|_| seen.lock().unwrap().is_empty()) {
+                        seen.lock().unwrap().push(wt.to_string());
+                        let body = r#"{"errors":[{"op":"proxy","kind":"invalid","reason":"refused by the test"}]}"#;
+                        let reply = format!(
+                            "HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                            body.len()
+                        );
+                        let _ = c_in.write_all(reply.as_bytes());
+                        let _ = c_in.shutdown(Shutdown::Both);
+                        let _ = s_out.shutdown(Shutdown::Both);
+                        return;
+                    }
+                    if s_out.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                let _ = s_out.shutdown(Shutdown::Write);
+            });
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(n @ 1..) = s_in.read(&mut buf) {
+                    if c_out.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                let _ = c_out.shutdown(Shutdown::Write);
+            });
+        }
+    });
+    (port, refused)
+}
+
+/// A run that stops after opening its draft and before recording its files job (here: the
+/// job's creation is refused; QA 33: a kill -9 in that window) leaves a record naming the
+/// draft, and the next run discards that draft before it opens its own; it used to be left
+/// open for good.
+#[test]
+fn a_draft_opened_by_a_run_that_stopped_before_its_files_job_is_discarded_next_time() {
+    let work = tempfile::tempdir().unwrap();
+    let state = work.path().join("state");
+    let data = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let s = Server::start(data.path(), port);
+    let obj = new_object(&s, &state);
+    let dir = work.path().join("tree");
+    fill(&dir.join("a.bin"), 81, 10_000);
+    let (proxy, refused) = refuse_files_jobs(port);
+    let first = cairn_cmd(&s, &state, &["upload", &obj, dir.to_str().unwrap()])
+        .env("CAIRN_SERVER", format!("http://127.0.0.1:{proxy}/"))
+        .output()
+        .unwrap();
+    assert!(!first.status.success());
+    let orphan = refused
+        .lock()
+        .unwrap()
+        .first()
+        .cloned()
+        .expect("a files job was refused");
+    assert_eq!(
+        draft_status(&s, &orphan),
+        200,
+        "the first run's draft is open"
+    );
+    let second = cairn_cmd(&s, &state, &["upload", &obj, dir.to_str().unwrap()])
+        .env("CAIRN_SERVER", format!("http://127.0.0.1:{proxy}/"))
+        .output()
+        .unwrap();
+    ok(second);
+    assert_eq!(draft_status(&s, &orphan), 404, "the next run discarded it");
+}

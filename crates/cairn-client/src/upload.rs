@@ -795,6 +795,10 @@ async fn previous(path: &Path, client: &Client, local: &Local) -> Result<Previou
     // empty directories.
     let handed_out = v["handed_out"] != false;
     let dirs_known = v.get("empty_dirs").is_some();
+    // A run stopped between opening its draft and recording its files job: nothing to resume.
+    if v["files_job"] == "" {
+        return Ok(Previous::Stale(wt));
+    }
     let record = match serde_json::from_value::<ResumeRecord>(v) {
         Ok(mut r)
             if same_contents(&r.files, &local.files)
@@ -866,6 +870,23 @@ async fn start(
     path: &Path,
 ) -> Result<ResumeRecord> {
     let write_token = client.open_draft(&opts.object).await?;
+    // Named at once, before anything is planned in it: a run killed before the files job's
+    // record is written leaves a record naming the draft, which the next run discards (QA 33:
+    // such a draft was left open for good, and gc kept whatever it received).
+    let opening = ResumeRecord {
+        server: client.base().to_string(),
+        object: opts.object.clone(),
+        write_token: write_token.clone(),
+        files_job: String::new(),
+        jobs: Vec::new(),
+        files: Vec::new(),
+        deleted: Vec::new(),
+        empty_dirs: Vec::new(),
+        base: None,
+        base_known: false,
+        handed_out: false,
+    };
+    save_record(path, &opening)?;
     let base = client.draft_base(&write_token).await?;
     let deleted = match opts.delete {
         true => gone(&client.files(&write_token).await?, &local),
