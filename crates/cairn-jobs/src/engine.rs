@@ -37,6 +37,8 @@ pub struct EngineConfig {
     /// Pending files a finalize or force completion resolves per committed pass (about 1.4 KB
     /// of memory each while it runs). Small values are for tests.
     pub resolve_batch: usize,
+    /// Files jobs one draft may have ([`crate::files::MAX_FILES_JOBS`]; smaller for tests).
+    pub max_files_jobs: usize,
 }
 
 impl EngineConfig {
@@ -47,6 +49,7 @@ impl EngineConfig {
             commit_every: 32 << 20,
             idle_timeout: std::time::Duration::from_secs(60),
             resolve_batch: 50_000,
+            max_files_jobs: crate::files::MAX_FILES_JOBS,
         }
     }
 }

@@ -75,6 +75,12 @@ impl Engine {
                 "files of {token} are already finalized"
             )));
         }
+        let most = self.cfg.max_files_jobs;
+        if draft.files_jobs.len() >= most {
+            return Err(Error::too_large(format!(
+                "{token} already has {most} files jobs; finalize it and open a new draft"
+            )));
+        }
         let loader = |d: &Digest| self.load_node(d);
         let mut tree = MemDir::load(&draft.root, &loader)?;
         let mut cx = OpContext {
@@ -1171,6 +1177,11 @@ impl Engine {
         self.resolve_root(q)
     }
 }
+
+/// Files jobs one draft may have. The draft's record lists them, and every write to the draft
+/// decodes and rewrites that record under the engine's write lock: empty jobs made in a loop
+/// grew it without bound (review 32).
+pub const MAX_FILES_JOBS: usize = 10_000;
 
 /// Longest `Idempotency-Key` accepted (a UUID is 36 characters).
 pub const MAX_IDEMPOTENCY_KEY: usize = 255;

@@ -1104,3 +1104,26 @@ async fn known_content_is_found_after_a_later_copy_of_it_is_collected() {
     assert!(job.jobs.is_empty(), "known content needs no upload");
     assert_eq!(read_all(&e, &Qhit::Draft(c), "y").unwrap(), x);
 }
+
+/// A draft takes at most `MAX_FILES_JOBS` files jobs: the draft's record lists them and every
+/// write to the draft rewrites it, so empty jobs made in a loop grew it without bound (review
+/// 32). One more is 413-`too_large` and changes nothing; the draft still finalizes.
+#[test]
+fn a_draft_takes_a_bounded_number_of_files_jobs() {
+    assert_eq!(cairn_jobs::files::MAX_FILES_JOBS, 10_000);
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 256 << 10, SMALL_CHUNKS);
+    cfg.max_files_jobs = 40;
+    let e = Arc::new(Engine::open(cfg).unwrap());
+    let t = new_object(&e);
+    for _ in 0..40 {
+        e.create_files_job(&t, &request(vec![])).unwrap();
+    }
+    let err = e
+        .create_files_job(&t, &request(vec![add_file("/a", 0)]))
+        .expect_err("one job too many");
+    assert!(err.is(ErrorKind::TooLarge), "{err}");
+    let jobs = e.files_jobs(&t).unwrap();
+    assert_eq!(jobs.len(), 40);
+    e.finalize(&t).unwrap();
+}
