@@ -72,6 +72,16 @@ fn damage_is_never_served_a_new_upload_heals_it_and_lost_files_stop_the_start() 
     std::fs::write(&pack, &raw).unwrap();
 
     let mut s = Server::start(&data, port);
+    // Two ranges, the first over the damaged byte: a JSON 500 before anything is sent, not a
+    // 206 cut short after its first part header (review 32).
+    let ranges = format!("Range: bytes={}-{},0-9", SIZE - 300, SIZE - 1);
+    let r = common::curl(&s.url(&format!("/q/{obj}/files/big.bin")), &["-H", &ranges]);
+    assert_eq!(
+        (r.status, r.kind()),
+        (500, "corrupt".to_string()),
+        "{:?}",
+        r.headers
+    );
     let r = get(&s, &obj, "big.bin");
     assert!(r.body.len() < SIZE, "the damaged chunk was not sent");
     assert!(

@@ -549,10 +549,20 @@ async fn multipart(
     }
     let mut pieces: Vec<std::pin::Pin<Box<dyn Stream<Item = cairn_core::Result<Bytes>> + Send>>> =
         Vec::new();
-    for &(start, len) in ranges {
+    for (i, &(start, len)) in ranges.iter().enumerate() {
         pieces.push(Box::pin(futures::stream::once(futures::future::ready(Ok(
             Bytes::from(part_head(start, len)),
         )))));
+        // The first range's first piece is read before the 206 is committed, as a single
+        // range's is: damage there, or no read budget, is a JSON 500 or a retryable 503, not a
+        // 206 cut short after its first part header (review 32).
+        if i == 0 {
+            let body = body_of(st, &h, start, len).await?;
+            pieces.push(Box::pin(body.into_data_stream().map_err(|e| {
+                cairn_core::Error::internal(format!("multipart range: {e}"))
+            })));
+            continue;
+        }
         // Lazy: each range's reader starts only when the previous one is done.
         let (engine, h) = (st.engine.clone(), h.clone());
         // The span is taken here, in the handler: the lazy reader starts after it has ended.
