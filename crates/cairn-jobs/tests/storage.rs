@@ -275,6 +275,30 @@ async fn gc_reclaims_a_mostly_dead_open_pack() {
     assert!(e.fsck().unwrap().is_clean());
 }
 
+/// gc deletes dead chunks and parts in slices of a few thousand (each its own batch, and for
+/// chunks its own hold of the locks uploads take): a delete larger than a slice is collected
+/// whole in one run, and what is kept is untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_larger_than_one_gc_slice_is_collected_in_one_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = small_engine(dir.path());
+    let keep = data(41, MIB);
+    let kept = store_file(&e, new_object(&e), "keep", &keep).await;
+    let kept_chunks = e.store().stats().unwrap().chunks;
+    let t = new_object(&e);
+    store_file(&e, t, "gone", &data(42, 24 * MIB)).await;
+    let dead = e.store().stats().unwrap().chunks - kept_chunks;
+    assert!(dead > 4096, "{dead} chunks: not more than a slice");
+    e.delete_object(&t.object).unwrap();
+    let report = e.gc(&GcOptions::default()).unwrap();
+    assert_eq!(report.store.chunks_deleted, dead, "{report:?}");
+    assert_eq!(e.store().stats().unwrap().chunks, kept_chunks);
+    let again = e.gc(&GcOptions::default()).unwrap();
+    assert_eq!(again.store.chunks_deleted, 0, "{again:?}");
+    assert_eq!(read_all(&e, &Qhit::Version(kept), "keep").unwrap(), keep);
+    assert!(e.fsck().unwrap().is_clean());
+}
+
 /// Small files committed one by one take a 4 KiB block each, so their pack is mostly padding
 /// and gc repacks it; the copies go back to back under one fsync, so the repacked pack is dense
 /// and the next gc leaves it alone (review 33: each copy was synced and padded on its own, and

@@ -107,7 +107,16 @@ impl Store {
     fn gc_parts(&self, opts: &GcOptions, report: &mut GcReport, dry: &mut DryRun) -> Result<()> {
         let guard = self.ref_guard();
         let mut batch = self.index().batch();
-        for key in self.dead_keys(CF_PART_REFS, &dry.parts)? {
+        for (n, key) in self
+            .dead_keys(CF_PART_REFS, &dry.parts)?
+            .into_iter()
+            .enumerate()
+        {
+            // Committed in slices: one batch for a large delete would be tens of megabytes of
+            // log and memtable, taking the index's reserved room (review 33).
+            if n > 0 && n % GC_SLICE == 0 && !opts.dry_run && !batch.is_empty() {
+                self.commit(std::mem::replace(&mut batch, self.index().batch()))?;
+            }
             if self.count_after(CF_PART_REFS, &key, &dry.parts)? > 0 {
                 continue;
             }
@@ -132,6 +141,22 @@ impl Store {
 
     fn gc_chunks(&self, opts: &GcOptions, report: &mut GcReport, dry: &mut DryRun) -> Result<()> {
         let dead = self.dead_keys(CF_CHUNK_REFS, &dry.chunks)?;
+        // In slices, each decided and committed under the locks on its own: the batch stays
+        // small (the index's reserved room), and uploads, which take the pin lock on the async
+        // threads, wait for one slice at most, not for the whole delete (review 33).
+        for slice in dead.chunks(GC_SLICE) {
+            self.gc_chunk_slice(slice, opts, report, dry)?;
+        }
+        Ok(())
+    }
+
+    fn gc_chunk_slice(
+        &self,
+        dead: &[Box<[u8]>],
+        opts: &GcOptions,
+        report: &mut GcReport,
+        dry: &mut DryRun,
+    ) -> Result<()> {
         let pins = self.pins();
         // From each count read to the deletes' commit, no session commits a chunk location
         // (`WriteSession::commit`): one that wrote its own copy of a dead chunk would otherwise
@@ -140,7 +165,7 @@ impl Store {
         let mut batch = self.index().batch();
         let mut forget = Vec::new();
         for key in dead {
-            let digest = Digest::from_slice(&key);
+            let digest = Digest::from_slice(key);
             let pinned = digest.is_some_and(|d| pins.contains_key(&d));
             if pinned || self.count_after(CF_CHUNK_REFS, &key, &dry.chunks)? > 0 {
                 continue;
@@ -407,6 +432,10 @@ impl Store {
         Ok(())
     }
 }
+
+/// Dead parts or chunks gc deletes per index batch (and, for chunks, per hold of the pin and
+/// commit locks): a few hundred kilobytes of log each.
+const GC_SLICE: usize = 4096;
 
 /// Free room gc wants beyond a pack's live bytes before it repacks it: for the index's writes
 /// and the open pack's alignment.
