@@ -167,18 +167,18 @@ impl Store {
         for key in dead {
             let digest = Digest::from_slice(key);
             let pinned = digest.is_some_and(|d| pins.contains_key(&d));
-            if pinned || self.count_after(CF_CHUNK_REFS, &key, &dry.chunks)? > 0 {
+            if pinned || self.count_after(CF_CHUNK_REFS, key, &dry.chunks)? > 0 {
                 continue;
             }
             if let (true, Some(d)) = (opts.dry_run, digest) {
                 dry.dead_chunks.insert(d);
             }
-            if let Some(loc) = self.index().get_record::<ChunkLoc>(CF_CHUNKS, &key)? {
+            if let Some(loc) = self.index().get_record::<ChunkLoc>(CF_CHUNKS, key)? {
                 report.chunk_bytes_deleted += u64::from(loc.len);
             }
-            batch.delete(CF_CHUNKS, &key);
-            batch.delete(CF_CHUNK_REFS, &key);
-            if let (false, Some(d)) = (opts.dry_run, Digest::from_slice(&key)) {
+            batch.delete(CF_CHUNKS, key);
+            batch.delete(CF_CHUNK_REFS, key);
+            if let (false, Some(d)) = (opts.dry_run, Digest::from_slice(key)) {
                 forget.push(d);
             }
             report.chunks_deleted += 1;
