@@ -2130,3 +2130,44 @@ fn a_draft_opened_by_a_run_that_stopped_before_its_files_job_is_discarded_next_t
     ok(second);
     assert_eq!(draft_status(&s, &orphan), 404, "the next run discarded it");
 }
+
+/// `gc`, `fsck` and `stats` with `--data` open the store with the server's settings: its config
+/// file (`--config`) and `CAIRN_*` variables, as `serve` does (review 33: they used the
+/// defaults, so a store served with `allow_missing_packs` could not be collected offline, and
+/// an offline gc ignored the server's free-space reserve).
+#[test]
+fn offline_commands_open_the_store_with_the_servers_config() {
+    let work = tempfile::tempdir().unwrap();
+    let state = work.path().join("state");
+    let data = work.path().join("data");
+    let mut s = Server::start(&data, common::free_port());
+    let obj = new_object(&s, &state);
+    fill(&work.path().join("f.bin"), 5, 100_000);
+    ok(cairn(
+        &s,
+        &state,
+        &["upload", &obj, work.path().join("f.bin").to_str().unwrap()],
+    ));
+    s.child.kill().unwrap();
+    s.child.wait().unwrap();
+    let pack = std::fs::read_dir(data.join("packs"))
+        .unwrap()
+        .map(|d| d.unwrap().path())
+        .max()
+        .unwrap();
+    std::fs::rename(&pack, work.path().join("aside")).unwrap();
+    let d = data.to_str().unwrap();
+    let refused = cairn(&s, &state, &["stats", "--data", d]);
+    assert!(!refused.status.success(), "a pack is missing");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("missing"));
+    let config = work.path().join("server.toml");
+    std::fs::write(&config, "allow_missing_packs = true\n").unwrap();
+    let c = config.to_str().unwrap();
+    ok(cairn(&s, &state, &["stats", "--data", d, "--config", c]));
+    ok(cairn(&s, &state, &["gc", "--data", d, "--config", c]));
+    let by_env = cairn_cmd(&s, &state, &["stats", "--data", d])
+        .env("CAIRN_ALLOW_MISSING_PACKS", "yes")
+        .output()
+        .unwrap();
+    ok(by_env);
+}

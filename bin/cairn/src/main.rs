@@ -144,6 +144,10 @@ enum Cmd {
         /// Also correct refcounts that disagree with the references found.
         #[arg(long)]
         repair: bool,
+        /// With --data: the server's TOML config file, whose store settings (free-space
+        /// reserve, pack size, pack writes, allow_missing_packs) apply, as do CAIRN_* variables.
+        #[arg(long, requires = "data")]
+        config: Option<std::path::PathBuf>,
     },
     /// Delete unreferenced data and repack mostly-dead packs.
     #[command(
@@ -156,12 +160,20 @@ enum Cmd {
         /// Report what would be freed, change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// With --data: the server's TOML config file, whose store settings (free-space
+        /// reserve, pack size, pack writes, allow_missing_packs) apply, as do CAIRN_* variables.
+        #[arg(long, requires = "data")]
+        config: Option<std::path::PathBuf>,
     },
     /// Logical and stored bytes, dedup ratio, packs, live ratio.
     Stats {
         /// Read this data dir directly (the server must be stopped); else ask the server.
         #[arg(long)]
         data: Option<std::path::PathBuf>,
+        /// With --data: the server's TOML config file, whose store settings (free-space
+        /// reserve, pack size, pack writes, allow_missing_packs) apply, as do CAIRN_* variables.
+        #[arg(long, requires = "data")]
+        config: Option<std::path::PathBuf>,
     },
     /// Print a shell completion script (bash, zsh, fish, …).
     Completions { shell: clap_complete::Shell },
@@ -207,6 +219,14 @@ impl std::io::Write for LogSink {
     }
 }
 
+/// The data dir of an offline `fsck`, `gc` or `stats`, with the server config it is read with.
+fn offline_dir(
+    data: Option<std::path::PathBuf>,
+    config: Option<std::path::PathBuf>,
+) -> Option<ops::Offline> {
+    data.map(|data| ops::Offline { data, config })
+}
+
 fn main() {
     let cli = Cli::parse();
     // The server logs a line per request by default; the client commands only what went wrong.
@@ -250,7 +270,7 @@ async fn run(cli: Cli) -> Result<()> {
             | Cmd::CrashChild { .. }
             | Cmd::Fsck { data: Some(_), .. }
             | Cmd::Gc { data: Some(_), .. }
-            | Cmd::Stats { data: Some(_) }
+            | Cmd::Stats { data: Some(_), .. }
     );
     let cli_config = cli.cli_config.filter(|v| !v.is_empty());
     let file = match offline {
@@ -301,9 +321,17 @@ async fn run(cli: Cli) -> Result<()> {
             write_token,
             files_job,
         } => ops::force_complete(&ctx, &write_token, files_job.as_deref()).await,
-        Cmd::Fsck { data, repair } => ops::fsck(&ctx, data.as_deref(), repair).await,
-        Cmd::Gc { data, dry_run } => ops::gc(&ctx, data.as_deref(), dry_run).await,
-        Cmd::Stats { data } => ops::stats(&ctx, data.as_deref()).await,
+        Cmd::Fsck {
+            data,
+            repair,
+            config,
+        } => ops::fsck(&ctx, offline_dir(data, config), repair).await,
+        Cmd::Gc {
+            data,
+            dry_run,
+            config,
+        } => ops::gc(&ctx, offline_dir(data, config), dry_run).await,
+        Cmd::Stats { data, config } => ops::stats(&ctx, offline_dir(data, config)).await,
         Cmd::Completions { shell } => {
             clap_complete::generate(
                 shell,

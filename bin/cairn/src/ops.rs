@@ -2,10 +2,10 @@
 //! stopped, else through the server's admin endpoints), `jobs`, `force-complete`, `diff`.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::PathBuf;
 
-use anyhow::{bail, Result};
-use cairn_jobs::{Engine, EngineConfig};
+use anyhow::{anyhow, bail, Result};
+use cairn_jobs::Engine;
 use serde_json::{json, Value};
 
 use crate::cli::Ctx;
@@ -27,17 +27,30 @@ impl std::fmt::Display for InUse {
 
 impl std::error::Error for InUse {}
 
-fn open_offline(data: &Path) -> Result<Engine> {
-    open_offline_with(data, false)
+/// A data dir to open directly, with the server's config file, if given.
+pub struct Offline {
+    pub data: PathBuf,
+    pub config: Option<PathBuf>,
 }
 
+fn open_offline(at: &Offline) -> Result<Engine> {
+    open_offline_with(at, false)
+}
+
+/// Opens the store as `cairn serve` would with the same config file and `CAIRN_*` variables
+/// (review 33: the defaults were used, so an offline gc could take the disk below the
+/// server's reserve, or refuse a store served with `allow_missing_packs`).
 /// `allow_missing_packs`: fsck opens a store whose packs are missing, to name what they held.
-fn open_offline_with(data: &Path, allow_missing_packs: bool) -> Result<Engine> {
+fn open_offline_with(at: &Offline, allow_missing_packs: bool) -> Result<Engine> {
+    let data = &at.data;
     if !data.join("index").exists() {
         bail!("{} holds no Cairn store", data.display());
     }
-    let mut cfg = EngineConfig::new(data);
-    cfg.store.allow_missing_packs = allow_missing_packs;
+    let mut server =
+        cairn_http::ServerConfig::load(at.config.as_deref()).map_err(|e| anyhow!(e))?;
+    server.data = data.clone();
+    let mut cfg = cairn_http::engine_config(&server);
+    cfg.store.allow_missing_packs |= allow_missing_packs;
     Engine::open(cfg).map_err(|e| {
         if cairn_store::index::is_in_use(&e.reason) {
             anyhow::Error::new(InUse(data.display().to_string()))
@@ -47,9 +60,9 @@ fn open_offline_with(data: &Path, allow_missing_packs: bool) -> Result<Engine> {
     })
 }
 
-pub async fn stats(ctx: &Ctx, data: Option<&Path>) -> Result<()> {
+pub async fn stats(ctx: &Ctx, data: Option<Offline>) -> Result<()> {
     let v = match data {
-        Some(d) => serde_json::to_value(open_offline(d)?.stats()?)?,
+        Some(d) => serde_json::to_value(open_offline(&d)?.stats()?)?,
         None => ctx.client.admin_stats().await?,
     };
     ctx.print(&v, |v| {
@@ -62,10 +75,10 @@ pub async fn stats(ctx: &Ctx, data: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
-pub async fn fsck(ctx: &Ctx, data: Option<&Path>, repair: bool) -> Result<()> {
+pub async fn fsck(ctx: &Ctx, data: Option<Offline>, repair: bool) -> Result<()> {
     let v = match data {
         Some(d) => {
-            let engine = open_offline_with(d, true)?;
+            let engine = open_offline_with(&d, true)?;
             let r = if repair {
                 engine.fsck_repair()?
             } else {
@@ -131,14 +144,14 @@ pub async fn fsck(ctx: &Ctx, data: Option<&Path>, repair: bool) -> Result<()> {
     Ok(())
 }
 
-pub async fn gc(ctx: &Ctx, data: Option<&Path>, dry_run: bool) -> Result<()> {
+pub async fn gc(ctx: &Ctx, data: Option<Offline>, dry_run: bool) -> Result<()> {
     let v = match data {
         Some(d) => {
             let opts = cairn_store::GcOptions {
                 dry_run,
                 ..Default::default()
             };
-            serde_json::to_value(open_offline(d)?.gc(&opts)?)?
+            serde_json::to_value(open_offline(&d)?.gc(&opts)?)?
         }
         None => ctx.client.admin_gc(dry_run).await?,
     };

@@ -352,8 +352,10 @@ pub(crate) fn scope_of(who: Option<&Principal>) -> Option<LibraryId> {
     }
 }
 
-/// Opens the engine and the token for `cfg`; returns a newly generated token to print once.
-pub fn open(cfg: &ServerConfig) -> Result<(AppState, Option<String>), String> {
+/// The engine's settings from the server's: what `serve` opens the store with, and what the
+/// offline commands (`fsck`, `gc`, `stats` with `--data`) open it with too, so that gc keeps the
+/// same free-space reserve and pack size as the server.
+pub fn engine_config(cfg: &ServerConfig) -> EngineConfig {
     let mut ecfg = EngineConfig::new(&cfg.data);
     ecfg.plan.part_size = cfg.part_size;
     ecfg.store.pack_target_size = cfg.pack_size;
@@ -362,7 +364,13 @@ pub fn open(cfg: &ServerConfig) -> Result<(AppState, Option<String>), String> {
     ecfg.store.direct_writes = cfg.pack_writes == "direct";
     ecfg.commit_every = cfg.commit_every;
     ecfg.idle_timeout = std::time::Duration::from_secs(cfg.idle_timeout_secs.max(1));
-    let engine = Engine::open(ecfg).map_err(|e| format!("open {}: {e}", cfg.data.display()))?;
+    ecfg
+}
+
+/// Opens the engine and the token for `cfg`; returns a newly generated token to print once.
+pub fn open(cfg: &ServerConfig) -> Result<(AppState, Option<String>), String> {
+    let engine = Engine::open(engine_config(cfg))
+        .map_err(|e| format!("open {}: {e}", cfg.data.display()))?;
     let env_token = std::env::var("CAIRN_TOKEN").ok();
     let (auth, generated) = Auth::load_or_create(&cfg.data, env_token.as_deref())
         .map_err(|e| format!("admin token: {e}"))?;

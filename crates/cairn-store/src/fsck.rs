@@ -103,6 +103,7 @@ impl Store {
     }
 
     fn verify_chunks(&self, report: &mut FsckReport) -> Result<()> {
+        self.drop_cached_packs();
         for entry in self.index().scan(CF_CHUNKS, &[]) {
             let (k, v) = entry?;
             let hash = Digest::from_slice(&k).unwrap_or_default();
