@@ -1260,6 +1260,49 @@ fn requests_that_could_mean_two_things_are_refused_and_change_nothing() {
     }
 }
 
+/// A JSON body that keeps arriving, but a byte at a time, is cut off with a 408 once it falls
+/// below 4 KiB/s on average after its first `idle_timeout_secs` (review 32: each byte within
+/// the idle timeout kept the connection for as long as the client liked).
+#[test]
+fn a_json_body_trickling_in_is_cut_off() {
+    use std::io::{Read, Write};
+    let data = tempfile::tempdir().unwrap();
+    let s = Server::start_config(data.path(), "idle_timeout_secs = 1\n");
+    let mut sock = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    write!(
+        sock,
+        "POST /qlibs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n",
+        common::TOKEN
+    )
+    .unwrap();
+    let mut writer = sock.try_clone().unwrap();
+    let trickle = std::thread::spawn(move || {
+        for _ in 0..100 {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            if writer.write_all(b" ").is_err() {
+                return;
+            }
+        }
+    });
+    let started = std::time::Instant::now();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&reply).contains("}]}") {
+        match sock.read(&mut buf) {
+            Ok(n @ 1..) => reply.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    let text = String::from_utf8_lossy(&reply);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("too slowly"), "{text}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    drop(sock);
+    trickle.join().unwrap();
+}
+
 /// Header values with bytes outside ASCII are read as RFC 9110 and api.md §10 say for values
 /// that do not parse (QA 32: all were 400): a date is ignored, a Range is malformed (416), a
 /// tag matches nothing, and such a token is "not valid" rather than missing.

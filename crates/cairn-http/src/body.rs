@@ -11,6 +11,7 @@
 //! each other) and keeps it until its response is made; one that cannot get more within `idle_timeout_secs` is answered 503
 //! `busy` with `Retry-After`. Bodies weighing at most 64 KiB take no budget: they are most
 //! requests, and must not queue behind a large body waiting for its share. A body that stops arriving is answered 408 after
+//! `idle_timeout_secs`, and so is one arriving slower than 4 KiB/s on average after its first
 //! `idle_timeout_secs`. Upload data (streamed into the store, never buffered) passes untouched.
 
 use std::sync::Arc;
@@ -26,6 +27,10 @@ use http_body_util::BodyExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::error::ApiError;
+
+/// Bytes a second a JSON body must arrive at on average, after its first `idle_timeout_secs`
+/// (a 64 MiB body then has about four and a half hours).
+const MIN_BODY_RATE: f64 = 4096.0;
 
 /// The budget counts bodies in units of this many bytes.
 const UNIT: usize = 1024;
@@ -89,8 +94,25 @@ impl JsonBodies {
     ) -> Result<(Bytes, Option<OwnedSemaphorePermit>), ApiError> {
         let mut out = BytesMut::new();
         let mut held: Option<OwnedSemaphorePermit> = None;
+        let started = tokio::time::Instant::now();
         loop {
-            let frame = match tokio::time::timeout(self.idle, body.frame()).await {
+            // Each frame within `idle`, and the whole body at `MIN_BODY_RATE` on average after
+            // its first `idle`: a byte every minute kept a connection (and the body's budget)
+            // forever (review 32).
+            let allowed = self.idle + Duration::from_secs_f64(out.len() as f64 / MIN_BODY_RATE);
+            let left = allowed.saturating_sub(started.elapsed());
+            let frame = match tokio::time::timeout(left.min(self.idle), body.frame()).await {
+                Err(_) if left < self.idle => {
+                    return Err(ApiError::new(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "invalid",
+                        format!(
+                            "the request body arrives too slowly: {} bytes in {} s",
+                            out.len(),
+                            started.elapsed().as_secs()
+                        ),
+                    ))
+                }
                 Err(_) => {
                     return Err(ApiError::new(
                         StatusCode::REQUEST_TIMEOUT,
