@@ -129,6 +129,9 @@ impl Store {
         report: &mut FsckReport,
         chunk_refs: &mut HashMap<Digest, i64>,
     ) -> Result<()> {
+        // A set: a part's chunks were each looked up in the list (parts × corrupt chunks).
+        let corrupt: std::collections::HashSet<Digest> =
+            report.corrupt_chunks.iter().copied().collect();
         for entry in self.index().scan(CF_PARTS, &[]) {
             let (k, v) = entry?;
             let key_hex = hex(&k);
@@ -152,7 +155,7 @@ impl Store {
                     report.missing_chunks.push((key_hex.clone(), c.hash));
                     damaged = true;
                 }
-                damaged |= report.corrupt_chunks.contains(&c.hash);
+                damaged |= corrupt.contains(&c.hash);
             }
             if damaged {
                 report.damaged_parts.push(key_hex);
