@@ -137,7 +137,7 @@ pub async fn handle_library(
     let lib = lib_param(&p)?;
     let (rec, objects) = st
         .engine
-        .run(move |e| Ok((e.library(&lib)?, e.objects(&lib)?.len())))
+        .run(move |e| Ok((e.library(&lib)?, e.object_count(&lib)?)))
         .await?;
     Ok(Json(
         json!({"id": rec.id, "name": rec.name, "created": rec.created, "objects": objects}),

@@ -453,6 +453,17 @@ impl Engine {
         Ok(out)
     }
 
+    /// How many objects `library` holds, from its index keys: no object record is decoded.
+    pub fn object_count(&self, library: &LibraryId) -> Result<u64> {
+        self.library(library)?;
+        let mut n = 0;
+        for id in self.library_object_ids(library) {
+            id?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
     /// Opens a draft on the object's head (or on an empty tree if it has no version yet).
     pub fn open_draft(&self, object: &ObjectId) -> Result<DraftRecord> {
         let _w = self.state.write();
