@@ -1870,44 +1870,46 @@ fn files_under_a_folder_named_in_latin_1_upload_and_resume() {
     assert!(std::fs::read(&back).unwrap() == std::fs::read(odd.join("f.bin")).unwrap());
 }
 
-/// A proxy to `to` on loopback that forwards everything both ways, except that it closes the
-/// connection of the first finalize (`POST /q/tqw__… HTTP/1.1`) once the server answers it,
-/// instead of passing that reply on: a finalize that went through and whose reply was lost.
-/// Returns its port and whether it has lost a reply.
-fn lose_the_first_finalize_reply(to: u16) -> (u16, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+/// What [`proxy`] does with a request, given its first line.
+enum Hook {
+    Forward,
+    /// Forwarded, but the connection is closed once the server answers, the answer unsent.
+    LoseReply,
+    /// Answered by the proxy with these bytes, the server never seeing it.
+    Answer(String),
+}
+
+/// A TCP proxy to `to` on loopback that forwards both ways, doing with each request what
+/// `hook` says from its first line (read as it arrives: the tests' requests start a read).
+fn proxy(to: u16, hook: impl Fn(&str) -> Hook + Send + Sync + 'static) -> u16 {
     use std::io::{Read, Write};
     use std::net::{Shutdown, TcpListener, TcpStream};
     use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
     use std::sync::Arc;
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    let (armed, lost) = (
-        Arc::new(AtomicBool::new(true)),
-        Arc::new(AtomicBool::new(false)),
-    );
-    let lost_out = lost.clone();
+    let hook = Arc::new(hook);
     std::thread::spawn(move || {
         for client in listener.incoming().flatten() {
             let Ok(server) = TcpStream::connect(("127.0.0.1", to)) else {
                 continue;
             };
-            let this_one = Arc::new(AtomicBool::new(false));
+            let lose = Arc::new(AtomicBool::new(false));
             let (mut c_in, mut s_out) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-            let (armed, flag) = (armed.clone(), this_one.clone());
+            let (hook, flag) = (hook.clone(), lose.clone());
             std::thread::spawn(move || {
                 let mut buf = vec![0u8; 64 * 1024];
                 while let Ok(n @ 1..) = c_in.read(&mut buf) {
-                    let text = String::from_utf8_lossy(&buf[..n]);
-                    let finalize = text.lines().next().is_some_and(|l| {
-                        l.starts_with("POST /q/tqw__")
-                            && l.ends_with(" HTTP/1.1")
-                            && l["POST /q/".len()..]
-                                .split(' ')
-                                .next()
-                                .is_some_and(|t| !t.contains('/'))
-                    });
-                    if finalize && armed.swap(false, SeqCst) {
-                        flag.store(true, SeqCst);
+                    let text = String::from_utf8_lossy(&buf[..n]).to_string();
+                    match hook(text.lines().next().unwrap_or_default()) {
+                        Hook::Forward => {}
+                        Hook::LoseReply => flag.store(true, SeqCst),
+                        Hook::Answer(reply) => {
+                            let _ = c_in.write_all(reply.as_bytes());
+                            let _ = c_in.shutdown(Shutdown::Both);
+                            let _ = s_out.shutdown(Shutdown::Both);
+                            return;
+                        }
                     }
                     if s_out.write_all(&buf[..n]).is_err() {
                         break;
@@ -1916,12 +1918,10 @@ fn lose_the_first_finalize_reply(to: u16) -> (u16, std::sync::Arc<std::sync::ato
                 let _ = s_out.shutdown(Shutdown::Write);
             });
             let (mut s_in, mut c_out) = (server, client);
-            let lost = lost.clone();
             std::thread::spawn(move || {
                 let mut buf = vec![0u8; 64 * 1024];
                 while let Ok(n @ 1..) = s_in.read(&mut buf) {
-                    if this_one.load(SeqCst) {
-                        lost.store(true, SeqCst);
+                    if lose.load(SeqCst) {
                         let _ = c_out.shutdown(Shutdown::Both);
                         let _ = s_in.shutdown(Shutdown::Both);
                         return;
@@ -1934,7 +1934,29 @@ fn lose_the_first_finalize_reply(to: u16) -> (u16, std::sync::Arc<std::sync::ato
             });
         }
     });
-    (port, lost_out)
+    port
+}
+
+/// A proxy to `to` that loses the server's reply to the first finalize (`POST /q/tqw__…
+/// HTTP/1.1`): a finalize that went through and whose reply was lost. Returns its port and
+/// whether it has lost a reply.
+fn lose_the_first_finalize_reply(to: u16) -> (u16, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    let lost = std::sync::Arc::new(AtomicBool::new(false));
+    let seen = lost.clone();
+    let port = proxy(to, move |line| {
+        let finalize = line.starts_with("POST /q/tqw__")
+            && line.ends_with(" HTTP/1.1")
+            && line["POST /q/".len()..]
+                .split(' ')
+                .next()
+                .is_some_and(|t| !t.contains('/'));
+        match finalize && !seen.swap(true, SeqCst) {
+            true => Hook::LoseReply,
+            false => Hook::Forward,
+        }
+    });
+    (port, lost)
 }
 
 /// The reply to `cairn upload`'s finalize is lost after the server published the version: the
@@ -2030,63 +2052,29 @@ fn get_into_a_directory_and_two_gets_into_one_output() {
     assert!(!part.exists(), "renamed onto the output");
 }
 
-/// A proxy to `to` on loopback that answers the first files-job creation (`POST
-/// /q/tqw__…/file_jobs`) itself with a 400, and forwards everything else; returns its port and
-/// the write token it refused a job for.
+/// A proxy to `to` that answers the first files-job creation (`POST /q/tqw__…/file_jobs`)
+/// itself with a 400; returns its port and the write token it refused a job for.
 fn refuse_files_jobs(to: u16) -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
-    use std::io::{Read, Write};
-    use std::net::{Shutdown, TcpListener, TcpStream};
-    use std::sync::{Arc, Mutex};
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let refused = Arc::new(Mutex::new(Vec::new()));
+    let refused = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let seen = refused.clone();
-    std::thread::spawn(move || {
-        for client in listener.incoming().flatten() {
-            let Ok(server) = TcpStream::connect(("127.0.0.1", to)) else {
-                continue;
-            };
-            let (mut c_in, mut s_out) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-            let (mut s_in, mut c_out) = (server, client);
-            let seen = seen.clone();
-            std::thread::spawn(move || {
-                let mut buf = vec![0u8; 64 * 1024];
-                while let Ok(n @ 1..) = c_in.read(&mut buf) {
-                    let text = String::from_utf8_lossy(&buf[..n]).to_string();
-                    let line = text.lines().next().unwrap_or_default();
-                    let job = line.strip_prefix("POST /q/").and_then(|r| {
-                        r.strip_suffix("/file_jobs HTTP/1.1")
-                            .filter(|t| t.starts_with("tqw__"))
-                    });
-                    // Only the first: the run after it goes through the same proxy (a record
-                    // names its server).
-                    if let Some(wt) = job.filter(|_| seen.lock().unwrap().is_empty()) {
-                        seen.lock().unwrap().push(wt.to_string());
-                        let body = r#"{"errors":[{"op":"proxy","kind":"invalid","reason":"refused by the test"}]}"#;
-                        let reply = format!(
-                            "HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                            body.len()
-                        );
-                        let _ = c_in.write_all(reply.as_bytes());
-                        let _ = c_in.shutdown(Shutdown::Both);
-                        let _ = s_out.shutdown(Shutdown::Both);
-                        return;
-                    }
-                    if s_out.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-                let _ = s_out.shutdown(Shutdown::Write);
-            });
-            std::thread::spawn(move || {
-                let mut buf = vec![0u8; 64 * 1024];
-                while let Ok(n @ 1..) = s_in.read(&mut buf) {
-                    if c_out.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-                let _ = c_out.shutdown(Shutdown::Write);
-            });
+    let port = proxy(to, move |line| {
+        let job = line.strip_prefix("POST /q/").and_then(|r| {
+            r.strip_suffix("/file_jobs HTTP/1.1")
+                .filter(|t| t.starts_with("tqw__"))
+        });
+        // Only the first: the run after it goes through the same proxy (a record names its
+        // server).
+        let mut seen = seen.lock().unwrap();
+        match job.filter(|_| seen.is_empty()) {
+            Some(wt) => {
+                seen.push(wt.to_string());
+                let body = r#"{"errors":[{"op":"proxy","kind":"invalid","reason":"refused by the test"}]}"#;
+                Hook::Answer(format!(
+                    "HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                ))
+            }
+            None => Hook::Forward,
         }
     });
     (port, refused)

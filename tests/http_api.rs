@@ -344,12 +344,7 @@ fn finalize_preconditions_refuse_a_stale_draft_and_change_nothing() {
         }
         curl(&s.url(&format!("/q/{wt}")), &args)
     };
-    let open = || {
-        call(&s, "POST", &format!("/qid/{obj}"), None, 200)["write_token"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
+    let open = || open_draft(&s, &obj);
     let versions = || {
         call(&s, "GET", &format!("/qid/{obj}"), None, 200)["versions"]
             .as_array()
@@ -393,6 +388,14 @@ fn finalize_preconditions_refuse_a_stale_draft_and_change_nothing() {
     assert_eq!(versions(), 5);
 }
 
+/// Opens a new draft of `obj`; its write token.
+fn open_draft(s: &Server, obj: &str) -> String {
+    call(s, "POST", &format!("/qid/{obj}"), None, 200)["write_token"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 /// `GET /q/{id}` and `DELETE /q/{id}` evaluate `If-Match` / `If-None-Match` against the
 /// entity-tag `GET` gives (QA 32: a conditional DELETE of an object deleted every version
 /// although a newer one had been published). A refused delete changes nothing.
@@ -407,12 +410,7 @@ fn info_and_deletes_honour_their_preconditions() {
             .unwrap()
             .to_string()
     };
-    let open = || {
-        call(&s, "POST", &format!("/qid/{obj}"), None, 200)["write_token"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
+    let open = || open_draft(&s, &obj);
     let v1 = hash(&first);
     let v2 = hash(&open());
     let with = |method: &str, id: &str, hdr: &str| {
