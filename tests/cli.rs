@@ -293,12 +293,12 @@ fn draft_status(s: &Server, wt: &str) -> u16 {
     .status
 }
 
-/// An upload killed mid-way and run again after its file changed cannot continue its draft: it
-/// discards that draft (with the bytes it received) before opening a new one. It used to leave
-/// it open, named nowhere once the record was replaced, so it could never be discarded and gc
-/// kept its data. The same for a same-size, same-mtime change of a draft left by --no-finalize.
+/// An upload killed mid-way and run again after its file changed continues its draft with the
+/// change: the changed file is sent again whole (its bytes are not the planned ones), the added
+/// one too, and nothing is left behind (no second draft). A draft left open by --no-finalize
+/// is the user's: a same-size, same-mtime change leaves it open and named, never discarded.
 #[test]
-fn a_rerun_after_the_files_changed_discards_the_draft_it_cannot_continue() {
+fn a_rerun_after_the_files_changed_continues_the_draft_with_the_change() {
     let work = tempfile::tempdir().unwrap();
     let big = work.path().join("d/big.bin");
     fill(&big, 7, 100 << 20);
@@ -330,10 +330,23 @@ fn a_rerun_after_the_files_changed_discards_the_draft_it_cannot_continue() {
     drop(f);
     std::fs::write(dir.join("added.txt"), b"new").unwrap();
     let out = json_out(cairn(&s, &state, &[&args[..], &["--json"][..]].concat()));
-    assert_eq!(out["resumed"], false, "{out}");
-    assert_eq!(out["discarded_draft"], old.as_str(), "{out}");
-    assert_eq!(draft_status(&s, &old), 404, "the old draft is discarded");
+    assert_eq!(out["resumed"], true, "{out}");
+    assert_eq!(out["write_token"], old.as_str(), "the same draft: {out}");
+    assert_eq!(out["discarded_draft"], serde_json::Value::Null, "{out}");
+    assert_eq!(draft_status(&s, &old), 404, "finalized");
     assert_eq!(out["bytes"], (100u64 << 20) + 4 + 3, "{out}");
+    assert!(
+        out["bytes_sent"].as_u64().unwrap() >= (100 << 20) + 7,
+        "{out}"
+    );
+    let version = out["version"].as_str().unwrap();
+    assert_got_back(&s, &state, &format!("{version}:d/big.bin"), &big);
+    assert_got_back(
+        &s,
+        &state,
+        &format!("{version}:d/added.txt"),
+        &dir.join("added.txt"),
+    );
 
     // A draft left open by --no-finalize, then a change that keeps size and mtime.
     let small = dir.join("small.txt");
@@ -2158,4 +2171,71 @@ fn offline_commands_open_the_store_with_the_servers_config() {
         .output()
         .unwrap();
     ok(by_env);
+}
+
+/// QA 33: an upload of a large file, killed 40 MiB in, and run again after a small file beside
+/// it was edited, another removed and one added. The run continues the draft: the large file's
+/// upload goes on from where the server is (its jobs hold no changed file), the small files
+/// are sent again, and the version is the tree as it is now. It used to discard the draft and
+/// send every byte again.
+#[test]
+fn a_rerun_after_a_small_change_sends_only_what_the_server_lacks() {
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("t");
+    let big = dir.join("big.bin");
+    fill(&big, 91, 100 << 20);
+    fill(&dir.join("notes/a.txt"), 92, 5_000);
+    fill(&dir.join("notes/b.txt"), 93, 6_000);
+    fill(&dir.join("gone.txt"), 94, 7_000);
+    let data = tempfile::tempdir().unwrap();
+    let s = Server::start(data.path(), common::free_port());
+    let state = work.path().join("state");
+    let obj = new_object(&s, &state);
+    let args = [
+        "upload",
+        &obj,
+        dir.to_str().unwrap(),
+        "--parallel",
+        "1",
+        "--json",
+    ];
+    let mut child = spawn_cairn(&s, &state, &args);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while s.uploads().1 < 40 << 20 {
+        assert!(Instant::now() < deadline, "the upload did not progress");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let old = recorded_draft(&state);
+    let received = s.uploads().1;
+
+    fill(&dir.join("notes/a.txt"), 95, 5_500);
+    std::fs::remove_file(dir.join("gone.txt")).unwrap();
+    fill(&dir.join("notes/c.txt"), 96, 1_000);
+    let out = json_out(cairn(&s, &state, &args));
+    assert_eq!(out["resumed"], true, "{out}");
+    assert_eq!(out["write_token"], old.as_str(), "{out}");
+    let sent = out["bytes_sent"].as_u64().unwrap();
+    let lacking = (100u64 << 20) - received.min(100 << 20);
+    assert!(
+        sent <= lacking + 64 * 1024 + 2 * (8 << 20),
+        "sent {sent}, the server lacked about {lacking}: {out}"
+    );
+    let version = out["version"].as_str().unwrap();
+    for f in ["big.bin", "notes/a.txt", "notes/b.txt", "notes/c.txt"] {
+        assert_got_back(&s, &state, &format!("{version}:t/{f}"), &dir.join(f));
+    }
+    let mut listed = files_of(&s, version);
+    listed.sort();
+    assert_eq!(
+        listed,
+        [
+            "t/big.bin",
+            "t/notes/a.txt",
+            "t/notes/b.txt",
+            "t/notes/c.txt"
+        ],
+        "gone.txt is gone"
+    );
 }

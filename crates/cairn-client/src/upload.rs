@@ -6,7 +6,7 @@
 //! byte is sent, so the same command run again after Ctrl-C or `kill -9` continues them: it asks
 //! the server what arrived and sends only the rest.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -121,6 +121,11 @@ struct ResumeRecord {
     write_token: String,
     files_job: String,
     jobs: Vec<String>,
+    /// Upload jobs of a later files job of the same draft, with that files job: a run that
+    /// found the local files changed continued the draft with a files job of the changes
+    /// ([`continue_changed`]). Jobs not named here are of `files_job`.
+    #[serde(default)]
+    later_jobs: BTreeMap<String, String>,
     files: Vec<LocalFile>,
     #[serde(default)]
     deleted: Vec<String>,
@@ -138,6 +143,13 @@ struct ResumeRecord {
     /// draft now (and may have edited it), so a later run never discards it.
     #[serde(default)]
     handed_out: bool,
+}
+
+impl ResumeRecord {
+    /// The files job upload job `uj` belongs to.
+    fn files_job_of(&self, uj: &str) -> &str {
+        self.later_jobs.get(uj).unwrap_or(&self.files_job)
+    }
 }
 
 /// Called as bytes go out: (file path in the object, file size, bytes just sent). A request the
@@ -168,6 +180,17 @@ pub async fn upload_tree(
             discard(client, &wt).await;
             discarded_draft = Some(wt);
             (start(client, opts, local, &record_path).await?, false)
+        }
+        Previous::Changed(r) => {
+            let wt = r.write_token.clone();
+            match continue_changed(client, r, &local, &record_path).await? {
+                Some(r) => (r, true),
+                None => {
+                    discard(client, &wt).await;
+                    discarded_draft = Some(wt);
+                    (start(client, opts, local, &record_path).await?, false)
+                }
+            }
         }
     };
     let sent = Arc::new(AtomicU64::new(0));
@@ -774,6 +797,9 @@ enum Previous {
     /// the record names it: no API lists an object's drafts, so once the record is replaced it
     /// could never be discarded and gc would keep its data.
     Stale(String),
+    /// The local files changed since the record, whose draft is still open: continued with a
+    /// files job of the changes ([`continue_changed`]), or discarded when that fails.
+    Changed(ResumeRecord),
 }
 
 /// Reads the record at `path`; a draft it names that the server no longer has (404) leaves
@@ -834,6 +860,13 @@ async fn previous(path: &Path, client: &Client, local: &Local) -> Result<Previou
             }
             return Ok(Previous::Nothing);
         }
+        Ok(r) if dirs_known && r.base_known => {
+            return match client.files_jobs(&r.write_token).await {
+                Ok(_) => Ok(Previous::Changed(r)),
+                Err(e) if e.status() == Some(404) => Ok(Previous::Nothing),
+                Err(e) => Err(e),
+            }
+        }
         _ => return Ok(Previous::Stale(wt)),
     };
     match client.files_jobs(&record.write_token).await {
@@ -863,6 +896,134 @@ async fn discard(client: &Client, wt: &str) {
     }
 }
 
+/// Continues the draft of an earlier run whose local files changed since, instead of
+/// discarding it with every byte it received (QA 33: one edited file sent a 100 MB upload,
+/// 86% in, from the start). Upload jobs none of whose files changed go on from the server's
+/// `skip`; a job that holds a changed or removed file cannot complete any more, so every file
+/// it holds is added again, and so is every other job of those files (a file spans jobs). One
+/// files job on the same draft then deletes what is gone locally and adds what changed, what
+/// is new and what those jobs held. `None` when the server refuses that files job (the draft
+/// changed under the record, its files are finalized…): the caller discards the draft and
+/// starts afresh, as before.
+async fn continue_changed(
+    client: &Client,
+    old: ResumeRecord,
+    local: &Local,
+    path: &Path,
+) -> Result<Option<ResumeRecord>> {
+    let was: HashMap<&str, &LocalFile> = old.files.iter().map(|f| (f.rel.as_str(), f)).collect();
+    let now: HashMap<&str, &LocalFile> = local.files.iter().map(|f| (f.rel.as_str(), f)).collect();
+    let same =
+        |a: &LocalFile, b: &LocalFile| (&a.abs, a.size, &a.blake3) == (&b.abs, b.size, &b.blake3);
+    // Paths whose planned bytes are no longer what is there: changed or removed.
+    let mut dirty: BTreeSet<String> = old
+        .files
+        .iter()
+        .filter(|f| !now.get(f.rel.as_str()).is_some_and(|n| same(f, n)))
+        .map(|f| f.rel.clone())
+        .collect();
+    let mut paths_of = Vec::with_capacity(old.jobs.len());
+    for uj in &old.jobs {
+        let status = client
+            .upload_status(&old.write_token, old.files_job_of(uj), uj)
+            .await?;
+        let paths: BTreeSet<String> = status
+            .iter()
+            .filter_map(|s| s["path"].as_str().map(str::to_string))
+            .collect();
+        paths_of.push((uj.clone(), paths));
+    }
+    let mut broken = BTreeSet::new();
+    loop {
+        let before = broken.len();
+        for (uj, paths) in &paths_of {
+            if !broken.contains(uj) && paths.iter().any(|p| dirty.contains(p)) {
+                broken.insert(uj.clone());
+                dirty.extend(paths.iter().cloned());
+            }
+        }
+        if broken.len() == before {
+            break;
+        }
+    }
+    let old_dirs: BTreeSet<&str> = old.empty_dirs.iter().map(String::as_str).collect();
+    let new_dirs: BTreeSet<&str> = local.empty_dirs.iter().map(String::as_str).collect();
+    let under = |dir: &str, p: &str| p.strip_prefix(dir).is_some_and(|r| r.starts_with('/'));
+    // Deletions first: files gone locally, empty directories gone (not now holding files),
+    // and a path that changed kind (an old directory where a file or empty directory is now).
+    let mut dels: BTreeSet<String> = old
+        .files
+        .iter()
+        .filter(|f| !now.contains_key(f.rel.as_str()))
+        .map(|f| f.rel.clone())
+        .collect();
+    for d in old_dirs.difference(&new_dirs) {
+        if !local.files.iter().any(|f| under(d, &f.rel)) {
+            dels.insert(d.to_string());
+        }
+    }
+    let added = |p: &str| !was.contains_key(p) || dirty.contains(p);
+    let new_paths = local
+        .files
+        .iter()
+        .map(|f| f.rel.as_str())
+        .filter(|p| added(p))
+        .chain(new_dirs.difference(&old_dirs).copied());
+    for p in new_paths {
+        if old.files.iter().any(|f| under(p, &f.rel)) || old_dirs.iter().any(|d| under(p, d)) {
+            dels.insert(p.to_string());
+        }
+    }
+    let ops: Vec<Value> = dels
+        .iter()
+        .map(|p| json!({"op": "del", "path": p}))
+        .chain(
+            new_dirs
+                .difference(&old_dirs)
+                .map(|d| json!({"op": "add", "type": "directory", "path": d})),
+        )
+        .chain(local.files.iter().filter(|f| added(&f.rel)).map(|f| {
+            json!({"op": "add", "type": "file", "path": f.rel, "size": f.size, "blake3": f.blake3})
+        }))
+        .collect();
+    let (files_job, jobs) = match client.create_files_job(&old.write_token, &ops).await {
+        Ok(created) => created,
+        Err(e @ ClientError::Api { .. }) if e.status().is_some_and(|s| s < 500) => {
+            tracing::info!(error = %e, "could not continue the earlier run's draft");
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    };
+    let kept: Vec<String> = old
+        .jobs
+        .iter()
+        .filter(|uj| !broken.contains(*uj))
+        .cloned()
+        .collect();
+    let mut later_jobs: BTreeMap<String, String> = old
+        .later_jobs
+        .iter()
+        .filter(|(uj, _)| kept.contains(uj))
+        .map(|(uj, fj)| (uj.clone(), fj.clone()))
+        .collect();
+    later_jobs.extend(jobs.iter().map(|uj| (uj.clone(), files_job.clone())));
+    let record = ResumeRecord {
+        jobs: kept.into_iter().chain(jobs).collect(),
+        later_jobs,
+        files: local.files.clone(),
+        empty_dirs: local.empty_dirs.clone(),
+        handed_out: false,
+        ..old
+    };
+    save_record(path, &record)?;
+    tracing::info!(
+        write_token = %record.write_token,
+        changed = dirty.len(),
+        "continued the earlier run's draft with the local changes"
+    );
+    Ok(Some(record))
+}
+
 async fn start(
     client: &Client,
     opts: &UploadOptions,
@@ -879,6 +1040,7 @@ async fn start(
         write_token: write_token.clone(),
         files_job: String::new(),
         jobs: Vec::new(),
+        later_jobs: BTreeMap::new(),
         files: Vec::new(),
         deleted: Vec::new(),
         empty_dirs: Vec::new(),
@@ -928,6 +1090,7 @@ async fn start(
         write_token,
         files_job,
         jobs,
+        later_jobs: BTreeMap::new(),
         files,
         deleted,
         empty_dirs: local.empty_dirs,
@@ -996,7 +1159,7 @@ async fn send_job_once(
     attempt: &mut u32,
 ) -> Result<()> {
     let status = client
-        .upload_status(&record.write_token, &record.files_job, uj)
+        .upload_status(&record.write_token, record.files_job_of(uj), uj)
         .await?;
     for run in runs(&status)? {
         let mut pieces = Vec::with_capacity(run.pieces.len());
@@ -1088,7 +1251,7 @@ async fn send_run(
     let reply = client
         .upload_data(
             &record.write_token,
-            &record.files_job,
+            record.files_job_of(uj),
             uj,
             run.offset,
             run.len,
