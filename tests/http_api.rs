@@ -1258,6 +1258,57 @@ fn requests_that_could_mean_two_things_are_refused_and_change_nothing() {
     }
 }
 
+/// The part routes over HTTP: a version's parts in walk order, each one's info and bytes (with
+/// Range), the file's bytes being its parts' in order; a part of other content is 404. Asked
+/// again (the parts are then remembered by the tree's root) the answers are the same.
+#[test]
+fn parts_are_listed_described_and_served() {
+    let data = tempfile::tempdir().unwrap();
+    let s = Server::start_config(data.path(), "part_size = 65536\n");
+    let (_, obj, wt) = new_object(&s);
+    let bytes = common::pattern(61, 200_000);
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), &bytes).unwrap();
+    let v = common::upload_files(&s, &wt, &[("f.bin", file.path())]);
+    let (_, _, other_wt) = new_object(&s);
+    let other = common::upload_files(&s, &other_wt, &[("g.bin", file.path())]);
+    for round in 0..2 {
+        let parts = call(&s, "GET", &format!("/q/{v}/parts"), None, 200)["parts"]
+            .as_array()
+            .unwrap()
+            .clone();
+        assert_eq!(parts.len(), 4, "round {round}: {parts:?}");
+        let mut joined = Vec::new();
+        for p in &parts {
+            let h = p["hash"].as_str().unwrap();
+            let info = call(&s, "GET", &format!("/q/{obj}/parts/{h}"), None, 200);
+            assert_eq!(info["part"]["size"], p["size"]);
+            assert_eq!(info["content"]["hash"], v.as_str());
+            joined.extend(curl(&s.url(&format!("/q/{v}/data/{h}")), &[]).body);
+        }
+        assert!(joined == bytes, "round {round}: the parts make the file");
+        let first = parts[0]["hash"].as_str().unwrap();
+        let r = curl(
+            &s.url(&format!("/q/{v}/data/{first}")),
+            &["-H", "Range: bytes=10-19"],
+        );
+        assert_eq!(r.status, 206);
+        assert!(r.body == bytes[10..20]);
+    }
+    // The other object stored the same bytes in the same parts; a made-up part is in neither.
+    let (_, _, empty_wt) = new_object(&s);
+    let empty = call(&s, "POST", &format!("/q/{empty_wt}"), None, 200)["hash"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let parts = call(&s, "GET", &format!("/q/{other}/parts"), None, 200)["parts"].clone();
+    let h = parts[0]["hash"].as_str().unwrap();
+    let r = curl(&s.url(&format!("/q/{empty}/data/{h}")), &[]);
+    assert_eq!((r.status, r.kind()), (404, "not_found".into()));
+    let r = curl(&s.url(&format!("/q/{empty}/parts/{h}")), &[]);
+    assert_eq!((r.status, r.kind()), (404, "not_found".into()));
+}
+
 /// A JSON body that keeps arriving, but a byte at a time, is cut off with a 408 once it falls
 /// below 4 KiB/s on average after its first `idle_timeout_secs` (review 32: each byte within
 /// the idle timeout kept the connection for as long as the client liked).

@@ -139,9 +139,9 @@ pub async fn handle_parts(
     Path(p): Path<Params>,
 ) -> Result<Json<Value>, ApiError> {
     let q = target(&st, &p).await?;
-    let parts = st.engine.run(move |e| e.parts(&q)).await?;
+    let parts = st.engine.part_set_of(q).await?;
     Ok(Json(
-        json!({"parts": parts.iter().map(|p| json!({"hash": p, "size": p.size})).collect::<Vec<_>>()}),
+        json!({"parts": parts.list().iter().map(|p| json!({"hash": p, "size": p.size})).collect::<Vec<_>>()}),
     ))
 }
 
@@ -158,17 +158,12 @@ pub async fn handle_part_info(
 ) -> Result<Json<Value>, ApiError> {
     let q = target(&st, &p).await?;
     let part = part_param(&p)?;
-    let info = st
-        .engine
-        .run(move |e| {
-            if !e.has_part(&q, &part)? {
-                return Err(cairn_core::Error::not_found(format!(
-                    "part {part} not found in this content"
-                )));
-            }
-            e.info(&q)
-        })
-        .await?;
+    if !st.engine.part_set_of(q).await?.contains(&part) {
+        return Err(ApiError::not_found(format!(
+            "part {part} not found in this content"
+        )));
+    }
+    let info = st.engine.run(move |e| e.info(&q)).await?;
     let hash = info.version.map(|h| h.to_string()).unwrap_or_default();
     Ok(Json(json!({
         "content": {"id": info.object, "hash": hash, "type": "", "qlib_id": info.library},
@@ -185,9 +180,10 @@ pub async fn handle_part_data(
 ) -> Result<Response, ApiError> {
     let q = target(&st, &p).await?;
     let part = part_param(&p)?;
+    let set = st.engine.part_set_of(q).await?;
     let (h, info) = st
         .engine
-        .run(move |e| Ok((e.open_part(&q, &part)?, e.info(&q)?)))
+        .run(move |e| Ok((e.open_part_of(&set, &part)?, e.info(&q)?)))
         .await?;
     // A part is named by its content's hash: its bytes never change, whatever names the content.
     serve(&st, h, Some(info.modified), IMMUTABLE, &method, &headers).await

@@ -119,9 +119,9 @@ pub struct Engine {
     /// The parts of recently walked trees, by root ([`crate::read::PartSet`]): a tree is
     /// immutable, so a player fetching a version part by part walks it once.
     pub(crate) part_sets: cairn_store::cache::Cache<Digest, crate::read::PartSet>,
-    /// Held while a tree is walked for its parts: every directory is decoded whole (large ones
+    /// The turn to walk a tree for its parts: every directory is decoded whole (large ones
     /// too), so one walk at a time; others wait `idle_timeout`, then are `busy`.
-    pub(crate) part_walk: Mutex<()>,
+    pub(crate) part_walk: Arc<tokio::sync::Semaphore>,
     /// Digests of nodes found larger than [`crate::bignode::LARGE_NODE`] (at most
     /// [`LARGE_SEEN_MAX`], then forgotten all at once).
     large_seen: Mutex<HashSet<Digest>>,
@@ -203,8 +203,8 @@ impl Engine {
             // Keeps indexed nodes of up to 64 MiB (about 300,000 files of one part each).
             large_nodes: cairn_store::cache::Cache::new(128 << 20, |n| n.weight()),
             node_loading: Mutex::new(()),
-            part_sets: cairn_store::cache::Cache::new(32 << 20, crate::read::PartSet::weight),
-            part_walk: Mutex::new(()),
+            part_sets: cairn_store::cache::Cache::new(64 << 20, crate::read::PartSet::weight),
+            part_walk: Arc::new(tokio::sync::Semaphore::new(1)),
             large_seen: Mutex::new(HashSet::new()),
             stream_hashes: Mutex::new(HashMap::new()),
             opened: crate::read::OpenedFiles::new(),
@@ -1243,15 +1243,17 @@ mod tests {
     }
 
     /// A tree is walked for its parts one walk at a time (a walk decodes every directory
-    /// whole): another waits `idle_timeout`, then is `busy`. The parts found are remembered by
-    /// the tree's root, so the next request for them walks nothing and waits for no walk.
-    #[test]
-    fn part_walks_run_one_at_a_time_and_are_remembered() {
+    /// whole): on the async routes another waits `idle_timeout` for its turn (not on a blocking
+    /// thread), then is `busy`; a blocking caller is `busy` at once. The parts found are
+    /// remembered by the tree's root, so the next request for them walks nothing and waits for
+    /// no walk.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn part_walks_run_one_at_a_time_and_are_remembered() {
         use crate::ops::{FilesJobRequest, RawOp};
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = EngineConfig::new(dir.path());
         cfg.idle_timeout = std::time::Duration::from_millis(300);
-        let e = Engine::open(cfg).unwrap();
+        let e = Arc::new(Engine::open(cfg).unwrap());
         let lib = e.create_library("t").unwrap();
         let (_, draft) = e.create_object(&lib.id).unwrap();
         let ops = (0..3)
@@ -1265,14 +1267,21 @@ mod tests {
             .unwrap();
         let (v, _) = e.finalize(&draft.token).unwrap();
         let q = Qhit::Version(v);
-        let walking = e.part_walk.lock();
+        let walking = e.part_walk.clone().try_acquire_owned().unwrap();
         let started = std::time::Instant::now();
-        let err = e.parts(&q).expect_err("another walk holds the lock");
+        let err = e
+            .part_set_of(q)
+            .await
+            .err()
+            .expect("another walk has the turn");
         assert!(err.is(cairn_core::ErrorKind::Busy), "{err}");
         assert!(started.elapsed() >= std::time::Duration::from_millis(250));
+        let err = e.parts(&q).expect_err("busy at once on a blocking thread");
+        assert!(err.is(cairn_core::ErrorKind::Busy), "{err}");
         drop(walking);
-        assert_eq!(e.parts(&q).unwrap(), vec![]);
-        let _walking = e.part_walk.lock();
+        assert!(e.part_set_of(q).await.unwrap().list().is_empty());
+        let _walking = e.part_walk.clone().try_acquire_owned().unwrap();
         assert_eq!(e.parts(&q).unwrap(), vec![], "remembered, not walked again");
+        assert!(e.part_set_of(q).await.unwrap().list().is_empty());
     }
 }
