@@ -2044,7 +2044,7 @@ fn get_into_a_directory_and_two_gets_into_one_output() {
         .path()
         .join(format!("out.bin.{}.cairn-part", &etag[..16]));
     let held = std::fs::File::create(&part).unwrap();
-    held.lock().unwrap();
+    rustix::fs::flock(&held, rustix::fs::FlockOperation::NonBlockingLockExclusive).unwrap();
     let refused = cairn(&s, &state, &["get", &target, "-o", out.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&refused.stderr);
     assert_eq!(refused.status.code(), Some(4), "{err}");
@@ -2063,6 +2063,25 @@ fn get_into_a_directory_and_two_gets_into_one_output() {
     ));
     assert!(std::fs::read(&out).unwrap() == std::fs::read(&local).unwrap());
     assert!(!part.exists(), "renamed onto the output");
+
+    // A get that fails (no such file) leaves no partial file behind.
+    let missing = cairn(
+        &s,
+        &state,
+        &[
+            "get",
+            &format!("{version}:nope.bin"),
+            "-o",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(missing.status.code(), Some(3), "not found");
+    let left: Vec<_> = std::fs::read_dir(work.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n.ends_with(".cairn-part"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }
 
 /// A proxy to `to` that answers the first files-job creation (`POST /q/tqw__…/file_jobs`)

@@ -578,40 +578,66 @@ async fn download_to(
         Err(cairn_client::ClientError::Api { .. }) => String::new(),
         Err(e) => return Err(e.into()),
     };
+    // Without an ETag (the HEAD failed), the GET is made before any partial file: its error
+    // is the answer, and nothing is left behind (review 34: an empty partial file stayed, and
+    // in a directory one cannot write to, a 404 became "permission denied").
+    let early = match etag.is_empty() {
+        true => Some(ctx.client.download_if(id, path, None, None).await?),
+        false => None,
+    };
     let part = part_file(out, &etag)?;
-    // Without an ETag (the HEAD failed) nothing says which partial files are stale.
+    let (mut file, made) = lock_part(&part)?;
+    // Without an ETag nothing says which partial files are stale. Held, ours is not among them.
     if !etag.is_empty() {
         drop_other_parts(out, &part);
     }
-    let mut file = lock_part(&part)?;
     let have = match etag.is_empty() {
         true => 0,
         false => file.metadata().map(|m| m.len()).unwrap_or(0),
     };
     let resume = (have > 0).then_some((have, None));
-    let resp = ctx
-        .client
-        .download_if(id, path, resume, resume.and(Some(etag.as_str())))
-        .await;
-    let (resumed_at, etag) = match resp {
-        // The partial file is already whole.
-        Err(cairn_client::ClientError::Api { status: 416, .. }) if have > 0 => (have, etag),
-        Err(e) => return Err(e.into()),
-        Ok(resp) => {
-            // 206: the rest of the same file; 200: all of it (nothing to resume, or it changed).
-            let resumed = resp.status() == reqwest::StatusCode::PARTIAL_CONTENT;
-            let now = resp
-                .headers()
-                .get("etag")
-                .and_then(|v| v.to_str().ok())
-                .map_or(etag, |s| s.trim_matches('"').to_string());
-            use std::io::Seek;
-            let at = if resumed { have } else { 0 };
-            file.set_len(at)?;
-            file.seek(std::io::SeekFrom::Start(at))?;
-            copy_body(resp, &mut file).await?;
-            file.sync_all()?;
-            (if resumed { have } else { 0 }, now)
+    let resp = match early {
+        Some(resp) => Ok(resp),
+        None => {
+            ctx.client
+                .download_if(id, path, resume, resume.and(Some(etag.as_str())))
+                .await
+        }
+    };
+    let fetched = async {
+        let (resumed_at, etag) = match resp {
+            // The partial file is already whole.
+            Err(cairn_client::ClientError::Api { status: 416, .. }) if have > 0 => (have, etag),
+            Err(e) => return Err(anyhow::Error::from(e)),
+            Ok(resp) => {
+                // 206: the rest of the same file; 200: all of it (nothing to resume, or it
+                // changed).
+                let resumed = resp.status() == reqwest::StatusCode::PARTIAL_CONTENT;
+                let now = resp
+                    .headers()
+                    .get("etag")
+                    .and_then(|v| v.to_str().ok())
+                    .map_or(etag, |s| s.trim_matches('"').to_string());
+                use std::io::Seek;
+                let at = if resumed { have } else { 0 };
+                file.set_len(at)?;
+                file.seek(std::io::SeekFrom::Start(at))?;
+                copy_body(resp, &mut file).await?;
+                file.sync_all()?;
+                (at, now)
+            }
+        };
+        Ok((resumed_at, etag))
+    }
+    .await;
+    let (resumed_at, etag) = match fetched {
+        Ok(done) => done,
+        Err(e) => {
+            // A partial file this run made and wrote nothing into is no use to anyone.
+            if made && file.metadata().is_ok_and(|m| m.len() == 0) {
+                let _ = std::fs::remove_file(&part);
+            }
+            return Err(e);
         }
     };
     if let Err(e) = check_hash(&part, Some(&etag)) {
@@ -632,9 +658,10 @@ async fn download_to(
 /// is a `conflict` (exit 4) instead of writing into the same partial file (QA 33: both runs
 /// failed, each with the other's bytes). A file renamed away between the open and the lock is
 /// not ours any more: open again.
-fn lock_part(part: &Path) -> Result<std::fs::File> {
+fn lock_part(part: &Path) -> Result<(std::fs::File, bool)> {
     use std::os::unix::fs::MetadataExt;
     loop {
+        let made = !part.exists();
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -642,9 +669,9 @@ fn lock_part(part: &Path) -> Result<std::fs::File> {
             .write(true)
             .open(part)
             .with_context(|| part.display().to_string())?;
-        match file.try_lock() {
+        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
             Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
+            Err(rustix::io::Errno::WOULDBLOCK) => {
                 return Err(ClientError::Api {
                     status: 409,
                     retry_after: None,
@@ -657,13 +684,15 @@ fn lock_part(part: &Path) -> Result<std::fs::File> {
                 }
                 .into())
             }
-            Err(std::fs::TryLockError::Error(e)) => {
-                return Err(e).with_context(|| part.display().to_string())
+            Err(e) => {
+                return Err(std::io::Error::from(e)).with_context(|| part.display().to_string())
             }
         }
         let ours = file.metadata()?;
         match std::fs::metadata(part) {
-            Ok(now) if now.dev() == ours.dev() && now.ino() == ours.ino() => return Ok(file),
+            Ok(now) if now.dev() == ours.dev() && now.ino() == ours.ino() => {
+                return Ok((file, made))
+            }
             Ok(_) => continue,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => return Err(e).with_context(|| part.display().to_string()),
@@ -710,7 +739,14 @@ fn drop_other_parts(out: &Path, keep: &Path) {
             .and_then(|rest| rest.strip_suffix(".cairn-part"));
         let ours = tag.is_some_and(|t| t.bytes().all(|b| b.is_ascii_alphanumeric()));
         if ours && Some(&n) != keep.as_ref() {
-            let _ = std::fs::remove_file(e.path());
+            // Not one another `get` (of another version) is writing: it holds its lock.
+            let Ok(f) = std::fs::File::open(e.path()) else {
+                continue;
+            };
+            let free = rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive);
+            if free.is_ok() {
+                let _ = std::fs::remove_file(e.path());
+            }
         }
     }
 }
