@@ -2258,3 +2258,76 @@ fn a_rerun_after_a_small_change_sends_only_what_the_server_lacks() {
         "gone.txt is gone"
     );
 }
+
+/// An upload killed while its finalize's reply was on the way (the version committed, the run
+/// never told): the next run finds its draft gone, asks the server with the finalize's key,
+/// and reports that version, publishing nothing (QA 33: it published a second, identical one).
+#[test]
+fn a_rerun_after_a_finalize_whose_run_died_reports_that_version() {
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    use std::sync::Arc;
+    let work = tempfile::tempdir().unwrap();
+    let state = work.path().join("state");
+    let data = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let s = Server::start(data.path(), port);
+    let obj = new_object(&s, &state);
+    let dir = work.path().join("tree");
+    fill(&dir.join("a.bin"), 97, 50_000);
+    let (losing, lost) = (
+        Arc::new(AtomicBool::new(true)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let (l, seen) = (losing.clone(), lost.clone());
+    let proxy = proxy(port, move |line| {
+        let finalize = line.starts_with("POST /q/tqw__")
+            && line.ends_with(" HTTP/1.1")
+            && !line["POST /q/".len()..]
+                .split(' ')
+                .next()
+                .unwrap()
+                .contains('/');
+        match finalize && l.load(SeqCst) {
+            true => {
+                seen.store(true, SeqCst);
+                Hook::LoseReply
+            }
+            false => Hook::Forward,
+        }
+    });
+    let through = format!("http://127.0.0.1:{proxy}/");
+    let args = ["upload", &obj, dir.to_str().unwrap(), "--json"];
+    let mut child = cairn_cmd(&s, &state, &args)
+        .env("CAIRN_SERVER", &through)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !lost.load(SeqCst) {
+        assert!(Instant::now() < deadline, "no finalize was sent");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    child.kill().unwrap(); // SIGKILL, its finalize committed and unanswered
+    child.wait().unwrap();
+    let versions = || {
+        common::call(&s, "GET", &format!("/qid/{obj}"), None, 200)["versions"]
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    let published = versions();
+    assert_eq!(published.len(), 1, "the finalize went through");
+
+    losing.store(false, SeqCst);
+    let out = cairn_cmd(&s, &state, &args)
+        .env("CAIRN_SERVER", &through)
+        .output()
+        .unwrap();
+    let out = json_out(out);
+    assert_eq!(out["version"], published[0]["hash"], "{out}");
+    assert_eq!(out["bytes_sent"], 0, "{out}");
+    assert_eq!(versions().len(), 1, "nothing published again");
+    assert!(records(&state).is_empty(), "the record is gone");
+}

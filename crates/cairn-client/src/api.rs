@@ -407,7 +407,7 @@ impl Client {
                 Method::POST,
                 &format!("/q/{wt}"),
                 None,
-                &[cond, retry_key()],
+                &[cond, retry_key(wt)],
             )
             .await?;
         string_field(&v, "hash")
@@ -421,10 +421,29 @@ impl Client {
             .await
     }
 
+    /// The version draft `wt` was finalized into by a finalize of this client (its key), if
+    /// the server still answers for it; `None` when the draft is gone otherwise. Never
+    /// finalizes: the two conditions together hold for no draft still open.
+    pub async fn finalized(&self, wt: &str) -> Result<Option<String>> {
+        let never = [
+            ("If-Match", "*".to_string()),
+            ("If-None-Match", "*".to_string()),
+            retry_key(wt),
+        ];
+        match self
+            .json_with(Method::POST, &format!("/q/{wt}"), None, &never)
+            .await
+        {
+            Ok(v) => string_field(&v, "hash").map(Some),
+            Err(e) if matches!(e.status(), Some(404 | 412)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Finalizes the draft whatever the object's newest version is; returns the version hash.
     pub async fn finalize(&self, wt: &str) -> Result<String> {
         let v = self
-            .json_with(Method::POST, &format!("/q/{wt}"), None, &[retry_key()])
+            .json_with(Method::POST, &format!("/q/{wt}"), None, &[retry_key(wt)])
             .await?;
         string_field(&v, "hash")
     }
@@ -557,17 +576,18 @@ impl Client {
 /// (paths have at most 256 segments) plus three; serde_json's own limit, 128, is below that.
 const MAX_ANSWER_DEPTH: usize = 1024;
 
-/// A server's JSON answer, nested up to [`MAX_ANSWER_DEPTH`] (checked by a scan first, so
-/// parsing without serde_json's recursion limit cannot exhaust the stack).
-/// A fresh `Idempotency-Key` header for one finalize, sent again by its retries: a finalize
-/// that went through but whose reply was lost is then answered with its version on the retry,
-/// where it would be 404 (the draft is gone) and a new run would publish a second version.
-fn retry_key() -> (&'static str, String) {
-    let bytes: [u8; 16] = rand::random();
-    let key = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    ("Idempotency-Key", key)
+/// The `Idempotency-Key` header of every finalize of draft `wt`, derived from the token: a
+/// finalize that went through but whose reply was lost is answered with its version when it is
+/// sent again, by this run's retries or by a later run ([`Client::finalized`]), where it would
+/// be 404 (the draft is gone) and a new run would publish a second version. Only a holder of
+/// the write token can send it.
+fn retry_key(wt: &str) -> (&'static str, String) {
+    let digest = blake3::hash(format!("cairn finalize {wt}").as_bytes());
+    ("Idempotency-Key", digest.to_hex()[..32].to_string())
 }
 
+/// A server's JSON answer, nested up to [`MAX_ANSWER_DEPTH`] (checked by a scan first, so
+/// parsing without serde_json's recursion limit cannot exhaust the stack).
 fn parse_answer(bytes: &[u8]) -> Result<Value> {
     let not_json =
         |why: String| ClientError::Local(format!("the server's answer is not JSON: {why}"));

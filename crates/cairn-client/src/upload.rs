@@ -174,6 +174,26 @@ pub async fn upload_tree(
     adopt_legacy_record(opts, client, &local.files, &record_path);
     let mut discarded_draft = None;
     let (record, resumed) = match previous(&record_path, client, &local).await? {
+        Previous::Published(r, version) if opts.finalize => {
+            let _ = std::fs::remove_file(&record_path);
+            return Ok(UploadOutcome {
+                write_token: r.write_token.clone(),
+                files_job: r.files_job.clone(),
+                version: Some(version),
+                files: r.files.len(),
+                empty_dirs: r.empty_dirs.len(),
+                bytes: r.files.iter().map(|f| f.size).sum(),
+                bytes_sent: 0,
+                upload_jobs: r.jobs.len(),
+                resumed: true,
+                discarded_draft: None,
+                skipped_symlinks,
+                skipped_invalid_names,
+                skipped_special_files,
+                deleted: r.deleted.clone(),
+            });
+        }
+        Previous::Published(..) => (start(client, opts, local, &record_path).await?, false),
         Previous::Resume(r) => (r, true),
         Previous::Nothing => (start(client, opts, local, &record_path).await?, false),
         Previous::Stale(wt) => {
@@ -800,6 +820,9 @@ enum Previous {
     /// The local files changed since the record, whose draft is still open: continued with a
     /// files job of the changes ([`continue_changed`]), or discarded when that fails.
     Changed(ResumeRecord),
+    /// Same files, and the draft was finalized into this version by an earlier run that did
+    /// not live to say so: the upload is done (QA 33: a new run published a second version).
+    Published(ResumeRecord, String),
 }
 
 /// Reads the record at `path`; a draft it names that the server no longer has (404) leaves
@@ -871,7 +894,12 @@ async fn previous(path: &Path, client: &Client, local: &Local) -> Result<Previou
     };
     match client.files_jobs(&record.write_token).await {
         Ok(_) => Ok(Previous::Resume(record)),
-        Err(e) if e.status() == Some(404) => Ok(Previous::Nothing),
+        // Gone: finalized by a run that stopped before it could say so (its reply lost, its
+        // retries spent, or killed), or discarded. The finalize's key tells which.
+        Err(e) if e.status() == Some(404) => match client.finalized(&record.write_token).await? {
+            Some(version) => Ok(Previous::Published(record, version)),
+            None => Ok(Previous::Nothing),
+        },
         Err(e) => Err(e),
     }
 }

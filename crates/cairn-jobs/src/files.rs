@@ -1056,7 +1056,13 @@ impl Engine {
     ) -> Result<(VersionHash, VersionRecord)> {
         if let Some(k) = key {
             check_idempotency_key(k)?;
+            // First: a retry needs neither room in the index nor its preconditions to hold
+            // again (the head is its own version now).
+            if let Some(done) = self.finalized_with(token, k)? {
+                return Ok(done);
+            }
         }
+        // A finalize with this key may commit between that look and this one's: 404 looks again.
         match (self.finalize_once(token, cond, key), key) {
             (Err(e), Some(k)) if e.is(ErrorKind::NotFound) => {
                 self.finalized_with(token, k)?.ok_or(e)

@@ -52,8 +52,9 @@ pub const CF_NODE_REFS: &str = "node_refs";
 /// Engine settings that outlive a process: node id, start count.
 pub const CF_ENGINE: &str = "engine";
 /// Write token bytes → [`FinalizedRecord`]: drafts finalized with an `Idempotency-Key`, so a
-/// retry of that finalize (its reply lost) is answered as the first was. Kept a day
-/// ([`FINALIZED_KEEP_SECS`]), and gone with the object.
+/// retry of that finalize (its reply lost) is answered as the first was. Answers for a day
+/// ([`FINALIZED_KEEP_SECS`]); removed by the object's next keyed finalize after that, or with
+/// the object. A store with this column family cannot be opened by a build older than it.
 pub const CF_FINALIZED: &str = "finalized";
 /// How long a [`FinalizedRecord`] answers retries: a client retries within minutes.
 pub const FINALIZED_KEEP_SECS: u64 = 24 * 3600;
