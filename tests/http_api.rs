@@ -420,6 +420,11 @@ fn info_and_deletes_honour_their_preconditions() {
     assert_eq!(r.status, 304);
     assert_eq!(r.header("etag"), Some(format!("\"{v2}\"").as_str()));
     assert_eq!(
+        r.header("cache-control"),
+        Some("no-store"),
+        "as the 200 says"
+    );
+    assert_eq!(
         with("GET", &obj, &format!("If-None-Match: \"{v1}\"")).status,
         200
     );
@@ -467,6 +472,12 @@ fn info_and_deletes_honour_their_preconditions() {
     refused(&draft, "If-Match: \"anything\"");
     refused(&draft, "If-None-Match: *");
     assert_eq!(with("DELETE", &draft, "If-Match: *").status, 200);
+    // A draft that is gone is 404 first, whatever the conditions.
+    let r = curl(
+        &meta,
+        &["-X", "PUT", "-H", "If-Match: \"x\"", "--data-binary", "1"],
+    );
+    assert_eq!((r.status, r.kind()), (404, "not_found".into()));
     assert_eq!(
         with("DELETE", &v1, &format!("If-Match: \"{v1}\"")).status,
         200
@@ -494,6 +505,13 @@ fn a_finalize_retried_with_its_idempotency_key_gets_the_same_version() {
         }
         curl(&s.url(&format!("/q/{wt}")), &args)
     };
+    let twice = finalize(&["Idempotency-Key: a", "Idempotency-Key: b"]);
+    assert_eq!(
+        twice.status,
+        400,
+        "{}",
+        String::from_utf8_lossy(&twice.body)
+    );
     for bad in [
         "Idempotency-Key: a b",
         &format!("Idempotency-Key: {}", "k".repeat(256)),

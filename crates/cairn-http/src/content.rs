@@ -360,6 +360,11 @@ pub async fn handle_finalize(
         header_list(&headers, &header::IF_NONE_MATCH)?,
     );
     let cond = crate::conditional::head_condition(if_match.as_deref(), if_none_match.as_deref());
+    if headers.get_all("idempotency-key").iter().nth(1).is_some() {
+        return Err(ApiError::bad_request(
+            "Idempotency-Key is given more than once",
+        ));
+    }
     let key = match headers.get("idempotency-key") {
         Some(v) => Some(
             v.to_str()
@@ -416,7 +421,14 @@ pub async fn handle_info(
         match crate::conditional::evaluate(&v, pre, std::time::SystemTime::now()) {
             crate::conditional::Outcome::Content { .. } => {}
             crate::conditional::Outcome::NotModified => {
+                // The headers the 200 would carry (RFC 9110 §15.4.5), as for a JSON reply.
                 r = StatusCode::NOT_MODIFIED.into_response();
+                let h = r.headers_mut();
+                h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                h.insert(
+                    header::X_CONTENT_TYPE_OPTIONS,
+                    HeaderValue::from_static("nosniff"),
+                );
             }
             crate::conditional::Outcome::PreconditionFailed(which) => {
                 return Err(ApiError::new(
@@ -511,11 +523,21 @@ pub async fn handle_meta_get(
 /// which has no entity-tag: `If-Match: *` holds, a tag does not (412); `If-None-Match: *` does
 /// not hold, a tag does. Refused rather than ignored: a client that sends one expects it to be
 /// kept (QA 32).
-fn draft_precondition(headers: &HeaderMap, t: &WriteToken) -> Result<(), ApiError> {
+async fn draft_precondition(
+    st: &AppState,
+    headers: &HeaderMap,
+    t: &WriteToken,
+) -> Result<(), ApiError> {
     let cond = crate::conditional::head_condition(
         header_list(headers, &header::IF_MATCH)?.as_deref(),
         header_list(headers, &header::IF_NONE_MATCH)?.as_deref(),
     );
+    if cond == cairn_jobs::HeadCondition::default() {
+        return Ok(());
+    }
+    // An unknown draft is 404 first, as for every other precondition.
+    let t = *t;
+    st.engine.run(move |e| e.draft_head(&t).map(drop)).await?;
     Ok(cond.check_untagged(&format!("draft {t}"))?)
 }
 
@@ -528,7 +550,7 @@ async fn meta_write(
     merge: bool,
 ) -> Result<Json<Value>, ApiError> {
     let t = draft_token(target(&st, &p).await?)?;
-    draft_precondition(&headers, &t)?;
+    draft_precondition(&st, &headers, &t).await?;
     let keys = meta_keys(&route, &uri)?;
     let value: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("metadata is not JSON: {e}")))?;
@@ -568,7 +590,7 @@ pub async fn handle_meta_delete(
     uri: Uri,
 ) -> Result<Json<Value>, ApiError> {
     let t = draft_token(target(&st, &p).await?)?;
-    draft_precondition(&headers, &t)?;
+    draft_precondition(&st, &headers, &t).await?;
     let keys = meta_keys(&route, &uri)?;
     st.engine.run(move |e| e.meta_delete_at(&t, &keys)).await?;
     Ok(Json(json!({})))

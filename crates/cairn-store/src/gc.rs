@@ -434,7 +434,18 @@ impl Store {
         let mut batch = self.index().batch();
         let mut last = None;
         for (hash, loc) in chunks {
-            let (new, end) = self.append_unsynced(hash, &read(hash, loc)?)?;
+            let data = match read(hash, loc) {
+                Ok(d) => d,
+                // Damaged since the first read: kept for fsck all the same. The copies made so
+                // far are dead bytes of the open pack, named by no index entry.
+                Err(e) if e.kind == cairn_core::ErrorKind::Corrupt => {
+                    tracing::warn!(pack = id.0, chunk = %hash, "corrupt chunk: pack kept for fsck");
+                    report.corrupt_chunks_kept += 1;
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            };
+            let (new, end) = self.append_unsynced(hash, &data)?;
             batch.put_record(CF_CHUNKS, hash.as_bytes(), &new);
             batch.max(CF_PACK_LEN, &new.pack.0.to_be_bytes(), new.end());
             report.live_bytes_moved += u64::from(loc.len);
