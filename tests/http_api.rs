@@ -1230,6 +1230,19 @@ fn requests_that_could_mean_two_things_are_refused_and_change_nothing() {
             "{hosts:?}"
         );
     }
+    // What HTTP/1.1 allows: an IPv6 literal, an empty Host, the absolute form.
+    let port = s.port;
+    for (target, host) in [
+        ("/qlibs".to_string(), "Host: [::1]:8008\r\n"),
+        ("/qlibs".to_string(), "Host: \r\n"),
+        (
+            format!("http://127.0.0.1:{port}/qlibs"),
+            "Host: 127.0.0.1\r\n",
+        ),
+    ] {
+        let req = format!("GET {target} HTTP/1.1\r\n{host}{auth}\r\nConnection: close\r\n\r\n");
+        assert_eq!(raw_exchange(&s, req.as_bytes()).0, 200, "{target} {host:?}");
+    }
     // HTTP/1.0 has no Host requirement.
     let old = format!("GET /qlibs HTTP/1.0\r\n{auth}\r\n\r\n");
     assert_eq!(raw_exchange(&s, old.as_bytes()).0, 200);
