@@ -2064,6 +2064,21 @@ fn get_into_a_directory_and_two_gets_into_one_output() {
     assert!(std::fs::read(&out).unwrap() == std::fs::read(&local).unwrap());
     assert!(!part.exists(), "renamed onto the output");
 
+    // Outputs a download could never be renamed onto are refused before anything is fetched.
+    let blocked = work.path().join("blocked");
+    std::fs::create_dir_all(blocked.join("f.bin")).unwrap();
+    let missing_dir = format!("{}/", work.path().join("nodir").display());
+    for o in [blocked.to_str().unwrap(), missing_dir.as_str()] {
+        let r = cairn(&s, &state, &["get", &target, "-o", o]);
+        assert!(!r.status.success(), "{o}");
+        assert_eq!(r.status.code(), Some(1), "{o}");
+    }
+    assert_eq!(
+        std::fs::read_dir(&blocked).unwrap().count(),
+        1,
+        "nothing beside it"
+    );
+
     // A get that fails (no such file) leaves no partial file behind.
     let missing = cairn(
         &s,

@@ -554,6 +554,14 @@ async fn download_to(
         }
         false => out,
     };
+    // Refused before anything is fetched: what the download could never be renamed onto (QA
+    // 34: the whole file came down first, and its partial file stayed).
+    if std::fs::metadata(out).is_ok_and(|m| m.is_dir()) {
+        bail!("{}: a directory is in the way", out.display());
+    }
+    if out.as_os_str().as_encoded_bytes().ends_with(b"/") {
+        bail!("{}: no such directory", out.display());
+    }
     let shown = out.to_string_lossy();
     // A device, a FIFO (`-o /dev/null`, `-o >(…)`): written into as it is, never replaced by
     // a renamed partial file (review: as root, that put a regular file in place of /dev/null).

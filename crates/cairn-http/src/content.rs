@@ -68,7 +68,7 @@ fn host_of(headers: &HeaderMap) -> Result<String, ApiError> {
 
 /// `name[:port]` or `[ipv6][:port]`: a name of letters, digits, `-` and `.`, a port from 1 to
 /// 65535 in at most 5 digits and without a leading zero (the address is advertised as sent); nothing else (user info, a path, sub-delimiters, an empty port).
-fn plain_host(host: &str) -> bool {
+pub(crate) fn plain_host(host: &str) -> bool {
     let (name_ok, port) = match host.strip_prefix('[') {
         Some(v6) => match v6.split_once(']') {
             Some((addr, rest)) => (addr.parse::<std::net::Ipv6Addr>().is_ok(), rest),

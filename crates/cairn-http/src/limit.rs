@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use axum::extract::Request;
-use axum::http::uri::Authority;
 use axum::http::{header, HeaderMap, StatusCode, Uri, Version};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -235,19 +234,18 @@ fn check_framing(version: Version, uri: &Uri, headers: &HeaderMap) -> Result<(),
             ));
         }
     }
-    if version == Version::HTTP_11 {
-        let mut hosts = headers.get_all(header::HOST).iter();
-        let valid = match (hosts.next(), hosts.next()) {
-            (Some(h), None) => h.to_str().ok().is_some_and(|h| {
-                h.is_empty() || (!h.contains('@') && h.parse::<Authority>().is_ok())
-            }),
-            _ => false,
-        };
-        if !valid {
-            return Err(ApiError::bad_request(
-                "an HTTP/1.1 request needs exactly one valid Host header",
-            ));
-        }
+    // The same rule as `/config`'s (`host[:port]`, a port from 1 to 65535), for any version;
+    // only HTTP/1.0 may leave Host out.
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let valid = match (hosts.next(), hosts.next()) {
+        (Some(h), None) => h.to_str().is_ok_and(crate::content::plain_host),
+        (None, _) => version != Version::HTTP_11,
+        (Some(_), Some(_)) => false,
+    };
+    if !valid {
+        return Err(ApiError::bad_request(
+            "the request needs exactly one Host header, host[:port] (HTTP/1.0 may send none)",
+        ));
     }
     if headers.get_all(header::CONTENT_RANGE).iter().count() > 1 {
         return Err(ApiError::bad_request(

@@ -61,6 +61,8 @@ pub fn with_json_body(head: &[u8]) -> Option<Vec<u8>> {
     out.extend_from_slice(&head[..at]);
     out.extend_from_slice(format!("\r\n{}: {id}", crate::REQUEST_ID).as_bytes());
     out.extend_from_slice(b"\r\ncontent-type: application/json");
+    // As every JSON reply (error.rs `json_reply_headers`).
+    out.extend_from_slice(b"\r\nx-content-type-options: nosniff\r\ncache-control: no-store");
     out.extend_from_slice(format!("\r\ncontent-length: {}\r\n", body.len()).as_bytes());
     out.extend_from_slice(&head[at + EMPTY.len()..]);
     out.extend_from_slice(body.as_bytes());
@@ -193,6 +195,8 @@ mod tests {
             assert!(h.contains("\r\nconnection: close\r\n"), "{h}");
             assert!(h.contains("\r\ndate: "), "{h}");
             assert!(h.contains("\r\ncontent-type: application/json\r\n"), "{h}");
+            assert!(h.contains("\r\nx-content-type-options: nosniff\r\n"), "{h}");
+            assert!(h.contains("\r\ncache-control: no-store\r\n"), "{h}");
             let id = h.split("\r\nx-request-id: ").nth(1).unwrap();
             assert_eq!(id.find("\r\n"), Some(16), "{h}");
             let len = body.to_string().len();
