@@ -1950,6 +1950,20 @@ fn proxy(to: u16, hook: impl Fn(&str) -> Hook + Send + Sync + 'static) -> u16 {
     port
 }
 
+/// Whether a request line is a finalize: `POST /q/tqw__… HTTP/1.1`, nothing after the token.
+fn is_finalize(line: &str) -> bool {
+    line.strip_prefix("POST /q/tqw__")
+        .and_then(|rest| rest.strip_suffix(" HTTP/1.1"))
+        .is_some_and(|token| !token.contains(['/', ' ']))
+}
+
+/// [`cairn_cmd`] talking to the server through the proxy on `port`.
+fn cairn_via(s: &Server, state: &Path, port: u16, args: &[&str]) -> Command {
+    let mut c = cairn_cmd(s, state, args);
+    c.env("CAIRN_SERVER", format!("http://127.0.0.1:{port}/"));
+    c
+}
+
 /// A proxy to `to` that loses the server's reply to the first finalize (`POST /q/tqw__…
 /// HTTP/1.1`): a finalize that went through and whose reply was lost. Returns its port and
 /// whether it has lost a reply.
@@ -1958,13 +1972,7 @@ fn lose_the_first_finalize_reply(to: u16) -> (u16, std::sync::Arc<std::sync::ato
     let lost = std::sync::Arc::new(AtomicBool::new(false));
     let seen = lost.clone();
     let port = proxy(to, move |line| {
-        let finalize = line.starts_with("POST /q/tqw__")
-            && line.ends_with(" HTTP/1.1")
-            && line["POST /q/".len()..]
-                .split(' ')
-                .next()
-                .is_some_and(|t| !t.contains('/'));
-        match finalize && !seen.swap(true, SeqCst) {
+        match is_finalize(line) && !seen.swap(true, SeqCst) {
             true => Hook::LoseReply,
             false => Hook::Forward,
         }
@@ -1987,8 +1995,7 @@ fn an_upload_whose_finalize_reply_is_lost_publishes_one_version() {
     fill(&dir.join("a.bin"), 71, 300_000);
     fill(&dir.join("sub/b.txt"), 72, 1_000);
     let (proxy, lost) = lose_the_first_finalize_reply(port);
-    let out = cairn_cmd(&s, &state, &["upload", &obj, dir.to_str().unwrap()])
-        .env("CAIRN_SERVER", format!("http://127.0.0.1:{proxy}/"))
+    let out = cairn_via(&s, &state, proxy, &["upload", &obj, dir.to_str().unwrap()])
         .output()
         .unwrap();
     assert!(
@@ -2142,8 +2149,7 @@ fn a_draft_opened_by_a_run_that_stopped_before_its_files_job_is_discarded_next_t
     let dir = work.path().join("tree");
     fill(&dir.join("a.bin"), 81, 10_000);
     let (proxy, refused) = refuse_files_jobs(port);
-    let first = cairn_cmd(&s, &state, &["upload", &obj, dir.to_str().unwrap()])
-        .env("CAIRN_SERVER", format!("http://127.0.0.1:{proxy}/"))
+    let first = cairn_via(&s, &state, proxy, &["upload", &obj, dir.to_str().unwrap()])
         .output()
         .unwrap();
     assert!(!first.status.success());
@@ -2158,8 +2164,7 @@ fn a_draft_opened_by_a_run_that_stopped_before_its_files_job_is_discarded_next_t
         200,
         "the first run's draft is open"
     );
-    let second = cairn_cmd(&s, &state, &["upload", &obj, dir.to_str().unwrap()])
-        .env("CAIRN_SERVER", format!("http://127.0.0.1:{proxy}/"))
+    let second = cairn_via(&s, &state, proxy, &["upload", &obj, dir.to_str().unwrap()])
         .output()
         .unwrap();
     ok(second);
@@ -2295,14 +2300,7 @@ fn a_rerun_after_a_finalize_whose_run_died_reports_that_version() {
     );
     let (l, seen) = (losing.clone(), lost.clone());
     let proxy = proxy(port, move |line| {
-        let finalize = line.starts_with("POST /q/tqw__")
-            && line.ends_with(" HTTP/1.1")
-            && !line["POST /q/".len()..]
-                .split(' ')
-                .next()
-                .unwrap()
-                .contains('/');
-        match finalize && l.load(SeqCst) {
+        match is_finalize(line) && l.load(SeqCst) {
             true => {
                 seen.store(true, SeqCst);
                 Hook::LoseReply
@@ -2310,10 +2308,8 @@ fn a_rerun_after_a_finalize_whose_run_died_reports_that_version() {
             false => Hook::Forward,
         }
     });
-    let through = format!("http://127.0.0.1:{proxy}/");
     let args = ["upload", &obj, dir.to_str().unwrap(), "--json"];
-    let mut child = cairn_cmd(&s, &state, &args)
-        .env("CAIRN_SERVER", &through)
+    let mut child = cairn_via(&s, &state, proxy, &args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -2336,10 +2332,7 @@ fn a_rerun_after_a_finalize_whose_run_died_reports_that_version() {
     assert_eq!(published.len(), 1, "the finalize went through");
 
     losing.store(false, SeqCst);
-    let out = cairn_cmd(&s, &state, &args)
-        .env("CAIRN_SERVER", &through)
-        .output()
-        .unwrap();
+    let out = cairn_via(&s, &state, proxy, &args).output().unwrap();
     let out = json_out(out);
     assert_eq!(out["version"], published[0]["hash"], "{out}");
     assert_eq!(out["bytes_sent"], 0, "{out}");
