@@ -667,44 +667,22 @@ async fn download_to(
 /// failed, each with the other's bytes). A file renamed away between the open and the lock is
 /// not ours any more: open again.
 fn lock_part(part: &Path) -> Result<(std::fs::File, bool)> {
-    use std::os::unix::fs::MetadataExt;
-    loop {
-        let made = !part.exists();
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(part)
-            .with_context(|| part.display().to_string())?;
-        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) => {}
-            Err(rustix::io::Errno::WOULDBLOCK) => {
-                return Err(ClientError::Api {
-                    status: 409,
-                    retry_after: None,
-                    kind: "conflict".into(),
-                    reason: format!(
-                        "another `cairn get` is writing {} (it holds {}); wait for it to finish",
-                        part.with_extension("").with_extension("").display(),
-                        part.display()
-                    ),
-                }
-                .into())
-            }
-            Err(e) => {
-                return Err(std::io::Error::from(e)).with_context(|| part.display().to_string())
-            }
+    let made = !part.exists();
+    match cairn_client::lockfile::lock_exclusive(part)
+        .with_context(|| part.display().to_string())?
+    {
+        Some(file) => Ok((file, made)),
+        None => Err(ClientError::Api {
+            status: 409,
+            retry_after: None,
+            kind: "conflict".into(),
+            reason: format!(
+                "another `cairn get` is writing {} (it holds {}); wait for it to finish",
+                part.with_extension("").with_extension("").display(),
+                part.display()
+            ),
         }
-        let ours = file.metadata()?;
-        match std::fs::metadata(part) {
-            Ok(now) if now.dev() == ours.dev() && now.ino() == ours.ino() => {
-                return Ok((file, made))
-            }
-            Ok(_) => continue,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e).with_context(|| part.display().to_string()),
-        }
+        .into()),
     }
 }
 

@@ -5,6 +5,7 @@
 //! Used by the `cairn` CLI and by tests and benchmarks.
 
 pub mod api;
+pub mod lockfile;
 pub mod upload;
 
 pub use api::{check_server_url, Client, ClientError, Result};

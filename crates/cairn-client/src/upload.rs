@@ -767,42 +767,20 @@ impl Drop for RecordLock {
 /// Takes the exclusive lock of the record at `record` ([`RecordLock`]); a run of the same
 /// command holding it is a `conflict` (exit 4).
 fn lock_record(record: &Path) -> Result<RecordLock> {
-    use std::os::unix::fs::MetadataExt;
     let path = record.with_extension("lock");
     let local = |e: std::io::Error| ClientError::Local(format!("{}: {e}", path.display()));
-    loop {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(local)?;
-        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) => {}
-            Err(rustix::io::Errno::WOULDBLOCK) => {
-                return Err(ClientError::Api {
-                    status: 409,
-                    retry_after: None,
-                    kind: "conflict".into(),
-                    reason: format!(
-                        "another run of this upload (the same paths into the same object) is \
-                         still going (it holds {}); wait for it to finish",
-                        path.display()
-                    ),
-                })
-            }
-            Err(e) => return Err(local(e.into())),
-        }
-        // The run that held it may have unlinked the file between our open and our lock.
-        let ours = file.metadata().map_err(local)?;
-        match std::fs::metadata(&path) {
-            Ok(now) if now.dev() == ours.dev() && now.ino() == ours.ino() => {
-                return Ok(RecordLock { _file: file, path })
-            }
-            Ok(_) => continue,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(local(e)),
-        }
+    match crate::lockfile::lock_exclusive(&path).map_err(local)? {
+        Some(file) => Ok(RecordLock { _file: file, path }),
+        None => Err(ClientError::Api {
+            status: 409,
+            retry_after: None,
+            kind: "conflict".into(),
+            reason: format!(
+                "another run of this upload (the same paths into the same object) is still \
+                 going (it holds {}); wait for it to finish",
+                path.display()
+            ),
+        }),
     }
 }
 
