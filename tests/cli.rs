@@ -200,14 +200,7 @@ fn an_upload_killed_mid_way_resumes_without_resending() {
         "2",
         "--json",
     ];
-    let mut child = spawn_cairn(&s, &state, &args);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while s.uploads().1 < 40 << 20 {
-        assert!(Instant::now() < deadline, "the upload did not progress");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    kill_once_received(&s, spawn_cairn(&s, &state, &args), 40 << 20);
 
     // What the server holds now, read through the resume record the client left.
     let record_file = records(&state).pop().expect("a resume record");
@@ -266,6 +259,17 @@ fn an_upload_killed_mid_way_resumes_without_resending() {
     );
 }
 
+/// Kills `child` (SIGKILL) once the server has received at least `bytes` of upload bodies.
+fn kill_once_received(s: &Server, mut child: std::process::Child, bytes: u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while s.uploads().1 < bytes {
+        assert!(Instant::now() < deadline, "the upload did not progress");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
 /// The resume records in `state` (not the lock files beside them).
 fn records(state: &Path) -> Vec<std::path::PathBuf> {
     std::fs::read_dir(state.join("uploads"))
@@ -308,14 +312,7 @@ fn a_rerun_after_the_files_changed_continues_the_draft_with_the_change() {
     let obj = new_object(&s, &state);
     let dir = work.path().join("d");
     let args = ["upload", &obj, dir.to_str().unwrap(), "--parallel", "1"];
-    let mut child = spawn_cairn(&s, &state, &args);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while s.uploads().1 == 0 {
-        assert!(Instant::now() < deadline, "the upload did not progress");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    kill_once_received(&s, spawn_cairn(&s, &state, &args), 1);
     let old = recorded_draft(&state);
     assert_eq!(
         draft_status(&s, &old),
@@ -2238,14 +2235,7 @@ fn a_rerun_after_a_small_change_sends_only_what_the_server_lacks() {
         "1",
         "--json",
     ];
-    let mut child = spawn_cairn(&s, &state, &args);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while s.uploads().1 < 40 << 20 {
-        assert!(Instant::now() < deadline, "the upload did not progress");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    kill_once_received(&s, spawn_cairn(&s, &state, &args), 40 << 20);
     let old = recorded_draft(&state);
     let received = s.uploads().1;
 
